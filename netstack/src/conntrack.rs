@@ -1,0 +1,519 @@
+//! Connection tracking: every translated flow is one [`Conn`] with its original tuple (as the
+//! first packet arrived) and its reply tuple (as answers arrive), both indexed, so a packet of
+//! either direction is found with one hash lookup on the tuple it arrives with.
+//!
+//! Expiry is lazy. Each connection sits in one list per timeout class, in the order it was queued;
+//! a packet only stamps `last_seen`. [`Table::expire`] looks at list fronts: a connection idle
+//! past its timeout is removed, a refreshed one is queued again at the back. A lookup that finds
+//! a connection idle past its timeout treats it as gone, so the timeout holds exactly for
+//! traffic; memory is reclaimed at most one timeout later.
+//!
+//! The table is bounded. When full, a new connection first reclaims expired ones, then evicts the
+//! oldest connection that never saw an answer (a SYN flood or a scan fills that list, not the
+//! established ones), and only then is refused with [`DropReason::TableFull`].
+
+use core::hash::{Hash, Hasher};
+use core::net::SocketAddrV4;
+use core::time::Duration;
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
+
+use crate::stats::DropReason;
+use crate::time::{millis, Instant};
+use crate::wire::{Protocol, TCP_ACK_FLAG, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// The run (algorithm container) a connection, container or mapping belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(pub u64);
+
+/// Source and destination of a packet. For ICMP echo the identifier is the "port" (see
+/// [`crate::wire::L4::ports`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+}
+
+impl Tuple {
+    pub const fn reverse(self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    tuple: Tuple,
+    protocol: Protocol,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // Two words instead of seven field writes: the hash is on the per-packet path.
+        let t = &self.tuple;
+        h.write_u64(u64::from(t.src.ip().to_bits()) << 32 | u64::from(t.dst.ip().to_bits()));
+        h.write_u64(
+            u64::from(t.src.port()) << 24 | u64::from(t.dst.port()) << 8 | self.protocol as u64,
+        );
+    }
+}
+
+/// Which way a packet travels relative to the connection's first packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Original,
+    Reply,
+}
+
+/// Idle timeouts by class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection that has seen no answer yet (TCP before SYN-ACK, UDP and ICMP before the
+    /// first reply).
+    pub unreplied: Duration,
+    pub tcp_established: Duration,
+    /// After FIN in both directions or a RST.
+    pub tcp_closing: Duration,
+    /// RFC 4787 REQ-5: at least two minutes.
+    pub udp: Duration,
+    /// RFC 5508 REQ-1: at least 60 seconds.
+    pub icmp: Duration,
+    /// How long the translation of a fragmented datagram waits for its remaining fragments.
+    pub fragment: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            unreplied: Duration::from_secs(120),
+            // RFC 5382 REQ-5: 2 hours 4 minutes.
+            tcp_established: Duration::from_secs(7440),
+            tcp_closing: Duration::from_secs(60),
+            udp: Duration::from_secs(300),
+            icmp: Duration::from_secs(60),
+            fragment: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Unreplied,
+    TcpEstablished,
+    TcpClosing,
+    Udp,
+    Icmp,
+}
+
+const CLASSES: usize = 5;
+const NONE: u32 = u32::MAX;
+
+const REPLIED: u8 = 1;
+const ESTABLISHED: u8 = 2;
+const FIN_ORIGINAL: u8 = 4;
+const FIN_REPLY: u8 = 8;
+const CLOSED: u8 = 16;
+
+/// A tracked connection.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub run: RunId,
+    last_seen: Instant,
+    queued: Instant,
+    prev: u32,
+    next: u32,
+    generation: u32,
+    pub protocol: Protocol,
+    flags: u8,
+    class: Class,
+    live: bool,
+}
+
+impl Conn {
+    /// The tuple a packet travelling in `dir` is rewritten to.
+    pub fn translated(&self, dir: Dir) -> Tuple {
+        match dir {
+            Dir::Original => self.reply.reverse(),
+            Dir::Reply => self.original.reverse(),
+        }
+    }
+
+    fn class(&self) -> Class {
+        let f = self.flags;
+        match self.protocol {
+            Protocol::Tcp
+                if f & CLOSED != 0
+                    || f & (FIN_ORIGINAL | FIN_REPLY) == FIN_ORIGINAL | FIN_REPLY =>
+            {
+                Class::TcpClosing
+            }
+            Protocol::Tcp if f & ESTABLISHED != 0 => Class::TcpEstablished,
+            Protocol::Udp if f & REPLIED != 0 => Class::Udp,
+            Protocol::Icmp if f & REPLIED != 0 => Class::Icmp,
+            _ => Class::Unreplied,
+        }
+    }
+}
+
+/// A handle that stays valid only while the connection it names lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    id: u32,
+    generation: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+/// The connection table.
+#[derive(Debug)]
+pub struct Table {
+    conns: Vec<Conn>,
+    free: u32,
+    index: HashMap<Key, u32, FixedState>,
+    lists: [List; CLASSES],
+    timeouts: [u64; CLASSES],
+    len: usize,
+    max: usize,
+    pub expired: u64,
+    pub evicted: u64,
+    pub removed: u64,
+}
+
+impl Table {
+    pub fn new(max: usize, timeouts: &Timeouts, seed: u64) -> Table {
+        let t = timeouts;
+        Table {
+            conns: Vec::new(),
+            free: NONE,
+            index: HashMap::with_hasher(FixedState::with_seed(seed)),
+            lists: [List {
+                head: NONE,
+                tail: NONE,
+            }; CLASSES],
+            timeouts: [t.unreplied, t.tcp_established, t.tcp_closing, t.udp, t.icmp].map(millis),
+            len: 0,
+            max,
+            expired: 0,
+            evicted: 0,
+            removed: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, id: u32) -> &Conn {
+        &self.conns[id as usize]
+    }
+
+    pub fn handle(&self, id: u32) -> ConnRef {
+        ConnRef {
+            id,
+            generation: self.conns[id as usize].generation,
+        }
+    }
+
+    pub fn is_live(&self, r: ConnRef) -> bool {
+        self.conns
+            .get(r.id as usize)
+            .is_some_and(|c| c.live && c.generation == r.generation)
+    }
+
+    fn is_idle(&self, c: &Conn, now: Instant) -> bool {
+        now.as_millis().saturating_sub(c.last_seen.as_millis()) > self.timeouts[c.class as usize]
+    }
+
+    /// Whether a tuple is tracked (in either direction), expired or not.
+    pub fn contains(&self, protocol: Protocol, tuple: Tuple) -> bool {
+        self.index.contains_key(&Key { tuple, protocol })
+    }
+
+    /// Finds the live connection a packet arriving with `tuple` belongs to, without touching it.
+    pub fn peek(&self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
+        let v = *self.index.get(&Key { tuple, protocol })?;
+        let id = v >> 1;
+        let dir = if v & 1 == 0 {
+            Dir::Original
+        } else {
+            Dir::Reply
+        };
+        (!self.is_idle(&self.conns[id as usize], now)).then_some((id, dir))
+    }
+
+    /// Like [`Table::peek`], and removes the connection found idle past its timeout.
+    pub fn lookup(&mut self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
+        let v = *self.index.get(&Key { tuple, protocol })?;
+        let id = v >> 1;
+        if self.is_idle(&self.conns[id as usize], now) {
+            self.remove(id);
+            self.expired += 1;
+            return None;
+        }
+        Some((
+            id,
+            if v & 1 == 0 {
+                Dir::Original
+            } else {
+                Dir::Reply
+            },
+        ))
+    }
+
+    /// Records a packet of connection `id`: refreshes it and follows TCP's life cycle.
+    pub fn on_packet(&mut self, id: u32, dir: Dir, tcp_flags: Option<u8>, now: Instant) {
+        let c = &mut self.conns[id as usize];
+        c.last_seen = now;
+        let mut f = c.flags;
+        if dir == Dir::Reply {
+            f |= REPLIED;
+        }
+        if let Some(tf) = tcp_flags {
+            let syn_only = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN;
+            if tf & TCP_RST != 0 {
+                f |= CLOSED;
+            } else if syn_only
+                && dir == Dir::Original
+                && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0
+            {
+                // The same ports open a new connection after the old one closed.
+                f = 0;
+            } else {
+                if dir == Dir::Reply && tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN | TCP_ACK_FLAG {
+                    f |= ESTABLISHED;
+                }
+                if tf & TCP_FIN != 0 {
+                    f |= if dir == Dir::Original {
+                        FIN_ORIGINAL
+                    } else {
+                        FIN_REPLY
+                    };
+                }
+            }
+        }
+        if f == c.flags {
+            return;
+        }
+        c.flags = f;
+        let class = c.class();
+        if class != c.class {
+            self.unlink(id);
+            self.conns[id as usize].class = class;
+            self.push_back(id, now);
+        }
+    }
+
+    /// Starts tracking a new connection whose first packet arrived with `original` and whose
+    /// answers will arrive with `reply`. The caller has checked that `original` is not tracked.
+    pub fn insert(
+        &mut self,
+        protocol: Protocol,
+        original: Tuple,
+        reply: Tuple,
+        run: RunId,
+        now: Instant,
+    ) -> Result<u32, DropReason> {
+        let reply_key = Key {
+            tuple: reply,
+            protocol,
+        };
+        if original == reply || self.index.contains_key(&reply_key) {
+            return Err(DropReason::TupleConflict);
+        }
+        if self.len >= self.max {
+            self.make_room(now)?;
+        }
+        let conn = Conn {
+            original,
+            reply,
+            run,
+            last_seen: now,
+            queued: now,
+            prev: NONE,
+            next: NONE,
+            generation: 0,
+            protocol,
+            flags: 0,
+            class: Class::Unreplied,
+            live: true,
+        };
+        let id = if self.free != NONE {
+            let id = self.free;
+            let slot = &mut self.conns[id as usize];
+            self.free = slot.next;
+            let generation = slot.generation.wrapping_add(1);
+            *slot = Conn { generation, ..conn };
+            id
+        } else {
+            let Ok(id) = u32::try_from(self.conns.len()) else {
+                return Err(DropReason::TableFull);
+            };
+            if id >= NONE >> 1 {
+                return Err(DropReason::TableFull);
+            }
+            self.conns.push(conn);
+            id
+        };
+        self.index.insert(
+            Key {
+                tuple: original,
+                protocol,
+            },
+            id << 1,
+        );
+        self.index.insert(reply_key, id << 1 | 1);
+        self.push_back(id, now);
+        self.len += 1;
+        Ok(id)
+    }
+
+    fn make_room(&mut self, now: Instant) -> Result<(), DropReason> {
+        self.expire(now);
+        if self.len < self.max {
+            return Ok(());
+        }
+        let oldest = self.lists[Class::Unreplied as usize].head;
+        if oldest == NONE {
+            return Err(DropReason::TableFull);
+        }
+        self.remove(oldest);
+        self.evicted += 1;
+        Ok(())
+    }
+
+    /// Stops tracking connection `id`.
+    pub fn remove(&mut self, id: u32) {
+        let c = &self.conns[id as usize];
+        if !c.live {
+            return;
+        }
+        let (o, r, p) = (c.original, c.reply, c.protocol);
+        self.index.remove(&Key {
+            tuple: o,
+            protocol: p,
+        });
+        self.index.remove(&Key {
+            tuple: r,
+            protocol: p,
+        });
+        self.unlink(id);
+        let slot = &mut self.conns[id as usize];
+        slot.live = false;
+        slot.next = self.free;
+        self.free = id;
+        self.len -= 1;
+    }
+
+    /// Removes every connection for which `doomed` says so; returns how many.
+    pub fn remove_where(&mut self, mut doomed: impl FnMut(&Conn) -> bool) -> usize {
+        let ids: Vec<u32> = (0..self.conns.len() as u32)
+            .filter(|&i| {
+                let c = &self.conns[i as usize];
+                c.live && doomed(c)
+            })
+            .collect();
+        for &id in &ids {
+            self.remove(id);
+        }
+        self.removed += ids.len() as u64;
+        ids.len()
+    }
+
+    /// Removes connections idle past their timeout; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        for class in 0..CLASSES {
+            let timeout = self.timeouts[class];
+            loop {
+                let id = self.lists[class].head;
+                if id == NONE {
+                    break;
+                }
+                let c = &self.conns[id as usize];
+                if now.as_millis().saturating_sub(c.queued.as_millis()) <= timeout {
+                    break;
+                }
+                if now.as_millis().saturating_sub(c.last_seen.as_millis()) > timeout {
+                    self.remove(id);
+                    n += 1;
+                } else {
+                    // Refreshed since it was queued: look again one timeout after its last packet.
+                    let last_seen = c.last_seen;
+                    self.unlink(id);
+                    self.push_back(id, last_seen.max(self.back_queued(class)));
+                }
+            }
+        }
+        self.expired += n as u64;
+        n
+    }
+
+    fn back_queued(&self, class: usize) -> Instant {
+        match self.lists[class].tail {
+            NONE => Instant::ZERO,
+            t => self.conns[t as usize].queued,
+        }
+    }
+
+    /// When [`Table::expire`] next has work to do.
+    pub fn poll_at(&self) -> Option<Instant> {
+        (0..CLASSES)
+            .filter_map(|class| {
+                let head = self.lists[class].head;
+                (head != NONE).then(|| {
+                    let c = &self.conns[head as usize];
+                    Instant::from_millis(
+                        c.queued.as_millis().saturating_add(self.timeouts[class]) + 1,
+                    )
+                })
+            })
+            .min()
+    }
+
+    fn push_back(&mut self, id: u32, queued: Instant) {
+        let class = self.conns[id as usize].class as usize;
+        let tail = self.lists[class].tail;
+        {
+            let c = &mut self.conns[id as usize];
+            c.prev = tail;
+            c.next = NONE;
+            c.queued = queued;
+        }
+        if tail == NONE {
+            self.lists[class].head = id;
+        } else {
+            self.conns[tail as usize].next = id;
+        }
+        self.lists[class].tail = id;
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let (prev, next, class) = {
+            let c = &self.conns[id as usize];
+            (c.prev, c.next, c.class as usize)
+        };
+        if prev == NONE {
+            self.lists[class].head = next;
+        } else {
+            self.conns[prev as usize].next = next;
+        }
+        if next == NONE {
+            self.lists[class].tail = prev;
+        } else {
+            self.conns[next as usize].prev = prev;
+        }
+    }
+}

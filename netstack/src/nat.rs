@@ -1,0 +1,116 @@
+//! In-place rewriting of addresses and ports with incremental checksum updates.
+
+use core::net::Ipv4Addr;
+
+use crate::checksum::Delta;
+use crate::conntrack::Tuple;
+use crate::wire::{
+    get16, get_addr, put16, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM, UDP_CSUM,
+};
+
+/// How the L4 checksum field of a packet is to be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// A complete checksum (or, for UDP, 0 for "none").
+    #[default]
+    Complete,
+    /// virtio-net `NEEDS_CSUM`: the TCP/UDP checksum field holds the pseudo-header sum, and the
+    /// kernel or NIC completes it over the segment later.
+    Partial,
+}
+
+/// Where the L4 checksum of the packet being rewritten stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The packet itself, with its checksum kind.
+    Packet(L4Checksum),
+    /// A packet quoted in an ICMP error, whose bytes end at the given offset: fields beyond it are
+    /// missing from the quote and left alone.
+    Quoted { end: usize },
+}
+
+fn set_word(buf: &mut [u8], off: usize, new: u16, d: &mut Delta) {
+    d.word(get16(buf, off), new);
+    put16(buf, off, new);
+}
+
+fn set_addr(buf: &mut [u8], off: usize, new: Ipv4Addr, d: &mut Delta) {
+    d.addr(get_addr(buf, off), new);
+    buf[off..off + 4].copy_from_slice(&new.octets());
+}
+
+/// Rewrites the IPv4 packet that starts at `ip` (header length `header_len`, L4 shape `l4`) so
+/// that its addresses and ports are `to`, and keeps every checksum right. Returns the change of
+/// all words written, checksums included: the delta for a checksum that covers this packet (the
+/// ICMP checksum of an error that quotes it).
+pub fn rewrite(
+    buf: &mut [u8],
+    ip: usize,
+    header_len: usize,
+    l4: L4,
+    to: Tuple,
+    mode: Mode,
+) -> Delta {
+    let mut addrs = Delta::ZERO;
+    set_addr(buf, ip + IP_SRC, *to.src.ip(), &mut addrs);
+    set_addr(buf, ip + IP_DST, *to.dst.ip(), &mut addrs);
+    let mut all = addrs;
+    if !addrs.is_zero() {
+        let old = get16(buf, ip + IP_CSUM);
+        let new = addrs.apply_complete(old);
+        put16(buf, ip + IP_CSUM, new);
+        all.word(old, new);
+    }
+    let l4o = ip + header_len;
+    let mut ports = Delta::ZERO;
+    // (checksum offset, covers the pseudo-header, 0 means "no checksum")
+    let csum = match l4 {
+        L4::Tcp { .. } => {
+            set_word(buf, l4o, to.src.port(), &mut ports);
+            set_word(buf, l4o + 2, to.dst.port(), &mut ports);
+            Some((l4o + TCP_CSUM, true, false))
+        }
+        L4::Udp { .. } => {
+            set_word(buf, l4o, to.src.port(), &mut ports);
+            set_word(buf, l4o + 2, to.dst.port(), &mut ports);
+            Some((l4o + UDP_CSUM, true, true))
+        }
+        L4::EchoRequest { .. } => {
+            set_word(buf, l4o + ICMP_ID, to.src.port(), &mut ports);
+            Some((l4o + ICMP_CSUM, false, false))
+        }
+        L4::EchoReply { .. } => {
+            set_word(buf, l4o + ICMP_ID, to.dst.port(), &mut ports);
+            Some((l4o + ICMP_CSUM, false, false))
+        }
+        L4::IcmpError { .. } | L4::Fragment => None,
+    };
+    all.add(ports);
+    let Some((off, pseudo, zero_is_none)) = csum else {
+        return all;
+    };
+    if let Mode::Quoted { end } = mode {
+        if off + 2 > end {
+            return all;
+        }
+    }
+    let old = get16(buf, off);
+    let new = match mode {
+        Mode::Packet(L4Checksum::Partial) if pseudo => addrs.apply_partial(old),
+        _ if zero_is_none && old == 0 => 0,
+        _ => {
+            let mut d = ports;
+            if pseudo {
+                d.add(addrs);
+            }
+            match d.apply_complete(old) {
+                // RFC 768: a computed 0 is sent as all ones; 0 means "no checksum".
+                0 if zero_is_none => 0xffff,
+                c => c,
+            }
+        }
+    };
+    put16(buf, off, new);
+    all.word(old, new);
+    all
+}

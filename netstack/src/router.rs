@@ -1,0 +1,754 @@
+//! The router: policy, port mappings and translation, driven by [`Router::process`].
+//!
+//! Every packet the kernel routes into the node's TUN device comes here, from either side: VPN
+//! peers (via tun0) and algorithm containers (via their veths). The side is told by the source
+//! address: registered container addresses on one hand, the VPN subnet on the other. The router
+//! rewrites the packet in place and hands it back to be written to the same TUN device, from
+//! where the kernel delivers it to tun0 or to a veth.
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::ops::RangeInclusive;
+use core::time::Duration;
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
+
+use crate::conntrack::{Dir, RunId, Table, Timeouts, Tuple};
+use crate::frag::{FragKey, Fragments};
+use crate::icmp::{self, RateLimit};
+use crate::nat::{self, L4Checksum, Mode};
+use crate::stats::{Counters, DropReason, Reply, Side};
+use crate::time::{millis, Instant};
+use crate::wire::{
+    self, Parsed, Protocol, ICMP_CODE_FRAG_NEEDED, ICMP_CODE_PORT_UNREACHABLE, ICMP_CSUM,
+    ICMP_DEST_UNREACHABLE, L4, TCP_ACK_FLAG, TCP_RST, TCP_SYN,
+};
+
+/// The node's place on the VPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vpn {
+    /// The node's VPN address: the one address peers reach it at.
+    pub address: Ipv4Addr,
+    /// Prefix length of the VPN subnet.
+    pub prefix_len: u8,
+    /// The largest packet the tunnel (and each container's link) carries.
+    pub mtu: u16,
+}
+
+impl Vpn {
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// Whether `addr` lies in the VPN subnet.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        (addr.to_bits() ^ self.address.to_bits()) & self.mask() == 0
+    }
+
+    /// The subnet's network or broadcast address (prefixes up to /30).
+    fn is_network_or_broadcast(&self, addr: Ipv4Addr) -> bool {
+        let host = addr.to_bits() & !self.mask();
+        self.prefix_len <= 30 && (host == 0 || host == !self.mask())
+    }
+}
+
+/// A port mapping: what vantage6 wrote as an iptables DNAT rule. Packets from VPN peers (and from
+/// containers of the same node) to `(node VPN address, public_port)` go to `container`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub protocol: Protocol,
+    pub public_port: u16,
+    pub container: SocketAddrV4,
+    pub run: RunId,
+}
+
+/// What the router does with a packet: all but `Drop` mean "write `buf[..len]` back to the TUN".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The packet was translated (its L4 checksum keeps the kind it came with).
+    Forward {
+        len: usize,
+    },
+    /// The router answered: `buf[..len]` is a new, complete packet (no offload).
+    Reply {
+        len: usize,
+        reply: Reply,
+    },
+    Drop(DropReason),
+}
+
+/// Offload information that came with the packet (from the virtio-net header).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub checksum: L4Checksum,
+    /// For a GSO super-packet, the payload size of each segment; 0 otherwise.
+    pub gso_size: u16,
+}
+
+/// Router settings that do not change while it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Most connections tracked at once.
+    pub max_connections: usize,
+    /// Most fragmented datagrams whose translation is remembered at once.
+    pub max_fragmented: usize,
+    pub timeouts: Timeouts,
+    /// Ports (and ICMP identifiers) on the VPN address for connections that containers open.
+    /// Public ports of mappings must lie outside.
+    pub outbound_ports: RangeInclusive<u16>,
+    /// RSTs and ICMP errors the router may send per second, and in a burst.
+    pub replies_per_sec: u32,
+    pub reply_burst: u32,
+    /// Keys the hash tables and port choice; give each router a random one.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_connections: 65_536,
+            max_fragmented: 1024,
+            timeouts: Timeouts::default(),
+            outbound_ports: 32768..=49151,
+            replies_per_sec: 1000,
+            reply_burst: 50,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Errors of the control operations (never of packet processing, which drops and counts).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// invalid router configuration
+    #[error("invalid router configuration: {0}")]
+    Config(&'static str),
+    /// the VPN prefix length is out of range
+    #[error("VPN prefix length /{0} is not between /8 and /30")]
+    PrefixLen(u8),
+    /// the MTU is too small for IPv4
+    #[error("MTU {0} is below the IPv4 minimum of 576")]
+    Mtu(u16),
+    /// a container address overlaps the VPN subnet
+    #[error("container address {addr} lies in the VPN subnet")]
+    ContainerInVpnSubnet { addr: Ipv4Addr },
+    /// the container address is registered to another run
+    #[error("container address {addr} is already registered for run {run}")]
+    ContainerInUse { addr: Ipv4Addr, run: u64 },
+    /// the mapping names a container that is not registered
+    #[error("container address {0} is not registered")]
+    UnknownContainer(Ipv4Addr),
+    /// the public port is taken
+    #[error("public port {port}/{protocol:?} is already mapped")]
+    PortInUse { protocol: Protocol, port: u16 },
+    /// the public port is unusable
+    #[error("public port {port} is not usable: it is 0 or in the outbound range {start}-{end}")]
+    PortUnusable { port: u16, start: u16, end: u16 },
+    /// ICMP has no ports to map
+    #[error("only TCP and UDP ports can be mapped")]
+    NotMappable,
+}
+
+/// The sans-IO NAT router.
+#[derive(Debug)]
+pub struct Router {
+    config: Config,
+    vpn: Option<Vpn>,
+    containers: HashMap<Ipv4Addr, RunId, FixedState>,
+    mappings: HashMap<(Protocol, u16), Mapping, FixedState>,
+    /// (protocol, container endpoint) -> public port: connections a mapped container opens from
+    /// its mapped port leave from the public port, so peers see one address for it.
+    targets: HashMap<(Protocol, SocketAddrV4), u16, FixedState>,
+    conns: Table,
+    frags: Fragments,
+    limit: RateLimit,
+    rng: u64,
+    counters: Counters,
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn starts_connection(l4: &L4) -> bool {
+    match *l4 {
+        L4::Tcp { flags, .. } => flags & (TCP_SYN | TCP_ACK_FLAG | TCP_RST) == TCP_SYN,
+        L4::Udp { .. } | L4::EchoRequest { .. } => true,
+        L4::EchoReply { .. } | L4::IcmpError { .. } | L4::Fragment => false,
+    }
+}
+
+impl Router {
+    pub fn new(config: Config) -> Result<Router, Error> {
+        let t = &config.timeouts;
+        if config.max_connections == 0 || config.max_connections >= (u32::MAX >> 1) as usize {
+            return Err(Error::Config(
+                "max_connections must be between 1 and 2^31 - 2",
+            ));
+        }
+        if t.udp < Duration::from_secs(120) {
+            return Err(Error::Config(
+                "the UDP timeout must be at least 120 s (RFC 4787 REQ-5)",
+            ));
+        }
+        if t.icmp < Duration::from_secs(60) {
+            return Err(Error::Config(
+                "the ICMP timeout must be at least 60 s (RFC 5508 REQ-1)",
+            ));
+        }
+        if t.tcp_established < Duration::from_secs(7440) {
+            return Err(Error::Config(
+                "the established TCP timeout must be at least 2 h 4 min (RFC 5382 REQ-5)",
+            ));
+        }
+        if config.outbound_ports.is_empty() || *config.outbound_ports.start() == 0 {
+            return Err(Error::Config(
+                "the outbound port range must be non-empty and exclude 0",
+            ));
+        }
+        let seed = config.seed;
+        let h = || FixedState::with_seed(seed);
+        Ok(Router {
+            conns: Table::new(config.max_connections, t, seed),
+            frags: Fragments::new(config.max_fragmented, millis(t.fragment), seed),
+            limit: RateLimit::new(config.replies_per_sec, config.reply_burst),
+            rng: seed,
+            vpn: None,
+            containers: HashMap::with_hasher(h()),
+            mappings: HashMap::with_hasher(h()),
+            targets: HashMap::with_hasher(h()),
+            counters: Counters::default(),
+            config,
+        })
+    }
+
+    pub fn vpn(&self) -> Option<Vpn> {
+        self.vpn
+    }
+
+    /// Sets (or clears) the node's VPN address. A new address ends every tracked connection:
+    /// they were all made with the old one.
+    pub fn set_vpn(&mut self, vpn: Option<Vpn>) -> Result<(), Error> {
+        if let Some(v) = vpn {
+            if !(8..=30).contains(&v.prefix_len) {
+                return Err(Error::PrefixLen(v.prefix_len));
+            }
+            if v.mtu < 576 {
+                return Err(Error::Mtu(v.mtu));
+            }
+            if let Some(&addr) = self.containers.keys().find(|a| v.contains(**a)) {
+                return Err(Error::ContainerInVpnSubnet { addr });
+            }
+        }
+        if vpn.map(|v| (v.address, v.prefix_len)) != self.vpn.map(|v| (v.address, v.prefix_len)) {
+            self.conns.remove_where(|_| true);
+            self.frags.clear();
+        }
+        self.vpn = vpn;
+        Ok(())
+    }
+
+    /// Registers an algorithm container's address: packets from it are the container side.
+    pub fn add_container(&mut self, addr: Ipv4Addr, run: RunId) -> Result<(), Error> {
+        if self.vpn.is_some_and(|v| v.contains(addr)) {
+            return Err(Error::ContainerInVpnSubnet { addr });
+        }
+        match self.containers.get(&addr) {
+            Some(r) if *r != run => Err(Error::ContainerInUse { addr, run: r.0 }),
+            _ => {
+                self.containers.insert(addr, run);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn add_mapping(&mut self, m: Mapping) -> Result<(), Error> {
+        if m.protocol == Protocol::Icmp {
+            return Err(Error::NotMappable);
+        }
+        let range = &self.config.outbound_ports;
+        if m.public_port == 0 || range.contains(&m.public_port) {
+            return Err(Error::PortUnusable {
+                port: m.public_port,
+                start: *range.start(),
+                end: *range.end(),
+            });
+        }
+        if self.containers.get(m.container.ip()) != Some(&m.run) {
+            return Err(Error::UnknownContainer(*m.container.ip()));
+        }
+        if self.mappings.contains_key(&(m.protocol, m.public_port)) {
+            return Err(Error::PortInUse {
+                protocol: m.protocol,
+                port: m.public_port,
+            });
+        }
+        self.mappings.insert((m.protocol, m.public_port), m);
+        self.targets
+            .entry((m.protocol, m.container))
+            .or_insert(m.public_port);
+        Ok(())
+    }
+
+    /// Removes a mapping and every connection made through it. Returns the mapping, if any.
+    pub fn remove_mapping(&mut self, protocol: Protocol, public_port: u16) -> Option<Mapping> {
+        let m = self.mappings.remove(&(protocol, public_port))?;
+        if self.targets.get(&(protocol, m.container)) == Some(&public_port) {
+            self.targets.remove(&(protocol, m.container));
+        }
+        if let Some(v) = self.vpn {
+            let public = SocketAddrV4::new(v.address, public_port);
+            self.conns.remove_where(|c| {
+                c.protocol == protocol && (c.original.dst == public || c.reply.dst == public)
+            });
+        }
+        Some(m)
+    }
+
+    /// Removes everything of a run: its containers, its mappings and their connections.
+    pub fn remove_run(&mut self, run: RunId) {
+        let ports: Vec<_> = self
+            .mappings
+            .values()
+            .filter(|m| m.run == run)
+            .map(|m| (m.protocol, m.public_port))
+            .collect();
+        for (protocol, port) in ports {
+            self.remove_mapping(protocol, port);
+        }
+        self.containers.retain(|_, r| *r != run);
+        self.conns.remove_where(|c| c.run == run);
+    }
+
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.mappings.values()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn fragmented(&self) -> usize {
+        self.frags.len()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        c.connections_expired = self.conns.expired;
+        c.connections_evicted = self.conns.evicted;
+        c.connections_removed = self.conns.removed;
+        c
+    }
+
+    /// Forgets connections and fragment translations that have timed out.
+    pub fn poll(&mut self, now: Instant) {
+        self.conns.expire(now);
+        self.frags.expire(now);
+    }
+
+    /// When [`Router::poll`] next has work to do.
+    pub fn poll_at(&self) -> Option<Instant> {
+        match (self.conns.poll_at(), self.frags.poll_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Decides on the packet `buf[..len]` and rewrites it in place; `buf` beyond `len` is room
+    /// for an answer larger than the packet. Never panics, whatever the bytes.
+    pub fn process(&mut self, buf: &mut [u8], len: usize, meta: Meta, now: Instant) -> Action {
+        let len = len.min(buf.len());
+        match self.route(buf, len, meta, now) {
+            Ok(action) => action,
+            Err(reason) => {
+                self.counters.drop(reason);
+                Action::Drop(reason)
+            }
+        }
+    }
+
+    fn route(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        meta: Meta,
+        now: Instant,
+    ) -> Result<Action, DropReason> {
+        let p = wire::parse(&buf[..len])?;
+        let vpn = self.vpn.ok_or(DropReason::NoVpn)?;
+        let (src, dst) = (p.ip.src, p.ip.dst);
+        let side = if let Some(&run) = self.containers.get(&src) {
+            if dst == vpn.address {
+            } else if self.containers.contains_key(&dst) {
+                return Err(DropReason::ContainerToInternal);
+            } else if !vpn.contains(dst) {
+                return Err(DropReason::OutsideVpn);
+            } else if vpn.is_network_or_broadcast(dst) {
+                return Err(DropReason::Broadcast);
+            }
+            (Side::Container, run)
+        } else if vpn.contains(src) && src != vpn.address && !vpn.is_network_or_broadcast(src) {
+            if dst != vpn.address {
+                return Err(DropReason::NotForNode);
+            }
+            (Side::Vpn, RunId(0))
+        } else {
+            return Err(DropReason::UnknownSource);
+        };
+        let action = match p.l4 {
+            L4::Fragment => self.translate_fragment(buf, &p, now)?,
+            L4::EchoRequest { .. } if dst == vpn.address => {
+                if p.ip.is_fragment() {
+                    return Err(DropReason::FragmentedLocal);
+                }
+                self.counters.reply(Reply::EchoReply);
+                return Ok(Action::Reply {
+                    len: icmp::echo_reply(buf, &p.ip),
+                    reply: Reply::EchoReply,
+                });
+            }
+            L4::IcmpError { .. } => self.translate_icmp_error(buf, &p, side.0, now)?,
+            _ => {
+                if self.too_big(buf, &p, meta, vpn) {
+                    return self.answer_too_big(buf, &p, vpn, now);
+                }
+                self.translate(buf, &p, side, vpn, meta, now)?
+            }
+        };
+        self.counters.forward(side.0, p.ip.total_len);
+        Ok(action)
+    }
+
+    /// Whether the packet (or each segment of a GSO super-packet) exceeds the MTU with DF set.
+    fn too_big(&self, buf: &[u8], p: &Parsed, meta: Meta, vpn: Vpn) -> bool {
+        if !p.ip.dont_fragment {
+            return false;
+        }
+        let size = if meta.gso_size == 0 {
+            p.ip.total_len
+        } else {
+            let l4_header = match p.l4 {
+                L4::Tcp { .. } => usize::from(buf[p.ip.header_len + 12] >> 4) * 4,
+                _ => 8,
+            };
+            p.ip.header_len + l4_header + usize::from(meta.gso_size)
+        };
+        size > usize::from(vpn.mtu)
+    }
+
+    fn answer_too_big(
+        &mut self,
+        buf: &mut [u8],
+        p: &Parsed,
+        vpn: Vpn,
+        now: Instant,
+    ) -> Result<Action, DropReason> {
+        let code = (ICMP_DEST_UNREACHABLE, ICMP_CODE_FRAG_NEEDED);
+        self.answer(
+            buf,
+            Reply::FragmentationNeeded,
+            DropReason::TooBig,
+            now,
+            |buf| {
+                icmp::error(
+                    buf,
+                    p.ip.total_len,
+                    vpn.address,
+                    p.ip.src,
+                    code,
+                    u32::from(vpn.mtu),
+                )
+            },
+        )
+    }
+
+    /// Sends an answer built by `build` instead of the packet, within the rate limit, and counts
+    /// the packet as dropped for `reason`.
+    fn answer(
+        &mut self,
+        buf: &mut [u8],
+        reply: Reply,
+        reason: DropReason,
+        now: Instant,
+        build: impl FnOnce(&mut [u8]) -> Result<usize, DropReason>,
+    ) -> Result<Action, DropReason> {
+        if !self.limit.allow(now) {
+            return Err(DropReason::RateLimited);
+        }
+        let len = build(buf)?;
+        self.counters.drop(reason);
+        self.counters.reply(reply);
+        Ok(Action::Reply { len, reply })
+    }
+
+    fn translate(
+        &mut self,
+        buf: &mut [u8],
+        p: &Parsed,
+        (side, run): (Side, RunId),
+        vpn: Vpn,
+        meta: Meta,
+        now: Instant,
+    ) -> Result<Action, DropReason> {
+        let Some(protocol) = p.l4.protocol() else {
+            return Err(DropReason::Malformed);
+        };
+        let (sport, dport) = p.l4.ports();
+        let arrived = Tuple {
+            src: SocketAddrV4::new(p.ip.src, sport),
+            dst: SocketAddrV4::new(p.ip.dst, dport),
+        };
+        let (id, dir) = match self.conns.lookup(protocol, arrived, now) {
+            Some(hit) => hit,
+            None => match self.open(protocol, arrived, p, side, run, vpn, now) {
+                Ok(id) => (id, Dir::Original),
+                Err(DropReason::NoMapping) => return self.refuse(buf, p, now),
+                Err(e) => return Err(e),
+            },
+        };
+        let tcp_flags = match p.l4 {
+            L4::Tcp { flags, .. } => Some(flags),
+            _ => None,
+        };
+        self.conns.on_packet(id, dir, tcp_flags, now);
+        let to = self.conns.get(id).translated(dir);
+        nat::rewrite(
+            buf,
+            0,
+            p.ip.header_len,
+            p.l4,
+            to,
+            Mode::Packet(meta.checksum),
+        );
+        if p.ip.more_fragments {
+            let key = FragKey {
+                src: p.ip.src,
+                dst: p.ip.dst,
+                protocol: p.ip.protocol,
+                ident: p.ip.ident,
+            };
+            self.frags
+                .insert(key, self.conns.handle(id), *to.src.ip(), *to.dst.ip(), now);
+        }
+        Ok(Action::Forward {
+            len: p.ip.total_len,
+        })
+    }
+
+    /// Starts tracking the connection whose first packet arrived with `arrived`.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        protocol: Protocol,
+        arrived: Tuple,
+        p: &Parsed,
+        side: Side,
+        run: RunId,
+        vpn: Vpn,
+        now: Instant,
+    ) -> Result<u32, DropReason> {
+        let to_node = *arrived.dst.ip() == vpn.address;
+        let mapping = if to_node {
+            let m = self
+                .mappings
+                .get(&(protocol, arrived.dst.port()))
+                .ok_or(DropReason::NoMapping)?;
+            Some(*m)
+        } else {
+            None
+        };
+        if !starts_connection(&p.l4) {
+            return Err(DropReason::NoConnection);
+        }
+        let reply = match (side, mapping) {
+            // A peer opens a connection to a mapped port: only the destination changes.
+            (Side::Vpn, Some(m)) => Tuple {
+                src: m.container,
+                dst: arrived.src,
+            },
+            (Side::Vpn, None) => return Err(DropReason::NotForNode),
+            // A container opens one to a peer, or to a mapped port of this node (hairpin): the
+            // source becomes the node's VPN address, so the answers come back here.
+            (Side::Container, m) => {
+                let remote = m.map_or(arrived.dst, |m| m.container);
+                let port = self.allocate(protocol, remote, arrived.src, vpn.address)?;
+                Tuple {
+                    src: remote,
+                    dst: SocketAddrV4::new(vpn.address, port),
+                }
+            }
+        };
+        let run = mapping.filter(|_| side == Side::Vpn).map_or(run, |m| m.run);
+        let id = self.conns.insert(protocol, arrived, reply, run, now)?;
+        self.counters.connections_created += 1;
+        Ok(id)
+    }
+
+    /// Picks the port on the VPN address for a connection a container opens from `local` to
+    /// `remote`: the public port of its mapping if `local` is mapped, else `local`'s own port if
+    /// it is in the outbound range and free (port preservation), else a random free one.
+    fn allocate(
+        &mut self,
+        protocol: Protocol,
+        remote: SocketAddrV4,
+        local: SocketAddrV4,
+        vpn: Ipv4Addr,
+    ) -> Result<u16, DropReason> {
+        let range = self.config.outbound_ports.clone();
+        let free = |conns: &Table, port: u16| {
+            !conns.contains(
+                protocol,
+                Tuple {
+                    src: remote,
+                    dst: SocketAddrV4::new(vpn, port),
+                },
+            )
+        };
+        let mapped = self.targets.get(&(protocol, local)).copied();
+        let preserved = range.contains(&local.port()).then_some(local.port());
+        if let Some(port) = [mapped, preserved]
+            .into_iter()
+            .flatten()
+            .find(|&p| free(&self.conns, p))
+        {
+            return Ok(port);
+        }
+        let (start, size) = (
+            u32::from(*range.start()),
+            u32::from(*range.end()) - u32::from(*range.start()) + 1,
+        );
+        let first = (splitmix(&mut self.rng) % u64::from(size)) as u32;
+        (0..size.min(512))
+            .map(|i| (start + (first + i) % size) as u16)
+            .find(|&port| free(&self.conns, port))
+            .ok_or(DropReason::NoFreePort)
+    }
+
+    /// Answers a packet to an unmapped port of the node: TCP with a RST, UDP with ICMP port
+    /// unreachable, as a host with nothing listening would.
+    fn refuse(&mut self, buf: &mut [u8], p: &Parsed, now: Instant) -> Result<Action, DropReason> {
+        match p.l4 {
+            L4::Tcp { flags, .. } if flags & TCP_RST == 0 && !p.ip.is_fragment() => {
+                self.answer(buf, Reply::TcpReset, DropReason::NoMapping, now, |buf| {
+                    icmp::tcp_reset(buf, &p.ip).ok_or(DropReason::NoMapping)
+                })
+            }
+            L4::Udp { .. } if !p.ip.is_fragment() || p.ip.frag_offset == 0 => {
+                let code = (ICMP_DEST_UNREACHABLE, ICMP_CODE_PORT_UNREACHABLE);
+                self.answer(
+                    buf,
+                    Reply::PortUnreachable,
+                    DropReason::NoMapping,
+                    now,
+                    |buf| icmp::error(buf, p.ip.total_len, p.ip.dst, p.ip.src, code, 0),
+                )
+            }
+            _ => Err(DropReason::NoMapping),
+        }
+    }
+
+    fn translate_fragment(
+        &mut self,
+        buf: &mut [u8],
+        p: &Parsed,
+        now: Instant,
+    ) -> Result<Action, DropReason> {
+        let key = FragKey {
+            src: p.ip.src,
+            dst: p.ip.dst,
+            protocol: p.ip.protocol,
+            ident: p.ip.ident,
+        };
+        let (conn, src, dst) = self
+            .frags
+            .lookup(&key, now)
+            .ok_or(DropReason::FragmentUnknown)?;
+        if !self.conns.is_live(conn) {
+            return Err(DropReason::FragmentUnknown);
+        }
+        let to = Tuple {
+            src: SocketAddrV4::new(src, 0),
+            dst: SocketAddrV4::new(dst, 0),
+        };
+        nat::rewrite(
+            buf,
+            0,
+            p.ip.header_len,
+            L4::Fragment,
+            to,
+            Mode::Packet(L4Checksum::Complete),
+        );
+        Ok(Action::Forward {
+            len: p.ip.total_len,
+        })
+    }
+
+    /// Translates an ICMP error about a packet of a tracked connection: the quoted packet went
+    /// the other way, so its reverse is how that connection's packets arrive here.
+    fn translate_icmp_error(
+        &mut self,
+        buf: &mut [u8],
+        p: &Parsed,
+        side: Side,
+        now: Instant,
+    ) -> Result<Action, DropReason> {
+        let icmp_at = p.ip.header_len;
+        let q = wire::parse_quoted(&buf[icmp_at..p.ip.total_len])?;
+        let (qs, qd) = q.l4.ports();
+        let arrived = Tuple {
+            src: SocketAddrV4::new(q.dst, qd),
+            dst: SocketAddrV4::new(q.src, qs),
+        };
+        let (id, dir) = self
+            .conns
+            .peek(q.protocol, arrived, now)
+            .ok_or(DropReason::IcmpErrorUnmatched)?;
+        // The error must come to the node from where the connection's packets come from; a
+        // container may only speak for itself (routers on the VPN path may speak for a peer).
+        let from_endpoint = p.ip.src == *arrived.src.ip();
+        if p.ip.dst != *arrived.dst.ip() || (side == Side::Container && !from_endpoint) {
+            return Err(DropReason::IcmpErrorUnmatched);
+        }
+        let to = self.conns.get(id).translated(dir);
+        let quote_at = icmp_at + 8;
+        let delta = nat::rewrite(
+            buf,
+            quote_at,
+            q.header_len,
+            q.l4,
+            to.reverse(),
+            Mode::Quoted {
+                end: quote_at + q.len,
+            },
+        );
+        let c = wire::get16(buf, icmp_at + ICMP_CSUM);
+        wire::put16(buf, icmp_at + ICMP_CSUM, delta.apply_complete(c));
+        let outer_src = if from_endpoint {
+            *to.src.ip()
+        } else {
+            p.ip.src
+        };
+        let outer = Tuple {
+            src: SocketAddrV4::new(outer_src, 0),
+            dst: SocketAddrV4::new(*to.dst.ip(), 0),
+        };
+        nat::rewrite(
+            buf,
+            0,
+            p.ip.header_len,
+            p.l4,
+            outer,
+            Mode::Packet(L4Checksum::Complete),
+        );
+        Ok(Action::Forward {
+            len: p.ip.total_len,
+        })
+    }
+}
