@@ -554,7 +554,8 @@ impl Router {
         vpn: Vpn,
         now: Instant,
     ) -> Result<u32, DropReason> {
-        let to_node = *arrived.dst.ip() == vpn.address;
+        // ICMP has no ports to map: an echo reply without its request is just unsolicited.
+        let to_node = *arrived.dst.ip() == vpn.address && protocol != Protocol::Icmp;
         let mapping = if to_node {
             let m = self
                 .mappings
