@@ -422,7 +422,9 @@ impl Router {
                 self.translate(buf, &p, side, vpn, meta, now)?
             }
         };
-        self.counters.forward(side.0, p.ip.total_len);
+        if let Action::Forward { len } = action {
+            self.counters.forward(side.0, len);
+        }
         Ok(action)
     }
 
