@@ -66,11 +66,12 @@ pub struct Delta(u32);
 impl Delta {
     pub const ZERO: Delta = Delta(0);
 
-    /// Records that the word `old` became `new`.
+    /// Records that the word `old` became `new`. Folding waits until the delta is applied: a
+    /// u32 holds the unfolded sum of thousands of words.
     #[inline]
     pub fn word(&mut self, old: u16, new: u16) {
         if old != new {
-            self.0 = fold(self.0 + u32::from(!old) + u32::from(new)) as u32;
+            self.0 += u32::from(!old) + u32::from(new);
         }
     }
 
@@ -91,7 +92,7 @@ impl Delta {
     /// Adds another delta to this one.
     #[inline]
     pub fn add(&mut self, other: Delta) {
-        self.0 = fold(self.0 + other.0) as u32;
+        self.0 = u32::from(fold(self.0)) + u32::from(fold(other.0));
     }
 
     pub fn is_zero(self) -> bool {
@@ -104,7 +105,7 @@ impl Delta {
         if self.0 == 0 {
             return checksum;
         }
-        !fold(u32::from(!checksum) + self.0)
+        !fold(u32::from(!checksum) + u32::from(fold(self.0)))
     }
 
     /// Applies the delta to a partial (pseudo-header only, not complemented) checksum field.
@@ -113,7 +114,7 @@ impl Delta {
         if self.0 == 0 {
             return partial;
         }
-        fold(u32::from(partial) + self.0)
+        fold(u32::from(partial) + u32::from(fold(self.0)))
     }
 }
 

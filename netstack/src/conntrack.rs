@@ -8,6 +8,9 @@
 //! a connection idle past its timeout treats it as gone, so the timeout holds exactly for
 //! traffic; memory is reclaimed at most one timeout later.
 //!
+//! Times are kept in whole seconds (timeouts are tens of seconds and more), which keeps a
+//! connection at 48 bytes; slots live in fixed chunks, so the table never copies itself to grow.
+//!
 //! The table is bounded. When full, a new connection first reclaims expired ones, then evicts the
 //! oldest connection that never saw an answer (a SYN flood or a scan fills that list, not the
 //! established ones), and only then is refused with [`DropReason::TableFull`].
@@ -20,12 +23,8 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 
 use crate::stats::DropReason;
-use crate::time::{millis, Instant};
+use crate::time::Instant;
 use crate::wire::{Protocol, TCP_ACK_FLAG, TCP_FIN, TCP_RST, TCP_SYN};
-
-/// The run (algorithm container) a connection, container or mapping belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RunId(pub u64);
 
 /// Source and destination of a packet. For ICMP echo the identifier is the "port" (see
 /// [`crate::wire::L4::ports`]).
@@ -110,6 +109,9 @@ enum Class {
 
 const CLASSES: usize = 5;
 const NONE: u32 = u32::MAX;
+/// Slots per chunk: small enough that a small table stays small, large enough that the chunk
+/// list stays short.
+const CHUNK: usize = 1024;
 
 const REPLIED: u8 = 1;
 const ESTABLISHED: u8 = 2;
@@ -122,9 +124,9 @@ const CLOSED: u8 = 16;
 pub struct Conn {
     pub original: Tuple,
     pub reply: Tuple,
-    pub run: RunId,
-    last_seen: Instant,
-    queued: Instant,
+    /// Seconds since the driver's epoch.
+    last_seen: u32,
+    queued: u32,
     prev: u32,
     next: u32,
     generation: u32,
@@ -176,11 +178,13 @@ struct List {
 /// The connection table.
 #[derive(Debug)]
 pub struct Table {
-    conns: Vec<Conn>,
+    chunks: Vec<Vec<Conn>>,
+    slots: u32,
     free: u32,
     index: HashMap<Key, u32, FixedState>,
     lists: [List; CLASSES],
-    timeouts: [u64; CLASSES],
+    /// In seconds.
+    timeouts: [u32; CLASSES],
     len: usize,
     max: usize,
     pub expired: u64,
@@ -188,18 +192,21 @@ pub struct Table {
     pub removed: u64,
 }
 
+fn secs(now: Instant) -> u32 {
+    u32::try_from(now.as_millis() / 1000).unwrap_or(u32::MAX)
+}
+
 impl Table {
     pub fn new(max: usize, timeouts: &Timeouts, seed: u64) -> Table {
         let t = timeouts;
         Table {
-            conns: Vec::new(),
+            chunks: Vec::new(),
+            slots: 0,
             free: NONE,
             index: HashMap::with_hasher(FixedState::with_seed(seed)),
-            lists: [List {
-                head: NONE,
-                tail: NONE,
-            }; CLASSES],
-            timeouts: [t.unreplied, t.tcp_established, t.tcp_closing, t.udp, t.icmp].map(millis),
+            lists: [List { head: NONE, tail: NONE }; CLASSES],
+            timeouts: [t.unreplied, t.tcp_established, t.tcp_closing, t.udp, t.icmp]
+                .map(|d| u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)),
             len: 0,
             max,
             expired: 0,
@@ -216,25 +223,30 @@ impl Table {
         self.len == 0
     }
 
+    #[inline]
     pub fn get(&self, id: u32) -> &Conn {
-        &self.conns[id as usize]
+        &self.chunks[id as usize / CHUNK][id as usize % CHUNK]
+    }
+
+    #[inline]
+    fn slot(&mut self, id: u32) -> &mut Conn {
+        &mut self.chunks[id as usize / CHUNK][id as usize % CHUNK]
     }
 
     pub fn handle(&self, id: u32) -> ConnRef {
-        ConnRef {
-            id,
-            generation: self.conns[id as usize].generation,
-        }
+        ConnRef { id, generation: self.get(id).generation }
     }
 
     pub fn is_live(&self, r: ConnRef) -> bool {
-        self.conns
-            .get(r.id as usize)
-            .is_some_and(|c| c.live && c.generation == r.generation)
+        r.id < self.slots && {
+            let c = self.get(r.id);
+            c.live && c.generation == r.generation
+        }
     }
 
-    fn is_idle(&self, c: &Conn, now: Instant) -> bool {
-        now.as_millis().saturating_sub(c.last_seen.as_millis()) > self.timeouts[c.class as usize]
+    #[inline]
+    fn is_idle(&self, c: &Conn, now: u32) -> bool {
+        now.saturating_sub(c.last_seen) > self.timeouts[c.class as usize]
     }
 
     /// Whether a tuple is tracked (in either direction), expired or not.
@@ -242,40 +254,35 @@ impl Table {
         self.index.contains_key(&Key { tuple, protocol })
     }
 
+    #[inline]
+    fn find(&self, protocol: Protocol, tuple: Tuple) -> Option<(u32, Dir)> {
+        let v = *self.index.get(&Key { tuple, protocol })?;
+        Some((v >> 1, if v & 1 == 0 { Dir::Original } else { Dir::Reply }))
+    }
+
     /// Finds the live connection a packet arriving with `tuple` belongs to, without touching it.
     pub fn peek(&self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
-        let v = *self.index.get(&Key { tuple, protocol })?;
-        let id = v >> 1;
-        let dir = if v & 1 == 0 {
-            Dir::Original
-        } else {
-            Dir::Reply
-        };
-        (!self.is_idle(&self.conns[id as usize], now)).then_some((id, dir))
+        let (id, dir) = self.find(protocol, tuple)?;
+        (!self.is_idle(self.get(id), secs(now))).then_some((id, dir))
     }
 
     /// Like [`Table::peek`], and removes the connection found idle past its timeout.
+    #[inline]
     pub fn lookup(&mut self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
-        let v = *self.index.get(&Key { tuple, protocol })?;
-        let id = v >> 1;
-        if self.is_idle(&self.conns[id as usize], now) {
+        let (id, dir) = self.find(protocol, tuple)?;
+        if self.is_idle(self.get(id), secs(now)) {
             self.remove(id);
             self.expired += 1;
             return None;
         }
-        Some((
-            id,
-            if v & 1 == 0 {
-                Dir::Original
-            } else {
-                Dir::Reply
-            },
-        ))
+        Some((id, dir))
     }
 
     /// Records a packet of connection `id`: refreshes it and follows TCP's life cycle.
+    #[inline]
     pub fn on_packet(&mut self, id: u32, dir: Dir, tcp_flags: Option<u8>, now: Instant) {
-        let c = &mut self.conns[id as usize];
+        let now = secs(now);
+        let c = self.slot(id);
         c.last_seen = now;
         let mut f = c.flags;
         if dir == Dir::Reply {
@@ -285,10 +292,7 @@ impl Table {
             let syn_only = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN;
             if tf & TCP_RST != 0 {
                 f |= CLOSED;
-            } else if syn_only
-                && dir == Dir::Original
-                && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0
-            {
+            } else if syn_only && dir == Dir::Original && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0 {
                 // The same ports open a new connection after the old one closed.
                 f = 0;
             } else {
@@ -296,11 +300,7 @@ impl Table {
                     f |= ESTABLISHED;
                 }
                 if tf & TCP_FIN != 0 {
-                    f |= if dir == Dir::Original {
-                        FIN_ORIGINAL
-                    } else {
-                        FIN_REPLY
-                    };
+                    f |= if dir == Dir::Original { FIN_ORIGINAL } else { FIN_REPLY };
                 }
             }
         }
@@ -311,35 +311,25 @@ impl Table {
         let class = c.class();
         if class != c.class {
             self.unlink(id);
-            self.conns[id as usize].class = class;
+            self.slot(id).class = class;
             self.push_back(id, now);
         }
     }
 
     /// Starts tracking a new connection whose first packet arrived with `original` and whose
     /// answers will arrive with `reply`. The caller has checked that `original` is not tracked.
-    pub fn insert(
-        &mut self,
-        protocol: Protocol,
-        original: Tuple,
-        reply: Tuple,
-        run: RunId,
-        now: Instant,
-    ) -> Result<u32, DropReason> {
-        let reply_key = Key {
-            tuple: reply,
-            protocol,
-        };
+    pub fn insert(&mut self, protocol: Protocol, original: Tuple, reply: Tuple, now: Instant) -> Result<u32, DropReason> {
+        let reply_key = Key { tuple: reply, protocol };
         if original == reply || self.index.contains_key(&reply_key) {
             return Err(DropReason::TupleConflict);
         }
         if self.len >= self.max {
             self.make_room(now)?;
         }
+        let now = secs(now);
         let conn = Conn {
             original,
             reply,
-            run,
             last_seen: now,
             queued: now,
             prev: NONE,
@@ -352,28 +342,26 @@ impl Table {
         };
         let id = if self.free != NONE {
             let id = self.free;
-            let slot = &mut self.conns[id as usize];
-            self.free = slot.next;
-            let generation = slot.generation.wrapping_add(1);
-            *slot = Conn { generation, ..conn };
+            let slot = self.slot(id);
+            let next_free = slot.next;
+            *slot = Conn { generation: slot.generation.wrapping_add(1), ..conn };
+            self.free = next_free;
             id
         } else {
-            let Ok(id) = u32::try_from(self.conns.len()) else {
-                return Err(DropReason::TableFull);
-            };
+            let id = self.slots;
             if id >= NONE >> 1 {
                 return Err(DropReason::TableFull);
             }
-            self.conns.push(conn);
+            if id as usize % CHUNK == 0 {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+            }
+            if let Some(chunk) = self.chunks.last_mut() {
+                chunk.push(conn);
+            }
+            self.slots += 1;
             id
         };
-        self.index.insert(
-            Key {
-                tuple: original,
-                protocol,
-            },
-            id << 1,
-        );
+        self.index.insert(Key { tuple: original, protocol }, id << 1);
         self.index.insert(reply_key, id << 1 | 1);
         self.push_back(id, now);
         self.len += 1;
@@ -396,32 +384,27 @@ impl Table {
 
     /// Stops tracking connection `id`.
     pub fn remove(&mut self, id: u32) {
-        let c = &self.conns[id as usize];
+        let c = self.get(id);
         if !c.live {
             return;
         }
         let (o, r, p) = (c.original, c.reply, c.protocol);
-        self.index.remove(&Key {
-            tuple: o,
-            protocol: p,
-        });
-        self.index.remove(&Key {
-            tuple: r,
-            protocol: p,
-        });
+        self.index.remove(&Key { tuple: o, protocol: p });
+        self.index.remove(&Key { tuple: r, protocol: p });
         self.unlink(id);
-        let slot = &mut self.conns[id as usize];
+        let free = self.free;
+        let slot = self.slot(id);
         slot.live = false;
-        slot.next = self.free;
+        slot.next = free;
         self.free = id;
         self.len -= 1;
     }
 
     /// Removes every connection for which `doomed` says so; returns how many.
     pub fn remove_where(&mut self, mut doomed: impl FnMut(&Conn) -> bool) -> usize {
-        let ids: Vec<u32> = (0..self.conns.len() as u32)
+        let ids: Vec<u32> = (0..self.slots)
             .filter(|&i| {
-                let c = &self.conns[i as usize];
+                let c = self.get(i);
                 c.live && doomed(c)
             })
             .collect();
@@ -434,6 +417,7 @@ impl Table {
 
     /// Removes connections idle past their timeout; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
+        let now = secs(now);
         let mut n = 0;
         for class in 0..CLASSES {
             let timeout = self.timeouts[class];
@@ -442,18 +426,20 @@ impl Table {
                 if id == NONE {
                     break;
                 }
-                let c = &self.conns[id as usize];
-                if now.as_millis().saturating_sub(c.queued.as_millis()) <= timeout {
+                let c = self.get(id);
+                if now.saturating_sub(c.queued) <= timeout {
                     break;
                 }
-                if now.as_millis().saturating_sub(c.last_seen.as_millis()) > timeout {
+                if now.saturating_sub(c.last_seen) > timeout {
                     self.remove(id);
                     n += 1;
                 } else {
-                    // Refreshed since it was queued: look again one timeout after its last packet.
+                    // Refreshed since it was queued: look again one timeout after its last
+                    // packet (or after the back of the list, which keeps the list in order).
                     let last_seen = c.last_seen;
                     self.unlink(id);
-                    self.push_back(id, last_seen.max(self.back_queued(class)));
+                    let back = self.back_queued(class);
+                    self.push_back(id, last_seen.max(back));
                 }
             }
         }
@@ -461,10 +447,10 @@ impl Table {
         n
     }
 
-    fn back_queued(&self, class: usize) -> Instant {
+    fn back_queued(&self, class: usize) -> u32 {
         match self.lists[class].tail {
-            NONE => Instant::ZERO,
-            t => self.conns[t as usize].queued,
+            NONE => 0,
+            t => self.get(t).queued,
         }
     }
 
@@ -474,46 +460,50 @@ impl Table {
             .filter_map(|class| {
                 let head = self.lists[class].head;
                 (head != NONE).then(|| {
-                    let c = &self.conns[head as usize];
-                    Instant::from_millis(
-                        c.queued.as_millis().saturating_add(self.timeouts[class]) + 1,
-                    )
+                    let due = u64::from(self.get(head).queued) + u64::from(self.timeouts[class]) + 1;
+                    Instant::from_secs(due)
                 })
             })
             .min()
     }
 
-    fn push_back(&mut self, id: u32, queued: Instant) {
-        let class = self.conns[id as usize].class as usize;
+    fn push_back(&mut self, id: u32, queued: u32) {
+        let class = self.get(id).class as usize;
         let tail = self.lists[class].tail;
-        {
-            let c = &mut self.conns[id as usize];
-            c.prev = tail;
-            c.next = NONE;
-            c.queued = queued;
-        }
+        let c = self.slot(id);
+        c.prev = tail;
+        c.next = NONE;
+        c.queued = queued;
         if tail == NONE {
             self.lists[class].head = id;
         } else {
-            self.conns[tail as usize].next = id;
+            self.slot(tail).next = id;
         }
         self.lists[class].tail = id;
     }
 
     fn unlink(&mut self, id: u32) {
-        let (prev, next, class) = {
-            let c = &self.conns[id as usize];
-            (c.prev, c.next, c.class as usize)
-        };
+        let c = self.get(id);
+        let (prev, next, class) = (c.prev, c.next, c.class as usize);
         if prev == NONE {
             self.lists[class].head = next;
         } else {
-            self.conns[prev as usize].next = next;
+            self.slot(prev).next = next;
         }
         if next == NONE {
             self.lists[class].tail = prev;
         } else {
-            self.conns[next as usize].prev = prev;
+            self.slot(next).prev = prev;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_48_bytes() {
+        assert_eq!(core::mem::size_of::<Conn>(), 48);
     }
 }

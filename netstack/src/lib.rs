@@ -26,9 +26,9 @@ pub mod stats;
 pub mod time;
 pub mod wire;
 
-pub use conntrack::{RunId, Timeouts, Tuple};
+pub use conntrack::{Timeouts, Tuple};
 pub use nat::L4Checksum;
-pub use router::{Action, Config, Error, Mapping, Meta, Router, Vpn};
+pub use router::{Action, Config, Error, Mapping, Meta, Router, RunId, Vpn};
 pub use stats::{Counters, DropReason, Reply, Side};
 pub use time::Instant;
 pub use wire::Protocol;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
-use crate::conntrack::{Dir, RunId, Table, Timeouts, Tuple};
+use crate::conntrack::{Dir, Table, Timeouts, Tuple};
 use crate::frag::{FragKey, Fragments};
 use crate::icmp::{self, RateLimit};
 use crate::nat::{self, L4Checksum, Mode};
@@ -23,6 +23,10 @@ use crate::wire::{
     self, Parsed, Protocol, ICMP_CODE_FRAG_NEEDED, ICMP_CODE_PORT_UNREACHABLE, ICMP_CSUM,
     ICMP_DEST_UNREACHABLE, L4, TCP_ACK_FLAG, TCP_RST, TCP_SYN,
 };
+
+/// The run (algorithm container) a container or mapping belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(pub u64);
 
 /// The node's place on the VPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,8 +326,11 @@ impl Router {
         for (protocol, port) in ports {
             self.remove_mapping(protocol, port);
         }
+        let addrs: Vec<Ipv4Addr> =
+            self.containers.iter().filter(|(_, r)| **r == run).map(|(a, _)| *a).collect();
         self.containers.retain(|_, r| *r != run);
-        self.conns.remove_where(|c| c.run == run);
+        // A container is the source of every connection it takes part in, in one direction.
+        self.conns.remove_where(|c| addrs.contains(c.original.src.ip()) || addrs.contains(c.reply.src.ip()));
     }
 
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
@@ -384,7 +391,7 @@ impl Router {
         let p = wire::parse(&buf[..len])?;
         let vpn = self.vpn.ok_or(DropReason::NoVpn)?;
         let (src, dst) = (p.ip.src, p.ip.dst);
-        let side = if let Some(&run) = self.containers.get(&src) {
+        let side = if self.containers.contains_key(&src) {
             if dst == vpn.address {
             } else if self.containers.contains_key(&dst) {
                 return Err(DropReason::ContainerToInternal);
@@ -393,12 +400,12 @@ impl Router {
             } else if vpn.is_network_or_broadcast(dst) {
                 return Err(DropReason::Broadcast);
             }
-            (Side::Container, run)
+            Side::Container
         } else if vpn.contains(src) && src != vpn.address && !vpn.is_network_or_broadcast(src) {
             if dst != vpn.address {
                 return Err(DropReason::NotForNode);
             }
-            (Side::Vpn, RunId(0))
+            Side::Vpn
         } else {
             return Err(DropReason::UnknownSource);
         };
@@ -414,7 +421,7 @@ impl Router {
                     reply: Reply::EchoReply,
                 });
             }
-            L4::IcmpError { .. } => self.translate_icmp_error(buf, &p, side.0, now)?,
+            L4::IcmpError { .. } => self.translate_icmp_error(buf, &p, side, now)?,
             _ => {
                 if self.too_big(buf, &p, meta, vpn) {
                     return self.answer_too_big(buf, &p, vpn, now);
@@ -423,7 +430,7 @@ impl Router {
             }
         };
         if let Action::Forward { len } = action {
-            self.counters.forward(side.0, len);
+            self.counters.forward(side, len);
         }
         Ok(action)
     }
@@ -494,7 +501,7 @@ impl Router {
         &mut self,
         buf: &mut [u8],
         p: &Parsed,
-        (side, run): (Side, RunId),
+        side: Side,
         vpn: Vpn,
         meta: Meta,
         now: Instant,
@@ -509,7 +516,7 @@ impl Router {
         };
         let (id, dir) = match self.conns.lookup(protocol, arrived, now) {
             Some(hit) => hit,
-            None => match self.open(protocol, arrived, p, side, run, vpn, now) {
+            None => match self.open(protocol, arrived, p, side, vpn, now) {
                 Ok(id) => (id, Dir::Original),
                 Err(DropReason::NoMapping) => return self.refuse(buf, p, now),
                 Err(e) => return Err(e),
@@ -545,14 +552,12 @@ impl Router {
     }
 
     /// Starts tracking the connection whose first packet arrived with `arrived`.
-    #[allow(clippy::too_many_arguments)]
     fn open(
         &mut self,
         protocol: Protocol,
         arrived: Tuple,
         p: &Parsed,
         side: Side,
-        run: RunId,
         vpn: Vpn,
         now: Instant,
     ) -> Result<u32, DropReason> {
@@ -588,8 +593,7 @@ impl Router {
                 }
             }
         };
-        let run = mapping.filter(|_| side == Side::Vpn).map_or(run, |m| m.run);
-        let id = self.conns.insert(protocol, arrived, reply, run, now)?;
+        let id = self.conns.insert(protocol, arrived, reply, now)?;
         self.counters.connections_created += 1;
         Ok(id)
     }

@@ -1,0 +1,113 @@
+//! The router fed arbitrary packets interleaved with mapping changes, run removals, VPN changes
+//! and clock steps. It must never panic, every packet must be accounted for exactly once, and the
+//! tables must stay within their bounds.
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use netstack::{Action, Config, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId, Vpn};
+
+const MAX_CONNS: usize = 64;
+const MAX_FRAGS: usize = 8;
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes([self.byte()?, self.byte()?]))
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.0.len());
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        b
+    }
+}
+
+fn container(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 30, 0, 2 + i % 3)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let config = Config {
+        max_connections: MAX_CONNS,
+        max_fragmented: MAX_FRAGS,
+        outbound_ports: 40000..=40063,
+        replies_per_sec: 100,
+        reply_burst: 5,
+        ..Config::default()
+    };
+    let mut r = Router::new(config).expect("valid config");
+    let vpn = |last: u8| Vpn { address: Ipv4Addr::new(10, 76, 0, last), prefix_len: 16, mtu: 1400 };
+    r.set_vpn(Some(vpn(2))).expect("vpn");
+    for i in 0..3 {
+        r.add_container(container(i), RunId(u64::from(i))).expect("container");
+    }
+    let mut input = Input(data);
+    let mut now = Instant::ZERO;
+    let mut packets = 0u64;
+    let mut buf = vec![0u8; 4096];
+    while let Some(op) = input.byte() {
+        match op % 8 {
+            0..=3 => {
+                let Some(len) = input.u16() else { break };
+                let pkt = input.bytes(usize::from(len) % 2048);
+                let n = pkt.len();
+                buf[..n].copy_from_slice(pkt);
+                let meta = if op & 0x80 != 0 {
+                    Meta { checksum: L4Checksum::Partial, gso_size: u16::from(op & 0x70) * 16 }
+                } else {
+                    Meta::default()
+                };
+                let cap = if op & 0x08 != 0 { n } else { buf.len() };
+                match r.process(&mut buf[..cap], n, meta, now) {
+                    Action::Forward { len } | Action::Reply { len, .. } => assert!(len <= cap),
+                    Action::Drop(_) => {}
+                }
+                packets += 1;
+            }
+            4 => {
+                let (Some(c), Some(port), Some(cport)) = (input.byte(), input.u16(), input.u16()) else { break };
+                let protocol = if c & 1 == 0 { Protocol::Tcp } else { Protocol::Udp };
+                let _ = r.add_mapping(Mapping {
+                    protocol,
+                    public_port: port,
+                    container: SocketAddrV4::new(container(c >> 1), cport),
+                    run: RunId(u64::from((c >> 1) % 3)),
+                });
+            }
+            5 => {
+                let (Some(c), Some(port)) = (input.byte(), input.u16()) else { break };
+                let protocol = if c & 1 == 0 { Protocol::Tcp } else { Protocol::Udp };
+                r.remove_mapping(protocol, port);
+            }
+            6 => {
+                let Some(step) = input.u16() else { break };
+                now = now.saturating_add(Duration::from_millis(u64::from(step) * 100));
+                r.poll(now);
+            }
+            _ => {
+                let Some(what) = input.byte() else { break };
+                match what % 3 {
+                    0 => r.remove_run(RunId(u64::from(what % 9 / 3))),
+                    1 => {
+                        let _ = r.add_container(container(what), RunId(u64::from(what % 3)));
+                    }
+                    _ => r.set_vpn(Some(vpn(2 + what % 2))).expect("vpn"),
+                }
+            }
+        }
+        assert!(r.connections() <= MAX_CONNS);
+        assert!(r.fragmented() <= MAX_FRAGS);
+    }
+    let c = r.counters();
+    let accounted = c.forwarded_packets.iter().sum::<u64>() + c.total_drops() + c.replies(Reply::EchoReply);
+    assert_eq!(accounted, packets);
+});
