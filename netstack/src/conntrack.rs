@@ -204,9 +204,13 @@ impl Table {
             slots: 0,
             free: NONE,
             index: HashMap::with_hasher(FixedState::with_seed(seed)),
-            lists: [List { head: NONE, tail: NONE }; CLASSES],
-            timeouts: [t.unreplied, t.tcp_established, t.tcp_closing, t.udp, t.icmp]
-                .map(|d| u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)),
+            lists: [List {
+                head: NONE,
+                tail: NONE,
+            }; CLASSES],
+            timeouts: [t.unreplied, t.tcp_established, t.tcp_closing, t.udp, t.icmp].map(|d| {
+                u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+            }),
             len: 0,
             max,
             expired: 0,
@@ -234,7 +238,10 @@ impl Table {
     }
 
     pub fn handle(&self, id: u32) -> ConnRef {
-        ConnRef { id, generation: self.get(id).generation }
+        ConnRef {
+            id,
+            generation: self.get(id).generation,
+        }
     }
 
     pub fn is_live(&self, r: ConnRef) -> bool {
@@ -257,7 +264,14 @@ impl Table {
     #[inline]
     fn find(&self, protocol: Protocol, tuple: Tuple) -> Option<(u32, Dir)> {
         let v = *self.index.get(&Key { tuple, protocol })?;
-        Some((v >> 1, if v & 1 == 0 { Dir::Original } else { Dir::Reply }))
+        Some((
+            v >> 1,
+            if v & 1 == 0 {
+                Dir::Original
+            } else {
+                Dir::Reply
+            },
+        ))
     }
 
     /// Finds the live connection a packet arriving with `tuple` belongs to, without touching it.
@@ -292,7 +306,10 @@ impl Table {
             let syn_only = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN;
             if tf & TCP_RST != 0 {
                 f |= CLOSED;
-            } else if syn_only && dir == Dir::Original && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0 {
+            } else if syn_only
+                && dir == Dir::Original
+                && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0
+            {
                 // The same ports open a new connection after the old one closed.
                 f = 0;
             } else {
@@ -300,7 +317,11 @@ impl Table {
                     f |= ESTABLISHED;
                 }
                 if tf & TCP_FIN != 0 {
-                    f |= if dir == Dir::Original { FIN_ORIGINAL } else { FIN_REPLY };
+                    f |= if dir == Dir::Original {
+                        FIN_ORIGINAL
+                    } else {
+                        FIN_REPLY
+                    };
                 }
             }
         }
@@ -318,8 +339,17 @@ impl Table {
 
     /// Starts tracking a new connection whose first packet arrived with `original` and whose
     /// answers will arrive with `reply`. The caller has checked that `original` is not tracked.
-    pub fn insert(&mut self, protocol: Protocol, original: Tuple, reply: Tuple, now: Instant) -> Result<u32, DropReason> {
-        let reply_key = Key { tuple: reply, protocol };
+    pub fn insert(
+        &mut self,
+        protocol: Protocol,
+        original: Tuple,
+        reply: Tuple,
+        now: Instant,
+    ) -> Result<u32, DropReason> {
+        let reply_key = Key {
+            tuple: reply,
+            protocol,
+        };
         if original == reply || self.index.contains_key(&reply_key) {
             return Err(DropReason::TupleConflict);
         }
@@ -344,7 +374,10 @@ impl Table {
             let id = self.free;
             let slot = self.slot(id);
             let next_free = slot.next;
-            *slot = Conn { generation: slot.generation.wrapping_add(1), ..conn };
+            *slot = Conn {
+                generation: slot.generation.wrapping_add(1),
+                ..conn
+            };
             self.free = next_free;
             id
         } else {
@@ -361,7 +394,13 @@ impl Table {
             self.slots += 1;
             id
         };
-        self.index.insert(Key { tuple: original, protocol }, id << 1);
+        self.index.insert(
+            Key {
+                tuple: original,
+                protocol,
+            },
+            id << 1,
+        );
         self.index.insert(reply_key, id << 1 | 1);
         self.push_back(id, now);
         self.len += 1;
@@ -389,8 +428,14 @@ impl Table {
             return;
         }
         let (o, r, p) = (c.original, c.reply, c.protocol);
-        self.index.remove(&Key { tuple: o, protocol: p });
-        self.index.remove(&Key { tuple: r, protocol: p });
+        self.index.remove(&Key {
+            tuple: o,
+            protocol: p,
+        });
+        self.index.remove(&Key {
+            tuple: r,
+            protocol: p,
+        });
         self.unlink(id);
         let free = self.free;
         let slot = self.slot(id);
@@ -460,7 +505,8 @@ impl Table {
             .filter_map(|class| {
                 let head = self.lists[class].head;
                 (head != NONE).then(|| {
-                    let due = u64::from(self.get(head).queued) + u64::from(self.timeouts[class]) + 1;
+                    let due =
+                        u64::from(self.get(head).queued) + u64::from(self.timeouts[class]) + 1;
                     Instant::from_secs(due)
                 })
             })

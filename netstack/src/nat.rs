@@ -1,11 +1,9 @@
 //! In-place rewriting of addresses and ports with incremental checksum updates.
 
-use core::net::Ipv4Addr;
-
 use crate::checksum::Delta;
 use crate::conntrack::Tuple;
 use crate::wire::{
-    get16, get_addr, put16, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM, UDP_CSUM,
+    get16, get32, put16, put32, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM, UDP_CSUM,
 };
 
 /// How the L4 checksum field of a packet is to be read.
@@ -34,9 +32,14 @@ fn set_word(buf: &mut [u8], off: usize, new: u16, d: &mut Delta) {
     put16(buf, off, new);
 }
 
-fn set_addr(buf: &mut [u8], off: usize, new: Ipv4Addr, d: &mut Delta) {
-    d.addr(get_addr(buf, off), new);
-    buf[off..off + 4].copy_from_slice(&new.octets());
+/// Writes a 32-bit field (an address, or two adjacent ports) only if it changes.
+#[inline]
+fn set_word32(buf: &mut [u8], off: usize, new: u32, d: &mut Delta) {
+    let old = get32(buf, off);
+    if old != new {
+        d.word32(old, new);
+        put32(buf, off, new);
+    }
 }
 
 /// Rewrites the IPv4 packet that starts at `ip` (header length `header_len`, L4 shape `l4`) so
@@ -52,8 +55,8 @@ pub fn rewrite(
     mode: Mode,
 ) -> Delta {
     let mut addrs = Delta::ZERO;
-    set_addr(buf, ip + IP_SRC, *to.src.ip(), &mut addrs);
-    set_addr(buf, ip + IP_DST, *to.dst.ip(), &mut addrs);
+    set_word32(buf, ip + IP_SRC, to.src.ip().to_bits(), &mut addrs);
+    set_word32(buf, ip + IP_DST, to.dst.ip().to_bits(), &mut addrs);
     let mut all = addrs;
     if !addrs.is_zero() {
         let old = get16(buf, ip + IP_CSUM);
@@ -66,13 +69,21 @@ pub fn rewrite(
     // (checksum offset, covers the pseudo-header, 0 means "no checksum")
     let csum = match l4 {
         L4::Tcp { .. } => {
-            set_word(buf, l4o, to.src.port(), &mut ports);
-            set_word(buf, l4o + 2, to.dst.port(), &mut ports);
+            set_word32(
+                buf,
+                l4o,
+                u32::from(to.src.port()) << 16 | u32::from(to.dst.port()),
+                &mut ports,
+            );
             Some((l4o + TCP_CSUM, true, false))
         }
         L4::Udp { .. } => {
-            set_word(buf, l4o, to.src.port(), &mut ports);
-            set_word(buf, l4o + 2, to.dst.port(), &mut ports);
+            set_word32(
+                buf,
+                l4o,
+                u32::from(to.src.port()) << 16 | u32::from(to.dst.port()),
+                &mut ports,
+            );
             Some((l4o + UDP_CSUM, true, true))
         }
         L4::EchoRequest { .. } => {

@@ -326,11 +326,17 @@ impl Router {
         for (protocol, port) in ports {
             self.remove_mapping(protocol, port);
         }
-        let addrs: Vec<Ipv4Addr> =
-            self.containers.iter().filter(|(_, r)| **r == run).map(|(a, _)| *a).collect();
+        let addrs: Vec<Ipv4Addr> = self
+            .containers
+            .iter()
+            .filter(|(_, r)| **r == run)
+            .map(|(a, _)| *a)
+            .collect();
         self.containers.retain(|_, r| *r != run);
         // A container is the source of every connection it takes part in, in one direction.
-        self.conns.remove_where(|c| addrs.contains(c.original.src.ip()) || addrs.contains(c.reply.src.ip()));
+        self.conns.remove_where(|c| {
+            addrs.contains(c.original.src.ip()) || addrs.contains(c.reply.src.ip())
+        });
     }
 
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
@@ -381,6 +387,7 @@ impl Router {
         }
     }
 
+    #[inline]
     fn route(
         &mut self,
         buf: &mut [u8],
@@ -391,21 +398,28 @@ impl Router {
         let p = wire::parse(&buf[..len])?;
         let vpn = self.vpn.ok_or(DropReason::NoVpn)?;
         let (src, dst) = (p.ip.src, p.ip.dst);
-        let side = if self.containers.contains_key(&src) {
-            if dst == vpn.address {
-            } else if self.containers.contains_key(&dst) {
-                return Err(DropReason::ContainerToInternal);
-            } else if !vpn.contains(dst) {
-                return Err(DropReason::OutsideVpn);
-            } else if vpn.is_network_or_broadcast(dst) {
-                return Err(DropReason::Broadcast);
+        // Container addresses never lie in the VPN subnet (add_container and set_vpn refuse
+        // it), so the cheap subnet test decides the side before any table is consulted.
+        let side = if vpn.contains(src) {
+            if src == vpn.address || vpn.is_network_or_broadcast(src) {
+                return Err(DropReason::UnknownSource);
             }
-            Side::Container
-        } else if vpn.contains(src) && src != vpn.address && !vpn.is_network_or_broadcast(src) {
             if dst != vpn.address {
                 return Err(DropReason::NotForNode);
             }
             Side::Vpn
+        } else if self.containers.contains_key(&src) {
+            if !vpn.contains(dst) {
+                return Err(if self.containers.contains_key(&dst) {
+                    DropReason::ContainerToInternal
+                } else {
+                    DropReason::OutsideVpn
+                });
+            }
+            if vpn.is_network_or_broadcast(dst) {
+                return Err(DropReason::Broadcast);
+            }
+            Side::Container
         } else {
             return Err(DropReason::UnknownSource);
         };
@@ -497,6 +511,7 @@ impl Router {
         Ok(Action::Reply { len, reply })
     }
 
+    #[inline]
     fn translate(
         &mut self,
         buf: &mut [u8],

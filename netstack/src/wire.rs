@@ -57,19 +57,25 @@ impl Protocol {
     }
 }
 
+// One bounds check per field (the slice), then a plain load or store.
+
 #[inline]
 pub fn get16(buf: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([buf[off], buf[off + 1]])
+    let mut b = [0u8; 2];
+    b.copy_from_slice(&buf[off..off + 2]);
+    u16::from_be_bytes(b)
 }
 
 #[inline]
 pub fn get32(buf: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[off..off + 4]);
+    u32::from_be_bytes(b)
 }
 
 #[inline]
 pub fn get_addr(buf: &[u8], off: usize) -> Ipv4Addr {
-    Ipv4Addr::new(buf[off], buf[off + 1], buf[off + 2], buf[off + 3])
+    Ipv4Addr::from_bits(get32(buf, off))
 }
 
 #[inline]
@@ -165,6 +171,7 @@ pub struct Parsed {
 
 /// Validates the packet in `buf` (exactly the packet's bytes, or more: trailing bytes beyond the
 /// IP total length are ignored by the caller after this).
+#[inline]
 pub fn parse(buf: &[u8]) -> Result<Parsed, DropReason> {
     let Some(first) = buf.first() else {
         return Err(DropReason::Malformed);
@@ -194,6 +201,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, DropReason> {
     Ok(Parsed { ip, l4 })
 }
 
+#[inline]
 fn parse_l4(ip: &Ip, l4: &[u8]) -> Result<L4, DropReason> {
     if ip.frag_offset != 0 {
         // RFC 1858: a TCP fragment at offset 8 could overwrite the flags of the first one.

@@ -52,13 +52,41 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 tcp(sa(C2, 40001), sa(PEER, 49170), Flags::Rst, b""),
             ],
         ),
-        ("hairpin", vec![tcp(sa(C2, 45000), sa(V, 49152), Flags::Syn, b""), udp(sa(C1, 45001), sa(V, 49153), b"x")]),
-        ("udp", vec![udp(sa(PEER, 5000), sa(V, 49153), b"ping"), udp(sa(C1, 9000), sa(PEER, 5000), b"pong")]),
-        ("unmapped", vec![tcp(sa(PEER, 1), sa(V, 50000), Flags::Syn, b""), udp(sa(PEER, 1), sa(V, 50001), b"")]),
-        ("ping", vec![ping(PEER, V, 7, 1, false), ping(C1, PEER, 9, 1, false), ping(PEER, V, 9, 1, true)]),
+        (
+            "hairpin",
+            vec![
+                tcp(sa(C2, 45000), sa(V, 49152), Flags::Syn, b""),
+                udp(sa(C1, 45001), sa(V, 49153), b"x"),
+            ],
+        ),
+        (
+            "udp",
+            vec![
+                udp(sa(PEER, 5000), sa(V, 49153), b"ping"),
+                udp(sa(C1, 9000), sa(PEER, 5000), b"pong"),
+            ],
+        ),
+        (
+            "unmapped",
+            vec![
+                tcp(sa(PEER, 1), sa(V, 50000), Flags::Syn, b""),
+                udp(sa(PEER, 1), sa(V, 50001), b""),
+            ],
+        ),
+        (
+            "ping",
+            vec![
+                ping(PEER, V, 7, 1, false),
+                ping(C1, PEER, 9, 1, false),
+                ping(PEER, V, 9, 1, true),
+            ],
+        ),
         ("fragments", fragment(&dgram, 1400)),
         ("icmp_error", vec![out_udp, too_big]),
-        ("big_df", vec![tcp(sa(PEER, 6), sa(V, 49152), Flags::Syn, &[0u8; 1500])]),
+        (
+            "big_df",
+            vec![tcp(sa(PEER, 6), sa(V, 49152), Flags::Syn, &[0u8; 1500])],
+        ),
     ]
 }
 
@@ -77,7 +105,11 @@ fn seed_corpus_is_current() {
                 std::fs::write(&path, &bytes).expect("write seed");
             } else {
                 let committed = std::fs::read(&path).unwrap_or_default();
-                assert!(committed == bytes, "{} is stale: rerun with ALGONET_WRITE_CORPUS=1", path.display());
+                assert!(
+                    committed == bytes,
+                    "{} is stale: rerun with ALGONET_WRITE_CORPUS=1",
+                    path.display()
+                );
             }
         }
     }

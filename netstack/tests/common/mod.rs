@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::PacketBuilder;
-use netstack::{Config, Mapping, Protocol, Router, RunId, Vpn};
+use netstack::{Action, Config, Instant, Mapping, Meta, Protocol, Router, RunId, Vpn};
 
 pub const V: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 2);
 pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 3);
@@ -259,4 +259,57 @@ pub fn endpoints(pkt: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
         ),
     };
     (sa(src, sp), sa(dst, dp))
+}
+
+// ---- for the benches ----
+
+pub const NOW: Instant = Instant::from_secs(1);
+
+/// The `i`th of a million distinct VPN peers (address and port).
+pub fn peer(i: usize) -> SocketAddrV4 {
+    // Spread over the VPN subnet, avoiding V (10.76.0.2) and the network/broadcast addresses.
+    let host = 256 + (i % 60_000) as u32;
+    let port = 1024 + (i / 60_000) as u16;
+    sa(
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 76, 0, 0)) + host),
+        port,
+    )
+}
+
+/// A router with `n` established inbound connections of the given protocol.
+pub fn populated(n: usize, udp_proto: bool) -> Router {
+    let mut r = lab(Config {
+        max_connections: n.max(16),
+        ..Config::default()
+    });
+    // Ethernet-sized packets, so that 1500-byte ones are forwarded, not refused as too big.
+    r.set_vpn(Some(Vpn {
+        address: V,
+        prefix_len: 16,
+        mtu: 1500,
+    }))
+    .expect("vpn");
+    let mut buf = vec![0u8; 2048];
+    for i in 0..n {
+        let (fwd, back) = if udp_proto {
+            (
+                udp(peer(i), sa(V, 49153), b""),
+                udp(sa(C1, 9000), peer(i), b""),
+            )
+        } else {
+            (
+                tcp(peer(i), sa(V, 49152), Flags::Syn, b""),
+                tcp(sa(C1, 8888), peer(i), Flags::SynAck, b""),
+            )
+        };
+        for p in [fwd, back] {
+            buf[..p.len()].copy_from_slice(&p);
+            assert!(matches!(
+                r.process(&mut buf, p.len(), Meta::default(), NOW),
+                Action::Forward { .. }
+            ));
+        }
+    }
+    assert_eq!(r.connections(), n);
+    r
 }
