@@ -397,27 +397,29 @@ fn control_errors_say_what_is_wrong() {
         run: RUN1,
     };
     assert_eq!(
-        r.add_mapping(m(49152, C1)).unwrap_err().to_string(),
+        r.add_mapping(m(49152, C1))
+            .expect_err("must be refused")
+            .to_string(),
         "public port 49152/Tcp is already mapped"
     );
     assert!(r
         .add_mapping(m(40000, C1))
-        .unwrap_err()
+        .expect_err("must be refused")
         .to_string()
         .contains("outbound range 32768-49151"));
     assert!(r
         .add_mapping(m(50000, PEER))
-        .unwrap_err()
+        .expect_err("must be refused")
         .to_string()
         .contains("not registered"));
     assert!(r
         .add_container(PEER, RunId(9))
-        .unwrap_err()
+        .expect_err("must be refused")
         .to_string()
         .contains("VPN subnet"));
     assert!(r
         .add_container(C1, RunId(9))
-        .unwrap_err()
+        .expect_err("must be refused")
         .to_string()
         .contains("already registered"));
     let bad = Config {
@@ -428,7 +430,7 @@ fn control_errors_say_what_is_wrong() {
         ..Config::default()
     };
     assert!(Router::new(bad)
-        .unwrap_err()
+        .expect_err("must be refused")
         .to_string()
         .contains("RFC 4787"));
     assert!(r

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need, then runs every tier.
+#   ./scripts/test.sh              all tests, lints, and each fuzz target for FUZZ_SECONDS (30)
+# Privileged tiers skip with a message when not run as root, and fail when CI is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+
+apt_need build-essential pkg-config
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+echo "==> format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "==> tests"
+cargo test --workspace
+
+echo "==> fuzzing (${FUZZ_SECONDS}s per target)"
+cargo_need cargo-fuzz cargo-fuzz
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+export RUSTC_BOOTSTRAP=1
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+(
+    cd fuzz
+    cargo fuzz build -O
+    for target in $(cargo fuzz list); do
+        # New inputs go to a scratch directory; the committed seed corpus is only read.
+        mkdir -p "$scratch/$target"
+        echo "--> $target"
+        if ! cargo fuzz run -O "$target" "$scratch/$target" "corpus/$target" -- \
+            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 \
+            >"$scratch/$target.log" 2>&1; then
+            tail -n 60 "$scratch/$target.log"
+            echo "fuzz target $target failed (crash input under fuzz/artifacts/$target)" >&2
+            exit 1
+        fi
+        grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' "$scratch/$target.log" || true
+    done
+)
+echo "==> all tests passed"
