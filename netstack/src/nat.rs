@@ -43,10 +43,27 @@ fn set_word32(buf: &mut [u8], off: usize, new: u32, d: &mut Delta) {
 }
 
 /// Rewrites the IPv4 packet that starts at `ip` (header length `header_len`, L4 shape `l4`) so
-/// that its addresses and ports are `to`, and keeps every checksum right. Returns the change of
-/// all words written, checksums included: the delta for a checksum that covers this packet (the
-/// ICMP checksum of an error that quotes it).
-pub fn rewrite(
+/// that its addresses and ports are `to`, and keeps every checksum right.
+#[inline]
+pub fn rewrite(buf: &mut [u8], ip: usize, header_len: usize, l4: L4, to: Tuple, mode: Mode) {
+    rewrite_tracked::<false>(buf, ip, header_len, l4, to, mode);
+}
+
+/// Like [`rewrite`], and returns the change of all words written, checksums included: the delta
+/// for a checksum that covers this packet (the ICMP checksum of an error that quotes it).
+pub fn rewrite_quoted(
+    buf: &mut [u8],
+    ip: usize,
+    header_len: usize,
+    l4: L4,
+    to: Tuple,
+    end: usize,
+) -> Delta {
+    rewrite_tracked::<true>(buf, ip, header_len, l4, to, Mode::Quoted { end })
+}
+
+#[inline]
+fn rewrite_tracked<const TRACK: bool>(
     buf: &mut [u8],
     ip: usize,
     header_len: usize,
@@ -62,7 +79,9 @@ pub fn rewrite(
         let old = get16(buf, ip + IP_CSUM);
         let new = addrs.apply_complete(old);
         put16(buf, ip + IP_CSUM, new);
-        all.word(old, new);
+        if TRACK {
+            all.word(old, new);
+        }
     }
     let l4o = ip + header_len;
     let mut ports = Delta::ZERO;
@@ -96,7 +115,9 @@ pub fn rewrite(
         }
         L4::IcmpError { .. } | L4::Fragment => None,
     };
-    all.add(ports);
+    if TRACK {
+        all.add(ports);
+    }
     let Some((off, pseudo, zero_is_none)) = csum else {
         return all;
     };
@@ -122,6 +143,8 @@ pub fn rewrite(
         }
     };
     put16(buf, off, new);
-    all.word(old, new);
+    if TRACK {
+        all.word(old, new);
+    }
     all
 }

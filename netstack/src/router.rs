@@ -740,15 +740,13 @@ impl Router {
         }
         let to = self.conns.get(id).translated(dir);
         let quote_at = icmp_at + 8;
-        let delta = nat::rewrite(
+        let delta = nat::rewrite_quoted(
             buf,
             quote_at,
             q.header_len,
             q.l4,
             to.reverse(),
-            Mode::Quoted {
-                end: quote_at + q.len,
-            },
+            quote_at + q.len,
         );
         let c = wire::get16(buf, icmp_at + ICMP_CSUM);
         wire::put16(buf, icmp_at + ICMP_CSUM, delta.apply_complete(c));

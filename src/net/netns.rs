@@ -1,0 +1,113 @@
+//! Network namespaces: run work inside one on a dedicated OS thread.
+//!
+//! `setns(2)` changes the namespace of the calling thread only, so each entry gets a thread of its
+//! own with a current-thread tokio runtime; sockets (netlink, TUN, TCP) opened there live in that
+//! namespace for good, whichever thread uses them later. The thread ends with the work, so no
+//! pooled thread is ever left in a foreign namespace.
+
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+/// Errors of entering a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// the namespace file could not be opened
+    #[error("cannot open network namespace {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    /// setns failed
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter { path: PathBuf, source: std::io::Error },
+    /// the thread or its runtime could not be started
+    #[error("cannot start a thread in network namespace {path}: {source}")]
+    Thread { path: PathBuf, source: std::io::Error },
+    /// the work panicked
+    #[error("work in network namespace {path} panicked")]
+    Panicked { path: PathBuf },
+}
+
+/// An open handle on a network namespace (keeps it alive while held).
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens a namespace by path: `/run/netns/<name>` or `/proc/<pid>/ns/net`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Netns, NetnsError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|source| NetnsError::Open { path: path.clone(), source })?;
+        Ok(Netns { file, path })
+    }
+
+    /// The namespace of a process (for a container, its init process).
+    pub fn of_pid(pid: u32) -> Result<Netns, NetnsError> {
+        Netns::open(format!("/proc/{pid}/ns/net"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Runs `work` to completion inside this namespace, on a new thread with a current-thread
+    /// runtime, and returns its output.
+    pub fn run<F, Fut, T>(&self, work: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let file = self.file.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?;
+        let path = self.path.clone();
+        let thread_path = path.clone();
+        let handle = std::thread::Builder::new()
+            .name("netns".into())
+            .spawn(move || -> Result<T, NetnsError> {
+                sys::setns_net(file.as_raw_fd())
+                    .map_err(|source| NetnsError::Enter { path: thread_path.clone(), source })?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| NetnsError::Thread { path: thread_path, source })?;
+                Ok(rt.block_on(work()))
+            })
+            .map_err(|source| NetnsError::Thread { path: path.clone(), source })?;
+        handle.join().map_err(|_| NetnsError::Panicked { path })?
+    }
+
+    /// Like [`Netns::run`], from async code: the calling runtime is not blocked.
+    pub async fn run_async<F, Fut, T>(&self, work: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let ns = Netns { file: self.file.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?, path: self.path.clone() };
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || ns.run(work))
+            .await
+            .map_err(|_| NetnsError::Panicked { path })?
+    }
+}
+
+mod sys {
+    use std::os::fd::RawFd;
+
+    /// Moves the calling thread into the network namespace `fd` refers to.
+    pub fn setns_net(fd: RawFd) -> std::io::Result<()> {
+        // SAFETY: setns only reads the descriptor, which the caller keeps open for the call; it
+        // affects the calling thread alone, which is a thread created for this purpose.
+        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
