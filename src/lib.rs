@@ -6,3 +6,5 @@
 //! demo build on it.
 
 pub use netstack;
+
+pub mod net;

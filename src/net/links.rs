@@ -24,7 +24,9 @@ impl IfName {
             && name.len() <= 15
             && name != "."
             && name != ".."
-            && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+            && !name
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
         if ok {
             Ok(IfName(name))
         } else {
@@ -76,10 +78,18 @@ pub enum LinkError {
     NoSuchLink(IfName),
     /// a netlink request failed
     #[error("{what} {on}: {source}")]
-    Request { what: &'static str, on: String, source: rtnetlink::Error },
+    Request {
+        what: &'static str,
+        on: String,
+        source: rtnetlink::Error,
+    },
     /// a sysctl could not be written
     #[error("cannot set {path} to {value}: {source}")]
-    Sysctl { path: String, value: String, source: std::io::Error },
+    Sysctl {
+        path: String,
+        value: String,
+        source: std::io::Error,
+    },
 }
 
 /// Whether a netlink error says "not there" (ENOENT, ENODEV, ESRCH), which teardown ignores.
@@ -104,12 +114,21 @@ impl Netlink {
     }
 
     fn req(what: &'static str, on: impl ToString) -> impl FnOnce(rtnetlink::Error) -> LinkError {
-        move |source| LinkError::Request { what, on: on.to_string(), source }
+        move |source| LinkError::Request {
+            what,
+            on: on.to_string(),
+            source,
+        }
     }
 
     /// The index of a link, if it exists.
     pub async fn index(&self, name: &IfName) -> Result<Option<u32>, LinkError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(Some(msg.header.index)),
             Ok(None) => Ok(None),
@@ -119,12 +138,20 @@ impl Netlink {
     }
 
     async fn require(&self, name: &IfName) -> Result<u32, LinkError> {
-        self.index(name).await?.ok_or_else(|| LinkError::NoSuchLink(name.clone()))
+        self.index(name)
+            .await?
+            .ok_or_else(|| LinkError::NoSuchLink(name.clone()))
     }
 
     /// Creates a veth pair: `name` here, `peer` born directly in the namespace `peer_ns` (so it
     /// never appears in this one, and no name clash can happen here).
-    pub async fn add_veth(&self, name: &IfName, peer: &IfName, peer_ns: BorrowedFd<'_>, mtu: u32) -> Result<u32, LinkError> {
+    pub async fn add_veth(
+        &self,
+        name: &IfName,
+        peer: &IfName,
+        peer_ns: BorrowedFd<'_>,
+        mtu: u32,
+    ) -> Result<u32, LinkError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .mtu(mtu)
@@ -134,25 +161,45 @@ impl Netlink {
             .mtu(mtu)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
-        self.handle.link().add(msg).execute().await.map_err(Self::req("create veth", name))?;
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(Self::req("create veth", name))?;
         self.require(name).await
     }
 
     /// Sets MTU and transmit queue length, and brings the link up.
-    pub async fn configure(&self, name: &IfName, mtu: Option<u32>, txqueuelen: Option<u32>) -> Result<u32, LinkError> {
+    pub async fn configure(
+        &self,
+        name: &IfName,
+        mtu: Option<u32>,
+        txqueuelen: Option<u32>,
+    ) -> Result<u32, LinkError> {
         let index = self.require(name).await?;
-        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_index(index).up();
+        let mut b = LinkUnspec::new_with_index(index).up();
         if let Some(m) = mtu {
             b = b.mtu(m);
         }
         if let Some(q) = txqueuelen {
             b = b.txqueuelen(q);
         }
-        self.handle.link().set(b.build()).execute().await.map_err(Self::req("configure link", name))?;
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(Self::req("configure link", name))?;
         Ok(index)
     }
 
-    pub async fn add_address(&self, name: &IfName, addr: Ipv4Addr, prefix_len: u8) -> Result<(), LinkError> {
+    pub async fn add_address(
+        &self,
+        name: &IfName,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), LinkError> {
         let index = self.require(name).await?;
         self.handle
             .address()
@@ -160,7 +207,10 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(Self::req("add address", format!("{addr}/{prefix_len} on {name}")))
+            .map_err(Self::req(
+                "add address",
+                format!("{addr}/{prefix_len} on {name}"),
+            ))
     }
 
     fn route_message(&self, r: &Route, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
@@ -184,15 +234,30 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(Self::req("add route", format!("{}/{} dev {} table {}", r.dest, r.prefix_len, r.dev, r.table)))
+            .map_err(Self::req(
+                "add route",
+                format!(
+                    "{}/{} dev {} table {}",
+                    r.dest, r.prefix_len, r.dev, r.table
+                ),
+            ))
     }
 
     pub async fn add_rule(&self, rule: &Rule) -> Result<(), LinkError> {
-        let mut req = self.handle.rule().add().v4().priority(rule.priority).table_id(rule.table).action(RuleAction::ToTable);
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .priority(rule.priority)
+            .table_id(rule.table)
+            .action(RuleAction::ToTable);
         if let Some(iif) = &rule.iif {
             req = req.input_interface(iif.to_string());
         }
-        req.execute().await.map_err(Self::req("add rule", format!("{rule:?}")))
+        req.execute()
+            .await
+            .map_err(Self::req("add rule", format!("{rule:?}")))
     }
 
     /// Deletes every IPv4 rule with this priority; absent is fine.
@@ -237,5 +302,9 @@ impl Netlink {
 /// Writes a sysctl of the calling thread's network namespace (`net/ipv4/ip_forward`).
 pub fn set_sysctl(path: &str, value: &str) -> Result<(), LinkError> {
     let full = format!("/proc/sys/{path}");
-    std::fs::write(&full, value).map_err(|source| LinkError::Sysctl { path: full, value: value.to_string(), source })
+    std::fs::write(&full, value).map_err(|source| LinkError::Sysctl {
+        path: full,
+        value: value.to_string(),
+        source,
+    })
 }

@@ -15,13 +15,22 @@ use std::path::{Path, PathBuf};
 pub enum NetnsError {
     /// the namespace file could not be opened
     #[error("cannot open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// setns failed
     #[error("cannot enter network namespace {path}: {source}")]
-    Enter { path: PathBuf, source: std::io::Error },
+    Enter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// the thread or its runtime could not be started
     #[error("cannot start a thread in network namespace {path}: {source}")]
-    Thread { path: PathBuf, source: std::io::Error },
+    Thread {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// the work panicked
     #[error("work in network namespace {path} panicked")]
     Panicked { path: PathBuf },
@@ -38,7 +47,10 @@ impl Netns {
     /// Opens a namespace by path: `/run/netns/<name>` or `/proc/<pid>/ns/net`.
     pub fn open(path: impl AsRef<Path>) -> Result<Netns, NetnsError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| NetnsError::Open { path: path.clone(), source })?;
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Netns { file, path })
     }
 
@@ -63,21 +75,32 @@ impl Netns {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        let file = self.file.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?;
+        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
         let path = self.path.clone();
         let thread_path = path.clone();
         let handle = std::thread::Builder::new()
             .name("netns".into())
             .spawn(move || -> Result<T, NetnsError> {
-                sys::setns_net(file.as_raw_fd())
-                    .map_err(|source| NetnsError::Enter { path: thread_path.clone(), source })?;
+                sys::setns_net(file.as_raw_fd()).map_err(|source| NetnsError::Enter {
+                    path: thread_path.clone(),
+                    source,
+                })?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|source| NetnsError::Thread { path: thread_path, source })?;
+                    .map_err(|source| NetnsError::Thread {
+                        path: thread_path,
+                        source,
+                    })?;
                 Ok(rt.block_on(work()))
             })
-            .map_err(|source| NetnsError::Thread { path: path.clone(), source })?;
+            .map_err(|source| NetnsError::Thread {
+                path: path.clone(),
+                source,
+            })?;
         handle.join().map_err(|_| NetnsError::Panicked { path })?
     }
 
@@ -88,7 +111,13 @@ impl Netns {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        let ns = Netns { file: self.file.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?, path: self.path.clone() };
+        let ns = Netns {
+            file: self.file.try_clone().map_err(|source| NetnsError::Open {
+                path: self.path.clone(),
+                source,
+            })?,
+            path: self.path.clone(),
+        };
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || ns.run(work))
             .await

@@ -1,0 +1,71 @@
+//! Harness of the privileged test tiers: a gate that skips when not root (and fails under CI),
+//! and network namespaces named after the test, removed on drop.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::process::Command;
+
+use algonet::net::netns::Netns;
+
+/// Whether a privileged test may run. Not root: skip with a message, or panic when `CI` is set,
+/// because CI must run every tier.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root, and CI runs every tier"
+    );
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// A named network namespace (`/run/netns/<name>`) that exists for the life of the value.
+pub struct TestNs {
+    pub name: String,
+    pub ns: Netns,
+}
+
+impl TestNs {
+    /// Creates `an-<tag>-<pid>`, replacing a leftover of the same name.
+    pub fn new(tag: &str) -> TestNs {
+        let name = format!("an-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add");
+        assert!(ok.success(), "ip netns add {name}");
+        let ns = Netns::open(format!("/run/netns/{name}")).expect("open test netns");
+        TestNs { name, ns }
+    }
+
+    /// Runs `ip -n <name> <args>` and returns its standard output (for assertions from outside).
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
