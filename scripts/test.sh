@@ -16,7 +16,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "==> tests"
-cargo test --workspace
+results=$(mktemp)
+cargo test --workspace 2>&1 | tee "$results"
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$results")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$results")
+rm -f "$results"
 
 echo "==> fuzzing (${FUZZ_SECONDS}s per target)"
 cargo_need cargo-fuzz cargo-fuzz
@@ -41,4 +45,5 @@ trap 'rm -rf "$scratch"' EXIT
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' "$scratch/$target.log" || true
     done
 )
-echo "==> all tests passed"
+echo "==> every fuzz target ran clean"
+echo "tests: $passed passed, $failed failed"
