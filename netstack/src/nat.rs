@@ -87,23 +87,11 @@ fn rewrite_tracked<const TRACK: bool>(
     let mut ports = Delta::ZERO;
     // (checksum offset, covers the pseudo-header, 0 means "no checksum")
     let csum = match l4 {
-        L4::Tcp { .. } => {
-            set_word32(
-                buf,
-                l4o,
-                u32::from(to.src.port()) << 16 | u32::from(to.dst.port()),
-                &mut ports,
-            );
-            Some((l4o + TCP_CSUM, true, false))
-        }
-        L4::Udp { .. } => {
-            set_word32(
-                buf,
-                l4o,
-                u32::from(to.src.port()) << 16 | u32::from(to.dst.port()),
-                &mut ports,
-            );
-            Some((l4o + UDP_CSUM, true, true))
+        L4::Tcp { .. } | L4::Udp { .. } => {
+            let both = u32::from(to.src.port()) << 16 | u32::from(to.dst.port());
+            set_word32(buf, l4o, both, &mut ports);
+            let udp = matches!(l4, L4::Udp { .. });
+            Some((l4o + if udp { UDP_CSUM } else { TCP_CSUM }, true, udp))
         }
         L4::EchoRequest { .. } => {
             set_word(buf, l4o + ICMP_ID, to.src.port(), &mut ports);
