@@ -103,26 +103,6 @@ impl Netns {
             })?;
         handle.join().map_err(|_| NetnsError::Panicked { path })?
     }
-
-    /// Like [`Netns::run`], from async code: the calling runtime is not blocked.
-    pub async fn run_async<F, Fut, T>(&self, work: F) -> Result<T, NetnsError>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = T>,
-        T: Send + 'static,
-    {
-        let ns = Netns {
-            file: self.file.try_clone().map_err(|source| NetnsError::Open {
-                path: self.path.clone(),
-                source,
-            })?,
-            path: self.path.clone(),
-        };
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || ns.run(work))
-            .await
-            .map_err(|_| NetnsError::Panicked { path })?
-    }
 }
 
 mod sys {
