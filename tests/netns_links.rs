@@ -145,8 +145,13 @@ fn a_veth_born_in_the_container_namespace_carries_tcp_to_the_gateway() {
             let nl = Netlink::connect()?;
             nl.del_link(&name("vr-t1")).await?;
             nl.del_link(&name("vr-t1")).await?;
-            nl.del_rules(150).await?;
-            nl.del_rules(150).await
+            let rule = Rule {
+                priority: 150,
+                iif: Some(name("vr-t1")),
+                table: 101,
+            };
+            nl.del_rule(&rule).await?;
+            nl.del_rule(&rule).await
         })
         .expect("enter router ns")
         .expect("teardown");

@@ -260,8 +260,10 @@ impl Netlink {
             .map_err(Self::req("add rule", format!("{rule:?}")))
     }
 
-    /// Deletes every IPv4 rule with this priority; absent is fine.
-    pub async fn del_rules(&self, priority: u32) -> Result<(), LinkError> {
+    /// Deletes the IPv4 rules with this rule's priority, input interface and table; absent is
+    /// fine.
+    pub async fn del_rule(&self, rule: &Rule) -> Result<(), LinkError> {
+        use rtnetlink::packet_route::rule::RuleAttribute;
         let rules: Vec<_> = self
             .handle
             .rule()
@@ -269,17 +271,25 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(Self::req("list rules", priority))?;
+            .map_err(Self::req("list rules", format!("{rule:?}")))?;
         for r in rules {
-            let prio = r.attributes.iter().find_map(|a| match a {
-                rtnetlink::packet_route::rule::RuleAttribute::Priority(p) => Some(*p),
-                _ => None,
-            });
-            if prio == Some(priority) {
-                match self.handle.rule().del(r).execute().await {
+            let (mut prio, mut iif, mut table) = (0, None, u32::from(r.header.table));
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Priority(p) => prio = *p,
+                    RuleAttribute::Iifname(n) => iif = Some(n.as_str()),
+                    RuleAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if prio == rule.priority
+                && iif == rule.iif.as_ref().map(IfName::as_str)
+                && table == rule.table
+            {
+                match self.handle.rule().del(r.clone()).execute().await {
                     Ok(()) => {}
                     Err(e) if is_absent(&e) => {}
-                    Err(e) => return Err(Self::req("delete rule", priority)(e)),
+                    Err(e) => return Err(Self::req("delete rule", format!("{rule:?}"))(e)),
                 }
             }
         }

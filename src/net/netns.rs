@@ -75,33 +75,45 @@ impl Netns {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
+        let path = self.path.clone();
+        self.spawn(work)?
+            .join()
+            .map_err(|_| NetnsError::Panicked { path })?
+    }
+
+    /// Starts `work` inside this namespace on a new thread with a current-thread runtime, for
+    /// work that lives on (a data plane); joining the thread gives its output.
+    pub fn spawn<F, Fut, T>(
+        &self,
+        work: F,
+    ) -> Result<std::thread::JoinHandle<Result<T, NetnsError>>, NetnsError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
         let file = self.file.try_clone().map_err(|source| NetnsError::Open {
             path: self.path.clone(),
             source,
         })?;
         let path = self.path.clone();
-        let thread_path = path.clone();
-        let handle = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("netns".into())
             .spawn(move || -> Result<T, NetnsError> {
                 sys::setns_net(file.as_raw_fd()).map_err(|source| NetnsError::Enter {
-                    path: thread_path.clone(),
+                    path: path.clone(),
                     source,
                 })?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|source| NetnsError::Thread {
-                        path: thread_path,
-                        source,
-                    })?;
+                    .map_err(|source| NetnsError::Thread { path, source })?;
                 Ok(rt.block_on(work()))
             })
             .map_err(|source| NetnsError::Thread {
-                path: path.clone(),
+                path: self.path.clone(),
                 source,
-            })?;
-        handle.join().map_err(|_| NetnsError::Panicked { path })?
+            })
     }
 }
 

@@ -69,3 +69,10 @@ impl Drop for TestNs {
             .status();
     }
 }
+
+/// The MAC address of a link in a namespace, read with `ip -j`.
+pub fn mac(ns: &TestNs, link: &str) -> String {
+    let out = ns.ip(&["-j", "link", "show", link]);
+    let at = out.find("\"address\":\"").expect("address in ip -j output") + 11;
+    out[at..at + 17].to_string()
+}

@@ -1,0 +1,261 @@
+//! The data-plane driver: a task that owns the node's TUN device and runs every packet through
+//! [`netstack::Router`].
+//!
+//! It lives on its own OS thread inside the router namespace (the TUN device and its netlink
+//! configuration are made there), with a current-thread runtime. With offload the device hands
+//! over GSO super-packets behind a virtio-net header; they are translated whole, in place, and
+//! written back behind the same header, so a 64 KB TCP burst costs one read, one decision and one
+//! write. Control (mappings, containers, the VPN address, counters) reaches the router through a
+//! [`DataplaneHandle`] and is applied between packets, so a change takes effect before the next
+//! packet is read.
+
+use std::time::Duration;
+
+use netstack::{Action, Config, Counters, Instant, L4Checksum, Meta, Router};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::net::links::{set_sysctl, IfName, LinkError, Netlink};
+use crate::net::netns::{Netns, NetnsError};
+
+/// Length of the virtio-net header in front of each packet when offload is on.
+const VNET_HDR_LEN: usize = 10;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+/// Largest IPv4 packet (a GSO super-packet can be this big) plus the header.
+const BUF_LEN: usize = VNET_HDR_LEN + 65_535;
+
+/// How to build the data plane.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    pub tun: IfName,
+    /// IFF_VNET_HDR with TSO/checksum offload (GSO super-packets in, whole packets out).
+    pub offload: bool,
+    /// MTU of the TUN device: the tunnel MTU.
+    pub mtu: u16,
+    /// Transmit queue length of the TUN device.
+    pub txqueuelen: u32,
+    pub router: Config,
+}
+
+/// What failed while starting or running the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// the TUN device could not be created
+    #[error("cannot create TUN device {name}: {source}")]
+    Tun {
+        name: IfName,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// the router configuration is invalid
+    #[error(transparent)]
+    Router(#[from] netstack::Error),
+    /// reading the TUN device failed
+    #[error("reading {name} failed: {source}")]
+    Read {
+        name: IfName,
+        source: std::io::Error,
+    },
+    /// the data plane is not running any more
+    #[error("the data plane has stopped")]
+    Stopped,
+}
+
+/// Counters of the device I/O, beside the router's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub reads: u64,
+    pub writes: u64,
+    /// Writes the kernel refused (the packet is lost, as on a full queue).
+    pub write_errors: u64,
+    /// Reads too short to hold a virtio-net header.
+    pub short_reads: u64,
+}
+
+type Job = Box<dyn FnOnce(&mut Router, &IoCounters) + Send>;
+
+/// Sends control to a running data plane. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DataplaneHandle {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl DataplaneHandle {
+    /// Runs `f` on the router between two packets and returns its result.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Router) -> T + Send + 'static,
+    ) -> Result<T, DataplaneError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |r, _| {
+            let _ = tx.send(f(r));
+        });
+        self.jobs.send(job).map_err(|_| DataplaneError::Stopped)?;
+        rx.await.map_err(|_| DataplaneError::Stopped)
+    }
+
+    /// A snapshot of the router's and the device's counters.
+    pub async fn counters(&self) -> Result<(Counters, IoCounters), DataplaneError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |r, io| {
+            let _ = tx.send((r.counters(), io.clone()));
+        });
+        self.jobs.send(job).map_err(|_| DataplaneError::Stopped)?;
+        rx.await.map_err(|_| DataplaneError::Stopped)
+    }
+}
+
+/// A running data plane. [`Dataplane::stop`] ends it (handles then answer `Stopped`); the TUN
+/// device goes with it.
+#[derive(Debug)]
+pub struct Dataplane {
+    handle: DataplaneHandle,
+    shutdown: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<Result<(), DataplaneError>, NetnsError>>,
+}
+
+impl Dataplane {
+    /// Creates the TUN device inside `ns`, configures it and starts forwarding. Returns once the
+    /// device is up, or with the reason it could not be made.
+    pub fn start(ns: &Netns, config: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+        let router = Router::new(config.router.clone())?;
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (shutdown, stop_rx) = oneshot::channel();
+        let thread = ns.spawn(move || run(config, router, rx, stop_rx, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Dataplane {
+                handle: DataplaneHandle { jobs },
+                shutdown,
+                thread,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(DataplaneError::Stopped),
+            },
+        }
+    }
+
+    pub fn handle(&self) -> DataplaneHandle {
+        self.handle.clone()
+    }
+
+    /// Stops forwarding and removes the TUN device. Waits for the thread; returns why it had
+    /// stopped if it had stopped by itself.
+    pub fn stop(self) -> Result<(), DataplaneError> {
+        let _ = self.shutdown.send(());
+        self.thread.join().map_err(|_| DataplaneError::Stopped)??
+    }
+}
+
+async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, DataplaneError> {
+    let name = &config.tun;
+    let dev = tun_rs::DeviceBuilder::new()
+        .name(name.as_str())
+        .offload(config.offload)
+        .packet_information(false)
+        .build_async()
+        .map_err(|source| DataplaneError::Tun {
+            name: name.clone(),
+            source,
+        })?;
+    let nl = Netlink::connect()?;
+    nl.configure(name, Some(u32::from(config.mtu)), Some(config.txqueuelen))
+        .await?;
+    // The router is IPv4 only; an IPv6 link-local address would only invite traffic it drops.
+    set_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1").or_else(|e| match e {
+        LinkError::Sysctl { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        e => Err(e),
+    })?;
+    Ok(dev)
+}
+
+async fn run(
+    config: DataplaneConfig,
+    mut router: Router,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut shutdown: oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<(), DataplaneError>>,
+) -> Result<(), DataplaneError> {
+    let dev = match setup(&config).await {
+        Ok(dev) => {
+            let _ = ready.send(Ok(()));
+            dev
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let epoch = std::time::Instant::now();
+    let now =
+        || Instant::from_millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let hdr = if config.offload { VNET_HDR_LEN } else { 0 };
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut io = IoCounters::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Control first: a mapping removed is gone before the next packet is looked at.
+            biased;
+            _ = &mut shutdown => return Ok(()),
+            job = jobs.recv() => match job {
+                Some(job) => job(&mut router, &io),
+                None => return Ok(()),
+            },
+            read = dev.recv(&mut buf) => {
+                let n = read.map_err(|source| DataplaneError::Read { name: config.tun.clone(), source })?;
+                io.reads += 1;
+                if n < hdr {
+                    io.short_reads += 1;
+                    continue;
+                }
+                let meta = if hdr == 0 { Meta::default() } else { vnet_meta(&buf[..hdr]) };
+                let out = match router.process(&mut buf[hdr..], n - hdr, meta, now()) {
+                    Action::Forward { len } => hdr + len,
+                    Action::Reply { len, .. } => {
+                        // A packet the router built: complete checksums, no segmentation.
+                        buf[..hdr].fill(0);
+                        hdr + len
+                    }
+                    Action::Drop(_) => continue,
+                };
+                match dev.send(&buf[..out]).await {
+                    Ok(_) => io.writes += 1,
+                    Err(_) => io.write_errors += 1,
+                }
+            }
+            _ = tick.tick() => router.poll(now()),
+        }
+    }
+}
+
+/// Reads the offload information of a virtio-net header (native endian, as the TUN device
+/// writes it without TUNSETVNETLE).
+fn vnet_meta(h: &[u8]) -> Meta {
+    let flags = h[0];
+    let gso_type = h[1];
+    let gso_size = u16::from_ne_bytes([h[4], h[5]]);
+    Meta {
+        checksum: if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            L4Checksum::Partial
+        } else {
+            L4Checksum::Complete
+        },
+        gso_size: if gso_type & 0x7f == VIRTIO_NET_HDR_GSO_NONE {
+            0
+        } else {
+            gso_size
+        },
+    }
+}
