@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use algonet::net::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle};
-use algonet::net::links::{IfName, LinkError, Netlink};
+use algonet::net::links::{set_sysctl, IfName, LinkError, Netlink, Route};
 use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
 use common::{mac, privileged, TestNs};
 use netstack::{Config, DropReason, Mapping, Protocol, RunId, Vpn};
@@ -21,6 +21,8 @@ const C1: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 /// An address of the peer namespace outside the VPN subnet.
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const FAR: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 5);
+const FAR_MTU: u32 = 1200;
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const MTU: u16 = 1400;
 
@@ -30,6 +32,8 @@ fn name(s: &str) -> IfName {
 
 struct Topology {
     peer: TestNs,
+    /// A host behind the peer, across a hop with a smaller MTU.
+    far: TestNs,
     router: TestNs,
     c1: TestNs,
     c2: TestNs,
@@ -41,6 +45,7 @@ impl Topology {
     fn new(tag: &str, offload: bool) -> Topology {
         let mut t = Topology {
             peer: TestNs::new(&format!("{tag}-p")),
+            far: TestNs::new(&format!("{tag}-f")),
             router: TestNs::new(&format!("{tag}-r")),
             c1: TestNs::new(&format!("{tag}-a")),
             c2: TestNs::new(&format!("{tag}-b")),
@@ -120,6 +125,39 @@ impl Topology {
             })
             .expect("peer ns")
             .expect("peer plumbing");
+        // The far host: 10.76.0.5 behind the peer, on a 1200-byte link.
+        let far_fd = t.far.ns.fd().try_clone_to_owned().expect("fd");
+        t.peer
+            .ns
+            .run(move || async move {
+                let nl = Netlink::connect()?;
+                nl.add_veth(&name("hop0"), &name("eth0"), far_fd.as_fd(), FAR_MTU)
+                    .await?;
+                nl.configure(&name("hop0"), None, None).await?;
+                nl.add_route(&Route {
+                    dest: FAR,
+                    prefix_len: 32,
+                    dev: name("hop0"),
+                    via: None,
+                    table: plan::TABLE_MAIN,
+                })
+                .await?;
+                set_sysctl("net/ipv4/ip_forward", "1")
+            })
+            .expect("peer ns")
+            .expect("hop");
+        t.far
+            .ns
+            .run(|| async {
+                let nl = Netlink::connect()?;
+                nl.configure(&name("lo"), None, None).await?;
+                // The far host's own link is wide, so its MSS does not hide the narrow hop.
+                nl.configure(&name("eth0"), Some(u32::from(MTU)), None)
+                    .await?;
+                nl.add_address(&name("eth0"), FAR, 16).await
+            })
+            .expect("far ns")
+            .expect("far plumbing");
         // The real tunnel is point to point; on the veth that stands in for it, neighbours are
         // set by hand. A hostile peer also routes container addresses at the node.
         let (vpn0, eth0) = (mac(&t.router, "vpn0"), mac(&t.peer, "eth0"));
@@ -154,6 +192,31 @@ impl Topology {
             "dev",
             "eth0",
             "onlink",
+        ]);
+        let hop0 = mac(&t.peer, "hop0");
+        let v = V.to_string();
+        t.far.ip(&[
+            "neigh",
+            "replace",
+            &v,
+            "lladdr",
+            &hop0,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        let far = FAR.to_string();
+        t.router.ip(&[
+            "neigh",
+            "replace",
+            &far,
+            "lladdr",
+            &eth0,
+            "dev",
+            "vpn0",
+            "nud",
+            "permanent",
         ]);
 
         let h = t.handle();
@@ -242,6 +305,66 @@ fn tcp_echo(ns: &TestNs, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A TCP sink in `ns` that counts what it receives and then answers with the count.
+fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
+    let listener: TcpListener =
+        ns.ns
+            .run(move || async move {
+                TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            })
+            .expect("ns")
+            .expect("bind");
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        total
+    })
+}
+
+/// Sends `bytes` over TCP from `ns` to `to` and closes.
+fn send_bulk(ns: &TestNs, to: SocketAddrV4, bytes: usize) -> std::io::Result<()> {
+    let mut s: TcpStream = ns
+        .ns
+        .run(move || async move { TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) })
+        .expect("ns")?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let chunk = vec![0x5au8; 65536];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    s.shutdown(std::net::Shutdown::Write)
+}
+
+/// `ping -c 1` from a namespace.
+fn ping(ns: &TestNs, to: Ipv4Addr) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run ping")
+        .success()
+}
+
 fn udp_socket(ns: &TestNs, port: u16) -> UdpSocket {
     let s: UdpSocket = ns
         .ns
@@ -255,6 +378,7 @@ fn udp_socket(ns: &TestNs, port: u16) -> UdpSocket {
 
 fn traffic_crosses_the_router(offload: bool) {
     let t = Topology::new(if offload { "dpo" } else { "dpn" }, offload);
+    let t = &t;
 
     // Peer -> node's VPN address and public port -> container 1, and back.
     let seen = echo_server(&t.c1, 8888);
@@ -338,6 +462,63 @@ fn traffic_crosses_the_router(offload: bool) {
         "{before:?} -> {after:?}"
     );
 
+    // Ping: the node answers for its VPN address; a container pings a peer as the node.
+    assert!(ping(&t.peer, V), "peer pings the node");
+    assert!(ping(&t.c2, PEER), "container pings the peer");
+
+    // A 60 KB datagram, fragmented on the way, arrives whole.
+    let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    peer_udp
+        .send_to(&big, SocketAddrV4::new(V, 49153))
+        .expect("send big");
+    let mut got = vec![0u8; 65_536];
+    let (n, _) = c1_udp.recv_from(&mut got).expect("big datagram");
+    assert_eq!(&got[..n], &big[..]);
+
+    // Bulk TCP both ways; with offload the router sees GSO super-packets, not MTU-sized ones.
+    let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
+    let done = sink(&t.c1, 8890);
+    t.rt.block_on(t.handle().with(|r| {
+        r.add_mapping(Mapping {
+            protocol: Protocol::Tcp,
+            public_port: 49170,
+            container: SocketAddrV4::new(C1, 8890),
+            run: RunId(1),
+        })
+    }))
+    .expect("running")
+    .expect("mapping");
+    send_bulk(&t.peer, SocketAddrV4::new(V, 49170), 8 << 20).expect("bulk to c1");
+    assert_eq!(done.join().expect("sink"), 8 << 20);
+    let done = sink(&t.peer, 7001);
+    send_bulk(&t.c2, SocketAddrV4::new(PEER, 7001), 8 << 20).expect("bulk to peer");
+    assert_eq!(done.join().expect("sink"), 8 << 20);
+    let after = t.rt.block_on(t.handle().counters()).expect("counters").0;
+    let packets: u64 =
+        after.forwarded_packets.iter().sum::<u64>() - before.forwarded_packets.iter().sum::<u64>();
+    let bytes: u64 =
+        after.forwarded_bytes.iter().sum::<u64>() - before.forwarded_bytes.iter().sum::<u64>();
+    if offload {
+        assert!(
+            bytes / packets > u64::from(MTU),
+            "no super-packets: {bytes} bytes in {packets} packets"
+        );
+    } else {
+        assert!(bytes / packets <= u64::from(MTU));
+    }
+
+    // Path MTU discovery through the NAT: the peer's hop to the far host carries only 1200
+    // bytes; its "fragmentation needed" reaches the container translated, and the transfer
+    // completes instead of stalling.
+    let done = sink(&t.far, 7002);
+    send_bulk(&t.c1, SocketAddrV4::new(FAR, 7002), 2 << 20).expect("bulk across the small hop");
+    assert_eq!(done.join().expect("sink"), 2 << 20);
+    let learned = t.c1.ip(&["route", "get", &FAR.to_string()]);
+    assert!(
+        learned.contains("mtu 1200"),
+        "the container did not learn the path MTU: {learned}"
+    );
+
     // Removing the mapping stops it at once: the next connection is refused by the router.
     let removed =
         t.rt.block_on(t.handle().with(|r| r.remove_mapping(Protocol::Tcp, 49152)))
@@ -347,16 +528,62 @@ fn traffic_crosses_the_router(offload: bool) {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
 
+/// The host's firewall rules, without comments and packet counters (which move by themselves).
+fn firewall() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .expect("run firewall dump");
+        assert!(out.status.success(), "{cmd} {args:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "{}\n{}",
+        run("iptables-save", &[]),
+        run("nft", &["list", "ruleset"])
+    )
+}
+
+fn leftovers(tag: &str) -> Vec<String> {
+    let ours = format!("an-{tag}-");
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&ours))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn crosses_and_cleans_up(offload: bool) {
+    let tag = if offload { "dpo" } else { "dpn" };
+    let rules_before = firewall();
+    traffic_crosses_the_router(offload);
+    assert_eq!(
+        leftovers(tag),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+    assert_eq!(firewall(), rules_before, "the host firewall changed");
+}
+
 #[test]
 fn traffic_crosses_the_router_with_offload() {
     if privileged("traffic_crosses_the_router_with_offload") {
-        traffic_crosses_the_router(true);
+        crosses_and_cleans_up(true);
     }
 }
 
 #[test]
 fn traffic_crosses_the_router_without_offload() {
     if privileged("traffic_crosses_the_router_without_offload") {
-        traffic_crosses_the_router(false);
+        crosses_and_cleans_up(false);
     }
 }
