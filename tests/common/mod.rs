@@ -2,6 +2,8 @@
 //! and network namespaces named after the test, removed on drop.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod topology;
+
 use std::process::Command;
 
 use algonet::net::netns::Netns;
