@@ -1,0 +1,207 @@
+//! Side by side, on the same namespaces and the same traffic: (a) the kernel with the iptables
+//! rules vantage6 4.14 writes, (b) algonet with offload, (c) algonet without offload. iperf3 for
+//! TCP (one stream each way, 8 streams) and UDP packet rates (1400 and 64 bytes), and the round
+//! trip of a small request/response. Prints one table with ratios to (a).
+//!
+//! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
+//! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::topology::{Mode, Topology, V};
+use common::TestNs;
+
+/// The iperf3 server runs in container 2, reached at the node's VPN address and public port
+/// 49160 (TCP and UDP); the echo for latency in container 1 at 49152.
+const IPERF_PORT: u16 = 49160;
+const ECHO_PORT: u16 = 49152;
+const ROUND_TRIPS: usize = 20_000;
+
+struct IperfServer(Child);
+
+impl IperfServer {
+    fn start(ns: &TestNs) -> IperfServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "iperf3", "-s", "-p", "8888"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start iperf3 server");
+        std::thread::sleep(Duration::from_millis(300));
+        IperfServer(child)
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        // Ours, by PID.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf(ns: &TestNs, seconds: u64, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "iperf3",
+            "-c",
+            &V.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+        ])
+        .args(["-t", &seconds.to_string(), "-J"])
+        .args(args)
+        .output()
+        .expect("run iperf3");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn gbits(v: &serde_json::Value) -> f64 {
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn kpps(v: &serde_json::Value) -> f64 {
+    let s = &v["end"]["sum"];
+    let received = s["packets"].as_f64().unwrap_or(0.0) - s["lost_packets"].as_f64().unwrap_or(0.0);
+    received / s["seconds"].as_f64().unwrap_or(1.0) / 1e3
+}
+
+/// Round trips of a 64-byte request and its echo, in microseconds: (p50, p99).
+fn latency(t: &Topology) -> (f64, f64) {
+    let listener: TcpListener =
+        t.c1.ns
+            .run(|| async { TcpListener::bind("0.0.0.0:8888") })
+            .expect("ns")
+            .expect("bind");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let to = SocketAddrV4::new(V, ECHO_PORT);
+    let mut s: TcpStream = t
+        .peer
+        .ns
+        .run(move || async move { TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) })
+        .expect("ns")
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut buf = [7u8; 64];
+    let mut rtts: Vec<f64> = (0..ROUND_TRIPS)
+        .map(|_| {
+            let start = Instant::now();
+            s.write_all(&buf).expect("request");
+            s.read_exact(&mut buf).expect("response");
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    drop(s);
+    let _ = server.join();
+    rtts.sort_by(f64::total_cmp);
+    (rtts[ROUND_TRIPS / 2], rtts[ROUND_TRIPS * 99 / 100])
+}
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    values: Vec<f64>,
+    higher_is_better: bool,
+}
+
+fn main() {
+    if !common::privileged("dataplane bench") {
+        return;
+    }
+    let seconds: u64 = std::env::var("SECONDS_PER_RUN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let modes = [
+        ("kernel + iptables (vantage6)", Mode::Kernel),
+        ("algonet, offload", Mode::Algonet { offload: true }),
+        ("algonet, no offload", Mode::Algonet { offload: false }),
+    ];
+    let mut rows: Vec<Row> = [
+        ("TCP 1 stream, peer -> container", "Gbit/s", true),
+        ("TCP 1 stream, container -> peer", "Gbit/s", true),
+        ("TCP 8 streams, peer -> container", "Gbit/s", true),
+        ("UDP 1400 B, received", "kpps", true),
+        ("UDP 64 B, received", "kpps", true),
+        ("request/response 64 B, p50", "us", false),
+        ("request/response 64 B, p99", "us", false),
+    ]
+    .into_iter()
+    .map(|(name, unit, higher_is_better)| Row {
+        name,
+        unit,
+        values: Vec::new(),
+        higher_is_better,
+    })
+    .collect();
+    for (i, (label, mode)) in modes.iter().enumerate() {
+        eprintln!("== {label}");
+        let t = Topology::new(&format!("bn{i}"), *mode);
+        let (p50, p99) = latency(&t);
+        let server = IperfServer::start(&t.c2);
+        let results = [
+            gbits(&iperf(&t.peer, seconds, &[])),
+            gbits(&iperf(&t.peer, seconds, &["-R"])),
+            gbits(&iperf(&t.peer, seconds, &["-P", "8"])),
+            kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "1372"])),
+            kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "36"])),
+            p50,
+            p99,
+        ];
+        drop(server);
+        for (row, v) in rows.iter_mut().zip(results) {
+            row.values.push(v);
+        }
+    }
+    println!();
+    println!("| traffic | {} |", modes.map(|m| m.0).join(" | "));
+    println!("|---|---|---|---|");
+    for row in &rows {
+        let base = row.values[0];
+        let cells: Vec<String> = row
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i == 0 {
+                    format!("{v:.2} {}", row.unit)
+                } else {
+                    let ratio = if row.higher_is_better {
+                        v / base
+                    } else {
+                        base / v
+                    };
+                    format!("{v:.2} {} ({ratio:.2}x)", row.unit)
+                }
+            })
+            .collect();
+        println!("| {} | {} |", row.name, cells.join(" | "));
+    }
+    println!("\nratios: to the kernel baseline, higher is better (for latency: baseline / value).");
+}
