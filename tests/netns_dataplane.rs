@@ -7,6 +7,8 @@ mod common;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use algonet::net::links::Netlink;
+use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
 use common::privileged;
 use common::topology::*;
 use netstack::{DropReason, Mapping, Protocol, RunId};
@@ -157,13 +159,89 @@ fn traffic_crosses_the_router(offload: bool) {
         "the container did not learn the path MTU: {learned}"
     );
 
-    // Removing the mapping stops it at once: the next connection is refused by the router.
+    // From the WAN link nothing is forwarded: dropped by the router and counted.
+    let before = t.drops(DropReason::UnknownSource);
+    assert!(
+        tcp_echo(&t.wan, SocketAddrV4::new(V, 49152)).is_err(),
+        "WAN reached a mapped port"
+    );
+    assert!(
+        tcp_echo(&t.wan, SocketAddrV4::new(C1, 8888)).is_err(),
+        "WAN reached a container"
+    );
+    assert!(t.drops(DropReason::UnknownSource) >= before + 2);
+
+    // A container opens UDP to a peer: it leaves from the node's VPN address.
+    let c2_udp = udp_socket(&t.c2, 40123);
+    c2_udp
+        .send_to(b"hi", SocketAddrV4::new(PEER, 5000))
+        .expect("send");
+    let (_, from) = peer_udp.recv_from(&mut buf).expect("peer receives");
+    assert_eq!(
+        from,
+        SocketAddr::V4(SocketAddrV4::new(V, 40123)),
+        "source port kept, address translated"
+    );
+
+    // Removing the mapping stops it at once and frees its state: the next connection is
+    // refused by the router.
+    let conns = |t: &Topology| {
+        t.rt.block_on(t.handle().with(|r| r.connections()))
+            .expect("running")
+    };
+    let before = conns(t);
     let removed =
         t.rt.block_on(t.handle().with(|r| r.remove_mapping(Protocol::Tcp, 49152)))
             .expect("running");
     assert!(removed.is_some());
+    assert!(
+        conns(t) < before,
+        "connections of the mapping were not freed"
+    );
     let err = tcp_echo(&t.peer, SocketAddrV4::new(V, 49152)).expect_err("mapping removed");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+
+    // Tearing down a run's link and the router's rules leaves nothing of ours behind.
+    let run_b = RunLinkPlan {
+        router_end: name("vr-b"),
+        container_end: name("eth0"),
+        container: C2,
+        gateway: GATEWAY,
+        mtu: u32::from(MTU),
+    };
+    let router_plan = RouterPlan {
+        vpn_link: name("vpn0"),
+        tun: name("algonet0"),
+        wan: Some(name("eth0")),
+        vpn_subnet: std::net::Ipv4Addr::new(10, 76, 0, 0),
+        vpn_prefix_len: 16,
+    };
+    let errors = t
+        .router
+        .ns
+        .run(move || async move {
+            let nl = Netlink::connect().expect("netlink");
+            let mut errors = plan::remove_run_link(&nl, &run_b).await;
+            errors.extend(plan::remove_run_link(&nl, &run_b).await);
+            errors.extend(plan::teardown_router(&nl, &router_plan).await);
+            errors
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        })
+        .expect("router ns");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!t.router.ip(&["link"]).contains("vr-b"));
+    assert!(
+        !t.c2.ip(&["link"]).contains("eth0"),
+        "the container end went with the router end"
+    );
+    let rules = t.router.ip(&["rule"]);
+    assert!(rules.starts_with("0:\tfrom all lookup local"), "{rules}");
+    assert!(!rules.contains("vr-b"), "{rules}");
+    for gone in ["100:", "200:", "300:"] {
+        assert!(!rules.lines().any(|l| l.starts_with(gone)), "{rules}");
+    }
 }
 
 /// The host's firewall rules, without comments and packet counters (which move by themselves).

@@ -23,6 +23,9 @@ pub const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const FAR: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 5);
 pub const FAR_MTU: u32 = 1200;
+/// The router's and a neighbour's address on the WAN link.
+pub const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
+pub const WAN_HOST: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const MTU: u16 = 1400;
 /// The port mappings of every topology: (protocol, public port, container endpoint).
@@ -44,6 +47,8 @@ pub struct Topology {
     pub router: TestNs,
     pub c1: TestNs,
     pub c2: TestNs,
+    /// The outside world (the Docker network in production), on the router's eth0.
+    pub wan: TestNs,
     pub dataplane: Option<Dataplane>,
     pub rt: tokio::runtime::Runtime,
 }
@@ -66,14 +71,20 @@ impl Topology {
             router: TestNs::new(&format!("{tag}-r")),
             c1: TestNs::new(&format!("{tag}-a")),
             c2: TestNs::new(&format!("{tag}-b")),
+            wan: TestNs::new(&format!("{tag}-w")),
             dataplane: None,
             rt: tokio::runtime::Runtime::new().expect("runtime"),
         };
         let peer_fd = t.peer.ns.fd().try_clone_to_owned().expect("fd");
+        let wan_fd = t.wan.ns.fd().try_clone_to_owned().expect("fd");
         t.router
             .ns
             .run(move || async move {
                 let nl = Netlink::connect()?;
+                nl.add_veth(&name("eth0"), &name("eth0"), wan_fd.as_fd(), 1500)
+                    .await?;
+                nl.configure(&name("eth0"), None, None).await?;
+                nl.add_address(&name("eth0"), ROUTER_WAN, 24).await?;
                 nl.add_veth(
                     &name("vpn0"),
                     &name("eth0"),
@@ -98,7 +109,7 @@ impl Topology {
         let router_plan = RouterPlan {
             vpn_link: name("vpn0"),
             tun: name("algonet0"),
-            wan: None,
+            wan: Some(name("eth0")),
             vpn_subnet: Ipv4Addr::new(10, 76, 0, 0),
             vpn_prefix_len: 16,
         };
@@ -184,6 +195,29 @@ impl Topology {
             })
             .expect("far ns")
             .expect("far plumbing");
+        t.wan
+            .ns
+            .run(|| async {
+                let nl = Netlink::connect()?;
+                nl.configure(&name("lo"), None, None).await?;
+                nl.configure(&name("eth0"), None, None).await?;
+                nl.add_address(&name("eth0"), WAN_HOST, 24).await?;
+                // A hostile neighbour routes the VPN and the containers at the router.
+                for dest in [Ipv4Addr::new(10, 76, 0, 0), Ipv4Addr::new(172, 30, 0, 0)] {
+                    let via = Some(ROUTER_WAN);
+                    nl.add_route(&Route {
+                        dest,
+                        prefix_len: 16,
+                        dev: name("eth0"),
+                        via,
+                        table: plan::TABLE_MAIN,
+                    })
+                    .await?;
+                }
+                Ok::<_, LinkError>(())
+            })
+            .expect("wan ns")
+            .expect("wan plumbing");
         // The real tunnel is point to point; on the veth that stands in for it, neighbours are
         // set by hand. A hostile peer also routes container addresses at the node.
         let (vpn0, eth0) = (mac(&t.router, "vpn0"), mac(&t.peer, "eth0"));
