@@ -4,7 +4,8 @@
 //! trip of a small request/response. Prints one table with ratios to (a).
 //!
 //! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
-//! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5).
+//! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5),
+//! `ROUNDS` the number of interleaved rounds whose median is reported (default 3).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -160,24 +161,42 @@ fn main() {
         higher_is_better,
     })
     .collect();
-    for (i, (label, mode)) in modes.iter().enumerate() {
-        eprintln!("== {label}");
-        let t = Topology::new(&format!("bn{i}"), *mode);
-        let (p50, p99) = latency(&t);
-        let server = IperfServer::start(&t.c2);
-        let results = [
-            gbits(&iperf(&t.peer, seconds, &[])),
-            gbits(&iperf(&t.peer, seconds, &["-R"])),
-            gbits(&iperf(&t.peer, seconds, &["-P", "8"])),
-            kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "1372"])),
-            kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "36"])),
-            p50,
-            p99,
-        ];
-        drop(server);
-        for (row, v) in rows.iter_mut().zip(results) {
-            row.values.push(v);
+    // Rounds interleave the modes, and each cell is the median over rounds: this machine's
+    // neighbours move absolute figures by tens of percent from one minute to the next.
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut samples = vec![vec![Vec::new(); modes.len()]; rows.len()];
+    for round in 0..rounds {
+        for (i, (label, mode)) in modes.iter().enumerate() {
+            eprintln!("== round {}/{rounds}: {label}", round + 1);
+            let t = Topology::new(&format!("bn{i}"), *mode);
+            let (p50, p99) = latency(&t);
+            let server = IperfServer::start(&t.c2);
+            let results = [
+                gbits(&iperf(&t.peer, seconds, &[])),
+                gbits(&iperf(&t.peer, seconds, &["-R"])),
+                gbits(&iperf(&t.peer, seconds, &["-P", "8"])),
+                kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "1372"])),
+                kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "36"])),
+                p50,
+                p99,
+            ];
+            drop(server);
+            for (row, v) in results.into_iter().enumerate() {
+                samples[row][i].push(v);
+            }
         }
+    }
+    for (row, per_mode) in rows.iter_mut().zip(samples) {
+        row.values = per_mode
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect();
     }
     println!();
     println!("| traffic | {} |", modes.map(|m| m.0).join(" | "));
@@ -203,5 +222,5 @@ fn main() {
             .collect();
         println!("| {} | {} |", row.name, cells.join(" | "));
     }
-    println!("\nratios: to the kernel baseline, higher is better (for latency: baseline / value).");
+    println!("\nmedians of {rounds} interleaved rounds of {seconds} s runs; ratios to the kernel baseline, higher is better (for latency: baseline / value).");
 }
