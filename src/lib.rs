@@ -8,3 +8,4 @@
 pub use netstack;
 
 pub mod net;
+pub mod server;

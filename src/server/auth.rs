@@ -1,0 +1,172 @@
+//! Tokens: HS256 JSON Web Tokens in the shape vantage6 4.x issues (flask-jwt-extended), so that
+//! vantage6's algorithm tools can read their own identity from the token they are given.
+//!
+//! - user: `sub` = user name, `client_type` = "user"
+//! - node: `sub` = node id, `client_type` = "node"
+//! - container: `sub` = {client_type, node_id, organization_id, collaboration_id, task_id,
+//!   image, databases}, `client_type` = "container"
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The identity inside a container token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerIdentity {
+    pub client_type: String,
+    pub node_id: i64,
+    pub organization_id: i64,
+    pub collaboration_id: i64,
+    pub task_id: i64,
+    pub image: String,
+    #[serde(default)]
+    pub databases: Vec<Value>,
+}
+
+/// Who a valid token says the caller is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    User(String),
+    Node(i64),
+    Container(ContainerIdentity),
+}
+
+/// Signs and checks tokens with the server's secret.
+#[derive(Clone)]
+pub struct Signer {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length.
+    <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
+impl Signer {
+    pub fn new(key: Vec<u8>) -> Signer {
+        Signer { key }
+    }
+
+    /// Issues a token for `claimed`, valid `lifetime_secs` from `now` (seconds since the epoch).
+    pub fn issue(&self, claimed: &Claimed, now: u64, lifetime_secs: u64) -> String {
+        let (sub, client_type) = match claimed {
+            Claimed::User(name) => (json!(name), "user"),
+            Claimed::Node(id) => (json!(id), "node"),
+            Claimed::Container(c) => (json!(c), "container"),
+        };
+        let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = json!({
+            "sub": sub,
+            "client_type": client_type,
+            "type": "access",
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime_secs,
+        });
+        let payload = B64.encode(claims.to_string());
+        let signing_input = format!("{header}.{payload}");
+        let mut m = mac(&self.key);
+        m.update(signing_input.as_bytes());
+        let sig = B64.encode(m.finalize().into_bytes());
+        format!("{signing_input}.{sig}")
+    }
+
+    /// Checks the signature and the expiry; `None` for anything else than a valid token.
+    pub fn check(&self, token: &str, now: u64) -> Option<Claimed> {
+        let mut parts = token.split('.');
+        let (header_b64, payload, sig) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: Value = serde_json::from_slice(&B64.decode(header_b64).ok()?).ok()?;
+        if header.get("alg")? != "HS256" {
+            return None;
+        }
+        let mut m = mac(&self.key);
+        m.update(format!("{header_b64}.{payload}").as_bytes());
+        m.verify_slice(&B64.decode(sig).ok()?).ok()?;
+        let claims: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        if claims.get("exp")?.as_u64()? <= now
+            || claims.get("nbf").and_then(Value::as_u64).unwrap_or(0) > now
+        {
+            return None;
+        }
+        let sub = claims.get("sub")?;
+        match claims.get("client_type")?.as_str()? {
+            "user" => Some(Claimed::User(sub.as_str()?.to_string())),
+            "node" => Some(Claimed::Node(sub.as_i64()?)),
+            "container" => serde_json::from_value(sub.clone())
+                .ok()
+                .map(Claimed::Container),
+            _ => None,
+        }
+    }
+}
+
+/// SHA-256 hex of an API key, as stored.
+pub fn hash_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new random secret of 32 bytes, URL-safe base64.
+pub fn random_secret() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)?;
+    Ok(B64.encode(b))
+}
+
+/// Constant-time comparison of two byte strings (for the admin password).
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_tampering_and_expiry() {
+        let s = Signer::new(b"secret".to_vec());
+        let c = Claimed::Container(ContainerIdentity {
+            client_type: "container".into(),
+            node_id: 1,
+            organization_id: 2,
+            collaboration_id: 3,
+            task_id: 4,
+            image: "echo".into(),
+            databases: vec![],
+        });
+        let t = s.issue(&c, 1000, 60);
+        assert_eq!(s.check(&t, 1001), Some(c));
+        assert_eq!(s.check(&t, 1060), None, "expired");
+        assert_eq!(
+            Signer::new(b"other".to_vec()).check(&t, 1001),
+            None,
+            "wrong key"
+        );
+        let mut forged = t.clone();
+        forged.insert(forged.find('.').expect("dot") + 3, 'x');
+        assert_eq!(s.check(&forged, 1001), None, "tampered");
+        assert_eq!(s.check("a.b", 1001), None);
+        assert_eq!(s.check("", 1001), None);
+        let node = s.issue(&Claimed::Node(7), 1000, 60);
+        assert_eq!(s.check(&node, 1000), Some(Claimed::Node(7)));
+    }
+}

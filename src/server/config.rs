@@ -1,0 +1,134 @@
+//! The server's YAML configuration. A bad file fails at start, naming the file, the key and
+//! the reason.
+//!
+//! YAML is read with `serde_yaml_ng`, for the whole project: `serde_yaml` is unmaintained, and
+//! `serde_yaml_ng` is a maintained fork with the same API (so the serde derives stay plain).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The administrator's credential (the only user for now).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub username: String,
+    pub password: String,
+}
+
+/// The seed's `vpn_server` block: an eduVPN instance that provisions nodes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EduVpn {
+    pub url: String,
+    pub portal_username: String,
+    pub portal_userpass: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where to listen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Prefix of every endpoint (vantage6 uses `/api`).
+    #[serde(default = "default_api_path")]
+    pub api_path: String,
+    /// Holds the database file and the server's secrets.
+    pub data_dir: PathBuf,
+    pub admin: Admin,
+    /// eduVPN provisioning; without it (and without a built-in VPN) `GET /vpn` answers 501.
+    #[serde(default)]
+    pub vpn_server: Option<EduVpn>,
+    /// Lifetime of node and user tokens, in seconds.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7601))
+}
+
+fn default_api_path() -> String {
+    "/api".into()
+}
+
+fn default_token_lifetime() -> u64 {
+    6 * 3600
+}
+
+/// What is wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// the file could not be read
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// the YAML is malformed or a key is wrong
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        ServerConfig::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parses and checks a configuration; the error names the key and the reason.
+    pub fn parse(text: &str) -> Result<ServerConfig, String> {
+        let config: ServerConfig = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        if !config.api_path.is_empty()
+            && (!config.api_path.starts_with('/') || config.api_path.ends_with('/'))
+        {
+            return Err(format!(
+                "api_path: {:?} must be empty or start, and not end, with '/'",
+                config.api_path
+            ));
+        }
+        if config.admin.password.len() < 12 {
+            return Err("admin.password: at least 12 characters".into());
+        }
+        if config.token_lifetime_secs == 0 {
+            return Err("token_lifetime_secs: must be positive".into());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key_and_the_reason() {
+        let base = "data_dir: /tmp/x\nadmin: {username: root, password: correct-horse-battery}\n";
+        assert!(ServerConfig::parse(base).is_ok());
+        let e = ServerConfig::parse("data_dir: /tmp/x\nadmin: {username: root, password: short}\n")
+            .expect_err("must be refused");
+        assert!(e.contains("admin.password"), "{e}");
+        let e =
+            ServerConfig::parse(&format!("{base}listen: nowhere\n")).expect_err("must be refused");
+        assert!(e.contains("listen"), "{e}");
+        let e = ServerConfig::parse(&format!("{base}vpn_server: {{url: x}}\n"))
+            .expect_err("must be refused");
+        assert!(
+            e.contains("vpn_server") && e.contains("portal_username"),
+            "{e}"
+        );
+        let e = ServerConfig::parse(&format!("{base}colour: blue\n")).expect_err("must be refused");
+        assert!(e.contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,564 @@
+//! The server's API through real HTTP on 127.0.0.1 against a real SQLite file: callers, tokens,
+//! the VPN surface with vantage6's exact address-flag semantics, and bad input.
+
+use std::net::SocketAddr;
+
+use algonet::server::config::ServerConfig;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    http: Client,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn server(tag: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = ServerConfig::parse(&format!(
+        "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
+        dir.display()
+    ))
+    .expect("config");
+    let state = algonet::server::open(config).await.expect("open");
+    let (addr, serve): (SocketAddr, _) = algonet::server::bind(state).await.expect("bind");
+    tokio::spawn(serve);
+    Server {
+        base: format!("http://{addr}/api"),
+        http: Client::new(),
+        _dir: TempDir(dir),
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.parse().expect("method"), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
+        let (status, v) = self.call(method, path, token, Some(body)).await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+}
+
+/// A federation: three organizations in one collaboration, a node each, a parent task on org 1
+/// and, created by the parent's algorithm, a child task on all three.
+struct Fed {
+    s: Server,
+    admin: String,
+    nodes: Vec<(i64, String)>,
+    parent_container: String,
+    child_containers: Vec<String>,
+    child_runs: Vec<i64>,
+    child_task: i64,
+    parent_task: i64,
+}
+
+async fn federation(tag: &str) -> Fed {
+    let s = server(tag).await;
+    let admin = s
+        .ok(
+            "POST",
+            "/token/user",
+            None,
+            json!({"username": "root", "password": "correct-horse-battery"}),
+        )
+        .await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let mut orgs = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        orgs.push(
+            s.ok("POST", "/organization", Some(&admin), json!({"name": name}))
+                .await["id"]
+                .as_i64()
+                .expect("id"),
+        );
+    }
+    let collab = s
+        .ok(
+            "POST",
+            "/collaboration",
+            Some(&admin),
+            json!({"name": "c", "organization_ids": orgs}),
+        )
+        .await["id"]
+        .as_i64()
+        .expect("id");
+    let mut nodes = Vec::new();
+    for org in &orgs {
+        let n = s
+            .ok(
+                "POST",
+                "/node",
+                Some(&admin),
+                json!({"organization_id": org, "collaboration_id": collab}),
+            )
+            .await;
+        let key = n["api_key"].as_str().expect("key");
+        let login = s
+            .ok("POST", "/token/node", None, json!({"api_key": key}))
+            .await;
+        nodes.push((
+            n["id"].as_i64().expect("id"),
+            login["access_token"].as_str().expect("token").to_string(),
+        ));
+    }
+    let parent = s
+        .ok("POST", "/task", Some(&admin), json!({"name": "vpn test", "image": "echo", "collaboration_id": collab, "organizations": [{"id": orgs[0]}]}))
+        .await;
+    let parent_task = parent["id"].as_i64().expect("id");
+    let parent_container = s
+        .ok(
+            "POST",
+            "/token/container",
+            Some(&nodes[0].1),
+            json!({"task_id": parent_task, "image": "echo"}),
+        )
+        .await["container_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let child = s
+        .ok("POST", "/task", Some(&parent_container), json!({"name": "echo", "image": "echo", "organizations": orgs.iter().map(|o| json!({"id": o})).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(child["parent_id"].as_i64(), Some(parent_task));
+    let child_task = child["id"].as_i64().expect("id");
+    let child_runs: Vec<i64> = child["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    let mut child_containers = Vec::new();
+    for (_, token) in &nodes {
+        let c = s
+            .ok(
+                "POST",
+                "/token/container",
+                Some(token),
+                json!({"task_id": child_task, "image": "echo"}),
+            )
+            .await;
+        child_containers.push(c["container_token"].as_str().expect("token").to_string());
+    }
+    Fed {
+        s,
+        admin,
+        nodes,
+        parent_container,
+        child_containers,
+        child_runs,
+        child_task,
+        parent_task,
+    }
+}
+
+#[tokio::test]
+async fn the_vpn_surface_answers_like_vantage6() {
+    let f = federation("vpn").await;
+    let s = &f.s;
+    // Each node registers its address and the ports of its child run.
+    for (i, (id, token)) in f.nodes.iter().enumerate() {
+        let ip = format!("10.76.0.{}", 10 + i);
+        let n = s
+            .ok(
+                "PATCH",
+                &format!("/node/{id}"),
+                Some(token),
+                json!({"ip": ip}),
+            )
+            .await;
+        assert_eq!(n["ip"], json!(ip));
+        let p = s
+            .ok(
+                "POST",
+                "/port",
+                Some(token),
+                json!({"port": 49152 + i, "run_id": f.child_runs[i], "label": "echo"}),
+            )
+            .await;
+        assert_eq!(p["run"]["id"].as_i64(), Some(f.child_runs[i]));
+        s.ok(
+            "POST",
+            "/port",
+            Some(token),
+            json!({"port": 50000 + i, "run_id": f.child_runs[i], "label": null}),
+        )
+        .await;
+    }
+    // Another node's run: refused, nothing written.
+    let (st, _) = s
+        .call(
+            "POST",
+            "/port",
+            Some(&f.nodes[0].1),
+            Some(json!({"port": 1, "run_id": f.child_runs[1]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    let get = |token: &str, q: &str| {
+        let (s, token, q) = (s, token.to_string(), q.to_string());
+        async move {
+            s.call(
+                "GET",
+                &format!("/vpn/algorithm/addresses{q}"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    let entries = |v: &Value| v["addresses"].as_array().expect("addresses").clone();
+
+    // The parent finds its children's echo ports, with the nodes' addresses.
+    let (st, v) = get(&f.parent_container, "?only_children=1&label=echo").await;
+    assert_eq!(st, StatusCode::OK);
+    let e = entries(&v);
+    assert_eq!(e.len(), 3);
+    for (i, entry) in e.iter().enumerate() {
+        assert_eq!(entry["port"], json!(49152 + i));
+        assert_eq!(entry["ip"], json!(format!("10.76.0.{}", 10 + i)));
+        assert_eq!(entry["label"], json!("echo"));
+        assert_eq!(entry["task_id"], json!(f.child_task));
+        assert_eq!(entry["parent_id"], json!(f.parent_task));
+    }
+    assert_eq!(
+        entries(&get(&f.parent_container, "?only_children=1").await.1).len(),
+        6,
+        "all labels"
+    );
+    // "=0" and "=false" also mean set; an empty value does not.
+    assert_eq!(
+        entries(&get(&f.parent_container, "?only_children=false").await.1).len(),
+        6
+    );
+    assert_eq!(
+        entries(&get(&f.parent_container, "?only_children=").await.1).len(),
+        0,
+        "own task has no ports"
+    );
+    assert_eq!(
+        entries(&get(&f.parent_container, "?include_children=1").await.1).len(),
+        6
+    );
+    // A child sees itself and its siblings, its parent (no ports), or a filtered view.
+    let child0 = &f.child_containers[0];
+    assert_eq!(entries(&get(child0, "").await.1).len(), 6);
+    assert_eq!(entries(&get(child0, "?only_parent=1").await.1).len(), 0);
+    assert_eq!(entries(&get(child0, "?include_parent=1").await.1).len(), 6);
+    let own = entries(&get(child0, "?only_self=1").await.1);
+    assert_eq!(own.len(), 2);
+    assert!(own.iter().all(|e| e["ip"] == json!("10.76.0.10")));
+    assert_eq!(
+        entries(&get(child0, "?only_siblings=1&label=echo").await.1).len(),
+        2
+    );
+    // Two only_ flags: 400 with vantage6's words.
+    let (st, v) = get(child0, "?only_self=1&only_parent=1").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["msg"],
+        json!("You can only specify one of the only_<...> parameters!")
+    );
+
+    // A node without an address: its entries have ip null.
+    s.ok(
+        "PATCH",
+        &format!("/node/{}", f.nodes[2].0),
+        Some(&f.nodes[2].1),
+        json!({"clear_ip": true}),
+    )
+    .await;
+    let e = entries(
+        &get(&f.parent_container, "?only_children=1&label=echo")
+            .await
+            .1,
+    );
+    assert_eq!(e[2]["ip"], Value::Null);
+
+    // Ports go with DELETE /port?run_id=, only for the node's own run.
+    let path = format!("/port?run_id={}", f.child_runs[1]);
+    let (st, _) = s.call("DELETE", &path, Some(&f.nodes[0].1), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, v) = s.call("DELETE", &path, Some(&f.nodes[1].1), None).await;
+    assert_eq!(
+        (st, v["msg"].clone()),
+        (StatusCode::OK, json!("Ports removed from the database."))
+    );
+    assert_eq!(
+        entries(&get(&f.parent_container, "?only_children=1").await.1).len(),
+        4
+    );
+
+    // Without VPN configured: 501 with vantage6's words.
+    let (st, v) = s.call("GET", "/vpn", Some(&f.nodes[0].1), None).await;
+    assert_eq!(
+        (st, v["msg"].clone()),
+        (
+            StatusCode::NOT_IMPLEMENTED,
+            json!("This server does not support VPN")
+        )
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_the_wrong_caller_with_401_or_403() {
+    let f = federation("callers").await;
+    let s = &f.s;
+    let node = f.nodes[0].1.as_str();
+    let container = f.child_containers[0].as_str();
+    let cases: Vec<(&str, String, Option<&str>, Value, StatusCode)> = vec![
+        (
+            "GET",
+            "/vpn/algorithm/addresses".into(),
+            None,
+            Value::Null,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "GET",
+            "/vpn/algorithm/addresses".into(),
+            Some("not.a.token"),
+            Value::Null,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "GET",
+            "/vpn/algorithm/addresses".into(),
+            Some(node),
+            Value::Null,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/organization".into(),
+            Some(node),
+            json!({"name": "x"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/organization".into(),
+            Some(container),
+            json!({"name": "x"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/node".into(),
+            Some(node),
+            json!({"organization_id": 1, "collaboration_id": 1}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "PATCH",
+            format!("/node/{}", f.nodes[1].0),
+            Some(node),
+            json!({"ip": "10.76.0.9"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "PATCH",
+            format!("/node/{}", f.nodes[1].0),
+            Some(container),
+            json!({"ip": "10.76.0.9"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/port".into(),
+            Some(container),
+            json!({"port": 1, "run_id": f.child_runs[0]}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/port".into(),
+            Some(&f.admin),
+            json!({"port": 1, "run_id": f.child_runs[0]}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/task".into(),
+            Some(node),
+            json!({"name": "t", "image": "i", "organizations": [{"id": 1}]}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/token/container".into(),
+            Some(container),
+            json!({"task_id": f.child_task, "image": "echo"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "GET",
+            "/vpn".into(),
+            Some(container),
+            Value::Null,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/token/node".into(),
+            None,
+            json!({"api_key": "wrong"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "POST",
+            "/token/user".into(),
+            None,
+            json!({"username": "root", "password": "wrong"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (method, path, token, body, want) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let (st, v) = s.call(method, &path, token, body).await;
+        assert_eq!(st, want, "{method} {path}: {v}");
+        assert!(
+            v["msg"].is_string(),
+            "{method} {path}: errors carry a msg: {v}"
+        );
+    }
+    // A container token for another image, or a task of another collaboration, is refused.
+    let (st, _) = s
+        .call(
+            "POST",
+            "/token/container",
+            Some(node),
+            Some(json!({"task_id": f.child_task, "image": "evil"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let _ = f.parent_container;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
+    let f = federation("input").await;
+    let s = &f.s;
+    let (node_id, node) = (f.nodes[0].0, f.nodes[0].1.as_str());
+    let raw = |body: &'static str| {
+        let url = format!("{}/port", s.base);
+        s.http
+            .post(url)
+            .bearer_auth(node)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in [
+        "{",
+        "[]",
+        "{\"port\": \"x\", \"run_id\": 1}",
+        "{\"port\": 70000, \"run_id\": 1}",
+        "{\"run_id\": 1}",
+    ] {
+        let r = raw(body).await.expect("send");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: Value = r.json().await.expect("json error");
+        assert!(v["msg"].is_string());
+    }
+    let (st, _) = s
+        .call(
+            "POST",
+            "/port",
+            Some(node),
+            Some(json!({"port": 0, "run_id": f.child_runs[0]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = s
+        .call(
+            "POST",
+            "/port",
+            Some(node),
+            Some(json!({"port": 5, "run_id": 999_999})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = s
+        .call(
+            "PATCH",
+            &format!("/node/{node_id}"),
+            Some(node),
+            Some(json!({"ip": "not-an-ip"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, _) = s
+        .call(
+            "PATCH",
+            &format!("/node/{node_id}"),
+            Some(node),
+            Some(json!({"ip": "10.76.0.1", "clear_ip": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let big = "x".repeat(2 << 20);
+    let (st, _) = s
+        .call(
+            "POST",
+            "/port",
+            Some(node),
+            Some(json!({"port": 5, "run_id": f.child_runs[0], "label": big})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    // Nothing of the above was written.
+    let (_, v) = s
+        .call(
+            "GET",
+            "/vpn/algorithm/addresses?include_children=1",
+            Some(&f.parent_container),
+            None,
+        )
+        .await;
+    assert_eq!(v["addresses"], json!([]));
+    let (st, _) = s
+        .call(
+            "POST",
+            "/organization",
+            Some(&f.admin),
+            Some(json!({"name": "alpha"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+}
