@@ -562,3 +562,107 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
         .await;
     assert_eq!(st, StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn nodes_claim_runs_once_and_report_them() {
+    let f = federation("runs").await;
+    let s = &f.s;
+    let (_, node1) = &f.nodes[1];
+    // Node 1 sees its pending child run only.
+    let (st, v) = s.call("GET", "/run", Some(node1), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let runs = v["data"].as_array().expect("data").clone();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0]["id"].as_i64().expect("id");
+    assert_eq!(run, f.child_runs[1]);
+    assert_eq!(runs[0]["task"]["image"], json!("echo"));
+    // Many claims at once: exactly one wins.
+    let claim = format!("/run/{run}/claim");
+    let claims = (0..8).map(|_| s.call("POST", &claim, Some(node1), None));
+    let results = futures_util::future::join_all(claims).await;
+    let won = results
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::OK)
+        .count();
+    let lost = results
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((won, lost), (1, 7), "{results:?}");
+    // Another node cannot claim or report it.
+    let (st, _) = s
+        .call(
+            "POST",
+            &format!("/run/{run}/claim"),
+            Some(&f.nodes[0].1),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s
+        .call(
+            "PATCH",
+            &format!("/run/{run}"),
+            Some(&f.nodes[0].1),
+            Some(json!({"status": "completed"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Reporting: a bad status is refused; the result reaches the parent algorithm.
+    let (st, _) = s
+        .call(
+            "PATCH",
+            &format!("/run/{run}"),
+            Some(node1),
+            Some(json!({"status": "great"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let r = s
+        .ok(
+            "PATCH",
+            &format!("/run/{run}"),
+            Some(node1),
+            json!({"status": "completed", "result": "{\"ok\": true}", "log": "done"}),
+        )
+        .await;
+    assert_eq!(r["status"], json!("completed"));
+    let (_, v) = s
+        .call(
+            "GET",
+            &format!("/run?task_id={}", f.child_task),
+            Some(&f.parent_container),
+            None,
+        )
+        .await;
+    let mine = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|r| r["id"] == json!(run))
+        .cloned()
+        .expect("run");
+    assert_eq!(
+        (mine["result"].clone(), mine["log"].clone()),
+        (json!("{\"ok\": true}"), json!("done"))
+    );
+    // When every run of the task has finished, no more container tokens are given for it.
+    for (i, (_, token)) in f.nodes.iter().enumerate() {
+        s.ok(
+            "PATCH",
+            &format!("/run/{}", f.child_runs[i]),
+            Some(token),
+            json!({"status": "completed"}),
+        )
+        .await;
+    }
+    let (st, v) = s
+        .call(
+            "POST",
+            "/token/container",
+            Some(node1),
+            Some(json!({"task_id": f.child_task, "image": "echo"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}

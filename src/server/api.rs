@@ -169,6 +169,9 @@ pub fn router(state: AppState) -> Router {
         .route("/node/{id}", patch(patch_node))
         .route("/task", post(create_task))
         .route("/port", post(create_port).delete(delete_ports))
+        .route("/run", get(list_runs))
+        .route("/run/{id}", patch(update_run))
+        .route("/run/{id}/claim", post(claim_run))
         .route("/vpn", get(get_vpn))
         .route("/vpn/algorithm/addresses", get(addresses))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
@@ -707,4 +710,172 @@ async fn addresses(
         }
     }
     Ok(Json(json!({ "addresses": out })))
+}
+
+/// Run statuses as vantage6 4.x names them; the last four end a run.
+const STATUSES: [&str; 7] = [
+    "pending",
+    "initializing",
+    "active",
+    "completed",
+    "failed",
+    "crashed",
+    "killed",
+];
+const FINISHED: [&str; 4] = ["completed", "failed", "crashed", "killed"];
+
+/// A run query with the columns [`run_json`] reads, and the given condition.
+macro_rules! select_runs {
+    ($condition:literal) => {
+        concat!(
+            "SELECT run.id, run.task_id, run.organization_id, run.status, run.input, run.result, run.log, ",
+            "task.image, task.name, task.parent_id, task.collaboration_id ",
+            "FROM run JOIN task ON task.id = run.task_id WHERE ",
+            $condition
+        )
+    };
+}
+
+fn run_json(r: &sqlx::sqlite::SqliteRow) -> Value {
+    json!({
+        "id": r.get::<i64, _>(0),
+        "task": { "id": r.get::<i64, _>(1), "image": r.get::<String, _>(7), "name": r.get::<String, _>(8),
+                  "parent_id": r.get::<Option<i64>, _>(9), "collaboration_id": r.get::<i64, _>(10) },
+        "organization_id": r.get::<i64, _>(2),
+        "status": r.get::<String, _>(3),
+        "input": r.get::<Option<String>, _>(4),
+        "result": r.get::<Option<String>, _>(5),
+        "log": r.get::<Option<String>, _>(6),
+    })
+}
+
+#[derive(Deserialize)]
+struct RunFilter {
+    task_id: Option<i64>,
+    status: Option<String>,
+}
+
+/// `GET /run`: a node sees the runs for its organization in its collaboration (by default the
+/// pending ones); an algorithm sees the runs of a task of its collaboration (`task_id`), with
+/// results; the administrator sees any task's runs.
+async fn list_runs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(f): Query<RunFilter>,
+) -> ApiResult<Json<Value>> {
+    let rows = match &caller {
+        Caller::Node(n) => {
+            let status = f.status.unwrap_or_else(|| "pending".into());
+            sqlx::query(select_runs!(
+                "run.organization_id = ? AND task.collaboration_id = ? AND run.status = ? \
+                 AND (? IS NULL OR run.task_id = ?) ORDER BY run.id"
+            ))
+            .bind(n.organization_id)
+            .bind(n.collaboration_id)
+            .bind(status)
+            .bind(f.task_id)
+            .bind(f.task_id)
+            .fetch_all(&s.db)
+            .await?
+        }
+        Caller::Container(c) => {
+            let task = f
+                .task_id
+                .ok_or_else(|| ApiError::bad("task_id is required"))?;
+            sqlx::query(select_runs!(
+                "run.task_id = ? AND task.collaboration_id = ? ORDER BY run.id"
+            ))
+            .bind(task)
+            .bind(c.collaboration_id)
+            .fetch_all(&s.db)
+            .await?
+        }
+        Caller::Admin => {
+            let task = f
+                .task_id
+                .ok_or_else(|| ApiError::bad("task_id is required"))?;
+            sqlx::query(select_runs!("run.task_id = ? ORDER BY run.id"))
+                .bind(task)
+                .fetch_all(&s.db)
+                .await?
+        }
+    };
+    Ok(Json(
+        json!({ "data": rows.iter().map(run_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// `POST /run/<id>/claim`: a node takes a pending run for itself. One conditional update, so of
+/// two concurrent claims exactly one wins; the other gets 409.
+async fn claim_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    let Caller::Node(n) = caller else {
+        return Err(ApiError::forbidden("Only nodes claim runs"));
+    };
+    own_run(&s.db, &n, id).await?;
+    let claimed = sqlx::query(
+        "UPDATE run SET status = 'initializing', assigned_at = datetime('now') WHERE id = ? AND status = 'pending'",
+    )
+    .bind(id)
+    .execute(&s.db)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {id} is not pending (claimed already?)"),
+        ));
+    }
+    let row = sqlx::query(select_runs!("run.id = ?"))
+        .bind(id)
+        .fetch_one(&s.db)
+        .await?;
+    Ok(Json(run_json(&row)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunUpdate {
+    status: Option<String>,
+    result: Option<String>,
+    log: Option<String>,
+}
+
+/// `PATCH /run/<id>`: the node reports status, result and log of its run.
+async fn update_run(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(b): Json<RunUpdate>,
+) -> ApiResult<Json<Value>> {
+    let Caller::Node(n) = caller else {
+        return Err(ApiError::forbidden("Only nodes report on runs"));
+    };
+    own_run(&s.db, &n, id).await?;
+    if let Some(st) = &b.status {
+        if !STATUSES.contains(&st.as_str()) {
+            return Err(ApiError::bad(format!(
+                "status: {st:?} is not one of {STATUSES:?}"
+            )));
+        }
+    }
+    let finished = b.status.as_deref().is_some_and(|st| FINISHED.contains(&st));
+    sqlx::query(
+        "UPDATE run SET status = coalesce(?, status), result = coalesce(?, result), log = coalesce(?, log), \
+         finished_at = CASE WHEN ? THEN datetime('now') ELSE finished_at END WHERE id = ?",
+    )
+    .bind(&b.status)
+    .bind(&b.result)
+    .bind(&b.log)
+    .bind(finished)
+    .bind(id)
+    .execute(&s.db)
+    .await?;
+    let row = sqlx::query(select_runs!("run.id = ?"))
+        .bind(id)
+        .fetch_one(&s.db)
+        .await?;
+    Ok(Json(run_json(&row)))
 }
