@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
-apt_need build-essential pkg-config iproute2 iputils-ping iptables nftables
+apt_need build-essential pkg-config iproute2 iputils-ping iptables nftables openvpn
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 echo "==> format and lints"

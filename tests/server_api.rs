@@ -1,76 +1,11 @@
 //! The server's API through real HTTP on 127.0.0.1 against a real SQLite file: callers, tokens,
 //! the VPN surface with vantage6's exact address-flag semantics, and bad input.
 
-use std::net::SocketAddr;
+mod common;
 
-use algonet::server::config::ServerConfig;
-use reqwest::{Client, StatusCode};
+use common::server::{server, Server};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-struct Server {
-    base: String,
-    http: Client,
-    _dir: TempDir,
-}
-
-/// A directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn server(tag: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = ServerConfig::parse(&format!(
-        "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
-        dir.display()
-    ))
-    .expect("config");
-    let state = algonet::server::open(config).await.expect("open");
-    let (addr, serve): (SocketAddr, _) = algonet::server::bind(state).await.expect("bind");
-    tokio::spawn(serve);
-    Server {
-        base: format!("http://{addr}/api"),
-        http: Client::new(),
-        _dir: TempDir(dir),
-    }
-}
-
-impl Server {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method.parse().expect("method"), url);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn ok(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
-        let (status, v) = self.call(method, path, token, Some(body)).await;
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v
-    }
-}
 
 /// A federation: three organizations in one collaboration, a node each, a parent task on org 1
 /// and, created by the parent's algorithm, a child task on all three.
@@ -86,7 +21,7 @@ struct Fed {
 }
 
 async fn federation(tag: &str) -> Fed {
-    let s = server(tag).await;
+    let s = server(tag, "").await;
     let admin = s
         .ok(
             "POST",

@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .route("/run/{id}", patch(update_run))
         .route("/run/{id}/claim", post(claim_run))
         .route("/vpn", get(get_vpn))
+        .route("/vpn/update", post(update_vpn))
         .route("/vpn/algorithm/addresses", get(addresses))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(state.clone());
@@ -620,19 +621,74 @@ async fn delete_ports(
 }
 
 async fn get_vpn(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let Caller::Node(_) = caller else {
+    let Caller::Node(n) = caller else {
         return Err(ApiError::forbidden("Only nodes get VPN configurations"));
     };
-    if s.config.vpn_server.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "This server does not support VPN",
+    Ok(Json(json!({ "ovpn_config": new_profile(&s, &n).await? })))
+}
+
+#[derive(Deserialize)]
+struct VpnUpdate {
+    vpn_config: String,
+}
+
+/// `POST /vpn/update`: a fresh key pair for the node's profile (vantage6 4.6+ broke this; here it
+/// works). The certificate it replaces is revoked.
+async fn update_vpn(
+    State(s): State<AppState>,
+    caller: Caller,
+    Json(b): Json<VpnUpdate>,
+) -> ApiResult<Json<Value>> {
+    let Caller::Node(n) = caller else {
+        return Err(ApiError::forbidden("Only nodes renew VPN configurations"));
+    };
+    if !b.vpn_config.contains("<cert>") {
+        return Err(ApiError::bad(
+            "vpn_config: not an OpenVPN profile with a <cert> block",
         ));
     }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "VPN provisioning is not built yet",
-    ))
+    Ok(Json(json!({ "ovpn_config": new_profile(&s, &n).await? })))
+}
+
+/// Issues the node a new client certificate, revokes its earlier ones, and returns the profile.
+async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<String> {
+    let Some(pki) = &s.pki else {
+        let msg = if s.config.vpn_server.is_some() {
+            "eduVPN provisioning is not built yet"
+        } else {
+            "This server does not support VPN"
+        };
+        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, msg));
+    };
+    let failed = |e: crate::server::pki::PkiError| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("VPN provisioning failed: {e}"),
+        )
+    };
+    let pki = pki.lock().await;
+    let cert = pki.issue(n.id).map_err(failed)?;
+    let mut tx = s.db.begin().await?;
+    sqlx::query("UPDATE vpn_certificate SET revoked_at = datetime('now') WHERE node_id = ? AND revoked_at IS NULL")
+        .bind(n.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO vpn_certificate (serial, node_id, issued_at) VALUES (?, ?, datetime('now'))",
+    )
+    .bind(&cert.serial)
+    .bind(n.id)
+    .execute(&mut *tx)
+    .await?;
+    let revoked: Vec<String> =
+        sqlx::query_scalar("SELECT serial FROM vpn_certificate WHERE revoked_at IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    // The CRL is written before the commit: if the commit fails, an unused certificate is
+    // revoked, never a used one left valid.
+    pki.write_crl(&revoked).map_err(failed)?;
+    tx.commit().await?;
+    Ok(pki.profile(&cert))
 }
 
 /// `GET /vpn/algorithm/addresses`: the VPN addresses and ports of the runs around the caller's

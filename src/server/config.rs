@@ -44,6 +44,9 @@ pub struct ServerConfig {
     /// eduVPN provisioning; without it (and without a built-in VPN) `GET /vpn` answers 501.
     #[serde(default)]
     pub vpn_server: Option<EduVpn>,
+    /// The built-in VPN provider (the server's own OpenVPN PKI).
+    #[serde(default)]
+    pub vpn: Option<crate::server::pki::BuiltinVpn>,
     /// Lifetime of node and user tokens, in seconds.
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
@@ -100,6 +103,12 @@ impl ServerConfig {
         }
         if config.admin.password.len() < 12 {
             return Err("admin.password: at least 12 characters".into());
+        }
+        if let Some(vpn) = &config.vpn {
+            vpn.network()?;
+            if config.vpn_server.is_some() {
+                return Err("vpn, vpn_server: configure one VPN provider, not both".into());
+            }
         }
         if config.token_lifetime_secs == 0 {
             return Err("token_lifetime_secs: must be positive".into());

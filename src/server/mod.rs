@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod pki;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub db: SqlitePool,
     pub signer: Signer,
     pub config: Arc<ServerConfig>,
+    /// The built-in VPN provider; the lock orders issuing and CRL writes.
+    pub pki: Option<Arc<tokio::sync::Mutex<pki::Pki>>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -48,6 +51,9 @@ pub enum ServerError {
         path: String,
         source: sqlx::migrate::MigrateError,
     },
+    /// the built-in VPN's PKI could not be opened
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
     /// the listening socket could not be bound
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -116,10 +122,18 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
             path: shown,
             source,
         })?;
+    let pki = match &config.vpn {
+        Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(pki::Pki::open(
+            &dir.join("vpn"),
+            vpn,
+        )?))),
+        None => None,
+    };
     Ok(AppState {
         db,
         signer,
         config: Arc::new(config),
+        pki,
     })
 }
 

@@ -2,6 +2,7 @@
 //! and network namespaces named after the test, removed on drop.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod server;
 pub mod topology;
 
 use std::process::Command;

@@ -1,0 +1,322 @@
+//! The built-in VPN provider: the server's own small OpenVPN PKI. A CA, a server certificate
+//! and a tls-crypt key made on first start; one client certificate per node, replaced by
+//! `POST /vpn/update` and revoked (listed in the CRL the OpenVPN server checks) when replaced.
+//! EC P-256 keys; the server certificate has extendedKeyUsage serverAuth, clients clientAuth.
+//! Every secret is written with mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
+};
+use serde::Deserialize;
+use time::{Duration, OffsetDateTime};
+
+/// The `vpn` block of the server configuration: the built-in provider.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinVpn {
+    /// The VPN subnet, `10.76.0.0/16`.
+    pub subnet: String,
+    /// Host name or address clients connect to.
+    pub remote: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    1194
+}
+
+impl BuiltinVpn {
+    /// The subnet as (network, netmask), or why not.
+    pub fn network(&self) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+        let (addr, len) = self
+            .subnet
+            .split_once('/')
+            .ok_or("vpn.subnet: expected a.b.c.d/len")?;
+        let addr: std::net::Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("vpn.subnet: {addr:?} is not an IPv4 address"))?;
+        let len: u32 = len
+            .parse()
+            .ok()
+            .filter(|l| (8..=29).contains(l))
+            .ok_or("vpn.subnet: prefix length must be 8 to 29")?;
+        let mask = u32::MAX << (32 - len);
+        if addr.to_bits() & !mask != 0 {
+            return Err(format!("vpn.subnet: {} has host bits set", self.subnet));
+        }
+        Ok((addr, std::net::Ipv4Addr::from_bits(mask)))
+    }
+}
+
+/// What went wrong in the PKI.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// a file could not be read or written
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// a certificate or key could not be made or read
+    #[error("{what}: {source}")]
+    Crypto {
+        what: &'static str,
+        source: rcgen::Error,
+    },
+    /// randomness was not available
+    #[error("no randomness: {0}")]
+    Random(String),
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |source| PkiError::Crypto { what, source }
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), PkiError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_err(path))?;
+    f.write_all(text.as_bytes()).map_err(file_err(path))
+}
+
+fn random(n: usize) -> Result<Vec<u8>, PkiError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| PkiError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// A positive 16-byte serial number and its hex form.
+fn serial() -> Result<(SerialNumber, String), PkiError> {
+    let mut b = random(16)?;
+    b[0] &= 0x7f;
+    let hex = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok((SerialNumber::from_slice(&b), hex))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "algonet VPN CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    p
+}
+
+fn leaf(
+    cn: &str,
+    usage: ExtendedKeyUsagePurpose,
+    days: i64,
+) -> Result<(CertificateParams, String), PkiError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyAgreement,
+    ];
+    p.extended_key_usages = vec![usage];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(days);
+    let (sn, hex) = serial()?;
+    p.serial_number = Some(sn);
+    Ok((p, hex))
+}
+
+/// An issued client certificate.
+#[derive(Debug)]
+pub struct ClientCert {
+    pub serial: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The PKI in a directory: `ca.crt`, `ca.key`, `server.crt`, `server.key`, `tls-crypt.key`,
+/// `crl.pem`, `server.conf`.
+#[derive(Debug)]
+pub struct Pki {
+    dir: PathBuf,
+    vpn: BuiltinVpn,
+    ca_pem: String,
+    ca_key: KeyPair,
+    tls_crypt: String,
+}
+
+impl Pki {
+    /// Opens the PKI in `dir`, making what is missing, and (re)writes the OpenVPN server
+    /// configuration for `vpn`.
+    pub fn open(dir: &Path, vpn: &BuiltinVpn) -> Result<Pki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(file_err(dir))?;
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let (ca_pem, ca_key) = match (read("ca.crt"), read("ca.key")) {
+            (Some(cert), Some(key)) => (
+                cert,
+                KeyPair::from_pem(&key).map_err(crypto("read ca.key"))?,
+            ),
+            _ => {
+                let key = KeyPair::generate().map_err(crypto("make CA key"))?;
+                let mut p = ca_params();
+                let now = OffsetDateTime::now_utc();
+                p.not_before = now - Duration::hours(1);
+                p.not_after = now + Duration::days(3650);
+                let cert = p.self_signed(&key).map_err(crypto("make CA certificate"))?;
+                write_secret(&dir.join("ca.key"), &key.serialize_pem())?;
+                std::fs::write(dir.join("ca.crt"), cert.pem())
+                    .map_err(file_err(&dir.join("ca.crt")))?;
+                (cert.pem(), key)
+            }
+        };
+        let tls_crypt = match read("tls-crypt.key") {
+            Some(k) => k,
+            None => {
+                // OpenVPN's static key format: 2048 bits in 16 lines of hex.
+                let key = random(256)?;
+                let mut text = String::from("-----BEGIN OpenVPN Static key V1-----\n");
+                for line in key.chunks(16) {
+                    text.extend(line.iter().map(|b| format!("{b:02x}")));
+                    text.push('\n');
+                }
+                text.push_str("-----END OpenVPN Static key V1-----\n");
+                write_secret(&dir.join("tls-crypt.key"), &text)?;
+                text
+            }
+        };
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+            vpn: vpn.clone(),
+            ca_pem,
+            ca_key,
+            tls_crypt,
+        };
+        if read("server.crt").is_none() || read("server.key").is_none() {
+            let key = KeyPair::generate().map_err(crypto("make server key"))?;
+            let (params, _) = leaf(
+                "algonet VPN server",
+                ExtendedKeyUsagePurpose::ServerAuth,
+                3650,
+            )?;
+            let cert = params
+                .signed_by(&key, &pki.issuer())
+                .map_err(crypto("sign server certificate"))?;
+            write_secret(&dir.join("server.key"), &key.serialize_pem())?;
+            std::fs::write(dir.join("server.crt"), cert.pem())
+                .map_err(file_err(&dir.join("server.crt")))?;
+        }
+        if read("crl.pem").is_none() {
+            pki.write_crl(&[])?;
+        }
+        pki.write_server_config()?;
+        Ok(pki)
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::new(ca_params(), &self.ca_key)
+    }
+
+    /// Issues a client certificate for a node.
+    pub fn issue(&self, node_id: i64) -> Result<ClientCert, PkiError> {
+        let key = KeyPair::generate().map_err(crypto("make client key"))?;
+        let (params, serial) = leaf(
+            &format!("algonet-node-{node_id}"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            365,
+        )?;
+        let cert = params
+            .signed_by(&key, &self.issuer())
+            .map_err(crypto("sign client certificate"))?;
+        Ok(ClientCert {
+            serial,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Rewrites the CRL with these revoked serials (hex).
+    pub fn write_crl(&self, revoked: &[String]) -> Result<(), PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .filter_map(|hex| {
+                let bytes: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                    .collect();
+                (!bytes.is_empty()).then(|| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: Some(RevocationReason::Superseded),
+                    invalidity_date: None,
+                })
+            })
+            .collect();
+        let (crl_number, _) = serial()?;
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(3650),
+            crl_number,
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer())
+            .map_err(crypto("sign CRL"))?;
+        let pem = crl.pem().map_err(crypto("encode CRL"))?;
+        let path = self.dir.join("crl.pem");
+        std::fs::write(&path, pem).map_err(file_err(&path))
+    }
+
+    /// The OpenVPN server configuration (relative paths: run it with `--cd <dir>`).
+    pub fn server_config(&self) -> String {
+        let (net, mask) = self.vpn.network().unwrap_or((
+            std::net::Ipv4Addr::UNSPECIFIED,
+            std::net::Ipv4Addr::UNSPECIFIED,
+        ));
+        format!(
+            "# written by algonet server; regenerated at every start\n\
+             dev tun\ntopology subnet\nserver {net} {mask}\nclient-to-client\nproto udp4\nport {}\n\
+             dh none\nca ca.crt\ncert server.crt\nkey server.key\ntls-crypt tls-crypt.key\ncrl-verify crl.pem\n\
+             keepalive 10 60\nverb 3\n",
+            self.vpn.port
+        )
+    }
+
+    fn write_server_config(&self) -> Result<(), PkiError> {
+        let path = self.dir.join("server.conf");
+        std::fs::write(&path, self.server_config()).map_err(file_err(&path))
+    }
+
+    /// The complete client profile (.ovpn) for a certificate.
+    pub fn profile(&self, c: &ClientCert) -> String {
+        format!(
+            "client\ndev tun\nproto udp4\nremote {} {}\nnobind\nremote-cert-tls server\n\
+             <ca>\n{}</ca>\n<cert>\n{}</cert>\n<key>\n{}</key>\n<tls-crypt>\n{}</tls-crypt>\n",
+            self.vpn.remote, self.vpn.port, self.ca_pem, c.cert_pem, c.key_pem, self.tls_crypt
+        )
+    }
+}

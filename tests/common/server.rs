@@ -1,0 +1,75 @@
+//! A server under test: started on 127.0.0.1 with a fresh data directory, called over HTTP.
+
+use std::net::SocketAddr;
+
+use algonet::server::config::ServerConfig;
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+pub struct Server {
+    pub base: String,
+    pub http: Client,
+    pub dir: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts a server on 127.0.0.1 with its data in a fresh directory; `extra` is more YAML.
+pub async fn server(tag: &str, extra: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = ServerConfig::parse(&format!(
+        "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n{extra}",
+        dir.display()
+    ))
+    .expect("config");
+    let state = algonet::server::open(config).await.expect("open");
+    let (addr, serve): (SocketAddr, _) = algonet::server::bind(state).await.expect("bind");
+    tokio::spawn(serve);
+    Server {
+        base: format!("http://{addr}/api"),
+        http: Client::new(),
+        dir: dir.clone(),
+        _dir: TempDir(dir),
+    }
+}
+
+impl Server {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.parse().expect("method"), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
+        let (status, v) = self.call(method, path, token, Some(body)).await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+}

@@ -1,0 +1,260 @@
+//! Tier 2 (root): the built-in VPN provider for real. An OpenVPN server (Debian's openvpn) runs
+//! with the configuration the server wrote, in one namespace; OpenVPN clients with profiles from
+//! `GET /vpn` connect from another and pass traffic; a profile replaced by `POST /vpn/update` is
+//! refused by the OpenVPN server.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use algonet::net::links::{IfName, Netlink};
+use common::server::server;
+use common::{privileged, TestNs};
+use serde_json::json;
+
+const SERVER_WAN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const CLIENT_WAN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+
+/// An openvpn process we started, ended by PID on drop.
+struct OpenVpn {
+    child: Child,
+    log: PathBuf,
+}
+
+impl OpenVpn {
+    fn start(ns: &TestNs, log: &Path, args: &[&str]) -> OpenVpn {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "openvpn",
+                "--log",
+                &log.display().to_string(),
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openvpn");
+        OpenVpn {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `what`, or the timeout.
+    fn wait_for(&self, what: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(what) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
+impl Drop for OpenVpn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn name(s: &str) -> IfName {
+    IfName::new(s).expect("name")
+}
+
+#[test]
+fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
+    if !privileged("profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let s = rt.block_on(server(
+        "pki",
+        &format!("vpn: {{subnet: 10.76.0.0/16, remote: {SERVER_WAN}, port: 1194}}\n"),
+    ));
+    // Secrets are the server's alone.
+    for secret in ["ca.key", "server.key", "tls-crypt.key"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(s.dir.join("vpn").join(secret))
+                .expect("secret")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+    let token = rt.block_on(async {
+        let admin = s
+            .ok(
+                "POST",
+                "/token/user",
+                None,
+                json!({"username": "root", "password": "correct-horse-battery"}),
+            )
+            .await["access_token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        let org = s
+            .ok("POST", "/organization", Some(&admin), json!({"name": "o"}))
+            .await["id"]
+            .clone();
+        let col = s
+            .ok(
+                "POST",
+                "/collaboration",
+                Some(&admin),
+                json!({"name": "c", "organization_ids": [org]}),
+            )
+            .await["id"]
+            .clone();
+        let n = s
+            .ok(
+                "POST",
+                "/node",
+                Some(&admin),
+                json!({"organization_id": org, "collaboration_id": col}),
+            )
+            .await;
+        let login = s
+            .ok(
+                "POST",
+                "/token/node",
+                None,
+                json!({"api_key": n["api_key"]}),
+            )
+            .await;
+        login["access_token"].as_str().expect("token").to_string()
+    });
+    let first = rt.block_on(s.ok("GET", "/vpn", Some(&token), json!(null)));
+    let first = first["ovpn_config"].as_str().expect("profile").to_string();
+    assert!(first.contains("<tls-crypt>") && first.contains(&format!("remote {SERVER_WAN} 1194")));
+
+    let vs = TestNs::new("pki-s");
+    let vc = TestNs::new("pki-c");
+    let vc_fd = vc.ns.fd().try_clone_to_owned().expect("fd");
+    vs.ns
+        .run(move || async move {
+            let nl = Netlink::connect()?;
+            nl.add_veth(
+                &name("wan0"),
+                &name("wan0"),
+                std::os::fd::AsFd::as_fd(&vc_fd),
+                1500,
+            )
+            .await?;
+            nl.configure(&name("lo"), None, None).await?;
+            nl.configure(&name("wan0"), None, None).await?;
+            nl.add_address(&name("wan0"), SERVER_WAN, 24).await
+        })
+        .expect("ns")
+        .expect("server side");
+    vc.ns
+        .run(|| async {
+            let nl = Netlink::connect()?;
+            nl.configure(&name("lo"), None, None).await?;
+            nl.configure(&name("wan0"), None, None).await?;
+            nl.add_address(&name("wan0"), CLIENT_WAN, 24).await
+        })
+        .expect("ns")
+        .expect("client side");
+
+    let vpn_dir = s.dir.join("vpn");
+    let vpn_dir_s = vpn_dir.display().to_string();
+    let server_vpn = OpenVpn::start(
+        &vs,
+        &s.dir.join("server.log"),
+        &["--cd", &vpn_dir_s, "--config", "server.conf"],
+    );
+    assert!(
+        server_vpn.wait_for("Initialization Sequence Completed", Duration::from_secs(15)),
+        "server: {}",
+        server_vpn.log()
+    );
+
+    let write = |file: &str, text: &str| {
+        let p = s.dir.join(file);
+        std::fs::write(&p, text).expect("write profile");
+        p.display().to_string()
+    };
+    let client = |file: &str, log: &str| {
+        OpenVpn::start(
+            &vc,
+            &s.dir.join(log),
+            &[
+                "--config",
+                file,
+                "--pull-filter",
+                "ignore",
+                "route-ipv6",
+                "--pull-filter",
+                "ignore",
+                "ifconfig-ipv6",
+            ],
+        )
+    };
+    let first_file = write("first.ovpn", &first);
+    {
+        let c = client(&first_file, "client1.log");
+        assert!(
+            c.wait_for("Initialization Sequence Completed", Duration::from_secs(20)),
+            "client: {}\nserver: {}",
+            c.log(),
+            server_vpn.log()
+        );
+        let ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &vc.name,
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                "10.76.0.1",
+            ])
+            .output()
+            .expect("ping");
+        assert!(
+            ping.status.success(),
+            "traffic over the tunnel: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+    }
+
+    // Renewal: a new key pair; the old certificate is revoked and refused at the next handshake.
+    let second = rt.block_on(s.ok(
+        "POST",
+        "/vpn/update",
+        Some(&token),
+        json!({"vpn_config": first}),
+    ));
+    let second = second["ovpn_config"].as_str().expect("profile").to_string();
+    assert_ne!(second, first);
+    let old = client(&first_file, "client-old.log");
+    assert!(
+        server_vpn.wait_for("certificate revoked", Duration::from_secs(20)),
+        "the server did not refuse the replaced profile: {}",
+        server_vpn.log()
+    );
+    assert!(!old.log().contains("Initialization Sequence Completed"));
+    drop(old);
+    let second_file = write("second.ovpn", &second);
+    let c = client(&second_file, "client2.log");
+    assert!(
+        c.wait_for("Initialization Sequence Completed", Duration::from_secs(20)),
+        "renewed client: {}",
+        c.log()
+    );
+}
