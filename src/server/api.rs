@@ -653,12 +653,24 @@ async fn update_vpn(
 /// Issues the node a new client certificate, revokes its earlier ones, and returns the profile.
 async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<String> {
     let Some(pki) = &s.pki else {
-        let msg = if s.config.vpn_server.is_some() {
-            "eduVPN provisioning is not built yet"
-        } else {
-            "This server does not support VPN"
+        let Some(edu) = &s.config.vpn_server else {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "This server does not support VPN",
+            ));
         };
-        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, msg));
+        use crate::server::eduvpn::EduVpnError;
+        return match crate::server::eduvpn::fetch_profile(edu).await {
+            Ok(p) => Ok(p.ovpn),
+            Err(e @ EduVpnError::Unreachable(_)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            )),
+        };
     };
     let failed = |e: crate::server::pki::PkiError| {
         ApiError::new(

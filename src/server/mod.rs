@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod eduvpn;
 pub mod pki;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -14,7 +14,7 @@ pub struct Server {
 }
 
 /// A directory removed on drop.
-pub struct TempDir(std::path::PathBuf);
+pub struct TempDir(pub std::path::PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {

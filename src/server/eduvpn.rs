@@ -1,0 +1,250 @@
+//! The eduVPN provider: gets a node's OpenVPN profile from an eduVPN server (API v3) the way
+//! vantage6 4.6+ does, with the seed's `vpn_server` keys:
+//!
+//! 1. discovery: `GET {url}/.well-known/vpn-user-portal` gives the API, authorization and token
+//!    endpoints; the portal is the API endpoint without `/api/v3`;
+//! 2. OAuth2 authorization code with PKCE (S256), scope `config`;
+//! 3. portal login by form (`/_user_pass_auth/verify`), keeping the session cookie, redirects
+//!    not followed;
+//! 4. the authorize URL, not followed: its `Location` carries the code and our state;
+//! 5. the token, first as a public client (client id in the body), then as a confidential one
+//!    (HTTP basic), as eduVPN may take either;
+//! 6. `/info` for the first profile; 7. `/connect` for the profile text, `Expires` for its end.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use reqwest::header::{EXPIRES, LOCATION, REFERER};
+use reqwest::{redirect, Client, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::server::config::EduVpn;
+
+/// Why no profile came from eduVPN.
+#[derive(Debug, thiserror::Error)]
+pub enum EduVpnError {
+    /// the eduVPN server could not be reached (answered with 503 by the API)
+    #[error("the VPN server is unreachable: {0}")]
+    Unreachable(String),
+    /// the portal refused the credentials or the OAuth exchange failed
+    #[error("eduVPN refused: {0}")]
+    Refused(String),
+    /// the account has no VPN profile
+    #[error("eduVPN offers this account no VPN profile")]
+    NoProfile,
+    /// eduVPN answered something unexpected
+    #[error("unexpected answer from eduVPN: {0}")]
+    Protocol(String),
+}
+
+/// A profile and, if eduVPN said, when its certificate expires (the `Expires` header).
+#[derive(Debug)]
+pub struct Profile {
+    pub ovpn: String,
+    pub expires: Option<String>,
+}
+
+fn net(e: reqwest::Error) -> EduVpnError {
+    if e.is_connect() || e.is_timeout() {
+        EduVpnError::Unreachable(e.to_string())
+    } else {
+        EduVpnError::Protocol(e.to_string())
+    }
+}
+
+fn random_b64() -> Result<String, EduVpnError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| EduVpnError::Protocol(format!("no randomness: {e}")))?;
+    Ok(B64.encode(b))
+}
+
+fn endpoint(api: &Value, key: &str) -> Result<String, EduVpnError> {
+    api.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| EduVpnError::Protocol(format!("discovery lacks {key}")))
+}
+
+/// Runs the whole flow for one profile.
+pub async fn fetch_profile(c: &EduVpn) -> Result<Profile, EduVpnError> {
+    let http = Client::builder()
+        .cookie_store(true)
+        .redirect(redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .map_err(|e| EduVpnError::Protocol(e.to_string()))?;
+    let base = c.url.trim_end_matches('/');
+
+    let discovery: Value = http
+        .get(format!("{base}/.well-known/vpn-user-portal"))
+        .send()
+        .await
+        .map_err(net)?
+        .error_for_status()
+        .map_err(|e| EduVpnError::Unreachable(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| EduVpnError::Protocol(format!("discovery: {e}")))?;
+    let api = discovery
+        .get("api")
+        .and_then(|a| a.get("http://eduvpn.org/api#3"))
+        .ok_or_else(|| EduVpnError::Protocol("discovery lacks api v3".into()))?;
+    let api_endpoint = endpoint(api, "api_endpoint")?;
+    let authorization_endpoint = endpoint(api, "authorization_endpoint")?;
+    let token_endpoint = endpoint(api, "token_endpoint")?;
+    let portal = api_endpoint
+        .trim_end_matches('/')
+        .trim_end_matches("/api/v3")
+        .to_string();
+
+    let verifier = random_b64()?;
+    let challenge = B64.encode(Sha256::digest(verifier.as_bytes()));
+    let state = random_b64()?;
+    let authorize = reqwest::Url::parse_with_params(
+        &authorization_endpoint,
+        [
+            ("client_id", c.client_id.as_str()),
+            ("redirect_uri", c.redirect_url.as_str()),
+            ("response_type", "code"),
+            ("scope", "config"),
+            ("state", state.as_str()),
+            ("code_challenge_method", "S256"),
+            ("code_challenge", challenge.as_str()),
+        ],
+    )
+    .map_err(|e| EduVpnError::Protocol(format!("authorization endpoint: {e}")))?;
+
+    let login = http
+        .post(format!("{portal}/_user_pass_auth/verify"))
+        .header(REFERER, format!("{portal}/home"))
+        .form(&[
+            ("userName", c.portal_username.as_str()),
+            ("userPass", c.portal_userpass.as_str()),
+            ("_user_pass_auth_redirect_to", authorize.as_str()),
+            ("authRedirectTo", authorize.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(net)?;
+    // The portal sends a successful login on to the authorize URL; anything else is a refusal.
+    if !login.status().is_redirection() {
+        return Err(EduVpnError::Refused(format!(
+            "portal login answered {}",
+            login.status()
+        )));
+    }
+
+    let authorized = http.get(authorize.clone()).send().await.map_err(net)?;
+    let location = authorized
+        .headers()
+        .get(LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .ok_or_else(|| {
+            EduVpnError::Refused(format!(
+                "authorize answered {} without a redirect",
+                authorized.status()
+            ))
+        })?;
+    let back = reqwest::Url::parse(location)
+        .map_err(|e| EduVpnError::Protocol(format!("authorize redirect: {e}")))?;
+    let param = |k: &str| {
+        back.query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+    };
+    if param("state").as_deref() != Some(state.as_str()) {
+        return Err(EduVpnError::Protocol(
+            "authorize redirect carries another state".into(),
+        ));
+    }
+    let code = param("code").ok_or_else(|| {
+        EduVpnError::Refused(format!("no code: {}", param("error").unwrap_or_default()))
+    })?;
+
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", c.redirect_url.as_str()),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let public = {
+        let mut f = form.clone();
+        f.push(("client_id", c.client_id.as_str()));
+        http.post(&token_endpoint)
+            .form(&f)
+            .send()
+            .await
+            .map_err(net)?
+    };
+    let token_response = if public.status().is_success() {
+        public
+    } else {
+        form.push(("client_id", c.client_id.as_str()));
+        http.post(&token_endpoint)
+            .basic_auth(&c.client_id, Some(&c.client_secret))
+            .form(&form)
+            .send()
+            .await
+            .map_err(net)?
+    };
+    if !token_response.status().is_success() {
+        return Err(EduVpnError::Refused(format!(
+            "token endpoint answered {}",
+            token_response.status()
+        )));
+    }
+    let token: Value = token_response
+        .json()
+        .await
+        .map_err(|e| EduVpnError::Protocol(format!("token: {e}")))?;
+    let access = token
+        .get("access_token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| EduVpnError::Protocol("token lacks access_token".into()))?;
+
+    let api_base = api_endpoint.trim_end_matches('/');
+    let info: Value = http
+        .get(format!("{api_base}/info"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .map_err(net)?
+        .error_for_status()
+        .map_err(|e| EduVpnError::Refused(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| EduVpnError::Protocol(format!("info: {e}")))?;
+    let profile_id = info
+        .pointer("/info/profile_list/0/profile_id")
+        .and_then(Value::as_str)
+        .ok_or(EduVpnError::NoProfile)?
+        .to_string();
+    let connect = http
+        .post(format!("{api_base}/connect"))
+        .bearer_auth(access)
+        .form(&[("profile_id", profile_id.as_str())])
+        .send()
+        .await
+        .map_err(net)?;
+    if connect.status() != StatusCode::OK {
+        return Err(EduVpnError::Refused(format!(
+            "connect answered {}",
+            connect.status()
+        )));
+    }
+    let expires = connect
+        .headers()
+        .get(EXPIRES)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let ovpn = connect
+        .text()
+        .await
+        .map_err(|e| EduVpnError::Protocol(format!("connect: {e}")))?;
+    if !ovpn.contains("<cert>") && !ovpn.contains("<tls-crypt>") && !ovpn.contains("remote ") {
+        return Err(EduVpnError::Protocol(
+            "connect did not return an OpenVPN profile".into(),
+        ));
+    }
+    Ok(Profile { ovpn, expires })
+}
