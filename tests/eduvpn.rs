@@ -314,6 +314,11 @@ async fn a_node_gets_a_real_profile_through_the_eduvpn_flow() {
         let (st, v) = s.call("GET", "/vpn", Some(&node), None).await;
         assert_eq!(st, reqwest::StatusCode::OK, "{tag}: {v}");
         let profile = v["ovpn_config"].as_str().expect("profile");
+        assert_eq!(
+            v["expires"],
+            json!("Fri, 26 Nov 2027 10:00:00 GMT"),
+            "{tag}: the certificate's end is passed on"
+        );
         for part in [
             "<ca>",
             "<cert>",

@@ -93,7 +93,7 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         );
         assert_eq!(mode & 0o777, 0o600, "{secret}");
     }
-    let token = rt.block_on(async {
+    let (node, token) = rt.block_on(async {
         let admin = s
             .ok(
                 "POST",
@@ -134,7 +134,10 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
                 json!({"api_key": n["api_key"]}),
             )
             .await;
-        login["access_token"].as_str().expect("token").to_string()
+        (
+            n["id"].as_i64().expect("id"),
+            login["access_token"].as_str().expect("token").to_string(),
+        )
     });
     let first = rt.block_on(s.ok("GET", "/vpn", Some(&token), json!(null)));
     let first = first["ovpn_config"].as_str().expect("profile").to_string();

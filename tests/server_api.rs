@@ -601,3 +601,24 @@ async fn nodes_claim_runs_once_and_report_them() {
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
 }
+
+#[tokio::test]
+async fn a_deleted_node_loses_its_token() {
+    let f = federation("delete").await;
+    let s = &f.s;
+    let (id, token) = &f.nodes[2];
+    let (st, _) = s
+        .call("DELETE", &format!("/node/{id}"), Some(&f.nodes[0].1), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, v) = s
+        .call("DELETE", &format!("/node/{id}"), Some(&f.admin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, _) = s.call("GET", "/run", Some(token), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = s
+        .call("DELETE", &format!("/node/{id}"), Some(&f.admin), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}

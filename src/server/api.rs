@@ -166,7 +166,7 @@ pub fn router(state: AppState) -> Router {
         .route("/organization", post(create_organization))
         .route("/collaboration", post(create_collaboration))
         .route("/node", post(create_node))
-        .route("/node/{id}", patch(patch_node))
+        .route("/node/{id}", patch(patch_node).delete(delete_node))
         .route("/task", post(create_task))
         .route("/port", post(create_port).delete(delete_ports))
         .route("/run", get(list_runs))
@@ -624,7 +624,16 @@ async fn get_vpn(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Va
     let Caller::Node(n) = caller else {
         return Err(ApiError::forbidden("Only nodes get VPN configurations"));
     };
-    Ok(Json(json!({ "ovpn_config": new_profile(&s, &n).await? })))
+    Ok(Json(profile_json(new_profile(&s, &n).await?)))
+}
+
+/// vantage6's answer, with `expires` (when the certificate ends, as eduVPN's `Expires` header
+/// says) added when known, so a node can renew in time.
+fn profile_json((ovpn, expires): (String, Option<String>)) -> Value {
+    match expires {
+        Some(e) => json!({ "ovpn_config": ovpn, "expires": e }),
+        None => json!({ "ovpn_config": ovpn }),
+    }
 }
 
 #[derive(Deserialize)]
@@ -647,11 +656,11 @@ async fn update_vpn(
             "vpn_config: not an OpenVPN profile with a <cert> block",
         ));
     }
-    Ok(Json(json!({ "ovpn_config": new_profile(&s, &n).await? })))
+    Ok(Json(profile_json(new_profile(&s, &n).await?)))
 }
 
 /// Issues the node a new client certificate, revokes its earlier ones, and returns the profile.
-async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<String> {
+async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<(String, Option<String>)> {
     let Some(pki) = &s.pki else {
         let Some(edu) = &s.config.vpn_server else {
             return Err(ApiError::new(
@@ -661,7 +670,7 @@ async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<String> {
         };
         use crate::server::eduvpn::EduVpnError;
         return match crate::server::eduvpn::fetch_profile(edu).await {
-            Ok(p) => Ok(p.ovpn),
+            Ok(p) => Ok((p.ovpn, p.expires)),
             Err(e @ EduVpnError::Unreachable(_)) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 e.to_string(),
@@ -681,10 +690,7 @@ async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<String> {
     let pki = pki.lock().await;
     let cert = pki.issue(n.id).map_err(failed)?;
     let mut tx = s.db.begin().await?;
-    sqlx::query("UPDATE vpn_certificate SET revoked_at = datetime('now') WHERE node_id = ? AND revoked_at IS NULL")
-        .bind(n.id)
-        .execute(&mut *tx)
-        .await?;
+    revoke_node_certificates(&mut tx, n.id).await?;
     sqlx::query(
         "INSERT INTO vpn_certificate (serial, node_id, issued_at) VALUES (?, ?, datetime('now'))",
     )
@@ -692,15 +698,63 @@ async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<String> {
     .bind(n.id)
     .execute(&mut *tx)
     .await?;
-    let revoked: Vec<String> =
-        sqlx::query_scalar("SELECT serial FROM vpn_certificate WHERE revoked_at IS NOT NULL")
-            .fetch_all(&mut *tx)
-            .await?;
     // The CRL is written before the commit: if the commit fails, an unused certificate is
     // revoked, never a used one left valid.
-    pki.write_crl(&revoked).map_err(failed)?;
+    write_crl(&mut tx, &pki).await?;
     tx.commit().await?;
-    Ok(pki.profile(&cert))
+    Ok((pki.profile(&cert), None))
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+async fn revoke_node_certificates(tx: &mut Tx, node_id: i64) -> ApiResult<()> {
+    sqlx::query("UPDATE vpn_certificate SET revoked_at = datetime('now') WHERE node_id = ? AND revoked_at IS NULL")
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Rewrites the CRL with every revoked certificate.
+async fn write_crl(tx: &mut Tx, pki: &crate::server::pki::Pki) -> ApiResult<()> {
+    let revoked: Vec<String> =
+        sqlx::query_scalar("SELECT serial FROM vpn_certificate WHERE revoked_at IS NOT NULL")
+            .fetch_all(&mut **tx)
+            .await?;
+    pki.write_crl(&revoked).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot write the certificate revocation list: {e}"),
+        )
+    })
+}
+
+/// `DELETE /node/<id>` (administrator): the node goes, and with the built-in VPN its
+/// certificates are revoked, so its profile no longer connects.
+async fn delete_node(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    admin_only(&caller)?;
+    let pki = match &s.pki {
+        Some(p) => Some(p.lock().await),
+        None => None,
+    };
+    let mut tx = s.db.begin().await?;
+    let gone = sqlx::query("DELETE FROM node WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if gone.rows_affected() == 0 {
+        return Err(ApiError::not_found("node", id));
+    }
+    revoke_node_certificates(&mut tx, id).await?;
+    if let Some(pki) = &pki {
+        write_crl(&mut tx, pki).await?;
+    }
+    tx.commit().await?;
+    Ok(Json(json!({ "msg": format!("Node id={id} deleted.") })))
 }
 
 /// `GET /vpn/algorithm/addresses`: the VPN addresses and ports of the runs around the caller's
