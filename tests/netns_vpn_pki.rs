@@ -260,4 +260,29 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         "renewed client: {}",
         c.log()
     );
+    drop(c);
+
+    // Removing the node revokes its certificate: the renewed profile is refused too.
+    let refusals = |log: &str| log.matches("certificate revoked").count();
+    let before = refusals(&server_vpn.log());
+    let login = json!({"username": "root", "password": "correct-horse-battery"});
+    let admin = rt.block_on(s.ok("POST", "/token/user", None, login));
+    let admin = admin["access_token"].as_str().expect("token").to_string();
+    rt.block_on(s.ok(
+        "DELETE",
+        &format!("/node/{node}"),
+        Some(&admin),
+        json!(null),
+    ));
+    let c = client(&second_file, "client3.log");
+    let start = Instant::now();
+    while refusals(&server_vpn.log()) == before && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        refusals(&server_vpn.log()) > before,
+        "a removed node's profile still connects: {}",
+        server_vpn.log()
+    );
+    assert!(!c.log().contains("Initialization Sequence Completed"));
 }
