@@ -259,58 +259,12 @@ fn vpn_server(url: &str, password: &str) -> String {
     )
 }
 
-/// A node token of a server configured with `vpn_server`.
-async fn node_of(s: &common::server::Server) -> String {
-    let admin = s
-        .ok(
-            "POST",
-            "/token/user",
-            None,
-            json!({"username": "root", "password": "correct-horse-battery"}),
-        )
-        .await["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
-    let org = s
-        .ok("POST", "/organization", Some(&admin), json!({"name": "o"}))
-        .await["id"]
-        .clone();
-    let col = s
-        .ok(
-            "POST",
-            "/collaboration",
-            Some(&admin),
-            json!({"name": "c", "organization_ids": [org]}),
-        )
-        .await["id"]
-        .clone();
-    let n = s
-        .ok(
-            "POST",
-            "/node",
-            Some(&admin),
-            json!({"organization_id": org, "collaboration_id": col}),
-        )
-        .await;
-    s.ok(
-        "POST",
-        "/token/node",
-        None,
-        json!({"api_key": n["api_key"]}),
-    )
-    .await["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string()
-}
-
 #[tokio::test]
 async fn a_node_gets_a_real_profile_through_the_eduvpn_flow() {
     for (confidential, tag) in [(false, "public"), (true, "confidential")] {
         let (url, _dir) = portal(confidential, false, tag).await;
         let s = server(&format!("edu-{tag}"), &vpn_server(&url, "portal-pass")).await;
-        let node = node_of(&s).await;
+        let node = s.lone_node().await.1;
         let (st, v) = s.call("GET", "/vpn", Some(&node), None).await;
         assert_eq!(st, reqwest::StatusCode::OK, "{tag}: {v}");
         let profile = v["ovpn_config"].as_str().expect("profile");
@@ -336,7 +290,9 @@ async fn eduvpn_failures_say_why() {
     // Wrong portal password: the portal answers with its login page, not a redirect.
     let (url, _d1) = portal(false, false, "wrongpass").await;
     let s = server("edu-wrongpass", &vpn_server(&url, "nope")).await;
-    let (st, v) = s.call("GET", "/vpn", Some(&node_of(&s).await), None).await;
+    let (st, v) = s
+        .call("GET", "/vpn", Some(&s.lone_node().await.1), None)
+        .await;
     assert_eq!(st, reqwest::StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
         v["msg"].as_str().expect("msg").contains("portal login"),
@@ -345,7 +301,9 @@ async fn eduvpn_failures_say_why() {
     // No profile for the account.
     let (url, _d2) = portal(false, true, "noprofile").await;
     let s = server("edu-noprofile", &vpn_server(&url, "portal-pass")).await;
-    let (st, v) = s.call("GET", "/vpn", Some(&node_of(&s).await), None).await;
+    let (st, v) = s
+        .call("GET", "/vpn", Some(&s.lone_node().await.1), None)
+        .await;
     assert_eq!(st, reqwest::StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
         v["msg"].as_str().expect("msg").contains("no VPN profile"),
@@ -358,6 +316,8 @@ async fn eduvpn_failures_say_why() {
     let dead = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
     let s = server("edu-down", &vpn_server(&dead, "portal-pass")).await;
-    let (st, v) = s.call("GET", "/vpn", Some(&node_of(&s).await), None).await;
+    let (st, v) = s
+        .call("GET", "/vpn", Some(&s.lone_node().await.1), None)
+        .await;
     assert_eq!(st, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{v}");
 }

@@ -93,52 +93,7 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         );
         assert_eq!(mode & 0o777, 0o600, "{secret}");
     }
-    let (node, token) = rt.block_on(async {
-        let admin = s
-            .ok(
-                "POST",
-                "/token/user",
-                None,
-                json!({"username": "root", "password": "correct-horse-battery"}),
-            )
-            .await["access_token"]
-            .as_str()
-            .expect("token")
-            .to_string();
-        let org = s
-            .ok("POST", "/organization", Some(&admin), json!({"name": "o"}))
-            .await["id"]
-            .clone();
-        let col = s
-            .ok(
-                "POST",
-                "/collaboration",
-                Some(&admin),
-                json!({"name": "c", "organization_ids": [org]}),
-            )
-            .await["id"]
-            .clone();
-        let n = s
-            .ok(
-                "POST",
-                "/node",
-                Some(&admin),
-                json!({"organization_id": org, "collaboration_id": col}),
-            )
-            .await;
-        let login = s
-            .ok(
-                "POST",
-                "/token/node",
-                None,
-                json!({"api_key": n["api_key"]}),
-            )
-            .await;
-        (
-            n["id"].as_i64().expect("id"),
-            login["access_token"].as_str().expect("token").to_string(),
-        )
-    });
+    let (node, token) = rt.block_on(s.lone_node());
     let first = rt.block_on(s.ok("GET", "/vpn", Some(&token), json!(null)));
     let first = first["ovpn_config"].as_str().expect("profile").to_string();
     assert!(first.contains("<tls-crypt>") && first.contains(&format!("remote {SERVER_WAN} 1194")));
@@ -265,9 +220,7 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
     // Removing the node revokes its certificate: the renewed profile is refused too.
     let refusals = |log: &str| log.matches("certificate revoked").count();
     let before = refusals(&server_vpn.log());
-    let login = json!({"username": "root", "password": "correct-horse-battery"});
-    let admin = rt.block_on(s.ok("POST", "/token/user", None, login));
-    let admin = admin["access_token"].as_str().expect("token").to_string();
+    let admin = rt.block_on(s.admin());
     rt.block_on(s.ok(
         "DELETE",
         &format!("/node/{node}"),

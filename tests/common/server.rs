@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use algonet::server::config::ServerConfig;
 use reqwest::{Client, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub struct Server {
     pub base: String,
@@ -71,5 +71,47 @@ impl Server {
         let (status, v) = self.call(method, path, token, Some(body)).await;
         assert!(status.is_success(), "{method} {path}: {status} {v}");
         v
+    }
+}
+
+impl Server {
+    /// The administrator's token.
+    pub async fn admin(&self) -> String {
+        let login = json!({"username": "root", "password": "correct-horse-battery"});
+        self.ok("POST", "/token/user", None, login).await["access_token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
+    /// One organization in one collaboration with its node: (node id, node token).
+    pub async fn lone_node(&self) -> (i64, String) {
+        let admin = self.admin().await;
+        let org = self
+            .ok("POST", "/organization", Some(&admin), json!({"name": "o"}))
+            .await["id"]
+            .clone();
+        let col = json!({"name": "c", "organization_ids": [org]});
+        let col = self.ok("POST", "/collaboration", Some(&admin), col).await["id"].clone();
+        let n = self
+            .ok(
+                "POST",
+                "/node",
+                Some(&admin),
+                json!({"organization_id": org, "collaboration_id": col}),
+            )
+            .await;
+        let login = self
+            .ok(
+                "POST",
+                "/token/node",
+                None,
+                json!({"api_key": n["api_key"]}),
+            )
+            .await;
+        (
+            n["id"].as_i64().expect("id"),
+            login["access_token"].as_str().expect("token").to_string(),
+        )
     }
 }
