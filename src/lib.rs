@@ -8,4 +8,5 @@
 pub use netstack;
 
 pub mod net;
+pub mod node;
 pub mod server;

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use algonet::net::links::{IfName, Netlink};
+use algonet::node::openvpn::Management;
 use common::server::server;
 use common::{privileged, TestNs};
 use serde_json::json;
@@ -74,14 +75,23 @@ fn name(s: &str) -> IfName {
     IfName::new(s).expect("name")
 }
 
-#[test]
-fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
-    if !privileged("profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused") {
-        return;
-    }
+/// A server with the built-in VPN, its OpenVPN server running in one namespace, a client
+/// namespace beside it, and a node with its first profile.
+struct Lab {
+    rt: tokio::runtime::Runtime,
+    s: common::server::Server,
+    vs: TestNs,
+    vc: TestNs,
+    server_vpn: OpenVpn,
+    node: i64,
+    token: String,
+    first: String,
+}
+
+fn lab(tag: &str) -> Lab {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let s = rt.block_on(server(
-        "pki",
+        tag,
         &format!("vpn: {{subnet: 10.76.0.0/16, remote: {SERVER_WAN}, port: 1194}}\n"),
     ));
     // Secrets are the server's alone.
@@ -98,8 +108,8 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
     let first = first["ovpn_config"].as_str().expect("profile").to_string();
     assert!(first.contains("<tls-crypt>") && first.contains(&format!("remote {SERVER_WAN} 1194")));
 
-    let vs = TestNs::new("pki-s");
-    let vc = TestNs::new("pki-c");
+    let vs = TestNs::new(&format!("{tag}-s"));
+    let vc = TestNs::new(&format!("{tag}-c"));
     let vc_fd = vc.ns.fd().try_clone_to_owned().expect("fd");
     vs.ns
         .run(move || async move {
@@ -140,6 +150,33 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         server_vpn.log()
     );
 
+    Lab {
+        rt,
+        s,
+        vs,
+        vc,
+        server_vpn,
+        node,
+        token,
+        first,
+    }
+}
+
+#[test]
+fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
+    if !privileged("profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused") {
+        return;
+    }
+    let Lab {
+        rt,
+        s,
+        vs: _vs,
+        vc,
+        server_vpn,
+        node,
+        token,
+        first,
+    } = lab("pki");
     let write = |file: &str, text: &str| {
         let p = s.dir.join(file);
         std::fs::write(&p, text).expect("write profile");
@@ -238,4 +275,99 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         server_vpn.log()
     );
     assert!(!c.log().contains("Initialization Sequence Completed"));
+}
+
+#[test]
+fn the_node_reads_its_vpn_address_from_openvpn_management() {
+    if !privileged("the_node_reads_its_vpn_address_from_openvpn_management") {
+        return;
+    }
+    let Lab {
+        rt,
+        s,
+        vs: _vs,
+        vc,
+        server_vpn,
+        first,
+        ..
+    } = lab("mgmt");
+    let profile = s.dir.join("node.ovpn");
+    std::fs::write(&profile, &first).expect("profile");
+    let sock = s.dir.join("mgmt.sock");
+    let (profile, sock_s) = (profile.display().to_string(), sock.display().to_string());
+    // As the node runs it: no address or route is set by OpenVPN.
+    let client = OpenVpn::start(
+        &vc,
+        &s.dir.join("client.log"),
+        &[
+            "--config",
+            &profile,
+            "--ifconfig-noexec",
+            "--route-noexec",
+            "--management",
+            &sock_s,
+            "unix",
+            "--pull-filter",
+            "ignore",
+            "route-ipv6",
+            "--pull-filter",
+            "ignore",
+            "ifconfig-ipv6",
+        ],
+    );
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (address, changes) = rt.block_on(async {
+        let mut m = Management::connect(&sock).await.expect("management socket");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            let st = m.state().await.expect("state");
+            if st.connected() || Instant::now() > deadline {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            state.connected(),
+            "never connected: {state:?}; {}",
+            client.log()
+        );
+        let tun = vc.ip(&["-j", "addr", "show", "tun0"]);
+        assert!(
+            !tun.contains("\"local\":\"10.76."),
+            "OpenVPN must not configure tun0: {tun}"
+        );
+        // The tunnel drops and comes back: the node sees both.
+        m.follow().await.expect("follow");
+        m.reconnect().await.expect("reconnect");
+        let mut changes = Vec::new();
+        while !changes
+            .last()
+            .is_some_and(|c: &algonet::node::openvpn::TunnelState| c.connected())
+        {
+            let c = tokio::time::timeout(Duration::from_secs(30), m.next_change())
+                .await
+                .expect("a change in time")
+                .expect("readable");
+            changes.push(c);
+        }
+        (state.address, changes)
+    });
+    let address = address.expect("an address");
+    assert!(
+        address.octets()[..2] == [10, 76],
+        "{address} lies in the VPN subnet"
+    );
+    assert!(
+        changes.iter().any(|c| c.name == "RECONNECTING"),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes.last().and_then(|c| c.address),
+        Some(address),
+        "the same address again"
+    );
+    drop(server_vpn);
 }
