@@ -1,6 +1,9 @@
-//! `algonet node`: the node agent. So far: which ports an algorithm image declares, the table of
-//! public ports, and OpenVPN's management interface.
+//! `algonet node`: the node agent. So far: its configuration, which ports an algorithm image
+//! declares, the table of public ports, OpenVPN's management interface, and the VPN start-up
+//! sequence.
 
 pub mod allocator;
+pub mod config;
 pub mod openvpn;
 pub mod ports;
+pub mod vpn;

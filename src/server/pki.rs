@@ -35,23 +35,12 @@ fn default_port() -> u16 {
 impl BuiltinVpn {
     /// The subnet as (network, netmask), or why not.
     pub fn network(&self) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
-        let (addr, len) = self
-            .subnet
-            .split_once('/')
-            .ok_or("vpn.subnet: expected a.b.c.d/len")?;
-        let addr: std::net::Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("vpn.subnet: {addr:?} is not an IPv4 address"))?;
-        let len: u32 = len
-            .parse()
-            .ok()
-            .filter(|l| (8..=29).contains(l))
-            .ok_or("vpn.subnet: prefix length must be 8 to 29")?;
-        let mask = u32::MAX << (32 - len);
-        if addr.to_bits() & !mask != 0 {
-            return Err(format!("vpn.subnet: {} has host bits set", self.subnet));
-        }
-        Ok((addr, std::net::Ipv4Addr::from_bits(mask)))
+        let (addr, len) =
+            crate::net::parse_subnet(&self.subnet).map_err(|e| format!("vpn.subnet: {e}"))?;
+        Ok((
+            addr,
+            std::net::Ipv4Addr::from_bits(u32::MAX << (32 - u32::from(len))),
+        ))
     }
 }
 

@@ -1,0 +1,159 @@
+//! The node's YAML configuration. A bad file fails at start with the file, the key and the
+//! reason. `vpn_subnet` absent means: run without VPN (with a warning), everything else works.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    /// The OpenVPN client image.
+    #[serde(default = "default_vpn_image")]
+    pub vpn_client: String,
+    /// The sandbox (pause) image that owns network namespaces.
+    #[serde(default = "default_sandbox_image")]
+    pub sandbox: String,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Images {
+            vpn_client: default_vpn_image(),
+            sandbox: default_sandbox_image(),
+        }
+    }
+}
+
+fn default_vpn_image() -> String {
+    "algonet/openvpn-client:latest".into()
+}
+
+fn default_sandbox_image() -> String {
+    "algonet/sandbox:latest".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The server, e.g. `http://127.0.0.1:7601`.
+    pub server_url: String,
+    #[serde(default = "default_api_path")]
+    pub api_path: String,
+    pub api_key: String,
+    /// The VPN subnet (`10.76.0.0/16`); the address OpenVPN assigns must lie in it.
+    #[serde(default)]
+    pub vpn_subnet: Option<String>,
+    #[serde(default)]
+    pub images: Images,
+    /// Where runs keep their input, output and token files.
+    pub task_dir: PathBuf,
+    /// The algorithm proxy's port on the gateway address.
+    #[serde(default = "default_proxy_port")]
+    pub proxy_port: u16,
+    /// The Docker network the router namespace is attached to (the default bridge if absent).
+    #[serde(default)]
+    pub wan_network: Option<String>,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_api_path() -> String {
+    "/api".into()
+}
+
+fn default_proxy_port() -> u16 {
+    8080
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// What is wrong with a node configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeConfigError {
+    /// the file could not be read
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// the YAML is malformed or a key is wrong
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        NodeConfig::parse(&text).map_err(|message| NodeConfigError::Invalid {
+            path: path.into(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        let c: NodeConfig = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        if !(c.server_url.starts_with("http://") || c.server_url.starts_with("https://")) {
+            return Err(format!(
+                "server_url: {:?} must start with http:// or https://",
+                c.server_url
+            ));
+        }
+        if c.api_key.trim().is_empty() {
+            return Err("api_key: must not be empty".into());
+        }
+        if let Some(s) = &c.vpn_subnet {
+            crate::net::parse_subnet(s).map_err(|e| format!("vpn_subnet: {e}"))?;
+        }
+        if c.proxy_port == 0 {
+            return Err("proxy_port: must be 1 to 65535".into());
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&c.log_level.as_str()) {
+            return Err(format!(
+                "log_level: {:?} is not error, warn, info, debug or trace",
+                c.log_level
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "server_url: http://127.0.0.1:7601\napi_key: k\ntask_dir: /tmp/t\n";
+
+    #[test]
+    fn defaults_and_errors_that_name_the_key() {
+        let c = NodeConfig::parse(BASE).expect("valid");
+        assert_eq!(
+            (c.proxy_port, c.api_path.as_str(), c.vpn_subnet),
+            (8080, "/api", None)
+        );
+        for (extra, key) in [
+            ("vpn_subnet: 10.76.0.1/16\n", "vpn_subnet"),
+            ("vpn_subnet: nonsense\n", "vpn_subnet"),
+            ("proxy_port: 0\n", "proxy_port"),
+            ("proxy_port: 99999\n", "proxy_port"),
+            ("log_level: loud\n", "log_level"),
+            ("images: {vpn: x}\n", "vpn"),
+            ("colour: blue\n", "colour"),
+        ] {
+            let e = NodeConfig::parse(&format!("{BASE}{extra}")).expect_err("must be refused");
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = NodeConfig::parse("server_url: ftp://x\napi_key: k\ntask_dir: /t\n")
+            .expect_err("must be refused");
+        assert!(e.contains("server_url"), "{e}");
+        assert_eq!(
+            crate::net::parse_subnet("10.76.0.0/16"),
+            Ok((std::net::Ipv4Addr::new(10, 76, 0, 0), 16))
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The seed's VPN start-up sequence, kept: try the existing profile; failing that, renew its key
+//! pair (`POST /vpn/update`) and try again; failing that, or with no profile, get a new one
+//! (`GET /vpn`) and try again. All failed: the node runs on without VPN, with the reasons. It
+//! never stops the node.
+//!
+//! The effects (starting OpenVPN and waiting for it, calling the server, writing the profile)
+//! sit behind [`VpnSteps`], so the order is tested on its own.
+
+use std::net::Ipv4Addr;
+
+/// Where the profile that worked came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Existing,
+    Renewed,
+    New,
+}
+
+/// How the start-up ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Connected {
+        address: Ipv4Addr,
+        source: Source,
+    },
+    /// No VPN; each reason says which step failed and why.
+    NoVpn {
+        reasons: Vec<String>,
+    },
+}
+
+/// The effects of the sequence.
+pub trait VpnSteps {
+    /// Starts OpenVPN with this profile and waits for it to connect with an address in the
+    /// VPN subnet.
+    fn connect(
+        &mut self,
+        ovpn: &str,
+    ) -> impl std::future::Future<Output = Result<Ipv4Addr, String>>;
+    /// `POST /vpn/update` with the current profile.
+    fn renew(&mut self, current: &str)
+        -> impl std::future::Future<Output = Result<String, String>>;
+    /// `GET /vpn`.
+    fn fetch_new(&mut self) -> impl std::future::Future<Output = Result<String, String>>;
+    /// Keeps the profile for the next start.
+    fn save(&mut self, ovpn: &str) -> Result<(), String>;
+}
+
+async fn try_with(
+    steps: &mut impl VpnSteps,
+    ovpn: &str,
+    source: Source,
+    reasons: &mut Vec<String>,
+) -> Option<Outcome> {
+    if source != Source::Existing {
+        if let Err(e) = steps.save(ovpn) {
+            reasons.push(format!("cannot keep the {source:?} profile: {e}"));
+        }
+    }
+    match steps.connect(ovpn).await {
+        Ok(address) => Some(Outcome::Connected { address, source }),
+        Err(e) => {
+            reasons.push(format!("{source:?} profile did not connect: {e}"));
+            None
+        }
+    }
+}
+
+/// Runs the sequence.
+pub async fn bring_up(existing: Option<&str>, steps: &mut impl VpnSteps) -> Outcome {
+    let mut reasons = Vec::new();
+    if let Some(current) = existing {
+        if let Some(done) = try_with(steps, current, Source::Existing, &mut reasons).await {
+            return done;
+        }
+        match steps.renew(current).await {
+            Ok(renewed) => {
+                if let Some(done) = try_with(steps, &renewed, Source::Renewed, &mut reasons).await {
+                    return done;
+                }
+            }
+            Err(e) => reasons.push(format!("renewal (POST /vpn/update) failed: {e}")),
+        }
+    }
+    match steps.fetch_new().await {
+        Ok(new) => {
+            if let Some(done) = try_with(steps, &new, Source::New, &mut reasons).await {
+                return done;
+            }
+        }
+        Err(e) => reasons.push(format!("a new profile (GET /vpn) failed: {e}")),
+    }
+    Outcome::NoVpn { reasons }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scripted steps: which profiles connect, what the server answers; records the calls.
+    #[derive(Default)]
+    struct Script {
+        good: Vec<&'static str>,
+        renew: Option<&'static str>,
+        new: Option<&'static str>,
+        calls: Vec<String>,
+    }
+
+    impl VpnSteps for Script {
+        async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, String> {
+            self.calls.push(format!("connect {ovpn}"));
+            if self.good.contains(&ovpn) {
+                Ok(Ipv4Addr::new(10, 76, 0, 2))
+            } else {
+                Err("TLS handshake failed".into())
+            }
+        }
+        async fn renew(&mut self, _: &str) -> Result<String, String> {
+            self.calls.push("renew".into());
+            self.renew
+                .map(str::to_string)
+                .ok_or_else(|| "501 This server does not support VPN".into())
+        }
+        async fn fetch_new(&mut self) -> Result<String, String> {
+            self.calls.push("new".into());
+            self.new
+                .map(str::to_string)
+                .ok_or_else(|| "503 the VPN server is unreachable".into())
+        }
+        fn save(&mut self, ovpn: &str) -> Result<(), String> {
+            self.calls.push(format!("save {ovpn}"));
+            Ok(())
+        }
+    }
+
+    fn run(existing: Option<&str>, s: &mut Script) -> Outcome {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt")
+            .block_on(bring_up(existing, s))
+    }
+
+    #[test]
+    fn the_existing_profile_is_tried_first() {
+        let mut s = Script {
+            good: vec!["old"],
+            ..Script::default()
+        };
+        assert_eq!(
+            run(Some("old"), &mut s),
+            Outcome::Connected {
+                address: Ipv4Addr::new(10, 76, 0, 2),
+                source: Source::Existing
+            }
+        );
+        assert_eq!(s.calls, ["connect old"]);
+    }
+
+    #[test]
+    fn a_broken_profile_is_renewed_then_replaced() {
+        let mut s = Script {
+            good: vec!["renewed"],
+            renew: Some("renewed"),
+            new: Some("new"),
+            ..Script::default()
+        };
+        assert!(matches!(
+            run(Some("old"), &mut s),
+            Outcome::Connected {
+                source: Source::Renewed,
+                ..
+            }
+        ));
+        assert_eq!(
+            s.calls,
+            ["connect old", "renew", "save renewed", "connect renewed"]
+        );
+
+        let mut s = Script {
+            good: vec!["new"],
+            renew: None,
+            new: Some("new"),
+            ..Script::default()
+        };
+        assert!(matches!(
+            run(Some("old"), &mut s),
+            Outcome::Connected {
+                source: Source::New,
+                ..
+            }
+        ));
+        assert_eq!(
+            s.calls,
+            ["connect old", "renew", "new", "save new", "connect new"]
+        );
+    }
+
+    #[test]
+    fn no_profile_fetches_a_new_one_and_failure_says_why() {
+        let mut s = Script {
+            good: vec!["new"],
+            new: Some("new"),
+            ..Script::default()
+        };
+        assert!(matches!(
+            run(None, &mut s),
+            Outcome::Connected {
+                source: Source::New,
+                ..
+            }
+        ));
+        let mut s = Script::default();
+        let Outcome::NoVpn { reasons } = run(Some("old"), &mut s) else {
+            panic!("must fail")
+        };
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons[0].contains("Existing profile did not connect: TLS handshake failed"));
+        assert!(reasons[1].contains("POST /vpn/update") && reasons[1].contains("501"));
+        assert!(reasons[2].contains("GET /vpn") && reasons[2].contains("503"));
+    }
+}
