@@ -1,12 +1,17 @@
 //! algonet: direct algorithm-to-algorithm networking over a VPN for vantage6-style federations.
 //!
-//! The parts and how data flows between them are described in `docs/architecture.md`. Today the
-//! workspace holds the packet router, [`netstack`]: a sans-IO IPv4 NAT router that the node's
-//! data plane feeds with packets read from its TUN device. The node agent, the server and the
-//! demo build on it.
+//! The parts and how data flows between them are described in `docs/architecture.md`:
+//!
+//! - [`netstack`]: the sans-IO IPv4 NAT router (its own crate);
+//! - [`net`]: Linux plumbing (namespaces, rtnetlink, the routing plan) and the data-plane driver
+//!   that feeds the router with packets from the node's TUN device;
+//! - [`server`]: the central server (vantage6 4.x-compatible API, VPN providers);
+//! - [`node`]: the node agent's parts built so far;
+//! - [`config`]: reading the YAML files of both.
 
 pub use netstack;
 
+pub mod config;
 pub mod net;
 pub mod node;
 pub mod server;

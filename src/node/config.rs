@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::ConfigError;
+
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -70,30 +72,9 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-/// What is wrong with a node configuration file.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeConfigError {
-    /// the file could not be read
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// the YAML is malformed or a key is wrong
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
 impl NodeConfig {
-    pub fn load(path: &Path) -> Result<NodeConfig, NodeConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| NodeConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        NodeConfig::parse(&text).map_err(|message| NodeConfigError::Invalid {
-            path: path.into(),
-            message,
-        })
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        crate::config::load(path, NodeConfig::parse)
     }
 
     pub fn parse(text: &str) -> Result<NodeConfig, String> {

@@ -1,11 +1,10 @@
-//! The server's YAML configuration. A bad file fails at start, naming the file, the key and
-//! the reason.
-//!
-//! YAML is read with `serde_yaml_ng`, for the whole project: `serde_yaml` is unmaintained, and
-//! `serde_yaml_ng` is a maintained fork with the same API (so the serde derives stay plain).
+//! The server's YAML configuration (read as [`crate::config`] says). A bad file fails at start,
+//! naming the file, the key and the reason.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::config::ConfigError;
 
 use serde::Deserialize;
 
@@ -64,30 +63,9 @@ fn default_token_lifetime() -> u64 {
     6 * 3600
 }
 
-/// What is wrong with a configuration file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// the file could not be read
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// the YAML is malformed or a key is wrong
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
 impl ServerConfig {
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        ServerConfig::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.into(),
-            message,
-        })
+        crate::config::load(path, ServerConfig::parse)
     }
 
     /// Parses and checks a configuration; the error names the key and the reason.
