@@ -30,7 +30,7 @@ fn main() -> ExitCode {
                 match server(PathBuf::from(path)) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("algonet server: {e:#}");
+                        eprintln!("algonet server: {e}");
                         ExitCode::FAILURE
                     }
                 }
