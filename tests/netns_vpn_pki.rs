@@ -121,21 +121,12 @@ fn lab(tag: &str) -> Lab {
                 1500,
             )
             .await?;
-            nl.configure(&name("lo"), None, None).await?;
-            nl.configure(&name("wan0"), None, None).await?;
-            nl.add_address(&name("wan0"), SERVER_WAN, 24).await
+            Ok::<_, algonet::net::links::LinkError>(())
         })
         .expect("ns")
         .expect("server side");
-    vc.ns
-        .run(|| async {
-            let nl = Netlink::connect()?;
-            nl.configure(&name("lo"), None, None).await?;
-            nl.configure(&name("wan0"), None, None).await?;
-            nl.add_address(&name("wan0"), CLIENT_WAN, 24).await
-        })
-        .expect("ns")
-        .expect("client side");
+    vs.host("wan0", SERVER_WAN, 24, None);
+    vc.host("wan0", CLIENT_WAN, 24, None);
 
     let vpn_dir = s.dir.join("vpn");
     let vpn_dir_s = vpn_dir.display().to_string();

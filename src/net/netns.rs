@@ -59,10 +59,6 @@ impl Netns {
         Netns::open(format!("/proc/{pid}/ns/net"))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }

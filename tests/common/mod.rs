@@ -7,6 +7,9 @@ pub mod topology;
 
 use std::process::Command;
 
+use std::net::Ipv4Addr;
+
+use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
 
 /// Whether a privileged test may run. Not root: skip with a message, or panic when `CI` is set,
@@ -62,6 +65,23 @@ impl TestNs {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl TestNs {
+    /// Makes the namespace a host: `lo` and `link` up (`link` with `mtu` if given), and `addr`
+    /// on `link`.
+    pub fn host(&self, link: &str, addr: Ipv4Addr, prefix_len: u8, mtu: Option<u32>) {
+        let link = IfName::new(link).expect("name");
+        self.ns
+            .run(move || async move {
+                let nl = Netlink::connect()?;
+                nl.configure(&IfName::new("lo")?, None, None).await?;
+                nl.configure(&link, mtu, None).await?;
+                nl.add_address(&link, addr, prefix_len).await
+            })
+            .expect("enter ns")
+            .expect("host plumbing");
     }
 }
 

@@ -151,17 +151,8 @@ impl Topology {
                 .expect("container ns")
                 .expect("container plumbing");
         }
-        t.peer
-            .ns
-            .run(|| async {
-                let nl = Netlink::connect()?;
-                nl.configure(&name("lo"), None, None).await?;
-                nl.configure(&name("eth0"), None, None).await?;
-                nl.add_address(&name("eth0"), PEER, 16).await?;
-                nl.add_address(&name("lo"), OUTSIDE, 32).await
-            })
-            .expect("peer ns")
-            .expect("peer plumbing");
+        t.peer.host("eth0", PEER, 16, None);
+        t.peer.host("lo", OUTSIDE, 32, None);
         // The far host: 10.76.0.5 behind the peer, on a 1200-byte link.
         let far_fd = t.far.ns.fd().try_clone_to_owned().expect("fd");
         t.peer
@@ -183,25 +174,13 @@ impl Topology {
             })
             .expect("peer ns")
             .expect("hop");
-        t.far
-            .ns
-            .run(|| async {
-                let nl = Netlink::connect()?;
-                nl.configure(&name("lo"), None, None).await?;
-                // The far host's own link is wide, so its MSS does not hide the narrow hop.
-                nl.configure(&name("eth0"), Some(u32::from(MTU)), None)
-                    .await?;
-                nl.add_address(&name("eth0"), FAR, 16).await
-            })
-            .expect("far ns")
-            .expect("far plumbing");
+        // The far host's own link is wide, so its MSS does not hide the narrow hop.
+        t.far.host("eth0", FAR, 16, Some(u32::from(MTU)));
+        t.wan.host("eth0", WAN_HOST, 24, None);
         t.wan
             .ns
             .run(|| async {
                 let nl = Netlink::connect()?;
-                nl.configure(&name("lo"), None, None).await?;
-                nl.configure(&name("eth0"), None, None).await?;
-                nl.add_address(&name("eth0"), WAN_HOST, 24).await?;
                 // A hostile neighbour routes the VPN and the containers at the router.
                 for dest in [Ipv4Addr::new(10, 76, 0, 0), Ipv4Addr::new(172, 30, 0, 0)] {
                     let via = Some(ROUTER_WAN);
