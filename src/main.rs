@@ -10,34 +10,48 @@ usage: algonet <command> [options]
 
 commands:
   server --config <file.yaml>   run the central server (vantage6 4.x-compatible API)
-  version                       print the version
-
-Not built yet: node, test, demo, images (see README.md, Status).";
+  node --config <file.yaml>     run a node agent (needs root and a Docker daemon)
+  images build                  build the sandbox, OpenVPN and echo images offline
+  test --server <url> --collaboration <id> [--username <u>] [--password <p>] [--api-path /api]
+                                run the VPN feature test (echo algorithm) and print a table
+  demo [--keep]                 a whole federation on this host: server, OpenVPN server,
+                                three nodes, the feature test; then tears it down
+  echo                          the echo algorithm (runs inside its container)
+  version                       print the version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("version" | "--version" | "-V") => {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["version" | "--version" | "-V"] => {
             println!("algonet {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        Some("help" | "--help" | "-h") | None => {
+        [] | ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        Some("server") => match (args.get(1).map(String::as_str), args.get(2)) {
-            (Some("--config"), Some(path)) if args.len() == 3 => {
-                match server(PathBuf::from(path)) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("algonet server: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
-            _ => usage_error("server takes --config <file.yaml>"),
+        ["server", "--config", path] => server(PathBuf::from(path)),
+        ["node", "--config", path] => node(PathBuf::from(path)),
+        ["images", "build"] => images(),
+        ["echo"] => algonet::echo::main(),
+        ["demo"] => demo(false),
+        ["demo", "--keep"] => demo(true),
+        ["test", rest @ ..] => match test_target(rest) {
+            Ok(t) => feature_test(t),
+            Err(e) => return usage_error(&e),
         },
-        Some(other) => usage_error(&format!("unknown command '{other}'")),
+        ["server" | "node", ..] => {
+            return usage_error(&format!("{} takes --config <file.yaml>", args[0]))
+        }
+        [other, ..] => return usage_error(&format!("unknown command or options: {other} ...")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("algonet {}: {e:#}", args[0]);
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -59,4 +73,77 @@ fn server(path: PathBuf) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn node(path: PathBuf) -> anyhow::Result<()> {
+    let config = algonet::node::config::NodeConfig::load(&path)?;
+    algonet::logging::init(&config.log_level, "");
+    tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::run(config))
+}
+
+fn images() -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let docker = algonet::docker::Docker::connect().await?;
+        let names = algonet::images::ImageNames::default();
+        algonet::images::build(&docker, &names, &std::env::current_exe()?).await?;
+        println!(
+            "built {}, {}, {}",
+            names.sandbox,
+            names.vpn_client,
+            algonet::images::ECHO_IMAGE
+        );
+        Ok(())
+    })
+}
+
+fn finish(all_ok: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(all_ok, "not every organization was reached");
+    Ok(())
+}
+
+fn demo(keep: bool) -> anyhow::Result<()> {
+    let ok = tokio::runtime::Runtime::new()?.block_on(algonet::demo::main(keep))?;
+    finish(ok)
+}
+
+fn test_target(args: &[&str]) -> Result<algonet::feature::Target, String> {
+    let mut t = algonet::feature::Target {
+        api: String::new(),
+        username: "admin".into(),
+        password: std::env::var("ALGONET_PASSWORD").unwrap_or_default(),
+        collaboration: 0,
+        image: algonet::images::ECHO_IMAGE.into(),
+        timeout: std::time::Duration::from_secs(90),
+    };
+    let (mut server, mut api_path) = (None, "/api".to_string());
+    for pair in args.chunks(2) {
+        let [flag, value] = pair else {
+            return Err(format!("{} needs a value", pair[0]));
+        };
+        match *flag {
+            "--server" => server = Some(value.trim_end_matches('/').to_string()),
+            "--api-path" => api_path = value.to_string(),
+            "--collaboration" => {
+                t.collaboration = value
+                    .parse()
+                    .map_err(|_| format!("--collaboration {value:?} is not a number"))?
+            }
+            "--username" => t.username = value.to_string(),
+            "--password" => t.password = value.to_string(),
+            "--image" => t.image = value.to_string(),
+            other => return Err(format!("test: unknown option {other}")),
+        }
+    }
+    let server = server.ok_or("test needs --server <url>")?;
+    if t.collaboration == 0 {
+        return Err("test needs --collaboration <id>".into());
+    }
+    t.api = format!("{server}{api_path}");
+    Ok(t)
+}
+
+fn feature_test(t: algonet::feature::Target) -> anyhow::Result<()> {
+    let rows = tokio::runtime::Runtime::new()?.block_on(algonet::feature::run(&t))?;
+    println!("{}", algonet::feature::table(&rows));
+    finish(rows.iter().all(|r| r.probe.ok()))
 }

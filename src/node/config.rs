@@ -4,36 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
+use crate::images::ImageNames;
 
 use serde::Deserialize;
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Images {
-    /// The OpenVPN client image.
-    #[serde(default = "default_vpn_image")]
-    pub vpn_client: String,
-    /// The sandbox (pause) image that owns network namespaces.
-    #[serde(default = "default_sandbox_image")]
-    pub sandbox: String,
-}
-
-impl Default for Images {
-    fn default() -> Self {
-        Images {
-            vpn_client: default_vpn_image(),
-            sandbox: default_sandbox_image(),
-        }
-    }
-}
-
-fn default_vpn_image() -> String {
-    "algonet/openvpn-client:latest".into()
-}
-
-fn default_sandbox_image() -> String {
-    "algonet/sandbox:latest".into()
-}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,9 +20,16 @@ pub struct NodeConfig {
     #[serde(default)]
     pub vpn_subnet: Option<String>,
     #[serde(default)]
-    pub images: Images,
-    /// Where runs keep their input, output and token files.
+    pub images: ImageNames,
+    /// Where runs keep their input, output and token files, and the VPN its profile and
+    /// management socket.
     pub task_dir: PathBuf,
+    /// Names the node's containers (`algonet-<name>-router`, ...); `node-<id>` if absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How long OpenVPN may take to connect with one profile before the next is tried.
+    #[serde(default = "default_vpn_timeout")]
+    pub vpn_connect_timeout_secs: u64,
     /// The algorithm proxy's port on the gateway address.
     #[serde(default = "default_proxy_port")]
     pub proxy_port: u16,
@@ -62,6 +42,10 @@ pub struct NodeConfig {
 
 fn default_api_path() -> String {
     "/api".into()
+}
+
+fn default_vpn_timeout() -> u64 {
+    30
 }
 
 fn default_proxy_port() -> u16 {
@@ -90,6 +74,16 @@ impl NodeConfig {
         }
         if let Some(s) = &c.vpn_subnet {
             crate::net::parse_subnet(s).map_err(|e| format!("vpn_subnet: {e}"))?;
+        }
+        if let Some(n) = &c.name {
+            if n.is_empty()
+                || n.len() > 40
+                || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+            {
+                return Err(format!(
+                    "name: {n:?} must be 1 to 40 letters, digits or '-' (it names containers)"
+                ));
+            }
         }
         if c.proxy_port == 0 {
             return Err("proxy_port: must be 1 to 65535".into());
@@ -124,6 +118,7 @@ mod tests {
             ("proxy_port: 99999\n", "proxy_port"),
             ("log_level: loud\n", "log_level"),
             ("images: {vpn: x}\n", "vpn"),
+            ("name: a b\n", "name"),
             ("colour: blue\n", "colour"),
         ] {
             let e = NodeConfig::parse(&format!("{BASE}{extra}")).expect_err("must be refused");

@@ -165,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         .route("/token/container", post(token_container))
         .route("/organization", post(create_organization))
         .route("/collaboration", post(create_collaboration))
+        .route("/collaboration/{id}", get(get_collaboration))
         .route("/node", post(create_node))
         .route("/node/{id}", patch(patch_node).delete(delete_node))
         .route("/task", post(create_task))
@@ -340,6 +341,42 @@ async fn create_collaboration(
     Ok((
         StatusCode::CREATED,
         Json(json!({ "id": id, "name": b.name, "organization_ids": b.organization_ids })),
+    ))
+}
+
+/// `GET /collaboration/<id>` (administrator): its organizations, each with its node's id and
+/// VPN address (null while the node has none).
+async fn get_collaboration(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    admin_only(&caller)?;
+    let name: String = sqlx::query_scalar("SELECT name FROM collaboration WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&s.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("collaboration", id))?;
+    let rows = sqlx::query(
+        "SELECT organization.id, organization.name, node.id, node.ip FROM member \
+         JOIN organization ON organization.id = member.organization_id \
+         LEFT JOIN node ON node.organization_id = member.organization_id AND node.collaboration_id = member.collaboration_id \
+         WHERE member.collaboration_id = ? ORDER BY organization.id",
+    )
+    .bind(id)
+    .fetch_all(&s.db)
+    .await?;
+    let orgs: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<i64, _>(0), "name": r.get::<String, _>(1),
+                "node": r.get::<Option<i64>, _>(2).map(|n| json!({ "id": n, "ip": r.get::<Option<String>, _>(3) })),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "id": id, "name": name, "organizations": orgs }),
     ))
 }
 

@@ -1,0 +1,490 @@
+//! `algonet demo`: a whole federation on one Linux host with Docker. Builds the images offline,
+//! starts a server with the built-in VPN, an OpenVPN server container on an internal Docker
+//! network, one node per organization, runs the feature test and tears everything down.
+//! [`Federation`] is also what the Docker-tier tests drive, step by step.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HostConfig,
+    NetworkingConfig,
+};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::docker::{Docker, LABEL_OWNER, LABEL_ROLE};
+use crate::feature::{Admin, Row, Target};
+use crate::images::{ImageNames, ECHO_IMAGE};
+
+/// The internal Docker network the routers and the OpenVPN server share.
+pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
+pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
+pub const VPN_SUBNET: &str = "10.76.0.0/16";
+const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
+
+/// How to set the federation up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Everything the demo writes: configurations, databases, logs.
+    pub dir: PathBuf,
+    /// Names the network and containers, so tests can run beside a demo.
+    pub tag: String,
+    pub organizations: Vec<String>,
+    pub server_port: u16,
+    /// The `algonet` binary the server and nodes run as (this one).
+    pub algonet: PathBuf,
+}
+
+/// A running federation. Dropping it without [`Federation::down`] still stops the processes.
+#[derive(Debug)]
+pub struct Federation {
+    pub options: Options,
+    pub docker: Docker,
+    pub server: Option<Child>,
+    pub nodes: Vec<NodeProc>,
+    pub collaboration: i64,
+    pub api: String,
+    pub network: String,
+    pub vpn_server: String,
+}
+
+#[derive(Debug)]
+pub struct NodeProc {
+    pub organization: String,
+    pub organization_id: i64,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// Prints a step and how long the demo has been going.
+pub fn step(started: Instant, what: &str) {
+    eprintln!("==> [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+}
+
+fn spawn(algonet: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Ok(Command::new(algonet)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()?)
+}
+
+/// SIGTERM, then SIGKILL if it has not ended within `grace`.
+fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Federation {
+    /// Server, OpenVPN server and nodes, up and connected (every node registered its VPN
+    /// address).
+    pub async fn up(options: Options, started: Instant) -> anyhow::Result<Federation> {
+        let docker = Docker::connect().await?;
+        step(started, "building images offline (sandbox, openvpn, echo)");
+        crate::images::build(&docker, &ImageNames::default(), &options.algonet).await?;
+        let _ = std::fs::remove_dir_all(&options.dir);
+        std::fs::create_dir_all(&options.dir)?;
+        let network = format!("{}-net", options.tag);
+        let mut f = Federation {
+            api: format!("http://127.0.0.1:{}/api", options.server_port),
+            vpn_server: format!("{}-openvpn-server", options.tag),
+            options,
+            docker,
+            server: None,
+            nodes: Vec::new(),
+            collaboration: 0,
+            network,
+        };
+        if let Err(e) = f.start(started).await {
+            step(started, "set-up failed; tearing down what was started");
+            for err in f.down().await {
+                eprintln!("teardown: {err}");
+            }
+            return Err(e);
+        }
+        Ok(f)
+    }
+
+    async fn start(&mut self, started: Instant) -> anyhow::Result<()> {
+        let o = self.options.clone();
+        step(
+            started,
+            &format!(
+                "internal Docker network {} ({NETWORK_SUBNET})",
+                self.network
+            ),
+        );
+        self.docker
+            .internal_network(&self.network, NETWORK_SUBNET)
+            .await?;
+
+        step(
+            started,
+            "starting the server (built-in OpenVPN PKI, SQLite)",
+        );
+        let server_yaml = o.dir.join("server.yaml");
+        std::fs::write(
+            &server_yaml,
+            format!(
+                "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\
+                 vpn: {{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}\n",
+                o.server_port,
+                o.dir.join("server").display(),
+                ADMIN.0,
+                ADMIN.1
+            ),
+        )?;
+        self.server = Some(spawn(
+            &o.algonet,
+            &["server", "--config", &server_yaml.to_string_lossy()],
+            &o.dir.join("server.log"),
+        )?);
+        let admin = self.admin_when_up(Duration::from_secs(30)).await?;
+
+        step(
+            started,
+            &format!("starting the OpenVPN server container {}", self.vpn_server),
+        );
+        let pki = o.dir.join("server").join("vpn");
+        self.docker
+            .run(
+                &self.vpn_server,
+                ContainerCreateBody {
+                    image: Some(ImageNames::default().vpn_client),
+                    cmd: Some(
+                        ["--cd", "/pki", "--config", "server.conf"]
+                            .map(String::from)
+                            .to_vec(),
+                    ),
+                    labels: Some(
+                        [
+                            (LABEL_OWNER.to_string(), o.tag.clone()),
+                            (LABEL_ROLE.to_string(), "vpn-server".to_string()),
+                        ]
+                        .into(),
+                    ),
+                    host_config: Some(HostConfig {
+                        network_mode: Some(self.network.clone()),
+                        cap_add: Some(vec!["NET_ADMIN".into()]),
+                        devices: Some(vec![DeviceMapping {
+                            path_on_host: Some("/dev/net/tun".into()),
+                            path_in_container: Some("/dev/net/tun".into()),
+                            cgroup_permissions: Some("rwm".into()),
+                        }]),
+                        binds: Some(vec![format!("{}:/pki:ro", pki.display())]),
+                        ..Default::default()
+                    }),
+                    networking_config: Some(NetworkingConfig {
+                        endpoints_config: Some(
+                            [(
+                                self.network.clone(),
+                                EndpointSettings {
+                                    ipam_config: Some(EndpointIpamConfig {
+                                        ipv4_address: Some(VPN_SERVER_IP.to_string()),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                },
+                            )]
+                            .into(),
+                        ),
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await?;
+
+        step(
+            started,
+            &format!(
+                "organizations {:?}, one collaboration, one node each",
+                o.organizations
+            ),
+        );
+        let mut org_ids = Vec::new();
+        for name in &o.organizations {
+            let v = admin
+                .call(Method::POST, "/organization", Some(json!({ "name": name })))
+                .await?;
+            org_ids.push(v["id"].as_i64().unwrap_or_default());
+        }
+        let c = admin
+            .call(
+                Method::POST,
+                "/collaboration",
+                Some(json!({ "name": "demo", "organization_ids": org_ids })),
+            )
+            .await?;
+        self.collaboration = c["id"].as_i64().unwrap_or_default();
+        for (name, id) in o.organizations.iter().zip(&org_ids) {
+            let n = admin
+                .call(
+                    Method::POST,
+                    "/node",
+                    Some(json!({ "organization_id": id, "collaboration_id": self.collaboration })),
+                )
+                .await?;
+            let key = n["api_key"].as_str().unwrap_or_default();
+            let config = o.dir.join(format!("node-{name}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {key}\n\
+                     vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {net}\n",
+                    tag = o.tag,
+                    port = o.server_port,
+                    dir = o.dir.join(format!("node-{name}")).display(),
+                    net = self.network,
+                ),
+            )?;
+            self.nodes.push(NodeProc {
+                organization: name.clone(),
+                organization_id: *id,
+                log: o.dir.join(format!("node-{name}.log")),
+                config,
+                child: None,
+            });
+        }
+        for i in 0..self.nodes.len() {
+            self.start_node(i)?;
+        }
+        step(
+            started,
+            "waiting for every node to connect to the VPN and register its address",
+        );
+        self.wait_connected(&admin, Duration::from_secs(120), started)
+            .await
+    }
+
+    pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        n.child = Some(spawn(
+            &self.options.algonet,
+            &["node", "--config", &n.config.to_string_lossy()],
+            &n.log,
+        )?);
+        Ok(())
+    }
+
+    async fn admin_when_up(&self, timeout: Duration) -> anyhow::Result<Admin> {
+        let until = Instant::now() + timeout;
+        loop {
+            match Admin::login(&self.api, ADMIN.0, ADMIN.1).await {
+                Ok(a) => return Ok(a),
+                Err(e) if Instant::now() > until => {
+                    anyhow::bail!("the server did not answer in {}s: {e}", timeout.as_secs())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<Admin> {
+        Admin::login(&self.api, ADMIN.0, ADMIN.1).await
+    }
+
+    /// The nodes' VPN addresses as the server knows them, by organization id.
+    pub async fn addresses(&self, admin: &Admin) -> anyhow::Result<Vec<(i64, Option<String>)>> {
+        let c = admin
+            .call(
+                Method::GET,
+                &format!("/collaboration/{}", self.collaboration),
+                None,
+            )
+            .await?;
+        Ok(c["organizations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|o| {
+                        (
+                            o["id"].as_i64().unwrap_or_default(),
+                            o["node"]["ip"].as_str().map(str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Waits until every node has registered a VPN address.
+    pub async fn wait_connected(
+        &mut self,
+        admin: &Admin,
+        timeout: Duration,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let until = Instant::now() + timeout;
+        let mut shown = 0;
+        loop {
+            let addrs = self.addresses(admin).await?;
+            let up: Vec<String> = addrs
+                .iter()
+                .filter_map(|(id, ip)| {
+                    let n = self.nodes.iter().find(|n| n.organization_id == *id)?;
+                    Some(format!("{} {}", n.organization, ip.as_deref()?))
+                })
+                .collect();
+            if up.len() > shown {
+                shown = up.len();
+                step(started, &format!("connected: {}", up.join(", ")));
+            }
+            if up.len() == self.nodes.len() {
+                return Ok(());
+            }
+            for n in &mut self.nodes {
+                if let Some(Ok(Some(status))) = n.child.as_mut().map(Child::try_wait) {
+                    anyhow::bail!(
+                        "node {} exited ({status}); its log: {}",
+                        n.organization,
+                        n.log.display()
+                    );
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "not every node connected within {}s (logs in {})",
+                timeout.as_secs(),
+                self.options.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The feature test across all organizations.
+    pub async fn feature_test(&self) -> anyhow::Result<Vec<Row>> {
+        crate::feature::run(&Target {
+            api: self.api.clone(),
+            username: ADMIN.0.into(),
+            password: ADMIN.1.into(),
+            collaboration: self.collaboration,
+            image: ECHO_IMAGE.into(),
+            timeout: Duration::from_secs(90),
+        })
+        .await
+    }
+
+    /// Stops the nodes (they remove their containers and clear their addresses), the server,
+    /// the OpenVPN server container and the network. Reports what could not be removed.
+    pub async fn down(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                stop(&mut c, Duration::from_secs(60));
+            }
+        }
+        if let Some(mut s) = self.server.take() {
+            stop(&mut s, Duration::from_secs(10));
+        }
+        if let Err(e) = self.docker.remove(&self.vpn_server).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.docker.remove_network(&self.network).await {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        for c in self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.as_mut())
+            .chain(self.server.as_mut())
+        {
+            stop(c, Duration::from_secs(30));
+        }
+    }
+}
+
+/// `algonet demo [--keep]`.
+pub async fn main(keep: bool) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let options = Options {
+        dir: std::env::temp_dir().join("algonet-demo"),
+        tag: "algonet-demo".into(),
+        organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
+        server_port: 7601,
+        algonet: std::env::current_exe()?,
+    };
+    let dir = options.dir.clone();
+    let mut fed = match Federation::up(options, started).await {
+        Ok(f) => f,
+        Err(e) => return Err(e.context(format!("setting up (logs in {})", dir.display()))),
+    };
+    step(started, "running the VPN feature test (echo algorithm: parent on the first node, a child on every node)");
+    let outcome = fed.feature_test().await;
+    let ok = match &outcome {
+        Ok(rows) => {
+            println!("{}", crate::feature::table(rows));
+            rows.iter().all(|r| r.probe.ok())
+        }
+        Err(e) => {
+            eprintln!("the feature test failed: {e:#}");
+            false
+        }
+    };
+    if keep {
+        println!(
+            "left running (--keep). Server: {} (admin / {}); logs and configurations in {}.\n\
+             Send another test: algonet test --server http://127.0.0.1:{} --collaboration {} \
+             --username {} --password {}\nStop it: kill the algonet node/server processes \
+             (their pids: {}), then docker rm -f {} && docker network rm {}",
+            fed.api,
+            ADMIN.1,
+            dir.display(),
+            fed.options.server_port,
+            fed.collaboration,
+            ADMIN.0,
+            ADMIN.1,
+            fed.nodes
+                .iter()
+                .filter_map(|n| n.child.as_ref().map(Child::id))
+                .chain(fed.server.as_ref().map(Child::id))
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            fed.vpn_server,
+            fed.network
+        );
+        // Leave the processes running.
+        fed.nodes.iter_mut().for_each(|n| drop(n.child.take()));
+        drop(fed.server.take());
+        return Ok(ok);
+    }
+    step(
+        started,
+        "tearing down (nodes remove their containers, then server, OpenVPN server, network)",
+    );
+    for e in fed.down().await {
+        eprintln!("teardown: {e}");
+    }
+    step(
+        started,
+        if ok {
+            "done: every organization pair reached"
+        } else {
+            "done: NOT every organization was reached"
+        },
+    );
+    outcome.map(|_| ok)
+}

@@ -1,0 +1,401 @@
+//! The echo algorithm: the VPN feature test, as an algorithm container (`algonet echo`).
+//!
+//! Parent (`{"method": "parent", "organizations": [..]}`): creates a child task on those
+//! organizations, waits until every child's `echo` port (and `echo-udp` port) is registered,
+//! echoes a random line to each over TCP (round-trip time), pushes a short bulk transfer through
+//! it (throughput) and a datagram over UDP, then tells each child to stop. Its output is one
+//! [`Probe`] per child. Child (`{"method": "child"}`): a line-echo server on 8888/tcp and a
+//! datagram echo on 9000/udp, up until the parent says `QUIT` or its window ends.
+//!
+//! It speaks only vantage6 4.x's algorithm API (through the node's proxy), so it runs unchanged
+//! on a vantage6 node.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+pub const TCP_PORT: u16 = 8888;
+pub const UDP_PORT: u16 = 9000;
+pub const TCP_LABEL: &str = "echo";
+pub const UDP_LABEL: &str = "echo-udp";
+/// Bytes pushed through each child for the throughput figure.
+const BULK: usize = 4 << 20;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Input {
+    Parent {
+        organizations: Vec<i64>,
+        /// How long to wait for all children's addresses.
+        #[serde(default = "default_timeout")]
+        timeout_secs: u64,
+    },
+    Child {
+        #[serde(default = "default_window")]
+        window_secs: u64,
+    },
+}
+
+fn default_timeout() -> u64 {
+    90
+}
+
+fn default_window() -> u64 {
+    300
+}
+
+/// What the parent found for one child.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Probe {
+    pub organization_id: i64,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub udp_port: Option<u16>,
+    pub tcp_ok: bool,
+    pub udp_ok: bool,
+    pub rtt_ms: Option<f64>,
+    pub mbit_s: Option<f64>,
+    pub error: Option<String>,
+}
+
+impl Probe {
+    pub fn ok(&self) -> bool {
+        self.tcp_ok && self.udp_ok
+    }
+}
+
+/// The parent's output.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Report {
+    pub probes: Vec<Probe>,
+}
+
+struct Env {
+    base: String,
+    token: String,
+    input: String,
+    output: std::path::PathBuf,
+}
+
+fn env() -> anyhow::Result<Env> {
+    let var = |k: &str| {
+        std::env::var(k).map_err(|_| anyhow::anyhow!("environment variable {k} is not set"))
+    };
+    let read = |k: &str| -> anyhow::Result<String> {
+        let path = var(k)?;
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{k} {path}: {e}"))
+    };
+    Ok(Env {
+        base: format!(
+            "{}:{}{}",
+            var("HOST")?,
+            var("PORT")?,
+            var("API_PATH").unwrap_or_default()
+        ),
+        token: read("TOKEN_FILE")?.trim().to_string(),
+        input: read("INPUT_FILE")?,
+        output: var("OUTPUT_FILE")?.into(),
+    })
+}
+
+/// The algorithm's own identity from its token (no verification: the server did that).
+fn identity(token: &str) -> anyhow::Result<Value> {
+    use base64::Engine;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("the token is not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    let claims: Value = serde_json::from_slice(&bytes)?;
+    Ok(claims["sub"].clone())
+}
+
+/// `algonet echo`: runs as parent or child according to the input file.
+pub fn main() -> anyhow::Result<()> {
+    let env = env()?;
+    let input: Input = serde_json::from_str(env.input.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "input {:?}: {e}",
+            env.input.chars().take(100).collect::<String>()
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let output = rt.block_on(async {
+        match input {
+            Input::Parent {
+                organizations,
+                timeout_secs,
+            } => parent(&env, organizations, Duration::from_secs(timeout_secs))
+                .await
+                .map(|r| serde_json::to_string(&r).unwrap_or_default()),
+            Input::Child { window_secs } => child(Duration::from_secs(window_secs))
+                .await
+                .map(|served| json!({ "served": served }).to_string()),
+        }
+    })?;
+    std::fs::write(&env.output, output)?;
+    Ok(())
+}
+
+async fn call(
+    http: &reqwest::Client,
+    env: &Env,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut req = http
+        .request(method, format!("{}{path}", env.base))
+        .bearer_auth(&env.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "{path}: {status} {text}");
+    Ok(serde_json::from_str(&text)?)
+}
+
+#[derive(Deserialize)]
+struct Address {
+    ip: Option<String>,
+    port: u16,
+    organization_id: i64,
+}
+
+async fn addresses(http: &reqwest::Client, env: &Env, label: &str) -> anyhow::Result<Vec<Address>> {
+    let v = call(
+        http,
+        env,
+        reqwest::Method::GET,
+        &format!("/vpn/algorithm/addresses?only_children=1&label={label}"),
+        None,
+    )
+    .await?;
+    Ok(serde_json::from_value(v["addresses"].clone())?)
+}
+
+async fn parent(env: &Env, organizations: Vec<i64>, timeout: Duration) -> anyhow::Result<Report> {
+    let me = identity(&env.token)?;
+    let image = me["image"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the token names no image"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let child_input = json!({ "method": "child", "window_secs": timeout.as_secs() + 120 });
+    let orgs: Vec<Value> = organizations
+        .iter()
+        .map(|id| json!({ "id": id, "input": child_input }))
+        .collect();
+    let task = call(
+        &http,
+        env,
+        reqwest::Method::POST,
+        "/task",
+        Some(json!({ "name": "echo-child", "image": image, "organizations": orgs })),
+    )
+    .await?;
+    eprintln!(
+        "echo: child task {} on organizations {organizations:?}",
+        task["id"]
+    );
+
+    let deadline = Instant::now() + timeout;
+    let (tcp, udp) = loop {
+        let tcp = addresses(&http, env, TCP_LABEL).await?;
+        let udp = addresses(&http, env, UDP_LABEL).await?;
+        let have = |a: &[Address]| {
+            organizations
+                .iter()
+                .all(|o| a.iter().any(|x| x.organization_id == *o && x.ip.is_some()))
+        };
+        if (have(&tcp) && have(&udp)) || Instant::now() >= deadline {
+            break (tcp, udp);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut probes = Vec::new();
+    for org in &organizations {
+        let t = tcp.iter().find(|a| a.organization_id == *org);
+        let u = udp.iter().find(|a| a.organization_id == *org);
+        let mut p = Probe {
+            organization_id: *org,
+            ip: t.and_then(|a| a.ip.clone()),
+            port: t.map(|a| a.port),
+            udp_port: u.map(|a| a.port),
+            tcp_ok: false,
+            udp_ok: false,
+            rtt_ms: None,
+            mbit_s: None,
+            error: None,
+        };
+        let ip: Option<Ipv4Addr> = p.ip.as_deref().and_then(|i| i.parse().ok());
+        match (ip, p.port) {
+            (Some(ip), Some(port)) => match probe_tcp(SocketAddrV4::new(ip, port)).await {
+                Ok((rtt, mbit)) => {
+                    p.tcp_ok = true;
+                    p.rtt_ms = Some(rtt);
+                    p.mbit_s = Some(mbit);
+                }
+                Err(e) => p.error = Some(format!("tcp: {e}")),
+            },
+            _ => {
+                p.error = Some(format!(
+                    "no {TCP_LABEL} address within {}s",
+                    timeout.as_secs()
+                ))
+            }
+        }
+        match (ip, p.udp_port) {
+            (Some(ip), Some(port)) => match probe_udp(SocketAddrV4::new(ip, port)).await {
+                Ok(()) => p.udp_ok = true,
+                Err(e) => p.error = Some(format!("udp: {e}")),
+            },
+            _ => p.error = p.error.or(Some(format!("no {UDP_LABEL} address"))),
+        }
+        eprintln!("echo: organization {org}: {p:?}");
+        probes.push(p);
+    }
+    // The children have served their purpose.
+    for a in &tcp {
+        if let Some(ip) = a.ip.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()) {
+            let _ = quit(SocketAddrV4::new(ip, a.port)).await;
+        }
+    }
+    Ok(Report { probes })
+}
+
+fn random_line() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn connect(to: SocketAddrV4) -> anyhow::Result<tokio::net::TcpStream> {
+    // The child's port is registered before it starts listening: retry a refused connect.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await
+        {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) if Instant::now() >= deadline => anyhow::bail!("connect to {to} timed out"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// One echoed line (round-trip time, ms) and [`BULK`] bytes through the echo (Mbit/s).
+async fn probe_tcp(to: SocketAddrV4) -> anyhow::Result<(f64, f64)> {
+    let s = connect(to).await?;
+    s.set_nodelay(true)?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let line = random_line();
+    let mut back = String::new();
+    let t = Instant::now();
+    w.write_all(format!("{line}\n").as_bytes()).await?;
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut back)).await??;
+    let rtt = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        back.trim_end() == line,
+        "echo differs: sent {line:?}, got {back:?}"
+    );
+
+    let bulk = vec![b'x'; BULK];
+    let t = Instant::now();
+    let writer = tokio::spawn(async move {
+        w.write_all(&bulk).await?;
+        w.write_all(b"\n").await?;
+        Ok::<_, std::io::Error>(w)
+    });
+    let mut got = vec![0u8; BULK + 1];
+    tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut got)).await??;
+    let secs = t.elapsed().as_secs_f64();
+    writer.await??;
+    anyhow::ensure!(
+        got[..BULK].iter().all(|&b| b == b'x'),
+        "bulk echo corrupted"
+    );
+    Ok((rtt, (BULK as f64 * 8.0) / secs / 1e6))
+}
+
+async fn probe_udp(to: SocketAddrV4) -> anyhow::Result<()> {
+    let s = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    let line = random_line();
+    for _ in 0..10 {
+        s.send_to(line.as_bytes(), to).await?;
+        let mut buf = [0u8; 64];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(1), s.recv_from(&mut buf)).await
+        {
+            anyhow::ensure!(&buf[..n] == line.as_bytes(), "datagram echo differs");
+            return Ok(());
+        }
+    }
+    anyhow::bail!("no datagram echoed by {to} in 10 tries")
+}
+
+async fn quit(to: SocketAddrV4) -> anyhow::Result<()> {
+    let mut s =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await??;
+    s.write_all(b"QUIT\n").await?;
+    Ok(())
+}
+
+/// Serves line echo on TCP and datagram echo on UDP until `QUIT` or the window ends; returns
+/// how many connections it served.
+async fn child(window: Duration) -> anyhow::Result<u64> {
+    let tcp = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT)).await?;
+    let udp = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)).await?;
+    eprintln!("echo: child listening on {TCP_PORT}/tcp and {UDP_PORT}/udp");
+    let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let udp_task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&buf[..n], from).await;
+        }
+    });
+    let mut served = 0;
+    let end = tokio::time::sleep(window);
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            _ = &mut end => break,
+            _ = quit_rx.recv() => break,
+            accepted = tcp.accept() => {
+                let (s, peer) = accepted?;
+                served += 1;
+                eprintln!("echo: connection from {peer}");
+                let quit_tx = quit_tx.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut lines = BufReader::new(r);
+                    let mut line = Vec::new();
+                    while let Ok(n) = lines.read_until(b'\n', &mut line).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if line == b"QUIT\n" {
+                            let _ = quit_tx.send(()).await;
+                            break;
+                        }
+                        if w.write_all(&line).await.is_err() {
+                            break;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        }
+    }
+    udp_task.abort();
+    Ok(served)
+}

@@ -1,0 +1,269 @@
+//! The node's router namespace: owned by a sandbox container on the WAN network, shared with the
+//! OpenVPN client container, holding the data plane's TUN, the run veths and the proxy's
+//! listening socket. Links, routes and rules through rtnetlink only.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use netstack::{Mapping, Protocol, RunId, Vpn};
+
+use crate::docker::{Docker, DockerError, LABEL_OWNER, LABEL_ROLE};
+use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle};
+use crate::net::links::{IfName, LinkError, Netlink};
+use crate::net::netns::{Netns, NetnsError};
+use crate::net::plan::{self, RouterPlan, RunLinkPlan};
+
+/// The link-local gateway every container routes through; the proxy listens on it.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The tunnel device OpenVPN makes in the router namespace.
+pub const VPN_LINK: &str = "tun0";
+/// The data plane's TUN device.
+pub const ROUTER_TUN: &str = "algonet0";
+/// The tunnel MTU (OpenVPN's default `tun-mtu`).
+pub const TUNNEL_MTU: u16 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("router: {0}")]
+    Router(#[from] netstack::Error),
+    #[error("cannot listen on {GATEWAY}:{port} for the proxy: {source}")]
+    Listen { port: u16, source: std::io::Error },
+}
+
+/// Runs `work` inside `ns` without blocking the caller's runtime.
+pub async fn in_ns<F, Fut, T>(ns: &Arc<Netns>, work: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let ns = ns.clone();
+    tokio::task::spawn_blocking(move || ns.run(work))
+        .await
+        .unwrap_or_else(|_| {
+            Err(NetnsError::Panicked {
+                path: "spawn_blocking".into(),
+            })
+        })
+}
+
+fn name(s: &str) -> Result<IfName, LinkError> {
+    IfName::new(s)
+}
+
+#[derive(Debug)]
+pub struct RouterNs {
+    pub container: String,
+    pub ns: Arc<Netns>,
+    dataplane: std::sync::Mutex<Option<Dataplane>>,
+    handle: DataplaneHandle,
+    wan: Option<IfName>,
+}
+
+impl RouterNs {
+    /// Starts the router container on `network` (Docker's default bridge if `None`), brings up
+    /// the data plane (no VPN yet: it drops what containers send) and returns the proxy's
+    /// listening socket, bound inside the namespace.
+    pub async fn start(
+        docker: &Docker,
+        container: String,
+        owner: &str,
+        sandbox_image: &str,
+        network: Option<&str>,
+        proxy_port: u16,
+    ) -> Result<(RouterNs, std::net::TcpListener), RouterError> {
+        docker
+            .run(
+                &container,
+                ContainerCreateBody {
+                    image: Some(sandbox_image.into()),
+                    labels: Some(
+                        [
+                            (LABEL_OWNER.to_string(), owner.to_string()),
+                            (LABEL_ROLE.to_string(), "router".to_string()),
+                        ]
+                        .into(),
+                    ),
+                    host_config: Some(HostConfig {
+                        network_mode: Some(network.unwrap_or("bridge").into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let ns = Arc::new(Netns::of_pid(docker.pid(&container).await?)?);
+        let (wan, listener) = in_ns(&ns, move || async move {
+            let nl = Netlink::connect()?;
+            let lo = name("lo")?;
+            nl.configure(&lo, None, None).await?;
+            // The gateway lives on lo too, so the proxy can listen before the first run.
+            nl.add_address(&lo, GATEWAY, 32).await?;
+            let eth0 = name("eth0")?;
+            let wan = nl.index(&eth0).await?.map(|_| eth0);
+            let listener = std::net::TcpListener::bind(SocketAddrV4::new(GATEWAY, proxy_port))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| RouterError::Listen {
+                    port: proxy_port,
+                    source,
+                })?;
+            Ok::<_, RouterError>((wan, listener))
+        })
+        .await??;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| RouterError::Listen {
+            port: proxy_port,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let dataplane = Dataplane::start(
+            &ns,
+            DataplaneConfig {
+                tun: name(ROUTER_TUN)?,
+                offload: true,
+                mtu: TUNNEL_MTU,
+                txqueuelen: 1000,
+                router: netstack::Config {
+                    seed: u64::from_ne_bytes(seed),
+                    ..Default::default()
+                },
+            },
+        )?;
+        let handle = dataplane.handle();
+        Ok((
+            RouterNs {
+                container,
+                ns,
+                dataplane: std::sync::Mutex::new(Some(dataplane)),
+                handle,
+                wan,
+            },
+            listener,
+        ))
+    }
+
+    fn plan(&self, subnet: (Ipv4Addr, u8)) -> Result<RouterPlan, LinkError> {
+        Ok(RouterPlan {
+            vpn_link: name(VPN_LINK)?,
+            tun: name(ROUTER_TUN)?,
+            wan: self.wan.clone(),
+            vpn_subnet: subnet.0,
+            vpn_prefix_len: subnet.1,
+        })
+    }
+
+    /// Routes the tunnel through the router and gives the router the node's VPN address. Safe
+    /// to repeat: after OpenVPN restarted (a new tun0) or its address changed.
+    pub async fn connect_vpn(
+        &self,
+        address: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+    ) -> Result<(), RouterError> {
+        let plan = self.plan(subnet)?;
+        in_ns(&self.ns, move || async move {
+            plan::apply_router(&Netlink::connect()?, &plan).await
+        })
+        .await??;
+        let vpn = Vpn {
+            address,
+            prefix_len: subnet.1,
+            mtu: TUNNEL_MTU,
+        };
+        self.handle.with(move |r| r.set_vpn(Some(vpn))).await??;
+        Ok(())
+    }
+
+    /// Gives a run's sandbox its veth, address and routes, and registers the address.
+    pub async fn add_run(
+        &self,
+        run: i64,
+        link: RunLinkPlan,
+        sandbox: Arc<Netns>,
+    ) -> Result<(), RouterError> {
+        let l = link.clone();
+        in_ns(&self.ns, move || async move {
+            plan::add_run_link(&Netlink::connect()?, &l, sandbox.fd()).await
+        })
+        .await??;
+        let addr = link.container;
+        self.handle
+            .with(move |r| r.add_container(addr, RunId(run as u64)))
+            .await??;
+        Ok(())
+    }
+
+    /// Configures the container end of a run's veth, inside the sandbox.
+    pub async fn configure_sandbox(
+        link: RunLinkPlan,
+        sandbox: &Arc<Netns>,
+    ) -> Result<(), RouterError> {
+        in_ns(sandbox, move || async move {
+            plan::configure_container_end(&Netlink::connect()?, &link).await
+        })
+        .await??;
+        Ok(())
+    }
+
+    pub async fn add_mapping(
+        &self,
+        run: i64,
+        protocol: Protocol,
+        public_port: u16,
+        container: SocketAddrV4,
+    ) -> Result<(), RouterError> {
+        let m = Mapping {
+            protocol,
+            public_port,
+            container,
+            run: RunId(run as u64),
+        };
+        self.handle.with(move |r| r.add_mapping(m)).await??;
+        Ok(())
+    }
+
+    /// Removes a run's mappings, connections, address and veth; reports every failure.
+    pub async fn remove_run(&self, run: i64, link: RunLinkPlan) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = self
+            .handle
+            .with(move |r| r.remove_run(RunId(run as u64)))
+            .await
+        {
+            errors.push(e.to_string());
+        }
+        match in_ns(&self.ns, move || async move {
+            match Netlink::connect() {
+                Ok(nl) => plan::remove_run_link(&nl, &link).await,
+                Err(e) => vec![e],
+            }
+        })
+        .await
+        {
+            Ok(errs) => errors.extend(errs.into_iter().map(|e| e.to_string())),
+            Err(e) => errors.push(e.to_string()),
+        }
+        errors
+    }
+
+    pub fn handle(&self) -> &DataplaneHandle {
+        &self.handle
+    }
+
+    /// Stops the data plane (its TUN goes with it). The namespace goes with the container.
+    pub fn stop_dataplane(&self) -> Result<(), DataplaneError> {
+        let dp = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        dp.map_or(Ok(()), Dataplane::stop)
+    }
+}
