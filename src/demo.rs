@@ -30,7 +30,8 @@ const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
 pub struct Options {
     /// Everything the demo writes: configurations, databases, logs.
     pub dir: PathBuf,
-    /// Names the network and containers, so tests can run beside a demo.
+    /// Names the network (`algonet-<tag>-net`), containers and nodes (`<tag>-<organization>`),
+    /// so tests can run beside a demo.
     pub tag: String,
     pub organizations: Vec<String>,
     pub server_port: u16,
@@ -101,10 +102,10 @@ impl Federation {
         crate::images::build(&docker, &ImageNames::default(), &options.algonet).await?;
         let _ = std::fs::remove_dir_all(&options.dir);
         std::fs::create_dir_all(&options.dir)?;
-        let network = format!("{}-net", options.tag);
+        let network = format!("algonet-{}-net", options.tag);
         let mut f = Federation {
             api: format!("http://127.0.0.1:{}/api", options.server_port),
-            vpn_server: format!("{}-openvpn-server", options.tag),
+            vpn_server: format!("algonet-{}-openvpn-server", options.tag),
             options,
             docker,
             server: None,
@@ -421,7 +422,7 @@ pub async fn main(keep: bool) -> anyhow::Result<bool> {
     let started = Instant::now();
     let options = Options {
         dir: std::env::temp_dir().join("algonet-demo"),
-        tag: "algonet-demo".into(),
+        tag: "demo".into(),
         organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
         server_port: 7601,
         algonet: std::env::current_exe()?,

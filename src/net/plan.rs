@@ -40,23 +40,26 @@ pub struct RouterPlan {
 }
 
 impl RouterPlan {
-    pub fn routes(&self) -> Vec<Route> {
-        vec![
-            Route {
-                dest: Ipv4Addr::UNSPECIFIED,
-                prefix_len: 0,
-                dev: self.tun.clone(),
-                via: None,
-                table: TABLE_ROUTER,
-            },
-            Route {
-                dest: self.vpn_subnet,
-                prefix_len: self.vpn_prefix_len,
-                dev: self.vpn_link.clone(),
-                via: None,
-                table: TABLE_MAIN,
-            },
-        ]
+    /// Table 100: everything to the router's TUN device.
+    pub fn router_route(&self) -> Route {
+        Route {
+            dest: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            dev: self.tun.clone(),
+            via: None,
+            table: TABLE_ROUTER,
+        }
+    }
+
+    /// What the router writes back for the VPN goes out through the tunnel.
+    pub fn vpn_route(&self) -> Route {
+        Route {
+            dest: self.vpn_subnet,
+            prefix_len: self.vpn_prefix_len,
+            dev: self.vpn_link.clone(),
+            via: None,
+            table: TABLE_MAIN,
+        }
     }
 
     pub fn rules(&self) -> Vec<Rule> {
@@ -86,17 +89,21 @@ impl RouterPlan {
     /// another side's source address), none on the TUN device (the router writes packets whose
     /// sources route elsewhere); `all` at 0 because the kernel uses the larger of `all` and the
     /// device's value.
+    /// The tunnel's own setting is [`RouterPlan::vpn_sysctls`]: it exists only once OpenVPN runs.
     pub fn sysctls(&self) -> Vec<(String, &'static str)> {
         let mut s = vec![
             ("net/ipv4/ip_forward".to_string(), "1"),
             ("net/ipv4/conf/all/rp_filter".to_string(), "0"),
             (format!("net/ipv4/conf/{}/rp_filter", self.tun), "0"),
-            (format!("net/ipv4/conf/{}/rp_filter", self.vpn_link), "1"),
         ];
         if let Some(wan) = &self.wan {
             s.push((format!("net/ipv4/conf/{wan}/rp_filter"), "1"));
         }
         s
+    }
+
+    pub fn vpn_sysctls(&self) -> Vec<(String, &'static str)> {
+        vec![(format!("net/ipv4/conf/{}/rp_filter", self.vpn_link), "1")]
     }
 }
 
@@ -150,17 +157,23 @@ impl RunLinkPlan {
     }
 }
 
-/// Applies the router plan in the namespace of `nl` (the calling thread's). The TUN device must
-/// exist already (the data plane makes it).
+/// Applies the router plan in the namespace of `nl` (the calling thread's): [`apply_base`], then
+/// [`apply_vpn`].
 pub async fn apply_router(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError> {
+    apply_base(nl, plan).await?;
+    apply_vpn(nl, plan).await
+}
+
+/// The part that needs no tunnel yet, applied before OpenVPN runs, so that from the first run
+/// on, containers and the WAN reach nothing but the router (which drops what it has no VPN
+/// for). The TUN device must exist already (the data plane makes it). Rules name the tunnel
+/// by name, so they hold before it exists. Safe to repeat.
+pub async fn apply_base(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError> {
     nl.configure(&IfName::new("lo")?, None, None).await?;
-    nl.configure(&plan.vpn_link, None, None).await?;
     for (path, value) in plan.sysctls() {
         set_sysctl(&path, value)?;
     }
-    for route in plan.routes() {
-        nl.add_route(&route).await?;
-    }
+    nl.add_route(&plan.router_route()).await?;
     for rule in plan.rules() {
         nl.del_rule(&rule).await?;
         nl.add_rule(&rule).await?;
@@ -172,6 +185,16 @@ pub async fn apply_router(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkErr
         table: TABLE_LOCAL,
     })
     .await
+}
+
+/// The tunnel's part: up, reverse-path filtering, the VPN subnet routed through it. Repeated
+/// whenever OpenVPN (re)connects: a restarted OpenVPN makes a new tun0.
+pub async fn apply_vpn(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError> {
+    nl.configure(&plan.vpn_link, None, None).await?;
+    for (path, value) in plan.vpn_sysctls() {
+        set_sysctl(&path, value)?;
+    }
+    nl.add_route(&plan.vpn_route()).await
 }
 
 /// Undoes [`apply_router`]; keeps going past failures and reports them all.
@@ -281,12 +304,10 @@ mod tests {
             run.router_rule().priority > local,
             "containers reach the gateway"
         );
+        let r = plan.router_route();
+        assert!(r.table == TABLE_ROUTER && r.prefix_len == 0 && r.dev == plan.tun);
         assert!(plan
-            .routes()
-            .iter()
-            .any(|r| r.table == TABLE_ROUTER && r.prefix_len == 0 && r.dev == plan.tun));
-        assert!(plan
-            .sysctls()
+            .vpn_sysctls()
             .contains(&("net/ipv4/conf/tun0/rp_filter".into(), "1")));
         assert!(plan
             .sysctls()

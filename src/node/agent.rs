@@ -154,6 +154,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         &config.images.sandbox,
         config.wan_network.as_deref(),
         config.proxy_port,
+        config
+            .vpn_subnet
+            .as_deref()
+            .and_then(|s| crate::net::parse_subnet(s).ok()),
     )
     .await?;
     let clients: Clients = Arc::default();
@@ -280,7 +284,7 @@ async fn start_vpn(node: &Arc<Node>) -> Option<(Tunnel, Management)> {
         Outcome::Connected { address, source } => {
             log::info!("VPN connected with address {address} ({source:?} profile)");
             let m = steps.connected.take()?;
-            match plumb(node, &tunnel, address).await {
+            match plumb(node, address).await {
                 Ok(()) => Some((tunnel, m)),
                 Err(e) => {
                     log::warn!("VPN connected, but the router could not be set up: {e}; running without VPN");
@@ -297,9 +301,9 @@ async fn start_vpn(node: &Arc<Node>) -> Option<(Tunnel, Management)> {
 }
 
 /// Routes the tunnel through the router with `address`, and tells the server.
-async fn plumb(node: &Node, tunnel: &Tunnel, address: Ipv4Addr) -> Result<(), String> {
+async fn plumb(node: &Node, address: Ipv4Addr) -> Result<(), String> {
     node.router
-        .connect_vpn(address, tunnel.subnet)
+        .connect_vpn(address)
         .await
         .map_err(|e| e.to_string())?;
     *lock(&node.vpn) = Some(address);
@@ -319,7 +323,7 @@ async fn watch_vpn(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
             Ok(s) if s.connected() => {
                 if let Some(a) = s.address {
                     log::info!("VPN connected again with address {a}");
-                    if let Err(e) = plumb(&node, &tunnel, a).await {
+                    if let Err(e) = plumb(&node, a).await {
                         log::warn!("re-plumbing the VPN: {e}");
                     }
                 }
@@ -353,7 +357,7 @@ async fn recover(node: &Node, tunnel: &Tunnel) -> Management {
         }
         match tunnel.wait_connected(tunnel.timeout).await {
             Ok((m, a)) => {
-                match plumb(node, tunnel, a).await {
+                match plumb(node, a).await {
                     Ok(()) => log::info!("VPN back with address {a}"),
                     Err(e) => log::warn!("re-plumbing the VPN: {e}"),
                 }

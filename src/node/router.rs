@@ -66,13 +66,14 @@ pub struct RouterNs {
     pub ns: Arc<Netns>,
     dataplane: std::sync::Mutex<Option<Dataplane>>,
     handle: DataplaneHandle,
-    wan: Option<IfName>,
+    plan: RouterPlan,
 }
 
 impl RouterNs {
     /// Starts the router container on `network` (Docker's default bridge if `None`), brings up
-    /// the data plane (no VPN yet: it drops what containers send) and returns the proxy's
-    /// listening socket, bound inside the namespace.
+    /// the data plane (no VPN yet: it drops what containers send) with the routing that needs
+    /// no tunnel, and returns the proxy's listening socket, bound inside the namespace.
+    /// `vpn_subnet` is the configured one (none: the node runs without VPN).
     pub async fn start(
         docker: &Docker,
         container: String,
@@ -80,6 +81,7 @@ impl RouterNs {
         sandbox_image: &str,
         network: Option<&str>,
         proxy_port: u16,
+        vpn_subnet: Option<(Ipv4Addr, u8)>,
     ) -> Result<(RouterNs, std::net::TcpListener), RouterError> {
         docker
             .run(
@@ -137,44 +139,38 @@ impl RouterNs {
                 },
             },
         )?;
-        let handle = dataplane.handle();
-        Ok((
-            RouterNs {
-                container,
-                ns,
-                dataplane: std::sync::Mutex::new(Some(dataplane)),
-                handle,
+        let router = RouterNs {
+            container,
+            ns,
+            handle: dataplane.handle(),
+            dataplane: std::sync::Mutex::new(Some(dataplane)),
+            plan: RouterPlan {
+                vpn_link: name(VPN_LINK)?,
+                tun: name(ROUTER_TUN)?,
                 wan,
+                vpn_subnet: vpn_subnet.map_or(Ipv4Addr::UNSPECIFIED, |s| s.0),
+                vpn_prefix_len: vpn_subnet.map_or(0, |s| s.1),
             },
-            listener,
-        ))
-    }
-
-    fn plan(&self, subnet: (Ipv4Addr, u8)) -> Result<RouterPlan, LinkError> {
-        Ok(RouterPlan {
-            vpn_link: name(VPN_LINK)?,
-            tun: name(ROUTER_TUN)?,
-            wan: self.wan.clone(),
-            vpn_subnet: subnet.0,
-            vpn_prefix_len: subnet.1,
+        };
+        let plan = router.plan.clone();
+        in_ns(&router.ns, move || async move {
+            plan::apply_base(&Netlink::connect()?, &plan).await
         })
+        .await??;
+        Ok((router, listener))
     }
 
     /// Routes the tunnel through the router and gives the router the node's VPN address. Safe
     /// to repeat: after OpenVPN restarted (a new tun0) or its address changed.
-    pub async fn connect_vpn(
-        &self,
-        address: Ipv4Addr,
-        subnet: (Ipv4Addr, u8),
-    ) -> Result<(), RouterError> {
-        let plan = self.plan(subnet)?;
+    pub async fn connect_vpn(&self, address: Ipv4Addr) -> Result<(), RouterError> {
+        let plan = self.plan.clone();
         in_ns(&self.ns, move || async move {
-            plan::apply_router(&Netlink::connect()?, &plan).await
+            plan::apply_vpn(&Netlink::connect()?, &plan).await
         })
         .await??;
         let vpn = Vpn {
             address,
-            prefix_len: subnet.1,
+            prefix_len: self.plan.vpn_prefix_len,
             mtu: TUNNEL_MTU,
         };
         self.handle.with(move |r| r.set_vpn(Some(vpn))).await??;
