@@ -405,7 +405,18 @@ impl Federation {
 }
 
 impl Drop for Federation {
+    /// The teardown of a federation left up by a failure (a panicking test): the processes are
+    /// stopped (the nodes remove their own containers), then the OpenVPN server and network.
     fn drop(&mut self) {
+        let running = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref())
+            .chain(self.server.as_ref())
+            .count();
+        if running == 0 {
+            return;
+        }
         for c in self
             .nodes
             .iter_mut()
@@ -414,6 +425,18 @@ impl Drop for Federation {
         {
             stop(c, Duration::from_secs(30));
         }
+        let (docker, container, network) =
+            (self.docker.clone(), self.vpn_server.clone(), self.network.clone());
+        // Drop may run inside a runtime, which cannot block on another: use a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let _ = docker.remove(&container).await;
+                let _ = docker.remove_network(&network).await;
+            });
+            Ok::<_, std::io::Error>(())
+        })
+        .join();
     }
 }
 

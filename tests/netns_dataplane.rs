@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use algonet::net::links::Netlink;
 use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
-use common::privileged;
+use common::{firewall, privileged};
 use common::topology::*;
 use netstack::{DropReason, Mapping, Protocol, RunId};
 
@@ -242,28 +242,6 @@ fn traffic_crosses_the_router(offload: bool) {
     for gone in ["100:", "200:", "300:"] {
         assert!(!rules.lines().any(|l| l.starts_with(gone)), "{rules}");
     }
-}
-
-/// The host's firewall rules, without comments and packet counters (which move by themselves).
-fn firewall() -> String {
-    let run = |cmd: &str, args: &[&str]| {
-        let out = std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .expect("run firewall dump");
-        assert!(out.status.success(), "{cmd} {args:?}");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    format!(
-        "{}\n{}",
-        run("iptables-save", &[]),
-        run("nft", &["list", "ruleset"])
-    )
 }
 
 fn leftovers(tag: &str) -> Vec<String> {

@@ -99,3 +99,46 @@ pub fn mac(ns: &TestNs, link: &str) -> String {
     let at = out.find("\"address\":\"").expect("address in ip -j output") + 11;
     out[at..at + 17].to_string()
 }
+
+/// Whether a Docker-tier test may run: root and a Docker daemon that answers. Without them:
+/// skip with a message, or panic when `CI` is set (`.ci/run` starts dockerd).
+pub async fn docker(test: &str) -> Option<algonet::docker::Docker> {
+    if !privileged(test) {
+        return None;
+    }
+    match algonet::docker::Docker::connect().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: {e}, and CI runs every tier"
+            );
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
+/// The host's firewall rules, without comments and packet counters (which move by themselves:
+/// `--stateless` for nft),
+/// to show that a test changed none of them.
+pub fn firewall() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd)
+            .args(args)
+            .output()
+            .expect("run firewall dump");
+        assert!(out.status.success(), "{cmd} {args:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "{}\n{}",
+        run("iptables-save", &[]),
+        run("nft", &["--stateless", "list", "ruleset"])
+    )
+}

@@ -1,0 +1,229 @@
+//! Docker tier: the whole system on one host, as `algonet demo` builds it — a server process with
+//! the built-in VPN, an OpenVPN server container on an internal Docker network, node processes
+//! with their router, OpenVPN client, sandbox and algorithm containers — and what must survive:
+//! a bypass attempt, `kill -9` of a node, a broken profile, a killed OpenVPN container.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use algonet::demo::{Federation, Options};
+use algonet::net::netns::Netns;
+use reqwest::Method;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn port_records(dir: &Path) -> i64 {
+    let url = format!("sqlite://{}?mode=ro", dir.join("server/algonet.sqlite").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open the server's SQLite file");
+    let n = sqlx::query_scalar("SELECT count(*) FROM port")
+        .fetch_one(&pool)
+        .await
+        .expect("count ports");
+    pool.close().await;
+    n
+}
+
+/// Waits until `log` holds `needle` `times` times.
+async fn wait_log(log: &Path, needle: &str, times: usize, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return;
+        }
+        assert!(Instant::now() < until, "{needle:?} not in {} within {timeout:?}:\n{text}", log.display());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn run_status(fed: &Federation, task: i64) -> String {
+    let admin = fed.admin().await.expect("admin");
+    let runs = admin
+        .call(Method::GET, &format!("/run?task_id={task}"), None)
+        .await
+        .expect("runs");
+    runs["data"][0]["status"].as_str().unwrap_or("?").to_string()
+}
+
+fn assert_all_ok(rows: &[algonet::feature::Row], n: usize) {
+    let table = algonet::feature::table(rows);
+    eprintln!("{table}");
+    assert_eq!(rows.len(), n, "{table}");
+    assert!(rows.iter().all(|r| r.probe.ok()), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_on_docker() {
+    let Some(docker) = common::docker("federation_on_docker").await else {
+        return;
+    };
+    let firewall_before = common::firewall();
+    let dir = std::env::temp_dir().join(format!("algonet-fed-{}", std::process::id()));
+    let tag = "tfed";
+    let mut fed = Federation::up(
+        Options {
+            dir: dir.clone(),
+            tag: tag.into(),
+            organizations: vec!["a".into(), "b".into()],
+            server_port: free_port(),
+            algonet: env!("CARGO_BIN_EXE_algonet").into(),
+        },
+        Instant::now(),
+    )
+    .await
+    .expect("federation up");
+    let admin = fed.admin().await.expect("admin");
+
+    // 1. Each node's algorithm reaches the other's (and its own) over TCP and UDP through the
+    //    VPN address and public ports the proxy's address lookup returned.
+    let rows = fed.feature_test().await.expect("feature test");
+    assert_all_ok(&rows, 2);
+    let registered = fed.addresses(&admin).await.expect("addresses");
+    for r in &rows {
+        let node_ip = registered
+            .iter()
+            .find(|(org, _)| *org == r.probe.organization_id)
+            .and_then(|(_, ip)| ip.clone());
+        assert_eq!(r.probe.ip, node_ip, "lookup returned the node's registered address");
+        for port in [r.probe.port, r.probe.udp_port] {
+            assert!(port.is_some_and(|p| p >= 49152), "public port {port:?}");
+        }
+    }
+    // After the runs: no port records, no run containers.
+    let until = Instant::now() + Duration::from_secs(30);
+    while port_records(&dir).await > 0 {
+        assert!(Instant::now() < until, "port records left after the runs ended");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for org in ["a", "b"] {
+        let left: Vec<String> = docker
+            .owned_by(&format!("node:{tag}-{org}"))
+            .await
+            .expect("list")
+            .into_iter()
+            .filter_map(|c| c.labels?.get("algonet.role").cloned())
+            .collect();
+        let mut roles = left.clone();
+        roles.sort();
+        assert_eq!(roles, ["router", "vpn"], "node {org} keeps only its router and VPN");
+    }
+
+    // 2. A long child run on node a: its algorithm reaches the proxy but not the host behind
+    //    the WAN network; a VPN peer (node b's router) cannot reach node a's proxy.
+    let collab = fed.collaboration;
+    let task = admin
+        .call(
+            Method::POST,
+            "/task",
+            Some(json!({
+                "name": "long child", "image": algonet::images::ECHO_IMAGE, "collaboration_id": collab,
+                "organizations": [{ "id": fed.nodes[0].organization_id, "input": { "method": "child", "window_secs": 300 } }],
+            })),
+        )
+        .await
+        .expect("task");
+    let task_id = task["id"].as_i64().expect("task id");
+    let run_id = task["runs"][0]["id"].as_i64().expect("run id");
+    let until = Instant::now() + Duration::from_secs(60);
+    while run_status(&fed, task_id).await != "active" {
+        assert!(Instant::now() < until, "the child run did not become active");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sandbox = format!("algonet-{tag}-a-run-{run_id}-sandbox");
+    let algo_ns = Netns::of_pid(docker.pid(&sandbox).await.expect("sandbox pid")).expect("netns");
+    let host = TcpListener::bind("0.0.0.0:0").expect("host listener");
+    let host_port = host.local_addr().expect("addr").port();
+    let (to_host, proxy_answer) = algo_ns
+        .run(move || async move {
+            let bridge = SocketAddrV4::new(Ipv4Addr::new(172, 29, 76, 1), host_port);
+            let to_host = TcpStream::connect_timeout(&bridge.into(), Duration::from_secs(2));
+            let proxy = SocketAddrV4::new(algonet::node::router::GATEWAY, 8080);
+            let mut answer = String::new();
+            if let Ok(mut s) = TcpStream::connect_timeout(&proxy.into(), Duration::from_secs(2)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.write_all(b"GET /vpn/algorithm/addresses HTTP/1.0\r\n\r\n");
+                let _ = s.read_to_string(&mut answer);
+            }
+            (to_host.is_ok(), answer)
+        })
+        .expect("in the algorithm's namespace");
+    assert!(!to_host, "an algorithm reached the host over the WAN network");
+    assert!(
+        proxy_answer.starts_with("HTTP/1.0 401") || proxy_answer.starts_with("HTTP/1.1 401"),
+        "the proxy forwards to the server (which wants a token): {proxy_answer:?}"
+    );
+    let a_ip: Ipv4Addr = fed
+        .addresses(&admin)
+        .await
+        .expect("addresses")
+        .iter()
+        .find(|(o, _)| *o == fed.nodes[0].organization_id)
+        .and_then(|(_, ip)| ip.as_deref()?.parse().ok())
+        .expect("node a's address");
+    let b_router = Netns::of_pid(docker.pid(&format!("algonet-{tag}-b-router")).await.expect("pid")).expect("netns");
+    let peer_to_proxy = b_router
+        .run(move || async move {
+            TcpStream::connect_timeout(&SocketAddrV4::new(a_ip, 8080).into(), Duration::from_secs(2)).is_ok()
+        })
+        .expect("in node b's router");
+    assert!(!peer_to_proxy, "a VPN peer reached node a's proxy");
+
+    // 3. kill -9 of node a mid-run: its containers stay behind; the next start (with a broken
+    //    profile on disk) removes them, marks the run crashed, drops its port records, and gets a
+    //    working profile via /vpn/update, then /vpn.
+    let mut a = fed.nodes[0].child.take().expect("node a");
+    a.kill().expect("kill -9");
+    a.wait().expect("reap");
+    let left = docker.owned_by(&format!("node:{tag}-a")).await.expect("list");
+    assert!(left.len() >= 4, "router, vpn, sandbox, algorithm left: {}", left.len());
+    std::fs::write(dir.join("node-a/vpn/node.ovpn"), "this is not an OpenVPN profile\n").expect("break the profile");
+    fed.start_node(0).expect("restart node a");
+    let log_a = fed.nodes[0].log.clone();
+    wait_log(&log_a, "VPN connected with address", 1, Duration::from_secs(120)).await;
+    let text = std::fs::read_to_string(&log_a).expect("log");
+    assert!(text.contains("(New profile)"), "{text}");
+    assert!(text.contains("removing"), "{text}");
+    assert_eq!(run_status(&fed, task_id).await, "crashed");
+    assert_eq!(port_records(&dir).await, 0, "the crashed run's port records");
+    assert!(docker.running(&sandbox).await.expect("inspect").is_none(), "old sandbox removed");
+    assert!(
+        std::fs::read_to_string(dir.join("node-a/vpn/node.ovpn")).expect("profile").contains("<cert>"),
+        "the working profile is kept"
+    );
+
+    // 4. The OpenVPN client container of node b killed: the node brings it back by itself.
+    let log_b = fed.nodes[1].log.clone();
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &format!("algonet-{tag}-b-vpn")])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success(), "{killed:?}");
+    wait_log(&log_b, "VPN back with address", 1, Duration::from_secs(120)).await;
+    let rows = fed.feature_test().await.expect("feature test after the restarts");
+    assert_all_ok(&rows, 2);
+
+    // 5. Down: nothing left, the host firewall untouched.
+    let errors = fed.down().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    for owner in [format!("node:{tag}-a"), format!("node:{tag}-b"), tag.to_string()] {
+        let left = docker.owned_by(&owner).await.expect("list");
+        assert!(left.is_empty(), "{owner} left {} container(s)", left.len());
+    }
+    let nets = std::process::Command::new("docker")
+        .args(["network", "ls", "--format", "{{.Name}}"])
+        .output()
+        .expect("docker network ls");
+    assert!(!String::from_utf8_lossy(&nets.stdout).contains(&format!("algonet-{tag}-net")));
+    assert_eq!(common::firewall(), firewall_before, "the host firewall changed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
