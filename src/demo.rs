@@ -425,11 +425,16 @@ impl Drop for Federation {
         {
             stop(c, Duration::from_secs(30));
         }
-        let (docker, container, network) =
-            (self.docker.clone(), self.vpn_server.clone(), self.network.clone());
+        let (docker, container, network) = (
+            self.docker.clone(),
+            self.vpn_server.clone(),
+            self.network.clone(),
+        );
         // Drop may run inside a runtime, which cannot block on another: use a thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let _ = docker.remove(&container).await;
                 let _ = docker.remove_network(&network).await;

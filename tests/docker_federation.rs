@@ -23,8 +23,13 @@ fn free_port() -> u16 {
 }
 
 async fn port_records(dir: &Path) -> i64 {
-    let url = format!("sqlite://{}?mode=ro", dir.join("server/algonet.sqlite").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("open the server's SQLite file");
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        dir.join("server/algonet.sqlite").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the server's SQLite file");
     let n = sqlx::query_scalar("SELECT count(*) FROM port")
         .fetch_one(&pool)
         .await
@@ -41,7 +46,11 @@ async fn wait_log(log: &Path, needle: &str, times: usize, timeout: Duration) {
         if text.matches(needle).count() >= times {
             return;
         }
-        assert!(Instant::now() < until, "{needle:?} not in {} within {timeout:?}:\n{text}", log.display());
+        assert!(
+            Instant::now() < until,
+            "{needle:?} not in {} within {timeout:?}:\n{text}",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -52,7 +61,10 @@ async fn run_status(fed: &Federation, task: i64) -> String {
         .call(Method::GET, &format!("/run?task_id={task}"), None)
         .await
         .expect("runs");
-    runs["data"][0]["status"].as_str().unwrap_or("?").to_string()
+    runs["data"][0]["status"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
 }
 
 fn assert_all_ok(rows: &[algonet::feature::Row], n: usize) {
@@ -94,7 +106,10 @@ async fn federation_on_docker() {
             .iter()
             .find(|(org, _)| *org == r.probe.organization_id)
             .and_then(|(_, ip)| ip.clone());
-        assert_eq!(r.probe.ip, node_ip, "lookup returned the node's registered address");
+        assert_eq!(
+            r.probe.ip, node_ip,
+            "lookup returned the node's registered address"
+        );
         for port in [r.probe.port, r.probe.udp_port] {
             assert!(port.is_some_and(|p| p >= 49152), "public port {port:?}");
         }
@@ -102,7 +117,10 @@ async fn federation_on_docker() {
     // After the runs: no port records, no run containers.
     let until = Instant::now() + Duration::from_secs(30);
     while port_records(&dir).await > 0 {
-        assert!(Instant::now() < until, "port records left after the runs ended");
+        assert!(
+            Instant::now() < until,
+            "port records left after the runs ended"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     for org in ["a", "b"] {
@@ -115,7 +133,11 @@ async fn federation_on_docker() {
             .collect();
         let mut roles = left.clone();
         roles.sort();
-        assert_eq!(roles, ["router", "vpn"], "node {org} keeps only its router and VPN");
+        assert_eq!(
+            roles,
+            ["router", "vpn"],
+            "node {org} keeps only its router and VPN"
+        );
     }
 
     // 2. A long child run on node a: its algorithm reaches the proxy but not the host behind
@@ -136,7 +158,10 @@ async fn federation_on_docker() {
     let run_id = task["runs"][0]["id"].as_i64().expect("run id");
     let until = Instant::now() + Duration::from_secs(60);
     while run_status(&fed, task_id).await != "active" {
-        assert!(Instant::now() < until, "the child run did not become active");
+        assert!(
+            Instant::now() < until,
+            "the child run did not become active"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let sandbox = format!("algonet-{tag}-a-run-{run_id}-sandbox");
@@ -157,7 +182,10 @@ async fn federation_on_docker() {
             (to_host.is_ok(), answer)
         })
         .expect("in the algorithm's namespace");
-    assert!(!to_host, "an algorithm reached the host over the WAN network");
+    assert!(
+        !to_host,
+        "an algorithm reached the host over the WAN network"
+    );
     assert!(
         proxy_answer.starts_with("HTTP/1.0 401") || proxy_answer.starts_with("HTTP/1.1 401"),
         "the proxy forwards to the server (which wants a token): {proxy_answer:?}"
@@ -170,10 +198,20 @@ async fn federation_on_docker() {
         .find(|(o, _)| *o == fed.nodes[0].organization_id)
         .and_then(|(_, ip)| ip.as_deref()?.parse().ok())
         .expect("node a's address");
-    let b_router = Netns::of_pid(docker.pid(&format!("algonet-{tag}-b-router")).await.expect("pid")).expect("netns");
+    let b_router = Netns::of_pid(
+        docker
+            .pid(&format!("algonet-{tag}-b-router"))
+            .await
+            .expect("pid"),
+    )
+    .expect("netns");
     let peer_to_proxy = b_router
         .run(move || async move {
-            TcpStream::connect_timeout(&SocketAddrV4::new(a_ip, 8080).into(), Duration::from_secs(2)).is_ok()
+            TcpStream::connect_timeout(
+                &SocketAddrV4::new(a_ip, 8080).into(),
+                Duration::from_secs(2),
+            )
+            .is_ok()
         })
         .expect("in node b's router");
     assert!(!peer_to_proxy, "a VPN peer reached node a's proxy");
@@ -184,20 +222,46 @@ async fn federation_on_docker() {
     let mut a = fed.nodes[0].child.take().expect("node a");
     a.kill().expect("kill -9");
     a.wait().expect("reap");
-    let left = docker.owned_by(&format!("node:{tag}-a")).await.expect("list");
-    assert!(left.len() >= 4, "router, vpn, sandbox, algorithm left: {}", left.len());
-    std::fs::write(dir.join("node-a/vpn/node.ovpn"), "this is not an OpenVPN profile\n").expect("break the profile");
+    let left = docker
+        .owned_by(&format!("node:{tag}-a"))
+        .await
+        .expect("list");
+    assert!(
+        left.len() >= 4,
+        "router, vpn, sandbox, algorithm left: {}",
+        left.len()
+    );
+    std::fs::write(
+        dir.join("node-a/vpn/node.ovpn"),
+        "this is not an OpenVPN profile\n",
+    )
+    .expect("break the profile");
     fed.start_node(0).expect("restart node a");
     let log_a = fed.nodes[0].log.clone();
-    wait_log(&log_a, "VPN connected with address", 1, Duration::from_secs(120)).await;
+    wait_log(
+        &log_a,
+        "VPN connected with address",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
     let text = std::fs::read_to_string(&log_a).expect("log");
     assert!(text.contains("(New profile)"), "{text}");
     assert!(text.contains("removing"), "{text}");
     assert_eq!(run_status(&fed, task_id).await, "crashed");
-    assert_eq!(port_records(&dir).await, 0, "the crashed run's port records");
-    assert!(docker.running(&sandbox).await.expect("inspect").is_none(), "old sandbox removed");
+    assert_eq!(
+        port_records(&dir).await,
+        0,
+        "the crashed run's port records"
+    );
     assert!(
-        std::fs::read_to_string(dir.join("node-a/vpn/node.ovpn")).expect("profile").contains("<cert>"),
+        docker.running(&sandbox).await.expect("inspect").is_none(),
+        "old sandbox removed"
+    );
+    assert!(
+        std::fs::read_to_string(dir.join("node-a/vpn/node.ovpn"))
+            .expect("profile")
+            .contains("<cert>"),
         "the working profile is kept"
     );
 
@@ -209,13 +273,20 @@ async fn federation_on_docker() {
         .expect("docker kill");
     assert!(killed.status.success(), "{killed:?}");
     wait_log(&log_b, "VPN back with address", 1, Duration::from_secs(120)).await;
-    let rows = fed.feature_test().await.expect("feature test after the restarts");
+    let rows = fed
+        .feature_test()
+        .await
+        .expect("feature test after the restarts");
     assert_all_ok(&rows, 2);
 
     // 5. Down: nothing left, the host firewall untouched.
     let errors = fed.down().await;
     assert!(errors.is_empty(), "{errors:?}");
-    for owner in [format!("node:{tag}-a"), format!("node:{tag}-b"), tag.to_string()] {
+    for owner in [
+        format!("node:{tag}-a"),
+        format!("node:{tag}-b"),
+        tag.to_string(),
+    ] {
         let left = docker.owned_by(&owner).await.expect("list");
         assert!(left.is_empty(), "{owner} left {} container(s)", left.len());
     }
@@ -224,6 +295,151 @@ async fn federation_on_docker() {
         .output()
         .expect("docker network ls");
     assert!(!String::from_utf8_lossy(&nets.stdout).contains(&format!("algonet-{tag}-net")));
-    assert_eq!(common::firewall(), firewall_before, "the host firewall changed");
+    assert_eq!(
+        common::firewall(),
+        firewall_before,
+        "the host firewall changed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server without VPN: the node warns once, runs without VPN, and still executes runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_vpn_at_the_server() {
+    let Some(docker) = common::docker("node_without_vpn_at_the_server").await else {
+        return;
+    };
+    algonet::images::build(
+        &docker,
+        &Default::default(),
+        Path::new(env!("CARGO_BIN_EXE_algonet")),
+    )
+    .await
+    .expect("images");
+    let dir = std::env::temp_dir().join(format!("algonet-novpn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let bin = env!("CARGO_BIN_EXE_algonet");
+    let spawn = |args: &[&str], log: &str| {
+        let out = std::fs::File::create(dir.join(log)).expect("log");
+        std::process::Command::new(bin)
+            .args(args)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn")
+    };
+    std::fs::write(
+        dir.join("server.yaml"),
+        format!(
+            "listen: 127.0.0.1:{port}\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
+            dir.join("server").display()
+        ),
+    )
+    .expect("server.yaml");
+    let mut server = spawn(
+        &[
+            "server",
+            "--config",
+            &dir.join("server.yaml").to_string_lossy(),
+        ],
+        "server.log",
+    );
+    let api = format!("http://127.0.0.1:{port}/api");
+    let until = Instant::now() + Duration::from_secs(20);
+    let admin = loop {
+        match algonet::feature::Admin::login(&api, "root", "correct-horse-battery").await {
+            Ok(a) => break a,
+            Err(e) => {
+                assert!(Instant::now() < until, "server did not start: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let org = admin
+        .call(Method::POST, "/organization", Some(json!({"name": "o"})))
+        .await
+        .expect("org")["id"]
+        .clone();
+    let col = admin
+        .call(
+            Method::POST,
+            "/collaboration",
+            Some(json!({"name": "c", "organization_ids": [org]})),
+        )
+        .await
+        .expect("collaboration")["id"]
+        .clone();
+    let node = admin
+        .call(
+            Method::POST,
+            "/node",
+            Some(json!({"organization_id": org, "collaboration_id": col})),
+        )
+        .await
+        .expect("node");
+    std::fs::write(
+        dir.join("node.yaml"),
+        format!(
+            "name: tnovpn\nserver_url: http://127.0.0.1:{port}\napi_key: {}\nvpn_subnet: 10.76.0.0/16\ntask_dir: {}\n",
+            node["api_key"].as_str().expect("key"),
+            dir.join("tasks").display()
+        ),
+    )
+    .expect("node.yaml");
+    let mut node_proc = spawn(
+        &["node", "--config", &dir.join("node.yaml").to_string_lossy()],
+        "node.log",
+    );
+    let log = dir.join("node.log");
+    wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
+    let task = admin
+        .call(
+            Method::POST,
+            "/task",
+            Some(json!({
+                "name": "child", "image": algonet::images::ECHO_IMAGE, "collaboration_id": col,
+                "organizations": [{ "id": org, "input": { "method": "child", "window_secs": 1 } }],
+            })),
+        )
+        .await
+        .expect("task");
+    let task_id = task["id"].as_i64().expect("id");
+    let until = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let runs = admin
+            .call(Method::GET, &format!("/run?task_id={task_id}"), None)
+            .await
+            .expect("runs");
+        let run = runs["data"][0].clone();
+        if ["completed", "failed", "crashed"].contains(&run["status"].as_str().unwrap_or("")) {
+            break run;
+        }
+        assert!(Instant::now() < until, "the run did not finish: {run}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(run["status"], "completed", "{run}");
+    assert!(
+        run["log"].as_str().unwrap_or("").contains("no VPN"),
+        "{run}"
+    );
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(node_proc.id() as i32, libc::SIGTERM) };
+    node_proc.wait().expect("node ends");
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        text.matches("running without VPN").count(),
+        1,
+        "warned once:\n{text}"
+    );
+    assert!(
+        text.contains("stopped; nothing of this node is left running"),
+        "{text}"
+    );
+    let left = docker.owned_by("node:tnovpn").await.expect("list");
+    assert!(left.is_empty(), "containers left: {}", left.len());
     let _ = std::fs::remove_dir_all(&dir);
 }

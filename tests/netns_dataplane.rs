@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use algonet::net::links::Netlink;
 use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
-use common::{firewall, privileged};
 use common::topology::*;
+use common::{firewall, privileged};
 use netstack::{DropReason, Mapping, Protocol, RunId};
 
 fn traffic_crosses_the_router(offload: bool) {

@@ -622,3 +622,24 @@ async fn a_deleted_node_loses_its_token() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn concurrent_writers_all_succeed() {
+    // Deferred SQLite transactions failed with "database is locked" when two wrote at once.
+    let f = federation("writers").await;
+    let s = &f.s;
+    let body = json!({"name": "sub", "image": "echo", "organizations": [{"id": 1, "input": {}}]});
+    let tasks = (0..16).map(|_| {
+        s.call(
+            "POST",
+            "/task",
+            Some(&f.parent_container),
+            Some(body.clone()),
+        )
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    assert!(
+        results.iter().all(|(st, _)| *st == StatusCode::CREATED),
+        "{results:?}"
+    );
+}

@@ -151,6 +151,14 @@ async fn node(db: &SqlitePool, id: i64) -> ApiResult<Option<NodeRow>> {
     }))
 }
 
+/// A transaction that takes SQLite's write lock at once. A deferred one (plain BEGIN) reads
+/// first and fails with "database is locked" when it then writes after another writer committed
+/// in between: SQLite cannot wait that out (SQLITE_BUSY_SNAPSHOT), so concurrent task creation
+/// failed now and then.
+async fn write_tx(db: &SqlitePool) -> ApiResult<Tx> {
+    Ok(db.begin_with("BEGIN IMMEDIATE").await?)
+}
+
 fn admin_only(c: &Caller) -> ApiResult<()> {
     match c {
         Caller::Admin => Ok(()),
@@ -320,7 +328,7 @@ async fn create_collaboration(
     Json(b): Json<NewCollaboration>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     admin_only(&caller)?;
-    let mut tx = s.db.begin().await?;
+    let mut tx = write_tx(&s.db).await?;
     let id: i64 = sqlx::query_scalar("INSERT INTO collaboration (name) VALUES (?) RETURNING id")
         .bind(&b.name)
         .fetch_one(&mut *tx)
@@ -528,7 +536,7 @@ async fn create_task(
     if b.organizations.is_empty() {
         return Err(ApiError::bad("organizations: at least one"));
     }
-    let mut tx = s.db.begin().await?;
+    let mut tx = write_tx(&s.db).await?;
     for o in &b.organizations {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM member WHERE collaboration_id = ? AND organization_id = ?",
@@ -726,7 +734,7 @@ async fn new_profile(s: &AppState, n: &NodeRow) -> ApiResult<(String, Option<Str
     };
     let pki = pki.lock().await;
     let cert = pki.issue(n.id).map_err(failed)?;
-    let mut tx = s.db.begin().await?;
+    let mut tx = write_tx(&s.db).await?;
     revoke_node_certificates(&mut tx, n.id).await?;
     sqlx::query(
         "INSERT INTO vpn_certificate (serial, node_id, issued_at) VALUES (?, ?, datetime('now'))",
@@ -778,7 +786,7 @@ async fn delete_node(
         Some(p) => Some(p.lock().await),
         None => None,
     };
-    let mut tx = s.db.begin().await?;
+    let mut tx = write_tx(&s.db).await?;
     let gone = sqlx::query("DELETE FROM node WHERE id = ?")
         .bind(id)
         .execute(&mut *tx)
