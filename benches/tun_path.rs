@@ -1,7 +1,9 @@
 //! Packets through the real TUN path (root): UDP from the peer namespace to the node's VPN
 //! address and public port, through the kernel, the TUN device and the router, to a container,
 //! in windows of 32 datagrams. Reports packets/s and bytes/s, so regressions of the whole path
-//! show up in `cargo bench`. Not root: prints that it skipped.
+//! show up in `cargo bench`. Also the time from a mapping being installed through the data
+//! plane's handle (as the node does before it starts an algorithm) to the first datagram
+//! arriving through it. Not root: prints that it skipped.
 //!
 //! `cargo bench --bench tun_path`
 
@@ -11,9 +13,10 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use common::topology::{Mode, Topology, V};
+use common::topology::{Mode, Topology, C1, V};
 use common::TestNs;
 use criterion::{BenchmarkId, Criterion, Throughput};
+use netstack::{Mapping, Protocol, RunId};
 
 const WINDOW: usize = 32;
 
@@ -69,6 +72,32 @@ fn main() {
                             break;
                         }
                     }
+                })
+            });
+        }
+        if offload {
+            // A public port no traffic used before: install, then the first datagram through.
+            let port = 50_000;
+            let to_new = socket(&t.peer, 5001);
+            to_new.connect(SocketAddrV4::new(V, port)).expect("connect");
+            let handle = t.dataplane.as_ref().expect("data plane").handle();
+            g.throughput(Throughput::Elements(1));
+            g.bench_function("mapping_installed_to_first_packet", |b| {
+                b.iter(|| {
+                    t.rt.block_on(handle.with(move |r| {
+                        r.add_mapping(Mapping {
+                            protocol: Protocol::Udp,
+                            public_port: port,
+                            container: SocketAddrV4::new(C1, 9000),
+                            run: RunId(1),
+                        })
+                    }))
+                    .expect("data plane")
+                    .expect("mapping");
+                    to_new.send(b"first").expect("send");
+                    rx.recv(&mut [0u8; 64]).expect("first packet through");
+                    t.rt.block_on(handle.with(move |r| r.remove_mapping(Protocol::Udp, port)))
+                        .expect("data plane");
                 })
             });
         }

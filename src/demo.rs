@@ -23,7 +23,8 @@ use crate::images::{ImageNames, ECHO_IMAGE};
 pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
 pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
 pub const VPN_SUBNET: &str = "10.76.0.0/16";
-const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
+/// The demo's administrator (a demo on one host; not a secret).
+pub const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
 
 /// How to set the federation up.
 #[derive(Clone, Debug)]

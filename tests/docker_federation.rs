@@ -22,7 +22,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn port_records(dir: &Path) -> i64 {
+/// One number from the server's real SQLite file.
+async fn query(dir: &Path, sql: &'static str, arg: Option<i64>) -> i64 {
     let url = format!(
         "sqlite://{}?mode=ro",
         dir.join("server/algonet.sqlite").display()
@@ -30,12 +31,41 @@ async fn port_records(dir: &Path) -> i64 {
     let pool = sqlx::SqlitePool::connect(&url)
         .await
         .expect("open the server's SQLite file");
-    let n = sqlx::query_scalar("SELECT count(*) FROM port")
-        .fetch_one(&pool)
-        .await
-        .expect("count ports");
+    let mut q = sqlx::query_scalar(sql);
+    if let Some(a) = arg {
+        q = q.bind(a);
+    }
+    let n = q.fetch_one(&pool).await.expect(sql);
     pool.close().await;
     n
+}
+
+async fn port_records(dir: &Path) -> i64 {
+    query(dir, "SELECT count(*) FROM port", None).await
+}
+
+/// Port records of a run.
+async fn run_ports(dir: &Path, run: i64) -> i64 {
+    query(dir, "SELECT count(*) FROM port WHERE run_id = ?", Some(run)).await
+}
+
+/// The public port of a run's `echo` label.
+async fn echo_port(dir: &Path, run: i64) -> u16 {
+    let sql = "SELECT port FROM port WHERE run_id = ? AND label = 'echo'";
+    u16::try_from(query(dir, sql, Some(run)).await).expect("port")
+}
+
+/// One line echoed through `to`, from inside `ns`.
+fn echo_from(ns: &Netns, to: SocketAddrV4) -> std::io::Result<String> {
+    ns.run(move || async move {
+        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"ping\n")?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+    .expect("in the namespace")
 }
 
 /// Waits until `log` holds `needle` `times` times.
@@ -55,16 +85,31 @@ async fn wait_log(log: &Path, needle: &str, times: usize, timeout: Duration) {
     }
 }
 
-async fn run_status(fed: &Federation, task: i64) -> String {
+async fn run_statuses(fed: &Federation, task: i64) -> Vec<String> {
     let admin = fed.admin().await.expect("admin");
     let runs = admin
         .call(Method::GET, &format!("/run?task_id={task}"), None)
         .await
         .expect("runs");
-    runs["data"][0]["status"]
-        .as_str()
-        .unwrap_or("?")
-        .to_string()
+    runs["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["status"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A node's VPN address as the server has it.
+async fn node_ip(fed: &Federation, admin: &algonet::feature::Admin, org: i64) -> Ipv4Addr {
+    fed.addresses(admin)
+        .await
+        .expect("addresses")
+        .iter()
+        .find(|(o, _)| *o == org)
+        .and_then(|(_, ip)| ip.as_deref()?.parse().ok())
+        .expect("the node's address")
 }
 
 fn assert_all_ok(rows: &[algonet::feature::Row], n: usize) {
@@ -140,38 +185,49 @@ async fn federation_on_docker() {
         );
     }
 
-    // 2. A long child run on node a: its algorithm reaches the proxy but not the host behind
-    //    the WAN network; a VPN peer (node b's router) cannot reach node a's proxy.
-    let collab = fed.collaboration;
+    // 2. Long child runs on both nodes. Node a's algorithm reaches the proxy (which forwards to
+    //    the server) but not the host behind the WAN network. Node b's algorithm, a real VPN
+    //    peer, reaches node a's algorithm through a's public port, but not a's proxy.
+    let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id).collect();
     let task = admin
         .call(
             Method::POST,
             "/task",
             Some(json!({
-                "name": "long child", "image": algonet::images::ECHO_IMAGE, "collaboration_id": collab,
-                "organizations": [{ "id": fed.nodes[0].organization_id, "input": { "method": "child", "window_secs": 300 } }],
+                "name": "long children", "image": algonet::images::ECHO_IMAGE,
+                "collaboration_id": fed.collaboration,
+                "organizations": orgs.iter().map(|o| json!({ "id": o, "input": { "method": "child", "window_secs": 300 } })).collect::<Vec<_>>(),
             })),
         )
         .await
         .expect("task");
     let task_id = task["id"].as_i64().expect("task id");
-    let run_id = task["runs"][0]["id"].as_i64().expect("run id");
+    let run_a = task["runs"][0]["id"].as_i64().expect("run id");
+    let run_b = task["runs"][1]["id"].as_i64().expect("run id");
     let until = Instant::now() + Duration::from_secs(60);
-    while run_status(&fed, task_id).await != "active" {
+    while run_statuses(&fed, task_id).await != ["active", "active"] {
         assert!(
             Instant::now() < until,
-            "the child run did not become active"
+            "the child runs did not become active"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let sandbox = format!("algonet-{tag}-a-run-{run_id}-sandbox");
-    let algo_ns = Netns::of_pid(docker.pid(&sandbox).await.expect("sandbox pid")).expect("netns");
+    let algorithm_ns = |org: &str, run: i64| {
+        let docker = docker.clone();
+        let name = format!("algonet-{tag}-{org}-run-{run}-sandbox");
+        async move { Netns::of_pid(docker.pid(&name).await.expect("sandbox pid")).expect("netns") }
+    };
+    let ns_a = algorithm_ns("a", run_a).await;
+    let ns_b = algorithm_ns("b", run_b).await;
     let host = TcpListener::bind("0.0.0.0:0").expect("host listener");
     let host_port = host.local_addr().expect("addr").port();
-    let (to_host, proxy_answer) = algo_ns
-        .run(move || async move {
-            let bridge = SocketAddrV4::new(Ipv4Addr::new(172, 29, 76, 1), host_port);
-            let to_host = TcpStream::connect_timeout(&bridge.into(), Duration::from_secs(2));
+    let bridge = SocketAddrV4::new(Ipv4Addr::new(172, 29, 76, 1), host_port);
+    assert!(
+        echo_from(&ns_a, bridge).is_err(),
+        "an algorithm reached the host over the WAN network"
+    );
+    let proxy_answer = ns_a
+        .run(|| async {
             let proxy = SocketAddrV4::new(algonet::node::router::GATEWAY, 8080);
             let mut answer = String::new();
             if let Ok(mut s) = TcpStream::connect_timeout(&proxy.into(), Duration::from_secs(2)) {
@@ -179,44 +235,49 @@ async fn federation_on_docker() {
                 let _ = s.write_all(b"GET /vpn/algorithm/addresses HTTP/1.0\r\n\r\n");
                 let _ = s.read_to_string(&mut answer);
             }
-            (to_host.is_ok(), answer)
+            answer
         })
         .expect("in the algorithm's namespace");
-    assert!(
-        !to_host,
-        "an algorithm reached the host over the WAN network"
-    );
     assert!(
         proxy_answer.starts_with("HTTP/1.0 401") || proxy_answer.starts_with("HTTP/1.1 401"),
         "the proxy forwards to the server (which wants a token): {proxy_answer:?}"
     );
-    let a_ip: Ipv4Addr = fed
-        .addresses(&admin)
-        .await
-        .expect("addresses")
-        .iter()
-        .find(|(o, _)| *o == fed.nodes[0].organization_id)
-        .and_then(|(_, ip)| ip.as_deref()?.parse().ok())
-        .expect("node a's address");
-    let b_router = Netns::of_pid(
-        docker
-            .pid(&format!("algonet-{tag}-b-router"))
-            .await
-            .expect("pid"),
-    )
-    .expect("netns");
-    let peer_to_proxy = b_router
-        .run(move || async move {
-            TcpStream::connect_timeout(
-                &SocketAddrV4::new(a_ip, 8080).into(),
-                Duration::from_secs(2),
-            )
-            .is_ok()
-        })
-        .expect("in node b's router");
-    assert!(!peer_to_proxy, "a VPN peer reached node a's proxy");
+    let a_ip = node_ip(&fed, &admin, orgs[0]).await;
+    let a_public = SocketAddrV4::new(a_ip, echo_port(&dir, run_a).await);
+    assert_eq!(
+        echo_from(&ns_b, a_public).expect("b -> a's algorithm over the VPN"),
+        "ping"
+    );
+    let to_proxy = echo_from(&ns_b, SocketAddrV4::new(a_ip, 8080));
+    assert!(
+        to_proxy.is_err(),
+        "a VPN peer reached node a's proxy: {to_proxy:?}"
+    );
 
-    // 3. kill -9 of node a mid-run: its containers stay behind; the next start (with a broken
+    // 3. The OpenVPN client container of node b killed while both runs are active: the node
+    //    brings the tunnel back by itself, and b's algorithm reaches a's again.
+    let log_b = fed.nodes[1].log.clone();
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &format!("algonet-{tag}-b-vpn")])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success(), "{killed:?}");
+    wait_log(&log_b, "VPN back with address", 1, Duration::from_secs(120)).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while echo_from(&ns_b, a_public).is_err() {
+        assert!(
+            Instant::now() < until,
+            "connectivity did not come back after the OpenVPN restart"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        run_statuses(&fed, task_id).await,
+        ["active", "active"],
+        "the runs went on"
+    );
+
+    // 4. kill -9 of node a mid-run: its containers stay behind; the next start (with a broken
     //    profile on disk) removes them, marks the run crashed, drops its port records, and gets a
     //    working profile via /vpn/update, then /vpn.
     let mut a = fed.nodes[0].child.take().expect("node a");
@@ -248,14 +309,18 @@ async fn federation_on_docker() {
     let text = std::fs::read_to_string(&log_a).expect("log");
     assert!(text.contains("(New profile)"), "{text}");
     assert!(text.contains("removing"), "{text}");
-    assert_eq!(run_status(&fed, task_id).await, "crashed");
+    assert_eq!(run_statuses(&fed, task_id).await[0], "crashed");
     assert_eq!(
-        port_records(&dir).await,
+        run_ports(&dir, run_a).await,
         0,
         "the crashed run's port records"
     );
     assert!(
-        docker.running(&sandbox).await.expect("inspect").is_none(),
+        docker
+            .running(&format!("algonet-{tag}-a-run-{run_a}-sandbox"))
+            .await
+            .expect("inspect")
+            .is_none(),
         "old sandbox removed"
     );
     assert!(
@@ -264,20 +329,40 @@ async fn federation_on_docker() {
             .contains("<cert>"),
         "the working profile is kept"
     );
-
-    // 4. The OpenVPN client container of node b killed: the node brings it back by itself.
-    let log_b = fed.nodes[1].log.clone();
-    let killed = std::process::Command::new("docker")
-        .args(["kill", &format!("algonet-{tag}-b-vpn")])
+    // b's run ends when told; then the whole federation works again.
+    let b_ip = node_ip(&fed, &admin, orgs[1]).await;
+    let b_public = SocketAddrV4::new(b_ip, echo_port(&dir, run_b).await);
+    let _ = ns_b.run(move || async move {
+        TcpStream::connect_timeout(&b_public.into(), Duration::from_secs(2))
+            .and_then(|mut s| s.write_all(b"QUIT\n"))
+    });
+    // The feature test once more, as an operator runs it: `algonet test`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))
+        .args([
+            "test",
+            "--server",
+            fed.api.trim_end_matches("/api"),
+            "--collaboration",
+        ])
+        .arg(fed.collaboration.to_string())
+        .args([
+            "--username",
+            algonet::demo::ADMIN.0,
+            "--password",
+            algonet::demo::ADMIN.1,
+        ])
         .output()
-        .expect("docker kill");
-    assert!(killed.status.success(), "{killed:?}");
-    wait_log(&log_b, "VPN back with address", 1, Duration::from_secs(120)).await;
-    let rows = fed
-        .feature_test()
-        .await
-        .expect("feature test after the restarts");
-    assert_all_ok(&rows, 2);
+        .expect("algonet test");
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}{table}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "algonet test failed");
+    for org in ["a ", "b "] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(org))
+            .expect("a row per organization");
+        assert!(row.contains(" yes  yes "), "{row}");
+    }
 
     // 5. Down: nothing left, the host firewall untouched.
     let errors = fed.down().await;
