@@ -153,11 +153,7 @@ impl Federation {
                 ADMIN.1
             ),
         )?;
-        self.server = Some(spawn(
-            &o.algonet,
-            &["server", "--config", &server_yaml.to_string_lossy()],
-            &o.dir.join("server.log"),
-        )?);
+        self.start_server()?;
         let admin = self.admin_when_up(Duration::from_secs(30)).await?;
 
         step(
@@ -275,6 +271,32 @@ impl Federation {
             .await
     }
 
+    /// Starts the server process (again, after [`Federation::stop_server`]: same database, PKI
+    /// and token secret); its log is appended to.
+    pub fn start_server(&mut self) -> anyhow::Result<()> {
+        let o = &self.options;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(o.dir.join("server.log"))?;
+        self.server = Some(
+            Command::new(&o.algonet)
+                .args(["server", "--config"])
+                .arg(o.dir.join("server.yaml"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    pub fn stop_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            stop(&mut s, Duration::from_secs(10));
+        }
+    }
+
     pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let n = &mut self.nodes[i];
         n.child = Some(spawn(
@@ -285,7 +307,7 @@ impl Federation {
         Ok(())
     }
 
-    async fn admin_when_up(&self, timeout: Duration) -> anyhow::Result<Admin> {
+    pub async fn admin_when_up(&self, timeout: Duration) -> anyhow::Result<Admin> {
         let until = Instant::now() + timeout;
         loop {
             match Admin::login(&self.api, ADMIN.0, ADMIN.1).await {
@@ -392,9 +414,7 @@ impl Federation {
                 stop(&mut c, Duration::from_secs(60));
             }
         }
-        if let Some(mut s) = self.server.take() {
-            stop(&mut s, Duration::from_secs(10));
-        }
+        self.stop_server();
         if let Err(e) = self.docker.remove(&self.vpn_server).await {
             errors.push(e.to_string());
         }

@@ -336,6 +336,20 @@ async fn federation_on_docker() {
         TcpStream::connect_timeout(&b_public.into(), Duration::from_secs(2))
             .and_then(|mut s| s.write_all(b"QUIT\n"))
     });
+    // 5. The server away for a while: the nodes wait and retry, and carry on when it is back.
+    fed.stop_server();
+    wait_log(
+        &log_b,
+        "asking for runs: server unreachable",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    fed.start_server().expect("server again");
+    fed.admin_when_up(Duration::from_secs(30))
+        .await
+        .expect("server back");
+
     // The feature test once more, as an operator runs it: `algonet test`.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))
         .args([
@@ -364,7 +378,7 @@ async fn federation_on_docker() {
         assert!(row.contains(" yes  yes "), "{row}");
     }
 
-    // 5. Down: nothing left, the host firewall untouched.
+    // 6. Down: nothing left, the host firewall untouched.
     let errors = fed.down().await;
     assert!(errors.is_empty(), "{errors:?}");
     for owner in [

@@ -132,4 +132,17 @@ mod tests {
             Ok((std::net::Ipv4Addr::new(10, 76, 0, 0), 16))
         );
     }
+
+    proptest::proptest! {
+        /// Any text, and any value for each key, gives a configuration or an error; no panic.
+        #[test]
+        fn any_text_is_refused_or_accepted_without_panic(text in ".{0,200}") {
+            let _ = NodeConfig::parse(&text);
+        }
+
+        #[test]
+        fn any_value_of_a_key_is_handled(key in "[a-z_]{1,24}", value in "\\PC{0,40}") {
+            let _ = NodeConfig::parse(&format!("{BASE}{key}: {value}\n"));
+        }
+    }
 }

@@ -173,4 +173,17 @@ mod tests {
             assert!(parse_state(bad).is_err(), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever OpenVPN (or something else on the socket) writes: a state or an error.
+        #[test]
+        fn any_state_line_parses_or_is_refused(line in "\\PC{0,120}") {
+            let _ = parse_state(&line);
+        }
+
+        #[test]
+        fn state_like_lines_parse_or_are_refused(fields in proptest::collection::vec("[0-9A-Z.,]{0,16}", 0..10)) {
+            let _ = parse_state(&fields.join(","));
+        }
+    }
 }

@@ -163,4 +163,20 @@ mod tests {
             .iter()
             .any(|w| w.contains("port 1234 is not exposed")));
     }
+
+    proptest::proptest! {
+        /// Any EXPOSE entries and labels an image may carry: ports or warnings, never a panic,
+        /// and every port returned was declared (or is the default).
+        #[test]
+        fn any_image_metadata_is_handled(
+            exposed in proptest::collection::vec("\\PC{0,12}", 0..6),
+            labels in proptest::collection::hash_map("p?[0-9a-z]{0,6}", "\\PC{0,8}", 0..6),
+        ) {
+            let (ports, _) = algorithm_ports(exposed.iter().map(String::as_str), &labels);
+            for p in ports {
+                let declared = exposed.iter().any(|e| e.split('/').next() == Some(&p.port.to_string()));
+                proptest::prop_assert!(declared || (exposed.is_empty() && p.port == DEFAULT_PORT));
+            }
+        }
+    }
 }
