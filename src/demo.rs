@@ -392,14 +392,16 @@ impl Federation {
         }
     }
 
-    /// The feature test across all organizations.
-    pub async fn feature_test(&self) -> anyhow::Result<Vec<Row>> {
+    /// The feature test across all organizations, the parent on `parent`'s node (the first
+    /// organization's if `None`).
+    pub async fn feature_test(&self, parent: Option<i64>) -> anyhow::Result<Vec<Row>> {
         crate::feature::run(&Target {
             api: self.api.clone(),
             username: ADMIN.0.into(),
             password: ADMIN.1.into(),
             collaboration: self.collaboration,
             image: ECHO_IMAGE.into(),
+            parent,
             timeout: Duration::from_secs(90),
         })
         .await
@@ -482,7 +484,7 @@ pub async fn main(keep: bool) -> anyhow::Result<bool> {
         Err(e) => return Err(e.context(format!("setting up (logs in {})", dir.display()))),
     };
     step(started, "running the VPN feature test (echo algorithm: parent on the first node, a child on every node)");
-    let outcome = fed.feature_test().await;
+    let outcome = fed.feature_test(None).await;
     let ok = match &outcome {
         Ok(rows) => {
             println!("{}", crate::feature::table(rows));

@@ -1,5 +1,5 @@
 //! `algonet test`: the seed's "How to test the VPN connection" as a command. Sends the echo
-//! algorithm's parent task to the first organization of a collaboration, with every
+//! algorithm's parent task to one organization of a collaboration (the first by default), with every
 //! organization (its own included) as a child, shows progress while it runs, and prints one row
 //! per organization.
 
@@ -19,6 +19,8 @@ pub struct Target {
     pub password: String,
     pub collaboration: i64,
     pub image: String,
+    /// The organization whose node runs the parent; the collaboration's first if `None`.
+    pub parent: Option<i64>,
     /// How long the parent waits for its children's addresses.
     pub timeout: Duration,
 }
@@ -116,6 +118,15 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
         "collaboration {} has no organizations",
         t.collaboration
     );
+    let parent = match t.parent {
+        None => orgs[0].clone(),
+        Some(id) => orgs.iter().find(|o| o.0 == id).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "organization {id} is not in collaboration {}",
+                t.collaboration
+            )
+        })?,
+    };
     let input = serde_json::to_value(Input::Parent {
         organizations: orgs.iter().map(|o| o.0).collect(),
         timeout_secs: t.timeout.as_secs(),
@@ -126,7 +137,7 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
             "/task",
             Some(json!({
                 "name": "vpn-feature-test", "image": t.image, "collaboration_id": t.collaboration,
-                "organizations": [{ "id": orgs[0].0, "input": input }],
+                "organizations": [{ "id": parent.0, "input": input }],
             })),
         )
         .await?;
@@ -135,7 +146,7 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
         .ok_or_else(|| anyhow::anyhow!("task without id: {task}"))?;
     eprintln!(
         "echo task {task_id} sent to {} ({} organizations to reach)",
-        orgs[0].1,
+        parent.1,
         orgs.len()
     );
     let started = Instant::now();

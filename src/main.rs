@@ -13,6 +13,7 @@ commands:
   node --config <file.yaml>     run a node agent (needs root and a Docker daemon)
   images build                  build the sandbox, OpenVPN and echo images offline
   test --server <url> --collaboration <id> [--username <u>] [--password <p>] [--api-path /api]
+       [--parent <organization id>] [--image <echo image>]
                                 run the VPN feature test (echo algorithm) and print a table
   demo [--keep]                 a whole federation on this host: server, OpenVPN server,
                                 three nodes, the feature test; then tears it down
@@ -113,6 +114,7 @@ fn test_target(args: &[&str]) -> Result<algonet::feature::Target, String> {
         password: std::env::var("ALGONET_PASSWORD").unwrap_or_default(),
         collaboration: 0,
         image: algonet::images::ECHO_IMAGE.into(),
+        parent: None,
         timeout: std::time::Duration::from_secs(90),
     };
     let (mut server, mut api_path) = (None, "/api".to_string());
@@ -131,6 +133,13 @@ fn test_target(args: &[&str]) -> Result<algonet::feature::Target, String> {
             "--username" => t.username = value.to_string(),
             "--password" => t.password = value.to_string(),
             "--image" => t.image = value.to_string(),
+            "--parent" => {
+                t.parent = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--parent {value:?} is not an organization id"))?,
+                )
+            }
             other => return Err(format!("test: unknown option {other}")),
         }
     }

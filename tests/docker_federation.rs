@@ -143,8 +143,18 @@ async fn federation_on_docker() {
 
     // 1. Each node's algorithm reaches the other's (and its own) over TCP and UDP through the
     //    VPN address and public ports the proxy's address lookup returned.
-    let rows = fed.feature_test().await.expect("feature test");
+    // The parent on each node in turn: a's algorithm reaches b's, and b's reaches a's.
+    let mut rows = fed
+        .feature_test(None)
+        .await
+        .expect("feature test, parent on a");
     assert_all_ok(&rows, 2);
+    let reverse = fed
+        .feature_test(Some(fed.nodes[1].organization_id))
+        .await
+        .expect("feature test, parent on b");
+    assert_all_ok(&reverse, 2);
+    rows.extend(reverse);
     let registered = fed.addresses(&admin).await.expect("addresses");
     for r in &rows {
         let node_ip = registered
@@ -182,6 +192,21 @@ async fn federation_on_docker() {
             roles,
             ["router", "vpn"],
             "node {org} keeps only its router and VPN"
+        );
+        // No run link is left in the router namespace (checked from outside, with ip).
+        let pid = docker
+            .pid(&format!("algonet-{tag}-{org}-router"))
+            .await
+            .expect("router pid");
+        let links = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "ip", "-o", "link", "show"])
+            .output()
+            .expect("nsenter ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(links.contains("algonet0"), "{links}");
+        assert!(
+            !links.contains("vr-"),
+            "run links left on node {org}: {links}"
         );
     }
 

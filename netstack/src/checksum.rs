@@ -14,6 +14,7 @@ use core::net::Ipv4Addr;
 
 /// Ones' complement sum of `data` as big-endian 16-bit words (an odd last byte is padded with
 /// zero), not yet folded.
+#[inline]
 pub fn sum(data: &[u8]) -> u32 {
     // Big-endian 32-bit words summed in 64 bits fold to the same 16-bit sum as 16-bit words.
     let mut acc: u64 = 0;
