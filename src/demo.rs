@@ -78,7 +78,7 @@ fn spawn(algonet: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
 }
 
 /// SIGTERM, then SIGKILL if it has not ended within `grace`.
-fn stop(child: &mut Child, grace: Duration) {
+pub fn stop(child: &mut Child, grace: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
         unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -427,6 +427,18 @@ async fn federation_on_docker() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Processes a test started, stopped newest first with SIGTERM (the node's clean-up) also when
+/// the test fails.
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for mut c in self.0.drain(..).rev() {
+            algonet::demo::stop(&mut c, Duration::from_secs(30));
+        }
+    }
+}
+
 /// A server without VPN: the node warns once, runs without VPN, and still executes runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_without_vpn_at_the_server() {
@@ -462,14 +474,14 @@ async fn node_without_vpn_at_the_server() {
         ),
     )
     .expect("server.yaml");
-    let mut server = spawn(
+    let mut procs = Procs(vec![spawn(
         &[
             "server",
             "--config",
             &dir.join("server.yaml").to_string_lossy(),
         ],
         "server.log",
-    );
+    )]);
     let api = format!("http://127.0.0.1:{port}/api");
     let until = Instant::now() + Duration::from_secs(20);
     let admin = loop {
@@ -512,10 +524,10 @@ async fn node_without_vpn_at_the_server() {
         ),
     )
     .expect("node.yaml");
-    let mut node_proc = spawn(
+    procs.0.push(spawn(
         &["node", "--config", &dir.join("node.yaml").to_string_lossy()],
         "node.log",
-    );
+    ));
     let log = dir.join("node.log");
     wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
     let task = admin
@@ -548,11 +560,8 @@ async fn node_without_vpn_at_the_server() {
         run["log"].as_str().unwrap_or("").contains("no VPN"),
         "{run}"
     );
-    // SAFETY: kill(2) on the pid of a child this test started.
-    unsafe { libc::kill(node_proc.id() as i32, libc::SIGTERM) };
-    node_proc.wait().expect("node ends");
-    let _ = server.kill();
-    let _ = server.wait();
+    // The node first (it clears its address at the server), then the server.
+    drop(procs);
     let text = std::fs::read_to_string(&log).expect("log");
     assert_eq!(
         text.matches("running without VPN").count(),

@@ -87,43 +87,40 @@ async fn reconcile(
     docker: &Docker,
     owner: &str,
     config: &NodeConfig,
-) -> Result<(), String> {
-    let left = docker.owned_by(owner).await.map_err(|e| e.to_string())?;
+) -> anyhow::Result<()> {
     let mut runs: HashSet<i64> = HashSet::new();
-    for c in &left {
-        let labels = c.labels.clone().unwrap_or_default();
+    for c in docker.owned_by(owner).await? {
+        let labels = c.labels.unwrap_or_default();
         if let Some(r) = labels.get(LABEL_RUN).and_then(|r| r.parse().ok()) {
             runs.insert(r);
         }
         let name = c
             .names
-            .as_ref()
-            .and_then(|n| n.first())
+            .and_then(|n| n.into_iter().next())
             .map(|n| n.trim_start_matches('/').to_string())
-            .or_else(|| c.id.clone())
+            .or(c.id)
             .unwrap_or_default();
         log::info!(
             "removing {name} ({}), left by an earlier run of this node",
             labels.get(LABEL_ROLE).map_or("?", String::as_str)
         );
-        docker.remove(&name).await.map_err(|e| e.to_string())?;
+        docker.remove(&name).await?;
     }
+    // The server may be away at this moment: wait for it, as for the login.
     for status in ["initializing", "active"] {
-        for r in client.runs_in(status).await.map_err(|e| e.to_string())? {
-            runs.insert(r.id);
-        }
+        let left = with_backoff("listing unfinished runs", || client.runs_in(status)).await?;
+        runs.extend(left.iter().map(|r| r.id));
     }
     for run in runs {
-        client.remove_ports(run).await.map_err(|e| e.to_string())?;
+        // A run the server no longer gives this node (a refusal) is not worth stopping for.
+        if let Err(e) = with_backoff("removing port records", || client.remove_ports(run)).await {
+            log::warn!("run {run}: port records not removed: {e}");
+        }
         // A run whose container was lost with the node: crashed, as vantage6 says.
-        let _ = client
-            .report(
-                run,
-                "crashed",
-                None,
-                Some("algonet node: the node stopped during the run\n"),
-            )
-            .await;
+        let note = "algonet node: the node stopped during the run\n";
+        if let Err(e) = client.report(run, "crashed", None, Some(note)).await {
+            log::warn!("run {run}: not reported crashed: {e}");
+        }
         let _ = std::fs::remove_dir_all(config.task_dir.join(format!("run-{run}")));
     }
     Ok(())
@@ -145,7 +142,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.task_dir)?;
     reconcile(&client, &docker, &owner, &config)
         .await
-        .map_err(|e| anyhow::anyhow!("cleaning up after an earlier run of this node: {e}"))?;
+        .map_err(|e| e.context("cleaning up after an earlier run of this node"))?;
 
     let (router, listener) = RouterNs::start(
         &docker,
