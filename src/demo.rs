@@ -326,26 +326,8 @@ impl Federation {
 
     /// The nodes' VPN addresses as the server knows them, by organization id.
     pub async fn addresses(&self, admin: &Admin) -> anyhow::Result<Vec<(i64, Option<String>)>> {
-        let c = admin
-            .call(
-                Method::GET,
-                &format!("/collaboration/{}", self.collaboration),
-                None,
-            )
-            .await?;
-        Ok(c["organizations"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|o| {
-                        (
-                            o["id"].as_i64().unwrap_or_default(),
-                            o["node"]["ip"].as_str().map(str::to_string),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        let members = admin.members(self.collaboration).await?;
+        Ok(members.into_iter().map(|m| (m.id, m.ip)).collect())
     }
 
     /// Waits until every node has registered a VPN address.

@@ -95,24 +95,45 @@ impl Admin {
     }
 }
 
+/// An organization of a collaboration, as `GET /collaboration/<id>` shows it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Member {
+    pub id: i64,
+    pub name: String,
+    /// Its node's VPN address, while it has one.
+    pub ip: Option<String>,
+}
+
+impl Admin {
+    pub async fn members(&self, collaboration: i64) -> anyhow::Result<Vec<Member>> {
+        let c = self
+            .call(
+                Method::GET,
+                &format!("/collaboration/{collaboration}"),
+                None,
+            )
+            .await?;
+        let orgs = c["organizations"].as_array().cloned().unwrap_or_default();
+        orgs.into_iter()
+            .map(|o| {
+                let ip = o["node"]["ip"].clone();
+                let mut m: Member = serde_json::from_value(o)?;
+                m.ip = ip.as_str().map(str::to_string);
+                Ok(m)
+            })
+            .collect()
+    }
+}
+
 /// Runs the test and returns one row per organization; prints progress to stderr.
 pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
     let admin = Admin::login(&t.api, &t.username, &t.password).await?;
-    let collab = admin
-        .call(
-            Method::GET,
-            &format!("/collaboration/{}", t.collaboration),
-            None,
-        )
-        .await?;
-    let orgs: Vec<(i64, String)> = collab["organizations"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| Some((o["id"].as_i64()?, o["name"].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let orgs: Vec<(i64, String)> = admin
+        .members(t.collaboration)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.name))
+        .collect();
     anyhow::ensure!(
         !orgs.is_empty(),
         "collaboration {} has no organizations",

@@ -290,21 +290,10 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
     let client = OpenVpn::start(
         &vc,
         &s.dir.join("client.log"),
-        &[
-            "--config",
-            &profile,
-            "--ifconfig-noexec",
-            "--route-noexec",
-            "--management",
-            &sock_s,
-            "unix",
-            "--pull-filter",
-            "ignore",
-            "route-ipv6",
-            "--pull-filter",
-            "ignore",
-            "ifconfig-ipv6",
-        ],
+        &algonet::node::tunnel::client_args(&profile, &sock_s)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     );
     let start = Instant::now();
     while !sock.exists() && start.elapsed() < Duration::from_secs(10) {

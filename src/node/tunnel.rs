@@ -19,6 +19,32 @@ use crate::node::vpn::VpnSteps;
 pub const PROFILE: &str = "node.ovpn";
 const SOCKET: &str = "mgmt.sock";
 
+/// How the node runs OpenVPN: it sets no address and no route (the router owns the address),
+/// answers on a management socket, and ignores IPv6 pushes (the router is IPv4 only).
+pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
+    [
+        "--config",
+        profile,
+        "--dev",
+        "tun0",
+        "--ifconfig-noexec",
+        "--route-noexec",
+        "--management",
+        management_socket,
+        "unix",
+        "--pull-filter",
+        "ignore",
+        "route-ipv6",
+        "--pull-filter",
+        "ignore",
+        "ifconfig-ipv6",
+        "--verb",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Where and how the OpenVPN client container runs.
 #[derive(Clone, Debug)]
 pub struct Tunnel {
@@ -69,31 +95,15 @@ impl Tunnel {
     /// (Re)creates the OpenVPN container with the saved profile.
     pub async fn start_container(&self) -> Result<(), String> {
         let _ = std::fs::remove_file(self.socket());
-        let args = [
-            "--config",
-            "/vpn/node.ovpn",
-            "--dev",
-            "tun0",
-            "--ifconfig-noexec",
-            "--route-noexec",
-            "--management",
-            "/vpn/mgmt.sock",
-            "unix",
-            "--pull-filter",
-            "ignore",
-            "route-ipv6",
-            "--pull-filter",
-            "ignore",
-            "ifconfig-ipv6",
-            "--verb",
-            "3",
-        ];
         self.docker
             .run(
                 &self.container,
                 ContainerCreateBody {
                     image: Some(self.image.clone()),
-                    cmd: Some(args.iter().map(|s| s.to_string()).collect()),
+                    cmd: Some(client_args(
+                        &format!("/vpn/{PROFILE}"),
+                        &format!("/vpn/{SOCKET}"),
+                    )),
                     labels: Some(
                         [
                             (LABEL_OWNER.to_string(), self.owner.clone()),
