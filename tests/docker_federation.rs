@@ -560,7 +560,37 @@ async fn node_without_vpn_at_the_server() {
         run["log"].as_str().unwrap_or("").contains("no VPN"),
         "{run}"
     );
-    // The node first (it clears its address at the server), then the server.
+    // A run still going when the node is told to stop ends as killed.
+    let long = admin
+        .call(
+            Method::POST,
+            "/task",
+            Some(json!({
+                "name": "long child", "image": algonet::images::ECHO_IMAGE, "collaboration_id": col,
+                "organizations": [{ "id": org, "input": { "method": "child", "window_secs": 300 } }],
+            })),
+        )
+        .await
+        .expect("task");
+    let long_runs = format!("/run?task_id={}", long["id"].as_i64().expect("id"));
+    let status = || async {
+        let runs = admin
+            .call(Method::GET, &long_runs, None)
+            .await
+            .expect("runs");
+        runs["data"][0]["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while status().await != "active" {
+        assert!(Instant::now() < until, "the long run did not become active");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut node = procs.0.pop().expect("the node");
+    algonet::demo::stop(&mut node, Duration::from_secs(60));
+    assert_eq!(status().await, "killed");
     drop(procs);
     let text = std::fs::read_to_string(&log).expect("log");
     assert_eq!(

@@ -36,6 +36,8 @@ pub struct Node {
     addresses: Mutex<Addresses>,
     clients: Clients,
     vpn: Mutex<Option<Ipv4Addr>>,
+    /// Set on SIGINT/SIGTERM: runs that end now were stopped, not finished.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,6 +57,10 @@ impl Node {
         lock(&self.clients)
     }
 
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The node's VPN address while the tunnel is up.
     pub fn vpn_address(&self) -> Option<Ipv4Addr> {
         *lock(&self.vpn)
@@ -62,7 +68,7 @@ impl Node {
 }
 
 /// Retries `f` with doubling waits (up to [`MAX_BACKOFF`]) while its error is transient.
-async fn with_backoff<T, F: std::future::Future<Output = Result<T, ClientError>>>(
+pub async fn with_backoff<T, F: std::future::Future<Output = Result<T, ClientError>>>(
     what: &str,
     mut f: impl FnMut() -> F,
 ) -> Result<T, ClientError> {
@@ -174,6 +180,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         addresses: Mutex::default(),
         clients,
         vpn: Mutex::new(None),
+        stopping: Default::default(),
         config,
     });
 
@@ -229,6 +236,8 @@ async fn serve(node: &Arc<Node>) -> anyhow::Result<()> {
         }
     }
     log::info!("stopping: {} run(s) to end", runs.len());
+    node.stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(w) = watcher {
         w.abort();
     }

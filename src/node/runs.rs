@@ -13,7 +13,7 @@ use crate::docker::{LABEL_OWNER, LABEL_ROLE, LABEL_RUN};
 use crate::net::links::IfName;
 use crate::net::netns::Netns;
 use crate::net::plan::RunLinkPlan;
-use crate::node::agent::Node;
+use crate::node::agent::{with_backoff, Node};
 use crate::node::client::RunInfo;
 use crate::node::ports::algorithm_ports;
 use crate::node::router::{RouterNs, GATEWAY, TUNNEL_MTU};
@@ -71,6 +71,10 @@ pub async fn execute(node: Arc<Node>, run: RunInfo) {
         log.push_str(&format!("algonet node: clean-up: {e}\n"));
     }
     let (status, result) = match outcome {
+        _ if node.is_stopping() => {
+            log.push_str("algonet node: stopped by the node's shutdown\n");
+            ("killed", None)
+        }
         Ok((0, result, _)) => ("completed", result),
         Ok((code, result, _)) => {
             log.push_str(&format!("algonet node: the algorithm exited with {code}\n"));
@@ -83,11 +87,12 @@ pub async fn execute(node: Arc<Node>, run: RunInfo) {
         run.id,
         started.elapsed().as_secs_f64()
     );
-    if let Err(e) = node
-        .client
-        .report(run.id, status, result.as_deref(), Some(&log))
-        .await
-    {
+    // The result is the run's point: wait for an absent server rather than lose it.
+    let report = || {
+        node.client
+            .report(run.id, status, result.as_deref(), Some(&log))
+    };
+    if let Err(e) = with_backoff("reporting a run's end", report).await {
         log::warn!("run {}: cannot report {status}: {e}", run.id);
     }
 }
@@ -245,10 +250,10 @@ async fn steps(
         run.id,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    node.client
-        .report(run.id, "active", None, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    // A missed "active" is no reason to stop a running algorithm; the end is reported anyway.
+    if let Err(e) = node.client.report(run.id, "active", None, None).await {
+        log::warn!("run {}: cannot report active: {e}", run.id);
+    }
     let code = node
         .docker
         .wait(&algorithm)
