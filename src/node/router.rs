@@ -126,19 +126,27 @@ impl RouterNs {
             port: proxy_port,
             source: std::io::Error::other(e.to_string()),
         })?;
-        let dataplane = Dataplane::start(
-            &ns,
-            DataplaneConfig {
-                tun: name(ROUTER_TUN)?,
-                offload: true,
-                mtu: TUNNEL_MTU,
-                txqueuelen: 1000,
-                router: netstack::Config {
-                    seed: u64::from_ne_bytes(seed),
-                    ..Default::default()
-                },
+        let config = DataplaneConfig {
+            tun: name(ROUTER_TUN)?,
+            offload: true,
+            mtu: TUNNEL_MTU,
+            txqueuelen: 1000,
+            router: netstack::Config {
+                seed: u64::from_ne_bytes(seed),
+                ..Default::default()
             },
-        )?;
+        };
+        // A kernel without TUN offload (IFF_VNET_HDR, TUNSETOFFLOAD) still gets a data plane.
+        let dataplane = Dataplane::start(&ns, config.clone()).or_else(|e| {
+            log::warn!("data plane with offload failed ({e}); starting it without offload");
+            Dataplane::start(
+                &ns,
+                DataplaneConfig {
+                    offload: false,
+                    ..config
+                },
+            )
+        })?;
         let router = RouterNs {
             container,
             ns,
