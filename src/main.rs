@@ -50,10 +50,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("algonet {}: {e:#}", args[0]);
+            eprintln!("algonet {}: {}", args[0], causes(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: many errors here already carry their cause's text.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !out.contains(&cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn usage_error(what: &str) -> ExitCode {
