@@ -307,9 +307,19 @@ impl Federation {
         Ok(())
     }
 
-    pub async fn admin_when_up(&self, timeout: Duration) -> anyhow::Result<Admin> {
+    /// Logs in as the administrator once the server answers; fails at once if the server
+    /// process ended (a port in use, say).
+    pub async fn admin_when_up(&mut self, timeout: Duration) -> anyhow::Result<Admin> {
         let until = Instant::now() + timeout;
         loop {
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+                let log = self.options.dir.join("server.log");
+                let last = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::bail!(
+                    "the server exited ({status}): {}",
+                    last.lines().last().unwrap_or("see its log").trim()
+                );
+            }
             match Admin::login(&self.api, ADMIN.0, ADMIN.1).await {
                 Ok(a) => return Ok(a),
                 Err(e) if Instant::now() > until => {
