@@ -145,6 +145,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let owner = format!("node:{name}");
     log::info!("logged in as node {} ({name})", client.node_id);
     let docker = Docker::connect().await?;
+    for image in [&config.images.sandbox, &config.images.vpn_client] {
+        docker.image(image).await.map_err(|e| {
+            anyhow::anyhow!("{e}; build the images with `algonet images build` (or pull them)")
+        })?;
+    }
     std::fs::create_dir_all(&config.task_dir)?;
     reconcile(&client, &docker, &owner, &config)
         .await

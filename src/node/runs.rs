@@ -48,11 +48,12 @@ impl Addresses {
 struct Held {
     address: Option<Ipv4Addr>,
     link: Option<RunLinkPlan>,
+    /// Ports were (being) registered at the server.
     ports: bool,
     dir: Option<PathBuf>,
 }
 
-pub fn container_names(node: &Node, run: i64) -> (String, String) {
+fn container_names(node: &Node, run: i64) -> (String, String) {
     let base = format!("algonet-{}-run-{run}", node.name);
     (format!("{base}-sandbox"), base)
 }
