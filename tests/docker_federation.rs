@@ -101,6 +101,28 @@ async fn run_statuses(fed: &Federation, task: i64) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// An echo child task on `orgs`, each child up for `window_secs` (or until told QUIT).
+async fn echo_children(
+    admin: &algonet::feature::Admin,
+    collaboration: i64,
+    orgs: &[i64],
+    window_secs: u64,
+) -> serde_json::Value {
+    let input = json!({ "method": "child", "window_secs": window_secs });
+    let orgs: Vec<_> = orgs
+        .iter()
+        .map(|o| json!({ "id": o, "input": input }))
+        .collect();
+    let body = json!({
+        "name": "echo children", "image": algonet::images::ECHO_IMAGE,
+        "collaboration_id": collaboration, "organizations": orgs,
+    });
+    admin
+        .call(Method::POST, "/task", Some(body))
+        .await
+        .expect("task")
+}
+
 /// A node's VPN address as the server has it.
 async fn node_ip(fed: &Federation, admin: &algonet::feature::Admin, org: i64) -> Ipv4Addr {
     fed.addresses(admin)
@@ -214,18 +236,7 @@ async fn federation_on_docker() {
     //    the server) but not the host behind the WAN network. Node b's algorithm, a real VPN
     //    peer, reaches node a's algorithm through a's public port, but not a's proxy.
     let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id).collect();
-    let task = admin
-        .call(
-            Method::POST,
-            "/task",
-            Some(json!({
-                "name": "long children", "image": algonet::images::ECHO_IMAGE,
-                "collaboration_id": fed.collaboration,
-                "organizations": orgs.iter().map(|o| json!({ "id": o, "input": { "method": "child", "window_secs": 300 } })).collect::<Vec<_>>(),
-            })),
-        )
-        .await
-        .expect("task");
+    let task = echo_children(&admin, fed.collaboration, &orgs, 300).await;
     let task_id = task["id"].as_i64().expect("task id");
     let run_a = task["runs"][0]["id"].as_i64().expect("run id");
     let run_b = task["runs"][1]["id"].as_i64().expect("run id");
@@ -530,17 +541,8 @@ async fn node_without_vpn_at_the_server() {
     ));
     let log = dir.join("node.log");
     wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
-    let task = admin
-        .call(
-            Method::POST,
-            "/task",
-            Some(json!({
-                "name": "child", "image": algonet::images::ECHO_IMAGE, "collaboration_id": col,
-                "organizations": [{ "id": org, "input": { "method": "child", "window_secs": 1 } }],
-            })),
-        )
-        .await
-        .expect("task");
+    let (col, org) = (col.as_i64().expect("id"), org.as_i64().expect("id"));
+    let task = echo_children(&admin, col, &[org], 1).await;
     let task_id = task["id"].as_i64().expect("id");
     let until = Instant::now() + Duration::from_secs(60);
     let run = loop {
@@ -561,17 +563,7 @@ async fn node_without_vpn_at_the_server() {
         "{run}"
     );
     // A run still going when the node is told to stop ends as killed.
-    let long = admin
-        .call(
-            Method::POST,
-            "/task",
-            Some(json!({
-                "name": "long child", "image": algonet::images::ECHO_IMAGE, "collaboration_id": col,
-                "organizations": [{ "id": org, "input": { "method": "child", "window_secs": 300 } }],
-            })),
-        )
-        .await
-        .expect("task");
+    let long = echo_children(&admin, col, &[org], 300).await;
     let long_runs = format!("/run?task_id={}", long["id"].as_i64().expect("id"));
     let status = || async {
         let runs = admin

@@ -145,7 +145,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let owner = format!("node:{name}");
     log::info!("logged in as node {} ({name})", client.node_id);
     let docker = Docker::connect().await?;
-    let vpn_image = config.vpn_subnet.as_ref().map(|_| &config.images.vpn_client);
+    let vpn_image = config
+        .vpn_subnet
+        .as_ref()
+        .map(|_| &config.images.vpn_client);
     for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
         docker.image(image).await.map_err(|e| {
             anyhow::anyhow!("{e}; build the images with `algonet images build` (or pull them)")
