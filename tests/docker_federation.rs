@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::topology::{tcp_echo, ECHO_LINE};
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::Path;
@@ -53,19 +55,6 @@ async fn run_ports(dir: &Path, run: i64) -> i64 {
 async fn echo_port(dir: &Path, run: i64) -> u16 {
     let sql = "SELECT port FROM port WHERE run_id = ? AND label = 'echo'";
     u16::try_from(query(dir, sql, Some(run)).await).expect("port")
-}
-
-/// One line echoed through `to`, from inside `ns`.
-fn echo_from(ns: &Netns, to: SocketAddrV4) -> std::io::Result<String> {
-    ns.run(move || async move {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"ping\n")?;
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-    })
-    .expect("in the namespace")
 }
 
 /// Waits until `log` holds `needle` `times` times.
@@ -259,7 +248,7 @@ async fn federation_on_docker() {
     let host_port = host.local_addr().expect("addr").port();
     let bridge = SocketAddrV4::new(Ipv4Addr::new(172, 29, 76, 1), host_port);
     assert!(
-        echo_from(&ns_a, bridge).is_err(),
+        tcp_echo(&ns_a, bridge).is_err(),
         "an algorithm reached the host over the WAN network"
     );
     let proxy_answer = ns_a
@@ -281,10 +270,10 @@ async fn federation_on_docker() {
     let a_ip = node_ip(&fed, &admin, orgs[0]).await;
     let a_public = SocketAddrV4::new(a_ip, echo_port(&dir, run_a).await);
     assert_eq!(
-        echo_from(&ns_b, a_public).expect("b -> a's algorithm over the VPN"),
-        "ping"
+        tcp_echo(&ns_b, a_public).expect("b -> a's algorithm over the VPN"),
+        ECHO_LINE
     );
-    let to_proxy = echo_from(&ns_b, SocketAddrV4::new(a_ip, 8080));
+    let to_proxy = tcp_echo(&ns_b, SocketAddrV4::new(a_ip, 8080));
     assert!(
         to_proxy.is_err(),
         "a VPN peer reached node a's proxy: {to_proxy:?}"
@@ -300,7 +289,7 @@ async fn federation_on_docker() {
     assert!(killed.status.success(), "{killed:?}");
     wait_log(&log_b, "VPN back with address", 1, Duration::from_secs(120)).await;
     let until = Instant::now() + Duration::from_secs(30);
-    while echo_from(&ns_b, a_public).is_err() {
+    while tcp_echo(&ns_b, a_public).is_err() {
         assert!(
             Instant::now() < until,
             "connectivity did not come back after the OpenVPN restart"

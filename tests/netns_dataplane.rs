@@ -23,7 +23,7 @@ fn traffic_crosses_the_router(offload: bool) {
     // Peer -> node's VPN address and public port -> container 1, and back.
     let seen = echo_server(&t.c1, 8888);
     assert_eq!(
-        tcp_echo(&t.peer, SocketAddrV4::new(V, 49152)).expect("peer to c1"),
+        tcp_echo(&t.peer.ns, SocketAddrV4::new(V, 49152)).expect("peer to c1"),
         b"hello over algonet\n"
     );
     assert_eq!(
@@ -55,7 +55,7 @@ fn traffic_crosses_the_router(offload: bool) {
     // Container 2 -> peer: leaves with the node's VPN address.
     let seen = echo_server(&t.peer, 7000);
     assert_eq!(
-        tcp_echo(&t.c2, SocketAddrV4::new(PEER, 7000)).expect("c2 to peer"),
+        tcp_echo(&t.c2.ns, SocketAddrV4::new(PEER, 7000)).expect("c2 to peer"),
         b"hello over algonet\n"
     );
     assert_eq!(
@@ -69,7 +69,7 @@ fn traffic_crosses_the_router(offload: bool) {
     let seen_c1 = echo_server(&t.c1, 8889);
     drop(seen_c1);
     assert_eq!(
-        tcp_echo(&t.c2, SocketAddrV4::new(V, 49152)).expect("hairpin"),
+        tcp_echo(&t.c2.ns, SocketAddrV4::new(V, 49152)).expect("hairpin"),
         b"hello over algonet\n"
     );
 
@@ -81,15 +81,15 @@ fn traffic_crosses_the_router(offload: bool) {
     );
     let _internal = echo_server(&t.c2, 8888);
     assert!(
-        tcp_echo(&t.peer, SocketAddrV4::new(C1, 8888)).is_err(),
+        tcp_echo(&t.peer.ns, SocketAddrV4::new(C1, 8888)).is_err(),
         "peer reached a container's internal address"
     );
     assert!(
-        tcp_echo(&t.c1, SocketAddrV4::new(C2, 8888)).is_err(),
+        tcp_echo(&t.c1.ns, SocketAddrV4::new(C2, 8888)).is_err(),
         "container reached another container"
     );
     assert!(
-        tcp_echo(&t.c1, SocketAddrV4::new(OUTSIDE, 7000)).is_err(),
+        tcp_echo(&t.c1.ns, SocketAddrV4::new(OUTSIDE, 7000)).is_err(),
         "container reached outside the VPN"
     );
     let after = (
@@ -162,11 +162,11 @@ fn traffic_crosses_the_router(offload: bool) {
     // From the WAN link nothing is forwarded: dropped by the router and counted.
     let before = t.drops(DropReason::UnknownSource);
     assert!(
-        tcp_echo(&t.wan, SocketAddrV4::new(V, 49152)).is_err(),
+        tcp_echo(&t.wan.ns, SocketAddrV4::new(V, 49152)).is_err(),
         "WAN reached a mapped port"
     );
     assert!(
-        tcp_echo(&t.wan, SocketAddrV4::new(C1, 8888)).is_err(),
+        tcp_echo(&t.wan.ns, SocketAddrV4::new(C1, 8888)).is_err(),
         "WAN reached a container"
     );
     assert!(t.drops(DropReason::UnknownSource) >= before + 2);
@@ -198,7 +198,7 @@ fn traffic_crosses_the_router(offload: bool) {
         conns(t) < before,
         "connections of the mapping were not freed"
     );
-    let err = tcp_echo(&t.peer, SocketAddrV4::new(V, 49152)).expect_err("mapping removed");
+    let err = tcp_echo(&t.peer.ns, SocketAddrV4::new(V, 49152)).expect_err("mapping removed");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 
     // Tearing down a run's link and the router's rules leaves nothing of ours behind.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use algonet::net::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle};
 use algonet::net::links::{set_sysctl, IfName, LinkError, Netlink, Route};
+use algonet::net::netns::Netns;
 use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
 use netstack::{Config, DropReason, Mapping, Protocol, RunId, Vpn};
 
@@ -371,13 +372,7 @@ impl Drop for Topology {
 
 /// A TCP listener in `ns` that echoes one line per connection and reports who connected.
 pub fn echo_server(ns: &TestNs, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
-    let listener: TcpListener =
-        ns.ns
-            .run(move || async move {
-                TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            })
-            .expect("ns")
-            .expect("bind");
+    let listener = listen(ns, port);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -392,14 +387,28 @@ pub fn echo_server(ns: &TestNs, port: u16) -> std::sync::mpsc::Receiver<SocketAd
     rx
 }
 
-/// Connects from `ns` to `to`, sends a line and returns the echo.
-pub fn tcp_echo(ns: &TestNs, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
-    let mut s: TcpStream = ns
-        .ns
-        .run(move || async move { TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) })
-        .expect("ns")?;
+/// A TCP listener on `port` inside `ns`.
+fn listen(ns: &TestNs, port: u16) -> TcpListener {
+    ns.ns
+        .run(move || async move { TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)) })
+        .expect("ns")
+        .expect("bind")
+}
+
+/// A TCP connection from inside `ns` to `to` (2 s to connect).
+fn connect(ns: &Netns, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    ns.run(move || async move { TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) })
+        .expect("ns")
+}
+
+/// The line [`tcp_echo`] sends.
+pub const ECHO_LINE: &[u8] = b"hello over algonet\n";
+
+/// Connects from `ns` to `to`, sends [`ECHO_LINE`] and returns the echo.
+pub fn tcp_echo(ns: &Netns, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
+    let mut s = connect(ns, to)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"hello over algonet\n")?;
+    s.write_all(ECHO_LINE)?;
     let mut buf = vec![0u8; 64];
     let n = s.read(&mut buf)?;
     buf.truncate(n);
@@ -408,13 +417,7 @@ pub fn tcp_echo(ns: &TestNs, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
 
 /// A TCP sink in `ns` that counts what it receives and then answers with the count.
 pub fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
-    let listener: TcpListener =
-        ns.ns
-            .run(move || async move {
-                TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            })
-            .expect("ns")
-            .expect("bind");
+    let listener = listen(ns, port);
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut total = 0u64;
@@ -431,10 +434,7 @@ pub fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
 
 /// Sends `bytes` over TCP from `ns` to `to` and closes.
 pub fn send_bulk(ns: &TestNs, to: SocketAddrV4, bytes: usize) -> std::io::Result<()> {
-    let mut s: TcpStream = ns
-        .ns
-        .run(move || async move { TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) })
-        .expect("ns")?;
+    let mut s = connect(&ns.ns, to)?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let chunk = vec![0x5au8; 65536];
     let mut left = bytes;
