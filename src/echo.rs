@@ -149,17 +149,12 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let mut req = http
-        .request(method, format!("{}{path}", env.base))
-        .bearer_auth(&env.token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    anyhow::ensure!(status.is_success(), "{path}: {status} {text}");
-    Ok(serde_json::from_str(&text)?)
+    let url = format!("{}{path}", env.base);
+    let what = format!("{method} {path}");
+    Ok(
+        crate::node::client::send(http, method, &url, Some(&env.token), body.as_ref(), &what)
+            .await?,
+    )
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::echo::{Input, Probe, Report};
+use crate::node::client::send;
 
 /// Where and as whom to run the test.
 #[derive(Clone, Debug)]
@@ -75,23 +76,10 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.api));
-        if !self.token.is_empty() {
-            req = req.bearer_auth(&self.token);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("{method} {path}: server unreachable: {e}"))?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {text}");
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{method} {path}: not JSON: {e}"))
+        let url = format!("{}{path}", self.api);
+        let token = Some(self.token.as_str()).filter(|t| !t.is_empty());
+        let what = format!("{method} {path}");
+        Ok(send(&self.http, method, &url, token, body.as_ref(), &what).await?)
     }
 }
 

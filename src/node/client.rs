@@ -61,7 +61,10 @@ pub struct ServerClient {
     pub node_id: i64,
 }
 
-async fn send(
+/// One JSON call of the server's API (`what` names it in errors): the one place that turns an
+/// answer into a value or an error that says what came. Also used by the administrator's
+/// client (`algonet test`) and by the echo algorithm.
+pub async fn send(
     http: &reqwest::Client,
     method: Method,
     url: &str,
