@@ -62,7 +62,7 @@ pub fn rewrite_quoted(
     rewrite_tracked::<true>(buf, ip, header_len, l4, to, Mode::Quoted { end })
 }
 
-#[inline]
+#[inline(always)]
 fn rewrite_tracked<const TRACK: bool>(
     buf: &mut [u8],
     ip: usize,

@@ -541,8 +541,7 @@ impl Router {
             L4::Tcp { flags, .. } => Some(flags),
             _ => None,
         };
-        self.conns.on_packet(id, dir, tcp_flags, now);
-        let to = self.conns.get(id).translated(dir);
+        let to = self.conns.on_packet(id, dir, tcp_flags, now);
         nat::rewrite(
             buf,
             0,
