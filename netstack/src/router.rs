@@ -423,7 +423,8 @@ impl Router {
         } else {
             return Err(DropReason::UnknownSource);
         };
-        let action = match p.l4 {
+        // The translations rewrite in place or say why not; the action is built here, once.
+        match p.l4 {
             L4::Fragment => self.translate_fragment(buf, &p, now)?,
             L4::EchoRequest { .. } if dst == vpn.address => {
                 if p.ip.is_fragment() {
@@ -440,13 +441,15 @@ impl Router {
                 if self.too_big(buf, &p, meta, vpn) {
                     return self.answer_too_big(buf, &p, vpn, now);
                 }
-                self.translate(buf, &p, side, vpn, meta, now)?
+                match self.translate(buf, &p, side, vpn, meta, now) {
+                    Err(DropReason::NoMapping) => return self.refuse(buf, &p, now),
+                    r => r?,
+                }
             }
-        };
-        if let Action::Forward { len } = action {
-            self.counters.forward(side, len);
         }
-        Ok(action)
+        let len = p.ip.total_len;
+        self.counters.forward(side, len);
+        Ok(Action::Forward { len })
     }
 
     /// Whether the packet (or each segment of a GSO super-packet) exceeds the MTU with DF set.
@@ -520,7 +523,7 @@ impl Router {
         vpn: Vpn,
         meta: Meta,
         now: Instant,
-    ) -> Result<Action, DropReason> {
+    ) -> Result<(), DropReason> {
         let Some(protocol) = p.l4.protocol() else {
             return Err(DropReason::Malformed);
         };
@@ -531,11 +534,10 @@ impl Router {
         };
         let (id, dir) = match self.conns.lookup(protocol, arrived, now) {
             Some(hit) => hit,
-            None => match self.open(protocol, arrived, p, side, vpn, now) {
-                Ok(id) => (id, Dir::Original),
-                Err(DropReason::NoMapping) => return self.refuse(buf, p, now),
-                Err(e) => return Err(e),
-            },
+            None => (
+                self.open(protocol, arrived, p, side, vpn, now)?,
+                Dir::Original,
+            ),
         };
         let tcp_flags = match p.l4 {
             L4::Tcp { flags, .. } => Some(flags),
@@ -560,9 +562,7 @@ impl Router {
             self.frags
                 .insert(key, self.conns.handle(id), *to.src.ip(), *to.dst.ip(), now);
         }
-        Ok(Action::Forward {
-            len: p.ip.total_len,
-        })
+        Ok(())
     }
 
     /// Starts tracking the connection whose first packet arrived with `arrived`.
@@ -680,7 +680,7 @@ impl Router {
         buf: &mut [u8],
         p: &Parsed,
         now: Instant,
-    ) -> Result<Action, DropReason> {
+    ) -> Result<(), DropReason> {
         let key = FragKey {
             src: p.ip.src,
             dst: p.ip.dst,
@@ -706,9 +706,7 @@ impl Router {
             to,
             Mode::Packet(L4Checksum::Complete),
         );
-        Ok(Action::Forward {
-            len: p.ip.total_len,
-        })
+        Ok(())
     }
 
     /// Translates an ICMP error about a packet of a tracked connection: the quoted packet went
@@ -719,7 +717,7 @@ impl Router {
         p: &Parsed,
         side: Side,
         now: Instant,
-    ) -> Result<Action, DropReason> {
+    ) -> Result<(), DropReason> {
         let icmp_at = p.ip.header_len;
         let q = wire::parse_quoted(&buf[icmp_at..p.ip.total_len])?;
         let (qs, qd) = q.l4.ports();
@@ -766,8 +764,6 @@ impl Router {
             outer,
             Mode::Packet(L4Checksum::Complete),
         );
-        Ok(Action::Forward {
-            len: p.ip.total_len,
-        })
+        Ok(())
     }
 }
