@@ -606,17 +606,11 @@ mod tests {
             for (op, n, udp) in ops {
                 let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
                 let (original, reply) = (tuple(n), tuple(n).reverse());
-                match op {
-                    0 => {
-                        if t.find(protocol, original).is_none() {
-                            let _ = t.insert(protocol, original, reply, now);
-                        }
+                match (op, t.find(protocol, original)) {
+                    (0, None) => {
+                        let _ = t.insert(protocol, original, reply, now);
                     }
-                    1 => {
-                        if let Some((id, _)) = t.find(protocol, original) {
-                            t.remove(id);
-                        }
-                    }
+                    (1, Some((id, _))) => t.remove(id),
                     _ => {}
                 }
                 for probe in [original, reply] {
