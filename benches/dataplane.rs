@@ -5,7 +5,8 @@
 //!
 //! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
 //! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5),
-//! `ROUNDS` the number of interleaved rounds whose median is reported (default 3).
+//! `ROUNDS` the number of interleaved rounds whose median is reported (default 3), `MODES` a
+//! subset of the modes (see `main`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -139,11 +140,30 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let modes = [
-        ("kernel + iptables (vantage6)", Mode::Kernel),
-        ("algonet, offload", Mode::Algonet { offload: true }),
-        ("algonet, no offload", Mode::Algonet { offload: false }),
-    ];
+    // `MODES=no-offload` (or any comma-separated subset of kernel, offload, no-offload) runs
+    // only those, for working on one of them; ratios are then to the first one run.
+    let wanted = std::env::var("MODES").ok();
+    let modes: Vec<(&str, Mode)> = [
+        ("kernel", "kernel + iptables (vantage6)", Mode::Kernel),
+        (
+            "offload",
+            "algonet, offload",
+            Mode::Algonet { offload: true },
+        ),
+        (
+            "no-offload",
+            "algonet, no offload",
+            Mode::Algonet { offload: false },
+        ),
+    ]
+    .into_iter()
+    .filter(|(key, ..)| {
+        wanted
+            .as_deref()
+            .is_none_or(|w| w.split(',').any(|k| k == *key))
+    })
+    .map(|(_, label, mode)| (label, mode))
+    .collect();
     let mut rows: Vec<Row> = [
         ("TCP 1 stream, peer -> container", "Gbit/s", true),
         ("TCP 1 stream, container -> peer", "Gbit/s", true),
@@ -199,8 +219,9 @@ fn main() {
             .collect();
     }
     println!();
-    println!("| traffic | {} |", modes.map(|m| m.0).join(" | "));
-    println!("|---|---|---|---|");
+    let labels: Vec<&str> = modes.iter().map(|m| m.0).collect();
+    println!("| traffic | {} |", labels.join(" | "));
+    println!("|---|{}", "---|".repeat(modes.len()));
     for row in &rows {
         let base = row.values[0];
         let cells: Vec<String> = row
@@ -222,5 +243,5 @@ fn main() {
             .collect();
         println!("| {} | {} |", row.name, cells.join(" | "));
     }
-    println!("\nmedians of {rounds} interleaved rounds of {seconds} s runs; ratios to the kernel baseline, higher is better (for latency: baseline / value).");
+    println!("\nmedians of {rounds} interleaved rounds of {seconds} s runs; ratios to the first column, higher is better (for latency: first / value).");
 }

@@ -192,10 +192,11 @@ pub struct Table {
     slots: u32,
     free: u32,
     index: HashMap<Key, u32, FixedState>,
-    /// Index values (`id << 1 | reply`) of recent lookups, direct-mapped by a cheap mix of the
-    /// key: a packet of a busy flow skips the hash and probe. An entry is checked against the
-    /// connection's own tuple, so it never needs invalidating: a stale one just misses.
-    recent: [u32; RECENT],
+    /// Recent lookups as (mix of the key, index value `id << 1 | reply`), direct-mapped by the
+    /// mix: a packet of a busy flow skips the hash and probe. A different mix misses without
+    /// touching a connection (no extra cache miss when many flows take turns); a matching one
+    /// is checked against the connection's own tuple, so entries never need invalidating.
+    recent: [(u32, u32); RECENT],
     lists: [List; CLASSES],
     /// In seconds.
     timeouts: [u32; CLASSES],
@@ -229,7 +230,7 @@ impl Table {
             slots: 0,
             free: NONE,
             index: HashMap::with_hasher(FixedState::with_seed(seed)),
-            recent: [NONE; RECENT],
+            recent: [(0, NONE); RECENT],
             lists: [List {
                 head: NONE,
                 tail: NONE,
@@ -299,9 +300,10 @@ impl Table {
     fn find_recent(&mut self, protocol: Protocol, tuple: Tuple) -> Option<(u32, Dir)> {
         let key = Key::new(protocol, tuple);
         let k = &key.0;
-        let slot = ((k[0] ^ k[1] ^ k[2]).wrapping_mul(0x9e37_79b1) >> 26) as usize % RECENT;
-        let v = self.recent[slot];
-        if v != NONE {
+        let mix = (k[0] ^ k[1] ^ k[2]).wrapping_mul(0x9e37_79b1);
+        let slot = (mix >> 26) as usize % RECENT;
+        let (seen_mix, v) = self.recent[slot];
+        if seen_mix == mix && v != NONE {
             let (id, dir) = unpack(v);
             let c = self.get(id);
             let seen = match dir {
@@ -313,7 +315,7 @@ impl Table {
             }
         }
         let v = *self.index.get(&key)?;
-        self.recent[slot] = v;
+        self.recent[slot] = (mix, v);
         Some(unpack(v))
     }
 
