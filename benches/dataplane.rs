@@ -1,7 +1,8 @@
 //! Side by side, on the same namespaces and the same traffic: (a) the kernel with the iptables
-//! rules vantage6 4.14 writes, (b) algonet with offload, (c) algonet without offload. iperf3 for
-//! TCP (one stream each way, 8 streams) and UDP packet rates (1400 and 64 bytes), and the round
-//! trip of a small request/response. Prints one table with ratios to (a).
+//! rules vantage6 4.14 writes, (b) algonet with offload as the node runs it (polling the TUN for
+//! `busy_poll_us` after each packet), and the same without busy-polling, (c) algonet without
+//! offload. iperf3 for TCP (one stream each way, 8 streams) and UDP packet rates (1400 and 64
+//! bytes), and the round trip of a small request/response. Prints one table with ratios to (a).
 //!
 //! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
 //! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5),
@@ -16,6 +17,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use algonet::node::config::DEFAULT_BUSY_POLL_US;
 use common::topology::{Mode, Topology, V};
 use common::TestNs;
 
@@ -140,20 +142,29 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    // `MODES=no-offload` (or any comma-separated subset of kernel, offload, no-offload) runs
-    // only those, for working on one of them; ratios are then to the first one run.
+    // `MODES=no-offload` (or any comma-separated subset of kernel, offload, offload-sleep,
+    // no-offload) runs only those, for working on one of them; ratios are then to the first.
     let wanted = std::env::var("MODES").ok();
+    let algonet = |offload, busy_poll_us| Mode::Algonet {
+        offload,
+        busy_poll_us,
+    };
     let modes: Vec<(&str, Mode)> = [
         ("kernel", "kernel + iptables (vantage6)", Mode::Kernel),
         (
             "offload",
             "algonet, offload",
-            Mode::Algonet { offload: true },
+            algonet(true, DEFAULT_BUSY_POLL_US),
+        ),
+        (
+            "offload-sleep",
+            "algonet, offload, no busy-poll",
+            algonet(true, 0),
         ),
         (
             "no-offload",
             "algonet, no offload",
-            Mode::Algonet { offload: false },
+            algonet(false, DEFAULT_BUSY_POLL_US),
         ),
     ]
     .into_iter()

@@ -10,6 +10,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use algonet::node::config::DEFAULT_BUSY_POLL_US;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
@@ -40,7 +41,10 @@ fn main() {
     for offload in [true, false] {
         let t = Topology::new(
             if offload { "bto" } else { "btn" },
-            Mode::Algonet { offload },
+            Mode::Algonet {
+                offload,
+                busy_poll_us: DEFAULT_BUSY_POLL_US,
+            },
         );
         let rx = socket(&t.c1, 9000);
         let tx = socket(&t.peer, 5000);

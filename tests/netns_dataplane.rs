@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use algonet::net::links::Netlink;
 use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
+use algonet::node::config::DEFAULT_BUSY_POLL_US;
 use common::topology::*;
 use common::{firewall, privileged};
 use netstack::{DropReason, Mapping, Protocol, RunId};
@@ -16,7 +17,10 @@ use netstack::{DropReason, Mapping, Protocol, RunId};
 fn traffic_crosses_the_router(offload: bool) {
     let t = Topology::new(
         if offload { "dpo" } else { "dpn" },
-        Mode::Algonet { offload },
+        Mode::Algonet {
+            offload,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
+        },
     );
     let t = &t;
 

@@ -159,19 +159,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| e.context("cleaning up after an earlier run of this node"))?;
 
-    let (router, listener) = RouterNs::start(
-        &docker,
-        format!("algonet-{name}-router"),
-        &owner,
-        &config.images.sandbox,
-        config.wan_network.as_deref(),
-        config.proxy_port,
-        config
-            .vpn_subnet
-            .as_deref()
-            .and_then(|s| crate::net::parse_subnet(s).ok()),
-    )
-    .await?;
+    let (router, listener) =
+        RouterNs::start(&docker, format!("algonet-{name}-router"), &owner, &config).await?;
     let clients: Clients = Arc::default();
     let proxy = tokio::spawn(proxy::serve(
         listener,

@@ -13,6 +13,7 @@ use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, Dataplan
 use crate::net::links::{IfName, LinkError, Netlink};
 use crate::net::netns::{Netns, NetnsError};
 use crate::net::plan::{self, RouterPlan, RunLinkPlan};
+use crate::node::config::NodeConfig;
 
 /// The link-local gateway every container routes through; the proxy listens on it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -73,16 +74,20 @@ impl RouterNs {
     /// Starts the router container on `network` (Docker's default bridge if `None`), brings up
     /// the data plane (no VPN yet: it drops what containers send) with the routing that needs
     /// no tunnel, and returns the proxy's listening socket, bound inside the namespace.
-    /// `vpn_subnet` is the configured one (none: the node runs without VPN).
+    /// Without a `vpn_subnet` in `config` the node runs without VPN.
     pub async fn start(
         docker: &Docker,
         container: String,
         owner: &str,
-        sandbox_image: &str,
-        network: Option<&str>,
-        proxy_port: u16,
-        vpn_subnet: Option<(Ipv4Addr, u8)>,
+        config: &NodeConfig,
     ) -> Result<(RouterNs, std::net::TcpListener), RouterError> {
+        let sandbox_image = config.images.sandbox.as_str();
+        let network = config.wan_network.as_deref();
+        let proxy_port = config.proxy_port;
+        let vpn_subnet = config
+            .vpn_subnet
+            .as_deref()
+            .and_then(|s| crate::net::parse_subnet(s).ok());
         docker
             .run(
                 &container,
@@ -131,6 +136,7 @@ impl RouterNs {
             offload: true,
             mtu: TUNNEL_MTU,
             txqueuelen: 1000,
+            busy_poll: std::time::Duration::from_micros(config.busy_poll_us),
             router: netstack::Config {
                 seed: u64::from_ne_bytes(seed),
                 ..Default::default()

@@ -57,8 +57,9 @@ pub struct Topology {
 /// What forwards between the tunnel and the containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// algonet's userspace router on a TUN device, with or without offload.
-    Algonet { offload: bool },
+    /// algonet's userspace router on a TUN device, with or without offload, polling the device
+    /// for `busy_poll_us` after each packet before it sleeps.
+    Algonet { offload: bool, busy_poll_us: u64 },
     /// The kernel with the iptables rules vantage6 4.14 writes (per-port DNAT, MASQUERADE):
     /// the baseline of the side-by-side benchmark.
     Kernel,
@@ -96,12 +97,17 @@ impl Topology {
             })
             .expect("router ns")
             .expect("tunnel stand-in");
-        if let Mode::Algonet { offload } = mode {
+        if let Mode::Algonet {
+            offload,
+            busy_poll_us,
+        } = mode
+        {
             let config = DataplaneConfig {
                 tun: name("algonet0"),
                 offload,
                 mtu: MTU,
                 txqueuelen: 1000,
+                busy_poll: std::time::Duration::from_micros(busy_poll_us),
                 router: Config::default(),
             };
             // Held by the topology from here on, so a failure below still stops it.
