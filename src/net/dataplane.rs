@@ -224,8 +224,8 @@ async fn run(
                 // Drain what is queued (up to a batch) before looking at control and timers
                 // again: one wake-up per burst instead of per packet.
                 let now = now();
-                let polling = !config.busy_poll.is_zero();
-                let mut last = polling.then(std::time::Instant::now);
+                // When the last packet came, if polling at all.
+                let mut last = (!config.busy_poll.is_zero()).then(std::time::Instant::now);
                 let mut handled = 0;
                 while handled < BATCH {
                     let n = match dev.try_recv(&mut buf) {
@@ -240,8 +240,8 @@ async fn run(
                         Err(source) => return Err(DataplaneError::Read { name: config.tun.clone(), source }),
                     };
                     handled += 1;
-                    if polling {
-                        last = Some(std::time::Instant::now());
+                    if let Some(t) = &mut last {
+                        *t = std::time::Instant::now();
                     }
                     io.reads += 1;
                     if n < hdr {
