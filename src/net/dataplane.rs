@@ -9,9 +9,14 @@
 //! [`DataplaneHandle`] and is applied between packets, so a change takes effect before the next
 //! packet is read.
 
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::Duration;
 
-use netstack::{Action, Config, Counters, Instant, L4Checksum, Meta, Router};
+use netstack::{wire, Action, Config, Counters, Instant, L4Checksum, Meta, Router};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::net::links::{set_sysctl, IfName, LinkError, Netlink};
@@ -25,6 +30,8 @@ const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 const BATCH: usize = 64;
 /// Largest IPv4 packet (a GSO super-packet can be this big) plus the header.
 const BUF_LEN: usize = VNET_HDR_LEN + 65_535;
+/// Packets that may wait for the delivery thread at once.
+const DELIVERY_BUFFERS: usize = 256;
 
 /// How to build the data plane.
 #[derive(Clone, Debug)]
@@ -68,6 +75,12 @@ pub enum DataplaneError {
     /// the data plane is not running any more
     #[error("the data plane has stopped")]
     Stopped,
+    /// the thread that writes packets bound for containers could not start
+    #[error("cannot start the delivery thread of {name}: {source}")]
+    Delivery {
+        name: IfName,
+        source: std::io::Error,
+    },
 }
 
 /// Counters of the device I/O, beside the router's own.
@@ -185,6 +198,77 @@ async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, Dataplan
     Ok(dev)
 }
 
+/// Writes packets bound for containers on a thread of its own (without offload). A TUN write
+/// carries the kernel's whole delivery of the packet (routing, veth, the receiving container's
+/// TCP and its checksum) on the writing thread; without offload that is per 1400-byte packet
+/// and most of the data plane's CPU time. With deliveries to containers here and to the tunnel
+/// on the router's thread, one stream's two directions use two CPUs. Packets keep their order:
+/// every container-bound packet the router forwards goes through the one queue.
+struct Delivery {
+    /// `None` only while dropping: closing it ends the thread.
+    queue: Option<SyncSender<(Vec<u8>, usize)>>,
+    free: Receiver<Vec<u8>>,
+    errors: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Delivery {
+    fn start(dev: &tun_rs::AsyncDevice, room: usize) -> std::io::Result<Delivery> {
+        // SAFETY: the descriptor is `dev`'s, open for as long as this call (it borrows `dev`);
+        // it is duplicated at once and only the duplicate is kept.
+        let fd = unsafe { BorrowedFd::borrow_raw(dev.as_raw_fd()) }.try_clone_to_owned()?;
+        let (queue, queued) = sync_channel::<(Vec<u8>, usize)>(DELIVERY_BUFFERS);
+        let (give_back, free) = sync_channel(DELIVERY_BUFFERS);
+        for _ in 0..DELIVERY_BUFFERS {
+            let _ = give_back.send(vec![0u8; room]);
+        }
+        let errors = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&errors);
+        let thread = std::thread::Builder::new()
+            .name("algonet-delivery".into())
+            .spawn(move || {
+                let mut tun = std::fs::File::from(fd);
+                for (buf, len) in queued {
+                    if tun.write(&buf[..len]).is_err() {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if give_back.send(buf).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Delivery {
+            queue: Some(queue),
+            free,
+            errors,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a copy of `packet`, or returns it if it does not fit a buffer. When every buffer
+    /// is queued this waits for one, as a writer waits on a full transmit queue.
+    fn send<'a>(&self, packet: &'a [u8]) -> Result<(), &'a [u8]> {
+        let (Some(queue), Ok(mut buf)) = (&self.queue, self.free.recv()) else {
+            return Err(packet);
+        };
+        let Some(room) = buf.get_mut(..packet.len()) else {
+            return Err(packet);
+        };
+        room.copy_from_slice(packet);
+        queue.send((buf, packet.len())).map_err(|_| packet)
+    }
+}
+
+impl Drop for Delivery {
+    /// Writes what is queued, then ends the thread (and with it its handle on the device).
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 async fn run(
     config: DataplaneConfig,
     mut router: Router,
@@ -192,10 +276,23 @@ async fn run(
     mut shutdown: oneshot::Receiver<()>,
     ready: std::sync::mpsc::Sender<Result<(), DataplaneError>>,
 ) -> Result<(), DataplaneError> {
-    let dev = match setup(&config).await {
-        Ok(dev) => {
+    let started = setup(&config).await.and_then(|dev| {
+        let delivery =
+            match config.offload {
+                true => None,
+                false => Some(Delivery::start(&dev, usize::from(config.mtu)).map_err(
+                    |source| DataplaneError::Delivery {
+                        name: config.tun.clone(),
+                        source,
+                    },
+                )?),
+            };
+        Ok((dev, delivery))
+    });
+    let (dev, delivery) = match started {
+        Ok(started) => {
             let _ = ready.send(Ok(()));
-            dev
+            started
         }
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -216,7 +313,13 @@ async fn run(
             biased;
             _ = &mut shutdown => return Ok(()),
             job = jobs.recv() => match job {
-                Some(job) => job(&mut router, &io),
+                Some(job) => {
+                    let mut io = io.clone();
+                    if let Some(d) = &delivery {
+                        io.write_errors += d.errors.load(Ordering::Relaxed);
+                    }
+                    job(&mut router, &io)
+                }
                 None => return Ok(()),
             },
             ready = dev.readable() => {
@@ -250,7 +353,19 @@ async fn run(
                     }
                     let meta = if hdr == 0 { Meta::default() } else { vnet_meta(&buf[..hdr]) };
                     let out = match router.process(&mut buf[hdr..], n - hdr, meta, now) {
-                        Action::Forward { len } => hdr + len,
+                        Action::Forward { len } => {
+                            // A forwarded packet is a whole IPv4 header and more.
+                            if let (Some(d), Some(vpn)) = (&delivery, router.vpn()) {
+                                let packet = &buf[hdr..hdr + len];
+                                if !vpn.contains(wire::get_addr(packet, wire::IP_DST))
+                                    && d.send(packet).is_ok()
+                                {
+                                    io.writes += 1;
+                                    continue;
+                                }
+                            }
+                            hdr + len
+                        }
                         Action::Reply { len, .. } => {
                             // A packet the router built: complete checksums, no segmentation.
                             buf[..hdr].fill(0);
