@@ -5,9 +5,10 @@
 //! configuration are made there), with a current-thread runtime. With offload the device hands
 //! over GSO super-packets behind a virtio-net header; they are translated whole, in place, and
 //! written back behind the same header, so a 64 KB TCP burst costs one read, one decision and one
-//! write. Control (mappings, containers, the VPN address, counters) reaches the router through a
-//! [`DataplaneHandle`] and is applied between packets, so a change takes effect before the next
-//! packet is read.
+//! write. Without offload, packets bound for containers are written by a delivery thread (see
+//! [`Delivery`]). Control (mappings, containers, the VPN address, counters) reaches the router
+//! through a [`DataplaneHandle`] and is applied between packets, so a change takes effect before
+//! the next packet is read.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
