@@ -10,7 +10,7 @@
 //! through a [`DataplaneHandle`] and is applied between packets, so a change takes effect before
 //! the next packet is read.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -44,9 +44,9 @@ pub struct DataplaneConfig {
     pub mtu: u16,
     /// Transmit queue length of the TUN device.
     pub txqueuelen: u32,
-    /// How long the driver keeps polling the device after a packet before it sleeps in epoll
-    /// (0: never). A sleeping driver is woken per packet, which on a VM costs tens of
-    /// microseconds per direction; polling trades CPU time while traffic flows for latency.
+    /// How long the driver keeps reading the device once its queue ran empty before it sleeps
+    /// in epoll (0: not at all). A sleeping driver is woken per packet, which on a VM costs tens
+    /// of microseconds per direction; polling trades CPU time while traffic flows for latency.
     pub busy_poll: Duration,
     pub router: Config,
 }
@@ -76,9 +76,9 @@ pub enum DataplaneError {
     /// the data plane is not running any more
     #[error("the data plane has stopped")]
     Stopped,
-    /// the thread that writes packets bound for containers could not start
-    #[error("cannot start the delivery thread of {name}: {source}")]
-    Delivery {
+    /// the delivery thread or the polling descriptor could not be set up
+    #[error("cannot set up the delivery thread or polling of {name}: {source}")]
+    Helpers {
         name: IfName,
         source: std::io::Error,
     },
@@ -215,9 +215,7 @@ struct Delivery {
 
 impl Delivery {
     fn start(dev: &tun_rs::AsyncDevice, room: usize) -> std::io::Result<Delivery> {
-        // SAFETY: the descriptor is `dev`'s, open for as long as this call (it borrows `dev`);
-        // it is duplicated at once and only the duplicate is kept.
-        let fd = unsafe { BorrowedFd::borrow_raw(dev.as_raw_fd()) }.try_clone_to_owned()?;
+        let fd = duplicate(dev)?;
         let (queue, queued) = sync_channel::<(Vec<u8>, usize)>(DELIVERY_BUFFERS);
         let (give_back, free) = sync_channel(DELIVERY_BUFFERS);
         for _ in 0..DELIVERY_BUFFERS {
@@ -228,7 +226,7 @@ impl Delivery {
         let thread = std::thread::Builder::new()
             .name("algonet-delivery".into())
             .spawn(move || {
-                let mut tun = std::fs::File::from(fd);
+                let mut tun = fd;
                 for (buf, len) in queued {
                     if tun.write(&buf[..len]).is_err() {
                         counted.fetch_add(1, Ordering::Relaxed);
@@ -260,6 +258,30 @@ impl Delivery {
     }
 }
 
+/// A second descriptor of the device (same queue, same flags), for I/O beside tokio's.
+fn duplicate(dev: &tun_rs::AsyncDevice) -> std::io::Result<std::fs::File> {
+    // SAFETY: the descriptor is `dev`'s, open for as long as this call (it borrows `dev`); it is
+    // duplicated at once and only the duplicate is kept.
+    let fd = unsafe { BorrowedFd::borrow_raw(dev.as_raw_fd()) }.try_clone_to_owned()?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Reads the device directly until a packet comes or `window` passes. `try_recv` cannot do
+/// this: tokio's readiness, which it checks first, only changes when the task yields.
+fn poll_device(tun: &mut std::fs::File, buf: &mut [u8], window: Duration) -> Option<usize> {
+    let start = std::time::Instant::now();
+    loop {
+        match tun.read(buf) {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < window => {
+                std::hint::spin_loop()
+            }
+            // Quiet for the whole window, or an error the next `try_recv` will report.
+            Err(_) => return None,
+        }
+    }
+}
+
 impl Drop for Delivery {
     /// Writes what is queued, then ends the thread (and with it its handle on the device).
     fn drop(&mut self) {
@@ -278,19 +300,24 @@ async fn run(
     ready: std::sync::mpsc::Sender<Result<(), DataplaneError>>,
 ) -> Result<(), DataplaneError> {
     let started = setup(&config).await.and_then(|dev| {
-        let delivery =
-            match config.offload {
+        let helpers = || {
+            let delivery = match config.offload {
                 true => None,
-                false => Some(Delivery::start(&dev, usize::from(config.mtu)).map_err(
-                    |source| DataplaneError::Delivery {
-                        name: config.tun.clone(),
-                        source,
-                    },
-                )?),
+                false => Some(Delivery::start(&dev, usize::from(config.mtu))?),
             };
-        Ok((dev, delivery))
+            let poller = match config.busy_poll.is_zero() {
+                true => None,
+                false => Some(duplicate(&dev)?),
+            };
+            Ok((delivery, poller))
+        };
+        let (delivery, poller) = helpers().map_err(|source| DataplaneError::Helpers {
+            name: config.tun.clone(),
+            source,
+        })?;
+        Ok((dev, delivery, poller))
     });
-    let (dev, delivery) = match started {
+    let (dev, delivery, mut poller) = match started {
         Ok(started) => {
             let _ = ready.send(Ok(()));
             started
@@ -328,25 +355,17 @@ async fn run(
                 // Drain what is queued (up to a batch) before looking at control and timers
                 // again: one wake-up per burst instead of per packet.
                 let now = now();
-                // When the last packet came, if polling at all.
-                let mut last = (!config.busy_poll.is_zero()).then(std::time::Instant::now);
-                let mut handled = 0;
-                while handled < BATCH {
+                for _ in 0..BATCH {
                     let n = match dev.try_recv(&mut buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            if last.is_some_and(|t| t.elapsed() < config.busy_poll) {
-                                std::hint::spin_loop();
-                                continue;
+                            match poller.as_mut().and_then(|p| poll_device(p, &mut buf, config.busy_poll)) {
+                                Some(n) => n,
+                                None => break,
                             }
-                            break;
                         }
                         Err(source) => return Err(DataplaneError::Read { name: config.tun.clone(), source }),
                     };
-                    handled += 1;
-                    if let Some(t) = &mut last {
-                        *t = std::time::Instant::now();
-                    }
                     io.reads += 1;
                     if n < hdr {
                         io.short_reads += 1;

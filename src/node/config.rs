@@ -38,8 +38,8 @@ pub struct NodeConfig {
     pub wan_network: Option<String>,
     #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// How long the data plane keeps polling the TUN device after a packet before it sleeps,
-    /// in microseconds (0: never poll). Polling costs CPU while traffic flows and saves a
+    /// How long the data plane keeps reading the TUN device once its queue ran empty before it
+    /// sleeps, in microseconds (0: never poll). Polling costs CPU while traffic flows and saves a
     /// wake-up per packet: lower latency and steadier throughput, most of all on VMs.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u64,
