@@ -61,9 +61,9 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-/// The default of `busy_poll_us`. 100 us: on this project's 2-vCPU VM it kept one TCP stream
-/// at 0.87-0.97x of the kernel's and the round trip near 210 us, where a data plane that sleeps
-/// swung between 0.47x and 0.75x and 250-715 us (`benches/dataplane.rs`).
+/// The default of `busy_poll_us`. 100 us: on this project's 2-vCPU VM one TCP stream ran at
+/// 0.89x/0.93x of the kernel's with a 73 us round trip (kernel 137 us), against 0.71x/0.80x and
+/// 180 us for a data plane that sleeps at once (`benches/dataplane.rs`, medians of 3 rounds).
 pub const DEFAULT_BUSY_POLL_US: u64 = 100;
 
 fn default_busy_poll_us() -> u64 {
