@@ -209,6 +209,8 @@ struct Delivery {
     /// `None` only while dropping: closing it ends the thread.
     queue: Option<SyncSender<(Vec<u8>, usize)>>,
     free: Receiver<Vec<u8>>,
+    /// Bytes of each buffer.
+    room: usize,
     errors: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -239,22 +241,25 @@ impl Delivery {
         Ok(Delivery {
             queue: Some(queue),
             free,
+            room,
             errors,
             thread: Some(thread),
         })
     }
 
-    /// Queues a copy of `packet`, or returns it if it does not fit a buffer. When every buffer
-    /// is queued this waits for one, as a writer waits on a full transmit queue.
-    fn send<'a>(&self, packet: &'a [u8]) -> Result<(), &'a [u8]> {
+    /// Queues a copy of `packet`; false if it is not queued (larger than a buffer, or the
+    /// thread is gone) and the caller writes it. When every buffer is queued this waits for
+    /// one, as a writer waits on a full transmit queue.
+    fn send(&self, packet: &[u8]) -> bool {
+        // Checked before a buffer is taken, so every buffer goes back to the pool.
+        if packet.len() > self.room {
+            return false;
+        }
         let (Some(queue), Ok(mut buf)) = (&self.queue, self.free.recv()) else {
-            return Err(packet);
+            return false;
         };
-        let Some(room) = buf.get_mut(..packet.len()) else {
-            return Err(packet);
-        };
-        room.copy_from_slice(packet);
-        queue.send((buf, packet.len())).map_err(|_| packet)
+        buf[..packet.len()].copy_from_slice(packet);
+        queue.send((buf, packet.len())).is_ok()
     }
 }
 
@@ -301,14 +306,12 @@ async fn run(
 ) -> Result<(), DataplaneError> {
     let started = setup(&config).await.and_then(|dev| {
         let helpers = || {
-            let delivery = match config.offload {
-                true => None,
-                false => Some(Delivery::start(&dev, usize::from(config.mtu))?),
-            };
-            let poller = match config.busy_poll.is_zero() {
-                true => None,
-                false => Some(duplicate(&dev)?),
-            };
+            let delivery = (!config.offload)
+                .then(|| Delivery::start(&dev, usize::from(config.mtu)))
+                .transpose()?;
+            let poller = (!config.busy_poll.is_zero())
+                .then(|| duplicate(&dev))
+                .transpose()?;
             Ok((delivery, poller))
         };
         let (delivery, poller) = helpers().map_err(|source| DataplaneError::Helpers {
@@ -378,7 +381,7 @@ async fn run(
                             if let (Some(d), Some(vpn)) = (&delivery, router.vpn()) {
                                 let packet = &buf[hdr..hdr + len];
                                 if !vpn.contains(wire::get_addr(packet, wire::IP_DST))
-                                    && d.send(packet).is_ok()
+                                    && d.send(packet)
                                 {
                                     io.writes += 1;
                                     continue;

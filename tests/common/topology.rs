@@ -57,8 +57,8 @@ pub struct Topology {
 /// What forwards between the tunnel and the containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// algonet's userspace router on a TUN device, with or without offload, polling the device
-    /// for `busy_poll_us` after each packet before it sleeps.
+    /// algonet's userspace router on a TUN device, with or without offload, reading the device
+    /// for up to `busy_poll_us` once its queue ran empty before it sleeps.
     Algonet { offload: bool, busy_poll_us: u64 },
     /// The kernel with the iptables rules vantage6 4.14 writes (per-port DNAT, MASQUERADE):
     /// the baseline of the side-by-side benchmark.
