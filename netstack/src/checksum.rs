@@ -92,6 +92,17 @@ impl Delta {
         self.0 += other.0;
     }
 
+    /// The delta folded to 16 bits, to keep it compactly; zero only if the delta is.
+    #[inline]
+    pub fn folded(self) -> u16 {
+        fold(self.0)
+    }
+
+    #[inline]
+    pub fn from_folded(folded: u16) -> Delta {
+        Delta(u32::from(folded))
+    }
+
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }

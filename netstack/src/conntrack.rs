@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
+use crate::nat::Change;
 use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::{Protocol, TCP_ACK_FLAG, TCP_FIN, TCP_RST, TCP_SYN};
@@ -134,6 +135,9 @@ const CLOSED: u8 = 16;
 pub struct Conn {
     pub original: Tuple,
     pub reply: Tuple,
+    /// The checksum change of the rewrite, by direction ([`Dir`] as index): fixed for the
+    /// connection's life, so packets do not recompute it.
+    changes: [Change; 2],
     /// Seconds since the driver's epoch.
     last_seen: u32,
     queued: u32,
@@ -153,6 +157,11 @@ impl Conn {
             Dir::Original => self.reply.reverse(),
             Dir::Reply => self.original.reverse(),
         }
+    }
+
+    /// The checksum change of rewriting a packet travelling in `dir`.
+    pub fn change(&self, dir: Dir) -> Change {
+        self.changes[dir as usize]
     }
 
     fn class(&self) -> Class {
@@ -338,13 +347,20 @@ impl Table {
     }
 
     /// Records a packet of connection `id`: refreshes it and follows TCP's life cycle. Returns
-    /// the tuple the packet is rewritten to (one slot access for both on the per-packet path).
+    /// the tuple the packet is rewritten to and the checksum change of that (one slot access
+    /// for all on the per-packet path).
     #[inline]
-    pub fn on_packet(&mut self, id: u32, dir: Dir, tcp_flags: Option<u8>, now: Instant) -> Tuple {
+    pub fn on_packet(
+        &mut self,
+        id: u32,
+        dir: Dir,
+        tcp_flags: Option<u8>,
+        now: Instant,
+    ) -> (Tuple, Change) {
         let now = secs(now);
         let c = self.slot(id);
         c.last_seen = now;
-        let to = c.translated(dir);
+        let to = (c.translated(dir), c.change(dir));
         let mut f = c.flags;
         if dir == Dir::Reply {
             f |= REPLIED;
@@ -405,6 +421,10 @@ impl Table {
         let conn = Conn {
             original,
             reply,
+            changes: [
+                Change::new(original, reply.reverse()),
+                Change::new(reply, original.reverse()),
+            ],
             last_seen: now,
             queued: now,
             prev: NONE,
@@ -586,7 +606,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_48_bytes() {
-        assert_eq!(core::mem::size_of::<Conn>(), 48);
+        assert_eq!(core::mem::size_of::<Conn>(), 56);
     }
 
     fn tuple(n: u8) -> Tuple {

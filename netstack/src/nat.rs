@@ -1,9 +1,11 @@
 //! In-place rewriting of addresses and ports with incremental checksum updates.
 
+use core::net::{Ipv4Addr, SocketAddrV4};
+
 use crate::checksum::Delta;
 use crate::conntrack::Tuple;
 use crate::wire::{
-    get16, get32, put16, put32, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM, UDP_CSUM,
+    get16, put16, put32, Ip, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM, UDP_CSUM,
 };
 
 /// How the L4 checksum field of a packet is to be read.
@@ -27,26 +29,72 @@ pub enum Mode {
     Quoted { end: usize },
 }
 
-fn set_word(buf: &mut [u8], off: usize, new: u16, d: &mut Delta) {
-    d.word(get16(buf, off), new);
-    put16(buf, off, new);
+/// The checksum change of rewriting one tuple into another, folded: `!old + new` over the
+/// address words and over the port words. A connection rewrites every packet of one direction
+/// from the same tuple to the same tuple, so conntrack computes this once per direction and the
+/// per-packet rewrite only applies it, without reading or comparing the old fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Source and destination address: the IP header checksum and the pseudo-header.
+    addrs: u16,
+    /// Source and destination port (the ICMP identifier stands in one of them, see
+    /// [`crate::wire::L4::ports`], and the other is 0 on both sides).
+    ports: u16,
 }
 
-/// Writes a 32-bit field (an address, or two adjacent ports) only if it changes.
-#[inline]
-fn set_word32(buf: &mut [u8], off: usize, new: u32, d: &mut Delta) {
-    let old = get32(buf, off);
-    if old != new {
-        d.word32(old, new);
-        put32(buf, off, new);
+impl Change {
+    pub fn new(from: Tuple, to: Tuple) -> Change {
+        let mut addrs = Delta::ZERO;
+        addrs.word32(from.src.ip().to_bits(), to.src.ip().to_bits());
+        addrs.word32(from.dst.ip().to_bits(), to.dst.ip().to_bits());
+        let mut ports = Delta::ZERO;
+        ports.word(from.src.port(), to.src.port());
+        ports.word(from.dst.port(), to.dst.port());
+        Change {
+            addrs: addrs.folded(),
+            ports: ports.folded(),
+        }
     }
 }
 
 /// Rewrites the IPv4 packet that starts at `ip` (header length `header_len`, L4 shape `l4`) so
-/// that its addresses and ports are `to`, and keeps every checksum right.
+/// that its addresses and ports are `to`, and keeps every checksum right. `change` must be
+/// [`Change::new`] of the tuple the packet holds and `to`.
 #[inline]
-pub fn rewrite(buf: &mut [u8], ip: usize, header_len: usize, l4: L4, to: Tuple, mode: Mode) {
-    rewrite_tracked::<false>(buf, ip, header_len, l4, to, mode);
+pub fn rewrite(
+    buf: &mut [u8],
+    ip: usize,
+    header_len: usize,
+    l4: L4,
+    to: Tuple,
+    change: Change,
+    mode: Mode,
+) {
+    rewrite_tracked::<false>(buf, ip, header_len, l4, to, change, mode);
+}
+
+/// Rewrites only the addresses of the IPv4 packet `ip` at the start of `buf`, and its header
+/// checksum: a fragment after the first (no L4 header), or an ICMP error (its quote is
+/// translated on its own).
+pub fn rewrite_addresses(buf: &mut [u8], ip: &Ip, src: Ipv4Addr, dst: Ipv4Addr) {
+    let from = Tuple {
+        src: SocketAddrV4::new(ip.src, 0),
+        dst: SocketAddrV4::new(ip.dst, 0),
+    };
+    let to = Tuple {
+        src: SocketAddrV4::new(src, 0),
+        dst: SocketAddrV4::new(dst, 0),
+    };
+    let mode = Mode::Packet(L4Checksum::Complete);
+    rewrite(
+        buf,
+        0,
+        ip.header_len,
+        L4::Fragment,
+        to,
+        Change::new(from, to),
+        mode,
+    );
 }
 
 /// Like [`rewrite`], and returns the change of all words written, checksums included: the delta
@@ -57,9 +105,10 @@ pub fn rewrite_quoted(
     header_len: usize,
     l4: L4,
     to: Tuple,
+    change: Change,
     end: usize,
 ) -> Delta {
-    rewrite_tracked::<true>(buf, ip, header_len, l4, to, Mode::Quoted { end })
+    rewrite_tracked::<true>(buf, ip, header_len, l4, to, change, Mode::Quoted { end })
 }
 
 #[inline(always)]
@@ -69,11 +118,13 @@ fn rewrite_tracked<const TRACK: bool>(
     header_len: usize,
     l4: L4,
     to: Tuple,
+    change: Change,
     mode: Mode,
 ) -> Delta {
-    let mut addrs = Delta::ZERO;
-    set_word32(buf, ip + IP_SRC, to.src.ip().to_bits(), &mut addrs);
-    set_word32(buf, ip + IP_DST, to.dst.ip().to_bits(), &mut addrs);
+    let addrs = Delta::from_folded(change.addrs);
+    let ports = Delta::from_folded(change.ports);
+    put32(buf, ip + IP_SRC, to.src.ip().to_bits());
+    put32(buf, ip + IP_DST, to.dst.ip().to_bits());
     let mut all = addrs;
     if !addrs.is_zero() {
         let old = get16(buf, ip + IP_CSUM);
@@ -84,26 +135,25 @@ fn rewrite_tracked<const TRACK: bool>(
         }
     }
     let l4o = ip + header_len;
-    let mut ports = Delta::ZERO;
     // (checksum offset, covers the pseudo-header, 0 means "no checksum")
     let csum = match l4 {
         L4::Tcp { .. } | L4::Udp { .. } => {
             let both = u32::from(to.src.port()) << 16 | u32::from(to.dst.port());
-            set_word32(buf, l4o, both, &mut ports);
+            put32(buf, l4o, both);
             let udp = matches!(l4, L4::Udp { .. });
             Some((l4o + if udp { UDP_CSUM } else { TCP_CSUM }, true, udp))
         }
         L4::EchoRequest { .. } => {
-            set_word(buf, l4o + ICMP_ID, to.src.port(), &mut ports);
+            put16(buf, l4o + ICMP_ID, to.src.port());
             Some((l4o + ICMP_CSUM, false, false))
         }
         L4::EchoReply { .. } => {
-            set_word(buf, l4o + ICMP_ID, to.dst.port(), &mut ports);
+            put16(buf, l4o + ICMP_ID, to.dst.port());
             Some((l4o + ICMP_CSUM, false, false))
         }
         L4::IcmpError { .. } | L4::Fragment => None,
     };
-    if TRACK {
+    if TRACK && csum.is_some() {
         all.add(ports);
     }
     let Some((off, pseudo, zero_is_none)) = csum else {

@@ -543,13 +543,14 @@ impl Router {
             L4::Tcp { flags, .. } => Some(flags),
             _ => None,
         };
-        let to = self.conns.on_packet(id, dir, tcp_flags, now);
+        let (to, change) = self.conns.on_packet(id, dir, tcp_flags, now);
         nat::rewrite(
             buf,
             0,
             p.ip.header_len,
             p.l4,
             to,
+            change,
             Mode::Packet(meta.checksum),
         );
         if p.ip.more_fragments {
@@ -694,18 +695,7 @@ impl Router {
         if !self.conns.is_live(conn) {
             return Err(DropReason::FragmentUnknown);
         }
-        let to = Tuple {
-            src: SocketAddrV4::new(src, 0),
-            dst: SocketAddrV4::new(dst, 0),
-        };
-        nat::rewrite(
-            buf,
-            0,
-            p.ip.header_len,
-            L4::Fragment,
-            to,
-            Mode::Packet(L4Checksum::Complete),
-        );
+        nat::rewrite_addresses(buf, &p.ip, src, dst);
         Ok(())
     }
 
@@ -735,14 +725,18 @@ impl Router {
         if p.ip.dst != *arrived.dst.ip() || (side == Side::Container && !from_endpoint) {
             return Err(DropReason::IcmpErrorUnmatched);
         }
-        let to = self.conns.get(id).translated(dir);
+        let conn = self.conns.get(id);
+        let to = conn.translated(dir);
         let quote_at = icmp_at + 8;
+        // The quote holds the reverse of `arrived` and becomes the reverse of `to`: the reverse
+        // rewrite changes the same words the same way.
         let delta = nat::rewrite_quoted(
             buf,
             quote_at,
             q.header_len,
             q.l4,
             to.reverse(),
+            conn.change(dir),
             quote_at + q.len,
         );
         let c = wire::get16(buf, icmp_at + ICMP_CSUM);
@@ -752,18 +746,7 @@ impl Router {
         } else {
             p.ip.src
         };
-        let outer = Tuple {
-            src: SocketAddrV4::new(outer_src, 0),
-            dst: SocketAddrV4::new(*to.dst.ip(), 0),
-        };
-        nat::rewrite(
-            buf,
-            0,
-            p.ip.header_len,
-            p.l4,
-            outer,
-            Mode::Packet(L4Checksum::Complete),
-        );
+        nat::rewrite_addresses(buf, &p.ip, outer_src, *to.dst.ip());
         Ok(())
     }
 }

@@ -93,8 +93,11 @@ proptest! {
                     L4::EchoRequest { .. } => (s, SocketAddrV4::new(*d.ip(), 0)),
                     _ => (s, d),
                 };
+                let (os, od) = p.l4.ports();
+                let from = netstack::Tuple { src: SocketAddrV4::new(p.ip.src, os), dst: SocketAddrV4::new(p.ip.dst, od) };
+                let to = netstack::Tuple { src: s, dst: d };
                 let mut back = out.clone();
-                nat::rewrite(&mut back, 0, p.ip.header_len, p.l4, netstack::Tuple { src: s, dst: d }, Mode::Packet(L4Checksum::Complete));
+                nat::rewrite(&mut back, 0, p.ip.header_len, p.l4, to, nat::Change::new(from, to), Mode::Packet(L4Checksum::Complete));
                 prop_assert_eq!(back, pkt);
             }
             Action::Reply { .. } => assert_checksums(&out),
