@@ -166,6 +166,11 @@ fn main() {
             "algonet, no offload",
             algonet(false, DEFAULT_BUSY_POLL_US),
         ),
+        (
+            "no-offload-sleep",
+            "algonet, no offload, no busy-poll",
+            algonet(false, 0),
+        ),
     ]
     .into_iter()
     .filter(|(key, ..)| {

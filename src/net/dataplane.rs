@@ -272,14 +272,16 @@ fn duplicate(dev: &tun_rs::AsyncDevice) -> std::io::Result<std::fs::File> {
 }
 
 /// Reads the device directly until a packet comes or `window` passes. `try_recv` cannot do
-/// this: tokio's readiness, which it checks first, only changes when the task yields.
+/// this: tokio's readiness, which it checks first, only changes when the task yields. Between
+/// reads the thread yields its CPU to anything else runnable there (the containers' own work,
+/// the delivery thread): the poll holds a CPU only when nothing else wants it.
 fn poll_device(tun: &mut std::fs::File, buf: &mut [u8], window: Duration) -> Option<usize> {
     let start = std::time::Instant::now();
     loop {
         match tun.read(buf) {
             Ok(n) => return Some(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < window => {
-                std::hint::spin_loop()
+                std::thread::yield_now()
             }
             // Quiet for the whole window, or an error the next `try_recv` will report.
             Err(_) => return None,
