@@ -216,7 +216,11 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn start(dev: &tun_rs::AsyncDevice, room: usize) -> std::io::Result<Delivery> {
+    fn start(
+        dev: &tun_rs::AsyncDevice,
+        room: usize,
+        window: Duration,
+    ) -> std::io::Result<Delivery> {
         let fd = duplicate(dev)?;
         let (queue, queued) = sync_channel::<(Vec<u8>, usize)>(DELIVERY_BUFFERS);
         let (give_back, free) = sync_channel(DELIVERY_BUFFERS);
@@ -229,7 +233,7 @@ impl Delivery {
             .name("algonet-delivery".into())
             .spawn(move || {
                 let mut tun = fd;
-                for (buf, len) in queued {
+                while let Some((buf, len)) = recv_polling(&queued, window) {
                     if tun.write(&buf[..len]).is_err() {
                         counted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -289,6 +293,22 @@ fn poll_device(tun: &mut std::fs::File, buf: &mut [u8], window: Duration) -> Opt
     }
 }
 
+/// Receives from `rx`, polling (and yielding the CPU between tries) for up to `window` before
+/// it sleeps: a sleeping thread costs the sender a wake-up. `None` once the sender is gone.
+fn recv_polling<T>(rx: &Receiver<T>, window: Duration) -> Option<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(item) => return Some(item),
+            Err(std::sync::mpsc::TryRecvError::Empty) if start.elapsed() < window => {
+                std::thread::yield_now()
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+}
+
 impl Drop for Delivery {
     /// Writes what is queued, then ends the thread (and with it its handle on the device).
     fn drop(&mut self) {
@@ -309,7 +329,7 @@ async fn run(
     let started = setup(&config).await.and_then(|dev| {
         let helpers = || {
             let delivery = (!config.offload)
-                .then(|| Delivery::start(&dev, usize::from(config.mtu)))
+                .then(|| Delivery::start(&dev, usize::from(config.mtu), config.busy_poll))
                 .transpose()?;
             let poller = (!config.busy_poll.is_zero())
                 .then(|| duplicate(&dev))
