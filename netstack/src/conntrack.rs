@@ -164,6 +164,62 @@ impl Conn {
         self.changes[dir as usize]
     }
 
+    /// The tuple packets travelling in `dir` arrive with.
+    #[inline]
+    fn arrives_with(&self, dir: Dir) -> Tuple {
+        match dir {
+            Dir::Original => self.original,
+            Dir::Reply => self.reply,
+        }
+    }
+
+    /// Refreshes the connection for a packet travelling in `dir` and follows TCP's life cycle.
+    /// Returns the packet's rewrite, and the connection's new class if it changed (the table
+    /// moves it to that class's list).
+    #[inline]
+    fn record(
+        &mut self,
+        dir: Dir,
+        tcp_flags: Option<u8>,
+        now: u32,
+    ) -> (Tuple, Change, Option<Class>) {
+        self.last_seen = now;
+        let (to, change) = (self.translated(dir), self.change(dir));
+        let mut f = self.flags;
+        if dir == Dir::Reply {
+            f |= REPLIED;
+        }
+        if let Some(tf) = tcp_flags {
+            let syn_only = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN;
+            if tf & TCP_RST != 0 {
+                f |= CLOSED;
+            } else if syn_only
+                && dir == Dir::Original
+                && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0
+            {
+                // The same ports open a new connection after the old one closed.
+                f = 0;
+            } else {
+                if dir == Dir::Reply && tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN | TCP_ACK_FLAG {
+                    f |= ESTABLISHED;
+                }
+                if tf & TCP_FIN != 0 {
+                    f |= if dir == Dir::Original {
+                        FIN_ORIGINAL
+                    } else {
+                        FIN_REPLY
+                    };
+                }
+            }
+        }
+        if f == self.flags {
+            return (to, change, None);
+        }
+        self.flags = f;
+        let class = self.class();
+        (to, change, (class != self.class).then_some(class))
+    }
+
     fn class(&self) -> Class {
         let f = self.flags;
         match self.protocol {
@@ -227,6 +283,12 @@ fn unpack(v: u32) -> (u32, Dir) {
     (v >> 1, dir)
 }
 
+/// Slot `id` of the chunks: borrows only them, so the table's other fields stay usable.
+#[inline]
+fn conn_mut(chunks: &mut [Vec<Conn>], id: u32) -> &mut Conn {
+    &mut chunks[id as usize / CHUNK][id as usize % CHUNK]
+}
+
 fn secs(now: Instant) -> u32 {
     u32::try_from(now.as_millis() / 1000).unwrap_or(u32::MAX)
 }
@@ -270,7 +332,7 @@ impl Table {
 
     #[inline]
     fn slot(&mut self, id: u32) -> &mut Conn {
-        &mut self.chunks[id as usize / CHUNK][id as usize % CHUNK]
+        conn_mut(&mut self.chunks, id)
     }
 
     pub fn handle(&self, id: u32) -> ConnRef {
@@ -304,52 +366,59 @@ impl Table {
             .map(|&v| unpack(v))
     }
 
-    /// [`Table::find`] through the recent-lookup cache.
-    #[inline]
-    fn find_recent(&mut self, protocol: Protocol, tuple: Tuple) -> Option<(u32, Dir)> {
-        let key = Key::new(protocol, tuple);
-        let k = &key.0;
-        let mix = (k[0] ^ k[1] ^ k[2]).wrapping_mul(0x9e37_79b1);
-        let slot = (mix >> 26) as usize % RECENT;
-        let (seen_mix, v) = self.recent[slot];
-        if seen_mix == mix && v != NONE {
-            let (id, dir) = unpack(v);
-            let c = self.get(id);
-            let seen = match dir {
-                Dir::Original => c.original,
-                Dir::Reply => c.reply,
-            };
-            if c.live && c.protocol == protocol && seen == tuple {
-                return Some((id, dir));
-            }
-        }
-        let v = *self.index.get(&key)?;
-        self.recent[slot] = (mix, v);
-        Some(unpack(v))
-    }
-
     /// Finds the live connection a packet arriving with `tuple` belongs to, without touching it.
     pub fn peek(&self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
         let (id, dir) = self.find(protocol, tuple)?;
         (!self.is_idle(self.get(id), secs(now))).then_some((id, dir))
     }
 
-    /// Like [`Table::peek`], and removes the connection found idle past its timeout.
+    /// The per-packet path: finds the live connection a packet arriving with `tuple` belongs to
+    /// and records the packet in it (as [`Table::on_packet`]). Returns the connection, the tuple
+    /// the packet is rewritten to and the checksum change of that; `None` if no live connection
+    /// has the tuple (one found idle past its timeout is removed). The slot is reached once.
     #[inline]
-    pub fn lookup(&mut self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
-        let (id, dir) = self.find_recent(protocol, tuple)?;
-        if self.is_idle(self.get(id), secs(now)) {
+    pub fn track(
+        &mut self,
+        protocol: Protocol,
+        tuple: Tuple,
+        tcp_flags: Option<u8>,
+        now: Instant,
+    ) -> Option<(u32, Tuple, Change)> {
+        let key = Key::new(protocol, tuple);
+        let k = &key.0;
+        let mix = (k[0] ^ k[1] ^ k[2]).wrapping_mul(0x9e37_79b1);
+        let slot = (mix >> 26) as usize % RECENT;
+        let (seen_mix, cached) = self.recent[slot];
+        let mut hit = None;
+        if seen_mix == mix && cached != NONE {
+            let (id, dir) = unpack(cached);
+            let c = conn_mut(&mut self.chunks, id);
+            if c.live && c.protocol == protocol && c.arrives_with(dir) == tuple {
+                hit = Some((id, dir, c));
+            }
+        }
+        let (id, dir, c) = match hit {
+            Some(hit) => hit,
+            None => {
+                let v = *self.index.get(&key)?;
+                self.recent[slot] = (mix, v);
+                let (id, dir) = unpack(v);
+                (id, dir, conn_mut(&mut self.chunks, id))
+            }
+        };
+        let now = secs(now);
+        if now.saturating_sub(c.last_seen) > self.timeouts[c.class as usize] {
             self.remove(id);
             self.expired += 1;
             return None;
         }
-        Some((id, dir))
+        let (to, change, class) = c.record(dir, tcp_flags, now);
+        self.reclass(id, class, now);
+        Some((id, to, change))
     }
 
-    /// Records a packet of connection `id`: refreshes it and follows TCP's life cycle. Returns
-    /// the tuple the packet is rewritten to and the checksum change of that (one slot access
-    /// for all on the per-packet path).
-    #[inline]
+    /// Records a packet of connection `id` travelling in `dir`: refreshes it and follows TCP's
+    /// life cycle. Returns the tuple the packet is rewritten to and the checksum change of that.
     pub fn on_packet(
         &mut self,
         id: u32,
@@ -358,47 +427,19 @@ impl Table {
         now: Instant,
     ) -> (Tuple, Change) {
         let now = secs(now);
-        let c = self.slot(id);
-        c.last_seen = now;
-        let to = (c.translated(dir), c.change(dir));
-        let mut f = c.flags;
-        if dir == Dir::Reply {
-            f |= REPLIED;
-        }
-        if let Some(tf) = tcp_flags {
-            let syn_only = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN;
-            if tf & TCP_RST != 0 {
-                f |= CLOSED;
-            } else if syn_only
-                && dir == Dir::Original
-                && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0
-            {
-                // The same ports open a new connection after the old one closed.
-                f = 0;
-            } else {
-                if dir == Dir::Reply && tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN | TCP_ACK_FLAG {
-                    f |= ESTABLISHED;
-                }
-                if tf & TCP_FIN != 0 {
-                    f |= if dir == Dir::Original {
-                        FIN_ORIGINAL
-                    } else {
-                        FIN_REPLY
-                    };
-                }
-            }
-        }
-        if f == c.flags {
-            return to;
-        }
-        c.flags = f;
-        let class = c.class();
-        if class != c.class {
+        let (to, change, class) = self.slot(id).record(dir, tcp_flags, now);
+        self.reclass(id, class, now);
+        (to, change)
+    }
+
+    /// Moves connection `id` to the list of its new class, if it has one.
+    #[inline]
+    fn reclass(&mut self, id: u32, class: Option<Class>, now: u32) {
+        if let Some(class) = class {
             self.unlink(id);
             self.slot(id).class = class;
             self.push_back(id, now);
         }
-        to
     }
 
     /// Starts tracking a new connection whose first packet arrived with `original` and whose
@@ -605,7 +646,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn a_connection_is_48_bytes() {
+    fn a_connection_is_56_bytes() {
         assert_eq!(core::mem::size_of::<Conn>(), 56);
     }
 
@@ -636,8 +677,9 @@ mod tests {
                     _ => {}
                 }
                 for probe in [original, reply] {
-                    let indexed = t.find(protocol, probe);
-                    prop_assert_eq!(t.lookup(protocol, probe, now), indexed);
+                    let indexed = t.find(protocol, probe).map(|(id, dir)| (id, t.get(id).translated(dir)));
+                    let tracked = t.track(protocol, probe, None, now).map(|(id, to, _)| (id, to));
+                    prop_assert_eq!(tracked, indexed);
                 }
             }
         }

@@ -69,15 +69,16 @@ pub struct Mapping {
 }
 
 /// What the router does with a packet: all but `Drop` mean "write `buf[..len]` back to the TUN".
+/// Lengths are IPv4 lengths (16 bits), which also keeps an action in one register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// The packet was translated (its L4 checksum keeps the kind it came with).
     Forward {
-        len: usize,
+        len: u16,
     },
     /// The router answered: `buf[..len]` is a new, complete packet (no offload).
     Reply {
-        len: usize,
+        len: u16,
         reply: Reply,
     },
     Drop(DropReason),
@@ -430,9 +431,11 @@ impl Router {
                 if p.ip.is_fragment() {
                     return Err(DropReason::FragmentedLocal);
                 }
+                let len = u16::try_from(icmp::echo_reply(buf, &p.ip))
+                    .map_err(|_| DropReason::Malformed)?;
                 self.counters.reply(Reply::EchoReply);
                 return Ok(Action::Reply {
-                    len: icmp::echo_reply(buf, &p.ip),
+                    len,
                     reply: Reply::EchoReply,
                 });
             }
@@ -449,7 +452,8 @@ impl Router {
         }
         let len = p.ip.total_len;
         self.counters.forward(side, len);
-        Ok(Action::Forward { len })
+        // Read from the header's 16-bit field by `parse`.
+        Ok(Action::Forward { len: len as u16 })
     }
 
     /// Whether the packet (or each segment of a GSO super-packet) exceeds the MTU with DF set.
@@ -508,7 +512,7 @@ impl Router {
         if !self.limit.allow(now) {
             return Err(DropReason::RateLimited);
         }
-        let len = build(buf)?;
+        let len = u16::try_from(build(buf)?).map_err(|_| reason)?;
         self.counters.drop(reason);
         self.counters.reply(reply);
         Ok(Action::Reply { len, reply })
@@ -532,18 +536,18 @@ impl Router {
             src: SocketAddrV4::new(p.ip.src, sport),
             dst: SocketAddrV4::new(p.ip.dst, dport),
         };
-        let (id, dir) = match self.conns.lookup(protocol, arrived, now) {
-            Some(hit) => hit,
-            None => (
-                self.open(protocol, arrived, p, side, vpn, now)?,
-                Dir::Original,
-            ),
-        };
         let tcp_flags = match p.l4 {
             L4::Tcp { flags, .. } => Some(flags),
             _ => None,
         };
-        let (to, change) = self.conns.on_packet(id, dir, tcp_flags, now);
+        let (id, to, change) = match self.conns.track(protocol, arrived, tcp_flags, now) {
+            Some(hit) => hit,
+            None => {
+                let id = self.open(protocol, arrived, p, side, vpn, now)?;
+                let (to, change) = self.conns.on_packet(id, Dir::Original, tcp_flags, now);
+                (id, to, change)
+            }
+        };
         nat::rewrite(
             buf,
             0,

@@ -22,7 +22,7 @@ fn go_meta(r: &mut Router, pkt: &[u8], meta: Meta, now: Instant) -> (Action, Vec
     buf[..pkt.len()].copy_from_slice(pkt);
     let a = r.process(&mut buf, pkt.len(), meta, now);
     let out = match a {
-        Action::Forward { len } | Action::Reply { len, .. } => buf[..len].to_vec(),
+        Action::Forward { len } | Action::Reply { len, .. } => buf[..usize::from(len)].to_vec(),
         Action::Drop(_) => Vec::new(),
     };
     if !out.is_empty() {
@@ -129,7 +129,7 @@ fn ping_to_the_node_is_answered_and_ping_from_a_container_is_translated() {
     assert_eq!(
         a,
         Action::Reply {
-            len: out.len(),
+            len: u16::try_from(out.len()).expect("an IPv4 length"),
             reply: Reply::EchoReply
         }
     );

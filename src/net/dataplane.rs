@@ -399,6 +399,7 @@ async fn run(
                     let meta = if hdr == 0 { Meta::default() } else { vnet_meta(&buf[..hdr]) };
                     let out = match router.process(&mut buf[hdr..], n - hdr, meta, now) {
                         Action::Forward { len } => {
+                            let len = usize::from(len);
                             // A forwarded packet is a whole IPv4 header and more.
                             if let (Some(d), Some(vpn)) = (&delivery, router.vpn()) {
                                 let packet = &buf[hdr..hdr + len];
@@ -414,7 +415,7 @@ async fn run(
                         Action::Reply { len, .. } => {
                             // A packet the router built: complete checksums, no segmentation.
                             buf[..hdr].fill(0);
-                            hdr + len
+                            hdr + usize::from(len)
                         }
                         Action::Drop(_) => continue,
                     };
