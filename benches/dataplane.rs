@@ -1,7 +1,7 @@
 //! Side by side, on the same namespaces and the same traffic: (a) the kernel with the iptables
 //! rules vantage6 4.14 writes, (b) algonet with offload as the node runs it (polling the TUN for
 //! `busy_poll_us` after each packet), and the same without busy-polling, (c) algonet without
-//! offload. iperf3 for TCP (one stream each way, 8 streams) and UDP packet rates (1400 and 64
+//! offload, also with and without busy-polling. iperf3 for TCP (one stream each way, 8 streams) and UDP packet rates (1400 and 64
 //! bytes), and the round trip of a small request/response. Prints one table with ratios to (a).
 //!
 //! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
@@ -143,7 +143,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     // `MODES=no-offload` (or any comma-separated subset of kernel, offload, offload-sleep,
-    // no-offload) runs only those, for working on one of them; ratios are then to the first.
+    // no-offload, no-offload-sleep) runs only those, for working on one of them; ratios are
+    // then to the first.
     let wanted = std::env::var("MODES").ok();
     let algonet = |offload, busy_poll_us| Mode::Algonet {
         offload,

@@ -61,9 +61,10 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-/// The default of `busy_poll_us`. 100 us: on this project's 2-vCPU VM one TCP stream ran at
-/// 0.89x/0.93x of the kernel's with a 73 us round trip (kernel 137 us), against 0.71x/0.80x and
-/// 180 us for a data plane that sleeps at once (`benches/dataplane.rs`, medians of 3 rounds).
+/// The default of `busy_poll_us`. 100 us: on this project's 2-vCPU VM a request/response took
+/// 79 us with it (kernel 137 us) against 174 us for a data plane that sleeps at once, and one TCP
+/// stream ran at 0.85x/0.90x of the kernel's against 0.80x/0.94x (`benches/dataplane.rs`,
+/// medians of 3 rounds; the poll yields its CPU between reads, so it costs others little).
 pub const DEFAULT_BUSY_POLL_US: u64 = 100;
 
 fn default_busy_poll_us() -> u64 {
