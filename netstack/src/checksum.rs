@@ -13,25 +13,27 @@
 use core::net::Ipv4Addr;
 
 /// Ones' complement sum of `data` as big-endian 16-bit words (an odd last byte is padded with
-/// zero), not yet folded.
+/// zero), folded.
 #[inline]
 pub fn sum(data: &[u8]) -> u32 {
-    // Big-endian 32-bit words summed in 64 bits fold to the same 16-bit sum as 16-bit words.
+    // The sum does not depend on byte order except for a swap of the result (RFC 1071 2.B), so
+    // the words are summed as the machine loads them and only the folded sum is swapped. 32-bit
+    // words summed in 64 bits fold to the same 16-bit sum as 16-bit words.
     let mut acc: u64 = 0;
     let mut words = data.chunks_exact(4);
     for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
     }
     let mut rest = words.remainder().chunks_exact(2);
     for c in &mut rest {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        acc += u64::from(u16::from_ne_bytes([c[0], c[1]]));
     }
     if let [last] = rest.remainder() {
-        acc += u64::from(*last) << 8;
+        acc += u64::from(u16::from_ne_bytes([*last, 0]));
     }
     let acc = (acc & 0xffff_ffff) + (acc >> 32);
     let acc = (acc & 0xffff_ffff) + (acc >> 32);
-    u32::from(fold(acc as u32))
+    u32::from(u16::from_be(fold(acc as u32)))
 }
 
 /// Folds a 32-bit accumulator into 16 bits with end-around carry. Nonzero input never folds
@@ -139,6 +141,15 @@ mod tests {
     }
 
     proptest! {
+        /// The word-at-a-time sum equals RFC 1071's definition: big-endian 16-bit words, an odd
+        /// last byte padded with zero.
+        #[test]
+        fn sum_matches_the_definition(data in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let words = data.chunks(2).map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
+            let naive: u32 = words.map(u32::from).sum();
+            prop_assert_eq!(sum(&data), u32::from(fold(naive)));
+        }
+
         /// Incremental update of one word equals full recomputation, bit for bit.
         #[test]
         fn incremental_equals_full(mut data in proptest::collection::vec(any::<u8>(), 2..64),
