@@ -164,6 +164,12 @@ impl Conn {
         self.changes[dir as usize]
     }
 
+    /// Whether the connection has been idle past its class's timeout (`timeouts` in seconds).
+    #[inline]
+    fn is_idle(&self, timeouts: &[u32; CLASSES], now: u32) -> bool {
+        now.saturating_sub(self.last_seen) > timeouts[self.class as usize]
+    }
+
     /// The tuple packets travelling in `dir` arrive with.
     #[inline]
     fn arrives_with(&self, dir: Dir) -> Tuple {
@@ -349,11 +355,6 @@ impl Table {
         }
     }
 
-    #[inline]
-    fn is_idle(&self, c: &Conn, now: u32) -> bool {
-        now.saturating_sub(c.last_seen) > self.timeouts[c.class as usize]
-    }
-
     /// Whether a tuple is tracked (in either direction), expired or not.
     pub fn contains(&self, protocol: Protocol, tuple: Tuple) -> bool {
         self.index.contains_key(&Key::new(protocol, tuple))
@@ -369,7 +370,7 @@ impl Table {
     /// Finds the live connection a packet arriving with `tuple` belongs to, without touching it.
     pub fn peek(&self, protocol: Protocol, tuple: Tuple, now: Instant) -> Option<(u32, Dir)> {
         let (id, dir) = self.find(protocol, tuple)?;
-        (!self.is_idle(self.get(id), secs(now))).then_some((id, dir))
+        (!self.get(id).is_idle(&self.timeouts, secs(now))).then_some((id, dir))
     }
 
     /// The per-packet path: finds the live connection a packet arriving with `tuple` belongs to
@@ -407,7 +408,7 @@ impl Table {
             }
         };
         let now = secs(now);
-        if now.saturating_sub(c.last_seen) > self.timeouts[c.class as usize] {
+        if c.is_idle(&self.timeouts, now) {
             self.remove(id);
             self.expired += 1;
             return None;
