@@ -275,38 +275,44 @@ fn duplicate(dev: &tun_rs::AsyncDevice) -> std::io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// Reads the device directly until a packet comes or `window` passes. `try_recv` cannot do
-/// this: tokio's readiness, which it checks first, only changes when the task yields. Between
-/// reads the thread yields its CPU to anything else runnable there (the containers' own work,
-/// the delivery thread): the poll holds a CPU only when nothing else wants it.
-fn poll_device(tun: &mut std::fs::File, buf: &mut [u8], window: Duration) -> Option<usize> {
+/// Calls `attempt` until it answers or `window` passes (then `None`), yielding the CPU between
+/// calls to anything else runnable there (the containers' own work, the other data-plane
+/// thread): a poll holds a CPU only when nothing else wants it.
+fn poll_for<T>(window: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
     let start = std::time::Instant::now();
     loop {
-        match tun.read(buf) {
-            Ok(n) => return Some(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < window => {
-                std::thread::yield_now()
-            }
-            // Quiet for the whole window, or an error the next `try_recv` will report.
-            Err(_) => return None,
+        if let Some(answer) = attempt() {
+            return Some(answer);
         }
+        if start.elapsed() >= window {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 
-/// Receives from `rx`, polling (and yielding the CPU between tries) for up to `window` before
-/// it sleeps: a sleeping thread costs the sender a wake-up. `None` once the sender is gone.
+/// Reads the device directly until a packet comes or `window` passes. `try_recv` cannot do
+/// this: tokio's readiness, which it checks first, only changes when the task yields.
+fn poll_device(tun: &mut std::fs::File, buf: &mut [u8], window: Duration) -> Option<usize> {
+    poll_for(window, || match tun.read(buf) {
+        Ok(n) => Some(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        // An error the next `try_recv` will report.
+        Err(_) => Some(None),
+    })
+    .flatten()
+}
+
+/// Receives from `rx`, polling for up to `window` before it sleeps: a sleeping thread costs the
+/// sender a wake-up. `None` once the sender is gone.
 fn recv_polling<T>(rx: &Receiver<T>, window: Duration) -> Option<T> {
-    let start = std::time::Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(item) => return Some(item),
-            Err(std::sync::mpsc::TryRecvError::Empty) if start.elapsed() < window => {
-                std::thread::yield_now()
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-        }
-    }
+    use std::sync::mpsc::TryRecvError;
+    poll_for(window, || match rx.try_recv() {
+        Ok(item) => Some(Some(item)),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Disconnected) => Some(None),
+    })
+    .unwrap_or_else(|| rx.recv().ok())
 }
 
 impl Drop for Delivery {
