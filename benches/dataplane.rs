@@ -1,8 +1,9 @@
 //! Side by side, on the same namespaces and the same traffic: (a) the kernel with the iptables
 //! rules vantage6 4.14 writes, (b) algonet with offload as the node runs it (polling the TUN for
 //! `busy_poll_us` after each packet), and the same without busy-polling, (c) algonet without
-//! offload, also with and without busy-polling. iperf3 for TCP (one stream each way, 8 streams) and UDP packet rates (1400 and 64
-//! bytes), and the round trip of a small request/response. Prints one table with ratios to (a).
+//! offload, also with and without busy-polling. iperf3 for TCP (one stream each way, 8 streams)
+//! and UDP packet rates (1400 and 64 bytes), and the round trips of a small request/response and
+//! of a 256 KB one. Prints one table with ratios to (a).
 //!
 //! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
 //! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5),
@@ -26,6 +27,10 @@ use common::TestNs;
 const IPERF_PORT: u16 = 49160;
 const ECHO_PORT: u16 = 49152;
 const ROUND_TRIPS: usize = 20_000;
+/// A message of the size of a model update, sent in bursts as the congestion window allows:
+/// what a data plane that holds packets back to merge them would delay.
+const BULK: usize = 256 * 1024;
+const BULK_ROUND_TRIPS: usize = 1_000;
 
 struct IperfServer(Child);
 
@@ -87,8 +92,8 @@ fn kpps(v: &serde_json::Value) -> f64 {
     received / s["seconds"].as_f64().unwrap_or(1.0) / 1e3
 }
 
-/// Round trips of a 64-byte request and its echo, in microseconds: (p50, p99).
-fn latency(t: &Topology) -> (f64, f64) {
+/// Round trips of a `size`-byte request and its echo, in microseconds: (p50, p99).
+fn latency(t: &Topology, size: usize, round_trips: usize) -> (f64, f64) {
     let listener: TcpListener =
         t.c1.ns
             .run(|| async { TcpListener::bind("0.0.0.0:8888") })
@@ -97,7 +102,7 @@ fn latency(t: &Topology) -> (f64, f64) {
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         s.set_nodelay(true).expect("nodelay");
-        let mut buf = [0u8; 64];
+        let mut buf = vec![0u8; size];
         while s.read_exact(&mut buf).is_ok() {
             if s.write_all(&buf).is_err() {
                 break;
@@ -112,8 +117,8 @@ fn latency(t: &Topology) -> (f64, f64) {
         .expect("ns")
         .expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    let mut buf = [7u8; 64];
-    let mut rtts: Vec<f64> = (0..ROUND_TRIPS)
+    let mut buf = vec![7u8; size];
+    let mut rtts: Vec<f64> = (0..round_trips)
         .map(|_| {
             let start = Instant::now();
             s.write_all(&buf).expect("request");
@@ -124,7 +129,7 @@ fn latency(t: &Topology) -> (f64, f64) {
     drop(s);
     let _ = server.join();
     rtts.sort_by(f64::total_cmp);
-    (rtts[ROUND_TRIPS / 2], rtts[ROUND_TRIPS * 99 / 100])
+    (rtts[round_trips / 2], rtts[round_trips * 99 / 100])
 }
 
 struct Row {
@@ -189,6 +194,8 @@ fn main() {
         ("UDP 64 B, received", "kpps", true),
         ("request/response 64 B, p50", "us", false),
         ("request/response 64 B, p99", "us", false),
+        ("request/response 256 KB, p50", "us", false),
+        ("request/response 256 KB, p99", "us", false),
     ]
     .into_iter()
     .map(|(name, unit, higher_is_better)| Row {
@@ -209,7 +216,8 @@ fn main() {
         for (i, (label, mode)) in modes.iter().enumerate() {
             eprintln!("== round {}/{rounds}: {label}", round + 1);
             let t = Topology::new(&format!("bn{i}"), *mode);
-            let (p50, p99) = latency(&t);
+            let (p50, p99) = latency(&t, 64, ROUND_TRIPS);
+            let (bulk50, bulk99) = latency(&t, BULK, BULK_ROUND_TRIPS);
             let server = IperfServer::start(&t.c2);
             let results = [
                 gbits(&iperf(&t.peer, seconds, &[])),
@@ -219,6 +227,8 @@ fn main() {
                 kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "36"])),
                 p50,
                 p99,
+                bulk50,
+                bulk99,
             ];
             drop(server);
             for (row, v) in results.into_iter().enumerate() {

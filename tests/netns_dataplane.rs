@@ -120,6 +120,13 @@ fn traffic_crosses_the_router(offload: bool) {
     assert_eq!(&got[..n], &big[..]);
 
     // Bulk TCP both ways; with offload the router sees GSO super-packets, not MTU-sized ones.
+    // Without offload it sees MTU-sized packets, and the kernel merges them again (GRO) after
+    // the router wrote them: container 1 receives fewer, larger packets.
+    let received = |what: &str| -> u64 {
+        let v = t.c1.sysfs(&format!("class/net/eth0/statistics/rx_{what}"));
+        v.parse().expect("counter")
+    };
+    let c1_before = (received("bytes"), received("packets"));
     let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
     let done = sink(&t.c1, 8890);
     t.rt.block_on(t.handle().with(|r| {
@@ -134,6 +141,8 @@ fn traffic_crosses_the_router(offload: bool) {
     .expect("mapping");
     send_bulk(&t.peer, SocketAddrV4::new(V, 49170), 8 << 20).expect("bulk to c1");
     assert_eq!(done.join().expect("sink"), 8 << 20);
+    let c1_bytes = received("bytes") - c1_before.0;
+    let c1_packets = received("packets") - c1_before.1;
     let done = sink(&t.peer, 7001);
     send_bulk(&t.c2, SocketAddrV4::new(PEER, 7001), 8 << 20).expect("bulk to peer");
     assert_eq!(done.join().expect("sink"), 8 << 20);
@@ -149,6 +158,17 @@ fn traffic_crosses_the_router(offload: bool) {
         );
     } else {
         assert!(bytes / packets <= u64::from(MTU));
+        let flags = t.router.sysfs("class/net/algonet0/tun_flags");
+        let flags = i64::from_str_radix(flags.trim_start_matches("0x"), 16).expect("tun_flags");
+        assert_ne!(flags & i64::from(libc::IFF_NAPI), 0, "TUN without IFF_NAPI");
+        assert_eq!(
+            t.router.sysfs("class/net/algonet0/gro_flush_timeout"),
+            "5000000"
+        );
+        assert!(
+            c1_bytes / c1_packets > 4 * u64::from(MTU),
+            "not merged: container 1 received {c1_bytes} bytes in {c1_packets} packets"
+        );
     }
 
     // Path MTU discovery through the NAT: the peer's hop to the far host carries only 1200

@@ -83,9 +83,9 @@ pub enum LinkError {
         on: String,
         source: rtnetlink::Error,
     },
-    /// a sysctl could not be written
+    /// a sysctl or device attribute could not be written
     #[error("cannot set {path} to {value}: {source}")]
-    Sysctl {
+    Setting {
         path: String,
         value: String,
         source: std::io::Error,
@@ -312,8 +312,27 @@ impl Netlink {
 /// Writes a sysctl of the calling thread's network namespace (`net/ipv4/ip_forward`).
 pub fn set_sysctl(path: &str, value: &str) -> Result<(), LinkError> {
     let full = format!("/proc/sys/{path}");
-    std::fs::write(&full, value).map_err(|source| LinkError::Sysctl {
+    std::fs::write(&full, value).map_err(|source| LinkError::Setting {
         path: full,
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Writes an attribute of a device of the calling thread's network namespace
+/// (`/sys/class/net/<dev>/<attr>`), from a helper thread with a sysfs of that namespace.
+pub fn set_device_attr(dev: &IfName, attr: &str, value: &str) -> Result<(), LinkError> {
+    let path = format!("/sys/class/net/{dev}/{attr}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::net::netns::own_sysfs()?;
+            std::fs::write(&path, value)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the helper thread panicked")))
+    })
+    .map_err(|source| LinkError::Setting {
+        path,
         value: value.to_string(),
         source,
     })

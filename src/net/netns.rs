@@ -113,18 +113,63 @@ impl Netns {
     }
 }
 
+/// Gives the calling thread a mount namespace of its own with a fresh sysfs on `/sys`, which
+/// shows the devices of the thread's network namespace (a sysfs shows those of the namespace
+/// that mounted it). For a short-lived thread: the mounts end with it, and none reaches the
+/// host's mount namespace.
+pub fn own_sysfs() -> std::io::Result<()> {
+    sys::unshare_mounts()?;
+    sys::mount_sysfs()
+}
+
 mod sys {
     use std::os::fd::RawFd;
 
-    /// Moves the calling thread into the network namespace `fd` refers to.
-    pub fn setns_net(fd: RawFd) -> std::io::Result<()> {
-        // SAFETY: setns only reads the descriptor, which the caller keeps open for the call; it
-        // affects the calling thread alone, which is a thread created for this purpose.
-        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+    fn check(rc: libc::c_int) -> std::io::Result<()> {
         if rc == 0 {
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())
         }
+    }
+
+    /// Moves the calling thread into a copy of its mount namespace whose mounts no longer
+    /// propagate to the original.
+    pub fn unshare_mounts() -> std::io::Result<()> {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNS affects the calling thread alone (its
+        // fs context is unshared with it), which callers dedicate to this.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+        // SAFETY: the target is a NUL-terminated literal; the null source, type and data are
+        // what a propagation change takes.
+        check(unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            )
+        })
+    }
+
+    /// Mounts a sysfs on `/sys` (in the calling thread's own mount namespace).
+    pub fn mount_sysfs() -> std::io::Result<()> {
+        // SAFETY: source, target and type are NUL-terminated literals; sysfs takes no data.
+        check(unsafe {
+            libc::mount(
+                c"sysfs".as_ptr(),
+                c"/sys".as_ptr(),
+                c"sysfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        })
+    }
+
+    /// Moves the calling thread into the network namespace `fd` refers to.
+    pub fn setns_net(fd: RawFd) -> std::io::Result<()> {
+        // SAFETY: setns only reads the descriptor, which the caller keeps open for the call; it
+        // affects the calling thread alone, which is a thread created for this purpose.
+        check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })
     }
 }

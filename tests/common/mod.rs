@@ -50,6 +50,17 @@ impl TestNs {
         TestNs { name, ns }
     }
 
+    /// Reads `/sys/<path>` as the namespace sees it (`ip netns exec` mounts its own sysfs).
+    pub fn sysfs(&self, path: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat"])
+            .arg(format!("/sys/{path}"))
+            .output()
+            .expect("run ip netns exec");
+        assert!(out.status.success(), "read /sys/{path} in {}", self.name);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Runs `ip -n <name> <args>` and returns its standard output (for assertions from outside).
     pub fn ip(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
