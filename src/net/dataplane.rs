@@ -38,9 +38,10 @@ const DELIVERY_BUFFERS: usize = 256;
 /// to merge them (GRO). A merged packet goes on at once on a TCP push, at 64 KB, or with the
 /// first write in a later clock tick; the timeout bounds only the wait of a burst that ended
 /// without a push and was followed by silence. It is longer than a tick (4 ms at Debian's
-/// 250 Hz): a timeout that ends before the next tick is re-armed on every write at the cost of
-/// programming the timer device, and one stream ran at 1.1-1.6 Gbit/s with 1 ms against
-/// 1.9-2.3 Gbit/s with 5 ms (interleaved runs of the dataplane bench).
+/// 250 Hz): a timeout that ends before the next tick is re-armed on every write, most likely
+/// programming the timer device each time (the time under `napi_complete_done` halved from a
+/// 50 us timeout to 5 ms), and one stream ran at 1.07-1.73 Gbit/s with 1 ms against
+/// 1.51-2.26 Gbit/s with 5 ms (interleaved runs of the dataplane bench).
 const GRO_FLUSH_TIMEOUT_NS: &str = "5000000";
 
 /// How to build the data plane.
