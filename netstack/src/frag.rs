@@ -58,6 +58,10 @@ impl Fragments {
     }
 
     /// Remembers that fragments `key` of connection `conn` get the addresses `src` and `dst`.
+    /// Out of line: only first fragments come here, and inlined into the per-packet path it
+    /// costs every packet a few instructions.
+    #[cold]
+    #[inline(never)]
     pub fn insert(
         &mut self,
         key: FragKey,

@@ -16,7 +16,7 @@ use foldhash::fast::FixedState;
 use crate::conntrack::{Dir, Table, Timeouts, Tuple};
 use crate::frag::{FragKey, Fragments};
 use crate::icmp::{self, RateLimit};
-use crate::nat::{self, L4Checksum, Mode};
+use crate::nat::{self, Change, L4Checksum, Mode};
 use crate::stats::{Counters, DropReason, Reply, Side};
 use crate::time::{millis, Instant};
 use crate::wire::{
@@ -388,6 +388,11 @@ impl Router {
         }
     }
 
+    /// The path of a packet of a known connection (parse, side, [`Table::track_recent`],
+    /// [`nat::rewrite`]) is inlined into `process`; every other path (answers, fragments, ICMP
+    /// errors, the index probe, new connections) is kept out of line with `#[cold]` or
+    /// `#[inline(never)]`. Inlined, their registers made the compiler keep the common path's
+    /// values on the stack: callgrind counted 534 instructions per packet before, 475 after.
     #[inline]
     fn route(
         &mut self,
@@ -473,6 +478,8 @@ impl Router {
         size > usize::from(vpn.mtu)
     }
 
+    #[cold]
+    #[inline(never)]
     fn answer_too_big(
         &mut self,
         buf: &mut [u8],
@@ -540,13 +547,9 @@ impl Router {
             L4::Tcp { flags, .. } => Some(flags),
             _ => None,
         };
-        let (id, to, change) = match self.conns.track(protocol, arrived, tcp_flags, now) {
+        let (id, to, change) = match self.conns.track_recent(protocol, arrived, tcp_flags, now) {
             Some(hit) => hit,
-            None => {
-                let id = self.open(protocol, arrived, p, side, vpn, now)?;
-                let (to, change) = self.conns.on_packet(id, Dir::Original, tcp_flags, now);
-                (id, to, change)
-            }
+            None => self.track(protocol, arrived, tcp_flags, p, side, vpn, now)?,
         };
         nat::rewrite(
             buf,
@@ -568,6 +571,28 @@ impl Router {
                 .insert(key, self.conns.handle(id), *to.src.ip(), *to.dst.ip(), now);
         }
         Ok(())
+    }
+
+    /// The packet's connection when the recent-lookup cache did not know it: found through the
+    /// index, or opened. Out of line, so that the hit path stays short.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn track(
+        &mut self,
+        protocol: Protocol,
+        arrived: Tuple,
+        tcp_flags: Option<u8>,
+        p: &Parsed,
+        side: Side,
+        vpn: Vpn,
+        now: Instant,
+    ) -> Result<(u32, Tuple, Change), DropReason> {
+        if let Some(hit) = self.conns.track(protocol, arrived, tcp_flags, now) {
+            return Ok(hit);
+        }
+        let id = self.open(protocol, arrived, p, side, vpn, now)?;
+        let (to, change) = self.conns.on_packet(id, Dir::Original, tcp_flags, now);
+        Ok((id, to, change))
     }
 
     /// Starts tracking the connection whose first packet arrived with `arrived`.
@@ -659,6 +684,8 @@ impl Router {
 
     /// Answers a packet to an unmapped port of the node: TCP with a RST, UDP with ICMP port
     /// unreachable, as a host with nothing listening would.
+    #[cold]
+    #[inline(never)]
     fn refuse(&mut self, buf: &mut [u8], p: &Parsed, now: Instant) -> Result<Action, DropReason> {
         match p.l4 {
             L4::Tcp { flags, .. } if flags & TCP_RST == 0 && !p.ip.is_fragment() => {
@@ -680,6 +707,8 @@ impl Router {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn translate_fragment(
         &mut self,
         buf: &mut [u8],
@@ -705,6 +734,8 @@ impl Router {
 
     /// Translates an ICMP error about a packet of a tracked connection: the quoted packet went
     /// the other way, so its reverse is how that connection's packets arrive here.
+    #[cold]
+    #[inline(never)]
     fn translate_icmp_error(
         &mut self,
         buf: &mut [u8],
