@@ -8,16 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bollard::models::{
-    ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HostConfig,
-    NetworkingConfig,
+use crate::api::client::Session;
+use crate::api::{
+    Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization,
+    Organization, OrganizationId,
 };
-use reqwest::Method;
-use serde_json::json;
-
-use crate::docker::{Docker, LABEL_OWNER, LABEL_ROLE};
-use crate::feature::{Admin, Row, Target};
-use crate::images::{ImageNames, ECHO_IMAGE};
+use crate::docker::images::{ImageNames, ECHO_IMAGE};
+use crate::docker::{specs, Docker};
+use crate::feature::{Row, Target};
 
 /// The internal Docker network the routers and the OpenVPN server share.
 pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
@@ -47,7 +45,7 @@ pub struct Federation {
     pub docker: Docker,
     pub server: Option<Child>,
     pub nodes: Vec<NodeProc>,
-    pub collaboration: i64,
+    pub collaboration: CollaborationId,
     pub api: String,
     pub network: String,
     pub vpn_server: String,
@@ -56,7 +54,7 @@ pub struct Federation {
 #[derive(Debug)]
 pub struct NodeProc {
     pub organization: String,
-    pub organization_id: i64,
+    pub organization_id: OrganizationId,
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -80,8 +78,11 @@ fn spawn(algonet: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
 /// SIGTERM, then SIGKILL if it has not ended within `grace`.
 pub fn stop(child: &mut Child, grace: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // The pid is a child this process started and has not reaped, so it names that child.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     let until = Instant::now() + grace;
     while Instant::now() < until {
@@ -100,7 +101,7 @@ impl Federation {
     pub async fn up(options: Options, started: Instant) -> anyhow::Result<Federation> {
         let docker = Docker::connect().await?;
         step(started, "building images offline (sandbox, openvpn, echo)");
-        crate::images::build(&docker, &ImageNames::default(), &options.algonet).await?;
+        crate::docker::images::build(&docker, &ImageNames::default(), &options.algonet).await?;
         let _ = std::fs::remove_dir_all(&options.dir);
         std::fs::create_dir_all(&options.dir)?;
         let network = format!("algonet-{}-net", options.tag);
@@ -111,7 +112,7 @@ impl Federation {
             docker,
             server: None,
             nodes: Vec::new(),
-            collaboration: 0,
+            collaboration: CollaborationId(0),
             network,
         };
         if let Err(e) = f.start(started).await {
@@ -164,48 +165,13 @@ impl Federation {
         self.docker
             .run(
                 &self.vpn_server,
-                ContainerCreateBody {
-                    image: Some(ImageNames::default().vpn_client),
-                    cmd: Some(
-                        ["--cd", "/pki", "--config", "server.conf"]
-                            .map(String::from)
-                            .to_vec(),
-                    ),
-                    labels: Some(
-                        [
-                            (LABEL_OWNER.to_string(), o.tag.clone()),
-                            (LABEL_ROLE.to_string(), "vpn-server".to_string()),
-                        ]
-                        .into(),
-                    ),
-                    host_config: Some(HostConfig {
-                        network_mode: Some(self.network.clone()),
-                        cap_add: Some(vec!["NET_ADMIN".into()]),
-                        devices: Some(vec![DeviceMapping {
-                            path_on_host: Some("/dev/net/tun".into()),
-                            path_in_container: Some("/dev/net/tun".into()),
-                            cgroup_permissions: Some("rwm".into()),
-                        }]),
-                        binds: Some(vec![format!("{}:/pki:ro", pki.display())]),
-                        ..Default::default()
-                    }),
-                    networking_config: Some(NetworkingConfig {
-                        endpoints_config: Some(
-                            [(
-                                self.network.clone(),
-                                EndpointSettings {
-                                    ipam_config: Some(EndpointIpamConfig {
-                                        ipv4_address: Some(VPN_SERVER_IP.to_string()),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                },
-                            )]
-                            .into(),
-                        ),
-                    }),
-                    ..Default::default()
-                },
+                specs::openvpn_server(
+                    &ImageNames::default().vpn_client,
+                    &o.tag,
+                    &self.network,
+                    VPN_SERVER_IP,
+                    &pki,
+                ),
             )
             .await?;
 
@@ -218,28 +184,33 @@ impl Federation {
         );
         let mut org_ids = Vec::new();
         for name in &o.organizations {
-            let v = admin
-                .call(Method::POST, "/organization", Some(json!({ "name": name })))
+            let org: Organization = admin
+                .post("/organization", &NewOrganization { name: name.clone() })
                 .await?;
-            org_ids.push(v["id"].as_i64().unwrap_or_default());
+            org_ids.push(org.id);
         }
-        let c = admin
-            .call(
-                Method::POST,
+        let c: Collaboration = admin
+            .post(
                 "/collaboration",
-                Some(json!({ "name": "demo", "organization_ids": org_ids })),
+                &NewCollaboration {
+                    name: "demo".into(),
+                    organization_ids: org_ids.clone(),
+                },
             )
             .await?;
-        self.collaboration = c["id"].as_i64().unwrap_or_default();
+        self.collaboration = c.id;
         for (name, id) in o.organizations.iter().zip(&org_ids) {
-            let n = admin
-                .call(
-                    Method::POST,
+            let n: NewNodeKey = admin
+                .post(
                     "/node",
-                    Some(json!({ "organization_id": id, "collaboration_id": self.collaboration })),
+                    &NewNode {
+                        organization_id: *id,
+                        collaboration_id: self.collaboration,
+                        name: None,
+                    },
                 )
                 .await?;
-            let key = n["api_key"].as_str().unwrap_or_default();
+            let key = n.api_key;
             let config = o.dir.join(format!("node-{name}.yaml"));
             std::fs::write(
                 &config,
@@ -309,7 +280,7 @@ impl Federation {
 
     /// Logs in as the administrator once the server answers; fails at once if the server
     /// process ended (a port in use, say).
-    pub async fn admin_when_up(&mut self, timeout: Duration) -> anyhow::Result<Admin> {
+    pub async fn admin_when_up(&mut self, timeout: Duration) -> anyhow::Result<Session> {
         let until = Instant::now() + timeout;
         loop {
             if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
@@ -320,7 +291,7 @@ impl Federation {
                     last.lines().last().unwrap_or("see its log").trim()
                 );
             }
-            match Admin::login(&self.api, ADMIN.0, ADMIN.1).await {
+            match Session::login_user(&self.api, ADMIN.0, ADMIN.1).await {
                 Ok(a) => return Ok(a),
                 Err(e) if Instant::now() > until => {
                     anyhow::bail!("the server did not answer in {}s: {e}", timeout.as_secs())
@@ -330,20 +301,26 @@ impl Federation {
         }
     }
 
-    pub async fn admin(&self) -> anyhow::Result<Admin> {
-        Admin::login(&self.api, ADMIN.0, ADMIN.1).await
+    pub async fn admin(&self) -> anyhow::Result<Session> {
+        Ok(Session::login_user(&self.api, ADMIN.0, ADMIN.1).await?)
     }
 
     /// The nodes' VPN addresses as the server knows them, by organization id.
-    pub async fn addresses(&self, admin: &Admin) -> anyhow::Result<Vec<(i64, Option<String>)>> {
-        let members = admin.members(self.collaboration).await?;
-        Ok(members.into_iter().map(|m| (m.id, m.ip)).collect())
+    pub async fn addresses(
+        &self,
+        admin: &Session,
+    ) -> anyhow::Result<Vec<(OrganizationId, Option<String>)>> {
+        let members = crate::feature::members(admin, self.collaboration).await?;
+        Ok(members
+            .into_iter()
+            .map(|m| (m.id, m.node.and_then(|n| n.ip)))
+            .collect())
     }
 
     /// Waits until every node has registered a VPN address.
     pub async fn wait_connected(
         &mut self,
-        admin: &Admin,
+        admin: &Session,
         timeout: Duration,
         started: Instant,
     ) -> anyhow::Result<()> {
@@ -386,7 +363,7 @@ impl Federation {
 
     /// The feature test across all organizations, the parent on `parent`'s node (the first
     /// organization's if `None`).
-    pub async fn feature_test(&self, parent: Option<i64>) -> anyhow::Result<Vec<Row>> {
+    pub async fn feature_test(&self, parent: Option<OrganizationId>) -> anyhow::Result<Vec<Row>> {
         crate::feature::run(&Target {
             api: self.api.clone(),
             username: ADMIN.0.into(),

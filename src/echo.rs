@@ -14,8 +14,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::api::client::{Api, Session};
+use crate::api::{
+    env as vars, Addresses, ContainerIdentity, NewTask, OrganizationId, PublicPort, Task,
+    TaskOrganization,
+};
 
 pub const TCP_PORT: u16 = 8888;
 pub const UDP_PORT: u16 = 9000;
@@ -28,7 +34,7 @@ const BULK: usize = 4 << 20;
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Input {
     Parent {
-        organizations: Vec<i64>,
+        organizations: Vec<OrganizationId>,
         /// How long to wait for all children's addresses.
         #[serde(default = "default_timeout")]
         timeout_secs: u64,
@@ -50,10 +56,10 @@ fn default_window() -> u64 {
 /// What the parent found for one child.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Probe {
-    pub organization_id: i64,
+    pub organization_id: OrganizationId,
     pub ip: Option<String>,
-    pub port: Option<u16>,
-    pub udp_port: Option<u16>,
+    pub port: Option<PublicPort>,
+    pub udp_port: Option<PublicPort>,
     pub tcp_ok: bool,
     pub udp_ok: bool,
     pub rtt_ms: Option<f64>,
@@ -74,7 +80,7 @@ pub struct Report {
 }
 
 struct Env {
-    base: String,
+    api: Session,
     token: String,
     input: String,
     output: std::path::PathBuf,
@@ -88,29 +94,36 @@ fn env() -> anyhow::Result<Env> {
         let path = var(k)?;
         std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{k} {path}: {e}"))
     };
+    let base = format!(
+        "{}:{}{}",
+        var(vars::HOST)?,
+        var(vars::PORT)?,
+        var(vars::API_PATH).unwrap_or_default()
+    );
+    let token = read(vars::TOKEN_FILE)?.trim().to_string();
     Ok(Env {
-        base: format!(
-            "{}:{}{}",
-            var("HOST")?,
-            var("PORT")?,
-            var("API_PATH").unwrap_or_default()
-        ),
-        token: read("TOKEN_FILE")?.trim().to_string(),
-        input: read("INPUT_FILE")?,
-        output: var("OUTPUT_FILE")?.into(),
+        api: Session::new(Api::new(&base)?, token.clone()),
+        token,
+        input: read(vars::INPUT_FILE)?,
+        output: var(vars::OUTPUT_FILE)?.into(),
     })
 }
 
 /// The algorithm's own identity from its token (no verification: the server did that).
-fn identity(token: &str) -> anyhow::Result<Value> {
+fn identity(token: &str) -> anyhow::Result<ContainerIdentity> {
     use base64::Engine;
+    #[derive(Deserialize)]
+    struct Claims {
+        sub: ContainerIdentity,
+    }
     let payload = token
         .split('.')
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("the token is not a JWT"))?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
-    let claims: Value = serde_json::from_slice(&bytes)?;
-    Ok(claims["sub"].clone())
+    let claims: Claims = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("the token names no container identity: {e}"))?;
+    Ok(claims.sub)
 }
 
 /// `algonet echo`: runs as parent or child according to the input file.
@@ -142,71 +155,49 @@ pub fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(
-    http: &reqwest::Client,
+async fn addresses(env: &Env, label: &str) -> anyhow::Result<Vec<crate::api::Address>> {
+    let a: Addresses = env
+        .api
+        .get(&format!(
+            "/vpn/algorithm/addresses?only_children=1&label={label}"
+        ))
+        .await?;
+    Ok(a.addresses)
+}
+
+async fn parent(
     env: &Env,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", env.base);
-    let what = format!("{method} {path}");
-    Ok(
-        crate::node::client::send(http, method, &url, Some(&env.token), body.as_ref(), &what)
-            .await?,
-    )
-}
-
-#[derive(Deserialize)]
-struct Address {
-    ip: Option<String>,
-    port: u16,
-    organization_id: i64,
-}
-
-async fn addresses(http: &reqwest::Client, env: &Env, label: &str) -> anyhow::Result<Vec<Address>> {
-    let v = call(
-        http,
-        env,
-        reqwest::Method::GET,
-        &format!("/vpn/algorithm/addresses?only_children=1&label={label}"),
-        None,
-    )
-    .await?;
-    Ok(serde_json::from_value(v["addresses"].clone())?)
-}
-
-async fn parent(env: &Env, organizations: Vec<i64>, timeout: Duration) -> anyhow::Result<Report> {
+    organizations: Vec<OrganizationId>,
+    timeout: Duration,
+) -> anyhow::Result<Report> {
     let me = identity(&env.token)?;
-    let image = me["image"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("the token names no image"))?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let child_input = json!({ "method": "child", "window_secs": timeout.as_secs() + 120 });
-    let orgs: Vec<Value> = organizations
-        .iter()
-        .map(|id| json!({ "id": id, "input": child_input }))
-        .collect();
-    let task = call(
-        &http,
-        env,
-        reqwest::Method::POST,
-        "/task",
-        Some(json!({ "name": "echo-child", "image": image, "organizations": orgs })),
-    )
-    .await?;
+    let child_input = serde_json::to_value(Input::Child {
+        window_secs: timeout.as_secs() + 120,
+    })?;
+    let task = NewTask {
+        name: "echo-child".into(),
+        image: me.image,
+        collaboration_id: None,
+        organizations: organizations
+            .iter()
+            .map(|&id| TaskOrganization {
+                id,
+                input: child_input.clone(),
+            })
+            .collect(),
+        parent_id: None,
+    };
+    let task: Task = env.api.post("/task", &task).await?;
     eprintln!(
         "echo: child task {} on organizations {organizations:?}",
-        task["id"]
+        task.id
     );
 
     let deadline = Instant::now() + timeout;
     let (tcp, udp) = loop {
-        let tcp = addresses(&http, env, TCP_LABEL).await?;
-        let udp = addresses(&http, env, UDP_LABEL).await?;
-        let have = |a: &[Address]| {
+        let tcp = addresses(env, TCP_LABEL).await?;
+        let udp = addresses(env, UDP_LABEL).await?;
+        let have = |a: &[crate::api::Address]| {
             organizations
                 .iter()
                 .all(|o| a.iter().any(|x| x.organization_id == *o && x.ip.is_some()))
@@ -233,7 +224,7 @@ async fn parent(env: &Env, organizations: Vec<i64>, timeout: Duration) -> anyhow
         };
         let ip: Option<Ipv4Addr> = p.ip.as_deref().and_then(|i| i.parse().ok());
         match (ip, p.port) {
-            (Some(ip), Some(port)) => match probe_tcp(SocketAddrV4::new(ip, port)).await {
+            (Some(ip), Some(port)) => match probe_tcp(SocketAddrV4::new(ip, port.0)).await {
                 Ok((rtt, mbit)) => {
                     p.tcp_ok = true;
                     p.rtt_ms = Some(rtt);
@@ -249,7 +240,7 @@ async fn parent(env: &Env, organizations: Vec<i64>, timeout: Duration) -> anyhow
             }
         }
         match (ip, p.udp_port) {
-            (Some(ip), Some(port)) => match probe_udp(SocketAddrV4::new(ip, port)).await {
+            (Some(ip), Some(port)) => match probe_udp(SocketAddrV4::new(ip, port.0)).await {
                 Ok(()) => p.udp_ok = true,
                 Err(e) => p.error = Some(format!("udp: {e}")),
             },
@@ -261,7 +252,7 @@ async fn parent(env: &Env, organizations: Vec<i64>, timeout: Duration) -> anyhow
     // The children have served their purpose.
     for a in &tcp {
         if let Some(ip) = a.ip.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()) {
-            let _ = quit(SocketAddrV4::new(ip, a.port)).await;
+            let _ = quit(SocketAddrV4::new(ip, a.port.0)).await;
         }
     }
     Ok(Report { probes })

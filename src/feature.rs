@@ -5,11 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
-use serde_json::{json, Value};
-
+use crate::api::client::Session;
+use crate::api::{
+    CollaborationId, CollaborationMembers, Member, NewTask, OrganizationId, Page, Run, Task,
+    TaskOrganization,
+};
 use crate::echo::{Input, Probe, Report};
-use crate::node::client::send;
 
 /// Where and as whom to run the test.
 #[derive(Clone, Debug)]
@@ -18,10 +19,10 @@ pub struct Target {
     pub api: String,
     pub username: String,
     pub password: String,
-    pub collaboration: i64,
+    pub collaboration: CollaborationId,
     pub image: String,
     /// The organization whose node runs the parent; the collaboration's first if `None`.
-    pub parent: Option<i64>,
+    pub parent: Option<OrganizationId>,
     /// How long the parent waits for its children's addresses.
     pub timeout: Duration,
 }
@@ -32,92 +33,21 @@ pub struct Row {
     pub probe: Probe,
 }
 
-pub struct Admin {
-    http: reqwest::Client,
-    api: String,
-    token: String,
-}
-
-impl std::fmt::Debug for Admin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin")
-            .field("api", &self.api)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Admin {
-    pub async fn login(api: &str, username: &str, password: &str) -> anyhow::Result<Admin> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let mut a = Admin {
-            http,
-            api: api.trim_end_matches('/').to_string(),
-            token: String::new(),
-        };
-        let v = a
-            .call(
-                Method::POST,
-                "/token/user",
-                Some(json!({ "username": username, "password": password })),
-            )
-            .await?;
-        a.token = v["access_token"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("login answered without access_token"))?
-            .to_string();
-        Ok(a)
-    }
-
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.api);
-        let token = Some(self.token.as_str()).filter(|t| !t.is_empty());
-        let what = format!("{method} {path}");
-        Ok(send(&self.http, method, &url, token, body.as_ref(), &what).await?)
-    }
-}
-
-/// An organization of a collaboration, as `GET /collaboration/<id>` shows it.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct Member {
-    pub id: i64,
-    pub name: String,
-    /// Its node's VPN address, while it has one.
-    pub ip: Option<String>,
-}
-
-impl Admin {
-    pub async fn members(&self, collaboration: i64) -> anyhow::Result<Vec<Member>> {
-        let c = self
-            .call(
-                Method::GET,
-                &format!("/collaboration/{collaboration}"),
-                None,
-            )
-            .await?;
-        let orgs = c["organizations"].as_array().cloned().unwrap_or_default();
-        orgs.into_iter()
-            .map(|o| {
-                let ip = o["node"]["ip"].clone();
-                let mut m: Member = serde_json::from_value(o)?;
-                m.ip = ip.as_str().map(str::to_string);
-                Ok(m)
-            })
-            .collect()
-    }
+/// The organizations of a collaboration, each with its node's VPN address (if any).
+pub async fn members(
+    admin: &Session,
+    collaboration: CollaborationId,
+) -> anyhow::Result<Vec<Member>> {
+    let c: CollaborationMembers = admin
+        .get(&format!("/collaboration/{collaboration}"))
+        .await?;
+    Ok(c.organizations)
 }
 
 /// Runs the test and returns one row per organization; prints progress to stderr.
 pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
-    let admin = Admin::login(&t.api, &t.username, &t.password).await?;
-    let orgs: Vec<(i64, String)> = admin
-        .members(t.collaboration)
+    let admin = Session::login_user(&t.api, &t.username, &t.password).await?;
+    let orgs: Vec<(OrganizationId, String)> = members(&admin, t.collaboration)
         .await?
         .into_iter()
         .map(|m| (m.id, m.name))
@@ -140,19 +70,18 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
         organizations: orgs.iter().map(|o| o.0).collect(),
         timeout_secs: t.timeout.as_secs(),
     })?;
-    let task = admin
-        .call(
-            Method::POST,
-            "/task",
-            Some(json!({
-                "name": "vpn-feature-test", "image": t.image, "collaboration_id": t.collaboration,
-                "organizations": [{ "id": parent.0, "input": input }],
-            })),
-        )
-        .await?;
-    let task_id = task["id"]
-        .as_i64()
-        .ok_or_else(|| anyhow::anyhow!("task without id: {task}"))?;
+    let task = NewTask {
+        name: "vpn-feature-test".into(),
+        image: t.image.clone(),
+        collaboration_id: Some(t.collaboration),
+        organizations: vec![TaskOrganization {
+            id: parent.0,
+            input,
+        }],
+        parent_id: None,
+    };
+    let task: Task = admin.post("/task", &task).await?;
+    let task_id = task.id;
     eprintln!(
         "echo task {task_id} sent to {} ({} organizations to reach)",
         parent.1,
@@ -160,35 +89,38 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
     );
     let started = Instant::now();
     let deadline = started + t.timeout + Duration::from_secs(120);
-    let mut last = String::new();
+    let mut last = None;
     let run = loop {
-        let runs = admin
-            .call(Method::GET, &format!("/run?task_id={task_id}"), None)
-            .await?;
-        let run = runs["data"][0].clone();
-        let status = run["status"].as_str().unwrap_or("?").to_string();
-        if status != last {
+        let runs: Page<Run> = admin.get(&format!("/run?task_id={task_id}")).await?;
+        let run = runs
+            .data
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("task {task_id} has no run"))?;
+        if last != Some(run.status) {
             eprintln!(
-                "  {:>5.1}s  parent run {status}",
-                started.elapsed().as_secs_f64()
+                "  {:>5.1}s  parent run {}",
+                started.elapsed().as_secs_f64(),
+                run.status
             );
-            last = status.clone();
+            last = Some(run.status);
         }
-        if ["completed", "failed", "crashed", "killed"].contains(&status.as_str()) {
+        if run.status.is_finished() {
             break run;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the echo task did not finish in time (last status {status})"
+            "the echo task did not finish in time (last status {})",
+            run.status
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let result = run["result"].as_str().unwrap_or_default();
+    let result = run.result.as_deref().unwrap_or_default();
     let report: Report = serde_json::from_str(result).map_err(|e| {
         anyhow::anyhow!(
             "the echo task ended {} without a report ({e}); its log:\n{}",
-            run["status"],
-            run["log"].as_str().unwrap_or("")
+            run.status,
+            run.log.as_deref().unwrap_or("")
         )
     })?;
     Ok(report

@@ -11,12 +11,12 @@
 
 pub use netstack;
 
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod docker;
 pub mod echo;
 pub mod feature;
-pub mod images;
 pub mod logging;
 pub mod net;
 pub mod node;

@@ -99,13 +99,13 @@ fn node(path: PathBuf) -> anyhow::Result<()> {
 fn images() -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async {
         let docker = algonet::docker::Docker::connect().await?;
-        let names = algonet::images::ImageNames::default();
-        algonet::images::build(&docker, &names, &std::env::current_exe()?).await?;
+        let names = algonet::docker::images::ImageNames::default();
+        algonet::docker::images::build(&docker, &names, &std::env::current_exe()?).await?;
         println!(
             "built {}, {}, {}",
             names.sandbox,
             names.vpn_client,
-            algonet::images::ECHO_IMAGE
+            algonet::docker::images::ECHO_IMAGE
         );
         Ok(())
     })
@@ -126,8 +126,8 @@ fn test_target(args: &[&str]) -> Result<algonet::feature::Target, String> {
         api: String::new(),
         username: "admin".into(),
         password: std::env::var("ALGONET_PASSWORD").unwrap_or_default(),
-        collaboration: 0,
-        image: algonet::images::ECHO_IMAGE.into(),
+        collaboration: algonet::api::CollaborationId(0),
+        image: algonet::docker::images::ECHO_IMAGE.into(),
         parent: None,
         timeout: std::time::Duration::from_secs(90),
     };
@@ -158,7 +158,7 @@ fn test_target(args: &[&str]) -> Result<algonet::feature::Target, String> {
         }
     }
     let server = server.ok_or("test needs --server <url>")?;
-    if t.collaboration == 0 {
+    if t.collaboration.0 == 0 {
         return Err("test needs --collaboration <id>".into());
     }
     t.api = format!("{server}{api_path}");

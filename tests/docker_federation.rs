@@ -12,10 +12,11 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use algonet::api::client::Session;
+use algonet::api::{CollaborationId, OrganizationId};
 use algonet::demo::{Federation, Options};
 use algonet::net::netns::Netns;
-use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -76,8 +77,8 @@ async fn wait_log(log: &Path, needle: &str, times: usize, timeout: Duration) {
 
 async fn run_statuses(fed: &Federation, task: i64) -> Vec<String> {
     let admin = fed.admin().await.expect("admin");
-    let runs = admin
-        .call(Method::GET, &format!("/run?task_id={task}"), None)
+    let runs: serde_json::Value = admin
+        .get(&format!("/run?task_id={task}"))
         .await
         .expect("runs");
     runs["data"]
@@ -92,9 +93,9 @@ async fn run_statuses(fed: &Federation, task: i64) -> Vec<String> {
 
 /// An echo child task on `orgs`, each child up for `window_secs` (or until told QUIT).
 async fn echo_children(
-    admin: &algonet::feature::Admin,
-    collaboration: i64,
-    orgs: &[i64],
+    admin: &Session,
+    collaboration: CollaborationId,
+    orgs: &[OrganizationId],
     window_secs: u64,
 ) -> serde_json::Value {
     let input = json!({ "method": "child", "window_secs": window_secs });
@@ -103,17 +104,14 @@ async fn echo_children(
         .map(|o| json!({ "id": o, "input": input }))
         .collect();
     let body = json!({
-        "name": "echo children", "image": algonet::images::ECHO_IMAGE,
+        "name": "echo children", "image": algonet::docker::images::ECHO_IMAGE,
         "collaboration_id": collaboration, "organizations": orgs,
     });
-    admin
-        .call(Method::POST, "/task", Some(body))
-        .await
-        .expect("task")
+    admin.post("/task", &body).await.expect("task")
 }
 
 /// A node's VPN address as the server has it.
-async fn node_ip(fed: &Federation, admin: &algonet::feature::Admin, org: i64) -> Ipv4Addr {
+async fn node_ip(fed: &Federation, admin: &Session, org: OrganizationId) -> Ipv4Addr {
     fed.addresses(admin)
         .await
         .expect("addresses")
@@ -177,7 +175,7 @@ async fn federation_on_docker() {
             "lookup returned the node's registered address"
         );
         for port in [r.probe.port, r.probe.udp_port] {
-            assert!(port.is_some_and(|p| p >= 49152), "public port {port:?}");
+            assert!(port.is_some_and(|p| p.0 >= 49152), "public port {port:?}");
         }
     }
     // After the runs: no port records, no run containers.
@@ -224,7 +222,7 @@ async fn federation_on_docker() {
     // 2. Long child runs on both nodes. Node a's algorithm reaches the proxy (which forwards to
     //    the server) but not the host behind the WAN network. Node b's algorithm, a real VPN
     //    peer, reaches node a's algorithm through a's public port, but not a's proxy.
-    let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id).collect();
+    let orgs: Vec<OrganizationId> = fed.nodes.iter().map(|n| n.organization_id).collect();
     let task = echo_children(&admin, fed.collaboration, &orgs, 300).await;
     let task_id = task["id"].as_i64().expect("task id");
     let run_a = task["runs"][0]["id"].as_i64().expect("run id");
@@ -445,7 +443,7 @@ async fn node_without_vpn_at_the_server() {
     let Some(docker) = common::docker("node_without_vpn_at_the_server").await else {
         return;
     };
-    algonet::images::build(
+    algonet::docker::images::build(
         &docker,
         &Default::default(),
         Path::new(env!("CARGO_BIN_EXE_algonet")),
@@ -485,7 +483,7 @@ async fn node_without_vpn_at_the_server() {
     let api = format!("http://127.0.0.1:{port}/api");
     let until = Instant::now() + Duration::from_secs(20);
     let admin = loop {
-        match algonet::feature::Admin::login(&api, "root", "correct-horse-battery").await {
+        match Session::login_user(&api, "root", "correct-horse-battery").await {
             Ok(a) => break a,
             Err(e) => {
                 assert!(Instant::now() < until, "server did not start: {e}");
@@ -494,24 +492,22 @@ async fn node_without_vpn_at_the_server() {
         }
     };
     let org = admin
-        .call(Method::POST, "/organization", Some(json!({"name": "o"})))
+        .post::<Value>("/organization", &json!({"name": "o"}))
         .await
         .expect("org")["id"]
         .clone();
     let col = admin
-        .call(
-            Method::POST,
+        .post::<Value>(
             "/collaboration",
-            Some(json!({"name": "c", "organization_ids": [org]})),
+            &json!({"name": "c", "organization_ids": [org]}),
         )
         .await
         .expect("collaboration")["id"]
         .clone();
-    let node = admin
-        .call(
-            Method::POST,
+    let node: Value = admin
+        .post(
             "/node",
-            Some(json!({"organization_id": org, "collaboration_id": col})),
+            &json!({"organization_id": org, "collaboration_id": col}),
         )
         .await
         .expect("node");
@@ -530,13 +526,16 @@ async fn node_without_vpn_at_the_server() {
     ));
     let log = dir.join("node.log");
     wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
-    let (col, org) = (col.as_i64().expect("id"), org.as_i64().expect("id"));
+    let (col, org) = (
+        CollaborationId(col.as_i64().expect("id")),
+        OrganizationId(org.as_i64().expect("id")),
+    );
     let task = echo_children(&admin, col, &[org], 1).await;
     let task_id = task["id"].as_i64().expect("id");
     let until = Instant::now() + Duration::from_secs(60);
     let run = loop {
-        let runs = admin
-            .call(Method::GET, &format!("/run?task_id={task_id}"), None)
+        let runs: Value = admin
+            .get(&format!("/run?task_id={task_id}"))
             .await
             .expect("runs");
         let run = runs["data"][0].clone();
@@ -555,10 +554,7 @@ async fn node_without_vpn_at_the_server() {
     let long = echo_children(&admin, col, &[org], 300).await;
     let long_runs = format!("/run?task_id={}", long["id"].as_i64().expect("id"));
     let status = || async {
-        let runs = admin
-            .call(Method::GET, &long_runs, None)
-            .await
-            .expect("runs");
+        let runs: Value = admin.get(&long_runs).await.expect("runs");
         runs["data"][0]["status"]
             .as_str()
             .unwrap_or("?")

@@ -214,7 +214,7 @@ async fn connect(
         p.pki = Some(Pki::open(&p.dir, &vpn).expect("pki"));
     }
     let pki = p.pki.as_ref().expect("pki");
-    let cert = pki.issue(99).expect("issue");
+    let cert = pki.issue(algonet::api::NodeId(99)).expect("issue");
     (
         StatusCode::OK,
         [(header::EXPIRES, "Fri, 26 Nov 2027 10:00:00 GMT")],

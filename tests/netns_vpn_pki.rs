@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use algonet::net::links::{IfName, Netlink};
-use algonet::node::openvpn::Management;
+use algonet::node::vpn::openvpn::Management;
 use common::server::server;
 use common::{privileged, TestNs};
 use serde_json::json;
@@ -290,7 +290,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
     let client = OpenVpn::start(
         &vc,
         &s.dir.join("client.log"),
-        &algonet::node::tunnel::client_args(&profile, &sock_s)
+        &algonet::node::vpn::tunnel::client_args(&profile, &sock_s)
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -325,7 +325,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         let mut changes = Vec::new();
         while !changes
             .last()
-            .is_some_and(|c: &algonet::node::openvpn::TunnelState| c.connected())
+            .is_some_and(|c: &algonet::node::vpn::openvpn::TunnelState| c.connected())
         {
             let c = tokio::time::timeout(Duration::from_secs(30), m.next_change())
                 .await

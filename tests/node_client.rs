@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use algonet::api::{NodeId, RunId, TaskId};
 use algonet::node::client::{ClientError, ServerClient};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -42,15 +43,15 @@ async fn garbage_answers_are_errors() {
         let c = ServerClient::login(&url, "/api", "key")
             .await
             .expect("login");
-        assert_eq!(c.node_id, 7);
+        assert_eq!(c.node_id, NodeId(7));
         let what = format!("{status} {body:?}");
         let check = |r: Result<(), ClientError>| {
             let e = r.expect_err(&what);
             assert!(!e.to_string().is_empty());
         };
         check(c.pending_runs().await.map(drop));
-        check(c.claim(1).await.map(drop));
-        check(c.container_token(1, "img").await.map(drop));
+        check(c.claim(RunId(1)).await.map(drop));
+        check(c.container_token(TaskId(1), "img").await.map(drop));
         check(c.new_profile().await.map(drop));
         check(c.renew_profile("x").await.map(drop));
         if status.is_success() {
@@ -58,7 +59,7 @@ async fn garbage_answers_are_errors() {
             let _ = c.set_ip(Some(Ipv4Addr::LOCALHOST)).await;
         } else {
             // ...and fail, as transient, on a server error.
-            let e = c.remove_ports(1).await.expect_err(&what);
+            let e = c.remove_ports(RunId(1)).await.expect_err(&what);
             assert!(e.transient(), "{e}");
         }
     }

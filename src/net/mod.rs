@@ -6,21 +6,17 @@ pub mod links;
 pub mod netns;
 pub mod plan;
 
-/// A subnet `a.b.c.d/len` (prefix 8 to 30, no host bits set), or why not.
-pub fn parse_subnet(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
-    let (addr, len) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is not a.b.c.d/len"))?;
-    let addr: std::net::Ipv4Addr = addr
+/// A subnet `a.b.c.d/len` (prefix 8 to 30, no host bits set), or why not. Parsed once, where a
+/// configuration is read; the rest of the code holds an [`ipnet::Ipv4Net`].
+pub fn parse_subnet(text: &str) -> Result<ipnet::Ipv4Net, String> {
+    let net: ipnet::Ipv4Net = text
         .parse()
-        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| (8..=30).contains(l))
-        .ok_or_else(|| format!("prefix length {len:?} is not 8 to 30"))?;
-    if addr.to_bits() & !(u32::MAX << (32 - u32::from(len))) != 0 {
+        .map_err(|_| format!("{text:?} is not a.b.c.d/len"))?;
+    if !(8..=30).contains(&net.prefix_len()) {
+        return Err(format!("prefix length {} is not 8 to 30", net.prefix_len()));
+    }
+    if net.trunc() != net {
         return Err(format!("{text} has host bits set"));
     }
-    Ok((addr, len))
+    Ok(net)
 }

@@ -113,6 +113,20 @@ impl Netns {
     }
 }
 
+/// Runs `work` inside `ns` from async code, without blocking the caller's runtime.
+pub async fn in_ns<F, Fut, T>(ns: &std::sync::Arc<Netns>, work: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let ns = ns.clone();
+    let path = ns.path.clone();
+    tokio::task::spawn_blocking(move || ns.run(work))
+        .await
+        .unwrap_or_else(|_| Err(NetnsError::Panicked { path }))
+}
+
 /// Gives the calling thread a mount namespace of its own with a fresh sysfs on `/sys`, which
 /// shows the devices of the thread's network namespace (a sysfs shows those of the namespace
 /// that mounted it). For a short-lived thread: the mounts end with it, and none reaches the

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
-use crate::images::ImageNames;
+use crate::docker::images::ImageNames;
 
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -17,8 +18,8 @@ pub struct NodeConfig {
     pub api_path: String,
     pub api_key: String,
     /// The VPN subnet (`10.76.0.0/16`); the address OpenVPN assigns must lie in it.
-    #[serde(default)]
-    pub vpn_subnet: Option<String>,
+    #[serde(default, deserialize_with = "subnet")]
+    pub vpn_subnet: Option<Ipv4Net>,
     #[serde(default)]
     pub images: ImageNames,
     /// Where runs keep their input, output and token files, and the VPN its profile and
@@ -43,6 +44,15 @@ pub struct NodeConfig {
     /// wake-up per packet: lower latency and steadier throughput, most of all on VMs.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u64,
+}
+
+fn subnet<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    text.map(|t| {
+        crate::net::parse_subnet(&t)
+            .map_err(|e| serde::de::Error::custom(format!("vpn_subnet: {e}")))
+    })
+    .transpose()
 }
 
 fn default_api_path() -> String {
@@ -86,9 +96,6 @@ impl NodeConfig {
         }
         if c.api_key.trim().is_empty() {
             return Err("api_key: must not be empty".into());
-        }
-        if let Some(s) = &c.vpn_subnet {
-            crate::net::parse_subnet(s).map_err(|e| format!("vpn_subnet: {e}"))?;
         }
         if let Some(n) = &c.name {
             if n.is_empty()
@@ -157,7 +164,7 @@ mod tests {
         assert!(e.contains("server_url"), "{e}");
         assert_eq!(
             crate::net::parse_subnet("10.76.0.0/16"),
-            Ok((std::net::Ipv4Addr::new(10, 76, 0, 0), 16))
+            Ok(Ipv4Net::new(std::net::Ipv4Addr::new(10, 76, 0, 0), 16).expect("net"))
         );
     }
 

@@ -1,15 +1,17 @@
-//! `algonet node`: the node agent. So far: its configuration, which ports an algorithm image
-//! declares, the table of public ports, OpenVPN's management interface, and the VPN start-up
-//! sequence.
+//! `algonet node`: the node agent. [`agent`] starts the node, takes runs and shuts it down;
+//! [`state`] is what its tasks share; [`run`] carries one run from claim to report; [`vpn`]
+//! keeps the tunnel; [`router`] owns the router namespace; [`proxy`] serves the algorithms'
+//! API calls; [`client`] speaks to the server; [`ports`] and [`allocator`] turn an image's
+//! ports into public ones; [`retry`] waits out what is away.
 
 pub mod agent;
 pub mod allocator;
 pub mod client;
 pub mod config;
-pub mod openvpn;
 pub mod ports;
 pub mod proxy;
+pub mod retry;
 pub mod router;
-pub mod runs;
-pub mod tunnel;
+pub mod run;
+pub mod state;
 pub mod vpn;

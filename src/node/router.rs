@@ -5,13 +5,13 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
-use netstack::{Mapping, Protocol, RunId, Vpn};
+use netstack::{Mapping, Protocol, Vpn};
 
-use crate::docker::{Docker, DockerError, LABEL_OWNER, LABEL_ROLE};
+use crate::api::{PublicPort, RunId};
+use crate::docker::{specs, Docker, DockerError};
 use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle};
 use crate::net::links::{IfName, LinkError, Netlink};
-use crate::net::netns::{Netns, NetnsError};
+use crate::net::netns::{in_ns, Netns, NetnsError};
 use crate::net::plan::{self, RouterPlan, RunLinkPlan};
 use crate::node::config::NodeConfig;
 
@@ -38,23 +38,8 @@ pub enum RouterError {
     Router(#[from] netstack::Error),
     #[error("cannot listen on {GATEWAY}:{port} for the proxy: {source}")]
     Listen { port: u16, source: std::io::Error },
-}
-
-/// Runs `work` inside `ns` without blocking the caller's runtime.
-pub async fn in_ns<F, Fut, T>(ns: &Arc<Netns>, work: F) -> Result<T, NetnsError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-    T: Send + 'static,
-{
-    let ns = ns.clone();
-    tokio::task::spawn_blocking(move || ns.run(work))
-        .await
-        .unwrap_or_else(|_| {
-            Err(NetnsError::Panicked {
-                path: "spawn_blocking".into(),
-            })
-        })
+    #[error("no randomness for the router's hash seed: {0}")]
+    Random(getrandom::Error),
 }
 
 fn name(s: &str) -> Result<IfName, LinkError> {
@@ -84,29 +69,9 @@ impl RouterNs {
         let sandbox_image = config.images.sandbox.as_str();
         let network = config.wan_network.as_deref();
         let proxy_port = config.proxy_port;
-        let vpn_subnet = config
-            .vpn_subnet
-            .as_deref()
-            .and_then(|s| crate::net::parse_subnet(s).ok());
+        let vpn_subnet = config.vpn_subnet;
         docker
-            .run(
-                &container,
-                ContainerCreateBody {
-                    image: Some(sandbox_image.into()),
-                    labels: Some(
-                        [
-                            (LABEL_OWNER.to_string(), owner.to_string()),
-                            (LABEL_ROLE.to_string(), "router".to_string()),
-                        ]
-                        .into(),
-                    ),
-                    host_config: Some(HostConfig {
-                        network_mode: Some(network.unwrap_or("bridge").into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
+            .run(&container, specs::router(sandbox_image, owner, network))
             .await?;
         let ns = Arc::new(Netns::of_pid(docker.pid(&container).await?)?);
         let (wan, listener) = in_ns(&ns, move || async move {
@@ -127,10 +92,7 @@ impl RouterNs {
         })
         .await??;
         let mut seed = [0u8; 8];
-        getrandom::fill(&mut seed).map_err(|e| RouterError::Listen {
-            port: proxy_port,
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        getrandom::fill(&mut seed).map_err(RouterError::Random)?;
         let config = DataplaneConfig {
             tun: name(ROUTER_TUN)?,
             offload: true,
@@ -162,8 +124,8 @@ impl RouterNs {
                 vpn_link: name(VPN_LINK)?,
                 tun: name(ROUTER_TUN)?,
                 wan,
-                vpn_subnet: vpn_subnet.map_or(Ipv4Addr::UNSPECIFIED, |s| s.0),
-                vpn_prefix_len: vpn_subnet.map_or(0, |s| s.1),
+                vpn_subnet: vpn_subnet.map_or(Ipv4Addr::UNSPECIFIED, |s| s.network()),
+                vpn_prefix_len: vpn_subnet.map_or(0, |s| s.prefix_len()),
             },
         };
         let plan = router.plan.clone();
@@ -194,7 +156,7 @@ impl RouterNs {
     /// Gives a run's sandbox its veth, address and routes, and registers the address.
     pub async fn add_run(
         &self,
-        run: i64,
+        run: RunId,
         link: RunLinkPlan,
         sandbox: Arc<Netns>,
     ) -> Result<(), RouterError> {
@@ -205,7 +167,7 @@ impl RouterNs {
         .await??;
         let addr = link.container;
         self.handle
-            .with(move |r| r.add_container(addr, RunId(run as u64)))
+            .with(move |r| r.add_container(addr, run.into()))
             .await??;
         Ok(())
     }
@@ -224,29 +186,25 @@ impl RouterNs {
 
     pub async fn add_mapping(
         &self,
-        run: i64,
+        run: RunId,
         protocol: Protocol,
-        public_port: u16,
+        public_port: PublicPort,
         container: SocketAddrV4,
     ) -> Result<(), RouterError> {
         let m = Mapping {
             protocol,
-            public_port,
+            public_port: public_port.0,
             container,
-            run: RunId(run as u64),
+            run: run.into(),
         };
         self.handle.with(move |r| r.add_mapping(m)).await??;
         Ok(())
     }
 
     /// Removes a run's mappings, connections, address and veth; reports every failure.
-    pub async fn remove_run(&self, run: i64, link: RunLinkPlan) -> Vec<String> {
+    pub async fn remove_run(&self, run: RunId, link: RunLinkPlan) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Err(e) = self
-            .handle
-            .with(move |r| r.remove_run(RunId(run as u64)))
-            .await
-        {
+        if let Err(e) = self.handle.with(move |r| r.remove_run(run.into())).await {
             errors.push(e.to_string());
         }
         match in_ns(&self.ns, move || async move {

@@ -9,28 +9,16 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// The identity inside a container token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerIdentity {
-    pub client_type: String,
-    pub node_id: i64,
-    pub organization_id: i64,
-    pub collaboration_id: i64,
-    pub task_id: i64,
-    pub image: String,
-    #[serde(default)]
-    pub databases: Vec<Value>,
-}
+use crate::api::{ContainerIdentity, NodeId};
 
 /// Who a valid token says the caller is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claimed {
     User(String),
-    Node(i64),
+    Node(NodeId),
     Container(ContainerIdentity),
 }
 
@@ -104,7 +92,7 @@ impl Signer {
         let sub = claims.get("sub")?;
         match claims.get("client_type")?.as_str()? {
             "user" => Some(Claimed::User(sub.as_str()?.to_string())),
-            "node" => Some(Claimed::Node(sub.as_i64()?)),
+            "node" => Some(Claimed::Node(NodeId(sub.as_i64()?))),
             "container" => serde_json::from_value(sub.clone())
                 .ok()
                 .map(Claimed::Container),
@@ -140,16 +128,17 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{CollaborationId, OrganizationId, TaskId};
 
     #[test]
     fn tokens_round_trip_and_refuse_tampering_and_expiry() {
         let s = Signer::new(b"secret".to_vec());
         let c = Claimed::Container(ContainerIdentity {
             client_type: "container".into(),
-            node_id: 1,
-            organization_id: 2,
-            collaboration_id: 3,
-            task_id: 4,
+            node_id: NodeId(1),
+            organization_id: OrganizationId(2),
+            collaboration_id: CollaborationId(3),
+            task_id: TaskId(4),
             image: "echo".into(),
             databases: vec![],
         });
@@ -166,7 +155,7 @@ mod tests {
         assert_eq!(s.check(&forged, 1001), None, "tampered");
         assert_eq!(s.check("a.b", 1001), None);
         assert_eq!(s.check("", 1001), None);
-        let node = s.issue(&Claimed::Node(7), 1000, 60);
-        assert_eq!(s.check(&node, 1000), Some(Claimed::Node(7)));
+        let node = s.issue(&Claimed::Node(NodeId(7)), 1000, 60);
+        assert_eq!(s.check(&node, 1000), Some(Claimed::Node(NodeId(7))));
     }
 }

@@ -6,33 +6,18 @@ pub mod auth;
 pub mod config;
 pub mod eduvpn;
 pub mod pki;
+pub mod provision;
+pub mod state;
+pub mod store;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::SqlitePool;
-
 use crate::server::auth::Signer;
 use crate::server::config::ServerConfig;
-
-/// What every handler shares.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    pub db: SqlitePool,
-    pub signer: Signer,
-    pub config: Arc<ServerConfig>,
-    /// The built-in VPN provider; the lock orders issuing and CRL writes.
-    pub pki: Option<Arc<tokio::sync::Mutex<pki::Pki>>>,
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use crate::server::state::AppState;
+use crate::server::store::{OpenError, Store};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +29,8 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// the database could not be opened or migrated
-    #[error("database {path}: {source}")]
-    Database { path: String, source: sqlx::Error },
-    /// the migrations failed
-    #[error("database {path}: migration failed: {source}")]
-    Migrate {
-        path: String,
-        source: sqlx::migrate::MigrateError,
-    },
+    #[error(transparent)]
+    Database(#[from] OpenError),
     /// the built-in VPN's PKI could not be opened
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -100,29 +79,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         .create(dir)
         .map_err(files(dir))?;
     let signer = Signer::new(secret(dir)?);
-    let db_path = dir.join("algonet.sqlite");
-    let shown = db_path.display().to_string();
-    let options = SqliteConnectOptions::new()
-        .filename(&db_path)
-        .create_if_missing(true)
-        .foreign_keys(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(std::time::Duration::from_secs(5));
-    let db = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .map_err(|source| ServerError::Database {
-            path: shown.clone(),
-            source,
-        })?;
-    sqlx::migrate!("./migrations")
-        .run(&db)
-        .await
-        .map_err(|source| ServerError::Migrate {
-            path: shown,
-            source,
-        })?;
+    let store = Store::open(&dir.join("algonet.sqlite")).await?;
     let pki = match &config.vpn {
         Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(pki::Pki::open(
             &dir.join("vpn"),
@@ -131,7 +88,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         None => None,
     };
     Ok(AppState {
-        db,
+        store,
         signer,
         config: Arc::new(config),
         pki,

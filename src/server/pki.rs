@@ -35,12 +35,8 @@ fn default_port() -> u16 {
 impl BuiltinVpn {
     /// The subnet as (network, netmask), or why not.
     pub fn network(&self) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
-        let (addr, len) =
-            crate::net::parse_subnet(&self.subnet).map_err(|e| format!("vpn.subnet: {e}"))?;
-        Ok((
-            addr,
-            std::net::Ipv4Addr::from_bits(u32::MAX << (32 - u32::from(len))),
-        ))
+        let net = crate::net::parse_subnet(&self.subnet).map_err(|e| format!("vpn.subnet: {e}"))?;
+        Ok((net.network(), net.netmask()))
     }
 }
 
@@ -228,7 +224,7 @@ impl Pki {
     }
 
     /// Issues a client certificate for a node.
-    pub fn issue(&self, node_id: i64) -> Result<ClientCert, PkiError> {
+    pub fn issue(&self, node_id: crate::api::NodeId) -> Result<ClientCert, PkiError> {
         let key = KeyPair::generate().map_err(crypto("make client key"))?;
         let (params, serial) = leaf(
             &format!("algonet-node-{node_id}"),

@@ -6,14 +6,45 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bollard::models::{
-    ContainerCreateBody, DeviceMapping, HostConfig, RestartPolicy, RestartPolicyNameEnum,
-};
+use ipnet::Ipv4Net;
 
-use crate::docker::{Docker, LABEL_OWNER, LABEL_ROLE};
+use super::openvpn::{Management, ManagementError, TunnelState};
+use super::VpnSteps;
+use crate::api::client::ClientError;
+use crate::docker::{specs, Docker, DockerError};
 use crate::node::client::ServerClient;
-use crate::node::openvpn::{Management, TunnelState};
-use crate::node::vpn::VpnSteps;
+
+/// Why OpenVPN did not come up, or a profile could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// the VPN folder or the profile could not be written
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Docker failed
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// the container stopped (a broken profile, say)
+    #[error("OpenVPN stopped: {logs}")]
+    Stopped { logs: String },
+    /// the management connection failed after CONNECTED
+    #[error(transparent)]
+    Management(#[from] ManagementError),
+    /// OpenVPN connected with an address the node does not accept
+    #[error("OpenVPN connected with address {address:?}, outside vpn_subnet {subnet}")]
+    OutsideSubnet {
+        address: Option<Ipv4Addr>,
+        subnet: Ipv4Net,
+    },
+    /// no CONNECTED by the deadline
+    #[error("not connected after {secs}s ({last})")]
+    Timeout { secs: u64, last: String },
+    /// the server gave no profile
+    #[error(transparent)]
+    Server(#[from] ClientError),
+}
 
 /// The profile file in the VPN folder; tried first at the next start.
 pub const PROFILE: &str = "node.ovpn";
@@ -55,13 +86,8 @@ pub struct Tunnel {
     pub owner: String,
     /// Host folder mounted at /vpn: the profile and the management socket.
     pub dir: PathBuf,
-    pub subnet: (Ipv4Addr, u8),
+    pub subnet: Ipv4Net,
     pub timeout: Duration,
-}
-
-fn in_subnet(addr: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    addr.to_bits() & mask == net.to_bits() & mask
 }
 
 impl Tunnel {
@@ -73,13 +99,14 @@ impl Tunnel {
         std::fs::read_to_string(self.dir.join(PROFILE)).ok()
     }
 
-    fn write_profile(&self, ovpn: &str) -> Result<(), String> {
+    fn write_profile(&self, ovpn: &str) -> Result<(), TunnelError> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = |path: PathBuf| move |source| TunnelError::File { path, source };
         std::fs::create_dir_all(&self.dir)
             .and_then(|()| {
                 std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             })
-            .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            .map_err(file(self.dir.clone()))?;
         let path = self.dir.join(PROFILE);
         // The profile holds the node's private key.
         std::fs::OpenOptions::new()
@@ -89,48 +116,21 @@ impl Tunnel {
             .mode(0o600)
             .open(&path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, ovpn.as_bytes()))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(file(path.clone()))
     }
 
     /// (Re)creates the OpenVPN container with the saved profile.
-    pub async fn start_container(&self) -> Result<(), String> {
+    pub async fn start_container(&self) -> Result<(), TunnelError> {
         let _ = std::fs::remove_file(self.socket());
-        self.docker
-            .run(
-                &self.container,
-                ContainerCreateBody {
-                    image: Some(self.image.clone()),
-                    cmd: Some(client_args(
-                        &format!("/vpn/{PROFILE}"),
-                        &format!("/vpn/{SOCKET}"),
-                    )),
-                    labels: Some(
-                        [
-                            (LABEL_OWNER.to_string(), self.owner.clone()),
-                            (LABEL_ROLE.to_string(), "vpn".to_string()),
-                        ]
-                        .into(),
-                    ),
-                    host_config: Some(HostConfig {
-                        network_mode: Some(format!("container:{}", self.router_container)),
-                        cap_add: Some(vec!["NET_ADMIN".into()]),
-                        devices: Some(vec![DeviceMapping {
-                            path_on_host: Some("/dev/net/tun".into()),
-                            path_in_container: Some("/dev/net/tun".into()),
-                            cgroup_permissions: Some("rwm".into()),
-                        }]),
-                        binds: Some(vec![format!("{}:/vpn", self.dir.display())]),
-                        restart_policy: Some(RestartPolicy {
-                            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                            maximum_retry_count: None,
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
+        let args = client_args(&format!("/vpn/{PROFILE}"), &format!("/vpn/{SOCKET}"));
+        let spec = specs::openvpn_client(
+            &self.image,
+            &self.owner,
+            &self.router_container,
+            &self.dir,
+            args,
+        );
+        Ok(self.docker.run(&self.container, spec).await?)
     }
 
     /// Waits until OpenVPN says CONNECTED and returns the management connection (following
@@ -138,7 +138,7 @@ impl Tunnel {
     pub async fn wait_connected(
         &self,
         timeout: Duration,
-    ) -> Result<(Management, Ipv4Addr), String> {
+    ) -> Result<(Management, Ipv4Addr), TunnelError> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer on the management socket");
         while Instant::now() < deadline {
@@ -150,26 +150,25 @@ impl Tunnel {
                         .logs(&self.container, 5)
                         .await
                         .unwrap_or_default();
-                    return Err(format!(
-                        "OpenVPN stopped: {}",
-                        logs.trim().replace('\n', " | ")
-                    ));
+                    return Err(TunnelError::Stopped {
+                        logs: logs.trim().replace('\n', " | "),
+                    });
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
             match Management::connect(&self.socket()).await {
                 Ok(mut m) => match m.state().await {
                     Ok(TunnelState {
                         address: Some(a), ..
-                    }) if in_subnet(a, self.subnet) => {
-                        m.follow().await.map_err(|e| e.to_string())?;
+                    }) if self.subnet.contains(&a) => {
+                        m.follow().await?;
                         return Ok((m, a));
                     }
                     Ok(s) if s.connected() => {
-                        return Err(format!(
-                            "OpenVPN connected with address {:?}, outside vpn_subnet {}/{}",
-                            s.address, self.subnet.0, self.subnet.1
-                        ))
+                        return Err(TunnelError::OutsideSubnet {
+                            address: s.address,
+                            subnet: self.subnet,
+                        })
                     }
                     Ok(s) => last = format!("OpenVPN state {}", s.name),
                     Err(e) => last = e.to_string(),
@@ -178,10 +177,10 @@ impl Tunnel {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Err(format!(
-            "not connected after {}s ({last})",
-            timeout.as_secs()
-        ))
+        Err(TunnelError::Timeout {
+            secs: timeout.as_secs(),
+            last,
+        })
     }
 }
 
@@ -195,7 +194,9 @@ pub struct Steps<'a> {
 }
 
 impl VpnSteps for Steps<'_> {
-    async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, String> {
+    type Error = TunnelError;
+
+    async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, TunnelError> {
         self.tunnel.write_profile(ovpn)?;
         self.tunnel.start_container().await?;
         match self.tunnel.wait_connected(self.tunnel.timeout).await {
@@ -210,18 +211,15 @@ impl VpnSteps for Steps<'_> {
         }
     }
 
-    async fn renew(&mut self, current: &str) -> Result<String, String> {
-        self.client
-            .renew_profile(current)
-            .await
-            .map_err(|e| e.to_string())
+    async fn renew(&mut self, current: &str) -> Result<String, TunnelError> {
+        Ok(self.client.renew_profile(current).await?)
     }
 
-    async fn fetch_new(&mut self) -> Result<String, String> {
-        self.client.new_profile().await.map_err(|e| e.to_string())
+    async fn fetch_new(&mut self) -> Result<String, TunnelError> {
+        Ok(self.client.new_profile().await?)
     }
 
-    fn save(&mut self, ovpn: &str) -> Result<(), String> {
+    fn save(&mut self, ovpn: &str) -> Result<(), TunnelError> {
         self.tunnel.write_profile(ovpn)
     }
 }

@@ -1,4 +1,8 @@
-//! The seed's VPN start-up sequence, kept: try the existing profile; failing that, renew its key
+//! The node's VPN: the start-up order here, the OpenVPN client container in [`tunnel`], its
+//! management socket in [`openvpn`], and bringing it up, following it and bringing it back in
+//! [`lifecycle`].
+//!
+//! The start-up order, as vantage6 has it: try the existing profile; failing that, renew its key
 //! pair (`POST /vpn/update`) and try again; failing that, or with no profile, get a new one
 //! (`GET /vpn`) and try again. All failed: the node runs on without VPN, with the reasons. It
 //! never stops the node.
@@ -6,6 +10,11 @@
 //! The effects (starting OpenVPN and waiting for it, calling the server, writing the profile)
 //! sit behind [`VpnSteps`], so the order is tested on its own.
 
+pub mod lifecycle;
+pub mod openvpn;
+pub mod tunnel;
+
+use std::fmt::Display;
 use std::net::Ipv4Addr;
 
 /// Where the profile that worked came from.
@@ -31,19 +40,23 @@ pub enum Outcome {
 
 /// The effects of the sequence.
 pub trait VpnSteps {
+    /// Why a step failed; it becomes one of the reasons of [`Outcome::NoVpn`].
+    type Error: Display;
     /// Starts OpenVPN with this profile and waits for it to connect with an address in the
     /// VPN subnet.
     fn connect(
         &mut self,
         ovpn: &str,
-    ) -> impl std::future::Future<Output = Result<Ipv4Addr, String>>;
+    ) -> impl std::future::Future<Output = Result<Ipv4Addr, Self::Error>>;
     /// `POST /vpn/update` with the current profile.
-    fn renew(&mut self, current: &str)
-        -> impl std::future::Future<Output = Result<String, String>>;
+    fn renew(
+        &mut self,
+        current: &str,
+    ) -> impl std::future::Future<Output = Result<String, Self::Error>>;
     /// `GET /vpn`.
-    fn fetch_new(&mut self) -> impl std::future::Future<Output = Result<String, String>>;
+    fn fetch_new(&mut self) -> impl std::future::Future<Output = Result<String, Self::Error>>;
     /// Keeps the profile for the next start.
-    fn save(&mut self, ovpn: &str) -> Result<(), String>;
+    fn save(&mut self, ovpn: &str) -> Result<(), Self::Error>;
 }
 
 async fn try_with(
@@ -107,6 +120,7 @@ mod tests {
     }
 
     impl VpnSteps for Script {
+        type Error = String;
         async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, String> {
             self.calls.push(format!("connect {ovpn}"));
             if self.good.contains(&ovpn) {

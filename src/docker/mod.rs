@@ -2,6 +2,9 @@
 //! internal networks. Every container algonet makes carries [`LABEL_OWNER`], so a restarted
 //! process finds and removes what the last one left.
 
+pub mod images;
+pub mod specs;
+
 use std::collections::HashMap;
 
 use bollard::models::{

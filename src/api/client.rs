@@ -1,0 +1,177 @@
+//! The one HTTP client of the API: a call sends a typed body and reads a typed answer, or ends
+//! in an error that says what came (never a panic, never a made-up value). Used by the node,
+//! the administrator's client of `algonet test` and the demo, and the echo algorithm.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::wire::Msg;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// no answer: connection refused, timed out, or broken
+    #[error("server unreachable ({0})")]
+    Unreachable(String),
+    /// the server answered with an error status
+    #[error("server refused {what}: {status} {message}")]
+    Refused {
+        what: String,
+        status: StatusCode,
+        message: String,
+    },
+    /// the answer is not what the API promises
+    #[error("server answered {what} with something unexpected: {reason}")]
+    Garbage { what: String, reason: String },
+}
+
+impl ClientError {
+    /// Worth retrying later (the server may come back), as opposed to a refusal.
+    pub fn transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) => true,
+            ClientError::Refused { status, .. } => status.is_server_error(),
+            ClientError::Garbage { .. } => false,
+        }
+    }
+
+    /// The status of a refusal.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The API root of a server and the HTTP client that calls it.
+#[derive(Clone, Debug)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// How long one call may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Api {
+    /// The API at `base`, e.g. `http://127.0.0.1:7601/api` (a trailing `/` is dropped).
+    pub fn new(base: &str) -> Result<Api, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The API root (the node's proxy forwards below it).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// One call: `path` below the root, with a bearer `token` and a JSON `body` if given.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        let what = format!("{method} {path}");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Msg>(&text)
+                .map(|m| m.msg)
+                .unwrap_or_else(|_| text.chars().take(200).collect());
+            return Err(ClientError::Refused {
+                what,
+                status,
+                message,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Garbage {
+            what,
+            reason: format!("{e}: {:?}", text.chars().take(80).collect::<String>()),
+        })
+    }
+}
+
+/// The API with one token: the administrator's, or an algorithm's container token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub api: Api,
+    token: String,
+}
+
+/// A call's body when it has none.
+pub const NO_BODY: Option<&()> = None;
+
+impl Session {
+    pub fn new(api: Api, token: String) -> Session {
+        Session { api, token }
+    }
+
+    /// `POST /token/user`: the administrator's session.
+    pub async fn login_user(
+        base: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Session, ClientError> {
+        let api = Api::new(base)?;
+        let login = super::UserLogin {
+            username: username.into(),
+            password: password.into(),
+        };
+        let t: super::UserToken = api
+            .send(Method::POST, "/token/user", None, Some(&login))
+            .await?;
+        Ok(Session::new(api, t.access_token))
+    }
+
+    /// One authenticated call.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        self.api.send(method, path, Some(&self.token), body).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, NO_BODY).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+}

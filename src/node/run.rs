@@ -1,0 +1,340 @@
+//! One algorithm run, start to end: token, ports from the image, sandbox with its veth,
+//! mappings, `POST /port`, and only then the algorithm container; afterwards output and log
+//! reported. A [`Run`] records what it holds as each step takes it, and [`Run::clean_up`] gives
+//! all of it back, whichever step failed.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::api::client::ClientError;
+use crate::api::{env as vars, PublicPort, RunId, RunStatus, RunTask};
+use crate::docker::{specs, DockerError};
+use crate::net::links::{IfName, LinkError};
+use crate::net::netns::{Netns, NetnsError};
+use crate::net::plan::RunLinkPlan;
+use crate::node::allocator::Exhausted;
+use crate::node::ports::{algorithm_ports, AlgorithmPort};
+use crate::node::retry::with_backoff;
+use crate::node::router::{RouterError, RouterNs, GATEWAY, TUNNEL_MTU};
+use crate::node::state::{lock, Node};
+
+/// Where a run's files appear inside the algorithm container.
+const MOUNT: &str = "/mnt/algonet";
+
+/// Why a run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// the server gave no container token
+    #[error("container token: {0}")]
+    Token(ClientError),
+    /// Docker failed (image, sandbox or algorithm container)
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// a file of the run could not be written
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// the sandbox's namespace could not be opened
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// every container address is in use
+    #[error("no free container address")]
+    NoAddress,
+    /// the run's link name is not a valid interface name
+    #[error(transparent)]
+    LinkName(#[from] LinkError),
+    /// the veth between router and sandbox could not be made
+    #[error("run link: {0}")]
+    RunLink(RouterError),
+    /// the sandbox's end of the veth could not be configured
+    #[error("sandbox network: {0}")]
+    Sandbox(RouterError),
+    /// no public port is free
+    #[error(transparent)]
+    Ports(#[from] Exhausted),
+    /// the router refused a mapping
+    #[error("mapping {public} -> {port}: {source}")]
+    Mapping {
+        public: PublicPort,
+        port: u16,
+        source: RouterError,
+    },
+    /// the server refused a port
+    #[error("registering port {public}: {source}")]
+    Register {
+        public: PublicPort,
+        source: ClientError,
+    },
+}
+
+/// A claimed run and what it holds so far.
+#[derive(Debug)]
+struct Run {
+    node: Arc<Node>,
+    id: RunId,
+    task: RunTask,
+    input: Option<String>,
+    claimed: Instant,
+    /// Notes for the run's log, ahead of the algorithm's own lines.
+    notes: String,
+    dir: Option<PathBuf>,
+    address: Option<Ipv4Addr>,
+    link: Option<RunLinkPlan>,
+    /// Ports were (being) registered at the server.
+    ports_registered: bool,
+}
+
+/// How the algorithm ended: its exit code and its output, if it wrote any.
+type Exit = (i64, Option<String>);
+
+/// Runs a claimed run to its end and reports it.
+pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
+    let mut run = Run {
+        node: node.clone(),
+        id: claimed.id,
+        task: claimed.task,
+        input: claimed.input,
+        claimed: Instant::now(),
+        notes: String::new(),
+        dir: None,
+        address: None,
+        link: None,
+        ports_registered: false,
+    };
+    let outcome = run.steps().await;
+    let (id, started) = (run.id, run.claimed);
+    let mut log = match &outcome {
+        Ok(_) => std::mem::take(&mut run.notes),
+        Err(e) => format!("algonet node: {e}\n"),
+    };
+    for e in run.clean_up().await {
+        log::warn!("run {id}: clean-up: {e}");
+        log.push_str(&format!("algonet node: clean-up: {e}\n"));
+    }
+    let (status, result) = match outcome {
+        _ if node.is_stopping() => {
+            log.push_str("algonet node: stopped by the node's shutdown\n");
+            (RunStatus::Killed, None)
+        }
+        Ok((0, result)) => (RunStatus::Completed, result),
+        Ok((code, result)) => {
+            log.push_str(&format!("algonet node: the algorithm exited with {code}\n"));
+            (RunStatus::Failed, result)
+        }
+        Err(_) => (RunStatus::Failed, None),
+    };
+    log::info!(
+        "run {id}: {status} after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // The result is the run's point: wait for an absent server rather than lose it.
+    let report = || {
+        node.client
+            .report(id, status, result.as_deref(), Some(&log))
+    };
+    if let Err(e) = with_backoff("reporting a run's end", report).await {
+        log::warn!("run {id}: cannot report {status}: {e}");
+    }
+}
+
+impl Run {
+    fn note(&mut self, what: &str) {
+        log::warn!("run {}: {what}", self.id);
+        self.notes.push_str(&format!("algonet node: {what}\n"));
+    }
+
+    async fn steps(&mut self) -> Result<Exit, RunError> {
+        let token = self
+            .node
+            .client
+            .container_token(self.task.id, &self.task.image)
+            .await
+            .map_err(RunError::Token)?;
+        let ports = self.image_ports().await?;
+        let dir = self.write_files(&token)?;
+        let address = self.start_sandbox().await?;
+        // Ports: mapped and registered before the algorithm starts, so its peers can find it
+        // as soon as it runs.
+        if self.node.vpn_address().is_some() {
+            self.map_ports(address, &ports).await?;
+        } else if !ports.is_empty() {
+            self.note("no VPN: the algorithm's ports are not reachable from other nodes");
+        }
+        self.run_algorithm(&dir).await
+    }
+
+    /// The ports the image declares (`EXPOSE` and `p<port>` labels).
+    async fn image_ports(&mut self) -> Result<Vec<AlgorithmPort>, RunError> {
+        let inspect = self.node.docker.image(&self.task.image).await?;
+        let config = inspect.config.unwrap_or_default();
+        let exposed = config.exposed_ports.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let (ports, warnings) = algorithm_ports(exposed.iter().map(String::as_str), &labels);
+        for w in warnings {
+            self.note(&w);
+        }
+        Ok(ports)
+    }
+
+    /// The run's folder, mounted into the algorithm container: token, input, output, tmp/.
+    fn write_files(&mut self, token: &str) -> Result<PathBuf, RunError> {
+        let dir = self.node.config.task_dir.join(format!("run-{}", self.id));
+        self.dir = Some(dir.clone());
+        let file = |path: PathBuf| move |source| RunError::File { path, source };
+        std::fs::create_dir_all(dir.join("tmp")).map_err(file(dir.clone()))?;
+        let input = self.input.as_deref().unwrap_or("");
+        for (name, text) in [("token", token), ("input", input), ("output", "")] {
+            std::fs::write(dir.join(name), text).map_err(file(dir.join(name)))?;
+        }
+        Ok(dir)
+    }
+
+    /// The sandbox container, its veth to the router, its address and routes; returns the
+    /// address.
+    async fn start_sandbox(&mut self) -> Result<Ipv4Addr, RunError> {
+        let node = self.node.clone();
+        let (sandbox, _) = node.run_containers(self.id);
+        let spec = specs::sandbox(&node.config.images.sandbox, &node.owner, self.id);
+        node.docker.run(&sandbox, spec).await?;
+        let sandbox_ns = Arc::new(Netns::of_pid(node.docker.pid(&sandbox).await?)?);
+        let address = lock(&node.addresses).take().ok_or(RunError::NoAddress)?;
+        self.address = Some(address);
+        let link = RunLinkPlan {
+            router_end: IfName::new(format!("vr-{}", self.id))?,
+            container_end: IfName::new("eth0")?,
+            container: address,
+            gateway: GATEWAY,
+            mtu: u32::from(TUNNEL_MTU),
+        };
+        self.link = Some(link.clone());
+        node.router
+            .add_run(self.id, link.clone(), sandbox_ns.clone())
+            .await
+            .map_err(RunError::RunLink)?;
+        RouterNs::configure_sandbox(link, &sandbox_ns)
+            .await
+            .map_err(RunError::Sandbox)?;
+        lock(&node.clients).insert(address);
+        Ok(address)
+    }
+
+    /// For each port: a public port, the router's mapping, and the server's record.
+    async fn map_ports(
+        &mut self,
+        address: Ipv4Addr,
+        ports: &[AlgorithmPort],
+    ) -> Result<(), RunError> {
+        let node = self.node.clone();
+        self.ports_registered = true;
+        for p in ports {
+            let public = PublicPort(lock(&node.ports).allocate(p.protocol, self.id.into())?);
+            node.router
+                .add_mapping(
+                    self.id,
+                    p.protocol,
+                    public,
+                    SocketAddrV4::new(address, p.port),
+                )
+                .await
+                .map_err(|source| RunError::Mapping {
+                    public,
+                    port: p.port,
+                    source,
+                })?;
+            node.client
+                .add_port(self.id, public, p.label.as_deref())
+                .await
+                .map_err(|source| RunError::Register { public, source })?;
+            log::info!(
+                "run {}: {:?} port {} of the algorithm is public port {public}",
+                self.id,
+                p.protocol,
+                p.port
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the algorithm with vantage6's environment, waits for it, and collects its log
+    /// and output.
+    async fn run_algorithm(&mut self, dir: &std::path::Path) -> Result<Exit, RunError> {
+        let node = self.node.clone();
+        let (sandbox, algorithm) = node.run_containers(self.id);
+        let env = [
+            (vars::HOST, format!("http://{GATEWAY}")),
+            (vars::PORT, node.config.proxy_port.to_string()),
+            (vars::API_PATH, String::new()),
+            (vars::TOKEN_FILE, format!("{MOUNT}/token")),
+            (vars::INPUT_FILE, format!("{MOUNT}/input")),
+            (vars::OUTPUT_FILE, format!("{MOUNT}/output")),
+            (vars::TEMPORARY_FOLDER, format!("{MOUNT}/tmp")),
+        ];
+        let spec = specs::algorithm(
+            &self.task.image,
+            &node.owner,
+            self.id,
+            &sandbox,
+            &env,
+            dir,
+            MOUNT,
+        );
+        node.docker.run(&algorithm, spec).await?;
+        log::info!(
+            "run {}: algorithm started {:.0} ms after the claim",
+            self.id,
+            self.claimed.elapsed().as_secs_f64() * 1000.0
+        );
+        // A missed "active" is no reason to stop a running algorithm; the end is reported anyway.
+        if let Err(e) = node
+            .client
+            .report(self.id, RunStatus::Active, None, None)
+            .await
+        {
+            log::warn!("run {}: cannot report active: {e}", self.id);
+        }
+        let code = node.docker.wait(&algorithm).await?;
+        self.notes
+            .push_str(&node.docker.logs(&algorithm, 1000).await.unwrap_or_default());
+        let output = std::fs::read_to_string(dir.join("output"))
+            .ok()
+            .filter(|o| !o.is_empty());
+        Ok((code, output))
+    }
+
+    /// Gives back what the run holds; returns what could not be removed.
+    async fn clean_up(self) -> Vec<String> {
+        let node = &self.node;
+        let mut errors = Vec::new();
+        let (sandbox, algorithm) = node.run_containers(self.id);
+        for c in [&algorithm, &sandbox] {
+            if let Err(e) = node.docker.remove(c).await {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(link) = self.link {
+            errors.extend(node.router.remove_run(self.id, link).await);
+        }
+        lock(&node.ports).release(self.id.into());
+        if self.ports_registered {
+            if let Err(e) = node.client.remove_ports(self.id).await {
+                errors.push(format!("port records: {e}"));
+            }
+        }
+        if let Some(a) = self.address {
+            lock(&node.clients).remove(&a);
+            lock(&node.addresses).give_back(a);
+        }
+        if let Some(dir) = self.dir {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    errors.push(format!("{}: {e}", dir.display()));
+                }
+            }
+        }
+        errors
+    }
+}

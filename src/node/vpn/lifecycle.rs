@@ -1,0 +1,142 @@
+//! The VPN over the node's life: brought up at start (the start-up order of [`super`]; without
+//! a working VPN the node runs on), routed through the router and registered at the server,
+//! followed on OpenVPN's management socket, and brought back whenever OpenVPN goes away.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::openvpn::Management;
+use super::tunnel::{Steps, Tunnel};
+use super::{bring_up, Outcome};
+use crate::api::client::ClientError;
+use crate::node::retry::{with_backoff, Backoff};
+use crate::node::router::RouterError;
+use crate::node::state::Node;
+
+/// Why the router or the server did not take the VPN address.
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbError {
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("registering the VPN address: {0}")]
+    Register(#[from] ClientError),
+}
+
+fn tunnel(node: &Node, subnet: ipnet::Ipv4Net) -> Tunnel {
+    Tunnel {
+        docker: node.docker.clone(),
+        container: format!("algonet-{}-vpn", node.name),
+        router_container: node.router.container.clone(),
+        image: node.config.images.vpn_client.clone(),
+        owner: node.owner.clone(),
+        dir: node.config.task_dir.join("vpn"),
+        subnet,
+        timeout: Duration::from_secs(node.config.vpn_connect_timeout_secs),
+    }
+}
+
+/// Brings the VPN up and, connected, starts following it. Never fails the node: without a
+/// working VPN it warns once, with the reasons, and the node runs on without.
+pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(subnet) = node.config.vpn_subnet else {
+        log::warn!(
+            "no vpn_subnet configured: running without VPN (algorithms get no public ports)"
+        );
+        return None;
+    };
+    let tunnel = tunnel(node, subnet);
+    let existing = tunnel.saved_profile();
+    let mut steps = Steps {
+        tunnel: &tunnel,
+        client: &node.client,
+        connected: None,
+    };
+    match bring_up(existing.as_deref(), &mut steps).await {
+        Outcome::Connected { address, source } => {
+            log::info!("VPN connected with address {address} ({source:?} profile)");
+            let m = steps.connected.take()?;
+            match plumb(node, address).await {
+                Ok(()) => Some(tokio::spawn(watch(node.clone(), tunnel, m))),
+                Err(e) => {
+                    log::warn!("VPN connected, but the router could not be set up: {e}; running without VPN");
+                    let _ = node.docker.remove(&tunnel.container).await;
+                    None
+                }
+            }
+        }
+        Outcome::NoVpn { reasons } => {
+            log::warn!("running without VPN: {}", reasons.join("; "));
+            None
+        }
+    }
+}
+
+/// Routes the tunnel through the router with `address`, and tells the server.
+async fn plumb(node: &Node, address: Ipv4Addr) -> Result<(), PlumbError> {
+    node.router.connect_vpn(address).await?;
+    node.set_vpn_address(Some(address));
+    with_backoff("registering the VPN address", || {
+        node.client.set_ip(Some(address))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Follows OpenVPN: a new address or a reconnect re-plumbs and re-registers; a lost management
+/// connection (the container stopped or was restarted) brings the container back and waits for
+/// it to connect again.
+async fn watch(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
+    loop {
+        match m.next_change().await {
+            Ok(s) if s.connected() => {
+                if let Some(a) = s.address {
+                    log::info!("VPN connected again with address {a}");
+                    if let Err(e) = plumb(&node, a).await {
+                        log::warn!("re-plumbing the VPN: {e}");
+                    }
+                }
+            }
+            Ok(s) => log::info!("VPN state {}", s.name),
+            Err(e) => {
+                log::warn!("lost OpenVPN's management connection ({e}); bringing the tunnel back");
+                m = recover(&node, &tunnel).await;
+            }
+        }
+    }
+}
+
+/// Waits (starting the container again if it is not running) until OpenVPN connects again.
+async fn recover(node: &Node, tunnel: &Tunnel) -> Management {
+    let mut backoff = Backoff::from(Duration::from_secs(1));
+    loop {
+        match node.docker.running(&tunnel.container).await {
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => {
+                if let Err(e) = node.docker.start(&tunnel.container).await {
+                    log::warn!("starting the OpenVPN container again: {e}");
+                }
+            }
+            Ok(None) => {
+                if let Err(e) = tunnel.start_container().await {
+                    log::warn!("re-creating the OpenVPN container: {e}");
+                }
+            }
+            Err(e) => log::warn!("asking Docker about the OpenVPN container: {e}"),
+        }
+        match tunnel.wait_connected(tunnel.timeout).await {
+            Ok((m, a)) => {
+                match plumb(node, a).await {
+                    Ok(()) => log::info!("VPN back with address {a}"),
+                    Err(e) => log::warn!("re-plumbing the VPN: {e}"),
+                }
+                return m;
+            }
+            Err(e) => {
+                let wait = backoff.next_wait();
+                log::warn!("VPN not back yet: {e}; next try in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Who is calling, from the bearer token: the administrator, a node, or an algorithm container.
+//! A handler names the caller it serves by its extractor ([`AdminCaller`], [`NodeCaller`],
+//! [`ContainerCaller`]); any other caller gets 403, no token or a bad one 401.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use crate::api::ContainerIdentity;
+use crate::server::auth::Claimed;
+use crate::server::state::AppState;
+use crate::server::store::{self, NodeRow};
+
+/// Any authenticated caller.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Admin,
+    Node(NodeRow),
+    Container(ContainerIdentity),
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = || ApiError::unauthorized("Missing or invalid authorization token");
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(unauthorized)?;
+        match state
+            .signer
+            .check(token, crate::server::state::now())
+            .ok_or_else(unauthorized)?
+        {
+            Claimed::User(name) if name == state.config.admin.username => Ok(Caller::Admin),
+            Claimed::User(_) => Err(unauthorized()),
+            // A deleted node's token dies with it.
+            Claimed::Node(id) => store::node(&mut *state.store.read().await?, id)
+                .await?
+                .map(Caller::Node)
+                .ok_or_else(unauthorized),
+            Claimed::Container(c) => Ok(Caller::Container(c)),
+        }
+    }
+}
+
+/// The administrator.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminCaller;
+
+/// A node, as the database has it now.
+#[derive(Clone, Debug)]
+pub struct NodeCaller(pub NodeRow);
+
+/// An algorithm container, as its token names it.
+#[derive(Clone, Debug)]
+pub struct ContainerCaller(pub ContainerIdentity);
+
+macro_rules! only {
+    ($extractor:ident, $pattern:pat => $value:expr, $refusal:literal) => {
+        impl FromRequestParts<AppState> for $extractor {
+            type Rejection = ApiError;
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Self::Rejection> {
+                match Caller::from_request_parts(parts, state).await? {
+                    $pattern => Ok($value),
+                    _ => Err(ApiError::forbidden($refusal)),
+                }
+            }
+        }
+    };
+}
+
+only!(AdminCaller, Caller::Admin => AdminCaller, "Only an administrator may do this");
+only!(NodeCaller, Caller::Node(n) => NodeCaller(n), "Only nodes may do this");
+only!(
+    ContainerCaller,
+    Caller::Container(c) => ContainerCaller(c),
+    "Only algorithm containers may do this"
+);

@@ -1,0 +1,103 @@
+//! The HTTP API: vantage6 4.x shapes on the VPN surface (see docs/vantage6-api.md), one file per
+//! resource, errors as JSON `{"msg": ...}` ([`error`]), callers told apart by their token
+//! ([`caller`]). Handlers check who may do what and shape answers; the queries are the store's.
+
+pub mod caller;
+pub mod error;
+
+mod collaboration;
+mod node;
+mod organization;
+mod port;
+mod run;
+mod task;
+mod token;
+mod vpn;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::server::state::AppState;
+use error::ApiError;
+
+/// Largest request body the server reads.
+const MAX_BODY: usize = 1 << 20;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/token/user", post(token::user))
+        .route("/token/node", post(token::node))
+        .route("/token/container", post(token::container))
+        .route("/organization", post(organization::create))
+        .route("/collaboration", post(collaboration::create))
+        .route("/collaboration/{id}", get(collaboration::get))
+        .route("/node", post(node::create))
+        .route("/node/{id}", patch(node::patch).delete(node::delete))
+        .route("/task", post(task::create))
+        .route("/port", post(port::create).delete(port::delete))
+        .route("/run", get(run::list))
+        .route("/run/{id}", patch(run::update))
+        .route("/run/{id}/claim", post(run::claim))
+        .route("/vpn", get(vpn::get))
+        .route("/vpn/update", post(vpn::update))
+        .route("/vpn/algorithm/addresses", get(vpn::addresses))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state.clone());
+    if state.config.api_path.is_empty() {
+        api
+    } else {
+        Router::new().nest(&state.config.api_path, api)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// JSON body whose rejections (malformed, wrong types, too large) answer 400 or 413 `{"msg"}`.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::too_large(e.body_text())),
+            Err(e) => Err(ApiError::bad(e.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejections answer 400 `{"msg"}`.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e| ApiError::bad(e.body_text()))
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A created resource: 201 with its JSON.
+#[derive(Debug)]
+pub struct Created<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Created<T> {
+    fn into_response(self) -> Response {
+        (axum::http::StatusCode::CREATED, axum::Json(self.0)).into_response()
+    }
+}

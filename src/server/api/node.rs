@@ -1,0 +1,91 @@
+//! `POST /node`, `DELETE /node/<id>` (administrator) and `PATCH /node/<id>` (the administrator,
+//! or the node itself: its VPN address).
+
+use std::net::Ipv4Addr;
+
+use axum::extract::{Path, State};
+
+use super::caller::{AdminCaller, Caller};
+use super::error::ApiError;
+use super::{ApiResult, Created, Json};
+use crate::api::{Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch};
+use crate::server::auth::{hash_key, random_secret};
+use crate::server::state::AppState;
+use crate::server::{provision, store};
+
+pub async fn create(
+    State(s): State<AppState>,
+    _: AdminCaller,
+    Json(b): Json<NewNode>,
+) -> ApiResult<Created<NewNodeKey>> {
+    let mut db = s.store.read().await?;
+    if !store::is_member(&mut db, b.collaboration_id, b.organization_id).await? {
+        return Err(ApiError::bad(
+            "The organization is not a member of the collaboration",
+        ));
+    }
+    let api_key = random_secret().map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    let name = b
+        .name
+        .unwrap_or_else(|| format!("node-{}-{}", b.organization_id, b.collaboration_id));
+    let id = store::insert_node(
+        &mut db,
+        &name,
+        b.organization_id,
+        b.collaboration_id,
+        &hash_key(&api_key),
+    )
+    .await?;
+    // The API key is shown once, here; only its hash is kept.
+    Ok(Created(NewNodeKey {
+        node: Node {
+            id,
+            name,
+            organization_id: b.organization_id,
+            collaboration_id: b.collaboration_id,
+            ip: None,
+        },
+        api_key,
+    }))
+}
+
+pub async fn patch(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<NodeId>,
+    Json(b): Json<NodePatch>,
+) -> ApiResult<Json<Node>> {
+    match &caller {
+        Caller::Admin => {}
+        Caller::Node(n) if n.id == id => {}
+        _ => return Err(ApiError::forbidden("A node may only change itself")),
+    }
+    let ip = match (b.ip, b.clear_ip) {
+        (Some(_), true) => return Err(ApiError::bad("Give either ip or clear_ip, not both")),
+        (Some(ip), false) => Some(
+            ip.parse::<Ipv4Addr>()
+                .map_err(|_| ApiError::bad(format!("ip: {ip:?} is not an IPv4 address")))?
+                .to_string(),
+        ),
+        (None, true) => None,
+        (None, false) => return Err(ApiError::bad("Nothing to change: give ip or clear_ip")),
+    };
+    let node = store::set_node_ip(&mut *s.store.read().await?, id, ip.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::not_found("node", id))?;
+    Ok(Json(node.into()))
+}
+
+/// The node goes, and with the built-in VPN its certificates are revoked.
+pub async fn delete(
+    State(s): State<AppState>,
+    _: AdminCaller,
+    Path(id): Path<NodeId>,
+) -> ApiResult<Json<Msg>> {
+    if !provision::delete_node(&s, id).await? {
+        return Err(ApiError::not_found("node", id));
+    }
+    Ok(Json(Msg {
+        msg: format!("Node id={id} deleted."),
+    }))
+}

@@ -1,0 +1,83 @@
+//! VPN provisioning: a node's OpenVPN profile, from the built-in PKI (a new client certificate;
+//! the node's earlier ones revoked) or from eduVPN; and the revocation that goes with deleting
+//! a node. The CRL is written before the database commit, so a failure can only revoke an
+//! unused certificate, never leave a used one valid.
+
+use crate::api::{NodeId, VpnProfile};
+use crate::server::eduvpn::{self, EduVpnError};
+use crate::server::pki::{Pki, PkiError};
+use crate::server::state::AppState;
+use crate::server::store::{self, Db, StoreError};
+
+/// Why no profile could be had, or a node not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// neither the built-in VPN nor eduVPN is configured
+    #[error("This server does not support VPN")]
+    NotSupported,
+    /// the eduVPN portal failed
+    #[error(transparent)]
+    EduVpn(#[from] EduVpnError),
+    /// the built-in PKI could not issue a certificate
+    #[error("VPN provisioning failed: {0}")]
+    Issue(PkiError),
+    /// the built-in PKI could not write its CRL
+    #[error("cannot write the certificate revocation list: {0}")]
+    Crl(PkiError),
+    /// the database failed
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new profile for `node`.
+pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, ProvisionError> {
+    let Some(pki) = &s.pki else {
+        let edu = s
+            .config
+            .vpn_server
+            .as_ref()
+            .ok_or(ProvisionError::NotSupported)?;
+        let p = eduvpn::fetch_profile(edu).await?;
+        return Ok(VpnProfile {
+            ovpn_config: p.ovpn,
+            expires: p.expires,
+        });
+    };
+    // The lock orders issuing and CRL writes.
+    let pki = pki.lock().await;
+    let cert = pki.issue(node).map_err(ProvisionError::Issue)?;
+    let mut tx = s.store.write().await?;
+    store::revoke_node_certificates(&mut tx, node).await?;
+    store::insert_certificate(&mut tx, &cert.serial, node).await?;
+    write_crl(&mut tx, &pki).await?;
+    store::commit(tx).await?;
+    Ok(VpnProfile {
+        ovpn_config: pki.profile(&cert),
+        expires: None,
+    })
+}
+
+/// Deletes `node`; with the built-in VPN its certificates are revoked, so its profile no longer
+/// connects. False if there was no such node.
+pub async fn delete_node(s: &AppState, node: NodeId) -> Result<bool, ProvisionError> {
+    let pki = match &s.pki {
+        Some(p) => Some(p.lock().await),
+        None => None,
+    };
+    let mut tx = s.store.write().await?;
+    if !store::delete_node(&mut tx, node).await? {
+        return Ok(false);
+    }
+    store::revoke_node_certificates(&mut tx, node).await?;
+    if let Some(pki) = &pki {
+        write_crl(&mut tx, pki).await?;
+    }
+    store::commit(tx).await?;
+    Ok(true)
+}
+
+/// Rewrites the CRL with every revoked certificate.
+async fn write_crl(db: &mut Db, pki: &Pki) -> Result<(), ProvisionError> {
+    let revoked = store::revoked_serials(db).await?;
+    pki.write_crl(&revoked).map_err(ProvisionError::Crl)
+}
