@@ -1,4 +1,4 @@
-//! `algonet test`: the seed's "How to test the VPN connection" as a command. Sends the echo
+//! `algonet test`: vantage6's "How to test the VPN connection" as a command. Sends the echo
 //! algorithm's parent task to one organization of a collaboration (the first by default), with every
 //! organization (its own included) as a child, shows progress while it runs, and prints one row
 //! per organization.

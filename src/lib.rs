@@ -3,11 +3,15 @@
 //! The parts and how data flows between them are described in `docs/architecture.md`:
 //!
 //! - [`netstack`]: the sans-IO IPv4 NAT router (its own crate);
+//! - [`api`]: the API as data (typed ids, run statuses, requests and answers) and the one HTTP
+//!   client of it, shared by the server and everything that calls it;
 //! - [`net`]: Linux plumbing (namespaces, rtnetlink, the routing plan) and the data-plane driver
 //!   that feeds the router with packets from the node's TUN device;
 //! - [`server`]: the central server (vantage6 4.x-compatible API, VPN providers);
-//! - [`node`]: the node agent's parts built so far;
-//! - [`config`]: reading the YAML files of both.
+//! - [`node`]: the node agent;
+//! - [`docker`]: the Docker runtime, what each container looks like, offline images;
+//! - [`echo`], [`feature`], [`demo`]: the echo algorithm, `algonet test` and `algonet demo`;
+//! - [`config`], [`logging`]: reading the YAML files, and the log lines.
 
 pub use netstack;
 

@@ -9,14 +9,13 @@
 //! traffic; memory is reclaimed at most one timeout later.
 //!
 //! Times are kept in whole seconds (timeouts are tens of seconds and more), which keeps a
-//! connection at 48 bytes; slots live in fixed chunks, so the table never copies itself to grow.
+//! connection at 56 bytes; slots live in fixed chunks, so the table never copies itself to grow.
 //!
 //! The table is bounded. When full, a new connection first reclaims expired ones, then evicts the
 //! oldest connection that never saw an answer (a SYN flood or a scan fills that list, not the
 //! established ones), and only then is refused with [`DropReason::TableFull`].
 
 use core::hash::{Hash, Hasher};
-use core::net::SocketAddrV4;
 use core::time::Duration;
 use std::collections::HashMap;
 
@@ -25,24 +24,7 @@ use foldhash::fast::FixedState;
 use crate::nat::Change;
 use crate::stats::DropReason;
 use crate::time::Instant;
-use crate::wire::{Protocol, TCP_ACK_FLAG, TCP_FIN, TCP_RST, TCP_SYN};
-
-/// Source and destination of a packet. For ICMP echo the identifier is the "port" (see
-/// [`crate::wire::L4::ports`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
-}
-
-impl Tuple {
-    pub const fn reverse(self) -> Tuple {
-        Tuple {
-            src: self.dst,
-            dst: self.src,
-        }
-    }
-}
+use crate::wire::{Protocol, Tuple, TCP_ACK_FLAG, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// A tuple and protocol packed as four words: compared in one go, hashed as two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -671,6 +653,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::net::SocketAddrV4;
 
     use core::net::Ipv4Addr;
     use proptest::prelude::*;

@@ -16,6 +16,8 @@
 //! The router never allocates per packet (tables grow, amortised, when connections are added),
 //! never panics on any input, and counts every drop under a named [`DropReason`].
 
+#![forbid(unsafe_code)]
+
 pub mod checksum;
 pub mod conntrack;
 pub mod frag;
@@ -26,9 +28,9 @@ pub mod stats;
 pub mod time;
 pub mod wire;
 
-pub use conntrack::{Timeouts, Tuple};
+pub use conntrack::Timeouts;
 pub use nat::L4Checksum;
 pub use router::{Action, Config, Error, Mapping, Meta, Router, RunId, Vpn};
 pub use stats::{Counters, DropReason, Reply, Side};
 pub use time::Instant;
-pub use wire::Protocol;
+pub use wire::{Protocol, Tuple};

@@ -3,9 +3,9 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::checksum::Delta;
-use crate::conntrack::Tuple;
 use crate::wire::{
-    get16, put16, put32, Ip, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM, UDP_CSUM,
+    get16, put16, put32, Ip, Tuple, ICMP_CSUM, ICMP_ID, IP_CSUM, IP_DST, IP_SRC, L4, TCP_CSUM,
+    UDP_CSUM,
 };
 
 /// How the L4 checksum field of a packet is to be read.

@@ -13,14 +13,14 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
-use crate::conntrack::{Dir, Table, Timeouts, Tuple};
+use crate::conntrack::{Dir, Table, Timeouts};
 use crate::frag::{FragKey, Fragments};
 use crate::icmp::{self, RateLimit};
 use crate::nat::{self, Change, L4Checksum, Mode};
 use crate::stats::{Counters, DropReason, Reply, Side};
 use crate::time::{millis, Instant};
 use crate::wire::{
-    self, Parsed, Protocol, ICMP_CODE_FRAG_NEEDED, ICMP_CODE_PORT_UNREACHABLE, ICMP_CSUM,
+    self, Parsed, Protocol, Tuple, ICMP_CODE_FRAG_NEEDED, ICMP_CODE_PORT_UNREACHABLE, ICMP_CSUM,
     ICMP_DEST_UNREACHABLE, L4, TCP_ACK_FLAG, TCP_RST, TCP_SYN,
 };
 

@@ -2,7 +2,7 @@
 //! its L4 header that the router reads or writes; after it returns `Ok`, every offset it reports
 //! lies inside the buffer, so the rewrite code indexes without further checks.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::wire::Ipv4Packet;
 
@@ -349,4 +349,21 @@ pub fn parse_quoted(icmp: &[u8]) -> Result<Quoted, DropReason> {
         l4,
         len: q.len(),
     })
+}
+
+/// Source and destination of a packet. For ICMP echo the identifier is the "port" (see
+/// [`L4::ports`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+}
+
+impl Tuple {
+    pub const fn reverse(self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+        }
+    }
 }

@@ -12,7 +12,6 @@
 //! the next packet is read.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::net::links::{set_device_attr, set_sysctl, IfName, LinkError, Netlink};
 use crate::net::netns::{Netns, NetnsError};
+use crate::net::tun;
 
 /// Length of the virtio-net header in front of each packet when offload is on.
 const VNET_HDR_LEN: usize = 10;
@@ -187,16 +187,7 @@ impl Dataplane {
 
 async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, DataplaneError> {
     let name = &config.tun;
-    let dev = if config.offload {
-        tun_rs::DeviceBuilder::new()
-            .name(name.as_str())
-            .offload(true)
-            .packet_information(false)
-            .build_async()
-    } else {
-        open_napi(name)
-    }
-    .map_err(|source| DataplaneError::Tun {
+    let dev = tun::open(name, config.offload).map_err(|source| DataplaneError::Tun {
         name: name.clone(),
         source,
     })?;
@@ -217,41 +208,6 @@ async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, Dataplan
         e => Err(e),
     })?;
     Ok(dev)
-}
-
-/// Creates the device for the mode without offload, with IFF_NAPI (tun-rs has no switch for
-/// it): packets written to the device then go through the kernel's GRO, which merges a TCP
-/// stream's MTU-sized packets back into large ones before they are routed, so routing, the veth
-/// and the receiving TCP run once per merged packet instead of once per 1400 bytes.
-fn open_napi(name: &IfName) -> std::io::Result<tun_rs::AsyncDevice> {
-    use std::os::fd::IntoRawFd;
-    /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in a 24-byte union.
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        rest: [u8; 22],
-    }
-    const _: () = assert!(std::mem::size_of::<IfReq>() == std::mem::size_of::<libc::ifreq>());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_NAPI) as libc::c_short,
-        rest: [0; 22],
-    };
-    // An IfName has at most 15 bytes, so the name stays NUL-terminated.
-    req.name[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
-    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is (same size, the
-    // fields where the kernel looks), alive for the call; the descriptor is open.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor is a TUN device with IFF_NO_PI framing and without IFF_VNET_HDR,
-    // as `from_fd` requires; it is handed over and closed by the device.
-    unsafe { tun_rs::AsyncDevice::from_fd(file.into_raw_fd()) }
 }
 
 /// Writes packets bound for containers on a thread of its own (without offload). A TUN write
@@ -276,7 +232,7 @@ impl Delivery {
         room: usize,
         window: Duration,
     ) -> std::io::Result<Delivery> {
-        let fd = duplicate(dev)?;
+        let fd = tun::duplicate(dev)?;
         let (queue, queued) = sync_channel::<(Vec<u8>, usize)>(DELIVERY_BUFFERS);
         let (give_back, free) = sync_channel(DELIVERY_BUFFERS);
         for _ in 0..DELIVERY_BUFFERS {
@@ -320,14 +276,6 @@ impl Delivery {
         buf[..packet.len()].copy_from_slice(packet);
         queue.send((buf, packet.len())).is_ok()
     }
-}
-
-/// A second descriptor of the device (same queue, same flags), for I/O beside tokio's.
-fn duplicate(dev: &tun_rs::AsyncDevice) -> std::io::Result<std::fs::File> {
-    // SAFETY: the descriptor is `dev`'s, open for as long as this call (it borrows `dev`); it is
-    // duplicated at once and only the duplicate is kept.
-    let fd = unsafe { BorrowedFd::borrow_raw(dev.as_raw_fd()) }.try_clone_to_owned()?;
-    Ok(std::fs::File::from(fd))
 }
 
 /// Calls `attempt` until it answers or `window` passes (then `None`), yielding the CPU between
@@ -393,7 +341,7 @@ async fn run(
                 .then(|| Delivery::start(&dev, usize::from(config.mtu), config.busy_poll))
                 .transpose()?;
             let poller = (!config.busy_poll.is_zero())
-                .then(|| duplicate(&dev))
+                .then(|| tun::duplicate(&dev))
                 .transpose()?;
             Ok((delivery, poller))
         };

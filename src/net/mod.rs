@@ -5,6 +5,7 @@ pub mod dataplane;
 pub mod links;
 pub mod netns;
 pub mod plan;
+pub mod tun;
 
 /// A subnet `a.b.c.d/len` (prefix 8 to 30, no host bits set), or why not. Parsed once, where a
 /// configuration is read; the rest of the code holds an [`ipnet::Ipv4Net`].

@@ -8,7 +8,7 @@ use crate::config::ConfigError;
 
 use serde::Deserialize;
 
-/// The administrator's credential (the only user for now).
+/// The administrator's credential (the server's one user).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
@@ -16,7 +16,7 @@ pub struct Admin {
     pub password: String,
 }
 
-/// The seed's `vpn_server` block: an eduVPN instance that provisions nodes.
+/// vantage6's `vpn_server` block: an eduVPN instance that provisions nodes.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EduVpn {

@@ -1,5 +1,5 @@
 //! The eduVPN provider: gets a node's OpenVPN profile from an eduVPN server (API v3) the way
-//! vantage6 4.6+ does, with the seed's `vpn_server` keys:
+//! vantage6 4.6+ does, with vantage6's `vpn_server` keys:
 //!
 //! 1. discovery: `GET {url}/.well-known/vpn-user-portal` gives the API, authorization and token
 //!    endpoints; the portal is the API endpoint without `/api/v3`;
