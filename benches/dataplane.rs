@@ -215,7 +215,7 @@ fn main() {
     for round in 0..rounds {
         for (i, (label, mode)) in modes.iter().enumerate() {
             eprintln!("== round {}/{rounds}: {label}", round + 1);
-            let t = Topology::new(&format!("bn{i}"), *mode);
+            let t = Topology::new(&format!("bench-dataplane-{i}"), *mode);
             let (p50, p99) = latency(&t, 64, ROUND_TRIPS);
             let (bulk50, bulk99) = latency(&t, BULK, BULK_ROUND_TRIPS);
             let server = IperfServer::start(&t.c2);

@@ -40,7 +40,11 @@ fn main() {
     let mut g = c.benchmark_group("tun_path");
     for offload in [true, false] {
         let t = Topology::new(
-            if offload { "bto" } else { "btn" },
+            if offload {
+                "bench-tun-path-offload"
+            } else {
+                "bench-tun-path-no-offload"
+            },
             Mode::Algonet {
                 offload,
                 busy_poll_us: DEFAULT_BUSY_POLL_US,

@@ -16,7 +16,11 @@ use netstack::{DropReason, Mapping, Protocol, RunId};
 
 fn traffic_crosses_the_router(offload: bool) {
     let t = Topology::new(
-        if offload { "dpo" } else { "dpn" },
+        if offload {
+            "dataplane-offload"
+        } else {
+            "dataplane-no-offload"
+        },
         Mode::Algonet {
             offload,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
@@ -281,7 +285,11 @@ fn leftovers(tag: &str) -> Vec<String> {
 }
 
 fn crosses_and_cleans_up(offload: bool) {
-    let tag = if offload { "dpo" } else { "dpn" };
+    let tag = if offload {
+        "dataplane-offload"
+    } else {
+        "dataplane-no-offload"
+    };
     let rules_before = firewall();
     traffic_crosses_the_router(offload);
     assert_eq!(

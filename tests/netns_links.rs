@@ -31,8 +31,8 @@ fn a_veth_born_in_the_container_namespace_carries_tcp_to_the_gateway() {
     if !privileged("a_veth_born_in_the_container_namespace_carries_tcp_to_the_gateway") {
         return;
     }
-    let router = TestNs::new("lnk-r");
-    let ctr = TestNs::new("lnk-c");
+    let router = TestNs::new("veth-born-in-container-router");
+    let ctr = TestNs::new("veth-born-in-container-sandbox");
     let ctr_fd = ctr.ns.fd().try_clone_to_owned().expect("dup fd");
 
     router

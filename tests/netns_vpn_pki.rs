@@ -167,7 +167,7 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         node,
         token,
         first,
-    } = lab("pki");
+    } = lab("vpn-pki");
     let write = |file: &str, text: &str| {
         let p = s.dir.join(file);
         std::fs::write(&p, text).expect("write profile");
@@ -281,7 +281,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         server_vpn,
         first,
         ..
-    } = lab("mgmt");
+    } = lab("vpn-management");
     let profile = s.dir.join("node.ovpn");
     std::fs::write(&profile, &first).expect("profile");
     let sock = s.dir.join("mgmt.sock");

@@ -367,9 +367,23 @@ async fn run(
     let hdr = if config.offload { VNET_HDR_LEN } else { 0 };
     let mut buf = vec![0u8; BUF_LEN];
     let mut io = IoCounters::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Expiry sleeps until the router has work for it (never, while it tracks nothing), and
+    // runs at most once a second: a lookup already treats an idle connection as gone, so a
+    // later poll only reclaims memory.
+    let expiry = tokio::time::sleep_until(tokio::time::Instant::from_std(epoch) + FAR);
+    tokio::pin!(expiry);
+    let mut last_poll = tokio::time::Instant::now();
     loop {
+        let due = router
+            .poll_at()
+            .map_or(tokio::time::Instant::from_std(epoch) + FAR, |t| {
+                let at =
+                    tokio::time::Instant::from_std(epoch) + Duration::from_millis(t.as_millis());
+                at.max(last_poll + POLL_EVERY)
+            });
+        if expiry.deadline() != due {
+            expiry.as_mut().reset(due);
+        }
         tokio::select! {
             // Control first: a mapping removed is gone before the next packet is looked at.
             biased;
@@ -438,10 +452,18 @@ async fn run(
                     }
                 }
             }
-            _ = tick.tick() => router.poll(now()),
+            () = &mut expiry => {
+                router.poll(now());
+                last_poll = tokio::time::Instant::now();
+            }
         }
     }
 }
+
+/// The shortest time between two expiry polls.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// A deadline that never comes (a century).
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Reads the offload information of a virtio-net header (native endian, as the TUN device
 /// writes it without TUNSETVNETLE).

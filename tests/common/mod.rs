@@ -34,7 +34,8 @@ pub struct TestNs {
 }
 
 impl TestNs {
-    /// Creates `an-<tag>-<pid>`, replacing a leftover of the same name.
+    /// Creates `an-<tag>-<pid>` (the tag names the test and the namespace's role in it),
+    /// replacing a leftover of the same name.
     pub fn new(tag: &str) -> TestNs {
         let name = format!("an-{tag}-{}", std::process::id());
         let _ = Command::new("ip")
