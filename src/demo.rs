@@ -5,17 +5,17 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::api::client::Session;
+use crate::api::client::{ClientError, Session};
 use crate::api::{
     Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization,
     Organization, OrganizationId,
 };
-use crate::docker::images::{ImageNames, ECHO_IMAGE};
-use crate::docker::{specs, Docker};
-use crate::feature::{Row, Target};
+use crate::docker::images::{ImageError, ImageNames, ECHO_IMAGE};
+use crate::docker::{specs, Docker, DockerError};
+use crate::feature::{FeatureError, Row, Target};
 
 /// The internal Docker network the routers and the OpenVPN server share.
 pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
@@ -23,6 +23,47 @@ pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
 pub const VPN_SUBNET: &str = "10.76.0.0/16";
 /// The demo's administrator (a demo on one host; not a secret).
 pub const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
+
+/// Why the demo federation could not be set up or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Images(#[from] ImageError),
+    /// a file of the demo could not be written, or a process not started
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    #[error("the server exited ({status}): {last}")]
+    ServerExited { status: ExitStatus, last: String },
+    #[error("the server did not answer in {secs}s: {source}")]
+    ServerSilent { secs: u64, source: ClientError },
+    #[error("node {organization} exited ({status}); its log: {}", log.display())]
+    NodeExited {
+        organization: String,
+        status: ExitStatus,
+        log: PathBuf,
+    },
+    #[error("not every node connected within {secs}s (logs in {})", dir.display())]
+    NotConnected { secs: u64, dir: PathBuf },
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+    #[error("setting up (logs in {}): {source}", dir.display())]
+    SetUp {
+        dir: PathBuf,
+        source: Box<DemoError>,
+    },
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> DemoError {
+    let what = what.to_string();
+    move |source| DemoError::Io { what, source }
+}
 
 /// How to set the federation up.
 #[derive(Clone, Debug)]
@@ -65,14 +106,15 @@ pub fn step(started: Instant, what: &str) {
     eprintln!("==> [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
 }
 
-fn spawn(algonet: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
-    Ok(Command::new(algonet)
+fn spawn(algonet: &Path, args: &[&str], log: &Path) -> Result<Child, DemoError> {
+    let out = std::fs::File::create(log).map_err(io(log.display()))?;
+    Command::new(algonet)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
+        .stdout(out.try_clone().map_err(io(log.display()))?)
         .stderr(out)
-        .spawn()?)
+        .spawn()
+        .map_err(io(format!("starting {}", algonet.display())))
 }
 
 /// SIGTERM, then SIGKILL if it has not ended within `grace`.
@@ -98,12 +140,12 @@ pub fn stop(child: &mut Child, grace: Duration) {
 impl Federation {
     /// Server, OpenVPN server and nodes, up and connected (every node registered its VPN
     /// address).
-    pub async fn up(options: Options, started: Instant) -> anyhow::Result<Federation> {
+    pub async fn up(options: Options, started: Instant) -> Result<Federation, DemoError> {
         let docker = Docker::connect().await?;
         step(started, "building images offline (sandbox, openvpn, echo)");
         crate::docker::images::build(&docker, &ImageNames::default(), &options.algonet).await?;
         let _ = std::fs::remove_dir_all(&options.dir);
-        std::fs::create_dir_all(&options.dir)?;
+        std::fs::create_dir_all(&options.dir).map_err(io(options.dir.display()))?;
         let network = format!("algonet-{}-net", options.tag);
         let mut f = Federation {
             api: format!("http://127.0.0.1:{}/api", options.server_port),
@@ -125,7 +167,7 @@ impl Federation {
         Ok(f)
     }
 
-    async fn start(&mut self, started: Instant) -> anyhow::Result<()> {
+    async fn start(&mut self, started: Instant) -> Result<(), DemoError> {
         let o = self.options.clone();
         step(
             started,
@@ -153,7 +195,8 @@ impl Federation {
                 ADMIN.0,
                 ADMIN.1
             ),
-        )?;
+        )
+        .map_err(io(server_yaml.display()))?;
         self.start_server()?;
         let admin = self.admin_when_up(Duration::from_secs(30)).await?;
 
@@ -222,7 +265,8 @@ impl Federation {
                     dir = o.dir.join(format!("node-{name}")).display(),
                     net = self.network,
                 ),
-            )?;
+            )
+            .map_err(io(config.display()))?;
             self.nodes.push(NodeProc {
                 organization: name.clone(),
                 organization_id: *id,
@@ -244,20 +288,23 @@ impl Federation {
 
     /// Starts the server process (again, after [`Federation::stop_server`]: same database, PKI
     /// and token secret); its log is appended to.
-    pub fn start_server(&mut self) -> anyhow::Result<()> {
+    pub fn start_server(&mut self) -> Result<(), DemoError> {
         let o = &self.options;
+        let path = o.dir.join("server.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(o.dir.join("server.log"))?;
+            .open(&path)
+            .map_err(io(path.display()))?;
         self.server = Some(
             Command::new(&o.algonet)
                 .args(["server", "--config"])
                 .arg(o.dir.join("server.yaml"))
                 .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
+                .stdout(log.try_clone().map_err(io(path.display()))?)
                 .stderr(log)
-                .spawn()?,
+                .spawn()
+                .map_err(io("starting the server"))?,
         );
         Ok(())
     }
@@ -268,7 +315,7 @@ impl Federation {
         }
     }
 
-    pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn start_node(&mut self, i: usize) -> Result<(), DemoError> {
         let n = &mut self.nodes[i];
         n.child = Some(spawn(
             &self.options.algonet,
@@ -280,28 +327,31 @@ impl Federation {
 
     /// Logs in as the administrator once the server answers; fails at once if the server
     /// process ended (a port in use, say).
-    pub async fn admin_when_up(&mut self, timeout: Duration) -> anyhow::Result<Session> {
+    pub async fn admin_when_up(&mut self, timeout: Duration) -> Result<Session, DemoError> {
         let until = Instant::now() + timeout;
         loop {
             if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
                 let log = self.options.dir.join("server.log");
                 let last = std::fs::read_to_string(&log).unwrap_or_default();
-                anyhow::bail!(
-                    "the server exited ({status}): {}",
-                    last.lines().last().unwrap_or("see its log").trim()
-                );
+                return Err(DemoError::ServerExited {
+                    status,
+                    last: last.lines().last().unwrap_or("see its log").trim().into(),
+                });
             }
             match Session::login_user(&self.api, ADMIN.0, ADMIN.1).await {
                 Ok(a) => return Ok(a),
-                Err(e) if Instant::now() > until => {
-                    anyhow::bail!("the server did not answer in {}s: {e}", timeout.as_secs())
+                Err(source) if Instant::now() > until => {
+                    return Err(DemoError::ServerSilent {
+                        secs: timeout.as_secs(),
+                        source,
+                    })
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }
 
-    pub async fn admin(&self) -> anyhow::Result<Session> {
+    pub async fn admin(&self) -> Result<Session, DemoError> {
         Ok(Session::login_user(&self.api, ADMIN.0, ADMIN.1).await?)
     }
 
@@ -309,7 +359,7 @@ impl Federation {
     pub async fn addresses(
         &self,
         admin: &Session,
-    ) -> anyhow::Result<Vec<(OrganizationId, Option<String>)>> {
+    ) -> Result<Vec<(OrganizationId, Option<String>)>, DemoError> {
         let members = crate::feature::members(admin, self.collaboration).await?;
         Ok(members
             .into_iter()
@@ -323,7 +373,7 @@ impl Federation {
         admin: &Session,
         timeout: Duration,
         started: Instant,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), DemoError> {
         let until = Instant::now() + timeout;
         let mut shown = 0;
         loop {
@@ -344,26 +394,29 @@ impl Federation {
             }
             for n in &mut self.nodes {
                 if let Some(Ok(Some(status))) = n.child.as_mut().map(Child::try_wait) {
-                    anyhow::bail!(
-                        "node {} exited ({status}); its log: {}",
-                        n.organization,
-                        n.log.display()
-                    );
+                    return Err(DemoError::NodeExited {
+                        organization: n.organization.clone(),
+                        status,
+                        log: n.log.clone(),
+                    });
                 }
             }
-            anyhow::ensure!(
-                Instant::now() < until,
-                "not every node connected within {}s (logs in {})",
-                timeout.as_secs(),
-                self.options.dir.display()
-            );
+            if Instant::now() >= until {
+                return Err(DemoError::NotConnected {
+                    secs: timeout.as_secs(),
+                    dir: self.options.dir.clone(),
+                });
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
     /// The feature test across all organizations, the parent on `parent`'s node (the first
     /// organization's if `None`).
-    pub async fn feature_test(&self, parent: Option<OrganizationId>) -> anyhow::Result<Vec<Row>> {
+    pub async fn feature_test(
+        &self,
+        parent: Option<OrganizationId>,
+    ) -> Result<Vec<Row>, FeatureError> {
         crate::feature::run(&Target {
             api: self.api.clone(),
             username: ADMIN.0.into(),
@@ -438,19 +491,24 @@ impl Drop for Federation {
 }
 
 /// `algonet demo [--keep]`.
-pub async fn main(keep: bool) -> anyhow::Result<bool> {
+pub async fn main(keep: bool) -> Result<bool, DemoError> {
     let started = Instant::now();
     let options = Options {
         dir: std::env::temp_dir().join("algonet-demo"),
         tag: "demo".into(),
         organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
         server_port: 7601,
-        algonet: std::env::current_exe()?,
+        algonet: std::env::current_exe().map_err(io("finding this binary"))?,
     };
     let dir = options.dir.clone();
     let mut fed = match Federation::up(options, started).await {
         Ok(f) => f,
-        Err(e) => return Err(e.context(format!("setting up (logs in {})", dir.display()))),
+        Err(e) => {
+            return Err(DemoError::SetUp {
+                dir,
+                source: Box::new(e),
+            })
+        }
     };
     step(started, "running the VPN feature test (echo algorithm: parent on the first node, a child on every node)");
     let outcome = fed.feature_test(None).await;
@@ -460,7 +518,7 @@ pub async fn main(keep: bool) -> anyhow::Result<bool> {
             rows.iter().all(|r| r.probe.ok())
         }
         Err(e) => {
-            eprintln!("the feature test failed: {e:#}");
+            eprintln!("the feature test failed: {e}");
             false
         }
     };
@@ -507,5 +565,5 @@ pub async fn main(keep: bool) -> anyhow::Result<bool> {
             "done: NOT every organization was reached"
         },
     );
-    outcome.map(|_| ok)
+    Ok(outcome.map(|_| ok)?)
 }

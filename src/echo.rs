@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::api::client::{Api, Session};
+use crate::api::client::{Api, ClientError, Session};
 use crate::api::{
     env as vars, Addresses, ContainerIdentity, NewTask, OrganizationId, PublicPort, Task,
     TaskOrganization,
@@ -43,6 +43,13 @@ pub enum Input {
         #[serde(default = "default_window")]
         window_secs: u64,
     },
+}
+
+impl Input {
+    /// The input as the run's JSON. An enum of plain fields always serialises.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -79,6 +86,51 @@ pub struct Report {
     pub probes: Vec<Probe>,
 }
 
+/// Why the echo algorithm could not do its part.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    /// vantage6's environment is incomplete
+    #[error("environment variable {0} is not set")]
+    Unset(&'static str),
+    /// a file the environment names could not be read or written
+    #[error("{var} {path}: {source}")]
+    File {
+        var: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// the token is not a container token
+    #[error("the token {0}")]
+    Token(String),
+    /// the input is not the echo algorithm's
+    #[error("input {text:?}: {source}")]
+    Input {
+        text: String,
+        source: serde_json::Error,
+    },
+    /// the server (through the node's proxy) refused or answered garbage
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// a socket or the runtime failed
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a probe of a child failed (it becomes the row's note).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0} timed out")]
+    TimedOut(String),
+    #[error("echo differs: sent {sent:?}, got {got:?}")]
+    Differs { sent: String, got: String },
+    #[error("bulk echo corrupted")]
+    Corrupted,
+    #[error("no datagram echoed by {0} in 10 tries")]
+    NoEcho(SocketAddrV4),
+}
+
 struct Env {
     api: Session,
     token: String,
@@ -86,13 +138,15 @@ struct Env {
     output: std::path::PathBuf,
 }
 
-fn env() -> anyhow::Result<Env> {
-    let var = |k: &str| {
-        std::env::var(k).map_err(|_| anyhow::anyhow!("environment variable {k} is not set"))
-    };
-    let read = |k: &str| -> anyhow::Result<String> {
+fn env() -> Result<Env, EchoError> {
+    let var = |k: &'static str| std::env::var(k).map_err(|_| EchoError::Unset(k));
+    let read = |k: &'static str| -> Result<String, EchoError> {
         let path = var(k)?;
-        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{k} {path}: {e}"))
+        std::fs::read_to_string(&path).map_err(|source| EchoError::File {
+            var: k,
+            path,
+            source,
+        })
     };
     let base = format!(
         "{}:{}{}",
@@ -110,7 +164,7 @@ fn env() -> anyhow::Result<Env> {
 }
 
 /// The algorithm's own identity from its token (no verification: the server did that).
-fn identity(token: &str) -> anyhow::Result<ContainerIdentity> {
+fn identity(token: &str) -> Result<ContainerIdentity, EchoError> {
     use base64::Engine;
     #[derive(Deserialize)]
     struct Claims {
@@ -119,22 +173,23 @@ fn identity(token: &str) -> anyhow::Result<ContainerIdentity> {
     let payload = token
         .split('.')
         .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("the token is not a JWT"))?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+        .ok_or_else(|| EchoError::Token("is not a JWT".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|e| EchoError::Token(format!("is not a JWT: {e}")))?;
     let claims: Claims = serde_json::from_slice(&bytes)
-        .map_err(|e| anyhow::anyhow!("the token names no container identity: {e}"))?;
+        .map_err(|e| EchoError::Token(format!("names no container identity: {e}")))?;
     Ok(claims.sub)
 }
 
 /// `algonet echo`: runs as parent or child according to the input file.
-pub fn main() -> anyhow::Result<()> {
+pub fn main() -> Result<(), EchoError> {
     let env = env()?;
-    let input: Input = serde_json::from_str(env.input.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "input {:?}: {e}",
-            env.input.chars().take(100).collect::<String>()
-        )
-    })?;
+    let input: Input =
+        serde_json::from_str(env.input.trim()).map_err(|source| EchoError::Input {
+            text: env.input.chars().take(100).collect(),
+            source,
+        })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -151,11 +206,14 @@ pub fn main() -> anyhow::Result<()> {
                 .map(|served| json!({ "served": served }).to_string()),
         }
     })?;
-    std::fs::write(&env.output, output)?;
-    Ok(())
+    std::fs::write(&env.output, output).map_err(|source| EchoError::File {
+        var: vars::OUTPUT_FILE,
+        path: env.output.display().to_string(),
+        source,
+    })
 }
 
-async fn addresses(env: &Env, label: &str) -> anyhow::Result<Vec<crate::api::Address>> {
+async fn addresses(env: &Env, label: &str) -> Result<Vec<crate::api::Address>, EchoError> {
     let a: Addresses = env
         .api
         .get(&format!(
@@ -169,11 +227,12 @@ async fn parent(
     env: &Env,
     organizations: Vec<OrganizationId>,
     timeout: Duration,
-) -> anyhow::Result<Report> {
+) -> Result<Report, EchoError> {
     let me = identity(&env.token)?;
-    let child_input = serde_json::to_value(Input::Child {
+    let child_input = Input::Child {
         window_secs: timeout.as_secs() + 120,
-    })?;
+    }
+    .to_value();
     let task = NewTask {
         name: "echo-child".into(),
         image: me.image,
@@ -264,7 +323,7 @@ fn random_line() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn connect(to: SocketAddrV4) -> anyhow::Result<tokio::net::TcpStream> {
+async fn connect(to: SocketAddrV4) -> Result<tokio::net::TcpStream, ProbeError> {
     // The child's port is registered before it starts listening: retry a refused connect.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -272,14 +331,16 @@ async fn connect(to: SocketAddrV4) -> anyhow::Result<tokio::net::TcpStream> {
         {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) if Instant::now() >= deadline => return Err(e.into()),
-            Err(_) if Instant::now() >= deadline => anyhow::bail!("connect to {to} timed out"),
+            Err(_) if Instant::now() >= deadline => {
+                return Err(ProbeError::TimedOut(format!("connect to {to}")))
+            }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }
 
 /// One echoed line (round-trip time, ms) and [`BULK`] bytes through the echo (Mbit/s).
-async fn probe_tcp(to: SocketAddrV4) -> anyhow::Result<(f64, f64)> {
+async fn probe_tcp(to: SocketAddrV4) -> Result<(f64, f64), ProbeError> {
     let s = connect(to).await?;
     s.set_nodelay(true)?;
     let (r, mut w) = s.into_split();
@@ -288,12 +349,16 @@ async fn probe_tcp(to: SocketAddrV4) -> anyhow::Result<(f64, f64)> {
     let mut back = String::new();
     let t = Instant::now();
     w.write_all(format!("{line}\n").as_bytes()).await?;
-    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut back)).await??;
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut back))
+        .await
+        .map_err(|_| ProbeError::TimedOut("the echoed line".into()))??;
     let rtt = t.elapsed().as_secs_f64() * 1000.0;
-    anyhow::ensure!(
-        back.trim_end() == line,
-        "echo differs: sent {line:?}, got {back:?}"
-    );
+    if back.trim_end() != line {
+        return Err(ProbeError::Differs {
+            sent: line,
+            got: back,
+        });
+    }
 
     let bulk = vec![b'x'; BULK];
     let t = Instant::now();
@@ -303,17 +368,18 @@ async fn probe_tcp(to: SocketAddrV4) -> anyhow::Result<(f64, f64)> {
         Ok::<_, std::io::Error>(w)
     });
     let mut got = vec![0u8; BULK + 1];
-    tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut got)).await??;
+    tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut got))
+        .await
+        .map_err(|_| ProbeError::TimedOut("the bulk echo".into()))??;
     let secs = t.elapsed().as_secs_f64();
-    writer.await??;
-    anyhow::ensure!(
-        got[..BULK].iter().all(|&b| b == b'x'),
-        "bulk echo corrupted"
-    );
+    writer.await.map_err(std::io::Error::other)??;
+    if !got[..BULK].iter().all(|&b| b == b'x') {
+        return Err(ProbeError::Corrupted);
+    }
     Ok((rtt, (BULK as f64 * 8.0) / secs / 1e6))
 }
 
-async fn probe_udp(to: SocketAddrV4) -> anyhow::Result<()> {
+async fn probe_udp(to: SocketAddrV4) -> Result<(), ProbeError> {
     let s = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
     let line = random_line();
     for _ in 0..10 {
@@ -322,23 +388,29 @@ async fn probe_udp(to: SocketAddrV4) -> anyhow::Result<()> {
         if let Ok(Ok((n, _))) =
             tokio::time::timeout(Duration::from_secs(1), s.recv_from(&mut buf)).await
         {
-            anyhow::ensure!(&buf[..n] == line.as_bytes(), "datagram echo differs");
+            if &buf[..n] != line.as_bytes() {
+                return Err(ProbeError::Differs {
+                    sent: line,
+                    got: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                });
+            }
             return Ok(());
         }
     }
-    anyhow::bail!("no datagram echoed by {to} in 10 tries")
+    Err(ProbeError::NoEcho(to))
 }
 
-async fn quit(to: SocketAddrV4) -> anyhow::Result<()> {
-    let mut s =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await??;
+async fn quit(to: SocketAddrV4) -> Result<(), ProbeError> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
+        .await
+        .map_err(|_| ProbeError::TimedOut(format!("connect to {to}")))??;
     s.write_all(b"QUIT\n").await?;
     Ok(())
 }
 
 /// Serves line echo on TCP and datagram echo on UDP until `QUIT` or the window ends; returns
 /// how many connections it served.
-async fn child(window: Duration) -> anyhow::Result<u64> {
+async fn child(window: Duration) -> Result<u64, EchoError> {
     let tcp = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT)).await?;
     let udp = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)).await?;
     eprintln!("echo: child listening on {TCP_PORT}/tcp and {UDP_PORT}/udp");

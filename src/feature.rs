@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::client::Session;
+use crate::api::client::{ClientError, Session};
 use crate::api::{
-    CollaborationId, CollaborationMembers, Member, NewTask, OrganizationId, Page, Run, Task,
-    TaskOrganization,
+    CollaborationId, CollaborationMembers, Member, NewTask, OrganizationId, Page, Run, RunStatus,
+    Task, TaskId, TaskOrganization,
 };
 use crate::echo::{Input, Probe, Report};
 
@@ -33,11 +33,36 @@ pub struct Row {
     pub probe: Probe,
 }
 
+/// Why the test could not be carried out (an organization not reached is a row, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    /// the server refused a call or answered garbage
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    #[error("collaboration {0} has no organizations")]
+    NoOrganizations(CollaborationId),
+    #[error("organization {organization} is not in collaboration {collaboration}")]
+    NotAMember {
+        organization: OrganizationId,
+        collaboration: CollaborationId,
+    },
+    #[error("task {0} has no run")]
+    NoRun(TaskId),
+    #[error("the echo task did not finish in time (last status {0})")]
+    Timeout(RunStatus),
+    #[error("the echo task ended {status} without a report ({reason}); its log:\n{log}")]
+    NoReport {
+        status: RunStatus,
+        reason: String,
+        log: String,
+    },
+}
+
 /// The organizations of a collaboration, each with its node's VPN address (if any).
 pub async fn members(
     admin: &Session,
     collaboration: CollaborationId,
-) -> anyhow::Result<Vec<Member>> {
+) -> Result<Vec<Member>, ClientError> {
     let c: CollaborationMembers = admin
         .get(&format!("/collaboration/{collaboration}"))
         .await?;
@@ -45,31 +70,32 @@ pub async fn members(
 }
 
 /// Runs the test and returns one row per organization; prints progress to stderr.
-pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
+pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
     let admin = Session::login_user(&t.api, &t.username, &t.password).await?;
     let orgs: Vec<(OrganizationId, String)> = members(&admin, t.collaboration)
         .await?
         .into_iter()
         .map(|m| (m.id, m.name))
         .collect();
-    anyhow::ensure!(
-        !orgs.is_empty(),
-        "collaboration {} has no organizations",
-        t.collaboration
-    );
     let parent = match t.parent {
-        None => orgs[0].clone(),
-        Some(id) => orgs.iter().find(|o| o.0 == id).cloned().ok_or_else(|| {
-            anyhow::anyhow!(
-                "organization {id} is not in collaboration {}",
-                t.collaboration
-            )
-        })?,
+        None => orgs
+            .first()
+            .cloned()
+            .ok_or(FeatureError::NoOrganizations(t.collaboration))?,
+        Some(id) => orgs
+            .iter()
+            .find(|o| o.0 == id)
+            .cloned()
+            .ok_or(FeatureError::NotAMember {
+                organization: id,
+                collaboration: t.collaboration,
+            })?,
     };
-    let input = serde_json::to_value(Input::Parent {
+    let input = Input::Parent {
         organizations: orgs.iter().map(|o| o.0).collect(),
         timeout_secs: t.timeout.as_secs(),
-    })?;
+    }
+    .to_value();
     let task = NewTask {
         name: "vpn-feature-test".into(),
         image: t.image.clone(),
@@ -96,7 +122,7 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
             .data
             .into_iter()
             .next()
-            .ok_or_else(|| anyhow::anyhow!("task {task_id} has no run"))?;
+            .ok_or(FeatureError::NoRun(task_id))?;
         if last != Some(run.status) {
             eprintln!(
                 "  {:>5.1}s  parent run {}",
@@ -108,20 +134,16 @@ pub async fn run(t: &Target) -> anyhow::Result<Vec<Row>> {
         if run.status.is_finished() {
             break run;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the echo task did not finish in time (last status {})",
-            run.status
-        );
+        if Instant::now() >= deadline {
+            return Err(FeatureError::Timeout(run.status));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let result = run.result.as_deref().unwrap_or_default();
-    let report: Report = serde_json::from_str(result).map_err(|e| {
-        anyhow::anyhow!(
-            "the echo task ended {} without a report ({e}); its log:\n{}",
-            run.status,
-            run.log.as_deref().unwrap_or("")
-        )
+    let report: Report = serde_json::from_str(result).map_err(|e| FeatureError::NoReport {
+        status: run.status,
+        reason: e.to_string(),
+        log: run.log.clone().unwrap_or_default(),
     })?;
     Ok(report
         .probes

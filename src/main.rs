@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         ["server", "--config", path] => server(PathBuf::from(path)),
         ["node", "--config", path] => node(PathBuf::from(path)),
         ["images", "build"] => images(),
-        ["echo"] => algonet::echo::main(),
+        ["echo"] => algonet::echo::main().map_err(Into::into),
         ["demo"] => demo(false),
         ["demo", "--keep"] => demo(true),
         ["test", rest @ ..] => match test_target(rest) {
@@ -93,7 +93,7 @@ fn server(path: PathBuf) -> anyhow::Result<()> {
 fn node(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::node::config::NodeConfig::load(&path)?;
     algonet::logging::init(&config.log_level, "");
-    tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::run(config))
+    Ok(tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::run(config))?)
 }
 
 fn images() -> anyhow::Result<()> {

@@ -8,16 +8,48 @@ use std::time::Duration;
 
 use crate::api::{RunId, RunStatus};
 use crate::docker::specs::Role;
-use crate::docker::{Docker, LABEL_ROLE, LABEL_RUN};
+use crate::docker::{Docker, DockerError, LABEL_ROLE, LABEL_RUN};
 use crate::node::allocator::{PortTable, PUBLIC_PORTS};
-use crate::node::client::ServerClient;
+use crate::node::client::{ClientError, ServerClient};
 use crate::node::config::NodeConfig;
 use crate::node::proxy::{self, Clients};
 use crate::node::retry::{with_backoff, Backoff};
-use crate::node::router::RouterNs;
+use crate::node::router::{RouterError, RouterNs};
 use crate::node::run;
 use crate::node::state::Node;
 use crate::node::vpn;
+
+/// Why the node could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// the server refused the login, or answered garbage
+    #[error("login: {0}")]
+    Login(ClientError),
+    /// Docker failed
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// an image the node needs is not on the host
+    #[error("{0}; build the images with `algonet images build` (or pull them)")]
+    MissingImage(DockerError),
+    /// the task directory could not be made
+    #[error("{path}: {source}")]
+    TaskDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// what an earlier process of this node left could not be removed
+    #[error("cleaning up after an earlier run of this node: {0}")]
+    Reconcile(Box<NodeError>),
+    /// the server refused to list the node's unfinished runs
+    #[error("listing unfinished runs: {0}")]
+    Unfinished(ClientError),
+    /// the router namespace could not be set up
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// the signal handlers could not be installed
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
 
 /// How often the node asks for new runs.
 const POLL: Duration = Duration::from_millis(500);
@@ -30,7 +62,7 @@ async fn reconcile(
     docker: &Docker,
     owner: &str,
     config: &NodeConfig,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     let mut runs: HashSet<RunId> = HashSet::new();
     for c in docker.owned_by(owner).await? {
         let labels = c.labels.unwrap_or_default();
@@ -51,7 +83,9 @@ async fn reconcile(
     }
     // The server may be away at this moment: wait for it, as for the login.
     for status in [RunStatus::Initializing, RunStatus::Active] {
-        let left = with_backoff("listing unfinished runs", || client.runs_in(status)).await?;
+        let left = with_backoff("listing unfinished runs", || client.runs_in(status))
+            .await
+            .map_err(NodeError::Unfinished)?;
         runs.extend(left.iter().map(|r| r.id));
     }
     for run in runs {
@@ -73,11 +107,12 @@ async fn reconcile(
 }
 
 /// Runs the node until SIGINT or SIGTERM.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let client = with_backoff("login", || {
         ServerClient::login(&config.server_url, &config.api_path, &config.api_key)
     })
-    .await?;
+    .await
+    .map_err(NodeError::Login)?;
     let name = config
         .name
         .clone()
@@ -87,14 +122,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let docker = Docker::connect().await?;
     let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
     for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
-        docker.image(image).await.map_err(|e| {
-            anyhow::anyhow!("{e}; build the images with `algonet images build` (or pull them)")
-        })?;
+        docker.image(image).await.map_err(NodeError::MissingImage)?;
     }
-    std::fs::create_dir_all(&config.task_dir)?;
+    std::fs::create_dir_all(&config.task_dir).map_err(|source| NodeError::TaskDir {
+        path: config.task_dir.clone(),
+        source,
+    })?;
     reconcile(&client, &docker, &owner, &config)
         .await
-        .map_err(|e| e.context("cleaning up after an earlier run of this node"))?;
+        .map_err(|e| NodeError::Reconcile(Box::new(e)))?;
 
     let (router, listener) =
         RouterNs::start(&docker, format!("algonet-{name}-router"), &owner, &config).await?;
@@ -126,8 +162,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 }
 
 /// Brings up the VPN, then takes runs until a signal.
-async fn serve(node: &Arc<Node>) -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+async fn serve(node: &Arc<Node>) -> Result<(), NodeError> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(NodeError::Signals)?;
     let watcher = tokio::select! {
         w = vpn::lifecycle::start(node) => w,
         _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -6,16 +6,18 @@ use std::collections::HashMap;
 
 use netstack::Protocol;
 
+use crate::api::ContainerPort;
+
 /// A port an algorithm listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlgorithmPort {
-    pub port: u16,
+    pub port: ContainerPort,
     pub protocol: Protocol,
     pub label: Option<String>,
 }
 
 /// vantage6's default when an image exposes nothing.
-pub const DEFAULT_PORT: u16 = 8888;
+pub const DEFAULT_PORT: ContainerPort = ContainerPort(8888);
 
 /// Reads the exposed ports (`"8888/tcp"`, `"9000/udp"`, `"53"`) and `p<port>` labels of an
 /// image. Returns the ports and a warning for each declaration that was skipped.
@@ -39,7 +41,12 @@ pub fn algorithm_ports<'a>(
                 continue;
             }
         };
-        let Some(port) = num.parse::<u16>().ok().filter(|p| *p != 0) else {
+        let Some(port) = num
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .map(ContainerPort)
+        else {
             warnings.push(format!(
                 "EXPOSE {spec}: {num:?} is not a port (1-65535); skipped"
             ));
@@ -71,7 +78,12 @@ pub fn algorithm_ports<'a>(
         if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
             continue; // another label that happens to start with p
         }
-        let Some(port) = num.parse::<u16>().ok().filter(|p| *p != 0) else {
+        let Some(port) = num
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .map(ContainerPort)
+        else {
             warnings.push(format!(
                 "LABEL {key}={value:?}: {num} is not a port (1-65535); ignored"
             ));
@@ -114,17 +126,17 @@ mod tests {
             ports,
             vec![
                 AlgorithmPort {
-                    port: 7000,
+                    port: ContainerPort(7000),
                     protocol: Protocol::Tcp,
                     label: None
                 },
                 AlgorithmPort {
-                    port: 8888,
+                    port: ContainerPort(8888),
                     protocol: Protocol::Tcp,
                     label: Some("echo".into())
                 },
                 AlgorithmPort {
-                    port: 9000,
+                    port: ContainerPort(9000),
                     protocol: Protocol::Udp,
                     label: Some("data".into())
                 },
@@ -138,7 +150,7 @@ mod tests {
         assert_eq!(
             ports,
             vec![AlgorithmPort {
-                port: 8888,
+                port: ContainerPort(8888),
                 protocol: Protocol::Tcp,
                 label: Some("echo".into())
             }]

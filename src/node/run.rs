@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::client::ClientError;
-use crate::api::{env as vars, PublicPort, RunId, RunStatus, RunTask};
+use crate::api::{env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask};
 use crate::docker::{specs, DockerError};
 use crate::net::links::{IfName, LinkError};
 use crate::net::netns::{Netns, NetnsError};
@@ -60,7 +60,7 @@ pub enum RunError {
     #[error("mapping {public} -> {port}: {source}")]
     Mapping {
         public: PublicPort,
-        port: u16,
+        port: ContainerPort,
         source: RouterError,
     },
     /// the server refused a port
@@ -237,7 +237,7 @@ impl Run {
                     self.id,
                     p.protocol,
                     public,
-                    SocketAddrV4::new(address, p.port),
+                    SocketAddrV4::new(address, p.port.0),
                 )
                 .await
                 .map_err(|source| RunError::Mapping {
