@@ -202,9 +202,9 @@ async fn federation_on_docker() {
             ["router", "vpn"],
             "node {org} keeps only its router and VPN"
         );
-        // No run link is left in the router namespace (checked from outside, with ip).
+        // No run link is left in the hub namespace (checked from outside, with ip).
         let pid = docker
-            .pid(&format!("algonet-{tag}-{org}-router"))
+            .pid(&format!("algonet-{tag}-{org}-hub"))
             .await
             .expect("router pid");
         let links = std::process::Command::new("nsenter")
@@ -251,7 +251,7 @@ async fn federation_on_docker() {
     );
     let proxy_answer = ns_a
         .run(|| async {
-            let proxy = SocketAddrV4::new(algonet::node::router::GATEWAY, 8080);
+            let proxy = SocketAddrV4::new(algonet::node::hub::GATEWAY, 8080);
             let mut answer = String::new();
             if let Ok(mut s) = TcpStream::connect_timeout(&proxy.into(), Duration::from_secs(2)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));

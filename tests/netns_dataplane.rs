@@ -1,5 +1,5 @@
 //! Tier 2 (root): the data plane on real Linux. A "VPN peer" namespace whose veth stands in for
-//! tun0, the router namespace with the TUN device and the userspace router, and two container
+//! tun0, the hub namespace with the TUN device and the userspace router, and two container
 //! namespaces. TCP and UDP cross for real; bypass attempts are dropped and counted.
 
 mod common;
@@ -8,7 +8,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use algonet::net::links::Netlink;
-use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
+use algonet::net::plan::{self, HubPlan, RunLinkPlan};
 use algonet::node::config::DEFAULT_BUSY_POLL_US;
 use common::topology::*;
 use common::{firewall, privileged};
@@ -231,13 +231,13 @@ fn traffic_crosses_the_router(offload: bool) {
 
     // Tearing down a run's link and the router's rules leaves nothing of ours behind.
     let run_b = RunLinkPlan {
-        router_end: name("vr-b"),
+        hub_end: name("vr-b"),
         container_end: name("eth0"),
         container: C2,
         gateway: GATEWAY,
         mtu: u32::from(MTU),
     };
-    let router_plan = RouterPlan {
+    let router_plan = HubPlan {
         vpn_link: name("vpn0"),
         tun: name("algonet0"),
         wan: Some(name("eth0")),
@@ -251,7 +251,7 @@ fn traffic_crosses_the_router(offload: bool) {
             let nl = Netlink::connect().expect("netlink");
             let mut errors = plan::remove_run_link(&nl, &run_b).await;
             errors.extend(plan::remove_run_link(&nl, &run_b).await);
-            errors.extend(plan::teardown_router(&nl, &router_plan).await);
+            errors.extend(plan::teardown_hub(&nl, &router_plan).await);
             errors
                 .into_iter()
                 .map(|e| e.to_string())

@@ -17,8 +17,8 @@ use crate::api::RunId;
 /// What a container is for (its [`LABEL_ROLE`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Owns the node's router namespace.
-    Router,
+    /// Owns the node's hub namespace.
+    Hub,
     /// The node's OpenVPN client.
     Vpn,
     /// Owns a run's network namespace.
@@ -32,7 +32,7 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Router => "router",
+            Role::Hub => "hub",
             Role::Vpn => "vpn",
             Role::Sandbox => "sandbox",
             Role::Algorithm => "algorithm",
@@ -66,12 +66,12 @@ fn with_tun(host: HostConfig) -> HostConfig {
     }
 }
 
-/// The pause container that owns the node's router namespace, on `network` (Docker's default
+/// The pause container that owns the node's hub namespace, on `network` (Docker's default
 /// bridge if `None`).
-pub fn router(image: &str, owner: &str, network: Option<&str>) -> ContainerCreateBody {
+pub fn hub(image: &str, owner: &str, network: Option<&str>) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.into()),
-        labels: labels(owner, Role::Router, None),
+        labels: labels(owner, Role::Hub, None),
         host_config: Some(HostConfig {
             network_mode: Some(network.unwrap_or("bridge").into()),
             ..Default::default()
@@ -80,12 +80,12 @@ pub fn router(image: &str, owner: &str, network: Option<&str>) -> ContainerCreat
     }
 }
 
-/// The node's OpenVPN client, in the router's namespace, with `dir` (profile, management
+/// The node's OpenVPN client, in the hub's namespace, with `dir` (profile, management
 /// socket) at `/vpn`; Docker restarts it unless the node stopped it.
 pub fn openvpn_client(
     image: &str,
     owner: &str,
-    router_container: &str,
+    hub_container: &str,
     dir: &Path,
     args: Vec<String>,
 ) -> ContainerCreateBody {
@@ -94,7 +94,7 @@ pub fn openvpn_client(
         cmd: Some(args),
         labels: labels(owner, Role::Vpn, None),
         host_config: Some(with_tun(HostConfig {
-            network_mode: Some(format!("container:{router_container}")),
+            network_mode: Some(format!("container:{hub_container}")),
             binds: Some(vec![format!("{}:/vpn", dir.display())]),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),

@@ -1,7 +1,7 @@
 //! The data-plane driver: a task that owns the node's TUN device and runs every packet through
 //! [`netstack::Router`].
 //!
-//! It lives on its own OS thread inside the router namespace (the TUN device and its netlink
+//! It lives on its own OS thread inside the hub namespace (the TUN device and its netlink
 //! configuration are made there), with a current-thread runtime. With offload the device hands
 //! over GSO super-packets behind a virtio-net header; they are translated whole, in place, and
 //! written back behind the same header, so a 64 KB TCP burst costs one read, one decision and one

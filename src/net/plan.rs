@@ -1,7 +1,7 @@
-//! The router namespace's routing as data (pure, unit-tested), and its application and teardown
+//! The hub namespace's routing as data (pure, unit-tested), and its application and teardown
 //! through rtnetlink.
 //!
-//! Rule order in the router namespace (lower runs first):
+//! Rule order in the hub namespace (lower runs first):
 //!
 //! | priority | rule | why |
 //! |---|---|---|
@@ -26,9 +26,9 @@ const PRIO_LOCAL: u32 = 200;
 const PRIO_FROM_WAN: u32 = 300;
 const PRIO_FROM_RUN: u32 = 1000;
 
-/// The routing of the router namespace.
+/// The routing of the hub namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouterPlan {
+pub struct HubPlan {
     /// The tunnel's link (OpenVPN's tun0).
     pub vpn_link: IfName,
     /// The router's TUN device.
@@ -39,7 +39,7 @@ pub struct RouterPlan {
     pub vpn_prefix_len: u8,
 }
 
-impl RouterPlan {
+impl HubPlan {
     /// Table 100: everything to the router's TUN device.
     pub fn router_route(&self) -> Route {
         Route {
@@ -89,7 +89,7 @@ impl RouterPlan {
     /// another side's source address), none on the TUN device (the router writes packets whose
     /// sources route elsewhere); `all` at 0 because the kernel uses the larger of `all` and the
     /// device's value.
-    /// The tunnel's own setting is [`RouterPlan::vpn_sysctls`]: it exists only once OpenVPN runs.
+    /// The tunnel's own setting is [`HubPlan::vpn_sysctls`]: it exists only once OpenVPN runs.
     pub fn sysctls(&self) -> Vec<(String, &'static str)> {
         let mut s = vec![
             ("net/ipv4/ip_forward".to_string(), "1"),
@@ -107,31 +107,31 @@ impl RouterPlan {
     }
 }
 
-/// The veth of one run: router end in the router namespace, container end in the run's sandbox.
+/// The veth of one run: hub end in the hub namespace, container end in the run's sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunLinkPlan {
-    pub router_end: IfName,
+    pub hub_end: IfName,
     pub container_end: IfName,
     pub container: Ipv4Addr,
-    /// The link-local gateway the container routes through (held by every router end).
+    /// The link-local gateway the container routes through (held by every hub end).
     pub gateway: Ipv4Addr,
     pub mtu: u32,
 }
 
 impl RunLinkPlan {
-    pub fn router_rule(&self) -> Rule {
+    pub fn hub_rule(&self) -> Rule {
         Rule {
             priority: PRIO_FROM_RUN,
-            iif: Some(self.router_end.clone()),
+            iif: Some(self.hub_end.clone()),
             table: TABLE_ROUTER,
         }
     }
 
-    pub fn router_route(&self) -> Route {
+    pub fn hub_route(&self) -> Route {
         Route {
             dest: self.container,
             prefix_len: 32,
-            dev: self.router_end.clone(),
+            dev: self.hub_end.clone(),
             via: None,
             table: TABLE_MAIN,
         }
@@ -157,9 +157,9 @@ impl RunLinkPlan {
     }
 }
 
-/// Applies the router plan in the namespace of `nl` (the calling thread's): [`apply_base`], then
+/// Applies the hub plan in the namespace of `nl` (the calling thread's): [`apply_base`], then
 /// [`apply_vpn`].
-pub async fn apply_router(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError> {
+pub async fn apply_hub(nl: &Netlink, plan: &HubPlan) -> Result<(), LinkError> {
     apply_base(nl, plan).await?;
     apply_vpn(nl, plan).await
 }
@@ -168,7 +168,7 @@ pub async fn apply_router(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkErr
 /// on, containers and the WAN reach nothing but the router (which drops what it has no VPN
 /// for). The TUN device must exist already (the data plane makes it). Rules name the tunnel
 /// by name, so they hold before it exists. Safe to repeat.
-pub async fn apply_base(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError> {
+pub async fn apply_base(nl: &Netlink, plan: &HubPlan) -> Result<(), LinkError> {
     nl.configure(&IfName::new("lo")?, None, None).await?;
     for (path, value) in plan.sysctls() {
         set_sysctl(&path, value)?;
@@ -189,7 +189,7 @@ pub async fn apply_base(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError
 
 /// The tunnel's part: up, reverse-path filtering, the VPN subnet routed through it. Repeated
 /// whenever OpenVPN (re)connects: a restarted OpenVPN makes a new tun0.
-pub async fn apply_vpn(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError> {
+pub async fn apply_vpn(nl: &Netlink, plan: &HubPlan) -> Result<(), LinkError> {
     nl.configure(&plan.vpn_link, None, None).await?;
     for (path, value) in plan.vpn_sysctls() {
         set_sysctl(&path, value)?;
@@ -197,8 +197,8 @@ pub async fn apply_vpn(nl: &Netlink, plan: &RouterPlan) -> Result<(), LinkError>
     nl.add_route(&plan.vpn_route()).await
 }
 
-/// Undoes [`apply_router`]; keeps going past failures and reports them all.
-pub async fn teardown_router(nl: &Netlink, plan: &RouterPlan) -> Vec<LinkError> {
+/// Undoes [`apply_hub`]; keeps going past failures and reports them all.
+pub async fn teardown_hub(nl: &Netlink, plan: &HubPlan) -> Vec<LinkError> {
     let mut errors = Vec::new();
     let local = Rule {
         priority: 0,
@@ -217,25 +217,20 @@ pub async fn teardown_router(nl: &Netlink, plan: &RouterPlan) -> Vec<LinkError> 
 }
 
 /// Creates the run's veth with its container end born in `container_ns`, and configures the
-/// router end (gateway address, route to the container, rule). The container end is configured
+/// hub end (gateway address, route to the container, rule). The container end is configured
 /// by [`configure_container_end`] on a thread inside the container namespace.
 pub async fn add_run_link(
     nl: &Netlink,
     plan: &RunLinkPlan,
     container_ns: BorrowedFd<'_>,
 ) -> Result<(), LinkError> {
-    nl.add_veth(
-        &plan.router_end,
-        &plan.container_end,
-        container_ns,
-        plan.mtu,
-    )
-    .await?;
-    nl.configure(&plan.router_end, None, None).await?;
-    nl.add_address(&plan.router_end, plan.gateway, 32).await?;
-    set_sysctl(&format!("net/ipv4/conf/{}/rp_filter", plan.router_end), "1")?;
-    nl.add_route(&plan.router_route()).await?;
-    nl.add_rule(&plan.router_rule()).await
+    nl.add_veth(&plan.hub_end, &plan.container_end, container_ns, plan.mtu)
+        .await?;
+    nl.configure(&plan.hub_end, None, None).await?;
+    nl.add_address(&plan.hub_end, plan.gateway, 32).await?;
+    set_sysctl(&format!("net/ipv4/conf/{}/rp_filter", plan.hub_end), "1")?;
+    nl.add_route(&plan.hub_route()).await?;
+    nl.add_rule(&plan.hub_rule()).await
 }
 
 /// Configures the container end inside the container namespace: address, MTU, routes.
@@ -254,10 +249,10 @@ pub async fn configure_container_end(nl: &Netlink, plan: &RunLinkPlan) -> Result
 /// Removes the run's veth (both ends) and its rule; absent parts are fine.
 pub async fn remove_run_link(nl: &Netlink, plan: &RunLinkPlan) -> Vec<LinkError> {
     let mut errors = Vec::new();
-    if let Err(e) = nl.del_rule(&plan.router_rule()).await {
+    if let Err(e) = nl.del_rule(&plan.hub_rule()).await {
         errors.push(e);
     }
-    if let Err(e) = nl.del_link(&plan.router_end).await {
+    if let Err(e) = nl.del_link(&plan.hub_end).await {
         errors.push(e);
     }
     errors
@@ -273,7 +268,7 @@ mod tests {
 
     #[test]
     fn tunnel_traffic_is_routed_to_the_router_before_the_local_table() {
-        let plan = RouterPlan {
+        let plan = HubPlan {
             vpn_link: name("tun0"),
             tun: name("algonet0"),
             wan: Some(name("eth0")),
@@ -294,14 +289,14 @@ mod tests {
             "OpenVPN's own traffic"
         );
         let run = RunLinkPlan {
-            router_end: name("vr-1"),
+            hub_end: name("vr-1"),
             container_end: name("eth0"),
             container: Ipv4Addr::new(172, 30, 0, 2),
             gateway: Ipv4Addr::new(169, 254, 1, 1),
             mtu: 1400,
         };
         assert!(
-            run.router_rule().priority > local,
+            run.hub_rule().priority > local,
             "containers reach the gateway"
         );
         let r = plan.router_route();

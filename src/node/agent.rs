@@ -12,9 +12,9 @@ use crate::docker::{Docker, DockerError, LABEL_ROLE, LABEL_RUN};
 use crate::node::allocator::{PortTable, PUBLIC_PORTS};
 use crate::node::client::{ClientError, ServerClient};
 use crate::node::config::NodeConfig;
+use crate::node::hub::{Hub, HubError};
 use crate::node::proxy::{self, Clients};
 use crate::node::retry::{with_backoff, Backoff};
-use crate::node::router::{RouterError, RouterNs};
 use crate::node::run;
 use crate::node::state::Node;
 use crate::node::vpn;
@@ -43,9 +43,9 @@ pub enum NodeError {
     /// the server refused to list the node's unfinished runs
     #[error("listing unfinished runs: {0}")]
     Unfinished(ClientError),
-    /// the router namespace could not be set up
+    /// the hub namespace could not be set up
     #[error(transparent)]
-    Router(#[from] RouterError),
+    Hub(#[from] HubError),
     /// the signal handlers could not be installed
     #[error("signals: {0}")]
     Signals(std::io::Error),
@@ -132,8 +132,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         .await
         .map_err(|e| NodeError::Reconcile(Box::new(e)))?;
 
-    let (router, listener) =
-        RouterNs::start(&docker, format!("algonet-{name}-router"), &owner, &config).await?;
+    let (hub, listener) =
+        Hub::start(&docker, format!("algonet-{name}-hub"), &owner, &config).await?;
     let clients: Clients = Arc::default();
     let proxy = tokio::spawn(proxy::serve(
         listener,
@@ -146,7 +146,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         owner,
         client,
         docker,
-        router,
+        hub,
         ports: Mutex::new(PortTable::new(PUBLIC_PORTS)),
         addresses: Mutex::default(),
         clients,
@@ -229,7 +229,7 @@ async fn serve(node: &Arc<Node>) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Clears the address at the server and removes the node's containers (the router's namespace,
+/// Clears the address at the server and removes the node's containers (the hub's namespace,
 /// links and TUN go with them).
 async fn shut_down(node: &Node) {
     if node.vpn_address().is_some() {
@@ -237,7 +237,7 @@ async fn shut_down(node: &Node) {
             log::warn!("clearing the VPN address at the server: {e}");
         }
     }
-    if let Err(e) = node.router.stop_dataplane() {
+    if let Err(e) = node.hub.stop_dataplane() {
         log::warn!("stopping the data plane: {e}");
     }
     for c in node.docker.owned_by(&node.owner).await.unwrap_or_default() {

@@ -25,7 +25,7 @@ pub struct NodeConfig {
     /// Where runs keep their input, output and token files, and the VPN its profile and
     /// management socket.
     pub task_dir: PathBuf,
-    /// Names the node's containers (`algonet-<name>-router`, ...); `node-<id>` if absent.
+    /// Names the node's containers (`algonet-<name>-hub`, ...); `node-<id>` if absent.
     #[serde(default)]
     pub name: Option<String>,
     /// How long OpenVPN may take to connect with one profile before the next is tried.
@@ -34,7 +34,7 @@ pub struct NodeConfig {
     /// The algorithm proxy's port on the gateway address.
     #[serde(default = "default_proxy_port")]
     pub proxy_port: u16,
-    /// The Docker network the router namespace is attached to (the default bridge if absent).
+    /// The Docker network the hub namespace is attached to (the default bridge if absent).
     #[serde(default)]
     pub wan_network: Option<String>,
     #[serde(default = "default_log_level")]

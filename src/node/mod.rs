@@ -1,6 +1,6 @@
 //! `algonet node`: the node agent. [`agent`] starts the node, takes runs and shuts it down;
 //! [`state`] is what its tasks share; [`run`] carries one run from claim to report; [`vpn`]
-//! keeps the tunnel; [`router`] owns the router namespace; [`proxy`] serves the algorithms'
+//! keeps the tunnel; [`hub`] owns the hub namespace; [`proxy`] serves the algorithms'
 //! API calls; [`client`] speaks to the server; [`ports`] and [`allocator`] turn an image's
 //! ports into public ones; [`retry`] waits out what is away.
 
@@ -8,10 +8,10 @@ pub mod agent;
 pub mod allocator;
 pub mod client;
 pub mod config;
+pub mod hub;
 pub mod ports;
 pub mod proxy;
 pub mod retry;
-pub mod router;
 pub mod run;
 pub mod state;
 pub mod vpn;

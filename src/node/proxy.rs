@@ -1,4 +1,4 @@
-//! The algorithm proxy: HTTP on the gateway address inside the router namespace, forwarding what
+//! The algorithm proxy: HTTP on the gateway address inside the hub namespace, forwarding what
 //! an algorithm asks of the server to the server's API (vantage6 semantics: the algorithm sends
 //! its container token; the proxy passes it on). Only the registered containers' addresses are
 //! served: a VPN peer or a WAN neighbour that reaches the socket gets 403.
@@ -97,7 +97,7 @@ async fn forward(
     }
 }
 
-/// Serves the proxy on `listener` (bound in the router namespace) until the task is dropped.
+/// Serves the proxy on `listener` (bound in the hub namespace) until the task is dropped.
 pub async fn serve(
     listener: std::net::TcpListener,
     http: reqwest::Client,

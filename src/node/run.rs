@@ -15,9 +15,9 @@ use crate::net::links::{IfName, LinkError};
 use crate::net::netns::{Netns, NetnsError};
 use crate::net::plan::RunLinkPlan;
 use crate::node::allocator::Exhausted;
+use crate::node::hub::{Hub, HubError, GATEWAY, TUNNEL_MTU};
 use crate::node::ports::{algorithm_ports, AlgorithmPort};
 use crate::node::retry::with_backoff;
-use crate::node::router::{RouterError, RouterNs, GATEWAY, TUNNEL_MTU};
 use crate::node::state::{lock, Node};
 
 /// Where a run's files appear inside the algorithm container.
@@ -49,10 +49,10 @@ pub enum RunError {
     LinkName(#[from] LinkError),
     /// the veth between router and sandbox could not be made
     #[error("run link: {0}")]
-    RunLink(RouterError),
+    RunLink(HubError),
     /// the sandbox's end of the veth could not be configured
     #[error("sandbox network: {0}")]
-    Sandbox(RouterError),
+    Sandbox(HubError),
     /// no public port is free
     #[error(transparent)]
     Ports(#[from] Exhausted),
@@ -61,7 +61,7 @@ pub enum RunError {
     Mapping {
         public: PublicPort,
         port: ContainerPort,
-        source: RouterError,
+        source: HubError,
     },
     /// the server refused a port
     #[error("registering port {public}: {source}")]
@@ -204,18 +204,18 @@ impl Run {
         let address = lock(&node.addresses).take().ok_or(RunError::NoAddress)?;
         self.address = Some(address);
         let link = RunLinkPlan {
-            router_end: IfName::new(format!("vr-{}", self.id))?,
+            hub_end: IfName::new(format!("vr-{}", self.id))?,
             container_end: IfName::new("eth0")?,
             container: address,
             gateway: GATEWAY,
             mtu: u32::from(TUNNEL_MTU),
         };
         self.link = Some(link.clone());
-        node.router
+        node.hub
             .add_run(self.id, link.clone(), sandbox_ns.clone())
             .await
             .map_err(RunError::RunLink)?;
-        RouterNs::configure_sandbox(link, &sandbox_ns)
+        Hub::configure_sandbox(link, &sandbox_ns)
             .await
             .map_err(RunError::Sandbox)?;
         lock(&node.clients).insert(address);
@@ -232,7 +232,7 @@ impl Run {
         self.ports_registered = true;
         for p in ports {
             let public = PublicPort(lock(&node.ports).allocate(p.protocol, self.id.into())?);
-            node.router
+            node.hub
                 .add_mapping(
                     self.id,
                     p.protocol,
@@ -316,7 +316,7 @@ impl Run {
             }
         }
         if let Some(link) = self.link {
-            errors.extend(node.router.remove_run(self.id, link).await);
+            errors.extend(node.hub.remove_run(self.id, link).await);
         }
         lock(&node.ports).release(self.id.into());
         if self.ports_registered {

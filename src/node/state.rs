@@ -1,5 +1,5 @@
 //! What the node's tasks share: its configuration and identity, the server client, Docker, the
-//! router namespace, and the tables that runs take from and give back to (public ports,
+//! hub namespace, and the tables that runs take from and give back to (public ports,
 //! container addresses, the proxy's clients, the VPN address).
 
 use std::collections::BTreeSet;
@@ -11,8 +11,8 @@ use crate::docker::Docker;
 use crate::node::allocator::PortTable;
 use crate::node::client::ServerClient;
 use crate::node::config::NodeConfig;
+use crate::node::hub::Hub;
 use crate::node::proxy::Clients;
-use crate::node::router::RouterNs;
 
 #[derive(Debug)]
 pub struct Node {
@@ -22,7 +22,7 @@ pub struct Node {
     pub owner: String,
     pub client: ServerClient,
     pub docker: Docker,
-    pub router: RouterNs,
+    pub hub: Hub,
     pub ports: Mutex<PortTable>,
     pub addresses: Mutex<Addresses>,
     pub clients: Clients,

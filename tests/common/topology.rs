@@ -1,5 +1,5 @@
 //! The namespace topology of the data-plane tests and benchmark: a "VPN peer" whose veth stands
-//! in for tun0 (and a far host behind it across a narrower hop), the router namespace, and two
+//! in for tun0 (and a far host behind it across a narrower hop), the hub namespace, and two
 //! container namespaces; forwarded by algonet or, as the baseline, by the kernel with vantage6's
 //! iptables rules.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use algonet::net::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle};
 use algonet::net::links::{set_sysctl, IfName, LinkError, Netlink, Route};
 use algonet::net::netns::Netns;
-use algonet::net::plan::{self, RouterPlan, RunLinkPlan};
+use algonet::net::plan::{self, HubPlan, RunLinkPlan};
 use netstack::{Config, DropReason, Mapping, Protocol, RunId, Vpn};
 
 use super::{mac, TestNs};
@@ -113,7 +113,7 @@ impl Topology {
             // Held by the topology from here on, so a failure below still stops it.
             t.dataplane = Some(Dataplane::start(&t.router.ns, config).expect("data plane"));
         }
-        let router_plan = RouterPlan {
+        let router_plan = HubPlan {
             vpn_link: name("vpn0"),
             tun: name("algonet0"),
             wan: Some(name("eth0")),
@@ -122,7 +122,7 @@ impl Topology {
         };
         let runs = [(name("vr-a"), C1, &t.c1), (name("vr-b"), C2, &t.c2)].map(|(end, ip, ns)| {
             let plan = RunLinkPlan {
-                router_end: end,
+                hub_end: end,
                 container_end: name("eth0"),
                 container: ip,
                 gateway: GATEWAY,
@@ -141,7 +141,7 @@ impl Topology {
                     nl.add_address(&name("vpn0"), V, 16).await?;
                     set_sysctl("net/ipv4/ip_forward", "1")?;
                 } else {
-                    plan::apply_router(&nl, &router_plan).await?;
+                    plan::apply_hub(&nl, &router_plan).await?;
                 }
                 for (run, fd) in &runs {
                     plan::add_run_link(&nl, run, fd.as_fd()).await?;

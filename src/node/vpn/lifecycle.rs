@@ -10,15 +10,15 @@ use super::openvpn::Management;
 use super::tunnel::{Steps, Tunnel};
 use super::{bring_up, Outcome};
 use crate::api::client::ClientError;
+use crate::node::hub::HubError;
 use crate::node::retry::{with_backoff, Backoff};
-use crate::node::router::RouterError;
 use crate::node::state::Node;
 
 /// Why the router or the server did not take the VPN address.
 #[derive(Debug, thiserror::Error)]
 pub enum PlumbError {
     #[error(transparent)]
-    Router(#[from] RouterError),
+    Hub(#[from] HubError),
     #[error("registering the VPN address: {0}")]
     Register(#[from] ClientError),
 }
@@ -27,7 +27,7 @@ fn tunnel(node: &Node, subnet: ipnet::Ipv4Net) -> Tunnel {
     Tunnel {
         docker: node.docker.clone(),
         container: format!("algonet-{}-vpn", node.name),
-        router_container: node.router.container.clone(),
+        hub_container: node.hub.container.clone(),
         image: node.config.images.vpn_client.clone(),
         owner: node.owner.clone(),
         dir: node.config.task_dir.join("vpn"),
@@ -74,7 +74,7 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
 
 /// Routes the tunnel through the router with `address`, and tells the server.
 async fn plumb(node: &Node, address: Ipv4Addr) -> Result<(), PlumbError> {
-    node.router.connect_vpn(address).await?;
+    node.hub.connect_vpn(address).await?;
     node.set_vpn_address(Some(address));
     with_backoff("registering the VPN address", || {
         node.client.set_ip(Some(address))

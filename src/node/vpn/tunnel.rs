@@ -1,4 +1,4 @@
-//! The OpenVPN client container: started in the router namespace with
+//! The OpenVPN client container: started in the hub namespace with
 //! `--ifconfig-noexec --route-noexec` and a management socket in the node's VPN folder, waited
 //! for, and watched. The start-up order (existing -> renew -> new) is [`crate::node::vpn`].
 
@@ -81,7 +81,7 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
 pub struct Tunnel {
     pub docker: Docker,
     pub container: String,
-    pub router_container: String,
+    pub hub_container: String,
     pub image: String,
     pub owner: String,
     /// Host folder mounted at /vpn: the profile and the management socket.
@@ -126,7 +126,7 @@ impl Tunnel {
         let spec = specs::openvpn_client(
             &self.image,
             &self.owner,
-            &self.router_container,
+            &self.hub_container,
             &self.dir,
             args,
         );

@@ -1,4 +1,4 @@
-//! The node's router namespace: owned by a sandbox container on the WAN network, shared with the
+//! The node's hub namespace: owned by a sandbox container on the WAN network, shared with the
 //! OpenVPN client container, holding the data plane's TUN, the run veths and the proxy's
 //! listening socket. Links, routes and rules through rtnetlink only.
 
@@ -12,12 +12,12 @@ use crate::docker::{specs, Docker, DockerError};
 use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle};
 use crate::net::links::{IfName, LinkError, Netlink};
 use crate::net::netns::{in_ns, Netns, NetnsError};
-use crate::net::plan::{self, RouterPlan, RunLinkPlan};
+use crate::net::plan::{self, HubPlan, RunLinkPlan};
 use crate::node::config::NodeConfig;
 
 /// The link-local gateway every container routes through; the proxy listens on it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The tunnel device OpenVPN makes in the router namespace.
+/// The tunnel device OpenVPN makes in the hub namespace.
 pub const VPN_LINK: &str = "tun0";
 /// The data plane's TUN device.
 pub const ROUTER_TUN: &str = "algonet0";
@@ -25,7 +25,7 @@ pub const ROUTER_TUN: &str = "algonet0";
 pub const TUNNEL_MTU: u16 = 1500;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RouterError {
+pub enum HubError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -47,16 +47,16 @@ fn name(s: &str) -> Result<IfName, LinkError> {
 }
 
 #[derive(Debug)]
-pub struct RouterNs {
+pub struct Hub {
     pub container: String,
     pub ns: Arc<Netns>,
     dataplane: std::sync::Mutex<Option<Dataplane>>,
     handle: DataplaneHandle,
-    plan: RouterPlan,
+    plan: HubPlan,
 }
 
-impl RouterNs {
-    /// Starts the router container on `network` (Docker's default bridge if `None`), brings up
+impl Hub {
+    /// Starts the hub container on `network` (Docker's default bridge if `None`), brings up
     /// the data plane (no VPN yet: it drops what containers send) with the routing that needs
     /// no tunnel, and returns the proxy's listening socket, bound inside the namespace.
     /// Without a `vpn_subnet` in `config` the node runs without VPN.
@@ -65,13 +65,13 @@ impl RouterNs {
         container: String,
         owner: &str,
         config: &NodeConfig,
-    ) -> Result<(RouterNs, std::net::TcpListener), RouterError> {
+    ) -> Result<(Hub, std::net::TcpListener), HubError> {
         let sandbox_image = config.images.sandbox.as_str();
         let network = config.wan_network.as_deref();
         let proxy_port = config.proxy_port;
         let vpn_subnet = config.vpn_subnet;
         docker
-            .run(&container, specs::router(sandbox_image, owner, network))
+            .run(&container, specs::hub(sandbox_image, owner, network))
             .await?;
         let ns = Arc::new(Netns::of_pid(docker.pid(&container).await?)?);
         let (wan, listener) = in_ns(&ns, move || async move {
@@ -84,15 +84,15 @@ impl RouterNs {
             let wan = nl.index(&eth0).await?.map(|_| eth0);
             let listener = std::net::TcpListener::bind(SocketAddrV4::new(GATEWAY, proxy_port))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| RouterError::Listen {
+                .map_err(|source| HubError::Listen {
                     port: proxy_port,
                     source,
                 })?;
-            Ok::<_, RouterError>((wan, listener))
+            Ok::<_, HubError>((wan, listener))
         })
         .await??;
         let mut seed = [0u8; 8];
-        getrandom::fill(&mut seed).map_err(RouterError::Random)?;
+        getrandom::fill(&mut seed).map_err(HubError::Random)?;
         let config = DataplaneConfig {
             tun: name(ROUTER_TUN)?,
             offload: true,
@@ -115,12 +115,12 @@ impl RouterNs {
                 },
             )
         })?;
-        let router = RouterNs {
+        let hub = Hub {
             container,
             ns,
             handle: dataplane.handle(),
             dataplane: std::sync::Mutex::new(Some(dataplane)),
-            plan: RouterPlan {
+            plan: HubPlan {
                 vpn_link: name(VPN_LINK)?,
                 tun: name(ROUTER_TUN)?,
                 wan,
@@ -128,17 +128,17 @@ impl RouterNs {
                 vpn_prefix_len: vpn_subnet.map_or(0, |s| s.prefix_len()),
             },
         };
-        let plan = router.plan.clone();
-        in_ns(&router.ns, move || async move {
+        let plan = hub.plan.clone();
+        in_ns(&hub.ns, move || async move {
             plan::apply_base(&Netlink::connect()?, &plan).await
         })
         .await??;
-        Ok((router, listener))
+        Ok((hub, listener))
     }
 
     /// Routes the tunnel through the router and gives the router the node's VPN address. Safe
     /// to repeat: after OpenVPN restarted (a new tun0) or its address changed.
-    pub async fn connect_vpn(&self, address: Ipv4Addr) -> Result<(), RouterError> {
+    pub async fn connect_vpn(&self, address: Ipv4Addr) -> Result<(), HubError> {
         let plan = self.plan.clone();
         in_ns(&self.ns, move || async move {
             plan::apply_vpn(&Netlink::connect()?, &plan).await
@@ -159,7 +159,7 @@ impl RouterNs {
         run: RunId,
         link: RunLinkPlan,
         sandbox: Arc<Netns>,
-    ) -> Result<(), RouterError> {
+    ) -> Result<(), HubError> {
         let l = link.clone();
         in_ns(&self.ns, move || async move {
             plan::add_run_link(&Netlink::connect()?, &l, sandbox.fd()).await
@@ -176,7 +176,7 @@ impl RouterNs {
     pub async fn configure_sandbox(
         link: RunLinkPlan,
         sandbox: &Arc<Netns>,
-    ) -> Result<(), RouterError> {
+    ) -> Result<(), HubError> {
         in_ns(sandbox, move || async move {
             plan::configure_container_end(&Netlink::connect()?, &link).await
         })
@@ -190,7 +190,7 @@ impl RouterNs {
         protocol: Protocol,
         public_port: PublicPort,
         container: SocketAddrV4,
-    ) -> Result<(), RouterError> {
+    ) -> Result<(), HubError> {
         let m = Mapping {
             protocol,
             public_port: public_port.0,
