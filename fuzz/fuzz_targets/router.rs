@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let cap = if op & 0x08 != 0 { n } else { buf.len() };
                 match r.process(&mut buf[..cap], n, meta, now) {
-                    Action::Forward { len } | Action::Reply { len, .. } => assert!(usize::from(len) <= cap),
+                    Action::Forward { len, .. } | Action::Reply { len, .. } => assert!(usize::from(len) <= cap),
                     Action::Drop(_) => {}
                 }
                 packets += 1;

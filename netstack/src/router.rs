@@ -72,9 +72,11 @@ pub struct Mapping {
 /// Lengths are IPv4 lengths (16 bits), which also keeps an action in one register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// The packet was translated (its L4 checksum keeps the kind it came with).
+    /// The packet was translated (its L4 checksum keeps the kind it came with); it leaves
+    /// toward `to`: a VPN peer through the tunnel, or a container through its veth.
     Forward {
         len: u16,
+        to: Side,
     },
     /// The router answered: `buf[..len]` is a new, complete packet (no offload).
     Reply {
@@ -231,10 +233,6 @@ impl Router {
             counters: Counters::default(),
             config,
         })
-    }
-
-    pub fn vpn(&self) -> Option<Vpn> {
-        self.vpn
     }
 
     /// Sets (or clears) the node's VPN address. A new address ends every tracked connection:
@@ -457,8 +455,18 @@ impl Router {
         }
         let len = p.ip.total_len;
         self.counters.forward(side, len);
+        // Peers reach only containers; a container reaches peers, or, through the node's own
+        // address, another container (hairpin).
+        let to = if side == Side::Container && dst != vpn.address {
+            Side::Vpn
+        } else {
+            Side::Container
+        };
         // Read from the header's 16-bit field by `parse`.
-        Ok(Action::Forward { len: len as u16 })
+        Ok(Action::Forward {
+            len: len as u16,
+            to,
+        })
     }
 
     /// Whether the packet (or each segment of a GSO super-packet) exceeds the MTU with DF set.

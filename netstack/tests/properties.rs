@@ -56,7 +56,7 @@ fn process(r: &mut Router, pkt: &[u8], now: Instant) -> (Action, Vec<u8>) {
     buf.resize(pkt.len() + 600, 0);
     let a = r.process(&mut buf, pkt.len(), Meta::default(), now);
     let len = match a {
-        Action::Forward { len } | Action::Reply { len, .. } => usize::from(len),
+        Action::Forward { len, .. } | Action::Reply { len, .. } => usize::from(len),
         Action::Drop(_) => 0,
     };
     buf.truncate(len);
@@ -83,7 +83,7 @@ proptest! {
         };
         let (a, out) = process(&mut r, &pkt, Instant::from_secs(1));
         match a {
-            Action::Forward { len } => {
+            Action::Forward { len, .. } => {
                 prop_assert_eq!(usize::from(len), pkt.len());
                 assert_checksums(&out);
                 prop_assert_eq!(&out[20..20 + 4].len(), &4);

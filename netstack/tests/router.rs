@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use netstack::{
     Action, Config, DropReason, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId,
-    Timeouts, Vpn,
+    Side, Timeouts, Vpn,
 };
 
 const T0: Instant = Instant::from_secs(1);
@@ -22,7 +22,7 @@ fn go_meta(r: &mut Router, pkt: &[u8], meta: Meta, now: Instant) -> (Action, Vec
     buf[..pkt.len()].copy_from_slice(pkt);
     let a = r.process(&mut buf, pkt.len(), meta, now);
     let out = match a {
-        Action::Forward { len } | Action::Reply { len, .. } => buf[..usize::from(len)].to_vec(),
+        Action::Forward { len, .. } | Action::Reply { len, .. } => buf[..usize::from(len)].to_vec(),
         Action::Drop(_) => Vec::new(),
     };
     if !out.is_empty() {
@@ -45,6 +45,31 @@ fn dropped(r: &mut Router, pkt: &[u8], now: Instant) -> DropReason {
         Action::Drop(reason) => reason,
         a => panic!("expected a drop, got {a:?}"),
     }
+}
+
+/// The side a forwarded packet leaves by: the driver writes container-bound packets from a
+/// thread of its own and must not have to look at addresses to know which those are.
+#[test]
+fn a_forward_says_which_side_the_packet_leaves_by() {
+    let mut r = lab(Config::default());
+    let leaves = |r: &mut Router, pkt: &[u8]| match go(r, pkt, T0).0 {
+        Action::Forward { to, .. } => to,
+        a => panic!("expected forward, got {a:?}"),
+    };
+    let inbound = tcp(sa(PEER, 40000), sa(V, 49152), Flags::Syn, b"");
+    assert_eq!(leaves(&mut r, &inbound), Side::Container);
+    let answer = tcp(sa(C1, 8888), sa(PEER, 40000), Flags::SynAck, b"");
+    assert_eq!(leaves(&mut r, &answer), Side::Vpn);
+    let outbound = udp(sa(C2, 5000), sa(PEER, 53), b"q");
+    let (a, out) = go(&mut r, &outbound, T0);
+    assert!(matches!(a, Action::Forward { to: Side::Vpn, .. }), "{a:?}");
+    let public = endpoints(&out).0.port();
+    let back = udp(sa(PEER, 53), sa(V, public), b"a");
+    assert_eq!(leaves(&mut r, &back), Side::Container);
+    let hairpin = tcp(sa(C2, 41000), sa(V, 49152), Flags::Syn, b"");
+    assert_eq!(leaves(&mut r, &hairpin), Side::Container);
+    let ping_out = ping(C1, PEER, 7, 1, false);
+    assert_eq!(leaves(&mut r, &ping_out), Side::Vpn);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use netstack::{wire, Action, Config, Counters, Instant, L4Checksum, Meta, Router};
+use netstack::{Action, Config, Counters, Instant, L4Checksum, Meta, Router, Side};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::net::links::{set_device_attr, set_sysctl, IfName, LinkError, Netlink};
@@ -421,14 +421,10 @@ async fn run(
                     }
                     let meta = if hdr == 0 { Meta::default() } else { vnet_meta(&buf[..hdr]) };
                     let out = match router.process(&mut buf[hdr..], n - hdr, meta, now) {
-                        Action::Forward { len } => {
+                        Action::Forward { len, to } => {
                             let len = usize::from(len);
-                            // A forwarded packet is a whole IPv4 header and more.
-                            if let (Some(d), Some(vpn)) = (&delivery, router.vpn()) {
-                                let packet = &buf[hdr..hdr + len];
-                                if !vpn.contains(wire::get_addr(packet, wire::IP_DST))
-                                    && d.send(packet)
-                                {
+                            if let (Some(d), Side::Container) = (&delivery, to) {
+                                if d.send(&buf[hdr..hdr + len]) {
                                     io.writes += 1;
                                     continue;
                                 }
