@@ -10,8 +10,7 @@
 //! `ROUNDS` the number of interleaved rounds whose median is reported (default 3), `MODES` a
 //! subset of the modes (see `main`).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use algonet_testkit as common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};

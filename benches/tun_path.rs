@@ -7,8 +7,7 @@
 //!
 //! `cargo bench --bench tun_path`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use algonet_testkit as common;
 
 use algonet::node::config::DEFAULT_BUSY_POLL_US;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};

@@ -1,7 +1,7 @@
 //! Docker tier: `algonet demo` itself, as a newcomer runs it: three organizations, the feature
 //! test across all of them (each node's own included), everything torn down.
 
-mod common;
+use algonet_testkit as common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_reaches_every_organization_and_leaves_nothing() {

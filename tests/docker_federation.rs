@@ -3,7 +3,7 @@
 //! with their router, OpenVPN client, sandbox and algorithm containers — and what must survive:
 //! a bypass attempt, `kill -9` of a node, a broken profile, a killed OpenVPN container.
 
-mod common;
+use algonet_testkit as common;
 
 use common::topology::{tcp_echo, ECHO_LINE};
 

@@ -2,7 +2,7 @@
 //! (discovery, form login with a session cookie, authorize redirect, PKCE verification, token,
 //! info, connect) and serves a real profile from the built-in PKI; and its failure paths.
 
-mod common;
+use algonet_testkit as common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! tun0, the hub namespace with the TUN device and the userspace router, and two container
 //! namespaces. TCP and UDP cross for real; bypass attempts are dropped and counted.
 
-mod common;
+use algonet_testkit as common;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Tier 2 (root): veths born in another namespace, addresses, routes, policy rules and sysctls
 //! through rtnetlink, checked with a real TCP connection and from outside with `ip`.
 
-mod common;
+use algonet_testkit as common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 //! `GET /vpn` connect from another and pass traffic; a profile replaced by `POST /vpn/update` is
 //! refused by the OpenVPN server.
 
-mod common;
+use algonet_testkit as common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

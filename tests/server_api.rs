@@ -1,7 +1,7 @@
 //! The server's API through real HTTP on 127.0.0.1 against a real SQLite file: callers, tokens,
 //! the VPN surface with vantage6's exact address-flag semantics, and bad input.
 
-mod common;
+use algonet_testkit as common;
 
 use common::server::{server, Server};
 use reqwest::StatusCode;

@@ -14,7 +14,7 @@ use algonet::net::netns::Netns;
 use algonet::net::plan::{self, HubPlan, RunLinkPlan};
 use netstack::{Config, DropReason, Mapping, Protocol, RunId, Vpn};
 
-use super::{mac, TestNs};
+use crate::{mac, TestNs};
 
 pub const V: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 2);
 pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 3);
@@ -41,6 +41,7 @@ pub fn name(s: &str) -> IfName {
     IfName::new(s).expect("name")
 }
 
+#[derive(Debug)]
 pub struct Topology {
     pub peer: TestNs,
     /// A host behind the peer, across a hop with a smaller MTU.

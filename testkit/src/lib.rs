@@ -1,6 +1,8 @@
-//! Harness of the privileged test tiers: a gate that skips when not root (and fails under CI),
-//! and network namespaces named after the test, removed on drop.
-#![allow(dead_code)] // each test binary uses a different part
+//! The harness of algonet's tests and network benches: a gate that skips a privileged test when
+//! not root (and fails it under CI), network namespaces named after the test and removed on
+//! drop, the namespace topology of the data-plane tests and benches ([`topology`]), and a server
+//! under test ([`server`]). A crate of its own, so tests and benches share it without reaching
+//! into each other's files; never a dependency of the product.
 
 pub mod server;
 pub mod topology;
@@ -28,6 +30,7 @@ pub fn privileged(test: &str) -> bool {
 }
 
 /// A named network namespace (`/run/netns/<name>`) that exists for the life of the value.
+#[derive(Debug)]
 pub struct TestNs {
     pub name: String,
     pub ns: Netns,

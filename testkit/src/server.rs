@@ -6,6 +6,7 @@ use algonet::server::config::ServerConfig;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
+#[derive(Debug)]
 pub struct Server {
     pub base: String,
     pub http: Client,
@@ -14,6 +15,7 @@ pub struct Server {
 }
 
 /// A directory removed on drop.
+#[derive(Debug)]
 pub struct TempDir(pub std::path::PathBuf);
 
 impl Drop for TempDir {
