@@ -199,14 +199,14 @@ async fn federation_on_docker() {
         roles.sort();
         assert_eq!(
             roles,
-            ["router", "vpn"],
-            "node {org} keeps only its router and VPN"
+            ["hub", "vpn"],
+            "node {org} keeps only its hub and VPN"
         );
         // No run link is left in the hub namespace (checked from outside, with ip).
         let pid = docker
             .pid(&format!("algonet-{tag}-{org}-hub"))
             .await
-            .expect("router pid");
+            .expect("hub pid");
         let links = std::process::Command::new("nsenter")
             .args(["-t", &pid.to_string(), "-n", "ip", "-o", "link", "show"])
             .output()
