@@ -1,19 +1,22 @@
 //! Tier 2 (root): the built-in VPN provider for real. An OpenVPN server (Debian's openvpn) runs
 //! with the configuration the server wrote, in one namespace; OpenVPN clients with profiles from
 //! `GET /vpn` connect from another and pass traffic; a profile replaced by `POST /vpn/update` is
-//! refused by the OpenVPN server.
+//! refused by the OpenVPN server; a node's tunnel that goes away leaks nothing onto the WAN.
 
 use algonet_testkit as common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use algonet::net::links::{IfName, Netlink};
+use algonet::net::dataplane::{Dataplane, DataplaneConfig};
+use algonet::net::links::{IfName, Netlink, Route};
+use algonet::net::plan::{self, HubPlan, RunLinkPlan};
 use algonet::node::vpn::openvpn::Management;
 use common::server::server;
 use common::{privileged, TestNs};
+use netstack::{Mapping, Protocol, RunId, Vpn};
 use serde_json::json;
 
 const SERVER_WAN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -88,7 +91,7 @@ struct Lab {
     first: String,
 }
 
-fn lab(tag: &str) -> Lab {
+fn lab(tag: &str, server_args: &[&str]) -> Lab {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let s = rt.block_on(server(
         tag,
@@ -130,11 +133,12 @@ fn lab(tag: &str) -> Lab {
 
     let vpn_dir = s.dir.join("vpn");
     let vpn_dir_s = vpn_dir.display().to_string();
-    let server_vpn = OpenVpn::start(
-        &vs,
-        &s.dir.join("server.log"),
-        &["--cd", &vpn_dir_s, "--config", "server.conf"],
-    );
+    let args = [
+        &["--cd", vpn_dir_s.as_str(), "--config", "server.conf"],
+        server_args,
+    ]
+    .concat();
+    let server_vpn = OpenVpn::start(&vs, &s.dir.join("server.log"), &args);
     assert!(
         server_vpn.wait_for("Initialization Sequence Completed", Duration::from_secs(15)),
         "server: {}",
@@ -167,7 +171,7 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         node,
         token,
         first,
-    } = lab("vpn-pki");
+    } = lab("vpn-pki", &[]);
     let write = |file: &str, text: &str| {
         let p = s.dir.join(file);
         std::fs::write(&p, text).expect("write profile");
@@ -281,7 +285,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         server_vpn,
         first,
         ..
-    } = lab("vpn-management");
+    } = lab("vpn-management", &[]);
     let profile = s.dir.join("node.ovpn");
     std::fs::write(&profile, &first).expect("profile");
     let sock = s.dir.join("mgmt.sock");
@@ -350,4 +354,316 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         "the same address again"
     );
     drop(server_vpn);
+}
+
+/// A process we started (ended by PID on drop), with its standard output in a file.
+struct Capture {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Capture {
+    /// tcpdump of what `link` in `ns` receives, one line per packet that matches `filter`.
+    fn start(ns: &TestNs, link: &str, filter: &str, out: &Path) -> Capture {
+        let file = std::fs::File::create(out).expect("capture file");
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "tcpdump", "-n", "-l", "-Z", "root",
+            ])
+            .args(["-Q", "in", "-i", link, filter])
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tcpdump");
+        // tcpdump needs a moment before it sees packets.
+        std::thread::sleep(Duration::from_secs(1));
+        Capture {
+            child,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// Stops the capture and returns what it saw.
+    fn stop(mut self) -> String {
+        // SIGTERM: tcpdump writes out what it buffered.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A socket made inside `ns` (it stays there), with a read timeout.
+fn udp_in(ns: &TestNs, addr: SocketAddrV4) -> UdpSocket {
+    let s = ns
+        .ns
+        .run(move || async move { UdpSocket::bind(addr) })
+        .expect("ns")
+        .expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s
+}
+
+/// How many datagrams `s` receives within `d`.
+fn received(s: &UdpSocket, d: Duration) -> usize {
+    let (start, mut n, mut buf) = (Instant::now(), 0, [0u8; 64]);
+    while start.elapsed() < d {
+        if s.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The node's side of the tunnel for real, as the hub has it (Debian's OpenVPN with the node's
+/// own client arguments, the data plane, the routing plan, a run's container behind a veth),
+/// with a default route out of the WAN link as Docker gives one. While an algorithm keeps
+/// sending to a VPN peer, the OpenVPN client is killed (tun0 goes) and started again, and the
+/// OpenVPN server is killed for longer than the client's ping-restart: a capture on the WAN sees
+/// no packet with a VPN address in either direction, a WAN packet spoofing a peer's source
+/// reaches nothing, and the traffic comes back with the tunnel.
+#[test]
+fn a_lost_tunnel_leaks_nothing_onto_the_wan() {
+    if !privileged("a_lost_tunnel_leaks_nothing_onto_the_wan") {
+        return;
+    }
+    // A short keepalive (pushed to the client as ping 1, ping-restart 4) keeps the test short.
+    let Lab {
+        rt,
+        s,
+        vs,
+        vc: hub,
+        server_vpn,
+        first,
+        ..
+    } = lab("vpn-fail-closed", &["--keepalive", "1", "4"]);
+    let container = TestNs::new("vpn-fail-closed-container");
+    let c_addr = Ipv4Addr::new(100, 64, 0, 2);
+    let server_vpn_addr = Ipv4Addr::new(10, 76, 0, 1);
+    let plan = HubPlan {
+        vpn_link: name("tun0"),
+        tun: name("algonet0"),
+        wan: Some(name("wan0")),
+        vpn_subnet: Ipv4Addr::new(10, 76, 0, 0),
+        vpn_prefix_len: 16,
+    };
+    let link = RunLinkPlan {
+        hub_end: name("vr-1"),
+        container_end: name("eth0"),
+        container: c_addr,
+        gateway: Ipv4Addr::new(169, 254, 1, 1),
+        mtu: 1400,
+    };
+    let dataplane = Dataplane::start(
+        &hub.ns,
+        DataplaneConfig {
+            tun: name("algonet0"),
+            offload: true,
+            mtu: 1500,
+            txqueuelen: 1000,
+            busy_poll: Duration::ZERO,
+            router: netstack::Config::default(),
+        },
+    )
+    .expect("data plane");
+    let dp = dataplane.handle();
+    let (p, l) = (plan.clone(), link.clone());
+    let container_fd = container.ns.fd().try_clone_to_owned().expect("fd");
+    hub.ns
+        .run(move || async move {
+            let nl = Netlink::connect()?;
+            nl.add_route(&Route {
+                dest: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                dev: name("wan0"),
+                via: Some(SERVER_WAN),
+                table: plan::TABLE_MAIN,
+            })
+            .await?;
+            plan::apply_base(&nl, &p).await?;
+            plan::add_run_link(&nl, &l, std::os::fd::AsFd::as_fd(&container_fd)).await
+        })
+        .expect("hub ns")
+        .expect("hub plumbing");
+    let l = link.clone();
+    container
+        .ns
+        .run(move || async move { plan::configure_container_end(&Netlink::connect()?, &l).await })
+        .expect("container ns")
+        .expect("container plumbing");
+    rt.block_on(async {
+        dp.with(move |r| {
+            r.add_container(c_addr, RunId(1))?;
+            r.add_mapping(Mapping {
+                protocol: Protocol::Udp,
+                public_port: 49160,
+                container: SocketAddrV4::new(c_addr, 7000),
+                run: RunId(1),
+            })
+        })
+        .await
+        .expect("data plane")
+        .expect("mapping");
+    });
+
+    // OpenVPN as the node runs it; connected, the node routes the tunnel and gives the router
+    // the address.
+    let profile = s.dir.join("node.ovpn");
+    std::fs::write(&profile, &first).expect("profile");
+    let sock = s.dir.join("mgmt.sock");
+    let args = algonet::node::vpn::tunnel::client_args(
+        &profile.display().to_string(),
+        &sock.display().to_string(),
+    );
+    let start_client = |log: &str| {
+        let _ = std::fs::remove_file(&sock);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        OpenVpn::start(&hub, &s.dir.join(log), &args)
+    };
+    let connect = |client: &OpenVpn| -> Ipv4Addr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = rt.block_on(async {
+            loop {
+                if let Ok(mut m) = Management::connect(&sock).await {
+                    if let Ok(st) = m.state().await {
+                        if st.connected() {
+                            break st.address;
+                        }
+                    }
+                }
+                assert!(Instant::now() < deadline, "not connected: {}", client.log());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let address = address.expect("an address");
+        let p = plan.clone();
+        hub.ns
+            .run(move || async move { plan::apply_vpn(&Netlink::connect()?, &p).await })
+            .expect("hub ns")
+            .expect("tunnel plumbing");
+        let vpn = Vpn {
+            address,
+            prefix_len: 16,
+            mtu: 1500,
+        };
+        rt.block_on(dp.with(move |r| r.set_vpn(Some(vpn))))
+            .expect("data plane")
+            .expect("vpn");
+        address
+    };
+    let client = start_client("client1.log");
+    let node_vpn = connect(&client);
+
+    // The capture: anything the hub sends onto the WAN with a VPN address, as source or
+    // destination (the WAN neighbour's own spoofed packets below are not the hub's).
+    let capture = Capture::start(&vs, "wan0", "net 10.76.0.0/16", &s.dir.join("wan.txt"));
+    let peer = udp_in(&vs, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9000));
+    let inside = udp_in(&container, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000));
+    let sender = udp_in(&container, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let keep = sending.clone();
+    let algorithm = std::thread::spawn(move || {
+        let to = SocketAddrV4::new(server_vpn_addr, 9000);
+        while keep.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = sender.send_to(b"patient data", to);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    assert!(
+        received(&peer, Duration::from_secs(2)) > 0,
+        "the peer hears the algorithm through the tunnel; client: {}",
+        client.log()
+    );
+
+    // OpenVPN's client dies: tun0 and its route go.
+    drop(client);
+    std::thread::sleep(Duration::from_secs(2));
+    let links = hub.ip(&["-o", "link"]);
+    assert!(!links.contains("tun0"), "tun0 went with OpenVPN: {links}");
+    // A WAN neighbour sends as if it were the VPN peer (its source is the peer's VPN address).
+    vs.ns
+        .run(move || async move {
+            let nl = Netlink::connect()?;
+            nl.add_route(&Route {
+                dest: node_vpn,
+                prefix_len: 32,
+                dev: name("wan0"),
+                via: Some(CLIENT_WAN),
+                table: plan::TABLE_MAIN,
+            })
+            .await
+        })
+        .expect("server ns")
+        .expect("spoofing route");
+    let spoofer = udp_in(&vs, SocketAddrV4::new(server_vpn_addr, 0));
+    for _ in 0..5 {
+        let _ = spoofer.send_to(b"spoofed", SocketAddrV4::new(node_vpn, 49160));
+    }
+    assert_eq!(
+        received(&inside, Duration::from_secs(1)),
+        0,
+        "a spoofed WAN packet reached the container"
+    );
+    let client = start_client("client2.log");
+    connect(&client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received(&peer, Duration::from_millis(500)) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "traffic did not come back after the client restart"
+        );
+    }
+
+    // The OpenVPN server goes for longer than the client's ping-restart.
+    drop(server_vpn);
+    std::thread::sleep(Duration::from_secs(6));
+    let vpn_dir_s = s.dir.join("vpn").display().to_string();
+    let server_vpn = OpenVpn::start(
+        &vs,
+        &s.dir.join("server2.log"),
+        &[
+            "--cd",
+            &vpn_dir_s,
+            "--config",
+            "server.conf",
+            "--keepalive",
+            "1",
+            "4",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while received(&peer, Duration::from_millis(500)) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "traffic did not come back after the server returned; client: {}",
+            client.log()
+        );
+    }
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    algorithm.join().expect("sender");
+    let seen = capture.stop();
+    assert!(
+        seen.trim().is_empty(),
+        "packets with VPN addresses crossed the WAN in clear:\n{seen}"
+    );
+    let counters = rt.block_on(dp.counters()).expect("counters").0;
+    eprintln!(
+        "forwarded {:?}, dropped: {:?}",
+        counters.forwarded_packets,
+        counters.nonzero_drops().collect::<Vec<_>>()
+    );
+    drop((client, server_vpn));
+    dataplane.stop().expect("stop data plane");
 }

@@ -95,12 +95,13 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let Some(what) = input.byte() else { break };
-                match what % 3 {
-                    0 => r.remove_run(RunId(u64::from(what % 9 / 3))),
+                match what % 4 {
+                    0 => r.remove_run(RunId(u64::from(what / 4 % 3))),
                     1 => {
                         let _ = r.add_container(container(what), RunId(u64::from(what % 3)));
                     }
-                    _ => r.set_vpn(Some(vpn(2 + what % 2))).expect("vpn"),
+                    2 => r.set_vpn(Some(vpn(2 + what % 2))).expect("vpn"),
+                    _ => r.set_tunnel_up(what & 0x80 != 0),
                 }
             }
         }

@@ -163,6 +163,8 @@ pub enum Error {
 pub struct Router {
     config: Config,
     vpn: Option<Vpn>,
+    /// Whether the tunnel carries traffic now (see [`Router::set_tunnel_up`]).
+    tunnel_up: bool,
     containers: HashMap<Ipv4Addr, RunId, FixedState>,
     mappings: HashMap<(Protocol, u16), Mapping, FixedState>,
     /// (protocol, container endpoint) -> public port: connections a mapped container opens from
@@ -227,6 +229,7 @@ impl Router {
             limit: RateLimit::new(config.replies_per_sec, config.reply_burst),
             rng: seed,
             vpn: None,
+            tunnel_up: false,
             containers: HashMap::with_hasher(h()),
             mappings: HashMap::with_hasher(h()),
             targets: HashMap::with_hasher(h()),
@@ -254,7 +257,15 @@ impl Router {
             self.frags.clear();
         }
         self.vpn = vpn;
+        self.tunnel_up = vpn.is_some();
         Ok(())
+    }
+
+    /// Pauses (`false`) or resumes forwarding toward VPN peers, as the tunnel goes and comes
+    /// back; [`Router::set_vpn`] resumes it. While paused, what a container sends toward a peer
+    /// is dropped as [`DropReason::TunnelDown`]; tracked connections stay.
+    pub fn set_tunnel_up(&mut self, up: bool) {
+        self.tunnel_up = up && self.vpn.is_some();
     }
 
     /// Registers an algorithm container's address: packets from it are the container side.
@@ -422,6 +433,9 @@ impl Router {
             }
             if vpn.is_network_or_broadcast(dst) {
                 return Err(DropReason::Broadcast);
+            }
+            if !self.tunnel_up && dst != vpn.address {
+                return Err(DropReason::TunnelDown);
             }
             Side::Container
         } else {

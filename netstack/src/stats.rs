@@ -53,10 +53,13 @@ pub enum DropReason {
     RateLimited,
     /// The buffer cannot hold the answer the router must build.
     BufferTooSmall,
+    /// Toward a VPN peer while the tunnel is not connected: held back rather than sent into a
+    /// tunnel that is (re)connecting; connections stay tracked and go on when it is back.
+    TunnelDown,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Malformed,
         DropReason::BadIpChecksum,
         DropReason::Ipv6,
@@ -80,6 +83,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::RateLimited,
         DropReason::BufferTooSmall,
+        DropReason::TunnelDown,
     ];
 
     /// A stable snake_case name, for logs and metrics.
@@ -108,6 +112,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::RateLimited => "rate_limited",
             DropReason::BufferTooSmall => "buffer_too_small",
+            DropReason::TunnelDown => "tunnel_down",
         }
     }
 

@@ -276,6 +276,9 @@ fn every_drop_reason_is_reachable_and_counted() {
         Meta::default(),
         Instant::from_secs(20),
     );
+    // The tunnel went away: nothing leaves toward peers.
+    r.set_tunnel_up(false);
+    process(&mut r, &udp(sa(C1, 7), sa(PEER, 53), b""), t);
     let mut off = Router::new(config.clone()).expect("router");
     off.process(&mut small.clone(), small.len(), Meta::default(), t);
     let mut tiny = lab(Config {

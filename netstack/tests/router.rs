@@ -72,6 +72,39 @@ fn a_forward_says_which_side_the_packet_leaves_by() {
     assert_eq!(leaves(&mut r, &ping_out), Side::Vpn);
 }
 
+/// While the tunnel is down nothing goes toward peers (counted as tunnel_down), the node's own
+/// traffic between its containers goes on, and a connection made before carries on after.
+#[test]
+fn a_paused_tunnel_holds_back_what_goes_to_peers_and_resumes() {
+    let mut r = lab(Config::default());
+    let syn = tcp(sa(C1, 41000), sa(PEER, 443), Flags::Syn, b"");
+    let out = forwarded(&mut r, &syn, T0);
+    let public = endpoints(&out).0;
+    r.set_tunnel_up(false);
+    let data = tcp(sa(C1, 41000), sa(PEER, 443), Flags::Ack, b"x");
+    assert_eq!(dropped(&mut r, &data, T0), DropReason::TunnelDown);
+    assert_eq!(
+        dropped(&mut r, &udp(sa(C2, 5000), sa(PEER, 53), b"q"), T0),
+        DropReason::TunnelDown
+    );
+    let ping_out = ping(C1, PEER, 9, 1, false);
+    assert_eq!(dropped(&mut r, &ping_out, T0), DropReason::TunnelDown);
+    // Hairpin never crosses the tunnel.
+    forwarded(
+        &mut r,
+        &tcp(sa(C2, 41001), sa(V, 49152), Flags::Syn, b""),
+        T0,
+    );
+    assert_eq!(r.counters().drops(DropReason::TunnelDown), 3);
+    r.set_tunnel_up(true);
+    let again = forwarded(&mut r, &data, T0);
+    assert_eq!(
+        endpoints(&again).0,
+        public,
+        "the connection kept its public port"
+    );
+}
+
 #[test]
 fn peer_reaches_mapped_tcp_port_and_replies_come_back_from_the_public_port() {
     let mut r = lab(Config::default());

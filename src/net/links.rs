@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -53,6 +53,17 @@ pub struct Route {
     pub dev: IfName,
     /// A gateway; without one the destination is on the link.
     pub via: Option<Ipv4Addr>,
+    pub table: u32,
+}
+
+/// An `unreachable` route: what matches it is refused (the sender gets ICMP unreachable), and a
+/// reverse-path check of a source it covers fails. `metric` orders it behind routes of the same
+/// prefix (a lower metric wins), so it only takes effect while they are absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    pub dest: Ipv4Addr,
+    pub prefix_len: u8,
+    pub metric: u32,
     pub table: u32,
 }
 
@@ -239,6 +250,29 @@ impl Netlink {
                 format!(
                     "{}/{} dev {} table {}",
                     r.dest, r.prefix_len, r.dev, r.table
+                ),
+            ))
+    }
+
+    /// Adds (or replaces) an `unreachable` route.
+    pub async fn add_unreachable(&self, u: &Unreachable) -> Result<(), LinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(u.dest, u.prefix_len)
+            .table_id(u.table)
+            .priority(u.metric)
+            .kind(RouteType::Unreachable)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::req(
+                "add route",
+                format!(
+                    "unreachable {}/{} metric {} table {}",
+                    u.dest, u.prefix_len, u.metric, u.table
                 ),
             ))
     }

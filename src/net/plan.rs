@@ -12,11 +12,19 @@
 //! | 32766 | `lookup main` | what the router writes back: the VPN subnet via the tunnel, each container's /32 via its veth |
 //!
 //! Table 100 holds one route: `default dev <tun>`.
+//!
+//! Failing closed: main also holds `unreachable <vpn subnet> metric 4294967295`, from before
+//! OpenVPN first runs. The tunnel's route for the subnet (metric 0) outranks it while tun0
+//! exists; when tun0 goes (OpenVPN restarting, crashed, its container gone) the kernel removes
+//! that route and the unreachable one is what is left, so nothing for a VPN peer ever follows
+//! the default route out of the WAN link in clear. The same route makes the WAN link's strict
+//! reverse-path filter refuse any packet from the WAN with a VPN-subnet source: its reverse
+//! lookup ends at an unreachable route, never at the WAN link.
 
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 
-use crate::net::links::{set_sysctl, IfName, LinkError, Netlink, Route, Rule};
+use crate::net::links::{set_sysctl, IfName, LinkError, Netlink, Route, Rule, Unreachable};
 
 pub const TABLE_ROUTER: u32 = 100;
 pub const TABLE_LOCAL: u32 = 255;
@@ -58,6 +66,16 @@ impl HubPlan {
             prefix_len: self.vpn_prefix_len,
             dev: self.vpn_link.clone(),
             via: None,
+            table: TABLE_MAIN,
+        }
+    }
+
+    /// The VPN subnet, unreachable unless the tunnel's route outranks it.
+    pub fn vpn_closed(&self) -> Unreachable {
+        Unreachable {
+            dest: self.vpn_subnet,
+            prefix_len: self.vpn_prefix_len,
+            metric: u32::MAX,
             table: TABLE_MAIN,
         }
     }
@@ -174,6 +192,9 @@ pub async fn apply_base(nl: &Netlink, plan: &HubPlan) -> Result<(), LinkError> {
         set_sysctl(&path, value)?;
     }
     nl.add_route(&plan.router_route()).await?;
+    if plan.vpn_prefix_len > 0 {
+        nl.add_unreachable(&plan.vpn_closed()).await?;
+    }
     for rule in plan.rules() {
         nl.del_rule(&rule).await?;
         nl.add_rule(&rule).await?;
@@ -301,6 +322,14 @@ mod tests {
         );
         let r = plan.router_route();
         assert!(r.table == TABLE_ROUTER && r.prefix_len == 0 && r.dev == plan.tun);
+        // Without the tunnel the VPN subnet is unreachable in main; the tunnel's route, of the
+        // same prefix, outranks that by its metric (0).
+        let (closed, open) = (plan.vpn_closed(), plan.vpn_route());
+        assert_eq!(
+            (closed.dest, closed.prefix_len, closed.table),
+            (open.dest, open.prefix_len, open.table)
+        );
+        assert!(closed.metric > 0);
         assert!(plan
             .vpn_sysctls()
             .contains(&("net/ipv4/conf/tun0/rp_filter".into(), "1")));

@@ -153,6 +153,14 @@ impl Hub {
         Ok(())
     }
 
+    /// Pauses or resumes forwarding toward VPN peers while OpenVPN is not connected (the
+    /// routing plan already keeps such packets off the WAN; this holds them back and counts
+    /// them as `tunnel_down`). [`Hub::connect_vpn`] resumes it.
+    pub async fn set_tunnel_up(&self, up: bool) -> Result<(), HubError> {
+        self.handle.with(move |r| r.set_tunnel_up(up)).await?;
+        Ok(())
+    }
+
     /// Gives a run's sandbox its veth, address and routes, and registers the address.
     pub async fn add_run(
         &self,

@@ -97,12 +97,26 @@ async fn watch(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
                     }
                 }
             }
-            Ok(s) => log::info!("VPN state {}", s.name),
+            Ok(s) => {
+                log::info!(
+                    "VPN state {}; forwarding to peers paused until CONNECTED",
+                    s.name
+                );
+                pause(&node).await;
+            }
             Err(e) => {
                 log::warn!("lost OpenVPN's management connection ({e}); bringing the tunnel back");
+                pause(&node).await;
                 m = recover(&node, &tunnel).await;
             }
         }
+    }
+}
+
+/// Holds back what goes to peers while the tunnel is not connected.
+async fn pause(node: &Node) {
+    if let Err(e) = node.hub.set_tunnel_up(false).await {
+        log::warn!("pausing forwarding to peers: {e}");
     }
 }
 

@@ -51,7 +51,9 @@ pub const PROFILE: &str = "node.ovpn";
 const SOCKET: &str = "mgmt.sock";
 
 /// How the node runs OpenVPN: it sets no address and no route (the router owns the address),
-/// answers on a management socket, and ignores IPv6 pushes (the router is IPv4 only).
+/// keeps tun0 through its own restarts (a ping-restart or SIGUSR1 does not take the tunnel's
+/// route away), answers on a management socket, and ignores IPv6 pushes (the router is IPv4
+/// only).
 pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
     [
         "--config",
@@ -60,6 +62,7 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
         "tun0",
         "--ifconfig-noexec",
         "--route-noexec",
+        "--persist-tun",
         "--management",
         management_socket,
         "unix",
