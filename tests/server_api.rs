@@ -643,3 +643,107 @@ async fn concurrent_writers_all_succeed() {
         "{results:?}"
     );
 }
+
+/// The identity a container token names, re-signed with the server's own secret as if it had
+/// been issued `age_secs` ago.
+fn reissued(s: &Server, token: &str, age_secs: u64) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64");
+    let claims: Value = serde_json::from_slice(&bytes).expect("claims");
+    let identity: algonet::api::ContainerIdentity =
+        serde_json::from_value(claims["sub"].clone()).expect("identity");
+    let secret = std::fs::read(s.dir.join("token-secret")).expect("secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    algonet::server::auth::Signer::new(secret).issue(
+        &algonet::server::auth::Claimed::Container(identity),
+        now - age_secs,
+        None,
+    )
+}
+
+/// A container token has no fixed expiry (a run of days keeps its API access) but is good only
+/// while its node exists and its run is unfinished; an algorithm creates subtasks only with its
+/// own image.
+#[tokio::test]
+async fn container_tokens_live_and_die_with_their_run() {
+    let f = federation("container-life").await;
+    let s = &f.s;
+    let lookup = |token: String| async move {
+        s.call("GET", "/vpn/algorithm/addresses", Some(&token), None)
+            .await
+            .0
+    };
+    let two_days_old = reissued(s, &f.child_containers[1], 2 * 86400);
+    assert_eq!(lookup(two_days_old.clone()).await, StatusCode::OK);
+    assert_eq!(lookup(f.child_containers[1].clone()).await, StatusCode::OK);
+
+    // Subtasks: only with the algorithm's own image.
+    let subtask =
+        |image: &str| json!({"name": "sub", "image": image, "organizations": [{"id": 1}]});
+    let (st, v) = s
+        .call(
+            "POST",
+            "/task",
+            Some(&f.child_containers[0]),
+            Some(subtask("other")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s
+        .call(
+            "POST",
+            "/task",
+            Some(&f.child_containers[0]),
+            Some(subtask("echo")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+
+    // The run ends: its token, however old, is refused; the other runs' are not.
+    s.ok(
+        "PATCH",
+        &format!("/run/{}", f.child_runs[1]),
+        Some(&f.nodes[1].1),
+        json!({"status": "completed"}),
+    )
+    .await;
+    assert_eq!(
+        lookup(f.child_containers[1].clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(lookup(two_days_old).await, StatusCode::UNAUTHORIZED);
+    let (st, _) = s
+        .call(
+            "POST",
+            "/task",
+            Some(&f.child_containers[1]),
+            Some(subtask("echo")),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "a finished run creates no subtasks"
+    );
+    assert_eq!(lookup(f.child_containers[2].clone()).await, StatusCode::OK);
+
+    // The node goes: its containers' tokens go with it.
+    s.ok(
+        "DELETE",
+        &format!("/node/{}", f.nodes[2].0),
+        Some(&f.admin),
+        json!(null),
+    )
+    .await;
+    assert_eq!(
+        lookup(f.child_containers[2].clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(lookup(f.parent_container.clone()).await, StatusCode::OK);
+}

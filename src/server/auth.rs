@@ -45,22 +45,26 @@ impl Signer {
         Signer { key }
     }
 
-    /// Issues a token for `claimed`, valid `lifetime_secs` from `now` (seconds since the epoch).
-    pub fn issue(&self, claimed: &Claimed, now: u64, lifetime_secs: u64) -> String {
+    /// Issues a token for `claimed`, valid `lifetime_secs` from `now` (seconds since the epoch),
+    /// or, with `None`, without an expiry: a container token, which lives as long as its run
+    /// (the server checks that on every use), as vantage6's do.
+    pub fn issue(&self, claimed: &Claimed, now: u64, lifetime_secs: Option<u64>) -> String {
         let (sub, client_type) = match claimed {
             Claimed::User(name) => (json!(name), "user"),
             Claimed::Node(id) => (json!(id), "node"),
             Claimed::Container(c) => (json!(c), "container"),
         };
         let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let claims = json!({
+        let mut claims = json!({
             "sub": sub,
             "client_type": client_type,
             "type": "access",
             "iat": now,
             "nbf": now,
-            "exp": now + lifetime_secs,
         });
+        if let Some(l) = lifetime_secs {
+            claims["exp"] = json!(now.saturating_add(l));
+        }
         let payload = B64.encode(claims.to_string());
         let signing_input = format!("{header}.{payload}");
         let mut m = mac(&self.key);
@@ -84,13 +88,17 @@ impl Signer {
         m.update(format!("{header_b64}.{payload}").as_bytes());
         m.verify_slice(&B64.decode(sig).ok()?).ok()?;
         let claims: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
-        if claims.get("exp")?.as_u64()? <= now
-            || claims.get("nbf").and_then(Value::as_u64).unwrap_or(0) > now
-        {
+        let client_type = claims.get("client_type")?.as_str()?;
+        let expired = match claims.get("exp") {
+            Some(exp) => exp.as_u64()? <= now,
+            // Only a container token has no expiry.
+            None => client_type != "container",
+        };
+        if expired || claims.get("nbf").and_then(Value::as_u64).unwrap_or(0) > now {
             return None;
         }
         let sub = claims.get("sub")?;
-        match claims.get("client_type")?.as_str()? {
+        match client_type {
             "user" => Some(Claimed::User(sub.as_str()?.to_string())),
             "node" => Some(Claimed::Node(NodeId(sub.as_i64()?))),
             "container" => serde_json::from_value(sub.clone())
@@ -142,9 +150,11 @@ mod tests {
             image: "echo".into(),
             databases: vec![],
         });
-        let t = s.issue(&c, 1000, 60);
-        assert_eq!(s.check(&t, 1001), Some(c));
+        let t = s.issue(&c, 1000, Some(60));
+        assert_eq!(s.check(&t, 1001), Some(c.clone()));
         assert_eq!(s.check(&t, 1060), None, "expired");
+        let lasting = s.issue(&c, 1000, None);
+        assert_eq!(s.check(&lasting, 1000 + 10 * 365 * 86400), Some(c));
         assert_eq!(
             Signer::new(b"other".to_vec()).check(&t, 1001),
             None,
@@ -155,7 +165,13 @@ mod tests {
         assert_eq!(s.check(&forged, 1001), None, "tampered");
         assert_eq!(s.check("a.b", 1001), None);
         assert_eq!(s.check("", 1001), None);
-        let node = s.issue(&Claimed::Node(NodeId(7)), 1000, 60);
+        let node = s.issue(&Claimed::Node(NodeId(7)), 1000, Some(60));
         assert_eq!(s.check(&node, 1000), Some(Claimed::Node(NodeId(7))));
+        let forever = s.issue(&Claimed::Node(NodeId(7)), 1000, None);
+        assert_eq!(
+            s.check(&forever, 1000),
+            None,
+            "only container tokens may lack an expiry"
+        );
     }
 }

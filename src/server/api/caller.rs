@@ -44,7 +44,17 @@ impl FromRequestParts<AppState> for Caller {
                 .await?
                 .map(Caller::Node)
                 .ok_or_else(unauthorized),
-            Claimed::Container(c) => Ok(Caller::Container(c)),
+            // A container token is good while its node exists and its run is unfinished.
+            Claimed::Container(c) => {
+                let live = store::container_run_open(
+                    &mut *state.store.read().await?,
+                    c.node_id,
+                    c.task_id,
+                )
+                .await?;
+                live.then_some(Caller::Container(c))
+                    .ok_or_else(unauthorized)
+            }
         }
     }
 }

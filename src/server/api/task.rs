@@ -30,6 +30,12 @@ pub async fn create(
                     "An algorithm may only create tasks in its own collaboration",
                 ));
             }
+            if b.image != c.image {
+                return Err(ApiError::forbidden(format!(
+                    "An algorithm may only create tasks with its own image ({:?})",
+                    c.image
+                )));
+            }
             (c.collaboration_id, Some(c.task_id), Some(c.organization_id))
         }
         Caller::Node(_) => return Err(ApiError::forbidden("Nodes do not create tasks")),

@@ -13,10 +13,6 @@ use crate::server::auth::{hash_key, same, Claimed};
 use crate::server::state::{now, AppState};
 use crate::server::store;
 
-/// How long a container token lives: a container lives as long as its task; a day bounds a
-/// forgotten token.
-const CONTAINER_TOKEN_SECS: u64 = 24 * 3600;
-
 pub async fn user(
     State(s): State<AppState>,
     Json(b): Json<UserLogin>,
@@ -30,7 +26,7 @@ pub async fn user(
     let access_token = s.signer.issue(
         &Claimed::User(a.username.clone()),
         now(),
-        s.config.token_lifetime_secs,
+        Some(s.config.token_lifetime_secs),
     );
     Ok(Json(UserToken { access_token }))
 }
@@ -42,9 +38,11 @@ pub async fn node(
     let id = store::node_by_key_hash(&mut *s.store.read().await?, &hash_key(&b.api_key))
         .await?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key"))?;
-    let access_token = s
-        .signer
-        .issue(&Claimed::Node(id), now(), s.config.token_lifetime_secs);
+    let access_token = s.signer.issue(
+        &Claimed::Node(id),
+        now(),
+        Some(s.config.token_lifetime_secs),
+    );
     Ok(Json(NodeToken {
         access_token,
         node_id: id,
@@ -52,7 +50,7 @@ pub async fn node(
 }
 
 /// Refused for another collaboration's task, for another image, and for a task whose runs have
-/// all finished.
+/// all finished. The token names the run's node, organization, collaboration, task and image.
 pub async fn container(
     State(s): State<AppState>,
     NodeCaller(n): NodeCaller,
@@ -85,8 +83,8 @@ pub async fn container(
         image: task.image,
         databases: vec![],
     };
-    let container_token =
-        s.signer
-            .issue(&Claimed::Container(identity), now(), CONTAINER_TOKEN_SECS);
+    // No expiry: the token is good while its node exists and its run is unfinished, which
+    // every use checks (see `caller`).
+    let container_token = s.signer.issue(&Claimed::Container(identity), now(), None);
     Ok(Json(ContainerToken { container_token }))
 }

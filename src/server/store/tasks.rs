@@ -29,6 +29,26 @@ pub async fn task_children(db: &mut Db, id: TaskId) -> Result<Vec<TaskId>> {
     )
 }
 
+/// Whether `node` still exists and its organization's run of `task` has not finished: what a
+/// container token needs on every use.
+pub async fn container_run_open(
+    db: &mut Db,
+    node: crate::api::NodeId,
+    task: TaskId,
+) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM node \
+         JOIN run ON run.organization_id = node.organization_id AND run.task_id = ? \
+         JOIN task ON task.id = run.task_id AND task.collaboration_id = node.collaboration_id \
+         WHERE node.id = ? AND run.finished_at IS NULL",
+    )
+    .bind(task)
+    .bind(node)
+    .fetch_one(db)
+    .await?;
+    Ok(n > 0)
+}
+
 /// How many of a task's runs have not finished.
 pub async fn open_runs(db: &mut Db, task: TaskId) -> Result<i64> {
     Ok(
