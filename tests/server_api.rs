@@ -747,3 +747,83 @@ async fn container_tokens_live_and_die_with_their_run() {
     );
     assert_eq!(lookup(f.parent_container.clone()).await, StatusCode::OK);
 }
+
+/// A node registers only an address inside the VPN subnet, and none that another node holds.
+#[tokio::test]
+async fn a_node_registers_only_its_own_vpn_address() {
+    let s = server(
+        "node-ip",
+        "vpn: {subnet: 10.76.0.0/16, remote: 127.0.0.1}\n",
+    )
+    .await;
+    let admin = s.admin().await;
+    let mut orgs = Vec::new();
+    for name in ["a", "b"] {
+        orgs.push(
+            s.ok("POST", "/organization", Some(&admin), json!({"name": name}))
+                .await["id"]
+                .clone(),
+        );
+    }
+    let col = s
+        .ok(
+            "POST",
+            "/collaboration",
+            Some(&admin),
+            json!({"name": "c", "organization_ids": orgs}),
+        )
+        .await["id"]
+        .clone();
+    let mut nodes = Vec::new();
+    for org in &orgs {
+        let n = s
+            .ok(
+                "POST",
+                "/node",
+                Some(&admin),
+                json!({"organization_id": org, "collaboration_id": col}),
+            )
+            .await;
+        let login = s
+            .ok(
+                "POST",
+                "/token/node",
+                None,
+                json!({"api_key": n["api_key"]}),
+            )
+            .await;
+        nodes.push((
+            n["id"].clone(),
+            login["access_token"].as_str().expect("token").to_string(),
+        ));
+    }
+    let patch = |i: usize, ip: &str| {
+        let (id, token) = nodes[i].clone();
+        let s = &s;
+        let ip = ip.to_string();
+        async move {
+            s.call(
+                "PATCH",
+                &format!("/node/{id}"),
+                Some(&token),
+                Some(json!({"ip": ip})),
+            )
+            .await
+        }
+    };
+    let (st, v) = patch(0, "10.77.0.5").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "outside the subnet: {v}");
+    assert_eq!(patch(0, "10.76.0.5").await.0, StatusCode::OK);
+    let (st, v) = patch(1, "10.76.0.5").await;
+    assert_eq!(st, StatusCode::CONFLICT, "another node's address: {v}");
+    assert!(
+        v["msg"].as_str().is_some_and(|m| m.contains("10.76.0.5")),
+        "{v}"
+    );
+    assert_eq!(
+        patch(0, "10.76.0.5").await.0,
+        StatusCode::OK,
+        "its own again"
+    );
+    assert_eq!(patch(1, "10.76.0.6").await.0, StatusCode::OK);
+}

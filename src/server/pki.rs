@@ -33,9 +33,14 @@ fn default_port() -> u16 {
 }
 
 impl BuiltinVpn {
+    /// The subnet, or why not.
+    pub fn vpn_subnet(&self) -> Result<ipnet::Ipv4Net, String> {
+        crate::net::parse_subnet(&self.subnet).map_err(|e| format!("vpn.subnet: {e}"))
+    }
+
     /// The subnet as (network, netmask), or why not.
     pub fn network(&self) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
-        let net = crate::net::parse_subnet(&self.subnet).map_err(|e| format!("vpn.subnet: {e}"))?;
+        let net = self.vpn_subnet()?;
         Ok((net.network(), net.netmask()))
     }
 }

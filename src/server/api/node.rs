@@ -64,13 +64,31 @@ pub async fn patch(
         (Some(_), true) => return Err(ApiError::bad("Give either ip or clear_ip, not both")),
         (Some(ip), false) => Some(
             ip.parse::<Ipv4Addr>()
-                .map_err(|_| ApiError::bad(format!("ip: {ip:?} is not an IPv4 address")))?
-                .to_string(),
+                .map_err(|_| ApiError::bad(format!("ip: {ip:?} is not an IPv4 address")))?,
         ),
         (None, true) => None,
         (None, false) => return Err(ApiError::bad("Nothing to change: give ip or clear_ip")),
     };
-    let node = store::set_node_ip(&mut *s.store.read().await?, id, ip.as_deref())
+    let mut db = s.store.read().await?;
+    if let Some(ip) = ip {
+        // With the built-in VPN the server knows the subnet; eduVPN's is its own.
+        if let Some(subnet) = s.config.vpn.as_ref().and_then(|v| v.vpn_subnet().ok()) {
+            if !subnet.contains(&ip) {
+                return Err(ApiError::bad(format!(
+                    "ip: {ip} is outside the VPN subnet {subnet}"
+                )));
+            }
+        }
+        if let Some(other) = store::node_with_ip(&mut db, &ip.to_string()).await? {
+            if other != id {
+                return Err(ApiError::conflict(format!(
+                    "ip: {ip} is node {other}'s VPN address"
+                )));
+            }
+        }
+    }
+    let ip = ip.map(|ip| ip.to_string());
+    let node = store::set_node_ip(&mut db, id, ip.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found("node", id))?;
     Ok(Json(node.into()))

@@ -84,6 +84,14 @@ pub async fn set_node_ip(db: &mut Db, id: NodeId, ip: Option<&str>) -> Result<Op
     .await?)
 }
 
+/// The node that holds VPN address `ip`, if any.
+pub async fn node_with_ip(db: &mut Db, ip: &str) -> Result<Option<NodeId>> {
+    Ok(sqlx::query_scalar("SELECT id FROM node WHERE ip = ?")
+        .bind(ip)
+        .fetch_optional(db)
+        .await?)
+}
+
 /// Deletes a node; false if there was none.
 pub async fn delete_node(db: &mut Db, id: NodeId) -> Result<bool> {
     let gone = sqlx::query("DELETE FROM node WHERE id = ?")
