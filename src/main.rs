@@ -77,6 +77,7 @@ fn usage_error(what: &str) -> ExitCode {
 
 fn server(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::server::config::ServerConfig::load(&path)?;
+    algonet::logging::init("info", "");
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let state = algonet::server::open(config).await?;

@@ -827,3 +827,59 @@ async fn a_node_registers_only_its_own_vpn_address() {
     );
     assert_eq!(patch(1, "10.76.0.6").await.0, StatusCode::OK);
 }
+
+/// A task names each organization once and at most a thousand; a failing database is reported
+/// as such, without its internals.
+#[tokio::test]
+async fn task_lists_are_bounded_and_errors_hide_the_database() {
+    let f = federation("task-bounds").await;
+    let s = &f.s;
+    let task = |orgs: Vec<i64>| json!({"name": "t", "image": "echo", "organizations": orgs.iter().map(|o| json!({"id": o})).collect::<Vec<_>>()});
+    let (st, v) = s
+        .call(
+            "POST",
+            "/task",
+            Some(&f.parent_container),
+            Some(task(vec![1, 1, 2, 1])),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v["runs"].as_array().map(Vec::len),
+        Some(2),
+        "one run per organization: {v}"
+    );
+    let many: Vec<i64> = (1..=1001).collect();
+    let (st, v) = s
+        .call("POST", "/task", Some(&f.parent_container), Some(task(many)))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["msg"].as_str().is_some_and(|m| m.contains("at most 1000")), "{v}");
+
+    // Break the database under the server: the answer says it failed, not how.
+    let db = s.dir.join("algonet.sqlite");
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        db.display()
+    ))
+    .await
+    .expect("open the database");
+    sqlx::query("DROP TABLE port")
+        .execute(&mut c)
+        .await
+        .expect("drop");
+    let (st, v) = s
+        .call(
+            "POST",
+            "/port",
+            Some(&f.nodes[0].1),
+            Some(json!({"port": 49152, "run_id": f.child_runs[0]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    let msg = v["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("database") && !msg.contains("port") && !msg.contains("table"),
+        "{v}"
+    );
+}

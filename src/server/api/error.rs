@@ -76,20 +76,24 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// The caller learns that the database failed, not how: the cause goes to the log.
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict => ApiError::conflict("already exists"),
-            StoreError::Database(_) => ApiError::internal(e.to_string()),
+            StoreError::Database(cause) => {
+                log::error!("database: {cause}");
+                ApiError::internal("Internal server error (database); see the server's log")
+            }
         }
     }
 }
 
 impl From<ProvisionError> for ApiError {
     fn from(e: ProvisionError) -> ApiError {
-        let kind = match &e {
+        let kind = match e {
+            ProvisionError::Store(e) => return e.into(),
             ProvisionError::NotSupported => Kind::NotImplemented,
             ProvisionError::EduVpn(EduVpnError::Unreachable(_)) => Kind::Unavailable,
-            ProvisionError::Store(StoreError::Conflict) => Kind::Conflict,
             _ => Kind::Internal,
         };
         ApiError::new(kind, e.to_string())

@@ -1,6 +1,8 @@
 //! `POST /task`: the administrator creates a task in any collaboration; an algorithm creates
 //! subtasks of its own task, in its own collaboration. Nodes do not create tasks.
 
+use std::collections::HashSet;
+
 use axum::extract::State;
 
 use super::caller::Caller;
@@ -9,6 +11,10 @@ use super::{ApiResult, Created, Json};
 use crate::api::{NewTask, RunStatus, RunSummary, Task};
 use crate::server::state::AppState;
 use crate::server::store;
+
+/// The most organizations one task may name (a collaboration larger than this is not one that
+/// runs a federated algorithm; the bound keeps one request's write short).
+const MAX_ORGANIZATIONS: usize = 1000;
 
 pub async fn create(
     State(s): State<AppState>,
@@ -40,18 +46,27 @@ pub async fn create(
         }
         Caller::Node(_) => return Err(ApiError::forbidden("Nodes do not create tasks")),
     };
-    if b.organizations.is_empty() {
+    let mut organizations = b.organizations;
+    // One run per organization: a repeated organization is the same run.
+    let mut seen = HashSet::new();
+    organizations.retain(|o| seen.insert(o.id));
+    if organizations.is_empty() {
         return Err(ApiError::bad("organizations: at least one"));
     }
-    let mut tx = s.store.write().await?;
-    for o in &b.organizations {
-        if !store::is_member(&mut tx, collaboration, o.id).await? {
-            return Err(ApiError::bad(format!(
-                "organization {} is not a member of collaboration {collaboration}",
-                o.id
-            )));
-        }
+    if organizations.len() > MAX_ORGANIZATIONS {
+        return Err(ApiError::bad(format!(
+            "organizations: at most {MAX_ORGANIZATIONS}"
+        )));
     }
+    // Checked before the write lock is taken, in one query: a long list must not hold it.
+    let members = store::member_ids(&mut *s.store.read().await?, collaboration).await?;
+    if let Some(o) = organizations.iter().find(|o| !members.contains(&o.id)) {
+        return Err(ApiError::bad(format!(
+            "organization {} is not a member of collaboration {collaboration}",
+            o.id
+        )));
+    }
+    let mut tx = s.store.write().await?;
     if let Some(p) = parent {
         let in_collaboration = store::task(&mut tx, p)
             .await?
@@ -69,7 +84,7 @@ pub async fn create(
     };
     let id = store::insert_task(&mut tx, &new).await?;
     let mut runs = Vec::new();
-    for o in &b.organizations {
+    for o in &organizations {
         let run = store::insert_run(&mut tx, id, o.id, &o.input.to_string()).await?;
         runs.push(RunSummary {
             id: run,

@@ -178,6 +178,19 @@ pub async fn members(db: &mut Db, collaboration: CollaborationId) -> Result<Vec<
         .collect())
 }
 
+/// The organizations of a collaboration.
+pub async fn member_ids(
+    db: &mut Db,
+    collaboration: CollaborationId,
+) -> Result<std::collections::HashSet<OrganizationId>> {
+    let ids: Vec<OrganizationId> =
+        sqlx::query_scalar("SELECT organization_id FROM member WHERE collaboration_id = ?")
+            .bind(collaboration)
+            .fetch_all(db)
+            .await?;
+    Ok(ids.into_iter().collect())
+}
+
 pub async fn is_member(
     db: &mut Db,
     collaboration: CollaborationId,
