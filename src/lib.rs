@@ -11,7 +11,8 @@
 //! - [`node`]: the node agent;
 //! - [`docker`]: the Docker runtime, what each container looks like, offline images;
 //! - [`echo`], [`feature`], [`demo`]: the echo algorithm, `algonet test` and `algonet demo`;
-//! - [`config`], [`logging`]: reading the YAML files, and the log lines.
+//! - [`config`], [`logging`], [`private`]: reading the YAML files, the log lines, and files only
+//!   their owner may read.
 
 pub use netstack;
 
@@ -24,4 +25,5 @@ pub mod feature;
 pub mod logging;
 pub mod net;
 pub mod node;
+pub mod private;
 pub mod server;

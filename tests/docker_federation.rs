@@ -235,6 +235,15 @@ async fn federation_on_docker() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // A run's folder holds its container token: the node's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let run_dir = dir.join("node-a").join(format!("run-{run_a}"));
+        assert_eq!(mode(&dir.join("node-a")), 0o700, "task dir");
+        assert_eq!(mode(&run_dir), 0o700, "run folder");
+        assert_eq!(mode(&run_dir.join("token")), 0o600, "container token");
+    }
     let algorithm_ns = |org: &str, run: i64| {
         let docker = docker.clone();
         let name = format!("algonet-{tag}-{org}-run-{run}-sandbox");

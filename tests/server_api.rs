@@ -854,7 +854,12 @@ async fn task_lists_are_bounded_and_errors_hide_the_database() {
         .call("POST", "/task", Some(&f.parent_container), Some(task(many)))
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["msg"].as_str().is_some_and(|m| m.contains("at most 1000")), "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 1000")),
+        "{v}"
+    );
 
     // Break the database under the server: the answer says it failed, not how.
     let db = s.dir.join("algonet.sqlite");
@@ -882,4 +887,31 @@ async fn task_lists_are_bounded_and_errors_hide_the_database() {
         msg.contains("database") && !msg.contains("port") && !msg.contains("table"),
         "{v}"
     );
+}
+
+/// A data directory made by hand (or by an older version) is tightened at start: the folder to
+/// 0700, the database to 0600.
+#[tokio::test]
+async fn the_data_directory_is_the_servers_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("algonet-data-modes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = algonet::server::config::ServerConfig::parse(&format!(
+        "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
+        dir.display()
+    ))
+    .expect("config");
+    let state = algonet::server::open(config.clone()).await.expect("open");
+    drop(state);
+    let db = dir.join("algonet.sqlite");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let _state = algonet::server::open(config).await.expect("open again");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&dir.join("token-secret")), 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -124,7 +124,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
         docker.image(image).await.map_err(NodeError::MissingImage)?;
     }
-    std::fs::create_dir_all(&config.task_dir).map_err(|source| NodeError::TaskDir {
+    crate::private::dir(&config.task_dir).map_err(|source| NodeError::TaskDir {
         path: config.task_dir.clone(),
         source,
     })?;

@@ -180,15 +180,17 @@ impl Run {
         Ok(ports)
     }
 
-    /// The run's folder, mounted into the algorithm container: token, input, output, tmp/.
+    /// The run's folder, mounted into the algorithm container: token, input, output, tmp/. Only
+    /// its owner may read it: the token is the run's access to the server.
     fn write_files(&mut self, token: &str) -> Result<PathBuf, RunError> {
         let dir = self.node.config.task_dir.join(format!("run-{}", self.id));
         self.dir = Some(dir.clone());
         let file = |path: PathBuf| move |source| RunError::File { path, source };
-        std::fs::create_dir_all(dir.join("tmp")).map_err(file(dir.clone()))?;
+        crate::private::dir(&dir).map_err(file(dir.clone()))?;
+        std::fs::create_dir_all(dir.join("tmp")).map_err(file(dir.join("tmp")))?;
         let input = self.input.as_deref().unwrap_or("");
         for (name, text) in [("token", token), ("input", input), ("output", "")] {
-            std::fs::write(dir.join(name), text).map_err(file(dir.join(name)))?;
+            crate::private::file(&dir.join(name), text.as_bytes()).map_err(file(dir.join(name)))?;
         }
         Ok(dir)
     }

@@ -10,7 +10,7 @@ pub mod provision;
 pub mod state;
 pub mod store;
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -73,13 +73,15 @@ fn secret(dir: &Path) -> Result<Vec<u8>, ServerError> {
 /// Opens the data directory and the database (creating and migrating as needed).
 pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     let dir = &config.data_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(files(dir))?;
+    crate::private::dir(dir).map_err(files(dir))?;
     let signer = Signer::new(secret(dir)?);
-    let store = Store::open(&dir.join("algonet.sqlite")).await?;
+    let db = dir.join("algonet.sqlite");
+    let store = Store::open(&db).await?;
+    // SQLite makes its files with the process's umask; they hold every API key hash and result.
+    for suffix in ["", "-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        crate::private::tighten(&path).map_err(files(&path))?;
+    }
     let pki = match &config.vpn {
         Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(pki::Pki::open(
             &dir.join("vpn"),

@@ -103,23 +103,11 @@ impl Tunnel {
     }
 
     fn write_profile(&self, ovpn: &str) -> Result<(), TunnelError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let file = |path: PathBuf| move |source| TunnelError::File { path, source };
-        std::fs::create_dir_all(&self.dir)
-            .and_then(|()| {
-                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-            })
-            .map_err(file(self.dir.clone()))?;
-        let path = self.dir.join(PROFILE);
+        crate::private::dir(&self.dir).map_err(file(self.dir.clone()))?;
         // The profile holds the node's private key.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, ovpn.as_bytes()))
-            .map_err(file(path.clone()))
+        let path = self.dir.join(PROFILE);
+        crate::private::file(&path, ovpn.as_bytes()).map_err(file(path.clone()))
     }
 
     /// (Re)creates the OpenVPN container with the saved profile.
