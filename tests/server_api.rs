@@ -915,3 +915,31 @@ async fn the_data_directory_is_the_servers_alone() {
     assert_eq!(mode(&dir.join("token-secret")), 0o600);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Guessing the administrator's password is throttled: after five failures the name answers
+/// 429 with Retry-After, even to the right password, until the window ends.
+#[tokio::test]
+async fn password_guessing_is_throttled() {
+    let s = server("throttle", "").await;
+    let login = |password: &str| {
+        let body = json!({"username": "root", "password": password});
+        s.http
+            .post(format!("{}/token/user", s.base))
+            .json(&body)
+            .send()
+    };
+    for _ in 0..5 {
+        let r = login("wrong-guess-here").await.expect("answer");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login("correct-horse-battery").await.expect("answer");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=300).contains(&wait), "{wait}");
+    let v: Value = r.json().await.expect("json");
+    assert!(v["msg"].is_string(), "{v}");
+}

@@ -59,6 +59,9 @@ fn default_api_path() -> String {
     "/api".into()
 }
 
+/// The password the README's sample configuration shows: never a real one.
+pub const SAMPLE_PASSWORD: &str = "change-me-to-12-or-more-characters";
+
 fn default_token_lifetime() -> u64 {
     6 * 3600
 }
@@ -81,6 +84,11 @@ impl ServerConfig {
         }
         if config.admin.password.len() < 12 {
             return Err("admin.password: at least 12 characters".into());
+        }
+        if config.admin.password == SAMPLE_PASSWORD {
+            return Err(
+                "admin.password: this is the README's sample password; choose your own".into(),
+            );
         }
         if let Some(vpn) = &config.vpn {
             vpn.network()?;
@@ -117,5 +125,10 @@ mod tests {
         );
         let e = ServerConfig::parse(&format!("{base}colour: blue\n")).expect_err("must be refused");
         assert!(e.contains("colour"), "{e}");
+        let e = ServerConfig::parse(&format!(
+            "data_dir: /tmp/x\nadmin: {{username: root, password: {SAMPLE_PASSWORD}}}\n"
+        ))
+        .expect_err("the sample password must be refused");
+        assert!(e.contains("sample"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod pki;
 pub mod provision;
 pub mod state;
 pub mod store;
+pub mod throttle;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -94,6 +95,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         signer,
         config: Arc::new(config),
         pki,
+        logins: Arc::default(),
     })
 }
 
@@ -114,6 +116,6 @@ pub async fn bind(
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Listen { addr, source })?;
-    let app = api::router(state);
+    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     Ok((local, async move { axum::serve(listener, app).await }))
 }

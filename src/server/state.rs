@@ -7,6 +7,7 @@ use crate::server::auth::Signer;
 use crate::server::config::ServerConfig;
 use crate::server::pki::Pki;
 use crate::server::store::Store;
+use crate::server::throttle::Throttle;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -15,6 +16,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The built-in VPN provider; the lock orders issuing and CRL writes.
     pub pki: Option<Arc<tokio::sync::Mutex<Pki>>>,
+    /// Failed administrator logins.
+    pub logins: Arc<std::sync::Mutex<Throttle>>,
 }
 
 /// Seconds since the Unix epoch.

@@ -18,6 +18,8 @@ pub enum Kind {
     NotFound,
     Conflict,
     TooLarge,
+    /// Too many tries: wait this many seconds (`Retry-After`).
+    TooMany(u64),
     Internal,
     NotImplemented,
     Unavailable,
@@ -32,6 +34,7 @@ impl Kind {
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Kind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +69,12 @@ impl ApiError {
     }
     pub fn too_large(msg: impl Into<String>) -> ApiError {
         ApiError::new(Kind::TooLarge, msg)
+    }
+    pub fn too_many(retry_after_secs: u64) -> ApiError {
+        ApiError::new(
+            Kind::TooMany(retry_after_secs),
+            format!("Too many failed logins; try again in {retry_after_secs} s"),
+        )
     }
     pub fn internal(msg: impl Into<String>) -> ApiError {
         ApiError::new(Kind::Internal, msg)
@@ -102,6 +111,11 @@ impl From<ProvisionError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.kind.status(), axum::Json(Msg { msg: self.msg })).into_response()
+        let mut r = (self.kind.status(), axum::Json(Msg { msg: self.msg })).into_response();
+        if let Kind::TooMany(secs) = self.kind {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }

@@ -1,7 +1,10 @@
 //! `POST /token/user`, `/token/node`, `/token/container`: logins, and a node asking for the
 //! token of a run's algorithm.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+use std::sync::PoisonError;
+
+use axum::extract::{ConnectInfo, State};
 
 use super::caller::NodeCaller;
 use super::error::ApiError;
@@ -13,16 +16,25 @@ use crate::server::auth::{hash_key, same, Claimed};
 use crate::server::state::{now, AppState};
 use crate::server::store;
 
+/// Throttled per user name and per source address (see [`crate::server::throttle`]).
 pub async fn user(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(b): Json<UserLogin>,
 ) -> ApiResult<Json<UserToken>> {
     let a = &s.config.admin;
+    let from = peer.ip();
+    let lock = || s.logins.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(secs) = lock().wait(&b.username, from, now()) {
+        return Err(ApiError::too_many(secs));
+    }
     if !(same(b.username.as_bytes(), a.username.as_bytes())
         && same(b.password.as_bytes(), a.password.as_bytes()))
     {
+        lock().failed(&b.username, from, now());
         return Err(ApiError::unauthorized("Invalid username or password"));
     }
+    lock().succeeded(&b.username, from);
     let access_token = s.signer.issue(
         &Claimed::User(a.username.clone()),
         now(),
