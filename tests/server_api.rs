@@ -943,3 +943,73 @@ async fn password_guessing_is_throttled() {
     let v: Value = r.json().await.expect("json");
     assert!(v["msg"].is_string(), "{v}");
 }
+
+/// A client that is slow to send its headers, or sends nothing, is cut off after the header
+/// timeout; connections beyond the cap wait until one closes.
+#[tokio::test]
+async fn slow_clients_hold_nothing_for_long() {
+    use std::io::{Read, Write};
+    let s = server("slow-clients", "header_timeout_secs: 1\n").await;
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/api")
+        .to_string();
+    let closed_within = |mut c: std::net::TcpStream| {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        let start = std::time::Instant::now();
+        // The server may answer 408 first; what matters is that it closes.
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let mut partial = std::net::TcpStream::connect(&addr).expect("connect");
+    partial
+        .write_all(b"GET /api/run HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("write");
+    let t = tokio::task::spawn_blocking(move || closed_within(partial));
+    let silent = std::net::TcpStream::connect(&addr).expect("connect");
+    let u = tokio::task::spawn_blocking(move || closed_within(silent));
+    let (t, u) = (t.await.expect("join"), u.await.expect("join"));
+    assert!(
+        t.is_some_and(|d| d.as_secs() < 4),
+        "half-sent headers held: {t:?}"
+    );
+    assert!(
+        u.is_some_and(|d| d.as_secs() < 4),
+        "a silent connection held: {u:?}"
+    );
+
+    let s = server("connection-cap", "max_connections: 3\n").await;
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/api")
+        .to_string();
+    let mut idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let quick = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let url = format!("{}/run", s.base);
+    assert!(
+        quick.get(&url).send().await.is_err(),
+        "a fourth connection was served while three were open"
+    );
+    idle.pop();
+    let r = quick
+        .get(&url)
+        .send()
+        .await
+        .expect("served once one closed");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

@@ -49,6 +49,21 @@ pub struct ServerConfig {
     /// Lifetime of node and user tokens, in seconds.
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
+    /// How long a client may take to send a request's headers (also between requests on a
+    /// kept-alive connection) before the connection is closed, in seconds.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Most connections served at once; more wait until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -98,6 +113,12 @@ impl ServerConfig {
         }
         if config.token_lifetime_secs == 0 {
             return Err("token_lifetime_secs: must be positive".into());
+        }
+        if config.header_timeout_secs == 0 {
+            return Err("header_timeout_secs: must be positive".into());
+        }
+        if config.max_connections == 0 {
+            return Err("max_connections: must be positive".into());
         }
         Ok(config)
     }

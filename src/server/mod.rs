@@ -116,6 +116,68 @@ pub async fn bind(
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Listen { addr, source })?;
-    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    Ok((local, async move { axum::serve(listener, app).await }))
+    let limits = Limits {
+        header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
+        max_connections: state.config.max_connections,
+    };
+    let app = api::router(state);
+    Ok((local, serve(listener, app, limits)))
+}
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header_timeout: std::time::Duration,
+    max_connections: usize,
+}
+
+/// Serves HTTP/1.1 on `listener`: a connection that does not send a request's headers within
+/// the header timeout is closed (a slow or half-open client holds nothing for long), and at
+/// most `max_connections` are served at once (the next waits in the listen queue). Each
+/// request carries its peer's address for the handlers (`ConnectInfo`).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: not the
+                // listener's end. Pause briefly rather than spin.
+                log::warn!("accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app =
+            app.clone()
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                });
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(
+                    TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            if let Err(e) = served {
+                log::debug!("connection from {peer}: {e}");
+            }
+            drop(slot);
+        });
+    }
 }
