@@ -1013,3 +1013,42 @@ async fn slow_clients_hold_nothing_for_long() {
         .expect("served once one closed");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Asking for VPN profiles in a loop does not grow the CRL without bound: a node is issued at
+/// most ten certificates an hour, then 429 with Retry-After.
+#[tokio::test]
+async fn vpn_profiles_in_a_loop_leave_the_crl_bounded() {
+    let s = server(
+        "crl-bound",
+        "vpn: {subnet: 10.76.0.0/16, remote: 127.0.0.1}\n",
+    )
+    .await;
+    let (_, token) = s.lone_node().await;
+    let crl = s.dir.join("vpn").join("crl.pem");
+    let get = || {
+        s.http
+            .get(format!("{}/vpn", s.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    for i in 0..10 {
+        let r = get().await.expect("answer");
+        assert_eq!(r.status(), StatusCode::OK, "profile {i}");
+    }
+    let size = std::fs::metadata(&crl).expect("crl").len();
+    for _ in 0..5 {
+        let r = get().await.expect("answer");
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .expect("Retry-After");
+        assert!((1..=3600).contains(&wait), "{wait}");
+    }
+    assert_eq!(
+        std::fs::metadata(&crl).expect("crl").len(),
+        size,
+        "the CRL grew"
+    );
+}

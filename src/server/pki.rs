@@ -45,6 +45,9 @@ impl BuiltinVpn {
     }
 }
 
+/// How long a node's client certificate is valid.
+pub const CLIENT_CERT_DAYS: u32 = 365;
+
 /// What went wrong in the PKI.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -228,13 +231,13 @@ impl Pki {
         Issuer::new(ca_params(), &self.ca_key)
     }
 
-    /// Issues a client certificate for a node.
+    /// Issues a client certificate for a node, valid [`CLIENT_CERT_DAYS`].
     pub fn issue(&self, node_id: crate::api::NodeId) -> Result<ClientCert, PkiError> {
         let key = KeyPair::generate().map_err(crypto("make client key"))?;
         let (params, serial) = leaf(
             &format!("algonet-node-{node_id}"),
             ExtendedKeyUsagePurpose::ClientAuth,
-            365,
+            i64::from(CLIENT_CERT_DAYS),
         )?;
         let cert = params
             .signed_by(&key, &self.issuer())

@@ -24,10 +24,18 @@ pub enum ProvisionError {
     /// the built-in PKI could not write its CRL
     #[error("cannot write the certificate revocation list: {0}")]
     Crl(PkiError),
+    /// the node was issued its most certificates for the hour
+    #[error("{PER_HOUR} new VPN profiles in an hour; try again in {0} s")]
+    TooMany(u64),
     /// the database failed
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Most certificates one node is issued in an hour. Each new one revokes the last, and the CRL
+/// lists every revoked certificate until it expires: the limit bounds the CRL however often a
+/// node (or a stolen node token) asks.
+pub const PER_HOUR: u32 = 10;
 
 /// A new profile for `node`.
 pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, ProvisionError> {
@@ -45,6 +53,11 @@ pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, Provision
     };
     // The lock orders issuing and CRL writes.
     let pki = pki.lock().await;
+    let (recent, leaves) =
+        store::recent_certificates(&mut *s.store.read().await?, node, 3600).await?;
+    if recent >= PER_HOUR {
+        return Err(ProvisionError::TooMany(leaves.max(1)));
+    }
     let cert = pki.issue(node).map_err(ProvisionError::Issue)?;
     let mut tx = s.store.write().await?;
     store::revoke_node_certificates(&mut tx, node).await?;
@@ -78,6 +91,6 @@ pub async fn delete_node(s: &AppState, node: NodeId) -> Result<bool, ProvisionEr
 
 /// Rewrites the CRL with every revoked certificate.
 async fn write_crl(db: &mut Db, pki: &Pki) -> Result<(), ProvisionError> {
-    let revoked = store::revoked_serials(db).await?;
+    let revoked = store::revoked_serials(db, crate::server::pki::CLIENT_CERT_DAYS).await?;
     pki.write_crl(&revoked).map_err(ProvisionError::Crl)
 }

@@ -70,7 +70,7 @@ impl ApiError {
     pub fn too_large(msg: impl Into<String>) -> ApiError {
         ApiError::new(Kind::TooLarge, msg)
     }
-    pub fn too_many(retry_after_secs: u64) -> ApiError {
+    pub fn too_many_logins(retry_after_secs: u64) -> ApiError {
         ApiError::new(
             Kind::TooMany(retry_after_secs),
             format!("Too many failed logins; try again in {retry_after_secs} s"),
@@ -101,6 +101,7 @@ impl From<ProvisionError> for ApiError {
     fn from(e: ProvisionError) -> ApiError {
         let kind = match e {
             ProvisionError::Store(e) => return e.into(),
+            ProvisionError::TooMany(secs) => Kind::TooMany(secs),
             ProvisionError::NotSupported => Kind::NotImplemented,
             ProvisionError::EduVpn(EduVpnError::Unreachable(_)) => Kind::Unavailable,
             _ => Kind::Internal,

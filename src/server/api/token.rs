@@ -26,7 +26,7 @@ pub async fn user(
     let from = peer.ip();
     let lock = || s.logins.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(secs) = lock().wait(&b.username, from, now()) {
-        return Err(ApiError::too_many(secs));
+        return Err(ApiError::too_many_logins(secs));
     }
     if !(same(b.username.as_bytes(), a.username.as_bytes())
         && same(b.password.as_bytes(), a.password.as_bytes()))
