@@ -38,7 +38,9 @@ fn container(i: u8) -> Ipv4Addr {
 fuzz_target!(|data: &[u8]| {
     let config = Config {
         max_connections: MAX_CONNS,
+        max_connections_per_source: MAX_CONNS / 4,
         max_fragmented: MAX_FRAGS,
+        max_fragmented_per_source: MAX_FRAGS / 4,
         outbound_ports: 40000..=40063,
         replies_per_sec: 100,
         reply_burst: 5,

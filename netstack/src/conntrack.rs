@@ -11,11 +11,17 @@
 //! Times are kept in whole seconds (timeouts are tens of seconds and more), which keeps a
 //! connection at 56 bytes; slots live in fixed chunks, so the table never copies itself to grow.
 //!
-//! The table is bounded. When full, a new connection first reclaims expired ones, then evicts the
-//! oldest connection that never saw an answer (a SYN flood or a scan fills that list, not the
-//! established ones), and only then is refused with [`DropReason::TableFull`].
+//! The table is bounded, and so is each source's share of it. A source (the address that opened
+//! the connection: a VPN peer or a container) holds at most `max_per_source` connections; past
+//! that its new ones are refused ([`DropReason::SourceQuota`]), so one peer or one algorithm
+//! cannot take the others' room. When the table is full, a new connection first reclaims expired
+//! ones, then evicts the oldest unsettled one (never answered, half-open, or closing: what a
+//! flood or a scan leaves), and only then is refused with [`DropReason::TableFull`].
+//! Established connections are never evicted for new ones. A TCP connection is half-open, with a
+//! short timeout, from the answer's SYN-ACK until the originator's ACK.
 
 use core::hash::{Hash, Hasher};
+use core::net::Ipv4Addr;
 use core::time::Duration;
 use std::collections::HashMap;
 
@@ -64,6 +70,8 @@ pub struct Timeouts {
     /// A connection that has seen no answer yet (TCP before SYN-ACK, UDP and ICMP before the
     /// first reply).
     pub unreplied: Duration,
+    /// From the SYN-ACK until the originator's ACK completes the handshake (Linux's SYN_RECV).
+    pub tcp_half_open: Duration,
     pub tcp_established: Duration,
     /// After FIN in both directions or a RST.
     pub tcp_closing: Duration,
@@ -79,6 +87,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             unreplied: Duration::from_secs(120),
+            tcp_half_open: Duration::from_secs(60),
             // RFC 5382 REQ-5: 2 hours 4 minutes.
             tcp_established: Duration::from_secs(7440),
             tcp_closing: Duration::from_secs(60),
@@ -92,13 +101,16 @@ impl Default for Timeouts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
     Unreplied,
+    TcpHalfOpen,
     TcpEstablished,
     TcpClosing,
     Udp,
     Icmp,
 }
 
-const CLASSES: usize = 5;
+const CLASSES: usize = 6;
+/// The classes a full table may evict from: connections that are not (or no longer) settled.
+const EVICTABLE: [Class; 3] = [Class::Unreplied, Class::TcpHalfOpen, Class::TcpClosing];
 const NONE: u32 = u32::MAX;
 /// Slots per chunk: small enough that a small table stays small, large enough that the chunk
 /// list stays short.
@@ -111,6 +123,8 @@ const ESTABLISHED: u8 = 2;
 const FIN_ORIGINAL: u8 = 4;
 const FIN_REPLY: u8 = 8;
 const CLOSED: u8 = 16;
+/// The answer's SYN-ACK came; the originator's ACK has not.
+const AWAIT_ACK: u8 = 32;
 
 /// A tracked connection.
 #[derive(Clone, Debug)]
@@ -173,9 +187,13 @@ impl Conn {
     ) -> (Tuple, Change, Option<Class>) {
         self.last_seen = now;
         let (to, change) = (self.translated(dir), self.change(dir));
-        // Nearly every packet changes nothing: no SYN, FIN or RST, and no first answer.
+        // Nearly every packet changes nothing: no SYN, FIN or RST, no first answer, and not the
+        // ACK that completes a handshake.
         let quiet = tcp_flags.is_none_or(|tf| tf & (TCP_SYN | TCP_FIN | TCP_RST) == 0);
-        if quiet && (dir == Dir::Original || self.flags & REPLIED != 0) {
+        if quiet
+            && (dir == Dir::Original || self.flags & REPLIED != 0)
+            && self.flags & AWAIT_ACK == 0
+        {
             return (to, change, None);
         }
         let mut f = self.flags;
@@ -193,8 +211,13 @@ impl Conn {
                 // The same ports open a new connection after the old one closed.
                 f = 0;
             } else {
-                if dir == Dir::Reply && tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN | TCP_ACK_FLAG {
-                    f |= ESTABLISHED;
+                let syn_ack = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN | TCP_ACK_FLAG;
+                if dir == Dir::Reply && syn_ack && f & ESTABLISHED == 0 {
+                    f |= AWAIT_ACK;
+                } else if dir == Dir::Original && f & AWAIT_ACK != 0 && tf & TCP_ACK_FLAG != 0 {
+                    // The handshake is complete only with the originator's ACK: a SYN-ACK alone
+                    // (a peer answering itself) holds no slot for long.
+                    f = (f & !AWAIT_ACK) | ESTABLISHED;
                 }
                 if tf & TCP_FIN != 0 {
                     f |= if dir == Dir::Original {
@@ -223,6 +246,7 @@ impl Conn {
                 Class::TcpClosing
             }
             Protocol::Tcp if f & ESTABLISHED != 0 => Class::TcpEstablished,
+            Protocol::Tcp if f & AWAIT_ACK != 0 => Class::TcpHalfOpen,
             Protocol::Udp if f & REPLIED != 0 => Class::Udp,
             Protocol::Icmp if f & REPLIED != 0 => Class::Icmp,
             _ => Class::Unreplied,
@@ -260,6 +284,9 @@ pub struct Table {
     timeouts: [u32; CLASSES],
     len: usize,
     max: usize,
+    /// Live connections by the address that opened them.
+    per_source: HashMap<Ipv4Addr, u32, FixedState>,
+    max_per_source: u32,
     pub expired: u64,
     pub evicted: u64,
     pub removed: u64,
@@ -295,7 +322,7 @@ fn secs(now: Instant) -> u32 {
 }
 
 impl Table {
-    pub fn new(max: usize, timeouts: &Timeouts, seed: u64) -> Table {
+    pub fn new(max: usize, max_per_source: usize, timeouts: &Timeouts, seed: u64) -> Table {
         let t = timeouts;
         Table {
             chunks: Vec::new(),
@@ -307,11 +334,21 @@ impl Table {
                 head: NONE,
                 tail: NONE,
             }; CLASSES],
-            timeouts: [t.unreplied, t.tcp_established, t.tcp_closing, t.udp, t.icmp].map(|d| {
+            timeouts: [
+                t.unreplied,
+                t.tcp_half_open,
+                t.tcp_established,
+                t.tcp_closing,
+                t.udp,
+                t.icmp,
+            ]
+            .map(|d| {
                 u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
             }),
             len: 0,
             max,
+            per_source: HashMap::with_hasher(FixedState::with_seed(seed)),
+            max_per_source: u32::try_from(max_per_source).unwrap_or(u32::MAX),
             expired: 0,
             evicted: 0,
             removed: 0,
@@ -464,6 +501,14 @@ impl Table {
         if original == reply || self.index.contains_key(&reply_key) {
             return Err(DropReason::TupleConflict);
         }
+        let source = *original.src.ip();
+        if self.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+            // The source's own connections age out; nobody else's is taken for it.
+            self.expire(now);
+            if self.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+                return Err(DropReason::SourceQuota);
+            }
+        }
         if self.len >= self.max {
             self.make_room(now)?;
         }
@@ -513,6 +558,7 @@ impl Table {
         self.index.insert(reply_key, id << 1 | 1);
         self.push_back(id, now);
         self.len += 1;
+        *self.per_source.entry(source).or_insert(0) += 1;
         Ok(id)
     }
 
@@ -521,10 +567,12 @@ impl Table {
         if self.len < self.max {
             return Ok(());
         }
-        let oldest = self.lists[Class::Unreplied as usize].head;
-        if oldest == NONE {
-            return Err(DropReason::TableFull);
-        }
+        let oldest = EVICTABLE
+            .iter()
+            .map(|&class| self.lists[class as usize].head)
+            .filter(|&id| id != NONE)
+            .min_by_key(|&id| self.get(id).queued)
+            .ok_or(DropReason::TableFull)?;
         self.remove(oldest);
         self.evicted += 1;
         Ok(())
@@ -542,6 +590,12 @@ impl Table {
         let (o, r, p) = (c.original, c.reply, c.protocol);
         self.index.remove(&Key::new(p, o));
         self.index.remove(&Key::new(p, r));
+        if let Some(n) = self.per_source.get_mut(o.src.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(o.src.ip());
+            }
+        }
         self.unlink(id);
         let free = self.free;
         let slot = self.slot(id);
@@ -677,7 +731,7 @@ mod tests {
         fn recent_lookups_agree_with_the_index(
             ops in proptest::collection::vec((0u8..3, 0u8..12, any::<bool>()), 1..200),
         ) {
-            let mut t = Table::new(8, &Timeouts::default(), 1);
+            let mut t = Table::new(8, 8, &Timeouts::default(), 1);
             let now = Instant::from_secs(1);
             for (op, n, udp) in ops {
                 let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };

@@ -5,7 +5,9 @@
 //! ([`crate::DropReason::FragmentUnknown`]); the sender's retransmission brings them again.
 //!
 //! Memory is bounded: at most `max` datagrams are remembered, each for the fragment timeout;
-//! when full the oldest is forgotten.
+//! when full the oldest is forgotten. One sender (a VPN peer, a container) has at most
+//! `max_per_source` of them remembered; past that its next datagram is not (its later fragments
+//! are dropped as unknown), so one sender cannot push out the others' datagrams.
 
 use core::net::Ipv4Addr;
 use std::collections::{HashMap, VecDeque};
@@ -35,17 +37,33 @@ struct Entry {
 pub struct Fragments {
     map: HashMap<FragKey, Entry, FixedState>,
     order: VecDeque<(FragKey, Instant)>,
+    /// Remembered datagrams by sender.
+    per_source: HashMap<Ipv4Addr, usize, FixedState>,
     max: usize,
+    max_per_source: usize,
     timeout_ms: u64,
 }
 
 impl Fragments {
-    pub fn new(max: usize, timeout_ms: u64, seed: u64) -> Fragments {
+    pub fn new(max: usize, max_per_source: usize, timeout_ms: u64, seed: u64) -> Fragments {
         Fragments {
             map: HashMap::with_capacity_and_hasher(max, FixedState::with_seed(seed)),
             order: VecDeque::with_capacity(max),
+            per_source: HashMap::with_hasher(FixedState::with_seed(seed)),
             max,
+            max_per_source,
             timeout_ms,
+        }
+    }
+
+    fn forget(&mut self, key: &FragKey) {
+        if self.map.remove(key).is_some() {
+            if let Some(n) = self.per_source.get_mut(&key.src) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&key.src);
+                }
+            }
         }
     }
 
@@ -83,14 +101,21 @@ impl Fragments {
             };
             return;
         }
+        if self.per_source.get(&key.src).copied().unwrap_or(0) >= self.max_per_source {
+            self.expire(now);
+            if self.per_source.get(&key.src).copied().unwrap_or(0) >= self.max_per_source {
+                return;
+            }
+        }
         if self.map.len() >= self.max {
             self.expire(now);
             if self.map.len() >= self.max {
                 if let Some((oldest, _)) = self.order.pop_front() {
-                    self.map.remove(&oldest);
+                    self.forget(&oldest);
                 }
             }
         }
+        *self.per_source.entry(key.src).or_insert(0) += 1;
         self.map.insert(
             key,
             Entry {
@@ -116,7 +141,7 @@ impl Fragments {
                 break;
             }
             self.order.pop_front();
-            self.map.remove(&key);
+            self.forget(&key);
         }
     }
 
@@ -129,5 +154,6 @@ impl Fragments {
     pub fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
+        self.per_source.clear();
     }
 }

@@ -99,8 +99,12 @@ pub struct Meta {
 pub struct Config {
     /// Most connections tracked at once.
     pub max_connections: usize,
+    /// Most connections one source (a VPN peer, a container) may hold at once.
+    pub max_connections_per_source: usize,
     /// Most fragmented datagrams whose translation is remembered at once.
     pub max_fragmented: usize,
+    /// Most of them one sender may have remembered.
+    pub max_fragmented_per_source: usize,
     pub timeouts: Timeouts,
     /// Ports (and ICMP identifiers) on the VPN address for connections that containers open.
     /// Public ports of mappings must lie outside.
@@ -108,6 +112,10 @@ pub struct Config {
     /// RSTs and ICMP errors the router may send per second, and in a burst.
     pub replies_per_sec: u32,
     pub reply_burst: u32,
+    /// Of those, what one address may be sent per second, and in a burst: a scan by one peer
+    /// does not silence the answers to the others.
+    pub replies_per_source_per_sec: u32,
+    pub reply_burst_per_source: u32,
     /// Keys the hash tables and port choice; give each router a random one.
     pub seed: u64,
 }
@@ -116,11 +124,15 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_connections: 65_536,
+            max_connections_per_source: 4096,
             max_fragmented: 1024,
+            max_fragmented_per_source: 64,
             timeouts: Timeouts::default(),
             outbound_ports: 32768..=49151,
             replies_per_sec: 1000,
             reply_burst: 50,
+            replies_per_source_per_sec: 100,
+            reply_burst_per_source: 10,
             seed: 0x5eed,
         }
     }
@@ -173,9 +185,14 @@ pub struct Router {
     conns: Table,
     frags: Fragments,
     limit: RateLimit,
+    /// The answer budget of each address answered recently (see [`Config`]).
+    limits: HashMap<Ipv4Addr, RateLimit, FixedState>,
     rng: u64,
     counters: Counters,
 }
+
+/// Most addresses whose answer budget is remembered.
+const ANSWERED_ADDRESSES: usize = 4096;
 
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -201,6 +218,11 @@ impl Router {
                 "max_connections must be between 1 and 2^31 - 2",
             ));
         }
+        if config.max_connections_per_source == 0 {
+            return Err(Error::Config(
+                "max_connections_per_source must be at least 1",
+            ));
+        }
         if t.udp < Duration::from_secs(120) {
             return Err(Error::Config(
                 "the UDP timeout must be at least 120 s (RFC 4787 REQ-5)",
@@ -224,9 +246,20 @@ impl Router {
         let seed = config.seed;
         let h = || FixedState::with_seed(seed);
         Ok(Router {
-            conns: Table::new(config.max_connections, t, seed),
-            frags: Fragments::new(config.max_fragmented, millis(t.fragment), seed),
+            conns: Table::new(
+                config.max_connections,
+                config.max_connections_per_source,
+                t,
+                seed,
+            ),
+            frags: Fragments::new(
+                config.max_fragmented,
+                config.max_fragmented_per_source,
+                millis(t.fragment),
+                seed,
+            ),
             limit: RateLimit::new(config.replies_per_sec, config.reply_burst),
+            limits: HashMap::with_hasher(h()),
             rng: seed,
             vpn: None,
             tunnel_up: false,
@@ -512,6 +545,7 @@ impl Router {
         let code = (ICMP_DEST_UNREACHABLE, ICMP_CODE_FRAG_NEEDED);
         self.answer(
             buf,
+            p.ip.src,
             Reply::FragmentationNeeded,
             DropReason::TooBig,
             now,
@@ -528,17 +562,31 @@ impl Router {
         )
     }
 
-    /// Sends an answer built by `build` instead of the packet, within the rate limit, and counts
-    /// the packet as dropped for `reason`.
+    /// Sends an answer to `to` built by `build` instead of the packet, within the rate limits
+    /// (the address's own and the router's), and counts the packet as dropped for `reason`.
     fn answer(
         &mut self,
         buf: &mut [u8],
+        to: Ipv4Addr,
         reply: Reply,
         reason: DropReason,
         now: Instant,
         build: impl FnOnce(&mut [u8]) -> Result<usize, DropReason>,
     ) -> Result<Action, DropReason> {
-        if !self.limit.allow(now) {
+        if !self.limits.contains_key(&to) && self.limits.len() >= ANSWERED_ADDRESSES {
+            // Forgetting every budget at once only gives each address a fresh burst, and the
+            // router's own limit still holds.
+            self.limits.clear();
+        }
+        let (per_sec, burst) = (
+            self.config.replies_per_source_per_sec,
+            self.config.reply_burst_per_source,
+        );
+        let own = self
+            .limits
+            .entry(to)
+            .or_insert_with(|| RateLimit::new(per_sec, burst));
+        if !own.allow(now) || !self.limit.allow(now) {
             return Err(DropReason::RateLimited);
         }
         let len = u16::try_from(build(buf)?).map_err(|_| reason)?;
@@ -710,15 +758,19 @@ impl Router {
     #[inline(never)]
     fn refuse(&mut self, buf: &mut [u8], p: &Parsed, now: Instant) -> Result<Action, DropReason> {
         match p.l4 {
-            L4::Tcp { flags, .. } if flags & TCP_RST == 0 && !p.ip.is_fragment() => {
-                self.answer(buf, Reply::TcpReset, DropReason::NoMapping, now, |buf| {
-                    icmp::tcp_reset(buf, &p.ip).ok_or(DropReason::NoMapping)
-                })
-            }
+            L4::Tcp { flags, .. } if flags & TCP_RST == 0 && !p.ip.is_fragment() => self.answer(
+                buf,
+                p.ip.src,
+                Reply::TcpReset,
+                DropReason::NoMapping,
+                now,
+                |buf| icmp::tcp_reset(buf, &p.ip).ok_or(DropReason::NoMapping),
+            ),
             L4::Udp { .. } if !p.ip.is_fragment() || p.ip.frag_offset == 0 => {
                 let code = (ICMP_DEST_UNREACHABLE, ICMP_CODE_PORT_UNREACHABLE);
                 self.answer(
                     buf,
+                    p.ip.src,
                     Reply::PortUnreachable,
                     DropReason::NoMapping,
                     now,
@@ -776,10 +828,26 @@ impl Router {
             .conns
             .peek(q.protocol, arrived, now)
             .ok_or(DropReason::IcmpErrorUnmatched)?;
-        // The error must come to the node from where the connection's packets come from; a
-        // container may only speak for itself (routers on the VPN path may speak for a peer).
+        // The error must come from the flow's own other end: a container speaks for itself, a
+        // peer for itself. Only "fragmentation needed", which can only lower a path's MTU, may
+        // come from a router on the VPN path. A flow between two containers (hairpin) never
+        // crossed the VPN and takes no error from it.
         let from_endpoint = p.ip.src == *arrived.src.ip();
-        if p.ip.dst != *arrived.dst.ip() || (side == Side::Container && !from_endpoint) {
+        let path_mtu = matches!(
+            p.l4,
+            L4::IcmpError {
+                icmp_type: ICMP_DEST_UNREACHABLE,
+                code: ICMP_CODE_FRAG_NEEDED
+            }
+        );
+        let from_its_end = match side {
+            Side::Container => from_endpoint,
+            Side::Vpn => {
+                self.vpn.is_some_and(|v| v.contains(*arrived.src.ip()))
+                    && (from_endpoint || path_mtu)
+            }
+        };
+        if p.ip.dst != *arrived.dst.ip() || !from_its_end {
             return Err(DropReason::IcmpErrorUnmatched);
         }
         let conn = self.conns.get(id);

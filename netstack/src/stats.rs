@@ -39,6 +39,8 @@ pub enum DropReason {
     TupleConflict,
     /// The connection table is full and nothing could be evicted.
     TableFull,
+    /// The source (a VPN peer or a container) holds its most connections already.
+    SourceQuota,
     /// No free port on the VPN address for this destination.
     NoFreePort,
     /// A fragment whose first fragment was not seen (or has expired).
@@ -59,7 +61,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Malformed,
         DropReason::BadIpChecksum,
         DropReason::Ipv6,
@@ -76,6 +78,7 @@ impl DropReason {
         DropReason::NoConnection,
         DropReason::TupleConflict,
         DropReason::TableFull,
+        DropReason::SourceQuota,
         DropReason::NoFreePort,
         DropReason::FragmentUnknown,
         DropReason::FragmentedLocal,
@@ -105,6 +108,7 @@ impl DropReason {
             DropReason::NoConnection => "no_connection",
             DropReason::TupleConflict => "tuple_conflict",
             DropReason::TableFull => "table_full",
+            DropReason::SourceQuota => "source_quota",
             DropReason::NoFreePort => "no_free_port",
             DropReason::FragmentUnknown => "fragment_unknown",
             DropReason::FragmentedLocal => "fragmented_local",

@@ -195,6 +195,62 @@ proptest! {
         let (a, _) = process(&mut r, &fragment(&d, 1400)[1], now);
         prop_assert_eq!(a, Action::Drop(DropReason::FragmentUnknown));
     }
+
+    /// Whatever two peers and a container flood the router with (SYNs, SYN+RST pairs, handshakes
+    /// left half-open, answered UDP flows, first fragments, time passing), a newcomer (another
+    /// peer, and the other run) still gets its connection and its fragmented datagram through.
+    #[test]
+    fn floods_never_take_a_newcomers_room(
+        ops in proptest::collection::vec((0u8..6, 0u8..3, 1u16..60000, 0u8..3), 1..600),
+    ) {
+        let mut r = lab(Config {
+            max_connections: 64,
+            max_connections_per_source: 16,
+            max_fragmented: 16,
+            max_fragmented_per_source: 4,
+            ..Config::default()
+        });
+        let mut now = Instant::from_secs(1);
+        for (op, who, port, step) in ops {
+            let peer = [PEER, PEER2, Ipv4Addr::new(10, 76, 0, 30)][usize::from(who)];
+            match op {
+                0 => { process(&mut r, &tcp(sa(peer, port), sa(V, 49152), Flags::Syn, b""), now); }
+                1 => {
+                    process(&mut r, &tcp(sa(peer, port), sa(V, 49152), Flags::Syn, b""), now);
+                    process(&mut r, &tcp(sa(peer, port), sa(V, 49152), Flags::Rst, b""), now);
+                }
+                2 => {
+                    process(&mut r, &tcp(sa(peer, port), sa(V, 49152), Flags::Syn, b""), now);
+                    process(&mut r, &tcp(sa(C1, 8888), sa(peer, port), Flags::SynAck, b""), now);
+                }
+                3 => {
+                    // The container floods its peers, who answer.
+                    let (a, out) = process(&mut r, &udp(sa(C1, port), sa(peer, 53), b"q"), now);
+                    if matches!(a, Action::Forward { .. }) {
+                        let public = endpoints(&out).0.port();
+                        process(&mut r, &udp(sa(peer, 53), sa(V, public), b"a"), now);
+                    }
+                }
+                4 => {
+                    let mut d = udp(sa(peer, port), sa(V, 49153), &[0u8; 3000]);
+                    d[4..6].copy_from_slice(&port.to_be_bytes());
+                    fix_ip_checksum(&mut d);
+                    process(&mut r, &fragment(&d, 1400)[0], now);
+                }
+                _ => now = now.saturating_add(Duration::from_secs(u64::from(step) * 30)),
+            }
+        }
+        let newcomer = Ipv4Addr::new(10, 76, 0, 40);
+        let (a, _) = process(&mut r, &tcp(sa(newcomer, 50000), sa(V, 49160), Flags::Syn, b""), now);
+        prop_assert!(matches!(a, Action::Forward { .. }), "a newcomer peer: {:?}", a);
+        let (a, _) = process(&mut r, &udp(sa(C2, 7777), sa(newcomer, 53), b"q"), now);
+        prop_assert!(matches!(a, Action::Forward { .. }), "the other run: {:?}", a);
+        let d = udp(sa(newcomer, 7000), sa(V, 49153), &[1u8; 3000]);
+        for part in fragment(&d, 1400) {
+            let (a, _) = process(&mut r, &part, now);
+            prop_assert!(matches!(a, Action::Forward { .. }), "a newcomer's fragment: {:?}", a);
+        }
+    }
 }
 
 /// Every drop reason can happen, and is counted when it does.
@@ -285,6 +341,7 @@ fn every_drop_reason_is_reachable_and_counted() {
         max_connections: 1,
         ..config
     });
+    // A table full of established connections refuses the next.
     for p in [5, 6] {
         process(
             &mut tiny,
@@ -296,11 +353,29 @@ fn every_drop_reason_is_reachable_and_counted() {
             &tcp(sa(C1, 8888), sa(PEER, p), Flags::SynAck, b""),
             t,
         );
+        process(
+            &mut tiny,
+            &tcp(sa(PEER, p), sa(V, 49152), Flags::Ack, b""),
+            t,
+        );
+    }
+    // A source at its quota is refused its next connection.
+    let mut quota = lab(Config {
+        max_connections_per_source: 1,
+        ..Config::default()
+    });
+    for p in [5, 6] {
+        process(
+            &mut quota,
+            &tcp(sa(PEER, p), sa(V, 49152), Flags::Syn, b""),
+            t,
+        );
     }
     let (c, o, f) = (r.counters(), off.counters(), tiny.counters());
+    let q = quota.counters();
     for reason in DropReason::ALL {
         assert!(
-            c.drops(reason) + o.drops(reason) + f.drops(reason) > 0,
+            c.drops(reason) + o.drops(reason) + f.drops(reason) + q.drops(reason) > 0,
             "{} never counted; counted: {:?}",
             reason.name(),
             c.nonzero_drops().collect::<Vec<_>>()

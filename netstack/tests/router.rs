@@ -583,6 +583,12 @@ fn a_full_table_evicts_unanswered_connections_first() {
             &tcp(sa(C1, 8888), sa(PEER2, 30000 + i), Flags::SynAck, b""),
             T0,
         );
+        // The originator's ACK completes the handshake.
+        forwarded(
+            &mut r,
+            &tcp(sa(PEER2, 30000 + i), sa(V, 49152), Flags::Ack, b""),
+            T0,
+        );
     }
     // A SYN flood.
     for i in 0..1000 {
@@ -617,6 +623,12 @@ fn a_full_table_evicts_unanswered_connections_first() {
         forwarded(
             &mut r,
             &tcp(sa(C1, 8888), sa(PEER2, 30000 + i), Flags::SynAck, b""),
+            T0,
+        );
+        // The originator's ACK completes the handshake.
+        forwarded(
+            &mut r,
+            &tcp(sa(PEER2, 30000 + i), sa(V, 49152), Flags::Ack, b""),
             T0,
         );
     }
