@@ -14,7 +14,9 @@
 //! The table is bounded, and so is each source's share of it. A source (the address that opened
 //! the connection: a VPN peer or a container) holds at most `max_per_source` connections; past
 //! that its new ones are refused ([`DropReason::SourceQuota`]), so one peer or one algorithm
-//! cannot take the others' room. When the table is full, a new connection first reclaims expired
+//! cannot take the others' room. Counts are kept in [`SOURCE_BUCKETS`] buckets by a keyed hash
+//! of the source, a fixed 16 KiB however many sources there are: sources that share a bucket
+//! share its quota, and without the router's seed nobody can choose whom it shares with. When the table is full, a new connection first reclaims expired
 //! ones, then evicts the oldest unsettled one (never answered, half-open, or closing: what a
 //! flood or a scan leaves), and only then is refused with [`DropReason::TableFull`].
 //! Established connections are never evicted for new ones. A TCP connection is half-open, with a
@@ -60,8 +62,8 @@ impl Hash for Key {
 /// Which way a packet travels relative to the connection's first packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
-    Original,
-    Reply,
+    Original = 0,
+    Reply = 1,
 }
 
 /// Idle timeouts by class.
@@ -115,16 +117,22 @@ const NONE: u32 = u32::MAX;
 /// Slots per chunk: small enough that a small table stays small, large enough that the chunk
 /// list stays short.
 const CHUNK: usize = 1024;
+/// Buckets of the per-source connection counts.
+pub const SOURCE_BUCKETS: usize = 4096;
 /// Entries of the recent-lookup cache (a power of two).
 const RECENT: usize = 64;
 
-const REPLIED: u8 = 1;
-const ESTABLISHED: u8 = 2;
-const FIN_ORIGINAL: u8 = 4;
-const FIN_REPLY: u8 = 8;
-const CLOSED: u8 = 16;
+// Bits 0 and 1 say, for a packet travelling in that direction (`1 << dir`), that even one
+// without SYN, FIN or RST changes the connection: so one test keeps quiet packets on the fast
+// path.
 /// The answer's SYN-ACK came; the originator's ACK has not.
-const AWAIT_ACK: u8 = 32;
+const AWAIT_ACK: u8 = 1 << Dir::Original as u8;
+/// No answer has come yet.
+const UNREPLIED: u8 = 1 << Dir::Reply as u8;
+const ESTABLISHED: u8 = 4;
+const FIN_ORIGINAL: u8 = 8;
+const FIN_REPLY: u8 = 16;
+const CLOSED: u8 = 32;
 
 /// A tracked connection.
 #[derive(Clone, Debug)]
@@ -190,15 +198,12 @@ impl Conn {
         // Nearly every packet changes nothing: no SYN, FIN or RST, no first answer, and not the
         // ACK that completes a handshake.
         let quiet = tcp_flags.is_none_or(|tf| tf & (TCP_SYN | TCP_FIN | TCP_RST) == 0);
-        if quiet
-            && (dir == Dir::Original || self.flags & REPLIED != 0)
-            && self.flags & AWAIT_ACK == 0
-        {
+        if quiet && self.flags & (1 << dir as u8) == 0 {
             return (to, change, None);
         }
         let mut f = self.flags;
         if dir == Dir::Reply {
-            f |= REPLIED;
+            f &= !UNREPLIED;
         }
         if let Some(tf) = tcp_flags {
             let syn_only = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN;
@@ -209,7 +214,7 @@ impl Conn {
                 && f & (CLOSED | FIN_ORIGINAL | FIN_REPLY) != 0
             {
                 // The same ports open a new connection after the old one closed.
-                f = 0;
+                f = UNREPLIED;
             } else {
                 let syn_ack = tf & (TCP_SYN | TCP_ACK_FLAG) == TCP_SYN | TCP_ACK_FLAG;
                 if dir == Dir::Reply && syn_ack && f & ESTABLISHED == 0 {
@@ -247,8 +252,8 @@ impl Conn {
             }
             Protocol::Tcp if f & ESTABLISHED != 0 => Class::TcpEstablished,
             Protocol::Tcp if f & AWAIT_ACK != 0 => Class::TcpHalfOpen,
-            Protocol::Udp if f & REPLIED != 0 => Class::Udp,
-            Protocol::Icmp if f & REPLIED != 0 => Class::Icmp,
+            Protocol::Udp if f & UNREPLIED == 0 => Class::Udp,
+            Protocol::Icmp if f & UNREPLIED == 0 => Class::Icmp,
             _ => Class::Unreplied,
         }
     }
@@ -284,8 +289,9 @@ pub struct Table {
     timeouts: [u32; CLASSES],
     len: usize,
     max: usize,
-    /// Live connections by the address that opened them.
-    per_source: HashMap<Ipv4Addr, u32, FixedState>,
+    /// Live connections by (the bucket of) the address that opened them.
+    per_source: Box<[u32; SOURCE_BUCKETS]>,
+    source_hash: FixedState,
     max_per_source: u32,
     pub expired: u64,
     pub evicted: u64,
@@ -347,7 +353,9 @@ impl Table {
             }),
             len: 0,
             max,
-            per_source: HashMap::with_hasher(FixedState::with_seed(seed)),
+            per_source: Box::new([0; SOURCE_BUCKETS]),
+            // Not the index's key: a bucket says nothing about where a tuple sits.
+            source_hash: FixedState::with_seed(seed.rotate_left(32) ^ 0x5ca1_ab1e),
             max_per_source: u32::try_from(max_per_source).unwrap_or(u32::MAX),
             expired: 0,
             evicted: 0,
@@ -501,11 +509,11 @@ impl Table {
         if original == reply || self.index.contains_key(&reply_key) {
             return Err(DropReason::TupleConflict);
         }
-        let source = *original.src.ip();
-        if self.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+        let source = self.source_bucket(*original.src.ip());
+        if self.per_source[source] >= self.max_per_source {
             // The source's own connections age out; nobody else's is taken for it.
             self.expire(now);
-            if self.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+            if self.per_source[source] >= self.max_per_source {
                 return Err(DropReason::SourceQuota);
             }
         }
@@ -526,7 +534,7 @@ impl Table {
             next: NONE,
             generation: 0,
             protocol,
-            flags: 0,
+            flags: UNREPLIED,
             class: Class::Unreplied,
             live: true,
         };
@@ -558,8 +566,13 @@ impl Table {
         self.index.insert(reply_key, id << 1 | 1);
         self.push_back(id, now);
         self.len += 1;
-        *self.per_source.entry(source).or_insert(0) += 1;
+        self.per_source[source] += 1;
         Ok(id)
+    }
+
+    fn source_bucket(&self, source: Ipv4Addr) -> usize {
+        use core::hash::BuildHasher;
+        self.source_hash.hash_one(source.to_bits()) as usize % SOURCE_BUCKETS
     }
 
     fn make_room(&mut self, now: Instant) -> Result<(), DropReason> {
@@ -590,12 +603,8 @@ impl Table {
         let (o, r, p) = (c.original, c.reply, c.protocol);
         self.index.remove(&Key::new(p, o));
         self.index.remove(&Key::new(p, r));
-        if let Some(n) = self.per_source.get_mut(o.src.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_source.remove(o.src.ip());
-            }
-        }
+        let source = self.source_bucket(*o.src.ip());
+        self.per_source[source] -= 1;
         self.unlink(id);
         let free = self.free;
         let slot = self.slot(id);
