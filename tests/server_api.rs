@@ -756,47 +756,7 @@ async fn a_node_registers_only_its_own_vpn_address() {
         "vpn: {subnet: 10.76.0.0/16, remote: 127.0.0.1}\n",
     )
     .await;
-    let admin = s.admin().await;
-    let mut orgs = Vec::new();
-    for name in ["a", "b"] {
-        orgs.push(
-            s.ok("POST", "/organization", Some(&admin), json!({"name": name}))
-                .await["id"]
-                .clone(),
-        );
-    }
-    let col = s
-        .ok(
-            "POST",
-            "/collaboration",
-            Some(&admin),
-            json!({"name": "c", "organization_ids": orgs}),
-        )
-        .await["id"]
-        .clone();
-    let mut nodes = Vec::new();
-    for org in &orgs {
-        let n = s
-            .ok(
-                "POST",
-                "/node",
-                Some(&admin),
-                json!({"organization_id": org, "collaboration_id": col}),
-            )
-            .await;
-        let login = s
-            .ok(
-                "POST",
-                "/token/node",
-                None,
-                json!({"api_key": n["api_key"]}),
-            )
-            .await;
-        nodes.push((
-            n["id"].clone(),
-            login["access_token"].as_str().expect("token").to_string(),
-        ));
-    }
+    let nodes = s.nodes(2).await;
     let patch = |i: usize, ip: &str| {
         let (id, token) = nodes[i].clone();
         let s = &s;

@@ -16,9 +16,10 @@
 //! that its new ones are refused ([`DropReason::SourceQuota`]), so one peer or one algorithm
 //! cannot take the others' room. Counts are kept in [`SOURCE_BUCKETS`] buckets by a keyed hash
 //! of the source, a fixed 16 KiB however many sources there are: sources that share a bucket
-//! share its quota, and without the router's seed nobody can choose whom it shares with. When the table is full, a new connection first reclaims expired
-//! ones, then evicts the oldest unsettled one (never answered, half-open, or closing: what a
-//! flood or a scan leaves), and only then is refused with [`DropReason::TableFull`].
+//! share its quota, and without the router's hash key nobody can choose whom it shares with.
+//! When the table is full, a new connection first reclaims expired ones, then evicts the oldest
+//! unsettled one (never answered, half-open, or closing: what a flood or a scan leaves), and
+//! only then is refused with [`DropReason::TableFull`].
 //! Established connections are never evicted for new ones. A TCP connection is half-open, with a
 //! short timeout, from the answer's SYN-ACK until the originator's ACK.
 

@@ -238,20 +238,11 @@ impl Netlink {
 
     pub async fn add_route(&self, r: &Route) -> Result<(), LinkError> {
         let index = self.require(&r.dev).await?;
-        let msg = self.route_message(r, index);
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(Self::req(
-                "add route",
-                format!(
-                    "{}/{} dev {} table {}",
-                    r.dest, r.prefix_len, r.dev, r.table
-                ),
-            ))
+        let what = format!(
+            "{}/{} dev {} table {}",
+            r.dest, r.prefix_len, r.dev, r.table
+        );
+        self.put_route(self.route_message(r, index), what).await
     }
 
     /// Adds (or replaces) an `unreachable` route.
@@ -262,19 +253,26 @@ impl Netlink {
             .priority(u.metric)
             .kind(RouteType::Unreachable)
             .build();
+        let what = format!(
+            "unreachable {}/{} metric {} table {}",
+            u.dest, u.prefix_len, u.metric, u.table
+        );
+        self.put_route(msg, what).await
+    }
+
+    /// Adds a route, replacing one of the same destination, table and metric.
+    async fn put_route(
+        &self,
+        msg: rtnetlink::packet_route::route::RouteMessage,
+        what: String,
+    ) -> Result<(), LinkError> {
         self.handle
             .route()
             .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(Self::req(
-                "add route",
-                format!(
-                    "unreachable {}/{} metric {} table {}",
-                    u.dest, u.prefix_len, u.metric, u.table
-                ),
-            ))
+            .map_err(Self::req("add route", what))
     }
 
     pub async fn add_rule(&self, rule: &Rule) -> Result<(), LinkError> {

@@ -19,6 +19,14 @@ pub struct AlgorithmPort {
 /// vantage6's default when an image exposes nothing.
 pub const DEFAULT_PORT: ContainerPort = ContainerPort(8888);
 
+/// `num` as a port (1-65535).
+fn port_number(num: &str) -> Option<ContainerPort> {
+    num.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .map(ContainerPort)
+}
+
 /// Reads the exposed ports (`"8888/tcp"`, `"9000/udp"`, `"53"`) and `p<port>` labels of an
 /// image. Returns the ports and a warning for each declaration that was skipped.
 pub fn algorithm_ports<'a>(
@@ -41,12 +49,7 @@ pub fn algorithm_ports<'a>(
                 continue;
             }
         };
-        let Some(port) = num
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .map(ContainerPort)
-        else {
+        let Some(port) = port_number(num) else {
             warnings.push(format!(
                 "EXPOSE {spec}: {num:?} is not a port (1-65535); skipped"
             ));
@@ -78,12 +81,7 @@ pub fn algorithm_ports<'a>(
         if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
             continue; // another label that happens to start with p
         }
-        let Some(port) = num
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .map(ContainerPort)
-        else {
+        let Some(port) = port_number(num) else {
             warnings.push(format!(
                 "LABEL {key}={value:?}: {num} is not a port (1-65535); ignored"
             ));

@@ -88,32 +88,31 @@ impl Server {
 
     /// One organization in one collaboration with its node: (node id, node token).
     pub async fn lone_node(&self) -> (i64, String) {
+        let mut nodes = self.nodes(1).await;
+        nodes.remove(0)
+    }
+
+    /// `n` organizations in one collaboration, each with its node: (node id, node token) each.
+    pub async fn nodes(&self, n: usize) -> Vec<(i64, String)> {
         let admin = self.admin().await;
-        let org = self
-            .ok("POST", "/organization", Some(&admin), json!({"name": "o"}))
-            .await["id"]
-            .clone();
-        let col = json!({"name": "c", "organization_ids": [org]});
+        let mut orgs = Vec::new();
+        for i in 0..n {
+            let body = json!({"name": format!("o{i}")});
+            orgs.push(self.ok("POST", "/organization", Some(&admin), body).await["id"].clone());
+        }
+        let col = json!({"name": "c", "organization_ids": orgs});
         let col = self.ok("POST", "/collaboration", Some(&admin), col).await["id"].clone();
-        let n = self
-            .ok(
-                "POST",
-                "/node",
-                Some(&admin),
-                json!({"organization_id": org, "collaboration_id": col}),
-            )
-            .await;
-        let login = self
-            .ok(
-                "POST",
-                "/token/node",
-                None,
-                json!({"api_key": n["api_key"]}),
-            )
-            .await;
-        (
-            n["id"].as_i64().expect("id"),
-            login["access_token"].as_str().expect("token").to_string(),
-        )
+        let mut nodes = Vec::new();
+        for org in &orgs {
+            let body = json!({"organization_id": org, "collaboration_id": col});
+            let node = self.ok("POST", "/node", Some(&admin), body).await;
+            let login = json!({"api_key": node["api_key"]});
+            let token = self.ok("POST", "/token/node", None, login).await["access_token"]
+                .as_str()
+                .expect("token")
+                .to_string();
+            nodes.push((node["id"].as_i64().expect("id"), token));
+        }
+        nodes
     }
 }
