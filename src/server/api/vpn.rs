@@ -7,7 +7,7 @@ use axum::extract::State;
 use super::caller::{ContainerCaller, NodeCaller};
 use super::error::ApiError;
 use super::{ApiResult, Json, Query};
-use crate::api::{Addresses, VpnProfile, VpnUpdate};
+use crate::api::{Addresses, TaskId, VpnProfile, VpnUpdate};
 use crate::server::state::AppState;
 use crate::server::{provision, store};
 
@@ -34,56 +34,167 @@ pub async fn update(
     Ok(Json(provision::profile(&s, n.id).await?))
 }
 
-/// The VPN addresses and ports of the runs around the caller's task, with vantage6 4.x's flag
-/// semantics (a flag counts as set when present and non-empty).
+/// The address-lookup flags; each counts as set when present and non-empty, as vantage6 reads
+/// them (`True if args.get(flag) else False`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Flags {
+    include_children: bool,
+    include_parent: bool,
+    only_children: bool,
+    only_parent: bool,
+    only_siblings: bool,
+    only_self: bool,
+}
+
+const ONE_ONLY: &str = "You can only specify one of the only_<...> parameters!";
+
+/// The tasks whose ports answer the lookup, exactly as vantage6 4.14's `VPNAddress.get` picks
+/// them: the caller's task; its children added (`include_children`) or instead (`only_children`);
+/// then its parent added (`include_parent`) or instead (`only_parent`), but only if it has one;
+/// and with `only_siblings` or `only_self` just the caller's task, whatever else was asked.
+fn lookup_tasks(
+    f: Flags,
+    own: TaskId,
+    parent: Option<TaskId>,
+    children: &[TaskId],
+) -> Result<Vec<TaskId>, &'static str> {
+    let only = [f.only_children, f.only_parent, f.only_siblings, f.only_self];
+    if only.iter().filter(|&&o| o).count() > 1 {
+        return Err(ONE_ONLY);
+    }
+    let mut tasks = vec![own];
+    if f.include_children || f.only_children {
+        if f.only_children {
+            tasks = children.to_vec();
+        } else {
+            tasks.extend_from_slice(children);
+        }
+    }
+    if f.include_parent || f.only_parent {
+        if let Some(p) = parent {
+            if f.only_parent {
+                tasks = vec![p];
+            } else {
+                tasks.push(p);
+            }
+        }
+    }
+    if f.only_siblings || f.only_self {
+        tasks = vec![own];
+    }
+    Ok(tasks)
+}
+
+/// The VPN addresses and ports of the runs around the caller's task, with vantage6 4.14's flag
+/// semantics ([`lookup_tasks`]), in the order of the ports' registration.
 pub async fn addresses(
     State(s): State<AppState>,
     ContainerCaller(c): ContainerCaller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Addresses>> {
     let set = |f: &str| q.get(f).is_some_and(|v| !v.is_empty());
-    let only = ["only_children", "only_parent", "only_siblings", "only_self"];
-    if only.iter().filter(|f| set(f)).count() > 1 {
-        return Err(ApiError::bad(
-            "You can only specify one of the only_<...> parameters!",
-        ));
-    }
+    let flags = Flags {
+        include_children: set("include_children"),
+        include_parent: set("include_parent"),
+        only_children: set("only_children"),
+        only_parent: set("only_parent"),
+        only_siblings: set("only_siblings"),
+        only_self: set("only_self"),
+    };
     let mut db = s.store.read().await?;
     let parent = store::task(&mut db, c.task_id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", c.task_id))?
         .parent_id;
     let children = store::task_children(&mut db, c.task_id).await?;
-    let mut tasks = if set("only_children") {
-        children.clone()
-    } else if set("only_parent") {
-        parent.into_iter().collect()
-    } else {
-        vec![c.task_id]
-    };
-    if set("include_children") && !set("only_children") {
-        tasks.extend(&children);
-    }
-    if set("include_parent") && !set("only_parent") {
-        tasks.extend(parent);
-    }
-    tasks.sort_unstable();
-    tasks.dedup();
+    let tasks = lookup_tasks(flags, c.task_id, parent, &children).map_err(ApiError::bad)?;
     let label = q.get("label").filter(|l| !l.is_empty());
-    let mut addresses = Vec::new();
-    for task in tasks {
-        for a in store::task_addresses(&mut db, task).await? {
-            let keep = if set("only_siblings") {
+    let addresses = store::tasks_addresses(&mut db, &tasks)
+        .await?
+        .into_iter()
+        .filter(|a| {
+            if flags.only_siblings {
                 a.organization_id != c.organization_id
-            } else if set("only_self") {
+            } else if flags.only_self {
                 a.organization_id == c.organization_id
             } else {
                 true
-            };
-            if keep && label.is_none_or(|l| a.label.as_deref() == Some(l.as_str())) {
-                addresses.push(a);
             }
-        }
-    }
+        })
+        .filter(|a| label.is_none_or(|l| a.label.as_deref() == Some(l.as_str())))
+        .collect();
     Ok(Json(Addresses { addresses }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWN: TaskId = TaskId(2);
+    const PARENT: TaskId = TaskId(1);
+    const KIDS: [TaskId; 2] = [TaskId(3), TaskId(4)];
+
+    fn tasks(f: Flags, parent: Option<TaskId>) -> Result<Vec<TaskId>, &'static str> {
+        lookup_tasks(f, OWN, parent, &KIDS)
+    }
+
+    #[test]
+    fn the_task_set_is_vantage6s_for_every_flag_combination() {
+        let none = Flags::default();
+        assert_eq!(tasks(none, Some(PARENT)), Ok(vec![OWN]));
+        let f = Flags {
+            include_children: true,
+            include_parent: true,
+            ..none
+        };
+        assert_eq!(
+            tasks(f, Some(PARENT)),
+            Ok(vec![OWN, KIDS[0], KIDS[1], PARENT])
+        );
+        let f = Flags {
+            only_children: true,
+            include_parent: true,
+            ..none
+        };
+        assert_eq!(tasks(f, Some(PARENT)), Ok(vec![KIDS[0], KIDS[1], PARENT]));
+        // only_parent without a parent: the caller's own task, as vantage6 answers.
+        let f = Flags {
+            only_parent: true,
+            ..none
+        };
+        assert_eq!(tasks(f, None), Ok(vec![OWN]));
+        assert_eq!(tasks(f, Some(PARENT)), Ok(vec![PARENT]));
+        // only_parent with include_children: the children are dropped for the parent, or kept
+        // beside the caller's task when there is no parent.
+        let f = Flags {
+            only_parent: true,
+            include_children: true,
+            ..none
+        };
+        assert_eq!(tasks(f, Some(PARENT)), Ok(vec![PARENT]));
+        assert_eq!(tasks(f, None), Ok(vec![OWN, KIDS[0], KIDS[1]]));
+        // only_siblings and only_self ignore the include flags.
+        for only in [
+            Flags {
+                only_siblings: true,
+                include_children: true,
+                include_parent: true,
+                ..none
+            },
+            Flags {
+                only_self: true,
+                include_children: true,
+                include_parent: true,
+                ..none
+            },
+        ] {
+            assert_eq!(tasks(only, Some(PARENT)), Ok(vec![OWN]));
+        }
+        let two = Flags {
+            only_self: true,
+            only_parent: true,
+            ..none
+        };
+        assert_eq!(tasks(two, Some(PARENT)), Err(ONE_ONLY));
+    }
 }

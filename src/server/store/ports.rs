@@ -29,6 +29,7 @@ pub async fn delete_ports(db: &mut Db, run: RunId) -> Result<()> {
 
 #[derive(sqlx::FromRow)]
 struct AddressRow {
+    id: i64,
     port: PublicPort,
     label: Option<String>,
     ip: Option<String>,
@@ -37,17 +38,27 @@ struct AddressRow {
     parent_id: Option<TaskId>,
 }
 
-/// The public ports of a task's runs, with their nodes' VPN addresses.
-pub async fn task_addresses(db: &mut Db, task: TaskId) -> Result<Vec<Address>> {
-    let rows: Vec<AddressRow> = sqlx::query_as(
-        "SELECT port.port, port.label, node.ip, run.organization_id, task.id AS task_id, task.parent_id \
-         FROM port JOIN run ON run.id = port.run_id JOIN task ON task.id = run.task_id \
-         LEFT JOIN node ON node.organization_id = run.organization_id AND node.collaboration_id = task.collaboration_id \
-         WHERE task.id = ? ORDER BY port.id",
-    )
-    .bind(task)
-    .fetch_all(db)
-    .await?;
+/// The public ports of the runs of `tasks`, with their nodes' VPN addresses, in the order they
+/// were registered (as one query over all the tasks would give them).
+pub async fn tasks_addresses(db: &mut Db, tasks: &[TaskId]) -> Result<Vec<Address>> {
+    let mut tasks = tasks.to_vec();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let mut rows: Vec<AddressRow> = Vec::new();
+    for task in tasks {
+        rows.extend(
+            sqlx::query_as::<_, AddressRow>(
+                "SELECT port.id, port.port, port.label, node.ip, run.organization_id, task.id AS task_id, task.parent_id \
+                 FROM port JOIN run ON run.id = port.run_id JOIN task ON task.id = run.task_id \
+                 LEFT JOIN node ON node.organization_id = run.organization_id AND node.collaboration_id = task.collaboration_id \
+                 WHERE task.id = ?",
+            )
+            .bind(task)
+            .fetch_all(&mut *db)
+            .await?,
+        );
+    }
+    rows.sort_by_key(|r| r.id);
     Ok(rows
         .into_iter()
         .map(|r| Address {
