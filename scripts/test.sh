@@ -12,6 +12,16 @@ apt_need build-essential pkg-config iproute2 iputils-ping iptables nftables open
 # The Docker tier needs a daemon; one is started (without firewall rules) if none answers.
 docker_need
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+# vantage6's own Python packages from PyPI judge compatibility (tests/vantage6_tools.rs).
+v6_venv=target/py/vantage6
+if ! "$v6_venv/bin/python" -c 'import vantage6.algorithm.client' >/dev/null 2>&1; then
+    command -v python3 >/dev/null 2>&1 || apt_need python3
+    python3 -m venv --help >/dev/null 2>&1 || apt_need python3-venv
+    echo "==> installing vantage6-algorithm-tools 4.14.0 into $v6_venv"
+    python3 -m venv "$v6_venv"
+    "$v6_venv/bin/pip" install -q vantage6-algorithm-tools==4.14.0
+fi
+export ALGONET_V6_PYTHON="$PWD/$v6_venv/bin/python"
 
 echo "==> format and lints"
 cargo fmt --all -- --check

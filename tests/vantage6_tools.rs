@@ -1,0 +1,224 @@
+//! vantage6's own algorithm client (`vantage6-algorithm-tools` 4.14.0 from PyPI, in the venv the
+//! test command makes) against the server: every flag combination of the address lookup, and its
+//! helper methods, as an algorithm makes them, with the answers vantage6 4.14 gives.
+
+use algonet_testkit as common;
+
+use std::collections::BTreeSet;
+
+use common::server::{server, Server};
+use serde_json::{json, Value};
+
+/// The venv's python, or `None` (skip) outside CI when the test command did not make it.
+fn python() -> Option<String> {
+    match std::env::var("ALGONET_V6_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ALGONET_V6_PYTHON is not set: ./scripts/test.sh makes the venv, and CI runs it"
+            );
+            eprintln!("skipping: ALGONET_V6_PYTHON is not set (./scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// One registered port: (task, organization, port, label).
+type Port = (i64, i64, i64, Option<&'static str>);
+
+async fn token_for(s: &Server, node: &str, task: i64) -> String {
+    s.ok(
+        "POST",
+        "/token/container",
+        Some(node),
+        json!({"task_id": task, "image": "v6"}),
+    )
+    .await["container_token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+fn run_of(task: &Value, org: i64) -> i64 {
+    task["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["organization_id"] == json!(org))
+        .and_then(|r| r["id"].as_i64())
+        .expect("run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_lookup_answers_vantage6s_algorithm_client() {
+    let Some(python) = python() else {
+        return;
+    };
+    let s = server("v6-tools", "").await;
+    let nodes = s.nodes(3).await;
+    let orgs = [1i64, 2, 3];
+    for (i, (id, token)) in nodes.iter().enumerate() {
+        s.ok(
+            "PATCH",
+            &format!("/node/{id}"),
+            Some(token),
+            json!({"ip": format!("10.76.0.{}", 11 + i)}),
+        )
+        .await;
+    }
+    let admin = s.admin().await;
+    let task = |orgs: &[i64]| {
+        json!({"name": "t", "image": "v6", "collaboration_id": 1,
+               "organizations": orgs.iter().map(|o| json!({"id": o})).collect::<Vec<_>>()})
+    };
+    // A parent on organization 1, its child on all three, a grandchild (made by organization 2's
+    // child) on 1 and 3.
+    let t1 = s.ok("POST", "/task", Some(&admin), task(&[1])).await;
+    let t1_id = t1["id"].as_i64().expect("id");
+    let parent = token_for(&s, &nodes[0].1, t1_id).await;
+    let t2 = s.ok("POST", "/task", Some(&parent), task(&orgs)).await;
+    let t2_id = t2["id"].as_i64().expect("id");
+    let child2 = token_for(&s, &nodes[1].1, t2_id).await;
+    let t3 = s.ok("POST", "/task", Some(&child2), task(&[1, 3])).await;
+    let t3_id = t3["id"].as_i64().expect("id");
+    let mut ports: Vec<Port> = Vec::new();
+    let mut register =
+        |task: &Value, task_id: i64, org: i64, port: i64, label: Option<&'static str>| {
+            ports.push((task_id, org, port, label));
+            (task.clone(), org, port, label)
+        };
+    let mut to_register = vec![register(&t1, t1_id, 1, 49200, Some("a"))];
+    for org in orgs {
+        to_register.push(register(&t2, t2_id, org, 49150 + org, Some("a")));
+        to_register.push(register(&t2, t2_id, org, 49160 + org, None));
+    }
+    for org in [1, 3] {
+        to_register.push(register(&t3, t3_id, org, 49170 + org, Some("a")));
+    }
+    for (task, org, port, label) in to_register {
+        let node = &nodes[usize::try_from(org - 1).expect("org")].1;
+        s.ok(
+            "POST",
+            "/port",
+            Some(node),
+            json!({"port": port, "run_id": run_of(&task, org), "label": label}),
+        )
+        .await;
+    }
+
+    let (host, port) = s
+        .base
+        .trim_end_matches("/api")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .expect("host:port");
+    let ask = |token: &str| {
+        let out = std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/vpn_lookup.py"
+            ))
+            .args([&host, &port, "/api", token])
+            .output()
+            .expect("run the algorithm client");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")
+    };
+    // What vantage6 4.14 answers: the ports of these tasks, of these organizations.
+    let expect =
+        |tasks: &[i64], keep: &dyn Fn(i64) -> bool, label: Option<&str>| -> BTreeSet<String> {
+            ports
+                .iter()
+                .filter(|(t, o, _, l)| {
+                    tasks.contains(t) && keep(*o) && label.is_none_or(|x| *l == Some(x))
+                })
+                .map(|(t, o, p, l)| {
+                    let parent = if *t == t1_id {
+                        None
+                    } else if *t == t2_id {
+                        Some(t1_id)
+                    } else {
+                        Some(t2_id)
+                    };
+                    json!({"port": p, "label": l, "ip": format!("10.76.0.{}", 10 + o),
+                       "organization_id": o, "task_id": t, "parent_id": parent})
+                    .to_string()
+                })
+                .collect()
+        };
+    let got = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("a list of addresses, not {v}"))
+            .iter()
+            .map(Value::to_string)
+            .collect()
+    };
+    let all = |_: i64| true;
+
+    // From organization 2's child: parent t1, children t3, siblings on 1 and 3.
+    let r = ask(&child2);
+    let (own, par, kids) = (t2_id, t1_id, t3_id);
+    let cases: Vec<(&str, BTreeSet<String>)> = vec![
+        ("none", expect(&[own], &all, None)),
+        ("include_children", expect(&[own, kids], &all, None)),
+        ("include_parent", expect(&[own, par], &all, None)),
+        (
+            "include_children+include_parent",
+            expect(&[own, kids, par], &all, None),
+        ),
+        ("only_children", expect(&[kids], &all, None)),
+        (
+            "include_children+only_children",
+            expect(&[kids], &all, None),
+        ),
+        (
+            "include_parent+only_children",
+            expect(&[kids, par], &all, None),
+        ),
+        (
+            "include_children+include_parent+only_children",
+            expect(&[kids, par], &all, None),
+        ),
+        ("only_parent", expect(&[par], &all, None)),
+        ("include_children+only_parent", expect(&[par], &all, None)),
+        ("include_parent+only_parent", expect(&[par], &all, None)),
+        (
+            "include_children+include_parent+only_parent",
+            expect(&[par], &all, None),
+        ),
+        ("only_siblings", expect(&[own], &|o| o != 2, None)),
+        (
+            "include_children+include_parent+only_siblings",
+            expect(&[own], &|o| o != 2, None),
+        ),
+        ("only_self", expect(&[own], &|o| o == 2, None)),
+        (
+            "include_children+include_parent+only_self",
+            expect(&[own], &|o| o == 2, None),
+        ),
+        ("label=a", expect(&[own], &all, Some("a"))),
+        ("parent_address", expect(&[par], &all, None)),
+        ("child_addresses", expect(&[kids], &all, None)),
+        ("sibling_addresses", expect(&[own], &|o| o != 2, None)),
+        ("own_address", expect(&[own], &|o| o == 2, None)),
+    ];
+    for (name, want) in cases {
+        assert_eq!(got(&r[name]), want, "child of organization 2, {name}");
+    }
+
+    // From the parent, which has no parent of its own: only_parent keeps its own task.
+    let r = ask(&parent);
+    assert_eq!(got(&r["only_parent"]), expect(&[t1_id], &all, None));
+    assert_eq!(got(&r["parent_address"]), expect(&[t1_id], &all, None));
+    assert_eq!(
+        got(&r["include_children+only_parent"]),
+        expect(&[t1_id, t2_id], &all, None),
+        "no parent: only_parent leaves the task and its children"
+    );
+    assert_eq!(got(&r["child_addresses"]), expect(&[t2_id], &all, None));
+}
