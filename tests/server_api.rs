@@ -1012,3 +1012,22 @@ async fn vpn_profiles_in_a_loop_leave_the_crl_bounded() {
         "the CRL grew"
     );
 }
+
+/// What the server does not serve answers in vantage6's JSON too: an unknown route 404, a known
+/// route with the wrong method 405, a path parameter that is not an id 400, each with a `msg`.
+#[tokio::test]
+async fn unknown_routes_and_bad_paths_answer_json() {
+    let s = server("unknown-routes", "").await;
+    let admin = s.admin().await;
+    for (method, path, want) in [
+        ("GET", "/no/such/thing", StatusCode::NOT_FOUND),
+        ("GET", "/organization/1/nonsense", StatusCode::NOT_FOUND),
+        ("DELETE", "/task", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/collaboration/abc", StatusCode::BAD_REQUEST),
+        ("PATCH", "/node/abc", StatusCode::BAD_REQUEST),
+    ] {
+        let (st, v) = s.call(method, path, Some(&admin), Some(json!({}))).await;
+        assert_eq!(st, want, "{method} {path}: {v}");
+        assert!(v["msg"].is_string(), "{method} {path}: {v}");
+    }
+}

@@ -1,10 +1,10 @@
 //! `POST /collaboration` and `GET /collaboration/<id>` (administrator).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::caller::AdminCaller;
 use super::error::ApiError;
-use super::{ApiResult, Created, Json};
+use super::{ApiResult, Created, Json, Path};
 use crate::api::{Collaboration, CollaborationId, CollaborationMembers, NewCollaboration};
 use crate::server::state::AppState;
 use crate::server::store;

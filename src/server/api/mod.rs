@@ -46,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .route("/vpn", get(vpn::get))
         .route("/vpn/update", post(vpn::update))
         .route("/vpn/algorithm/addresses", get(vpn::addresses))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone());
     if state.config.api_path.is_empty() {
@@ -56,6 +58,36 @@ pub fn router(state: AppState) -> Router {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// An unknown route: 404 with a JSON `msg`, as every other error.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        error::Kind::NotFound,
+        format!("No such endpoint: {}", uri.path()),
+    )
+}
+
+/// A known route asked with a method it does not take.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        error::Kind::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// A path parameter whose rejection (not a number, say) answers 400 `{"msg"}`.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| ApiError::bad(e.body_text()))
+    }
+}
 
 /// JSON body whose rejections (malformed, wrong types, too large) answer 400 or 413 `{"msg"}`.
 #[derive(Debug)]

@@ -3,11 +3,11 @@
 
 use std::net::Ipv4Addr;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
-use super::{ApiResult, Created, Json};
+use super::{ApiResult, Created, Json, Path};
 use crate::api::{Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch};
 use crate::server::auth::{hash_key, random_secret};
 use crate::server::state::AppState;

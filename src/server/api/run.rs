@@ -1,11 +1,11 @@
 //! `GET /run`, `POST /run/<id>/claim` and `PATCH /run/<id>`: nodes take and report their runs;
 //! algorithms and the administrator read a task's runs.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::caller::{Caller, NodeCaller};
 use super::error::ApiError;
-use super::{ApiResult, Json, Query};
+use super::{ApiResult, Json, Path, Query};
 use crate::api::{Page, Run, RunFilter, RunId, RunStatus, RunUpdate};
 use crate::server::state::AppState;
 use crate::server::store::{self, Db, NodeRow};
