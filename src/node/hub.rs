@@ -229,10 +229,6 @@ impl Hub {
         errors
     }
 
-    pub fn handle(&self) -> &DataplaneHandle {
-        &self.handle
-    }
-
     /// Stops the data plane (its TUN goes with it). The namespace goes with the container.
     pub fn stop_dataplane(&self) -> Result<(), DataplaneError> {
         let dp = self
