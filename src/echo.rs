@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::api::client::{Api, ClientError, Session};
+use crate::api::codec;
 use crate::api::{
     env as vars, Addresses, ContainerIdentity, NewTask, OrganizationId, PublicPort, Task,
     TaskOrganization,
@@ -43,13 +44,6 @@ pub enum Input {
         #[serde(default = "default_window")]
         window_secs: u64,
     },
-}
-
-impl Input {
-    /// The input as the run's JSON. An enum of plain fields always serialises.
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
 }
 
 fn default_timeout() -> u64 {
@@ -229,10 +223,9 @@ async fn parent(
     timeout: Duration,
 ) -> Result<Report, EchoError> {
     let me = identity(&env.token)?;
-    let child_input = Input::Child {
+    let child_input = codec::encode_json(&Input::Child {
         window_secs: timeout.as_secs() + 120,
-    }
-    .to_value();
+    });
     let task = NewTask {
         name: "echo-child".into(),
         image: me.image,

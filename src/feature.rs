@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::api::client::{ClientError, Session};
+use crate::api::codec;
 use crate::api::{
     CollaborationId, CollaborationMembers, Member, NewTask, OrganizationId, Page, Run, RunStatus,
     Task, TaskId, TaskOrganization,
@@ -91,11 +92,10 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
                 collaboration: t.collaboration,
             })?,
     };
-    let input = Input::Parent {
+    let input = codec::encode_json(&Input::Parent {
         organizations: orgs.iter().map(|o| o.0).collect(),
         timeout_secs: t.timeout.as_secs(),
-    }
-    .to_value();
+    });
     let task = NewTask {
         name: "vpn-feature-test".into(),
         image: t.image.clone(),
@@ -139,12 +139,14 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let result = run.result.as_deref().unwrap_or_default();
-    let report: Report = serde_json::from_str(result).map_err(|e| FeatureError::NoReport {
+    let no_report = |reason: String| FeatureError::NoReport {
         status: run.status,
-        reason: e.to_string(),
+        reason,
         log: run.log.clone().unwrap_or_default(),
-    })?;
+    };
+    let result = codec::decode(run.result.as_deref().unwrap_or_default())
+        .map_err(|e| no_report(format!("the result is not base64: {e}")))?;
+    let report: Report = serde_json::from_slice(&result).map_err(|e| no_report(e.to_string()))?;
     Ok(report
         .probes
         .into_iter()

@@ -98,7 +98,9 @@ async fn echo_children(
     orgs: &[OrganizationId],
     window_secs: u64,
 ) -> serde_json::Value {
-    let input = json!({ "method": "child", "window_secs": window_secs });
+    // As vantage6 sends an input: base64 of its JSON.
+    let input =
+        algonet::api::codec::encode_json(&json!({ "method": "child", "window_secs": window_secs }));
     let orgs: Vec<_> = orgs
         .iter()
         .map(|o| json!({ "id": o, "input": input }))

@@ -628,7 +628,7 @@ async fn concurrent_writers_all_succeed() {
     // Deferred SQLite transactions failed with "database is locked" when two wrote at once.
     let f = federation("writers").await;
     let s = &f.s;
-    let body = json!({"name": "sub", "image": "echo", "organizations": [{"id": 1, "input": {}}]});
+    let body = json!({"name": "sub", "image": "echo", "organizations": [{"id": 1, "input": ""}]});
     let tasks = (0..16).map(|_| {
         s.call(
             "POST",

@@ -221,4 +221,39 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
         "no parent: only_parent leaves the task and its children"
     );
     assert_eq!(got(&r["child_addresses"]), expect(&[t2_id], &all, None));
+
+    // A subtask from the algorithm client: its input arrives as vantage6 encodes it, so the node
+    // hands the algorithm exactly the JSON its wrapper reads.
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/subtask.py"
+        ))
+        .args([&host, &port, "/api", &child2, "1,3"])
+        .output()
+        .expect("run the algorithm client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sub: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(sub["parent_id"], json!(t2_id), "{sub}");
+    assert_eq!(sub["image"], json!("v6"), "{sub}");
+    let runs: Value = s
+        .ok(
+            "GET",
+            &format!("/run?task_id={}", sub["id"]),
+            Some(&admin),
+            json!(null),
+        )
+        .await;
+    let runs = runs["data"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let input = algonet::api::codec::decode(run["input"].as_str().expect("input"))
+            .expect("base64, as vantage6 sends it");
+        let input: Value = serde_json::from_slice(&input).expect("JSON inside");
+        assert_eq!(input, json!({"method": "child", "window_secs": 5}));
+    }
 }

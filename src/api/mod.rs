@@ -4,6 +4,7 @@
 //! so a field cannot be spelled two ways.
 
 pub mod client;
+pub mod codec;
 pub mod env;
 mod ids;
 mod wire;

@@ -125,11 +125,39 @@ pub struct NewOrganization {
     pub name: String,
 }
 
-/// An organization as the API shows it.
+/// An organization as the API shows it: vantage6's fields, the address ones always null and
+/// `public_key` empty (no encrypted collaborations).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Organization {
     pub id: OrganizationId,
     pub name: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub address1: Option<String>,
+    #[serde(default)]
+    pub address2: Option<String>,
+    #[serde(default)]
+    pub zipcode: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub public_key: String,
+}
+
+impl Organization {
+    pub fn new(id: OrganizationId, name: String) -> Organization {
+        Organization {
+            id,
+            name,
+            domain: None,
+            address1: None,
+            address2: None,
+            zipcode: None,
+            country: None,
+            public_key: String::new(),
+        }
+    }
 }
 
 /// `POST /collaboration`.
@@ -218,12 +246,13 @@ pub struct NewTask {
     pub parent_id: Option<TaskId>,
 }
 
-/// One organization of a new task, with its run's input.
+/// One organization of a new task, with its run's input as vantage6 sends it (see
+/// [`super::codec`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskOrganization {
     pub id: OrganizationId,
     #[serde(default)]
-    pub input: Value,
+    pub input: String,
 }
 
 /// The answer to `POST /task`.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::client::ClientError;
-use crate::api::{env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask};
+use crate::api::{codec, env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask};
 use crate::docker::{specs, DockerError};
 use crate::net::links::{IfName, LinkError};
 use crate::net::netns::{Netns, NetnsError};
@@ -41,6 +41,9 @@ pub enum RunError {
     /// the sandbox's namespace could not be opened
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// the run's input is not base64, as vantage6 sends it
+    #[error("input: not base64 as vantage6 sends it ({0})")]
+    Input(String),
     /// every container address is in use
     #[error("no free container address")]
     NoAddress,
@@ -188,9 +191,15 @@ impl Run {
         let file = |path: PathBuf| move |source| RunError::File { path, source };
         crate::private::dir(&dir).map_err(file(dir.clone()))?;
         std::fs::create_dir_all(dir.join("tmp")).map_err(file(dir.join("tmp")))?;
-        let input = self.input.as_deref().unwrap_or("");
-        for (name, text) in [("token", token), ("input", input), ("output", "")] {
-            crate::private::file(&dir.join(name), text.as_bytes()).map_err(file(dir.join(name)))?;
+        // vantage6 sends the input as base64 of its bytes; the algorithm reads the bytes.
+        let input = codec::decode(self.input.as_deref().unwrap_or(""))
+            .map_err(|e| RunError::Input(e.to_string()))?;
+        for (name, bytes) in [
+            ("token", token.as_bytes()),
+            ("input", &input),
+            ("output", b"".as_slice()),
+        ] {
+            crate::private::file(&dir.join(name), bytes).map_err(file(dir.join(name)))?;
         }
         Ok(dir)
     }
@@ -301,9 +310,11 @@ impl Run {
         let code = node.docker.wait(&algorithm).await?;
         self.notes
             .push_str(&node.docker.logs(&algorithm, 1000).await.unwrap_or_default());
-        let output = std::fs::read_to_string(dir.join("output"))
+        // Sent back as vantage6 nodes send results: base64 of the output file's bytes.
+        let output = std::fs::read(dir.join("output"))
             .ok()
-            .filter(|o| !o.is_empty());
+            .filter(|o| !o.is_empty())
+            .map(|o| codec::encode(&o));
         Ok((code, output))
     }
 

@@ -17,7 +17,7 @@ pub async fn create(
     let mut tx = s.store.write().await?;
     let id = store::insert_collaboration(&mut tx, &b.name).await?;
     for &org in &b.organization_ids {
-        if !store::organization_exists(&mut tx, org).await? {
+        if store::organization_name(&mut tx, org).await?.is_none() {
             return Err(ApiError::not_found("organization", org));
         }
         store::insert_member(&mut tx, id, org).await?;

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/token/node", post(token::node))
         .route("/token/container", post(token::container))
         .route("/organization", post(organization::create))
+        .route("/organization/{id}", get(organization::get))
         .route("/collaboration", post(collaboration::create))
         .route("/collaboration/{id}", get(collaboration::get))
         .route("/node", post(node::create))

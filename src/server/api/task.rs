@@ -85,7 +85,7 @@ pub async fn create(
     let id = store::insert_task(&mut tx, &new).await?;
     let mut runs = Vec::new();
     for o in &organizations {
-        let run = store::insert_run(&mut tx, id, o.id, &o.input.to_string()).await?;
+        let run = store::insert_run(&mut tx, id, o.id, &o.input).await?;
         runs.push(RunSummary {
             id: run,
             organization_id: o.id,

@@ -110,12 +110,13 @@ pub async fn insert_organization(db: &mut Db, name: &str) -> Result<Organization
     )
 }
 
-pub async fn organization_exists(db: &mut Db, id: OrganizationId) -> Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM organization WHERE id = ?")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    Ok(found.is_some())
+pub async fn organization_name(db: &mut Db, id: OrganizationId) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM organization WHERE id = ?")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
 }
 
 pub async fn insert_collaboration(db: &mut Db, name: &str) -> Result<CollaborationId> {
