@@ -1,6 +1,7 @@
 //! vantage6's own algorithm client (`vantage6-algorithm-tools` 4.14.0 from PyPI, in the venv the
-//! test command makes) against the server: every flag combination of the address lookup, and its
-//! helper methods, as an algorithm makes them, with the answers vantage6 4.14 gives.
+//! test command makes) against the server: every flag combination of the address lookup and its
+//! helper methods, a subtask created with `task.create`, and its results collected with
+//! `wait_for_results`, as an algorithm does them, with the answers vantage6 4.14 gives.
 
 use algonet_testkit as common;
 
@@ -256,4 +257,40 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
         let input: Value = serde_json::from_slice(&input).expect("JSON inside");
         assert_eq!(input, json!({"method": "child", "window_secs": 5}));
     }
+
+    // The subtask's runs end with results as nodes send them; the algorithm client waits for
+    // the task and reads them decoded.
+    let waiting = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/results.py"
+        ))
+        .args([&host, &port, "/api", &child2, &sub["id"].to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the algorithm client");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for run in runs {
+        let org = run["organization_id"].as_i64().expect("org");
+        let node = &nodes[usize::try_from(org - 1).expect("org")].1;
+        let result = algonet::api::codec::encode_json(&json!({"sum": org * 10}));
+        s.ok(
+            "PATCH",
+            &format!("/run/{}", run["id"]),
+            Some(node),
+            json!({"status": "completed", "result": result}),
+        )
+        .await;
+    }
+    let out = waiting.wait_with_output().expect("the algorithm client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let results: BTreeSet<String> = results.iter().map(Value::to_string).collect();
+    let want: BTreeSet<String> = [10, 30].map(|n| json!({"sum": n}).to_string()).into();
+    assert_eq!(results, want);
 }

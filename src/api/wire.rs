@@ -36,6 +36,37 @@ impl RunStatus {
         )
     }
 
+    /// Whether the run failed (vantage6's `has_task_failed`: any state but pending,
+    /// initializing, active and completed).
+    pub fn has_failed(self) -> bool {
+        !matches!(
+            self,
+            RunStatus::Pending | RunStatus::Initializing | RunStatus::Active | RunStatus::Completed
+        )
+    }
+
+    /// A task's state from its runs', as vantage6 4.14's `Task.status` derives it: a failure
+    /// (the one way they failed, or `failed` when they failed in different ways), else active,
+    /// initializing or pending if any run is, else completed.
+    pub fn of_task(runs: &[RunStatus]) -> RunStatus {
+        let mut failed = runs.iter().copied().filter(|s| s.has_failed());
+        if let Some(first) = failed.next() {
+            return if failed.all(|s| s == first) {
+                first
+            } else {
+                RunStatus::Failed
+            };
+        }
+        [
+            RunStatus::Active,
+            RunStatus::Initializing,
+            RunStatus::Pending,
+        ]
+        .into_iter()
+        .find(|s| runs.contains(s))
+        .unwrap_or(RunStatus::Completed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Pending => "pending",
@@ -66,6 +97,12 @@ pub struct ContainerIdentity {
     pub image: String,
     #[serde(default)]
     pub databases: Vec<Value>,
+}
+
+/// The answer to `GET /task/<id>/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub status: RunStatus,
 }
 
 /// An error answer, and the answer of calls that only confirm.
@@ -379,4 +416,25 @@ pub struct Address {
     pub organization_id: OrganizationId,
     pub task_id: TaskId,
     pub parent_id: Option<TaskId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunStatus::{self, *};
+
+    #[test]
+    fn a_tasks_state_is_vantage6s_from_its_runs() {
+        let of = RunStatus::of_task;
+        assert_eq!(of(&[Completed, Completed]), Completed);
+        assert_eq!(of(&[]), Completed);
+        assert_eq!(of(&[Completed, Active, Pending]), Active);
+        assert_eq!(of(&[Pending, Initializing]), Initializing);
+        assert_eq!(of(&[Pending, Completed]), Pending);
+        assert_eq!(
+            of(&[Active, Crashed, Crashed]),
+            Crashed,
+            "one way of failing"
+        );
+        assert_eq!(of(&[Killed, Crashed, Completed]), Failed, "several ways");
+    }
 }

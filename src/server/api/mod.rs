@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/node", post(node::create))
         .route("/node/{id}", patch(node::patch).delete(node::delete))
         .route("/task", post(task::create))
+        .route("/task/{id}/status", get(task::status))
+        .route("/result", get(run::list))
         .route("/port", post(port::create).delete(port::delete))
         .route("/run", get(run::list))
         .route("/run/{id}", patch(run::update))

@@ -1,5 +1,6 @@
 //! `POST /task`: the administrator creates a task in any collaboration; an algorithm creates
 //! subtasks of its own task, in its own collaboration. Nodes do not create tasks.
+//! `GET /task/<id>/status`: the task's state from its runs', as vantage6 derives it.
 
 use std::collections::HashSet;
 
@@ -7,8 +8,8 @@ use axum::extract::State;
 
 use super::caller::Caller;
 use super::error::ApiError;
-use super::{ApiResult, Created, Json};
-use crate::api::{NewTask, RunStatus, RunSummary, Task};
+use super::{ApiResult, Created, Json, Path};
+use crate::api::{NewTask, RunStatus, RunSummary, Task, TaskId, TaskStatus};
 use crate::server::state::AppState;
 use crate::server::store;
 
@@ -100,5 +101,35 @@ pub async fn create(
         collaboration_id: collaboration,
         parent_id: parent,
         runs,
+    }))
+}
+
+/// The administrator sees any task; a node or an algorithm the tasks of its collaboration.
+pub async fn status(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<TaskId>,
+) -> ApiResult<Json<TaskStatus>> {
+    let mut db = s.store.read().await?;
+    let task = store::task(&mut db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    let own = match &caller {
+        Caller::Admin => true,
+        Caller::Node(n) => n.collaboration_id == task.collaboration_id,
+        Caller::Container(c) => c.collaboration_id == task.collaboration_id,
+    };
+    if !own {
+        return Err(ApiError::unauthorized(
+            "You lack the permission to do that!",
+        ));
+    }
+    let runs: Vec<RunStatus> = store::task_runs(&mut db, id, None)
+        .await?
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    Ok(Json(TaskStatus {
+        status: RunStatus::of_task(&runs),
     }))
 }
