@@ -6,7 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::api::ContainerIdentity;
+use crate::api::{CollaborationId, ContainerIdentity};
 use crate::server::auth::Claimed;
 use crate::server::state::AppState;
 use crate::server::store::{self, NodeRow};
@@ -17,6 +17,18 @@ pub enum Caller {
     Admin,
     Node(NodeRow),
     Container(ContainerIdentity),
+}
+
+impl Caller {
+    /// The collaboration a node or an algorithm belongs to; `None` for the administrator, who
+    /// sees all of them.
+    pub fn collaboration(&self) -> Option<CollaborationId> {
+        match self {
+            Caller::Admin => None,
+            Caller::Node(n) => Some(n.collaboration_id),
+            Caller::Container(c) => Some(c.collaboration_id),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

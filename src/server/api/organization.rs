@@ -29,12 +29,7 @@ pub async fn get(
     let name = store::organization_name(&mut db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("organization", id))?;
-    let collaboration = match &caller {
-        Caller::Admin => None,
-        Caller::Node(n) => Some(n.collaboration_id),
-        Caller::Container(c) => Some(c.collaboration_id),
-    };
-    if let Some(c) = collaboration {
+    if let Some(c) = caller.collaboration() {
         if !store::is_member(&mut db, c, id).await? {
             return Err(ApiError::forbidden(
                 "The organization is not in the caller's collaboration",

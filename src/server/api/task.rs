@@ -114,12 +114,10 @@ pub async fn status(
     let task = store::task(&mut db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    let own = match &caller {
-        Caller::Admin => true,
-        Caller::Node(n) => n.collaboration_id == task.collaboration_id,
-        Caller::Container(c) => c.collaboration_id == task.collaboration_id,
-    };
-    if !own {
+    if caller
+        .collaboration()
+        .is_some_and(|c| c != task.collaboration_id)
+    {
         return Err(ApiError::unauthorized(
             "You lack the permission to do that!",
         ));
