@@ -114,22 +114,28 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.to_string()))
         .expect("host:port");
-    let ask = |token: &str| {
-        let out = std::process::Command::new(&python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/vpn_lookup.py"
-            ))
-            .args([&host, &port, "/api", token])
-            .output()
-            .expect("run the algorithm client");
+    // One of the scripts in tests/python, run as an algorithm with `token`.
+    let script = |name: &str, token: &str, extra: &[&str]| {
+        let mut c = std::process::Command::new(&python);
+        c.arg(format!(
+            "{}/tests/python/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([host.as_str(), port.as_str(), "/api", token])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+    let answer = |out: std::process::Output| -> Value {
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice::<Value>(&out.stdout).expect("json")
+        serde_json::from_slice(&out.stdout).expect("json")
     };
+    let ask = |token: &str| answer(script("vpn_lookup.py", token, &[]).output().expect("run"));
     // What vantage6 4.14 answers: the ports of these tasks, of these organizations.
     let expect =
         |tasks: &[i64], keep: &dyn Fn(i64) -> bool, label: Option<&str>| -> BTreeSet<String> {
@@ -225,20 +231,11 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
 
     // A subtask from the algorithm client: its input arrives as vantage6 encodes it, so the node
     // hands the algorithm exactly the JSON its wrapper reads.
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/subtask.py"
-        ))
-        .args([&host, &port, "/api", &child2, "1,3"])
-        .output()
-        .expect("run the algorithm client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let sub = answer(
+        script("subtask.py", &child2, &["1,3"])
+            .output()
+            .expect("run"),
     );
-    let sub: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(sub["parent_id"], json!(t2_id), "{sub}");
     assert_eq!(sub["image"], json!("v6"), "{sub}");
     let runs: Value = s
@@ -260,14 +257,7 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
 
     // The subtask's runs end with results as nodes send them; the algorithm client waits for
     // the task and reads them decoded.
-    let waiting = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/results.py"
-        ))
-        .args([&host, &port, "/api", &child2, &sub["id"].to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let waiting = script("results.py", &child2, &[&sub["id"].to_string()])
         .spawn()
         .expect("run the algorithm client");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -283,14 +273,13 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
         )
         .await;
     }
-    let out = waiting.wait_with_output().expect("the algorithm client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
-    let results: BTreeSet<String> = results.iter().map(Value::to_string).collect();
+    let results = answer(waiting.wait_with_output().expect("the algorithm client"));
+    let results: BTreeSet<String> = results
+        .as_array()
+        .expect("a list of results")
+        .iter()
+        .map(Value::to_string)
+        .collect();
     let want: BTreeSet<String> = [10, 30].map(|n| json!({"sum": n}).to_string()).into();
     assert_eq!(results, want);
 }
