@@ -228,6 +228,7 @@ async fn parent(
     });
     let task = NewTask {
         name: "echo-child".into(),
+        description: "echo children".into(),
         image: me.image,
         collaboration_id: None,
         organizations: organizations

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::api::client::{ClientError, Session};
 use crate::api::codec;
 use crate::api::{
-    CollaborationId, CollaborationMembers, Member, NewTask, OrganizationId, Page, Run, RunStatus,
-    Task, TaskId, TaskOrganization,
+    CollaborationId, NewTask, Organization, OrganizationId, Page, Run, RunResult, RunStatus, Task,
+    TaskId, TaskOrganization,
 };
 use crate::echo::{Input, Probe, Report};
 
@@ -59,15 +59,14 @@ pub enum FeatureError {
     },
 }
 
-/// The organizations of a collaboration, each with its node's VPN address (if any).
+/// The organizations of a collaboration.
 pub async fn members(
     admin: &Session,
     collaboration: CollaborationId,
-) -> Result<Vec<Member>, ClientError> {
-    let c: CollaborationMembers = admin
-        .get(&format!("/collaboration/{collaboration}"))
-        .await?;
-    Ok(c.organizations)
+) -> Result<Vec<Organization>, ClientError> {
+    admin
+        .all(&format!("/organization?collaboration_id={collaboration}"))
+        .await
 }
 
 /// Runs the test and returns one row per organization; prints progress to stderr.
@@ -98,6 +97,7 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
     });
     let task = NewTask {
         name: "vpn-feature-test".into(),
+        description: "algonet's VPN feature test".into(),
         image: t.image.clone(),
         collaboration_id: Some(t.collaboration),
         organizations: vec![TaskOrganization {
@@ -144,7 +144,8 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
         reason,
         log: run.log.clone().unwrap_or_default(),
     };
-    let result = codec::decode(run.result.as_deref().unwrap_or_default())
+    let result: RunResult = admin.get(&format!("/result/{}", run.id)).await?;
+    let result = codec::decode(result.result.as_deref().unwrap_or_default())
         .map_err(|e| no_report(format!("the result is not base64: {e}")))?;
     let report: Report = serde_json::from_slice(&result).map_err(|e| no_report(e.to_string()))?;
     Ok(report

@@ -89,11 +89,11 @@ async fn federation(tag: &str) -> Fed {
     let child = s
         .ok("POST", "/task", Some(&parent_container), json!({"name": "echo", "image": "echo", "organizations": orgs.iter().map(|o| json!({"id": o})).collect::<Vec<_>>()}))
         .await;
-    assert_eq!(child["parent_id"].as_i64(), Some(parent_task));
+    assert_eq!(child["parent"]["id"].as_i64(), Some(parent_task));
     let child_task = child["id"].as_i64().expect("id");
-    let child_runs: Vec<i64> = child["runs"]
-        .as_array()
-        .expect("runs")
+    let child_runs: Vec<i64> = s
+        .runs(&admin, child_task)
+        .await
         .iter()
         .map(|r| r["id"].as_i64().expect("id"))
         .collect();
@@ -562,23 +562,28 @@ async fn nodes_claim_runs_once_and_report_them() {
         )
         .await;
     assert_eq!(r["status"], json!("completed"));
-    let (_, v) = s
-        .call(
-            "GET",
-            &format!("/run?task_id={}", f.child_task),
-            Some(&f.parent_container),
-            None,
-        )
-        .await;
-    let mine = v["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .find(|r| r["id"] == json!(run))
-        .cloned()
-        .expect("run");
+    // The parent algorithm reads the run's log with its runs and its result with the results.
+    let find = |v: &Value| {
+        v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .find(|r| r["id"] == json!(run))
+            .cloned()
+            .expect("run")
+    };
+    let (f, s) = (&f, s);
+    let get = |what: &str| {
+        let path = format!("/{what}?task_id={}", f.child_task);
+        async move {
+            s.call("GET", &path, Some(&f.parent_container), None)
+                .await
+                .1
+        }
+    };
+    let (runs, results) = (get("run").await, get("result").await);
     assert_eq!(
-        (mine["result"].clone(), mine["log"].clone()),
+        (find(&results)["result"].clone(), find(&runs)["log"].clone()),
         (json!("{\"ok\": true}"), json!("done"))
     );
     // When every run of the task has finished, no more container tokens are given for it.
@@ -628,7 +633,8 @@ async fn concurrent_writers_all_succeed() {
     // Deferred SQLite transactions failed with "database is locked" when two wrote at once.
     let f = federation("writers").await;
     let s = &f.s;
-    let body = json!({"name": "sub", "image": "echo", "organizations": [{"id": 1, "input": ""}]});
+    // Organization 2: alpha, the first after the administrator's own.
+    let body = json!({"name": "sub", "image": "echo", "organizations": [{"id": 2, "input": ""}]});
     let tasks = (0..16).map(|_| {
         s.call(
             "POST",
@@ -662,6 +668,7 @@ fn reissued(s: &Server, token: &str, age_secs: u64) -> String {
         .as_secs();
     algonet::server::auth::Signer::new(secret).issue(
         &algonet::server::auth::Claimed::Container(identity),
+        algonet::server::auth::Use::Access,
         now - age_secs,
         None,
     )
@@ -685,7 +692,7 @@ async fn container_tokens_live_and_die_with_their_run() {
 
     // Subtasks: only with the algorithm's own image.
     let subtask =
-        |image: &str| json!({"name": "sub", "image": image, "organizations": [{"id": 1}]});
+        |image: &str| json!({"name": "sub", "image": image, "organizations": [{"id": 2}]});
     let (st, v) = s
         .call(
             "POST",
@@ -800,13 +807,15 @@ async fn task_lists_are_bounded_and_errors_hide_the_database() {
             "POST",
             "/task",
             Some(&f.parent_container),
-            Some(task(vec![1, 1, 2, 1])),
+            // Organizations 2 and 3: the first two after the administrator's own.
+            Some(task(vec![2, 2, 3, 2])),
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_i64().expect("id");
     assert_eq!(
-        v["runs"].as_array().map(Vec::len),
-        Some(2),
+        s.runs(&f.admin, id).await.len(),
+        2,
         "one run per organization: {v}"
     );
     let many: Vec<i64> = (1..=1001).collect();
@@ -1030,4 +1039,109 @@ async fn unknown_routes_and_bad_paths_answer_json() {
         assert_eq!(st, want, "{method} {path}: {v}");
         assert!(v["msg"].is_string(), "{method} {path}: {v}");
     }
+}
+
+/// Users and nodes get refresh tokens as vantage6's clients expect (`refresh_url`); a refresh
+/// token buys a new pair and nothing else, an access token is no refresh token, and a deleted
+/// node's refresh token buys nothing.
+#[tokio::test]
+async fn refresh_tokens_renew_and_do_nothing_else() {
+    let f = federation("refresh").await;
+    let s = &f.s;
+    let login = s
+        .ok(
+            "POST",
+            "/token/user",
+            None,
+            json!({"username": "root", "password": "correct-horse-battery"}),
+        )
+        .await;
+    assert_eq!(login["refresh_url"], json!("/api/token/refresh"));
+    assert_eq!(login["user_url"], json!("/api/user/1"));
+    let refresh = login["refresh_token"].as_str().expect("refresh token");
+    let (st, renewed) = s.call("POST", "/token/refresh", Some(refresh), None).await;
+    assert_eq!(st, StatusCode::OK, "{renewed}");
+    let access = renewed["access_token"].as_str().expect("access token");
+    let (st, me) = s.call("GET", "/user/1", Some(access), None).await;
+    assert_eq!((st, &me["organization"]["id"]), (StatusCode::OK, &json!(1)));
+    let (st, _) = s.call("GET", "/user/1", Some(refresh), None).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "a refresh token is no access token"
+    );
+    let (st, _) = s.call("POST", "/token/refresh", Some(access), None).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "an access token is no refresh token"
+    );
+    let (st, _) = s.call("POST", "/token/refresh", None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // A node's refresh token dies with the node.
+    let admin = &f.admin;
+    let body = json!({"organization_id": 2, "collaboration_id": 1, "name": "spare"});
+    let (st, spare) = s
+        .call(
+            "DELETE",
+            &format!("/node/{}", f.nodes[0].0),
+            Some(admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{spare}");
+    let node = s.ok("POST", "/node", Some(admin), body).await;
+    let login = s
+        .ok(
+            "POST",
+            "/token/node",
+            None,
+            json!({"api_key": node["api_key"]}),
+        )
+        .await;
+    assert_eq!(
+        login["node_url"],
+        json!(format!("/api/node/{}", node["id"]))
+    );
+    let refresh = login["refresh_token"].as_str().expect("refresh token");
+    let (st, _) = s.call("POST", "/token/refresh", Some(refresh), None).await;
+    assert_eq!(st, StatusCode::OK);
+    s.ok(
+        "DELETE",
+        &format!("/node/{}", node["id"]),
+        Some(admin),
+        json!(null),
+    )
+    .await;
+    let (st, _) = s.call("POST", "/token/refresh", Some(refresh), None).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "a deleted node's refresh token"
+    );
+}
+
+/// An encrypted collaboration is refused at creation, saying why, and nothing is stored.
+#[tokio::test]
+async fn an_encrypted_collaboration_is_refused() {
+    let s = server("encrypted", "").await;
+    let admin = s.admin().await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "/collaboration",
+            Some(&admin),
+            Some(json!({"name": "secret", "organization_ids": [1], "encrypted": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["msg"].as_str().is_some_and(|m| m.contains("encrypted")),
+        "{v}"
+    );
+    let listed = s
+        .ok("GET", "/collaboration", Some(&admin), json!(null))
+        .await;
+    assert_eq!(listed["data"], json!([]));
 }

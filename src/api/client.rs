@@ -174,4 +174,20 @@ impl Session {
     ) -> Result<T, ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
+
+    /// Every item of a paged list (`path` with its query), page after page.
+    pub async fn all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        for page in 1.. {
+            let p: super::Page<T> = self
+                .get(&format!("{path}{sep}per_page=100&page={page}"))
+                .await?;
+            items.extend(p.data);
+            if p.links.next.is_none() {
+                break;
+            }
+        }
+        Ok(items)
+    }
 }

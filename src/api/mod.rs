@@ -7,7 +7,9 @@ pub mod client;
 pub mod codec;
 pub mod env;
 mod ids;
+mod resources;
 mod wire;
 
 pub use ids::{CollaborationId, ContainerPort, NodeId, OrganizationId, PublicPort, RunId, TaskId};
+pub use resources::*;
 pub use wire::*;

@@ -111,12 +111,6 @@ pub struct Msg {
     pub msg: String,
 }
 
-/// A list answer (`GET /run`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Page<T> {
-    pub data: Vec<T>,
-}
-
 /// `POST /token/user`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UserLogin {
@@ -124,10 +118,16 @@ pub struct UserLogin {
     pub password: String,
 }
 
-/// The answer to `POST /token/user`.
+/// The answer to `POST /token/user` and, for a user, `POST /token/refresh`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UserToken {
     pub access_token: String,
+    #[serde(default)]
+    pub refresh_token: String,
+    #[serde(default)]
+    pub refresh_url: String,
+    #[serde(default)]
+    pub user_url: String,
 }
 
 /// `POST /token/node`.
@@ -140,6 +140,13 @@ pub struct NodeLogin {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeToken {
     pub access_token: String,
+    #[serde(default)]
+    pub refresh_token: String,
+    #[serde(default)]
+    pub refresh_url: String,
+    #[serde(default)]
+    pub node_url: String,
+    /// algonet's: the node's id without decoding the token.
     pub node_id: NodeId,
 }
 
@@ -157,44 +164,19 @@ pub struct ContainerToken {
 }
 
 /// `POST /organization`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NewOrganization {
     pub name: String,
-}
-
-/// An organization as the API shows it: vantage6's fields, the address ones always null and
-/// `public_key` empty (no encrypted collaborations).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Organization {
-    pub id: OrganizationId,
-    pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address1: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address2: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zipcode: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
-    #[serde(default)]
-    pub public_key: String,
-}
-
-impl Organization {
-    pub fn new(id: OrganizationId, name: String) -> Organization {
-        Organization {
-            id,
-            name,
-            domain: None,
-            address1: None,
-            address2: None,
-            zipcode: None,
-            country: None,
-            public_key: String::new(),
-        }
-    }
 }
 
 /// `POST /collaboration`.
@@ -202,37 +184,9 @@ impl Organization {
 pub struct NewCollaboration {
     pub name: String,
     pub organization_ids: Vec<OrganizationId>,
-}
-
-/// The answer to `POST /collaboration`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Collaboration {
-    pub id: CollaborationId,
-    pub name: String,
-    pub organization_ids: Vec<OrganizationId>,
-}
-
-/// `GET /collaboration/<id>`: the collaboration with its members.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CollaborationMembers {
-    pub id: CollaborationId,
-    pub name: String,
-    pub organizations: Vec<Member>,
-}
-
-/// An organization of a collaboration, with its node there (if it has one).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Member {
-    pub id: OrganizationId,
-    pub name: String,
-    pub node: Option<MemberNode>,
-}
-
-/// A member's node and its VPN address (null while it has none).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MemberNode {
-    pub id: NodeId,
-    pub ip: Option<String>,
+    /// Refused when true: algonet stores inputs and results as sent, unencrypted.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// `POST /node`.
@@ -241,24 +195,6 @@ pub struct NewNode {
     pub organization_id: OrganizationId,
     pub collaboration_id: CollaborationId,
     pub name: Option<String>,
-}
-
-/// A node as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Node {
-    pub id: NodeId,
-    pub name: String,
-    pub organization_id: OrganizationId,
-    pub collaboration_id: CollaborationId,
-    pub ip: Option<String>,
-}
-
-/// The answer to `POST /node`: the node and its API key, shown this once.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NewNodeKey {
-    #[serde(flatten)]
-    pub node: Node,
-    pub api_key: String,
 }
 
 /// `PATCH /node/<id>`: the node's VPN address, or `clear_ip`.
@@ -275,6 +211,8 @@ pub struct NodePatch {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewTask {
     pub name: String,
+    #[serde(default)]
+    pub description: String,
     pub image: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collaboration_id: Option<CollaborationId>,
@@ -292,56 +230,29 @@ pub struct TaskOrganization {
     pub input: String,
 }
 
-/// The answer to `POST /task`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Task {
-    pub id: TaskId,
-    pub name: String,
-    pub image: String,
-    pub collaboration_id: CollaborationId,
-    pub parent_id: Option<TaskId>,
-    pub runs: Vec<RunSummary>,
-}
-
-/// A new task's run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunSummary {
-    pub id: RunId,
-    pub organization_id: OrganizationId,
-    pub status: RunStatus,
-}
-
-/// A run as `GET /run`, `POST /run/<id>/claim` and `PATCH /run/<id>` show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Run {
-    pub id: RunId,
-    pub task: RunTask,
-    pub organization_id: OrganizationId,
-    pub status: RunStatus,
-    #[serde(default)]
-    pub input: Option<String>,
-    #[serde(default)]
-    pub result: Option<String>,
-    #[serde(default)]
-    pub log: Option<String>,
-}
-
-/// The task of a [`Run`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunTask {
-    pub id: TaskId,
-    pub image: String,
-    pub name: String,
-    #[serde(default)]
-    pub parent_id: Option<TaskId>,
-    pub collaboration_id: CollaborationId,
-}
-
-/// `GET /run`'s query.
+/// `GET /run`'s and `GET /result`'s query.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunFilter {
     pub task_id: Option<TaskId>,
     pub status: Option<RunStatus>,
+}
+
+/// A page of a list: `page` from 1, `per_page` items (vantage6's default 10).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Paging {
+    #[serde(default = "Paging::first")]
+    pub page: u32,
+    #[serde(default = "Paging::size")]
+    pub per_page: u32,
+}
+
+impl Paging {
+    fn first() -> u32 {
+        1
+    }
+    fn size() -> u32 {
+        10
+    }
 }
 
 /// `PATCH /run/<id>`: what the node reports.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::client::{ClientError, Session};
 use crate::api::{
-    Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization,
+    Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization, Node,
     Organization, OrganizationId,
 };
 use crate::docker::images::{ImageError, ImageNames, ECHO_IMAGE};
@@ -228,7 +228,13 @@ impl Federation {
         let mut org_ids = Vec::new();
         for name in &o.organizations {
             let org: Organization = admin
-                .post("/organization", &NewOrganization { name: name.clone() })
+                .post(
+                    "/organization",
+                    &NewOrganization {
+                        name: name.clone(),
+                        ..NewOrganization::default()
+                    },
+                )
                 .await?;
             org_ids.push(org.id);
         }
@@ -238,6 +244,7 @@ impl Federation {
                 &NewCollaboration {
                     name: "demo".into(),
                     organization_ids: org_ids.clone(),
+                    encrypted: false,
                 },
             )
             .await?;
@@ -360,10 +367,12 @@ impl Federation {
         &self,
         admin: &Session,
     ) -> Result<Vec<(OrganizationId, Option<String>)>, DemoError> {
-        let members = crate::feature::members(admin, self.collaboration).await?;
-        Ok(members
+        let nodes: Vec<Node> = admin
+            .all(&format!("/node?collaboration_id={}", self.collaboration))
+            .await?;
+        Ok(nodes
             .into_iter()
-            .map(|m| (m.id, m.node.and_then(|n| n.ip)))
+            .map(|n| (n.organization.id, n.ip))
             .collect())
     }
 

@@ -1,10 +1,13 @@
 //! Tokens: HS256 JSON Web Tokens in the shape vantage6 4.x issues (flask-jwt-extended), so that
 //! vantage6's algorithm tools can read their own identity from the token they are given.
 //!
-//! - user: `sub` = user name, `client_type` = "user"
+//! - user: `sub` = user id (the administrator is user 1), `client_type` = "user"
 //! - node: `sub` = node id, `client_type` = "node"
 //! - container: `sub` = {client_type, node_id, organization_id, collaboration_id, task_id,
 //!   image, databases}, `client_type` = "container"
+//!
+//! Users and nodes also get a refresh token (`type` = "refresh"), good only at
+//! `POST /token/refresh`; every other call takes an access token (`type` = "access").
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -14,12 +17,33 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{ContainerIdentity, NodeId};
 
+/// The administrator's user id (vantage6's root user is user 1 too).
+pub const ADMIN_USER: i64 = 1;
+
 /// Who a valid token says the caller is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claimed {
-    User(String),
+    User(i64),
     Node(NodeId),
     Container(ContainerIdentity),
+}
+
+/// What a token is good for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// The API's calls.
+    Access,
+    /// `POST /token/refresh` only.
+    Refresh,
+}
+
+impl Use {
+    fn as_str(self) -> &'static str {
+        match self {
+            Use::Access => "access",
+            Use::Refresh => "refresh",
+        }
+    }
 }
 
 /// Signs and checks tokens with the server's secret.
@@ -48,7 +72,13 @@ impl Signer {
     /// Issues a token for `claimed`, valid `lifetime_secs` from `now` (seconds since the epoch),
     /// or, with `None`, without an expiry: a container token, which lives as long as its run
     /// (the server checks that on every use), as vantage6's do.
-    pub fn issue(&self, claimed: &Claimed, now: u64, lifetime_secs: Option<u64>) -> String {
+    pub fn issue(
+        &self,
+        claimed: &Claimed,
+        used: Use,
+        now: u64,
+        lifetime_secs: Option<u64>,
+    ) -> String {
         let (sub, client_type) = match claimed {
             Claimed::User(name) => (json!(name), "user"),
             Claimed::Node(id) => (json!(id), "node"),
@@ -58,7 +88,7 @@ impl Signer {
         let mut claims = json!({
             "sub": sub,
             "client_type": client_type,
-            "type": "access",
+            "type": used.as_str(),
             "iat": now,
             "nbf": now,
         });
@@ -73,8 +103,9 @@ impl Signer {
         format!("{signing_input}.{sig}")
     }
 
-    /// Checks the signature and the expiry; `None` for anything else than a valid token.
-    pub fn check(&self, token: &str, now: u64) -> Option<Claimed> {
+    /// Checks the signature, the expiry and the use; `None` for anything else than a valid
+    /// token for `used`.
+    pub fn check(&self, token: &str, used: Use, now: u64) -> Option<Claimed> {
         let mut parts = token.split('.');
         let (header_b64, payload, sig) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -88,6 +119,9 @@ impl Signer {
         m.update(format!("{header_b64}.{payload}").as_bytes());
         m.verify_slice(&B64.decode(sig).ok()?).ok()?;
         let claims: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        if claims.get("type")?.as_str()? != used.as_str() {
+            return None;
+        }
         let client_type = claims.get("client_type")?.as_str()?;
         let expired = match claims.get("exp") {
             Some(exp) => exp.as_u64()? <= now,
@@ -99,7 +133,7 @@ impl Signer {
         }
         let sub = claims.get("sub")?;
         match client_type {
-            "user" => Some(Claimed::User(sub.as_str()?.to_string())),
+            "user" => Some(Claimed::User(sub.as_i64()?)),
             "node" => Some(Claimed::Node(NodeId(sub.as_i64()?))),
             "container" => serde_json::from_value(sub.clone())
                 .ok()
@@ -150,28 +184,46 @@ mod tests {
             image: "echo".into(),
             databases: vec![],
         });
-        let t = s.issue(&c, 1000, Some(60));
-        assert_eq!(s.check(&t, 1001), Some(c.clone()));
-        assert_eq!(s.check(&t, 1060), None, "expired");
-        let lasting = s.issue(&c, 1000, None);
-        assert_eq!(s.check(&lasting, 1000 + 10 * 365 * 86400), Some(c));
+        let t = s.issue(&c, Use::Access, 1000, Some(60));
+        assert_eq!(s.check(&t, Use::Access, 1001), Some(c.clone()));
+        assert_eq!(s.check(&t, Use::Access, 1060), None, "expired");
+        let lasting = s.issue(&c, Use::Access, 1000, None);
         assert_eq!(
-            Signer::new(b"other".to_vec()).check(&t, 1001),
+            s.check(&lasting, Use::Access, 1000 + 10 * 365 * 86400),
+            Some(c)
+        );
+        assert_eq!(
+            Signer::new(b"other".to_vec()).check(&t, Use::Access, 1001),
             None,
             "wrong key"
         );
         let mut forged = t.clone();
         forged.insert(forged.find('.').expect("dot") + 3, 'x');
-        assert_eq!(s.check(&forged, 1001), None, "tampered");
-        assert_eq!(s.check("a.b", 1001), None);
-        assert_eq!(s.check("", 1001), None);
-        let node = s.issue(&Claimed::Node(NodeId(7)), 1000, Some(60));
-        assert_eq!(s.check(&node, 1000), Some(Claimed::Node(NodeId(7))));
-        let forever = s.issue(&Claimed::Node(NodeId(7)), 1000, None);
+        assert_eq!(s.check(&forged, Use::Access, 1001), None, "tampered");
+        assert_eq!(s.check("a.b", Use::Access, 1001), None);
+        assert_eq!(s.check("", Use::Access, 1001), None);
+        let node = s.issue(&Claimed::Node(NodeId(7)), Use::Access, 1000, Some(60));
         assert_eq!(
-            s.check(&forever, 1000),
+            s.check(&node, Use::Access, 1000),
+            Some(Claimed::Node(NodeId(7)))
+        );
+        let forever = s.issue(&Claimed::Node(NodeId(7)), Use::Access, 1000, None);
+        assert_eq!(
+            s.check(&forever, Use::Access, 1000),
             None,
             "only container tokens may lack an expiry"
+        );
+        let user = s.issue(&Claimed::User(1), Use::Refresh, 1000, Some(60));
+        assert_eq!(s.check(&user, Use::Refresh, 1000), Some(Claimed::User(1)));
+        assert_eq!(
+            s.check(&user, Use::Access, 1000),
+            None,
+            "a refresh token is no access token"
+        );
+        assert_eq!(
+            s.check(&node, Use::Refresh, 1000),
+            None,
+            "nor the other way"
         );
     }
 }

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// Lifetime of node and user tokens, in seconds.
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
+    /// Lifetime of the refresh tokens users and nodes get with their tokens, in seconds.
+    #[serde(default = "default_refresh_lifetime")]
+    pub refresh_token_lifetime_secs: u64,
     /// How long a client may take to send a request's headers (also between requests on a
     /// kept-alive connection) before the connection is closed, in seconds.
     #[serde(default = "default_header_timeout")]
@@ -79,6 +82,11 @@ pub const SAMPLE_PASSWORD: &str = "change-me-to-12-or-more-characters";
 
 fn default_token_lifetime() -> u64 {
     6 * 3600
+}
+
+/// vantage6's default (`refresh_token_expires_hours: 48`).
+fn default_refresh_lifetime() -> u64 {
+    48 * 3600
 }
 
 impl ServerConfig {

@@ -86,6 +86,19 @@ impl Server {
             .to_string()
     }
 
+    /// The runs of `task` (`GET /run?task_id`, as `token` sees them), by id.
+    pub async fn runs(&self, token: &str, task: i64) -> Vec<Value> {
+        let page = self
+            .ok(
+                "GET",
+                &format!("/run?task_id={task}&per_page=1000"),
+                Some(token),
+                json!(null),
+            )
+            .await;
+        page["data"].as_array().expect("runs").clone()
+    }
+
     /// One organization in one collaboration with its node: (node id, node token).
     pub async fn lone_node(&self) -> (i64, String) {
         let mut nodes = self.nodes(1).await;

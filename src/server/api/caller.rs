@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 
 use super::error::ApiError;
 use crate::api::{CollaborationId, ContainerIdentity};
-use crate::server::auth::Claimed;
+use crate::server::auth::{Claimed, Use, ADMIN_USER};
 use crate::server::state::AppState;
 use crate::server::store::{self, NodeRow};
 
@@ -38,18 +38,13 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let unauthorized = || ApiError::unauthorized("Missing or invalid authorization token");
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(unauthorized)?;
+        let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
         match state
             .signer
-            .check(token, crate::server::state::now())
+            .check(token, Use::Access, crate::server::state::now())
             .ok_or_else(unauthorized)?
         {
-            Claimed::User(name) if name == state.config.admin.username => Ok(Caller::Admin),
+            Claimed::User(ADMIN_USER) => Ok(Caller::Admin),
             Claimed::User(_) => Err(unauthorized()),
             // A deleted node's token dies with it.
             Claimed::Node(id) => store::node(&mut *state.store.read().await?, id)
@@ -69,6 +64,15 @@ impl FromRequestParts<AppState> for Caller {
             }
         }
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// The administrator.

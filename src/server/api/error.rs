@@ -82,7 +82,7 @@ impl ApiError {
         ApiError::new(Kind::Internal, msg)
     }
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
-        ApiError::new(Kind::NotFound, format!("{what} id={id} not found"))
+        ApiError::new(Kind::NotFound, format!("{what} id={id} is not found"))
     }
 }
 

@@ -6,19 +6,21 @@ pub mod caller;
 pub mod error;
 
 mod collaboration;
+mod links;
 mod node;
 mod organization;
 mod port;
 mod run;
 mod task;
 mod token;
+mod user;
 mod vpn;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
@@ -33,22 +35,39 @@ pub fn router(state: AppState) -> Router {
         .route("/token/user", post(token::user))
         .route("/token/node", post(token::node))
         .route("/token/container", post(token::container))
-        .route("/organization", post(organization::create))
+        .route("/token/refresh", post(token::refresh))
+        .route("/user", get(user::list))
+        .route("/user/{id}", get(user::get))
+        .route(
+            "/organization",
+            get(organization::list).post(organization::create),
+        )
         .route("/organization/{id}", get(organization::get))
-        .route("/collaboration", post(collaboration::create))
+        .route(
+            "/collaboration",
+            get(collaboration::list).post(collaboration::create),
+        )
         .route("/collaboration/{id}", get(collaboration::get))
-        .route("/node", post(node::create))
-        .route("/node/{id}", patch(node::patch).delete(node::delete))
-        .route("/task", post(task::create))
+        .route("/node", get(node::list).post(node::create))
+        .route(
+            "/node/{id}",
+            get(node::get).patch(node::patch).delete(node::delete),
+        )
+        .route("/task", get(task::list).post(task::create))
+        .route("/task/{id}", get(task::get))
         .route("/task/{id}/status", get(task::status))
-        .route("/result", get(run::list))
+        .route("/result", get(run::results))
+        .route("/result/{id}", get(run::result))
         .route("/port", post(port::create).delete(port::delete))
         .route("/run", get(run::list))
-        .route("/run/{id}", patch(run::update))
+        .route("/run/{id}", get(run::get).patch(run::update))
         .route("/run/{id}/claim", post(run::claim))
         .route("/vpn", get(vpn::get))
         .route("/vpn/update", post(vpn::update))
         .route("/vpn/algorithm/addresses", get(vpn::addresses))
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .route("/blobstream/status", get(blob_store))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -61,6 +80,25 @@ pub fn router(state: AppState) -> Router {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// vantage6's `GET /version`: algonet's own version.
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// vantage6's `GET /health`: whether the database answers.
+async fn health(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> ApiResult<Json<serde_json::Value>> {
+    s.store.read().await?;
+    Ok(Json(serde_json::json!({ "database": true })))
+}
+
+/// vantage6's clients ask before they send a task whether results go to a blob store; algonet
+/// keeps them in the database.
+async fn blob_store() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "blob_store_enabled": false }))
+}
 
 /// An unknown route: 404 with a JSON `msg`, as every other error.
 async fn not_found(uri: axum::http::Uri) -> ApiError {

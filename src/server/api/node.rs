@@ -1,16 +1,24 @@
-//! `POST /node`, `DELETE /node/<id>` (administrator) and `PATCH /node/<id>` (the administrator,
-//! or the node itself: its VPN address).
+//! `POST /node`, `DELETE /node/<id>` (administrator), `PATCH /node/<id>` (the administrator,
+//! or the node itself: its VPN address), `GET /node/<id>` and `GET /node` (the administrator
+//! any; a node or an algorithm those of its collaboration).
 
 use std::net::Ipv4Addr;
 
 use axum::extract::State;
 
+use serde::Deserialize;
+
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
-use super::{ApiResult, Created, Json, Path};
-use crate::api::{Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch};
+use super::links::{Links, Listing, Resource};
+use super::organization::within;
+use super::{ApiResult, Created, Json, Path, Query};
+use crate::api::{
+    CollaborationId, Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch, OrganizationId, Page,
+};
 use crate::server::auth::{hash_key, random_secret};
 use crate::server::state::AppState;
+use crate::server::store::NodeRow;
 use crate::server::{provision, store};
 
 pub async fn create(
@@ -25,9 +33,19 @@ pub async fn create(
         ));
     }
     let api_key = random_secret().map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
-    let name = b
-        .name
-        .unwrap_or_else(|| format!("node-{}-{}", b.organization_id, b.collaboration_id));
+    let name = match b.name {
+        Some(n) => n,
+        // vantage6's default name.
+        None => {
+            let organization = store::organization(&mut db, b.organization_id, None).await?;
+            let collaboration = store::collaboration_name(&mut db, b.collaboration_id).await?;
+            format!(
+                "{} - {} Node",
+                organization.map(|o| o.name).unwrap_or_default(),
+                collaboration.unwrap_or_default()
+            )
+        }
+    };
     let id = store::insert_node(
         &mut db,
         &name,
@@ -37,14 +55,15 @@ pub async fn create(
     )
     .await?;
     // The API key is shown once, here; only its hash is kept.
+    let node = NodeRow {
+        id,
+        name,
+        organization_id: b.organization_id,
+        collaboration_id: b.collaboration_id,
+        ip: None,
+    };
     Ok(Created(NewNodeKey {
-        node: Node {
-            id,
-            name,
-            organization_id: b.organization_id,
-            collaboration_id: b.collaboration_id,
-            ip: None,
-        },
+        node: present(Links::of(&s), node),
         api_key,
     }))
 }
@@ -91,7 +110,58 @@ pub async fn patch(
     let node = store::set_node_ip(&mut db, id, ip.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found("node", id))?;
-    Ok(Json(node.into()))
+    Ok(Json(present(Links::of(&s), node)))
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<NodeId>,
+) -> ApiResult<Json<Node>> {
+    let node = store::node(&mut *s.store.read().await?, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("node", id))?;
+    within(&caller, Some(node.collaboration_id))?;
+    Ok(Json(present(Links::of(&s), node)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NodeFilter {
+    collaboration_id: Option<CollaborationId>,
+    organization_id: Option<OrganizationId>,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    listing: Listing,
+    Query(f): Query<NodeFilter>,
+) -> ApiResult<Json<Page<Node>>> {
+    let collaboration = within(&caller, f.collaboration_id)?;
+    let rows = store::nodes(
+        &mut *s.store.read().await?,
+        collaboration,
+        f.organization_id,
+    )
+    .await?;
+    let l = Links::of(&s);
+    Ok(Json(
+        listing.page(rows.into_iter().map(|n| present(l, n)).collect()),
+    ))
+}
+
+pub fn present(l: Links, n: NodeRow) -> Node {
+    Node {
+        organization: l.one(Resource::Organization, n.organization_id),
+        collaboration: l.one(Resource::Collaboration, n.collaboration_id),
+        config: vec![],
+        id: n.id,
+        kind: "node".into(),
+        ip: n.ip,
+        last_seen: None,
+        status: None,
+        name: n.name,
+    }
 }
 
 /// The node goes, and with the built-in VPN its certificates are revoked.

@@ -1,23 +1,45 @@
-//! `POST /organization` (administrator) and `GET /organization/<id>` (the administrator, or a
-//! node or an algorithm of a collaboration the organization is in: vantage6's algorithm client
-//! reads an organization's public key before it creates a subtask for it).
+//! `POST /organization` (administrator), `GET /organization/<id>` and `GET /organization`
+//! (the administrator any; a node or an algorithm those of its collaboration: vantage6's
+//! algorithm client reads an organization's public key before it creates a subtask for it, and
+//! lists its collaboration's organizations).
 
 use axum::extract::State;
+use serde::Deserialize;
 
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
-use super::{ApiResult, Created, Json, Path};
-use crate::api::{NewOrganization, Organization, OrganizationId};
+use super::links::{Links, Listing};
+use super::{ApiResult, Created, Json, Path, Query};
+use crate::api::{CollaborationId, NewOrganization, Organization, OrganizationId, Page};
 use crate::server::state::AppState;
-use crate::server::store;
+use crate::server::store::{self, OrganizationRow};
+
+pub fn present(l: Links, o: OrganizationRow) -> Organization {
+    Organization {
+        collaborations: l.list("collaboration", "organization_id", o.id),
+        nodes: l.list("node", "organization_id", o.id),
+        users: l.list("user", "organization_id", o.id),
+        tasks: l.list("task", "init_org_id", o.id),
+        runs: l.list("run", "organization_id", o.id),
+        studies: l.list("study", "organization_id", o.id),
+        public_key: String::new(),
+        id: o.id,
+        name: o.name,
+        domain: o.domain,
+        address1: o.address1,
+        address2: o.address2,
+        zipcode: o.zipcode,
+        country: o.country,
+    }
+}
 
 pub async fn create(
     State(s): State<AppState>,
     _: AdminCaller,
     Json(b): Json<NewOrganization>,
 ) -> ApiResult<Created<Organization>> {
-    let id = store::insert_organization(&mut *s.store.read().await?, &b.name).await?;
-    Ok(Created(Organization::new(id, b.name)))
+    let row = store::insert_organization(&mut *s.store.read().await?, &b).await?;
+    Ok(Created(present(Links::of(&s), row)))
 }
 
 pub async fn get(
@@ -26,7 +48,7 @@ pub async fn get(
     Path(id): Path<OrganizationId>,
 ) -> ApiResult<Json<Organization>> {
     let mut db = s.store.read().await?;
-    let name = store::organization_name(&mut db, id)
+    let row = store::organization(&mut db, id, None)
         .await?
         .ok_or_else(|| ApiError::not_found("organization", id))?;
     if let Some(c) = caller.collaboration() {
@@ -36,5 +58,39 @@ pub async fn get(
             ));
         }
     }
-    Ok(Json(Organization::new(id, name)))
+    Ok(Json(present(Links::of(&s), row)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OrganizationFilter {
+    collaboration_id: Option<CollaborationId>,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    listing: Listing,
+    Query(f): Query<OrganizationFilter>,
+) -> ApiResult<Json<Page<Organization>>> {
+    let collaboration = within(&caller, f.collaboration_id)?;
+    let rows = store::organizations(&mut *s.store.read().await?, collaboration).await?;
+    let l = Links::of(&s);
+    Ok(Json(
+        listing.page(rows.into_iter().map(|o| present(l, o)).collect()),
+    ))
+}
+
+/// The collaboration a list is kept to: the one asked for, which for a node or an algorithm
+/// must be its own (its own also when none is asked for).
+pub fn within(
+    caller: &Caller,
+    asked: Option<CollaborationId>,
+) -> ApiResult<Option<CollaborationId>> {
+    match (caller.collaboration(), asked) {
+        (None, asked) => Ok(asked),
+        (Some(own), Some(asked)) if asked != own => Err(ApiError::forbidden(
+            "A node or an algorithm sees only its own collaboration",
+        )),
+        (Some(own), _) => Ok(Some(own)),
+    }
 }

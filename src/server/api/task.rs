@@ -1,17 +1,24 @@
 //! `POST /task`: the administrator creates a task in any collaboration; an algorithm creates
 //! subtasks of its own task, in its own collaboration. Nodes do not create tasks.
-//! `GET /task/<id>/status`: the task's state from its runs', as vantage6 derives it.
+//! `GET /task/<id>`, `GET /task` and `GET /task/<id>/status` (the task's state from its runs',
+//! as vantage6 derives it): the administrator any task, a node or an algorithm those of its
+//! collaboration.
 
 use std::collections::HashSet;
 
 use axum::extract::State;
 
+use serde::Deserialize;
+
 use super::caller::Caller;
 use super::error::ApiError;
-use super::{ApiResult, Created, Json, Path};
-use crate::api::{NewTask, RunStatus, RunSummary, Task, TaskId, TaskStatus};
+use super::links::{Links, Listing, Resource};
+use super::organization::within;
+use super::{ApiResult, Created, Json, Path, Query};
+use crate::api::{CollaborationId, NewTask, Page, RunStatus, Task, TaskId, TaskStatus};
+use crate::server::auth::ADMIN_USER;
 use crate::server::state::AppState;
-use crate::server::store;
+use crate::server::store::{self, Db};
 
 /// The most organizations one task may name (a collaboration larger than this is not one that
 /// runs a federated algorithm; the bound keeps one request's write short).
@@ -27,7 +34,7 @@ pub async fn create(
             b.collaboration_id
                 .ok_or_else(|| ApiError::bad("collaboration_id is required"))?,
             b.parent_id,
-            None,
+            store::root_organization(&mut *s.store.read().await?).await?,
         ),
         Caller::Container(c) => {
             if b.collaboration_id
@@ -43,7 +50,7 @@ pub async fn create(
                     c.image
                 )));
             }
-            (c.collaboration_id, Some(c.task_id), Some(c.organization_id))
+            (c.collaboration_id, Some(c.task_id), c.organization_id)
         }
         Caller::Node(_) => return Err(ApiError::forbidden("Nodes do not create tasks")),
     };
@@ -68,39 +75,126 @@ pub async fn create(
         )));
     }
     let mut tx = s.store.write().await?;
+    // A subtask belongs to its parent's user; a task of the administrator's to user 1.
+    let mut init_user = Some(ADMIN_USER);
     if let Some(p) = parent {
-        let in_collaboration = store::task(&mut tx, p)
+        let parent = store::task(&mut tx, p)
             .await?
-            .is_some_and(|t| t.collaboration_id == collaboration);
-        if !in_collaboration {
-            return Err(ApiError::not_found("parent task", p));
+            .filter(|t| t.collaboration_id == collaboration)
+            .ok_or_else(|| ApiError::not_found("parent task", p))?;
+        if matches!(caller, Caller::Container(_)) {
+            init_user = parent.init_user_id;
         }
     }
     let new = store::NewTask {
         name: &b.name,
+        description: &b.description,
         image: &b.image,
         collaboration,
         parent,
         init_organization,
+        init_user,
     };
     let id = store::insert_task(&mut tx, &new).await?;
-    let mut runs = Vec::new();
     for o in &organizations {
-        let run = store::insert_run(&mut tx, id, o.id, &o.input).await?;
-        runs.push(RunSummary {
-            id: run,
-            organization_id: o.id,
-            status: RunStatus::Pending,
-        });
+        store::insert_run(&mut tx, id, o.id, &o.input).await?;
     }
+    let task = present(&s, &mut tx, id).await?;
     store::commit(tx).await?;
-    Ok(Created(Task {
-        id,
-        name: b.name,
-        image: b.image,
-        collaboration_id: collaboration,
-        parent_id: parent,
-        runs,
+    Ok(Created(task))
+}
+
+/// Task `id` as vantage6 shows it, its state and end from its runs'.
+async fn present(s: &AppState, db: &mut Db, id: TaskId) -> ApiResult<Task> {
+    let t = store::task(db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("task", id))?;
+    shape(s, db, t).await
+}
+
+async fn shape(s: &AppState, db: &mut Db, t: store::TaskRow) -> ApiResult<Task> {
+    let l = Links::of(s);
+    let (runs, finished) = store::task_progress(db, t.id).await?;
+    let status = RunStatus::of_task(&runs);
+    Ok(Task {
+        status,
+        finished_at: if status.is_finished() { finished } else { None },
+        collaboration: l.one(Resource::Collaboration, t.collaboration_id),
+        runs: l.list("run", "task_id", t.id),
+        results: l.list("result", "task_id", t.id),
+        parent: t.parent_id.map(|p| l.one(Resource::Task, p)),
+        children: l.list("task", "parent_id", t.id),
+        init_org: t
+            .init_organization_id
+            .map(|o| l.one(Resource::Organization, o)),
+        init_user: t.init_user_id.map(|u| l.one(Resource::User, u)),
+        databases: vec![],
+        study: None,
+        algorithm_store: None,
+        id: t.id,
+        name: t.name,
+        description: t.description,
+        image: t.image,
+        job_id: t.job_id,
+        created_at: t.created_at,
+    })
+}
+
+/// Refuses a task outside the caller's collaboration, in vantage6's words.
+fn visible(caller: &Caller, t: &store::TaskRow) -> ApiResult<()> {
+    if caller
+        .collaboration()
+        .is_some_and(|c| c != t.collaboration_id)
+    {
+        return Err(ApiError::unauthorized(
+            "You lack the permission to do that!",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<TaskId>,
+) -> ApiResult<Json<Task>> {
+    let mut db = s.store.read().await?;
+    let t = store::task(&mut db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("task", id))?;
+    visible(&caller, &t)?;
+    Ok(Json(shape(&s, &mut db, t).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TaskQuery {
+    collaboration_id: Option<CollaborationId>,
+    parent_id: Option<TaskId>,
+    job_id: Option<TaskId>,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    listing: Listing,
+    Query(q): Query<TaskQuery>,
+) -> ApiResult<Json<Page<Task>>> {
+    let filter = store::TaskFilter {
+        collaboration: within(&caller, q.collaboration_id)?,
+        parent: q.parent_id,
+        job: q.job_id,
+    };
+    let mut db = s.store.read().await?;
+    let rows = store::tasks(&mut db, filter).await?;
+    // Only the page's tasks are shaped (each asks for its runs' states).
+    let mut page = listing.page(rows);
+    let mut data = Vec::with_capacity(page.data.len());
+    for t in std::mem::take(&mut page.data) {
+        data.push(shape(&s, &mut db, t).await?);
+    }
+    Ok(Json(Page {
+        data,
+        links: page.links,
     }))
 }
 
@@ -113,20 +207,9 @@ pub async fn status(
     let mut db = s.store.read().await?;
     let task = store::task(&mut db, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if caller
-        .collaboration()
-        .is_some_and(|c| c != task.collaboration_id)
-    {
-        return Err(ApiError::unauthorized(
-            "You lack the permission to do that!",
-        ));
-    }
-    let runs: Vec<RunStatus> = store::task_runs(&mut db, id, None)
-        .await?
-        .iter()
-        .map(|r| r.status)
-        .collect();
+        .ok_or_else(|| ApiError::not_found("task", id))?;
+    visible(&caller, &task)?;
+    let (runs, _) = store::task_progress(&mut db, id).await?;
     Ok(Json(TaskStatus {
         status: RunStatus::of_task(&runs),
     }))

@@ -1,18 +1,21 @@
-//! `POST /token/user`, `/token/node`, `/token/container`: logins, and a node asking for the
-//! token of a run's algorithm.
+//! `POST /token/user`, `/token/node`, `/token/refresh`, `/token/container`: logins, refreshes,
+//! and a node asking for the token of a run's algorithm.
 
 use std::net::SocketAddr;
 use std::sync::PoisonError;
 
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 
-use super::caller::NodeCaller;
+use super::caller::{bearer, NodeCaller};
 use super::error::ApiError;
 use super::{ApiResult, Json};
 use crate::api::{
-    ContainerIdentity, ContainerLogin, ContainerToken, NodeLogin, NodeToken, UserLogin, UserToken,
+    ContainerIdentity, ContainerLogin, ContainerToken, NodeId, NodeLogin, NodeToken, UserLogin,
+    UserToken,
 };
-use crate::server::auth::{hash_key, same, Claimed};
+use crate::server::auth::{hash_key, same, Claimed, Use, ADMIN_USER};
 use crate::server::state::{now, AppState};
 use crate::server::store;
 
@@ -35,12 +38,7 @@ pub async fn user(
         return Err(ApiError::unauthorized("Invalid username or password"));
     }
     lock().succeeded(&b.username, from);
-    let access_token = s.signer.issue(
-        &Claimed::User(a.username.clone()),
-        now(),
-        Some(s.config.token_lifetime_secs),
-    );
-    Ok(Json(UserToken { access_token }))
+    Ok(Json(user_tokens(&s)))
 }
 
 pub async fn node(
@@ -50,15 +48,62 @@ pub async fn node(
     let id = store::node_by_key_hash(&mut *s.store.read().await?, &hash_key(&b.api_key))
         .await?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key"))?;
-    let access_token = s.signer.issue(
-        &Claimed::Node(id),
-        now(),
-        Some(s.config.token_lifetime_secs),
-    );
-    Ok(Json(NodeToken {
+    Ok(Json(node_tokens(&s, id)))
+}
+
+/// A refresh token (as the bearer) buys a new pair, as vantage6's `refresh_url` does; a
+/// deleted node's refresh token buys nothing.
+pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let refused = || ApiError::unauthorized("Missing or invalid refresh token");
+    let claimed = bearer(&headers)
+        .and_then(|t| s.signer.check(t, Use::Refresh, now()))
+        .ok_or_else(refused)?;
+    match claimed {
+        Claimed::User(ADMIN_USER) => Ok(Json(user_tokens(&s)).into_response()),
+        Claimed::Node(id) => {
+            store::node(&mut *s.store.read().await?, id)
+                .await?
+                .ok_or_else(refused)?;
+            Ok(Json(node_tokens(&s, id)).into_response())
+        }
+        _ => Err(refused()),
+    }
+}
+
+fn user_tokens(s: &AppState) -> UserToken {
+    let (access_token, refresh_token) = pair(s, &Claimed::User(ADMIN_USER));
+    UserToken {
         access_token,
+        refresh_token,
+        refresh_url: format!("{}/token/refresh", s.config.api_path),
+        user_url: format!("{}/user/{ADMIN_USER}", s.config.api_path),
+    }
+}
+
+fn node_tokens(s: &AppState, id: NodeId) -> NodeToken {
+    let (access_token, refresh_token) = pair(s, &Claimed::Node(id));
+    NodeToken {
+        access_token,
+        refresh_token,
+        refresh_url: format!("{}/token/refresh", s.config.api_path),
+        node_url: format!("{}/node/{id}", s.config.api_path),
         node_id: id,
-    }))
+    }
+}
+
+/// An access token and a refresh token for the same caller.
+fn pair(s: &AppState, claimed: &Claimed) -> (String, String) {
+    let c = &s.config;
+    (
+        s.signer
+            .issue(claimed, Use::Access, now(), Some(c.token_lifetime_secs)),
+        s.signer.issue(
+            claimed,
+            Use::Refresh,
+            now(),
+            Some(c.refresh_token_lifetime_secs),
+        ),
+    )
 }
 
 /// Refused for another collaboration's task, for another image, and for a task whose runs have
@@ -97,6 +142,8 @@ pub async fn container(
     };
     // No expiry: the token is good while its node exists and its run is unfinished, which
     // every use checks (see `caller`).
-    let container_token = s.signer.issue(&Claimed::Container(identity), now(), None);
+    let container_token = s
+        .signer
+        .issue(&Claimed::Container(identity), Use::Access, now(), None);
     Ok(Json(ContainerToken { container_token }))
 }

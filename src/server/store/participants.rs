@@ -1,7 +1,7 @@
 //! Organizations, collaborations and their members, and nodes.
 
 use super::{Db, Result};
-use crate::api::{CollaborationId, Member, MemberNode, NodeId, OrganizationId};
+use crate::api::{CollaborationId, NewOrganization, NodeId, OrganizationId};
 
 /// A node, as its token and its own changes see it.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -11,18 +11,6 @@ pub struct NodeRow {
     pub organization_id: OrganizationId,
     pub collaboration_id: CollaborationId,
     pub ip: Option<String>,
-}
-
-impl From<NodeRow> for crate::api::Node {
-    fn from(r: NodeRow) -> Self {
-        crate::api::Node {
-            id: r.id,
-            name: r.name,
-            organization_id: r.organization_id,
-            collaboration_id: r.collaboration_id,
-            ip: r.ip,
-        }
-    }
 }
 
 /// A node statement that returns the columns of a [`NodeRow`].
@@ -101,20 +89,70 @@ pub async fn delete_node(db: &mut Db, id: NodeId) -> Result<bool> {
     Ok(gone.rows_affected() > 0)
 }
 
-pub async fn insert_organization(db: &mut Db, name: &str) -> Result<OrganizationId> {
-    Ok(
-        sqlx::query_scalar("INSERT INTO organization (name) VALUES (?) RETURNING id")
-            .bind(name)
-            .fetch_one(db)
-            .await?,
-    )
+/// An organization's own fields.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OrganizationRow {
+    pub id: OrganizationId,
+    pub name: String,
+    pub domain: Option<String>,
+    pub address1: Option<String>,
+    pub address2: Option<String>,
+    pub zipcode: Option<String>,
+    pub country: Option<String>,
 }
 
-pub async fn organization_name(db: &mut Db, id: OrganizationId) -> Result<Option<String>> {
+pub async fn insert_organization(db: &mut Db, o: &NewOrganization) -> Result<OrganizationRow> {
+    Ok(sqlx::query_as(
+        "INSERT INTO organization (name, domain, address1, address2, zipcode, country) \
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING id, name, domain, address1, address2, zipcode, country",
+    )
+    .bind(&o.name)
+    .bind(&o.domain)
+    .bind(&o.address1)
+    .bind(&o.address2)
+    .bind(&o.zipcode)
+    .bind(&o.country)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Organization `id`, or with `collaboration` only one of its members.
+pub async fn organization(
+    db: &mut Db,
+    id: OrganizationId,
+    collaboration: Option<CollaborationId>,
+) -> Result<Option<OrganizationRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, name, domain, address1, address2, zipcode, country FROM organization WHERE id = ? \
+         AND (? IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = ?))",
+    )
+    .bind(id)
+    .bind(collaboration)
+    .bind(collaboration)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The organizations, or those of a collaboration, by id.
+pub async fn organizations(
+    db: &mut Db,
+    collaboration: Option<CollaborationId>,
+) -> Result<Vec<OrganizationRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, name, domain, address1, address2, zipcode, country FROM organization \
+         WHERE ? IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = ?) ORDER BY id",
+    )
+    .bind(collaboration)
+    .bind(collaboration)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The administrator's organization (made by the first migration that knew users).
+pub async fn root_organization(db: &mut Db) -> Result<OrganizationId> {
     Ok(
-        sqlx::query_scalar("SELECT name FROM organization WHERE id = ?")
-            .bind(id)
-            .fetch_optional(db)
+        sqlx::query_scalar("SELECT id FROM organization WHERE name = 'root'")
+            .fetch_one(db)
             .await?,
     )
 }
@@ -150,33 +188,37 @@ pub async fn collaboration_name(db: &mut Db, id: CollaborationId) -> Result<Opti
     )
 }
 
-#[derive(sqlx::FromRow)]
-struct MemberRow {
-    id: OrganizationId,
-    name: String,
-    node_id: Option<NodeId>,
-    node_ip: Option<String>,
+/// The collaborations (id, name), or those an organization is in.
+pub async fn collaborations(
+    db: &mut Db,
+    organization: Option<OrganizationId>,
+) -> Result<Vec<(CollaborationId, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, name FROM collaboration WHERE ? IS NULL \
+         OR id IN (SELECT collaboration_id FROM member WHERE organization_id = ?) ORDER BY id",
+    )
+    .bind(organization)
+    .bind(organization)
+    .fetch_all(db)
+    .await?)
 }
 
-/// A collaboration's organizations, each with its node there (if any).
-pub async fn members(db: &mut Db, collaboration: CollaborationId) -> Result<Vec<Member>> {
-    let rows: Vec<MemberRow> = sqlx::query_as(
-        "SELECT organization.id, organization.name, node.id AS node_id, node.ip AS node_ip FROM member \
-         JOIN organization ON organization.id = member.organization_id \
-         LEFT JOIN node ON node.organization_id = member.organization_id AND node.collaboration_id = member.collaboration_id \
-         WHERE member.collaboration_id = ? ORDER BY organization.id",
-    )
+/// The nodes, or those of a collaboration and of an organization, by id.
+pub async fn nodes(
+    db: &mut Db,
+    collaboration: Option<CollaborationId>,
+    organization: Option<OrganizationId>,
+) -> Result<Vec<NodeRow>> {
+    Ok(sqlx::query_as(node_sql!(
+        "SELECT",
+        "FROM node WHERE (? IS NULL OR collaboration_id = ?) AND (? IS NULL OR organization_id = ?) ORDER BY id"
+    ))
     .bind(collaboration)
+    .bind(collaboration)
+    .bind(organization)
+    .bind(organization)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Member {
-            id: r.id,
-            name: r.name,
-            node: r.node_id.map(|id| MemberNode { id, ip: r.node_ip }),
-        })
-        .collect())
+    .await?)
 }
 
 /// The organizations of a collaboration.

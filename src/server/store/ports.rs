@@ -1,7 +1,7 @@
 //! The public ports of runs, and the addresses algorithms look up.
 
 use super::{Db, Result};
-use crate::api::{Address, OrganizationId, PublicPort, RunId, TaskId};
+use crate::api::{Address, OrganizationId, PublicPort, RunId, RunPort, TaskId};
 
 pub async fn insert_port(
     db: &mut Db,
@@ -70,4 +70,14 @@ pub async fn tasks_addresses(db: &mut Db, tasks: &[TaskId]) -> Result<Vec<Addres
             parent_id: r.parent_id,
         })
         .collect())
+}
+
+/// A run's public ports, in the order they were registered.
+pub async fn run_ports(db: &mut Db, run: RunId) -> Result<Vec<RunPort>> {
+    Ok(
+        sqlx::query_as("SELECT id, port, label FROM port WHERE run_id = ? ORDER BY id")
+            .bind(run)
+            .fetch_all(db)
+            .await?,
+    )
 }

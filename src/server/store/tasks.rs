@@ -1,23 +1,75 @@
 //! Tasks and their runs.
 
 use super::{Db, Result};
-use crate::api::{CollaborationId, OrganizationId, Run, RunId, RunStatus, RunTask, TaskId};
+use crate::api::{CollaborationId, NodeId, OrganizationId, RunId, RunStatus, TaskId};
 
-/// What a container token is checked against.
+/// A task's own fields (times in ISO 8601, as vantage6 shows them).
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct TaskRow {
-    pub collaboration_id: CollaborationId,
+    pub id: TaskId,
+    pub name: String,
+    pub description: String,
     pub image: String,
+    pub collaboration_id: CollaborationId,
     pub parent_id: Option<TaskId>,
+    pub job_id: TaskId,
+    pub init_organization_id: Option<OrganizationId>,
+    pub init_user_id: Option<i64>,
+    pub created_at: String,
+}
+
+/// The columns of a [`TaskRow`], for tasks that satisfy a condition.
+macro_rules! select_tasks {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, name, description, image, collaboration_id, parent_id, job_id, ",
+            "init_organization_id, init_user_id, replace(created_at, ' ', 'T') AS created_at ",
+            "FROM task WHERE ",
+            $condition
+        )
+    };
 }
 
 pub async fn task(db: &mut Db, id: TaskId) -> Result<Option<TaskRow>> {
-    Ok(
-        sqlx::query_as("SELECT collaboration_id, image, parent_id FROM task WHERE id = ?")
-            .bind(id)
-            .fetch_optional(db)
-            .await?,
+    Ok(sqlx::query_as(select_tasks!("id = ?"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// Which tasks `GET /task` lists: any of these that is given must match.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskFilter {
+    pub collaboration: Option<CollaborationId>,
+    pub parent: Option<TaskId>,
+    pub job: Option<TaskId>,
+}
+
+pub async fn tasks(db: &mut Db, f: TaskFilter) -> Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(select_tasks!(
+        "(? IS NULL OR collaboration_id = ?) AND (? IS NULL OR parent_id = ?) \
+         AND (? IS NULL OR job_id = ?) ORDER BY id"
+    ))
+    .bind(f.collaboration)
+    .bind(f.collaboration)
+    .bind(f.parent)
+    .bind(f.parent)
+    .bind(f.job)
+    .bind(f.job)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The states of a task's runs, and when the last of them finished.
+pub async fn task_progress(db: &mut Db, id: TaskId) -> Result<(Vec<RunStatus>, Option<String>)> {
+    let rows: Vec<(RunStatus, Option<String>)> = sqlx::query_as(
+        "SELECT status, replace(finished_at, ' ', 'T') FROM run WHERE task_id = ? ORDER BY id",
     )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    let last = rows.iter().filter_map(|r| r.1.clone()).max();
+    Ok((rows.into_iter().map(|r| r.0).collect(), last))
 }
 
 pub async fn task_children(db: &mut Db, id: TaskId) -> Result<Vec<TaskId>> {
@@ -59,26 +111,36 @@ pub async fn open_runs(db: &mut Db, task: TaskId) -> Result<i64> {
     )
 }
 
-/// A new task, created by the administrator (`init_organization` none) or an algorithm.
+/// A new task, created by the administrator (user 1, of the root organization) or by an
+/// algorithm (a subtask, of its job and its user).
 #[derive(Debug)]
 pub struct NewTask<'a> {
     pub name: &'a str,
+    pub description: &'a str,
     pub image: &'a str,
     pub collaboration: CollaborationId,
     pub parent: Option<TaskId>,
-    pub init_organization: Option<OrganizationId>,
+    pub init_organization: OrganizationId,
+    pub init_user: Option<i64>,
 }
 
+/// A subtask joins its parent's job; any other task starts a job of its own, numbered after the
+/// last one, as vantage6 numbers them.
 pub async fn insert_task(db: &mut Db, t: &NewTask<'_>) -> Result<TaskId> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO task (name, image, collaboration_id, parent_id, init_organization_id, created_at) \
-         VALUES (?, ?, ?, ?, ?, datetime('now')) RETURNING id",
+        "INSERT INTO task (name, description, image, collaboration_id, parent_id, init_organization_id, \
+         init_user_id, job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, \
+         coalesce((SELECT job_id FROM task WHERE id = ?), (SELECT coalesce(max(job_id), 0) + 1 FROM task)), \
+         datetime('now')) RETURNING id",
     )
     .bind(t.name)
+    .bind(t.description)
     .bind(t.image)
     .bind(t.collaboration)
     .bind(t.parent)
     .bind(t.init_organization)
+    .bind(t.init_user)
+    .bind(t.parent)
     .fetch_one(db)
     .await?)
 }
@@ -112,39 +174,26 @@ pub async fn run_placement(
     .await?)
 }
 
-#[derive(sqlx::FromRow)]
-struct RunRow {
-    id: RunId,
-    task_id: TaskId,
-    organization_id: OrganizationId,
-    status: RunStatus,
-    input: Option<String>,
-    result: Option<String>,
-    log: Option<String>,
-    image: String,
-    name: String,
-    parent_id: Option<TaskId>,
-    collaboration_id: CollaborationId,
-}
-
-impl From<RunRow> for Run {
-    fn from(r: RunRow) -> Run {
-        Run {
-            id: r.id,
-            task: RunTask {
-                id: r.task_id,
-                image: r.image,
-                name: r.name,
-                parent_id: r.parent_id,
-                collaboration_id: r.collaboration_id,
-            },
-            organization_id: r.organization_id,
-            status: r.status,
-            input: r.input,
-            result: r.result,
-            log: r.log,
-        }
-    }
+/// A run, with its task's and its node's fields (times in ISO 8601).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: RunId,
+    pub task_id: TaskId,
+    pub organization_id: OrganizationId,
+    pub status: RunStatus,
+    pub input: Option<String>,
+    pub result: Option<String>,
+    pub log: Option<String>,
+    pub assigned_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub image: String,
+    pub name: String,
+    pub parent_id: Option<TaskId>,
+    pub collaboration_id: CollaborationId,
+    pub node_id: Option<NodeId>,
+    pub node_ip: Option<String>,
+    pub node_name: Option<String>,
 }
 
 /// The columns of a [`RunRow`], for runs that satisfy a condition.
@@ -152,23 +201,23 @@ macro_rules! select_runs {
     ($condition:literal) => {
         concat!(
             "SELECT run.id, run.task_id, run.organization_id, run.status, run.input, run.result, run.log, ",
-            "task.image, task.name, task.parent_id, task.collaboration_id ",
-            "FROM run JOIN task ON task.id = run.task_id WHERE ",
+            "replace(run.assigned_at, ' ', 'T') AS assigned_at, replace(run.started_at, ' ', 'T') AS started_at, ",
+            "replace(run.finished_at, ' ', 'T') AS finished_at, ",
+            "task.image, task.name, task.parent_id, task.collaboration_id, ",
+            "node.id AS node_id, node.ip AS node_ip, node.name AS node_name ",
+            "FROM run JOIN task ON task.id = run.task_id ",
+            "LEFT JOIN node ON node.organization_id = run.organization_id AND node.collaboration_id = task.collaboration_id ",
+            "WHERE ",
             $condition
         )
     };
 }
 
-fn runs(rows: Vec<RunRow>) -> Vec<Run> {
-    rows.into_iter().map(Run::from).collect()
-}
-
-pub async fn run(db: &mut Db, id: RunId) -> Result<Option<Run>> {
-    let row: Option<RunRow> = sqlx::query_as(select_runs!("run.id = ?"))
+pub async fn run(db: &mut Db, id: RunId) -> Result<Option<RunRow>> {
+    Ok(sqlx::query_as(select_runs!("run.id = ?"))
         .bind(id)
         .fetch_optional(db)
-        .await?;
-    Ok(row.map(Run::from))
+        .await?)
 }
 
 /// A node's runs in a state, optionally of one task.
@@ -178,7 +227,7 @@ pub async fn node_runs(
     collaboration: CollaborationId,
     status: RunStatus,
     task: Option<TaskId>,
-) -> Result<Vec<Run>> {
+) -> Result<Vec<RunRow>> {
     let rows = sqlx::query_as(select_runs!(
         "run.organization_id = ? AND task.collaboration_id = ? AND run.status = ? \
          AND (? IS NULL OR run.task_id = ?) ORDER BY run.id"
@@ -190,7 +239,7 @@ pub async fn node_runs(
     .bind(task)
     .fetch_all(db)
     .await?;
-    Ok(runs(rows))
+    Ok(rows)
 }
 
 /// A task's runs; only if the task is in `collaboration`, when given.
@@ -198,7 +247,7 @@ pub async fn task_runs(
     db: &mut Db,
     task: TaskId,
     collaboration: Option<CollaborationId>,
-) -> Result<Vec<Run>> {
+) -> Result<Vec<RunRow>> {
     let rows = sqlx::query_as(select_runs!(
         "run.task_id = ? AND (? IS NULL OR task.collaboration_id = ?) ORDER BY run.id"
     ))
@@ -207,7 +256,7 @@ pub async fn task_runs(
     .bind(collaboration)
     .fetch_all(db)
     .await?;
-    Ok(runs(rows))
+    Ok(rows)
 }
 
 /// Takes a pending run; false if it was not pending (another claim won).
@@ -232,11 +281,13 @@ pub async fn update_run(
     let finished = status.is_some_and(RunStatus::is_finished);
     sqlx::query(
         "UPDATE run SET status = coalesce(?, status), result = coalesce(?, result), log = coalesce(?, log), \
+         started_at = CASE WHEN ? = 'active' THEN coalesce(started_at, datetime('now')) ELSE started_at END, \
          finished_at = CASE WHEN ? THEN datetime('now') ELSE finished_at END WHERE id = ?",
     )
     .bind(status)
     .bind(result)
     .bind(log)
+    .bind(status)
     .bind(finished)
     .bind(id)
     .execute(db)
