@@ -22,6 +22,15 @@ if ! "$v6_venv/bin/python" -c 'import vantage6.algorithm.client, vantage6.client
     "$v6_venv/bin/pip" install -q vantage6-algorithm-tools==4.14.0 vantage6-client==4.14.0
 fi
 export ALGONET_V6_PYTHON="$PWD/$v6_venv/bin/python"
+# The reference the differential test compares algonet with: vantage6's own server (its VPN
+# code is 4.14.0's; 4.15.2 installs on this Python, and needs vantage6-backend-common named).
+v6_server_venv=target/py/vantage6-server
+if ! "$v6_server_venv/bin/python" -c 'import vantage6.server.resource' >/dev/null 2>&1; then
+    echo "==> installing vantage6-server 4.15.2 into $v6_server_venv"
+    python3 -m venv "$v6_server_venv"
+    "$v6_server_venv/bin/pip" install -q vantage6-server==4.15.2 vantage6-backend-common==4.15.2
+fi
+export ALGONET_V6_SERVER_PYTHON="$PWD/$v6_server_venv/bin/python"
 
 echo "==> format and lints"
 cargo fmt --all -- --check

@@ -227,8 +227,17 @@ async fn federation_on_docker() {
     let orgs: Vec<OrganizationId> = fed.nodes.iter().map(|n| n.organization_id).collect();
     let task = echo_children(&admin, fed.collaboration, &orgs, 300).await;
     let task_id = task["id"].as_i64().expect("task id");
-    let run_a = task["runs"][0]["id"].as_i64().expect("run id");
-    let run_b = task["runs"][1]["id"].as_i64().expect("run id");
+    let runs: Vec<Value> = admin
+        .all(&format!("/run?task_id={task_id}"))
+        .await
+        .expect("runs");
+    let run_of = |org: OrganizationId| {
+        runs.iter()
+            .find(|r| r["organization"]["id"] == json!(org))
+            .and_then(|r| r["id"].as_i64())
+            .expect("run id")
+    };
+    let (run_a, run_b) = (run_of(orgs[0]), run_of(orgs[1]));
     let until = Instant::now() + Duration::from_secs(60);
     while run_statuses(&fed, task_id).await != ["active", "active"] {
         assert!(

@@ -265,6 +265,12 @@ pub struct RunUpdate {
     pub result: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// What vantage6's nodes send with a status; accepted, but the server stamps the start
+    /// (`active`) and the end (a finishing status) by its own clock.
+    #[serde(default, skip_serializing)]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub finished_at: Option<String>,
 }
 
 /// `POST /port`: a public port of a run.

@@ -117,6 +117,7 @@ impl ServerClient {
             status: Some(status),
             result: result.map(str::to_string),
             log: log.map(str::to_string),
+            ..RunUpdate::default()
         };
         self.call_ignoring(Method::PATCH, &format!("/run/{run}"), Some(&update))
             .await

@@ -86,7 +86,7 @@ impl Server {
             .to_string()
     }
 
-    /// The runs of `task` (`GET /run?task_id`, as `token` sees them), by id.
+    /// The runs of `task` (`GET /run?task_id`, as `token` sees them), oldest first.
     pub async fn runs(&self, token: &str, task: i64) -> Vec<Value> {
         let page = self
             .ok(
@@ -96,7 +96,9 @@ impl Server {
                 json!(null),
             )
             .await;
-        page["data"].as_array().expect("runs").clone()
+        let mut runs = page["data"].as_array().expect("runs").clone();
+        runs.sort_by_key(|r| r["id"].as_i64());
+        runs
     }
 
     /// One organization in one collaboration with its node: (node id, node token).

@@ -8,7 +8,7 @@ use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
 use super::links::{Links, Listing};
 use super::organization::within;
-use super::{ApiResult, Created, Json, Path, Query};
+use super::{ApiResult, Json, Path, Query};
 use crate::api::{Collaboration, CollaborationId, NewCollaboration, OrganizationId, Page};
 use crate::server::state::AppState;
 use crate::server::store;
@@ -26,13 +26,13 @@ pub fn present(l: Links, id: CollaborationId, name: String) -> Collaboration {
     }
 }
 
-/// An encrypted collaboration is refused: algonet keeps inputs and results as sent and has no
+/// Answers 200, not 201, as vantage6 does here. An encrypted collaboration is refused: algonet keeps inputs and results as sent and has no
 /// organization keys, so a client could never read what it stored.
 pub async fn create(
     State(s): State<AppState>,
     _: AdminCaller,
     Json(b): Json<NewCollaboration>,
-) -> ApiResult<Created<Collaboration>> {
+) -> ApiResult<Json<Collaboration>> {
     if b.encrypted {
         return Err(ApiError::bad(
             "encrypted: algonet does not support encrypted collaborations; create it with \
@@ -48,7 +48,7 @@ pub async fn create(
         store::insert_member(&mut tx, id, org).await?;
     }
     store::commit(tx).await?;
-    Ok(Created(present(Links::of(&s), id, b.name)))
+    Ok(Json(present(Links::of(&s), id, b.name)))
 }
 
 pub async fn get(

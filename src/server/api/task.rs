@@ -44,8 +44,9 @@ pub async fn create(
                     "An algorithm may only create tasks in its own collaboration",
                 ));
             }
+            // 401, as vantage6 refuses it.
             if b.image != c.image {
-                return Err(ApiError::forbidden(format!(
+                return Err(ApiError::unauthorized(format!(
                     "An algorithm may only create tasks with its own image ({:?})",
                     c.image
                 )));

@@ -37,7 +37,8 @@ pub async fn task(db: &mut Db, id: TaskId) -> Result<Option<TaskRow>> {
         .await?)
 }
 
-/// Which tasks `GET /task` lists: any of these that is given must match.
+/// Which tasks `GET /task` lists (newest first, as vantage6 lists them): any of these that is
+/// given must match.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskFilter {
     pub collaboration: Option<CollaborationId>,
@@ -48,7 +49,7 @@ pub struct TaskFilter {
 pub async fn tasks(db: &mut Db, f: TaskFilter) -> Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(select_tasks!(
         "(? IS NULL OR collaboration_id = ?) AND (? IS NULL OR parent_id = ?) \
-         AND (? IS NULL OR job_id = ?) ORDER BY id"
+         AND (? IS NULL OR job_id = ?) ORDER BY id DESC"
     ))
     .bind(f.collaboration)
     .bind(f.collaboration)
@@ -152,7 +153,7 @@ pub async fn insert_run(
     input: &str,
 ) -> Result<RunId> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO run (task_id, organization_id, input) VALUES (?, ?, ?) RETURNING id",
+        "INSERT INTO run (task_id, organization_id, input, assigned_at) VALUES (?, ?, ?, datetime('now')) RETURNING id",
     )
     .bind(task)
     .bind(organization)
@@ -220,7 +221,8 @@ pub async fn run(db: &mut Db, id: RunId) -> Result<Option<RunRow>> {
         .await?)
 }
 
-/// A node's runs in a state, optionally of one task.
+/// A node's runs in a state, optionally of one task, oldest first (what waits longest is
+/// taken first).
 pub async fn node_runs(
     db: &mut Db,
     organization: OrganizationId,
@@ -242,14 +244,15 @@ pub async fn node_runs(
     Ok(rows)
 }
 
-/// A task's runs; only if the task is in `collaboration`, when given.
+/// A task's runs, newest first as vantage6 lists them; only if the task is in
+/// `collaboration`, when given.
 pub async fn task_runs(
     db: &mut Db,
     task: TaskId,
     collaboration: Option<CollaborationId>,
 ) -> Result<Vec<RunRow>> {
     let rows = sqlx::query_as(select_runs!(
-        "run.task_id = ? AND (? IS NULL OR task.collaboration_id = ?) ORDER BY run.id"
+        "run.task_id = ? AND (? IS NULL OR task.collaboration_id = ?) ORDER BY run.id DESC"
     ))
     .bind(task)
     .bind(collaboration)
@@ -261,12 +264,11 @@ pub async fn task_runs(
 
 /// Takes a pending run; false if it was not pending (another claim won).
 pub async fn claim_run(db: &mut Db, id: RunId) -> Result<bool> {
-    let claimed = sqlx::query(
-        "UPDATE run SET status = 'initializing', assigned_at = datetime('now') WHERE id = ? AND status = 'pending'",
-    )
-    .bind(id)
-    .execute(db)
-    .await?;
+    let claimed =
+        sqlx::query("UPDATE run SET status = 'initializing' WHERE id = ? AND status = 'pending'")
+            .bind(id)
+            .execute(db)
+            .await?;
     Ok(claimed.rows_affected() > 0)
 }
 
