@@ -11,7 +11,10 @@ usage: algonet <command> [options]
 commands:
   server --config <file.yaml>   run the central server (vantage6 4.x-compatible API)
   node --config <file.yaml>     run a node agent (needs root and a Docker daemon)
-  images build                  build the sandbox, OpenVPN and echo images offline
+  images build [--vantage6-python <python>]
+                                build the sandbox, OpenVPN and echo images offline; with the
+                                python of a venv holding vantage6-algorithm-tools, also the
+                                vpn-average algorithm (vantage6's own tools, on the VPN)
   test --server <url> --collaboration <id> [--username <u>] [--password <p>] [--api-path /api]
        [--parent <organization id>] [--image <echo image>]
                                 run the VPN feature test (echo algorithm) and print a table
@@ -34,7 +37,8 @@ fn main() -> ExitCode {
         }
         ["server", "--config", path] => server(PathBuf::from(path)),
         ["node", "--config", path] => node(PathBuf::from(path)),
-        ["images", "build"] => images(),
+        ["images", "build"] => images(None),
+        ["images", "build", "--vantage6-python", python] => images(Some(PathBuf::from(python))),
         ["echo"] => algonet::echo::main().map_err(Into::into),
         ["demo"] => demo(false),
         ["demo", "--keep"] => demo(true),
@@ -97,17 +101,22 @@ fn node(path: PathBuf) -> anyhow::Result<()> {
     Ok(tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::run(config))?)
 }
 
-fn images() -> anyhow::Result<()> {
+fn images(vantage6_python: Option<PathBuf>) -> anyhow::Result<()> {
+    use algonet::docker::images;
     tokio::runtime::Runtime::new()?.block_on(async {
         let docker = algonet::docker::Docker::connect().await?;
-        let names = algonet::docker::images::ImageNames::default();
-        algonet::docker::images::build(&docker, &names, &std::env::current_exe()?).await?;
+        let names = images::ImageNames::default();
+        images::build(&docker, &names, &std::env::current_exe()?).await?;
         println!(
             "built {}, {}, {}",
             names.sandbox,
             names.vpn_client,
-            algonet::docker::images::ECHO_IMAGE
+            images::ECHO_IMAGE
         );
+        if let Some(python) = vantage6_python {
+            images::build_vpn_average(&docker, &python).await?;
+            println!("built {}", images::VPN_AVERAGE_IMAGE);
+        }
         Ok(())
     })
 }

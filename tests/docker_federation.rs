@@ -81,14 +81,12 @@ async fn run_statuses(fed: &Federation, task: i64) -> Vec<String> {
         .get(&format!("/run?task_id={task}"))
         .await
         .expect("runs");
-    runs["data"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| r["status"].as_str().unwrap_or("?").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    // The server lists runs newest first; these are in the order the runs were made.
+    let mut runs = runs["data"].as_array().cloned().unwrap_or_default();
+    runs.sort_by_key(|r| r["id"].as_i64());
+    runs.iter()
+        .map(|r| r["status"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 /// An echo child task on `orgs`, each child up for `window_secs` (or until told QUIT).

@@ -39,6 +39,10 @@ fn default_sandbox() -> String {
 /// The echo algorithm (the VPN feature test).
 pub const ECHO_IMAGE: &str = "algonet/echo:latest";
 
+/// vpn-average (`algorithms/vpn-average`): a vantage6 algorithm written with vantage6's own
+/// algorithm tools.
+pub const VPN_AVERAGE_IMAGE: &str = "algonet/vpn-average:latest";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot find {0} on this host (install it: {1})")]
@@ -50,6 +54,8 @@ pub enum ImageError {
     },
     #[error("ldd {path} failed: {reason}")]
     Ldd { path: PathBuf, reason: String },
+    #[error("{python}: {reason}")]
+    Python { python: PathBuf, reason: String },
     #[error(transparent)]
     Docker(#[from] DockerError),
 }
@@ -95,17 +101,30 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
     Ok(libs)
 }
 
+/// A file of an image: from the host (read through symlinks) or given, at a path inside.
+#[derive(Debug)]
+pub enum Source {
+    Host(PathBuf),
+    Data(Vec<u8>),
+}
+
 /// A root file system tar holding `binaries` (host path -> path in the image) and their
 /// libraries at the paths the loader looks for them, plus an empty `/tmp`.
 pub fn rootfs(binaries: &[(&Path, &str)]) -> Result<Vec<u8>, ImageError> {
-    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    let mut files: Vec<(Source, String)> = Vec::new();
     for (host, inside) in binaries {
-        files.push((host.to_path_buf(), inside.to_string()));
+        files.push((Source::Host(host.to_path_buf()), inside.to_string()));
         for lib in libraries(host)? {
             let inside = lib.to_string_lossy().into_owned();
-            files.push((lib, inside));
+            files.push((Source::Host(lib), inside));
         }
     }
+    tar_of(files)
+}
+
+/// A root file system tar of `files`, with their folders and an empty `/tmp`; a path given
+/// twice keeps its first file.
+pub fn tar_of(files: Vec<(Source, String)>) -> Result<Vec<u8>, ImageError> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dirs = BTreeSet::from(["tmp".to_string()]);
     for (_, inside) in &files {
@@ -128,17 +147,20 @@ pub fn rootfs(binaries: &[(&Path, &str)]) -> Result<Vec<u8>, ImageError> {
             .map_err(io(Path::new(d)))?;
     }
     let mut seen = BTreeSet::new();
-    for (host, inside) in files {
+    for (source, inside) in files {
         if !seen.insert(inside.clone()) {
             continue;
         }
         // Read through symlinks: the image gets the file under the name the loader asks for.
-        let data = std::fs::read(&host).map_err(io(&host))?;
+        let data = match source {
+            Source::Host(host) => std::fs::read(&host).map_err(io(&host))?,
+            Source::Data(d) => d,
+        };
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o755);
         h.set_size(data.len() as u64);
         tar.append_data(&mut h, inside.trim_start_matches('/'), data.as_slice())
-            .map_err(io(&host))?;
+            .map_err(io(Path::new(&inside)))?;
     }
     tar.into_inner().map_err(io(Path::new("tar")))
 }
@@ -185,6 +207,140 @@ pub async fn build(docker: &Docker, names: &ImageNames, algonet: &Path) -> Resul
                 "EXPOSE 9000/udp".into(),
                 r#"LABEL p8888="echo""#.into(),
                 r#"LABEL p9000="echo-udp""#.into(),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Where vpn-average's packages go in its image.
+const SITE: &str = "/opt/vantage6/site";
+
+/// The algorithm's source, built into this binary so the image needs no checkout.
+const VPN_AVERAGE: &str = include_str!("../../algorithms/vpn-average/vpn_average/__init__.py");
+
+/// Folders of the standard library an algorithm never imports.
+const STDLIB_UNUSED: &[&str] = &[
+    "site-packages",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "__pycache__",
+];
+
+/// Every file below `dir` (through symlinked files, not symlinked folders), but those in
+/// folders named in `skip`.
+fn tree(dir: &Path, skip: &[&str], out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
+    let read = |source| ImageError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let path = entry.map_err(read)?.path();
+        let is_link = std::fs::symlink_metadata(&path).map_err(read)?.is_symlink();
+        if path.is_dir() {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !is_link && !skip.contains(&name) {
+                tree(&path, skip, out)?;
+            }
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Builds vpn-average's image offline from `python`, the interpreter of a venv that holds
+/// `vantage6-algorithm-tools` (as pip fetched it from PyPI): the interpreter, its standard
+/// library and the venv's packages at the paths they have here, with every library their
+/// binaries load; `algorithms/vpn-average/Dockerfile` builds the same from a registry.
+pub async fn build_vpn_average(docker: &Docker, python: &Path) -> Result<(), ImageError> {
+    let fail = |reason: String| ImageError::Python {
+        python: python.to_path_buf(),
+        reason,
+    };
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, os, site, sys, sysconfig, vantage6.algorithm.tools; \
+             print(json.dumps([os.path.realpath(sys.executable), \
+             sysconfig.get_paths()['stdlib'], site.getsitepackages()[0]]))",
+        ])
+        .output()
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "not a python with vantage6-algorithm-tools (pip install \
+             vantage6-algorithm-tools==4.14.0): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let [exe, stdlib, site]: [PathBuf; 3] =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+    let mut stdlib_files = Vec::new();
+    tree(&stdlib, STDLIB_UNUSED, &mut stdlib_files)?;
+    let mut site_files = Vec::new();
+    tree(&site, &["__pycache__", "pip"], &mut site_files)?;
+    let mut files: Vec<(Source, String)> = Vec::new();
+    let mut binaries = vec![exe.clone()];
+    for f in &stdlib_files {
+        files.push((Source::Host(f.clone()), f.to_string_lossy().into_owned()));
+    }
+    for f in &site_files {
+        let inside = Path::new(SITE).join(f.strip_prefix(&site).unwrap_or(f));
+        files.push((
+            Source::Host(f.clone()),
+            inside.to_string_lossy().into_owned(),
+        ));
+    }
+    binaries.extend(
+        stdlib_files
+            .iter()
+            .chain(&site_files)
+            // A wheel's bundled libraries (`<package>.libs/`) are found through the extension
+            // that loads them, whose ldd lists them and what they need.
+            .filter(|f| {
+                f.to_string_lossy().contains(".so")
+                    && !f
+                        .parent()
+                        .and_then(Path::file_name)
+                        .is_some_and(|d| d.to_string_lossy().ends_with(".libs"))
+            })
+            .cloned(),
+    );
+    files.push((
+        Source::Host(exe.clone()),
+        exe.to_string_lossy().into_owned(),
+    ));
+    // Libraries inside the two trees travel with them (found by $ORIGIN); the others go
+    // where this host has them.
+    for binary in &binaries {
+        for lib in libraries(binary)? {
+            if !lib.starts_with(&site) && !lib.starts_with(&stdlib) {
+                let inside = lib.to_string_lossy().into_owned();
+                files.push((Source::Host(lib), inside));
+            }
+        }
+    }
+    files.push((
+        Source::Data(VPN_AVERAGE.as_bytes().to_vec()),
+        format!("{SITE}/vpn_average/__init__.py"),
+    ));
+    docker
+        .import(
+            VPN_AVERAGE_IMAGE,
+            tar_of(files)?,
+            vec![
+                format!("ENV PYTHONPATH={SITE} PKG_NAME=vpn_average PYTHONDONTWRITEBYTECODE=1"),
+                format!(
+                    r#"CMD ["{}", "-c", "from vantage6.algorithm.tools.wrap import wrap_algorithm; wrap_algorithm()"]"#,
+                    exe.display()
+                ),
+                "EXPOSE 8888/tcp".into(),
+                r#"LABEL p8888="average""#.into(),
             ],
         )
         .await?;

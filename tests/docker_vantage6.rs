@@ -1,0 +1,141 @@
+//! Docker tier: a real vantage6 algorithm over the VPN, with vantage6's own tools on both ends.
+//! vpn-average (`algorithms/vpn-average`, written with `vantage6-algorithm-tools` 4.14.0 as
+//! vantage6's documentation shows) in an image built offline from this host's Python and the
+//! packages pip fetched from PyPI; three organizations as the demo builds them; the task started
+//! and its result read by vantage6's own `UserClient`. The central function creates its
+//! partials with `client.task.create`, finds them with `client.vpn.get_child_addresses()`, talks
+//! to each over TCP directly through the VPN, and collects them with `wait_for_results`.
+
+use algonet_testkit as common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::time::Instant;
+
+use algonet::demo::{Federation, Options, ADMIN};
+use algonet::docker::images::{build_vpn_average, VPN_AVERAGE_IMAGE};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vantage6_algorithm_talks_over_the_vpn() {
+    let Some(docker) = common::docker("a_vantage6_algorithm_talks_over_the_vpn").await else {
+        return;
+    };
+    let Ok(python) = std::env::var("ALGONET_V6_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ALGONET_V6_PYTHON is not set: ./scripts/test.sh makes the venv, and CI runs it"
+        );
+        eprintln!("skipping: ALGONET_V6_PYTHON is not set (./scripts/test.sh sets it)");
+        return;
+    };
+    let firewall_before = common::firewall();
+    let started = Instant::now();
+    build_vpn_average(&docker, python.as_ref())
+        .await
+        .expect("build vpn-average from this host's Python");
+    eprintln!(
+        "vpn-average built in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut fed = Federation::up(
+        Options {
+            dir: std::env::temp_dir().join(format!("algonet-v6fed-{}", std::process::id())),
+            tag: "tv6".into(),
+            organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
+            server_port: port,
+            algonet: env!("CARGO_BIN_EXE_algonet").into(),
+        },
+        Instant::now(),
+    )
+    .await
+    .expect("federation up");
+    let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id.0).collect();
+    let out = std::process::Command::new(&python)
+        .arg(format!(
+            "{}/tests/python/vpn_average.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            "http://127.0.0.1",
+            &port.to_string(),
+            "/api",
+            ADMIN.0,
+            ADMIN.1,
+            &fed.collaboration.to_string(),
+            &orgs[0].to_string(),
+            VPN_AVERAGE_IMAGE,
+        ])
+        .output()
+        .expect("run the user client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let logs: Vec<String> = fed
+        .nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
+        .collect();
+    let answer: Option<Value> = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    let leftovers = fed.down().await;
+    assert!(leftovers.is_empty(), "teardown left {leftovers:?}");
+    let answer = answer.unwrap_or_else(|| {
+        panic!(
+            "no answer from the user client: {stdout}\n{}\nnode logs:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs.join("\n---\n")
+        )
+    });
+    eprintln!("vpn-average answered: {answer}");
+    assert_eq!(answer["status"], json!("completed"), "{answer}");
+    let result = &answer["results"][0];
+    // Organization n holds 1..n: the average over all of them, from what crossed the VPN.
+    let (sum, count) = orgs
+        .iter()
+        .fold((0, 0), |(s, c), &o| (s + o * (o + 1) / 2, c + o));
+    assert_eq!(
+        result["average"],
+        json!(sum as f64 / count as f64),
+        "{answer}"
+    );
+    let over_vpn: BTreeSet<i64> = result["over_vpn"]
+        .as_object()
+        .expect("what each partial answered over the VPN")
+        .keys()
+        .map(|k| k.parse().expect("organization id"))
+        .collect();
+    assert_eq!(over_vpn, orgs.iter().copied().collect(), "{answer}");
+    // Each partial's own result, collected with wait_for_results: it served the central once.
+    let served: BTreeSet<(i64, i64)> = result["subtask_results"]
+        .as_array()
+        .expect("the partials' results")
+        .iter()
+        .map(|r| {
+            (
+                r["organization_id"].as_i64().expect("org"),
+                r["served"].as_i64().expect("served"),
+            )
+        })
+        .collect();
+    assert_eq!(served, orgs.iter().map(|&o| (o, 1)).collect(), "{answer}");
+    for owner in [
+        "node:tv6-amsterdam",
+        "node:tv6-berlin",
+        "node:tv6-copenhagen",
+    ] {
+        assert!(
+            docker.owned_by(owner).await.expect("list").is_empty(),
+            "{owner} left containers"
+        );
+    }
+    assert_eq!(
+        common::firewall(),
+        firewall_before,
+        "the host firewall changed"
+    );
+}
