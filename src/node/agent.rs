@@ -214,17 +214,20 @@ async fn serve(node: &Arc<Node>) -> Result<(), NodeError> {
     if let Some(w) = watcher {
         w.abort();
     }
-    // Removing a run's containers ends its wait; the run then cleans up and reports.
-    for c in node.docker.owned_by(&node.owner).await.unwrap_or_default() {
-        let labels = c.labels.unwrap_or_default();
-        if labels.get(LABEL_ROLE).map(String::as_str) == Some(Role::Algorithm.as_str()) {
-            if let Some(n) = c.names.and_then(|n| n.into_iter().next()) {
-                let _ = node.docker.remove(n.trim_start_matches('/')).await;
+    // Removing a run's algorithm ends its wait; the run then cleans up and reports. A run still
+    // setting up starts its algorithm after a sweep, so the sweep repeats until every run has
+    // ended (at most 30 s: then the node's own clean-up removes what is left).
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while runs.values().any(|h| !h.is_finished()) && tokio::time::Instant::now() < until {
+        for c in node.docker.owned_by(&node.owner).await.unwrap_or_default() {
+            let labels = c.labels.unwrap_or_default();
+            if labels.get(LABEL_ROLE).map(String::as_str) == Some(Role::Algorithm.as_str()) {
+                if let Some(n) = c.names.and_then(|n| n.into_iter().next()) {
+                    let _ = node.docker.remove(n.trim_start_matches('/')).await;
+                }
             }
         }
-    }
-    for (_, h) in runs {
-        let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(())
 }
