@@ -31,17 +31,16 @@ async fn demo_reaches_every_organization_and_leaves_nothing() {
         assert!(cols[1].starts_with("10.76."), "{row}");
         assert_eq!((cols[4], cols[5]), ("yes", "yes"), "{row}");
     }
-    for owner in [
-        "demo",
-        "node:demo-amsterdam",
-        "node:demo-berlin",
-        "node:demo-copenhagen",
-    ] {
-        assert!(
-            docker.owned_by(owner).await.expect("list").is_empty(),
-            "{owner} left containers"
-        );
-    }
+    common::assert_nothing_left(
+        &docker,
+        &[
+            "demo",
+            "node:demo-amsterdam",
+            "node:demo-berlin",
+            "node:demo-copenhagen",
+        ],
+    )
+    .await;
     assert_eq!(
         common::firewall(),
         firewall_before,

@@ -10,19 +10,18 @@ use std::collections::BTreeSet;
 use common::server::{server, Server};
 use serde_json::{json, Value};
 
-/// The venv's python, or `None` (skip) outside CI when the test command did not make it.
+/// The venv with vantage6's client packages, or `None` (skip) outside CI.
 fn python() -> Option<String> {
-    match std::env::var("ALGONET_V6_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ALGONET_V6_PYTHON is not set: ./scripts/test.sh makes the venv, and CI runs it"
-            );
-            eprintln!("skipping: ALGONET_V6_PYTHON is not set (./scripts/test.sh sets it)");
-            None
-        }
-    }
+    common::venv_python("ALGONET_V6_PYTHON")
+}
+
+/// The server's host and port, as vantage6's clients take them apart.
+fn host_port(s: &Server) -> (String, String) {
+    s.base
+        .trim_end_matches("/api")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .expect("host:port")
 }
 
 /// One registered port: (task, organization, port, label).
@@ -105,12 +104,7 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
         .await;
     }
 
-    let (host, port) = s
-        .base
-        .trim_end_matches("/api")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .expect("host:port");
+    let (host, port) = host_port(&s);
     // One of the scripts in tests/python, run as an algorithm with `token`.
     let script = |name: &str, token: &str, extra: &[&str]| {
         let mut c = std::process::Command::new(&python);
@@ -353,12 +347,7 @@ async fn vantage6s_user_client_runs_a_task() {
     use std::io::BufRead;
     let s = server("v6-user", "").await;
     let nodes = s.nodes(2).await;
-    let (host, port) = s
-        .base
-        .trim_end_matches("/api")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .expect("host:port");
+    let (host, port) = host_port(&s);
     let mut child = std::process::Command::new(&python)
         .arg(format!(
             "{}/tests/python/user_client.py",
@@ -480,7 +469,9 @@ impl Drop for Reference {
 /// collaborations and nodes, pages, refusals, and a run's report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn algonet_answers_as_vantage6s_own_server() {
-    let (Some(python), Some(server_python)) = (python(), reference_python()) else {
+    let (Some(python), Some(server_python)) =
+        (python(), common::venv_python("ALGONET_V6_SERVER_PYTHON"))
+    else {
         return;
     };
     let dir = common::server::TempDir(
@@ -563,19 +554,4 @@ async fn algonet_answers_as_vantage6s_own_server() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-}
-
-/// The python of the venv holding vantage6's server, or `None` (skip) outside CI.
-fn reference_python() -> Option<String> {
-    match std::env::var("ALGONET_V6_SERVER_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ALGONET_V6_SERVER_PYTHON is not set: ./scripts/test.sh makes the venv, and CI runs it"
-            );
-            eprintln!("skipping: ALGONET_V6_SERVER_PYTHON is not set (./scripts/test.sh sets it)");
-            None
-        }
-    }
 }

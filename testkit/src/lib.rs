@@ -134,6 +134,32 @@ pub async fn docker(test: &str) -> Option<algonet::docker::Docker> {
     }
 }
 
+/// The python of a venv the test command made (named by `var`), or `None` (skip, with a
+/// message) outside CI; under CI a missing venv fails the test.
+pub fn venv_python(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{var} is not set: ./scripts/test.sh makes the venv, and CI runs it"
+            );
+            eprintln!("skipping: {var} is not set (./scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// Asserts that no container of these owners (their label) is left.
+pub async fn assert_nothing_left(docker: &algonet::docker::Docker, owners: &[&str]) {
+    for owner in owners {
+        assert!(
+            docker.owned_by(owner).await.expect("list").is_empty(),
+            "{owner} left containers"
+        );
+    }
+}
+
 /// The host's firewall rules, without comments and packet counters (which move by themselves:
 /// `--stateless` for nft),
 /// to show that a test changed none of them.
