@@ -3,58 +3,119 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-algonet — direct algorithm-to-algorithm networking over a VPN
+/// Direct algorithm-to-algorithm networking over a VPN for vantage6-style federations.
+///
+/// Exit codes: 0 done, 1 failed (the reason on stderr), 2 a usage error.
+#[derive(Debug, clap::Parser)]
+#[command(name = "algonet", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-usage: algonet <command> [options]
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the central server (vantage6 4.x-compatible API).
+    Server {
+        /// The server's YAML configuration.
+        #[arg(long, env = "ALGONET_SERVER_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run a node agent (needs root and a Docker daemon).
+    Node {
+        /// The node's YAML configuration.
+        #[arg(long, env = "ALGONET_NODE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Container images, made offline from this host's binaries.
+    Images {
+        #[command(subcommand)]
+        action: Images,
+    },
+    /// Run the VPN feature test (the echo algorithm) and print a table.
+    Test(TestArgs),
+    /// A whole federation on this host: server, OpenVPN server, three nodes, the feature test;
+    /// then everything torn down.
+    Demo {
+        /// Leave the federation running.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The echo algorithm (runs inside its container).
+    Echo,
+    /// Print the version.
+    Version,
+}
 
-commands:
-  server --config <file.yaml>   run the central server (vantage6 4.x-compatible API)
-  node --config <file.yaml>     run a node agent (needs root and a Docker daemon)
-  images build [--vantage6-python <python>]
-                                build the sandbox, OpenVPN and echo images offline; with the
-                                python of a venv holding vantage6-algorithm-tools, also the
-                                vpn-average algorithm (vantage6's own tools, on the VPN)
-  test --server <url> --collaboration <id> [--username <u>] [--password <p>] [--api-path /api]
-       [--parent <organization id>] [--image <echo image>]
-                                run the VPN feature test (echo algorithm) and print a table
-  demo [--keep]                 a whole federation on this host: server, OpenVPN server,
-                                three nodes, the feature test; then tears it down
-  echo                          the echo algorithm (runs inside its container)
-  version                       print the version";
+#[derive(Debug, clap::Subcommand)]
+enum Images {
+    /// Build the sandbox, OpenVPN and echo images.
+    Build {
+        /// The python of a venv holding vantage6-algorithm-tools: also build the vpn-average
+        /// algorithm (vantage6's own tools, on the VPN).
+        #[arg(long, value_name = "PYTHON")]
+        vantage6_python: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// The server, e.g. http://127.0.0.1:7601 (without the API path).
+    #[arg(long, env = "ALGONET_SERVER", value_name = "URL")]
+    server: String,
+    /// The collaboration to test.
+    #[arg(long)]
+    collaboration: i64,
+    /// The API path below the server.
+    #[arg(long, default_value = "/api")]
+    api_path: String,
+    /// The administrator's user name.
+    #[arg(long, env = "ALGONET_USERNAME", default_value = "admin")]
+    username: String,
+    /// The administrator's password (better from the environment than on a command line).
+    #[arg(long, env = "ALGONET_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// The organization that runs the parent (default: the collaboration's first).
+    #[arg(long, value_name = "ORGANIZATION")]
+    parent: Option<i64>,
+    /// The echo algorithm's image.
+    #[arg(long, default_value = algonet::docker::images::ECHO_IMAGE)]
+    image: String,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
-        ["version" | "--version" | "-V"] => {
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(c) => c,
+        // --help and --version print and exit 0; a usage error exits 2.
+        Err(e) => e.exit(),
+    };
+    let name = match &cli.command {
+        Command::Server { .. } => "server",
+        Command::Node { .. } => "node",
+        Command::Images { .. } => "images",
+        Command::Test(_) => "test",
+        Command::Demo { .. } => "demo",
+        Command::Echo => "echo",
+        Command::Version => "version",
+    };
+    let result = match cli.command {
+        Command::Version => {
             println!("algonet {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            Ok(())
         }
-        [] | ["help" | "--help" | "-h"] => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        ["server", "--config", path] => server(PathBuf::from(path)),
-        ["node", "--config", path] => node(PathBuf::from(path)),
-        ["images", "build"] => images(None),
-        ["images", "build", "--vantage6-python", python] => images(Some(PathBuf::from(python))),
-        ["echo"] => algonet::echo::main().map_err(Into::into),
-        ["demo"] => demo(false),
-        ["demo", "--keep"] => demo(true),
-        ["test", rest @ ..] => match test_target(rest) {
-            Ok(t) => feature_test(t),
-            Err(e) => return usage_error(&e),
-        },
-        ["server" | "node", ..] => {
-            return usage_error(&format!("{} takes --config <file.yaml>", args[0]))
-        }
-        [other, ..] => return usage_error(&format!("unknown command or options: {other} ...")),
+        Command::Server { config } => server(config),
+        Command::Node { config } => node(config),
+        Command::Images {
+            action: Images::Build { vantage6_python },
+        } => images(vantage6_python),
+        Command::Echo => algonet::echo::main().map_err(Into::into),
+        Command::Demo { keep } => demo(keep),
+        Command::Test(t) => feature_test(target(t)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("algonet {}: {}", args[0], causes(&e));
+            eprintln!("algonet {name}: {}", causes(&e));
             ExitCode::FAILURE
         }
     }
@@ -74,11 +135,6 @@ fn causes(e: &anyhow::Error) -> String {
     out
 }
 
-fn usage_error(what: &str) -> ExitCode {
-    eprintln!("algonet: {what}\n\n{USAGE}");
-    ExitCode::from(2)
-}
-
 fn server(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::server::config::ServerConfig::load(&path)?;
     algonet::logging::init("info", "");
@@ -87,9 +143,13 @@ fn server(path: PathBuf) -> anyhow::Result<()> {
         let state = algonet::server::open(config).await?;
         let (addr, serve) = algonet::server::bind(state).await?;
         eprintln!("algonet server listening on http://{addr}");
+        // systemd and `docker stop` send TERM, a terminal INT: both stop the server.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = serve => r?,
             _ = tokio::signal::ctrl_c() => eprintln!("algonet server: stopping"),
+            _ = terminate.recv() => eprintln!("algonet server: stopping"),
         }
         Ok(())
     })
@@ -131,48 +191,16 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     finish(ok)
 }
 
-fn test_target(args: &[&str]) -> Result<algonet::feature::Target, String> {
-    let mut t = algonet::feature::Target {
-        api: String::new(),
-        username: "admin".into(),
-        password: std::env::var("ALGONET_PASSWORD").unwrap_or_default(),
-        collaboration: algonet::api::CollaborationId(0),
-        image: algonet::docker::images::ECHO_IMAGE.into(),
-        parent: None,
+fn target(t: TestArgs) -> algonet::feature::Target {
+    algonet::feature::Target {
+        api: format!("{}{}", t.server.trim_end_matches('/'), t.api_path),
+        username: t.username,
+        password: t.password,
+        collaboration: algonet::api::CollaborationId(t.collaboration),
+        image: t.image,
+        parent: t.parent.map(algonet::api::OrganizationId),
         timeout: std::time::Duration::from_secs(90),
-    };
-    let (mut server, mut api_path) = (None, "/api".to_string());
-    for pair in args.chunks(2) {
-        let [flag, value] = pair else {
-            return Err(format!("{} needs a value", pair[0]));
-        };
-        match *flag {
-            "--server" => server = Some(value.trim_end_matches('/').to_string()),
-            "--api-path" => api_path = value.to_string(),
-            "--collaboration" => {
-                t.collaboration = value
-                    .parse()
-                    .map_err(|_| format!("--collaboration {value:?} is not a number"))?
-            }
-            "--username" => t.username = value.to_string(),
-            "--password" => t.password = value.to_string(),
-            "--image" => t.image = value.to_string(),
-            "--parent" => {
-                t.parent = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("--parent {value:?} is not an organization id"))?,
-                )
-            }
-            other => return Err(format!("test: unknown option {other}")),
-        }
     }
-    let server = server.ok_or("test needs --server <url>")?;
-    if t.collaboration.0 == 0 {
-        return Err("test needs --collaboration <id>".into());
-    }
-    t.api = format!("{server}{api_path}");
-    Ok(t)
 }
 
 fn feature_test(t: algonet::feature::Target) -> anyhow::Result<()> {
