@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 # openvpn, coreutils and the algonet binary itself become the images (built offline).
 apt_need build-essential pkg-config iproute2 openvpn docker.io
 docker_need
-echo "==> building algonet (release)"
-cargo build --release --quiet
+echo "==> building algonet (release; the first build compiles every dependency and takes a while)"
+cargo build --release
+# Every later instruction says `algonet ...`: put this build on the PATH.
+if [ "$(readlink -f /usr/local/bin/algonet 2>/dev/null)" != "$PWD/target/release/algonet" ]; then
+    echo "==> linking /usr/local/bin/algonet to $PWD/target/release/algonet"
+    as_root ln -sf "$PWD/target/release/algonet" /usr/local/bin/algonet
+fi
 as_root ./target/release/algonet demo "$@"

@@ -83,6 +83,8 @@ impl Docker {
         rootfs_tar: Vec<u8>,
         changes: Vec<String>,
     ) -> Result<(), DockerError> {
+        // The image this name held before: replaced, it would be left dangling.
+        let before = self.api.inspect_image(name).await.ok().and_then(|i| i.id);
         let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
         let options = CreateImageOptionsBuilder::new()
             .from_src("-")
@@ -97,6 +99,19 @@ impl Docker {
         );
         while let Some(step) = progress.next().await {
             step.map_err(call(format!("import image {name}")))?;
+        }
+        let after = self.image(name).await?.id;
+        if let Some(old) = before.filter(|old| Some(old) != after.as_ref()) {
+            // Refused while a container still uses it; then it goes with that container's
+            // image clean-up, as any other.
+            let _ = self
+                .api
+                .remove_image(
+                    &old,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
         }
         Ok(())
     }
