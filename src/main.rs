@@ -140,15 +140,19 @@ fn server(path: PathBuf) -> anyhow::Result<()> {
     algonet::logging::init("info", "");
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        // systemd and `docker stop` send TERM, a terminal INT: both stop the server. Taken
+        // over before the server says it listens, so a TERM right after that is not fatal.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut terminate, mut interrupt) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
         let state = algonet::server::open(config).await?;
         let (addr, serve) = algonet::server::bind(state).await?;
         eprintln!("algonet server listening on http://{addr}");
-        // systemd and `docker stop` send TERM, a terminal INT: both stop the server.
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = serve => r?,
-            _ = tokio::signal::ctrl_c() => eprintln!("algonet server: stopping"),
+            _ = interrupt.recv() => eprintln!("algonet server: stopping"),
             _ = terminate.recv() => eprintln!("algonet server: stopping"),
         }
         Ok(())
