@@ -29,6 +29,31 @@ impl Caller {
             Caller::Container(c) => Some(c.collaboration_id),
         }
     }
+
+    /// Refuses a task or run outside the caller's collaboration, in vantage6's words (401).
+    pub fn sees(&self, collaboration: CollaborationId) -> Result<(), ApiError> {
+        if self.collaboration().is_some_and(|c| c != collaboration) {
+            return Err(ApiError::unauthorized(
+                "You lack the permission to do that!",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The collaboration a list or a look-up is kept to: the one asked for, which for a node or
+    /// an algorithm must be its own (its own also when none is asked for; another is 403).
+    pub fn within(
+        &self,
+        asked: Option<CollaborationId>,
+    ) -> Result<Option<CollaborationId>, ApiError> {
+        match (self.collaboration(), asked) {
+            (None, asked) => Ok(asked),
+            (Some(own), Some(asked)) if asked != own => Err(ApiError::forbidden(
+                "A node or an algorithm sees only its own collaboration",
+            )),
+            (Some(own), _) => Ok(Some(own)),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -7,7 +7,6 @@ use serde::Deserialize;
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
 use super::links::{Links, Listing};
-use super::organization::within;
 use super::{ApiResult, Json, Path, Query};
 use crate::api::{Collaboration, CollaborationId, NewCollaboration, OrganizationId, Page};
 use crate::server::state::AppState;
@@ -56,7 +55,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<CollaborationId>,
 ) -> ApiResult<Json<Collaboration>> {
-    within(&caller, Some(id))?;
+    caller.within(Some(id))?;
     let name = store::collaboration_name(&mut *s.store.read().await?, id)
         .await?
         .ok_or_else(|| ApiError::not_found("collaboration", id))?;
@@ -74,7 +73,7 @@ pub async fn list(
     listing: Listing,
     Query(f): Query<CollaborationFilter>,
 ) -> ApiResult<Json<Page<Collaboration>>> {
-    let own = within(&caller, None)?;
+    let own = caller.within(None)?;
     let rows = store::collaborations(&mut *s.store.read().await?, f.organization_id).await?;
     let l = Links::of(&s);
     Ok(Json(

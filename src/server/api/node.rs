@@ -11,7 +11,6 @@ use serde::Deserialize;
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
 use super::links::{Links, Listing, Resource};
-use super::organization::within;
 use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{
     CollaborationId, Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch, OrganizationId, Page,
@@ -121,7 +120,7 @@ pub async fn get(
     let node = store::node(&mut *s.store.read().await?, id)
         .await?
         .ok_or_else(|| ApiError::not_found("node", id))?;
-    within(&caller, Some(node.collaboration_id))?;
+    caller.within(Some(node.collaboration_id))?;
     Ok(Json(present(Links::of(&s), node)))
 }
 
@@ -137,7 +136,7 @@ pub async fn list(
     listing: Listing,
     Query(f): Query<NodeFilter>,
 ) -> ApiResult<Json<Page<Node>>> {
-    let collaboration = within(&caller, f.collaboration_id)?;
+    let collaboration = caller.within(f.collaboration_id)?;
     let rows = store::nodes(
         &mut *s.store.read().await?,
         collaboration,

@@ -79,14 +79,7 @@ async fn visible(db: &mut Db, caller: &Caller, id: RunId) -> ApiResult<RunRow> {
     let run = store::run(db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("run", id))?;
-    if caller
-        .collaboration()
-        .is_some_and(|c| c != run.collaboration_id)
-    {
-        return Err(ApiError::unauthorized(
-            "You lack the permission to do that!",
-        ));
-    }
+    caller.sees(run.collaboration_id)?;
     Ok(run)
 }
 

@@ -13,7 +13,6 @@ use serde::Deserialize;
 use super::caller::Caller;
 use super::error::ApiError;
 use super::links::{Links, Listing, Resource};
-use super::organization::within;
 use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{CollaborationId, NewTask, Page, RunStatus, Task, TaskId, TaskStatus};
 use crate::server::auth::ADMIN_USER;
@@ -141,19 +140,6 @@ async fn shape(s: &AppState, db: &mut Db, t: store::TaskRow) -> ApiResult<Task> 
     })
 }
 
-/// Refuses a task outside the caller's collaboration, in vantage6's words.
-fn visible(caller: &Caller, t: &store::TaskRow) -> ApiResult<()> {
-    if caller
-        .collaboration()
-        .is_some_and(|c| c != t.collaboration_id)
-    {
-        return Err(ApiError::unauthorized(
-            "You lack the permission to do that!",
-        ));
-    }
-    Ok(())
-}
-
 pub async fn get(
     State(s): State<AppState>,
     caller: Caller,
@@ -163,7 +149,7 @@ pub async fn get(
     let t = store::task(&mut db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", id))?;
-    visible(&caller, &t)?;
+    caller.sees(t.collaboration_id)?;
     Ok(Json(shape(&s, &mut db, t).await?))
 }
 
@@ -181,7 +167,7 @@ pub async fn list(
     Query(q): Query<TaskQuery>,
 ) -> ApiResult<Json<Page<Task>>> {
     let filter = store::TaskFilter {
-        collaboration: within(&caller, q.collaboration_id)?,
+        collaboration: caller.within(q.collaboration_id)?,
         parent: q.parent_id,
         job: q.job_id,
     };
@@ -209,7 +195,7 @@ pub async fn status(
     let task = store::task(&mut db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", id))?;
-    visible(&caller, &task)?;
+    caller.sees(task.collaboration_id)?;
     let (runs, _) = store::task_progress(&mut db, id).await?;
     Ok(Json(TaskStatus {
         status: RunStatus::of_task(&runs),
