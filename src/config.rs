@@ -1,7 +1,7 @@
 //! Reading the YAML configuration files of the server and the node. YAML is read with
-//! `serde_yaml_ng` across the project: `serde_yaml` is unmaintained, and `serde_yaml_ng` is a
-//! maintained fork with the same API. Each file's own `parse` checks keys and values; errors
-//! come out as `<file>: <key>: <reason>`.
+//! `yaml_serde`, the YAML organization's maintained fork of `serde_yaml` (same API, on a
+//! Rust port of libyaml rather than the unmaintained `unsafe-libyaml`). Each file's own `parse`
+//! checks keys and values; errors come out as `<file>: <key>: <reason>`.
 
 use std::path::{Path, PathBuf};
 

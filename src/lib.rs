@@ -11,8 +11,9 @@
 //! - [`node`]: the node agent;
 //! - [`docker`]: the Docker runtime, what each container looks like, offline images;
 //! - [`echo`], [`feature`], [`demo`]: the echo algorithm, `algonet test` and `algonet demo`;
-//! - [`config`], [`logging`], [`private`]: reading the YAML files, the log lines, and files only
-//!   their owner may read.
+//! - [`config`], [`logging`], [`metrics`], [`private`]: reading the YAML files, the log lines,
+//!   the Prometheus exposition, and files only their owner may read;
+//! - [`service`]: telling systemd the service is ready, alive, stopping.
 
 pub use netstack;
 
@@ -23,7 +24,9 @@ pub mod docker;
 pub mod echo;
 pub mod feature;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod private;
 pub mod server;
+pub mod service;

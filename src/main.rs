@@ -21,11 +21,13 @@ enum Command {
         #[arg(long, env = "ALGONET_SERVER_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run a node agent (needs root and a Docker daemon).
+    /// Run a node agent (needs root and a Docker daemon), or ask a running one.
     Node {
         /// The node's YAML configuration.
-        #[arg(long, env = "ALGONET_NODE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[arg(long, env = "ALGONET_NODE_CONFIG", value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<NodeAction>,
     },
     /// Container images, made offline from this host's binaries.
     Images {
@@ -37,14 +39,37 @@ enum Command {
     /// A whole federation on this host: server, OpenVPN server, three nodes, the feature test;
     /// then everything torn down.
     Demo {
-        /// Leave the federation running.
+        /// Leave the federation running (end it with `algonet demo stop`).
         #[arg(long)]
         keep: bool,
+        #[command(subcommand)]
+        action: Option<DemoAction>,
     },
     /// The echo algorithm (runs inside its container).
     Echo,
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DemoAction {
+    /// Stop a demo left running with --keep: nodes first, then the server, the OpenVPN server
+    /// and the network.
+    Stop,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum NodeAction {
+    /// What the running node is doing: VPN, runs with their ports and traffic, drops, recent
+    /// problems (asked over its status socket).
+    Status {
+        /// Print the status as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The node's status socket (default: the configuration's `status_socket`).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -104,12 +129,23 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Server { config } => server(config),
-        Command::Node { config } => node(config),
+        Command::Node {
+            config,
+            action: None,
+        } => node(config.unwrap_or_else(|| usage("algonet node needs --config <FILE>"))),
+        Command::Node {
+            config,
+            action: Some(NodeAction::Status { json, socket }),
+        } => node_status(config, socket, json),
         Command::Images {
             action: Images::Build { vantage6_python },
         } => images(vantage6_python),
         Command::Echo => algonet::echo::main().map_err(Into::into),
-        Command::Demo { keep } => demo(keep),
+        Command::Demo { action: None, keep } => demo(keep),
+        Command::Demo {
+            action: Some(DemoAction::Stop),
+            ..
+        } => demo_stop(),
         Command::Test(t) => feature_test(target(t)),
     };
     match result {
@@ -137,7 +173,7 @@ fn causes(e: &anyhow::Error) -> String {
 
 fn server(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::server::config::ServerConfig::load(&path)?;
-    algonet::logging::init("info", "");
+    algonet::logging::init(config.log_level, config.log_format);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         // systemd and `docker stop` send TERM, a terminal INT: both stop the server. Taken
@@ -148,21 +184,61 @@ fn server(path: PathBuf) -> anyhow::Result<()> {
             signal(SignalKind::interrupt())?,
         );
         let state = algonet::server::open(config).await?;
+        let metrics = match state.config.metrics_listen {
+            Some(addr) => {
+                let s = state.clone();
+                let (at, serve) = algonet::metrics::serve(addr, move || {
+                    algonet::server::metrics::scrape(s.clone())
+                })
+                .await?;
+                tracing::info!("metrics on http://{at}/metrics");
+                Some(tokio::spawn(serve))
+            }
+            None => None,
+        };
         let (addr, serve) = algonet::server::bind(state).await?;
-        eprintln!("algonet server listening on http://{addr}");
+        tracing::info!("listening on http://{addr}");
+        algonet::service::ready(&format!("listening on {addr}"));
         tokio::select! {
             r = serve => r?,
-            _ = interrupt.recv() => eprintln!("algonet server: stopping"),
-            _ = terminate.recv() => eprintln!("algonet server: stopping"),
+            _ = interrupt.recv() => tracing::info!("stopping (SIGINT)"),
+            _ = terminate.recv() => tracing::info!("stopping (SIGTERM)"),
+        }
+        algonet::service::stopping();
+        if let Some(m) = metrics {
+            m.abort();
         }
         Ok(())
     })
 }
 
+/// Exits 2 with a usage error.
+fn usage(message: &str) -> ! {
+    <Cli as clap::CommandFactory>::command()
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
 fn node(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::node::config::NodeConfig::load(&path)?;
-    algonet::logging::init(&config.log_level, "");
-    Ok(tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::run(config))?)
+    let recent = algonet::logging::init(config.log_level, config.log_format);
+    Ok(tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::run(config, recent))?)
+}
+
+fn node_status(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    use algonet::node::status;
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => algonet::node::config::NodeConfig::load(&c)?.status_socket(),
+        (None, None) => usage("algonet node status needs --config <FILE> or --socket <PATH>"),
+    };
+    let s = tokio::runtime::Runtime::new()?.block_on(status::ask(&socket))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", status::table(&s));
+    }
+    Ok(())
 }
 
 fn images(vantage6_python: Option<PathBuf>) -> anyhow::Result<()> {
@@ -193,6 +269,10 @@ fn finish(all_ok: bool) -> anyhow::Result<()> {
 fn demo(keep: bool) -> anyhow::Result<()> {
     let ok = tokio::runtime::Runtime::new()?.block_on(algonet::demo::main(keep))?;
     finish(ok)
+}
+
+fn demo_stop() -> anyhow::Result<()> {
+    Ok(tokio::runtime::Runtime::new()?.block_on(algonet::demo::stop_kept())?)
 }
 
 fn target(t: TestArgs) -> algonet::feature::Target {

@@ -37,6 +37,8 @@ fn every_subcommand_has_help() {
         &["images", "build", "--help"],
         &["test", "--help"],
         &["demo", "--help"],
+        &["demo", "stop", "--help"],
+        &["node", "status", "--help"],
         &["echo", "--help"],
         &["version", "--help"],
         &["--version"],
@@ -74,6 +76,8 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
             "one",
         ),
         (&["demo", "--kep"], "--kep"),
+        (&["node", "status"], "--socket"),
+        (&["node"], "--config"),
     ] {
         let o = algonet(args, &[]);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
@@ -105,7 +109,7 @@ fn the_server_stops_cleanly_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
+            "listen: 127.0.0.1:0\nmetrics_listen: null\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
             dir.join("data").display()
         ),
     )
@@ -118,8 +122,11 @@ fn the_server_stops_cleanly_on_sigterm() {
         .expect("start the server");
     let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).expect("its first line");
-    assert!(line.contains("listening"), "{line}");
+    while !line.contains("listening") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("a line");
+        assert!(n > 0, "the server ended before it listened");
+    }
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let status = child.wait().expect("wait");

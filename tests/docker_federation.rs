@@ -121,6 +121,34 @@ async fn node_ip(fed: &Federation, admin: &Session, org: OrganizationId) -> Ipv4
         .expect("the node's address")
 }
 
+/// `algonet node status --json` of the federation's node `i`, as an operator asks it.
+fn node_status(fed: &Federation, i: usize) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))
+        .args(["node", "status", "--json", "--config"])
+        .arg(&fed.nodes[i].config)
+        .output()
+        .expect("algonet node status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// The metrics at `127.0.0.1:<port>`, as prometheus_client's parser reads them (`None` where
+/// the test runs without the venv, outside CI).
+async fn scrape(port: u16) -> Option<common::Samples> {
+    let python = common::venv_python("ALGONET_V6_SERVER_PYTHON")?;
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    Some(common::openmetrics(&python, &text))
+}
+
 fn assert_all_ok(rows: &[algonet::feature::Row], n: usize) {
     let table = algonet::feature::table(rows);
     eprintln!("{table}");
@@ -216,6 +244,24 @@ async fn federation_on_docker() {
         assert!(
             !links.contains("vr-"),
             "run links left on node {org}: {links}"
+        );
+    }
+
+    // A run's series go with the run.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !node_status(&fed, 0)["runs"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(Instant::now() < until, "node a still lists runs");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (metrics_a, metrics_b) = (fed.options.server_port + 11, fed.options.server_port + 12);
+    if let Some(m) = scrape(metrics_a).await {
+        assert!(!m.contains_key("algonet_node_run_packets_total"), "{m:?}");
+        assert_eq!(
+            common::sample(&m, "algonet_node_runs", &[("phase", "running")]),
+            Some(0.0)
         );
     }
 
@@ -317,6 +363,115 @@ async fn federation_on_docker() {
         ["active", "active"],
         "the runs went on"
     );
+
+    // What an operator sees: `algonet node status` and the metrics of both nodes and the server.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let socket = dir.join("node-a").join("status.sock");
+        let mode = std::fs::metadata(&socket)
+            .expect("status socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the status socket is the node's alone");
+    }
+    let status_a = node_status(&fed, 0);
+    assert_eq!(status_a["vpn"]["state"], "CONNECTED", "{status_a}");
+    assert_eq!(status_a["vpn"]["address"], a_ip.to_string(), "{status_a}");
+    let run = status_a["runs"]
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["id"] == json!(run_a)))
+        .unwrap_or_else(|| panic!("run {run_a} in {status_a}"));
+    assert_eq!(run["phase"], "running", "{run}");
+    assert!(
+        run["ports"]
+            .as_array()
+            .expect("ports")
+            .contains(&json!({"public": a_public.port(), "container": 8888, "protocol": "tcp"})),
+        "{run}"
+    );
+    // b's algorithm reached a's: packets came from the VPN to a's container and went back.
+    for key in ["packets_in", "bytes_in", "packets_out"] {
+        assert!(run["traffic"][key].as_u64() > Some(0), "{key}: {run}");
+    }
+    let status_b = node_status(&fed, 1);
+    assert!(
+        status_b["vpn"]["reconnects"].as_u64() >= Some(1),
+        "{status_b}"
+    );
+    assert!(
+        status_b["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("management connection"))),
+        "the lost tunnel is among node b's recent problems: {status_b}"
+    );
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))
+        .args(["node", "status", "--config"])
+        .arg(&fed.nodes[0].config)
+        .output()
+        .expect("algonet node status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("VPN CONNECTED")
+            && table.contains(&format!(
+                "{a_public_port}->8888/tcp",
+                a_public_port = a_public.port()
+            )),
+        "{table}"
+    );
+    if let Some(m) = scrape(metrics_a).await {
+        let run = run_a.to_string();
+        let packets = |direction| {
+            common::sample(
+                &m,
+                "algonet_node_run_packets_total",
+                &[("run", &run), ("direction", direction)],
+            )
+        };
+        assert!(
+            packets("in") > Some(0.0) && packets("out") > Some(0.0),
+            "{m:?}"
+        );
+        assert_eq!(
+            m.get("algonet_node_drops_total").map(Vec::len),
+            Some(algonet::netstack::DropReason::ALL.len()),
+            "every drop reason, zeros too"
+        );
+        assert_eq!(
+            common::sample(&m, "algonet_node_vpn_connected", &[]),
+            Some(1.0)
+        );
+        assert_eq!(
+            common::sample(&m, "algonet_node_runs", &[("phase", "running")]),
+            Some(1.0)
+        );
+        assert!(common::sample(&m, "algonet_node_connection_capacity", &[]) > Some(0.0));
+        assert!(common::sample(&m, "algonet_node_run_start_seconds_count", &[]) >= Some(1.0));
+    }
+    if let Some(m) = scrape(metrics_b).await {
+        assert!(common::sample(&m, "algonet_node_vpn_reconnects_total", &[]) >= Some(1.0));
+    }
+    if let Some(m) = scrape(fed.options.server_port + 10).await {
+        assert!(
+            common::sample(&m, "algonet_server_runs", &[("status", "active")]) >= Some(2.0),
+            "{m:?}"
+        );
+        assert_eq!(
+            common::sample(&m, "algonet_server_nodes_with_vpn_address", &[]),
+            Some(2.0)
+        );
+        assert!(
+            common::sample(
+                &m,
+                "algonet_server_requests_total",
+                &[("route", "/api/run"), ("status", "200")]
+            ) > Some(0.0),
+            "the nodes' polls are counted: {m:?}"
+        );
+    }
 
     // 4. kill -9 of node a mid-run: its containers stay behind; the next start (with a broken
     //    profile on disk) removes them, marks the run crashed, drops its port records, and gets a
@@ -475,8 +630,8 @@ async fn node_without_vpn_at_the_server() {
     let bin = env!("CARGO_BIN_EXE_algonet");
     let spawn = |args: &[&str], log: &str| {
         let out = std::fs::File::create(dir.join(log)).expect("log");
-        std::process::Command::new(bin)
-            .args(args)
+        std::process::Command::new(args[0])
+            .args(&args[1..])
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .spawn()
@@ -485,13 +640,15 @@ async fn node_without_vpn_at_the_server() {
     std::fs::write(
         dir.join("server.yaml"),
         format!(
-            "listen: 127.0.0.1:{port}\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
+            "listen: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: {}\n\
+             admin: {{username: root, password: correct-horse-battery}}\n",
             dir.join("server").display()
         ),
     )
     .expect("server.yaml");
     let mut procs = Procs(vec![spawn(
         &[
+            bin,
             "server",
             "--config",
             &dir.join("server.yaml").to_string_lossy(),
@@ -532,18 +689,57 @@ async fn node_without_vpn_at_the_server() {
     std::fs::write(
         dir.join("node.yaml"),
         format!(
-            "name: tnovpn\nserver_url: http://127.0.0.1:{port}\napi_key: {}\nvpn_subnet: 10.76.0.0/16\ntask_dir: {}\n",
+            "name: tnovpn\nserver_url: http://127.0.0.1:{port}\napi_key: {}\nvpn_subnet: 10.76.0.0/16\n\
+             task_dir: {}\nmetrics_listen: null\n",
             node["api_key"].as_str().expect("key"),
             dir.join("tasks").display()
         ),
     )
     .expect("node.yaml");
+    // Started as systemd starts a Type=notify service with a watchdog of 1 s: the socket to
+    // tell, the watchdog's period and the pid it is meant for (the shell's, which exec keeps).
+    let notify = dir.join("notify.sock");
+    let said = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
+    said.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let systemd = format!(
+        "export NOTIFY_SOCKET={} WATCHDOG_USEC=1000000 WATCHDOG_PID=$$; exec \"$0\" \"$@\"",
+        notify.display()
+    );
     procs.0.push(spawn(
-        &["node", "--config", &dir.join("node.yaml").to_string_lossy()],
+        &[
+            "sh",
+            "-c",
+            &systemd,
+            bin,
+            "node",
+            "--config",
+            &dir.join("node.yaml").to_string_lossy(),
+        ],
         "node.log",
     ));
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = said.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let ready = next();
+    assert!(
+        ready.contains("READY=1") && ready.contains("no VPN"),
+        "{ready}"
+    );
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1\n", "fed every half second");
+    }
     let log = dir.join("node.log");
     wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
+    let status = std::process::Command::new(bin)
+        .args(["node", "status", "--json", "--config"])
+        .arg(dir.join("node.yaml"))
+        .output()
+        .expect("node status");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["vpn"]["state"], "off", "{status}");
     let (col, org) = (
         CollaborationId(col.as_i64().expect("id")),
         OrganizationId(org.as_i64().expect("id")),
@@ -586,6 +782,17 @@ async fn node_without_vpn_at_the_server() {
     let mut node = procs.0.pop().expect("the node");
     algonet::demo::stop(&mut node, Duration::from_secs(60));
     assert_eq!(status().await, "killed");
+    said.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = said.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(
+        rest.iter().any(|m| m.contains("STOPPING=1")),
+        "told systemd it stops: {rest:?}"
+    );
     drop(procs);
     let text = std::fs::read_to_string(&log).expect("log");
     assert_eq!(

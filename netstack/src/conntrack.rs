@@ -615,6 +615,11 @@ impl Table {
         self.len -= 1;
     }
 
+    /// The connections tracked now (some may have timed out and wait for [`Table::expire`]).
+    pub fn live(&self) -> impl Iterator<Item = &Conn> + '_ {
+        (0..self.slots).map(|i| self.get(i)).filter(|c| c.live)
+    }
+
     /// Removes every connection for which `doomed` says so; returns how many.
     pub fn remove_where(&mut self, mut doomed: impl FnMut(&Conn) -> bool) -> usize {
         let ids: Vec<u32> = (0..self.slots)

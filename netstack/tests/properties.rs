@@ -186,6 +186,14 @@ proptest! {
         }
         let c = r.counters();
         prop_assert_eq!(c.forwarded_packets.iter().sum::<u64>() + c.total_drops() + c.replies(Reply::EchoReply), handled);
+        // Every forwarded packet is some run's, counted once, by the side it came from; and a
+        // run's connections are connections of the table.
+        let runs = r.run_traffic();
+        for side in 0..2 {
+            prop_assert_eq!(runs.iter().map(|(_, t)| t.packets[side]).sum::<u64>(), c.forwarded_packets[side]);
+            prop_assert_eq!(runs.iter().map(|(_, t)| t.bytes[side]).sum::<u64>(), c.forwarded_bytes[side]);
+        }
+        prop_assert!(runs.iter().map(|(_, t)| t.connections).sum::<u64>() <= 2 * r.connections() as u64);
         r.remove_run(RUN1);
         r.remove_run(RUN2);
         prop_assert_eq!(r.connections(), 0);

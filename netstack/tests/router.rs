@@ -840,3 +840,47 @@ fn a_new_vpn_address_ends_all_connections() {
     );
     assert_eq!(endpoints(&out).1, sa(C1, 8888));
 }
+
+#[test]
+fn each_run_counts_its_own_packets_bytes_and_connections() {
+    let mut r = lab(Config::default());
+    let traffic = |r: &Router| -> Vec<(RunId, netstack::RunTraffic)> { r.run_traffic() };
+    // A peer opens run 1's TCP port; the container answers; the peer sends a UDP datagram.
+    let syn = tcp(sa(PEER, 40000), sa(V, 49152), Flags::Syn, b"");
+    forwarded(&mut r, &syn, T0);
+    let synack = tcp(sa(C1, 8888), sa(PEER, 40000), Flags::SynAck, b"");
+    forwarded(&mut r, &synack, T0);
+    let datagram = udp(sa(PEER, 40001), sa(V, 49153), &[7; 100]);
+    forwarded(&mut r, &datagram, T0);
+    // Run 2's container opens a connection to a peer.
+    let out = udp(sa(C2, 5000), sa(PEER2, 6000), &[1; 10]);
+    forwarded(&mut r, &out, T0);
+    // Refused packets count for nobody.
+    dropped(
+        &mut r,
+        &tcp(sa(PEER, 40002), sa(V, 49152), Flags::Ack, b""),
+        T0,
+    );
+
+    let t = traffic(&r);
+    assert_eq!(t.len(), 2, "{t:?}");
+    let (run1, run2) = (t[0].1, t[1].1);
+    assert_eq!((t[0].0, t[1].0), (RUN1, RUN2));
+    assert_eq!(run1.packets, [2, 1]);
+    assert_eq!(
+        run1.bytes,
+        [(syn.len() + datagram.len()) as u64, synack.len() as u64]
+    );
+    assert_eq!(run1.connections, 2);
+    assert_eq!(run2.packets, [0, 1]);
+    assert_eq!(run2.bytes, [0, out.len() as u64]);
+    assert_eq!(run2.connections, 1);
+    // Every forwarded packet here is some container's.
+    let forwarded = r.counters().forwarded_packets;
+    assert_eq!(forwarded.iter().sum::<u64>(), 4);
+    // Gone with the run: its counters and its connections.
+    r.remove_run(RUN1);
+    let t = traffic(&r);
+    assert_eq!(t.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![RUN2]);
+    assert_eq!(r.connections(), 1);
+}

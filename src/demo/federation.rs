@@ -53,6 +53,9 @@ pub enum DemoError {
     NotConnected { secs: u64, dir: PathBuf },
     #[error(transparent)]
     Feature(#[from] FeatureError),
+    /// a demo kept running earlier still runs
+    #[error("a demo is kept running ({}); stop it first with `algonet demo stop`", pids.join(", "))]
+    Kept { pids: Vec<String> },
     #[error("setting up (logs in {}): {source}", dir.display())]
     SetUp {
         dir: PathBuf,
@@ -189,11 +192,13 @@ impl Federation {
             &server_yaml,
             format!(
                 "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\
-                 vpn: {{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}\n",
+                 vpn: {{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}\n\
+                 metrics_listen: 127.0.0.1:{}\n",
                 o.server_port,
                 o.dir.join("server").display(),
                 ADMIN.0,
-                ADMIN.1
+                ADMIN.1,
+                o.server_port + 10
             ),
         )
         .map_err(io(server_yaml.display()))?;
@@ -266,9 +271,11 @@ impl Federation {
                 &config,
                 format!(
                     "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {key}\n\
-                     vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {net}\n",
+                     vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {net}\n\
+                     metrics_listen: 127.0.0.1:{metrics}\n",
                     tag = o.tag,
                     port = o.server_port,
+                    metrics = o.server_port + 11 + self.nodes.len() as u16,
                     dir = o.dir.join(format!("node-{name}")).display(),
                     net = self.network,
                 ),

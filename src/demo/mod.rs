@@ -2,6 +2,7 @@
 //! feature test across it, and everything torn down.
 
 mod federation;
+mod kept;
 
 pub use federation::{
     step, stop, DemoError, Federation, NodeProc, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP,
@@ -11,13 +12,38 @@ pub use federation::{
 use std::process::Child;
 
 use federation::io;
+use kept::Kept;
 use std::time::Instant;
 
-/// `algonet demo [--keep]`.
+/// Where the demo keeps everything (configurations, databases, PKI, logs).
+fn demo_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("algonet-demo")
+}
+
+/// `algonet demo [--keep]`. Refuses, touching nothing, while a kept demo runs.
 pub async fn main(keep: bool) -> Result<bool, DemoError> {
     let started = Instant::now();
+    if let Some(k) = Kept::load(&demo_dir()) {
+        let running = k.running();
+        if !running.is_empty() {
+            return Err(DemoError::Kept {
+                pids: running
+                    .iter()
+                    .map(|p| format!("{} {}", p.what, p.pid))
+                    .collect(),
+            });
+        }
+        // Its processes are gone (the host restarted, say): clear what they left.
+        step(started, "clearing what an earlier kept demo left");
+        for line in k
+            .stop(&demo_dir(), &crate::docker::Docker::connect().await?)
+            .await
+        {
+            eprintln!("  {line}");
+        }
+    }
     let options = Options {
-        dir: std::env::temp_dir().join("algonet-demo"),
+        dir: demo_dir(),
         tag: "demo".into(),
         organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
         server_port: 7601,
@@ -46,27 +72,35 @@ pub async fn main(keep: bool) -> Result<bool, DemoError> {
         }
     };
     if keep {
+        let pid =
+            |what: &str, c: &Option<Child>| c.as_ref().and_then(|c| kept::Proc::of(what, c.id()));
+        let record = Kept {
+            nodes: fed
+                .nodes
+                .iter()
+                .filter_map(|n| pid(&n.organization, &n.child))
+                .collect(),
+            server: pid("server", &fed.server),
+            vpn_server: fed.vpn_server.clone(),
+            network: fed.network.clone(),
+        };
+        record.save(&dir)?;
+        let server = format!("http://127.0.0.1:{}", fed.options.server_port);
         println!(
-            "left running (--keep). Server: {} (admin / {}); logs and configurations in {}.\n\
-             Send another test: algonet test --server http://127.0.0.1:{} --collaboration {} \
-             --username {} --password {}\nStop it: kill the algonet node/server processes \
-             (their pids: {}), then docker rm -f {} && docker network rm {}",
+            "left running (--keep). Server: {server} (API {}, user {} / {}); logs, configurations \
+             and the metrics addresses in {}.\n\
+             Another test:  ALGONET_PASSWORD={} algonet test --server {server} --collaboration {}\n\
+             A node's view: algonet node status --config {}\n\
+             Stop it:       algonet demo stop",
             fed.api,
-            ADMIN.1,
-            dir.display(),
-            fed.options.server_port,
-            fed.collaboration,
             ADMIN.0,
             ADMIN.1,
+            dir.display(),
+            ADMIN.1,
+            fed.collaboration,
             fed.nodes
-                .iter()
-                .filter_map(|n| n.child.as_ref().map(Child::id))
-                .chain(fed.server.as_ref().map(Child::id))
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-            fed.vpn_server,
-            fed.network
+                .first()
+                .map_or_else(String::new, |n| n.config.display().to_string()),
         );
         // Leave the processes running.
         fed.nodes.iter_mut().for_each(|n| drop(n.child.take()));
@@ -89,4 +123,19 @@ pub async fn main(keep: bool) -> Result<bool, DemoError> {
         },
     );
     Ok(outcome.map(|_| ok)?)
+}
+
+/// `algonet demo stop`: ends a kept demo, nodes first (each clears its address and removes its
+/// containers), then the server, the OpenVPN server and the network.
+pub async fn stop_kept() -> Result<(), DemoError> {
+    let dir = demo_dir();
+    let Some(k) = Kept::load(&dir) else {
+        println!("no kept demo ({} has no record of one)", dir.display());
+        return Ok(());
+    };
+    let docker = crate::docker::Docker::connect().await?;
+    for line in k.stop(&dir, &docker).await {
+        println!("{line}");
+    }
+    Ok(())
 }

@@ -127,15 +127,39 @@ impl DataplaneHandle {
         rx.await.map_err(|_| DataplaneError::Stopped)
     }
 
-    /// A snapshot of the router's and the device's counters.
-    pub async fn counters(&self) -> Result<(Counters, IoCounters), DataplaneError> {
+    /// What the router and the device have counted, read between two batches of packets.
+    pub async fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |r, io| {
-            let _ = tx.send((r.counters(), io.clone()));
+            let _ = tx.send(Snapshot {
+                counters: r.counters(),
+                io: io.clone(),
+                connections: r.connections(),
+                capacity: r.capacity(),
+                fragments: r.fragmented(),
+                runs: r.run_traffic(),
+            });
         });
         self.jobs.send(job).map_err(|_| DataplaneError::Stopped)?;
         rx.await.map_err(|_| DataplaneError::Stopped)
     }
+
+    /// The router's and the device's counters.
+    pub async fn counters(&self) -> Result<(Counters, IoCounters), DataplaneError> {
+        self.snapshot().await.map(|s| (s.counters, s.io))
+    }
+}
+
+/// The router's counters and tables and the device's I/O at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub io: IoCounters,
+    pub connections: usize,
+    pub capacity: usize,
+    /// Fragmented packets whose later fragments are awaited.
+    pub fragments: usize,
+    pub runs: Vec<(netstack::RunId, netstack::RunTraffic)>,
 }
 
 /// A running data plane. [`Dataplane::stop`] ends it (handles then answer `Stopped`); the TUN
@@ -197,7 +221,7 @@ async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, Dataplan
     if !config.offload {
         // A tuning, not a function: without it packets are merely passed on one by one.
         if let Err(e) = set_device_attr(name, "gro_flush_timeout", GRO_FLUSH_TIMEOUT_NS) {
-            log::warn!("{e}; packets written to {name} are not merged");
+            tracing::warn!("{e}; packets written to {name} are not merged");
         }
     }
     // The router is IPv4 only; an IPv6 link-local address would only invite traffic it drops.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::api::{RunId, RunStatus};
 use crate::docker::specs::Role;
 use crate::docker::{Docker, DockerError, LABEL_ROLE, LABEL_RUN};
+use crate::logging::Recent;
 use crate::node::allocator::{PortTable, PUBLIC_PORTS};
 use crate::node::client::{ClientError, ServerClient};
 use crate::node::config::NodeConfig;
@@ -17,7 +18,10 @@ use crate::node::proxy::{self, Clients};
 use crate::node::retry::{with_backoff, Backoff};
 use crate::node::run;
 use crate::node::state::Node;
+use crate::node::status::{self, Observed};
 use crate::node::vpn;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why the node could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,12 @@ pub enum NodeError {
     /// the signal handlers could not be installed
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    /// the status socket could not be made
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
+    /// the metrics address could not be bound
+    #[error(transparent)]
+    Metrics(crate::metrics::MetricsError),
 }
 
 /// How often the node asks for new runs.
@@ -75,7 +85,7 @@ async fn reconcile(
             .map(|n| n.trim_start_matches('/').to_string())
             .or(c.id)
             .unwrap_or_default();
-        log::info!(
+        tracing::info!(
             "removing {name} ({}), left by an earlier run of this node",
             labels.get(LABEL_ROLE).map_or("?", String::as_str)
         );
@@ -91,7 +101,7 @@ async fn reconcile(
     for run in runs {
         // A run the server no longer gives this node (a refusal) is not worth stopping for.
         if let Err(e) = with_backoff("removing port records", || client.remove_ports(run)).await {
-            log::warn!("run {run}: port records not removed: {e}");
+            tracing::warn!("run {run}: port records not removed: {e}");
         }
         // A run whose container was lost with the node: crashed, as vantage6 says.
         let note = "algonet node: the node stopped during the run\n";
@@ -99,26 +109,32 @@ async fn reconcile(
             .report(run, RunStatus::Crashed, None, Some(note))
             .await
         {
-            log::warn!("run {run}: not reported crashed: {e}");
+            tracing::warn!("run {run}: not reported crashed: {e}");
         }
         let _ = std::fs::remove_dir_all(config.task_dir.join(format!("run-{run}")));
     }
     Ok(())
 }
 
-/// Runs the node until SIGINT or SIGTERM.
-pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
+/// Runs the node until SIGINT or SIGTERM. `recent` keeps the warnings and errors the node
+/// logs, for `algonet node status`.
+pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
+    // Taken over first: a signal during start-up stops the node at the next step, cleanly.
+    let stop = CancellationToken::new();
+    let signals = on_signal(stop.clone())?;
     let client = with_backoff("login", || {
         ServerClient::login(&config.server_url, &config.api_path, &config.api_key)
-    })
-    .await
-    .map_err(NodeError::Login)?;
+    });
+    let client = tokio::select! {
+        c = client => c.map_err(NodeError::Login)?,
+        () = stop.cancelled() => return Ok(()),
+    };
     let name = config
         .name
         .clone()
         .unwrap_or_else(|| format!("node-{}", client.node_id));
     let owner = format!("node:{name}");
-    log::info!("logged in as node {} ({name})", client.node_id);
+    tracing::info!("logged in as node {} ({name})", client.node_id);
     let docker = Docker::connect().await?;
     let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
     for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
@@ -128,6 +144,18 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         path: config.task_dir.clone(),
         source,
     })?;
+    // Bound before anything is made, so a taken address fails the start with nothing to undo.
+    let status_socket = status::listen(&config.status_socket())?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| {
+                    NodeError::Metrics(crate::metrics::MetricsError { addr, source })
+                })?,
+        ),
+        None => None,
+    };
     reconcile(&client, &docker, &owner, &config)
         .await
         .map_err(|e| NodeError::Reconcile(Box::new(e)))?;
@@ -135,12 +163,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let (hub, listener) =
         Hub::start(&docker, format!("algonet-{name}-hub"), &owner, &config).await?;
     let clients: Clients = Arc::default();
-    let proxy = tokio::spawn(proxy::serve(
-        listener,
-        client.api().http().clone(),
-        client.api().base().to_string(),
-        clients.clone(),
-    ));
     let node = Arc::new(Node {
         name: name.clone(),
         owner,
@@ -149,67 +171,146 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         hub,
         ports: Mutex::new(PortTable::new(PUBLIC_PORTS)),
         addresses: Mutex::default(),
-        clients,
+        clients: clients.clone(),
         vpn: Mutex::new(None),
         stopping: Default::default(),
+        observed: Observed::new(recent),
         config,
     });
-
-    let result = serve(&node).await;
+    // Every helper ends with the token; the node's own clean-up follows.
+    let helpers = [
+        tokio::spawn(until(stop.clone(), {
+            let proxy = proxy::serve(
+                listener,
+                node.client.api().http().clone(),
+                node.client.api().base().to_string(),
+                clients,
+            );
+            async move {
+                if let Err(e) = proxy.await {
+                    tracing::error!("the algorithms' API proxy stopped: {e}");
+                }
+            }
+        })),
+        tokio::spawn(until(
+            stop.clone(),
+            status::serve(status_socket, node.clone()),
+        )),
+        tokio::spawn(until(stop.clone(), metrics_server(metrics, node.clone()))),
+    ];
+    let result = serve(&node, &stop).await;
+    crate::service::stopping();
+    stop.cancel();
     shut_down(&node).await;
-    proxy.abort();
+    for h in helpers {
+        let _ = h.await;
+    }
+    signals.abort();
     result
 }
 
-/// Brings up the VPN, then takes runs until a signal.
-async fn serve(node: &Arc<Node>) -> Result<(), NodeError> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(NodeError::Signals)?;
+/// Cancels `stop` on SIGINT or SIGTERM.
+fn on_signal(stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("stopping (signal)");
+        stop.cancel();
+    }))
+}
+
+/// Runs `task` until it ends or `stop` is cancelled.
+async fn until(stop: CancellationToken, task: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = task => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+async fn metrics_server(listener: Option<tokio::net::TcpListener>, node: Arc<Node>) {
+    if let Some(listener) = listener {
+        let (at, serve) = crate::metrics::serve_on(listener, move || status::scrape(node.clone()));
+        tracing::info!("metrics on http://{at}/metrics");
+        serve.await;
+    }
+}
+
+/// The next tick of the watchdog's interval; never, without a watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(w) => {
+            w.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Brings up the VPN, tells systemd the node is ready, then takes runs until `stop`.
+async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeError> {
     let watcher = tokio::select! {
         w = vpn::lifecycle::start(node) => w,
-        _ = tokio::signal::ctrl_c() => return Ok(()),
-        _ = terminate.recv() => return Ok(()),
+        () = stop.cancelled() => return Ok(()),
     };
+    crate::service::ready(&match node.vpn_address() {
+        Some(a) => format!("serving runs; VPN address {a}"),
+        None => "serving runs; no VPN".into(),
+    });
+    let mut watchdog = crate::service::watchdog_interval().map(tokio::time::interval);
     let mut runs: HashMap<RunId, tokio::task::JoinHandle<()>> = HashMap::new();
     // While the server does not answer: waits from twice the poll interval, doubling.
     let mut backoff = Backoff::from(POLL * 2);
-    let mut wait = POLL;
+    let mut next_poll = tokio::time::Instant::now() + POLL;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            () = tokio::time::sleep_until(next_poll) => {}
+            () = stop.cancelled() => break,
+            // Alive means: this loop turns and the data plane answers.
+            // The watchdog starts once the node said it is ready (systemd.service(5)).
+            () = tick(&mut watchdog) => {
+                let answer = tokio::time::timeout(Duration::from_secs(1), node.hub.snapshot());
+                if answer.await.is_ok_and(|s| s.is_ok()) {
+                    crate::service::alive();
+                } else {
+                    tracing::warn!("the data plane did not answer in 1 s; the watchdog is not fed");
+                }
+                continue;
+            }
         }
         runs.retain(|_, h| !h.is_finished());
+        let mut wait = POLL;
         match node.client.pending_runs().await {
             Ok(pending) => {
                 backoff.reset();
-                wait = POLL;
                 for r in pending {
                     if runs.contains_key(&r.id) {
                         continue;
                     }
                     match node.client.claim(r.id).await {
                         Ok(claimed) => {
-                            log::info!(
-                                "run {}: claimed (task {}, {})",
-                                r.id,
-                                claimed.task.id,
-                                claimed.task.image
-                            );
-                            runs.insert(r.id, tokio::spawn(run::execute(node.clone(), claimed)));
+                            let (task, image) = (claimed.task.id, claimed.task.image.clone());
+                            let span = tracing::info_span!("run", run = %r.id, task = %task, image = %image);
+                            span.in_scope(|| tracing::info!("claimed"));
+                            node.observed.run_claimed(r.id, task, &image);
+                            let run = run::execute(node.clone(), claimed).instrument(span);
+                            runs.insert(r.id, tokio::spawn(run));
                         }
-                        Err(e) => log::warn!("run {}: not claimed: {e}", r.id),
+                        Err(e) => tracing::warn!("run {}: not claimed: {e}", r.id),
                     }
                 }
             }
             Err(e) => {
                 wait = backoff.next_wait();
-                log::warn!("asking for runs: {e}; next try in {}s", wait.as_secs_f32());
+                tracing::warn!("asking for runs: {e}; next try in {}s", wait.as_secs_f32());
             }
         }
+        next_poll = tokio::time::Instant::now() + wait;
     }
-    log::info!("stopping: {} run(s) to end", runs.len());
+    tracing::info!("stopping: {} run(s) to end", runs.len());
     node.stop_taking_runs();
     if let Some(w) = watcher {
         w.abort();
@@ -237,18 +338,18 @@ async fn serve(node: &Arc<Node>) -> Result<(), NodeError> {
 async fn shut_down(node: &Node) {
     if node.vpn_address().is_some() {
         if let Err(e) = node.client.set_ip(None).await {
-            log::warn!("clearing the VPN address at the server: {e}");
+            tracing::warn!("clearing the VPN address at the server: {e}");
         }
     }
     if let Err(e) = node.hub.stop_dataplane() {
-        log::warn!("stopping the data plane: {e}");
+        tracing::warn!("stopping the data plane: {e}");
     }
     for c in node.docker.owned_by(&node.owner).await.unwrap_or_default() {
         if let Some(n) = c.names.and_then(|n| n.into_iter().next()) {
             if let Err(e) = node.docker.remove(n.trim_start_matches('/')).await {
-                log::warn!("{e}");
+                tracing::warn!("{e}");
             }
         }
     }
-    log::info!("stopped; nothing of this node is left running");
+    tracing::info!("stopped; nothing of this node is left running");
 }

@@ -1,6 +1,7 @@
 //! The node's YAML configuration. A bad file fails at start with the file, the key and the
 //! reason. `vpn_subnet` absent means: run without VPN (with a warning), everything else works.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
@@ -37,8 +38,17 @@ pub struct NodeConfig {
     /// The Docker network the hub namespace is attached to (the default bridge if absent).
     #[serde(default)]
     pub wan_network: Option<String>,
-    #[serde(default = "default_log_level")]
-    pub log_level: String,
+    #[serde(default)]
+    pub log_level: crate::logging::Level,
+    #[serde(default)]
+    pub log_format: crate::logging::Format,
+    /// Where Prometheus metrics are served (`GET /metrics`, never on the VPN side); `null`: not
+    /// at all.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The socket `algonet node status` asks (owner-only); `<task_dir>/status.sock` if absent.
+    #[serde(default)]
+    pub status_socket: Option<PathBuf>,
     /// How long the data plane keeps reading the TUN device once its queue ran empty before it
     /// sleeps, in microseconds (0: never poll). Polling costs CPU while traffic flows and saves a
     /// wake-up per packet: lower latency and steadier throughput, most of all on VMs.
@@ -67,8 +77,14 @@ fn default_proxy_port() -> u16 {
     8080
 }
 
-fn default_log_level() -> String {
-    "info".into()
+/// The node's metrics address unless configured: loopback only.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7612,
+));
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(DEFAULT_METRICS_LISTEN)
 }
 
 /// The default of `busy_poll_us`. 100 us: on this project's 2-vCPU VM a request/response took
@@ -87,7 +103,7 @@ impl NodeConfig {
     }
 
     pub fn parse(text: &str) -> Result<NodeConfig, String> {
-        let c: NodeConfig = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let c: NodeConfig = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
         if !(c.server_url.starts_with("http://") || c.server_url.starts_with("https://")) {
             return Err(format!(
                 "server_url: {:?} must start with http:// or https://",
@@ -116,13 +132,14 @@ impl NodeConfig {
         if c.proxy_port == 0 {
             return Err("proxy_port: must be 1 to 65535".into());
         }
-        if !["error", "warn", "info", "debug", "trace"].contains(&c.log_level.as_str()) {
-            return Err(format!(
-                "log_level: {:?} is not error, warn, info, debug or trace",
-                c.log_level
-            ));
-        }
         Ok(c)
+    }
+
+    /// Where the node answers `algonet node status`.
+    pub fn status_socket(&self) -> PathBuf {
+        self.status_socket
+            .clone()
+            .unwrap_or_else(|| self.task_dir.join("status.sock"))
     }
 }
 
@@ -150,6 +167,8 @@ mod tests {
             ("proxy_port: 0\n", "proxy_port"),
             ("proxy_port: 99999\n", "proxy_port"),
             ("log_level: loud\n", "log_level"),
+            ("log_format: xml\n", "log_format"),
+            ("metrics_listen: 127.0.0.1\n", "metrics_listen"),
             ("busy_poll_us: 10001\n", "busy_poll_us"),
             ("busy_poll_us: -1\n", "busy_poll_us"),
             ("images: {vpn: x}\n", "vpn"),

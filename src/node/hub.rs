@@ -106,7 +106,7 @@ impl Hub {
         };
         // A kernel without TUN offload (IFF_VNET_HDR, TUNSETOFFLOAD) still gets a data plane.
         let dataplane = Dataplane::start(&ns, config.clone()).or_else(|e| {
-            log::warn!("data plane with offload failed ({e}); starting it without offload");
+            tracing::warn!("data plane with offload failed ({e}); starting it without offload");
             Dataplane::start(
                 &ns,
                 DataplaneConfig {
@@ -227,6 +227,11 @@ impl Hub {
             Err(e) => errors.push(e.to_string()),
         }
         errors
+    }
+
+    /// What the data plane has counted.
+    pub async fn snapshot(&self) -> Result<crate::net::dataplane::Snapshot, DataplaneError> {
+        self.handle.snapshot().await
     }
 
     /// Stops the data plane (its TUN goes with it). The namespace goes with the container.

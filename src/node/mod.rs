@@ -2,7 +2,8 @@
 //! [`state`] is what its tasks share; [`run`] carries one run from claim to report; [`vpn`]
 //! keeps the tunnel; [`hub`] owns the hub namespace; [`proxy`] serves the algorithms'
 //! API calls; [`client`] speaks to the server; [`ports`] and [`allocator`] turn an image's
-//! ports into public ones; [`retry`] waits out what is away.
+//! ports into public ones; [`retry`] waits out what is away; [`status`] is what the node shows of
+//! itself (`algonet node status`, metrics).
 
 pub mod agent;
 pub mod allocator;
@@ -14,4 +15,5 @@ pub mod proxy;
 pub mod retry;
 pub mod run;
 pub mod state;
+pub mod status;
 pub mod vpn;

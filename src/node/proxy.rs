@@ -53,14 +53,14 @@ async fn forward(
         IpAddr::V6(_) => false,
     };
     if !allowed {
-        log::warn!("proxy: refused {peer}: not an algorithm container of this node");
+        tracing::warn!("proxy: refused {peer}: not an algorithm container of this node");
         return refuse(
             StatusCode::FORBIDDEN,
             "Only algorithm containers may use the proxy",
         );
     }
     let Ok(slot) = p.slots.clone().try_acquire_owned() else {
-        log::warn!("proxy: refused {peer}: {MAX_REQUESTS} requests under way");
+        tracing::warn!("proxy: refused {peer}: {MAX_REQUESTS} requests under way");
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "The proxy is busy; try again",
@@ -106,7 +106,7 @@ async fn forward(
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded")
         }
         Err(e) => {
-            log::warn!("proxy: {} {path}: server unreachable: {e}", parts.method);
+            tracing::warn!("proxy: {} {path}: server unreachable: {e}", parts.method);
             return refuse(StatusCode::BAD_GATEWAY, "The server is unreachable");
         }
     };
@@ -117,7 +117,7 @@ async fn forward(
     let answer = resp.bytes_stream().map(move |chunk| {
         let _held = &slot;
         chunk.map_err(|e| {
-            log::warn!("proxy: {method} {path}: reading the answer failed: {e}");
+            tracing::warn!("proxy: {method} {path}: reading the answer failed: {e}");
             e
         })
     });

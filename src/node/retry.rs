@@ -59,7 +59,7 @@ pub async fn with_backoff<T, F: std::future::Future<Output = Result<T, ClientErr
         match f().await {
             Err(e) if e.transient() => {
                 let wait = backoff.next_wait();
-                log::warn!("{what}: {e}; retrying in {}s", wait.as_secs_f32());
+                tracing::warn!("{what}: {e}; retrying in {}s", wait.as_secs_f32());
                 tokio::time::sleep(wait).await;
             }
             other => return other,

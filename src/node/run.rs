@@ -19,6 +19,7 @@ use crate::node::hub::{Hub, HubError, GATEWAY, TUNNEL_MTU};
 use crate::node::ports::{algorithm_ports, AlgorithmPort};
 use crate::node::retry::with_backoff;
 use crate::node::state::{lock, Node};
+use crate::node::status::{Phase, Port};
 
 /// Where a run's files appear inside the algorithm container.
 const MOUNT: &str = "/mnt/algonet";
@@ -110,12 +111,13 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
     };
     let outcome = run.steps().await;
     let (id, started) = (run.id, run.claimed);
+    node.observed.run_phase(id, Phase::Ending, started);
     let mut log = match &outcome {
         Ok(_) => std::mem::take(&mut run.notes),
         Err(e) => format!("algonet node: {e}\n"),
     };
     for e in run.clean_up().await {
-        log::warn!("run {id}: clean-up: {e}");
+        tracing::warn!("clean-up: {e}");
         log.push_str(&format!("algonet node: clean-up: {e}\n"));
     }
     let (status, result) = match outcome {
@@ -130,23 +132,21 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
         }
         Err(_) => (RunStatus::Failed, None),
     };
-    log::info!(
-        "run {id}: {status} after {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    tracing::info!("{status} after {:.1}s", started.elapsed().as_secs_f64());
     // The result is the run's point: wait for an absent server rather than lose it.
     let report = || {
         node.client
             .report(id, status, result.as_deref(), Some(&log))
     };
     if let Err(e) = with_backoff("reporting a run's end", report).await {
-        log::warn!("run {id}: cannot report {status}: {e}");
+        tracing::warn!("cannot report {status}: {e}");
     }
+    node.observed.run_ended(id);
 }
 
 impl Run {
     fn note(&mut self, what: &str) {
-        log::warn!("run {}: {what}", self.id);
+        tracing::warn!("{what}");
         self.notes.push_str(&format!("algonet node: {what}\n"));
     }
 
@@ -260,11 +260,18 @@ impl Run {
                 .add_port(self.id, public, p.label.as_deref())
                 .await
                 .map_err(|source| RunError::Register { public, source })?;
-            log::info!(
-                "run {}: {:?} port {} of the algorithm is public port {public}",
-                self.id,
+            tracing::info!(
+                "{:?} port {} of the algorithm is public port {public}",
                 p.protocol,
                 p.port
+            );
+            node.observed.run_port(
+                self.id,
+                Port {
+                    public: public.0,
+                    container: p.port.0,
+                    protocol: format!("{:?}", p.protocol).to_lowercase(),
+                },
             );
         }
         Ok(())
@@ -294,18 +301,19 @@ impl Run {
             MOUNT,
         );
         node.docker.run(&algorithm, spec).await?;
-        log::info!(
-            "run {}: algorithm started {:.0} ms after the claim",
-            self.id,
+        tracing::info!(
+            "algorithm started {:.0} ms after the claim",
             self.claimed.elapsed().as_secs_f64() * 1000.0
         );
+        node.observed
+            .run_phase(self.id, Phase::Running, self.claimed);
         // A missed "active" is no reason to stop a running algorithm; the end is reported anyway.
         if let Err(e) = node
             .client
             .report(self.id, RunStatus::Active, None, None)
             .await
         {
-            log::warn!("run {}: cannot report active: {e}", self.id);
+            tracing::warn!("cannot report active: {e}");
         }
         let code = node.docker.wait(&algorithm).await?;
         self.notes

@@ -29,6 +29,8 @@ pub struct Node {
     pub vpn: Mutex<Option<Ipv4Addr>>,
     /// Set on SIGINT/SIGTERM: runs that end now were stopped, not finished.
     pub stopping: AtomicBool,
+    /// What `algonet node status` and the metrics show.
+    pub observed: crate::node::status::Observed,
 }
 
 /// A lock whose holder cannot leave the data half-changed, so a panic elsewhere does not

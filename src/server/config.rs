@@ -59,6 +59,18 @@ pub struct ServerConfig {
     /// Most connections served at once; more wait until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    #[serde(default)]
+    pub log_level: crate::logging::Level,
+    #[serde(default)]
+    pub log_format: crate::logging::Format,
+    /// Where Prometheus metrics are served (`GET /metrics`, apart from the API); `null`: not
+    /// at all.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 7611)))
 }
 
 fn default_header_timeout() -> u64 {
@@ -96,7 +108,7 @@ impl ServerConfig {
 
     /// Parses and checks a configuration; the error names the key and the reason.
     pub fn parse(text: &str) -> Result<ServerConfig, String> {
-        let config: ServerConfig = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let config: ServerConfig = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
         if !config.api_path.is_empty()
             && (!config.api_path.starts_with('/') || config.api_path.ends_with('/'))
         {
@@ -152,8 +164,21 @@ mod tests {
             e.contains("vpn_server") && e.contains("portal_username"),
             "{e}"
         );
-        let e = ServerConfig::parse(&format!("{base}colour: blue\n")).expect_err("must be refused");
-        assert!(e.contains("colour"), "{e}");
+        for (extra, key) in [
+            ("colour: blue\n", "colour"),
+            ("log_level: loud\n", "log_level"),
+            ("log_format: xml\n", "log_format"),
+            ("metrics_listen: 7611\n", "metrics_listen"),
+        ] {
+            let e = ServerConfig::parse(&format!("{base}{extra}")).expect_err("must be refused");
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let c = ServerConfig::parse(&format!("{base}metrics_listen: null\nlog_format: json\n"))
+            .expect("valid");
+        assert_eq!(
+            (c.metrics_listen, c.log_format),
+            (None, crate::logging::Format::Json)
+        );
         let e = ServerConfig::parse(&format!(
             "data_dir: /tmp/x\nadmin: {{username: root, password: {SAMPLE_PASSWORD}}}\n"
         ))

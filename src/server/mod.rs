@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod eduvpn;
+pub mod metrics;
 pub mod pki;
 pub mod provision;
 pub mod state;
@@ -96,6 +97,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         config: Arc::new(config),
         pki,
         logins: Arc::default(),
+        metrics: Default::default(),
     })
 }
 
@@ -152,7 +154,7 @@ async fn serve(
             Err(e) => {
                 // Out of descriptors, or a connection reset before it was accepted: not the
                 // listener's end. Pause briefly rather than spin.
-                log::warn!("accepting a connection: {e}");
+                tracing::warn!("accepting a connection: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
@@ -175,7 +177,7 @@ async fn serve(
                 )
                 .await;
             if let Err(e) = served {
-                log::debug!("connection from {peer}: {e}");
+                tracing::debug!("connection from {peer}: {e}");
             }
             drop(slot);
         });

@@ -18,6 +18,7 @@ pub struct AppState {
     pub pki: Option<Arc<tokio::sync::Mutex<Pki>>>,
     /// Failed administrator logins.
     pub logins: Arc<std::sync::Mutex<Throttle>>,
+    pub metrics: crate::server::metrics::ServerMetrics,
 }
 
 /// Seconds since the Unix epoch.

@@ -183,3 +183,48 @@ pub fn firewall() -> String {
         run("nft", &["--stateless", "list", "ruleset"])
     )
 }
+
+/// Samples of an OpenMetrics text: sample name -> (labels, value) pairs.
+pub type Samples =
+    std::collections::BTreeMap<String, Vec<(std::collections::BTreeMap<String, String>, f64)>>;
+
+/// The samples of an OpenMetrics text as prometheus_client's own parser (Python, from PyPI)
+/// reads it. Panics with the parser's reason if it
+/// refuses the text. `python` is a venv's interpreter that has prometheus_client
+/// (vantage6-server's venv does).
+pub fn openmetrics(python: &str, text: &str) -> Samples {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/openmetrics.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the OpenMetrics parser");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the text");
+    let out = child.wait_with_output().expect("parser output");
+    assert!(
+        out.status.success(),
+        "{}\n--- the text:\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the parser's JSON")
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`.
+pub fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples.get(name)?.iter().find_map(|(l, v)| {
+        labels
+            .iter()
+            .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
+            .then_some(*v)
+    })
+}

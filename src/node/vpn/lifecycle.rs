@@ -40,7 +40,8 @@ fn tunnel(node: &Node, subnet: ipnet::Ipv4Net) -> Tunnel {
 /// working VPN it warns once, with the reasons, and the node runs on without.
 pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
     let Some(subnet) = node.config.vpn_subnet else {
-        log::warn!(
+        node.observed.vpn_state("off", None);
+        tracing::warn!(
             "no vpn_subnet configured: running without VPN (algorithms get no public ports)"
         );
         return None;
@@ -54,19 +55,21 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
     };
     match bring_up(existing.as_deref(), &mut steps).await {
         Outcome::Connected { address, source } => {
-            log::info!("VPN connected with address {address} ({source:?} profile)");
+            tracing::info!("VPN connected with address {address} ({source:?} profile)");
             let m = steps.connected.take()?;
             match plumb(node, address).await {
                 Ok(()) => Some(tokio::spawn(watch(node.clone(), tunnel, m))),
                 Err(e) => {
-                    log::warn!("VPN connected, but the router could not be set up: {e}; running without VPN");
+                    node.observed.vpn_state("off", None);
+                    tracing::warn!("VPN connected, but the router could not be set up: {e}; running without VPN");
                     let _ = node.docker.remove(&tunnel.container).await;
                     None
                 }
             }
         }
         Outcome::NoVpn { reasons } => {
-            log::warn!("running without VPN: {}", reasons.join("; "));
+            node.observed.vpn_state("off", None);
+            tracing::warn!("running without VPN: {}", reasons.join("; "));
             None
         }
     }
@@ -76,6 +79,7 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
 async fn plumb(node: &Node, address: Ipv4Addr) -> Result<(), PlumbError> {
     node.hub.connect_vpn(address).await?;
     node.set_vpn_address(Some(address));
+    node.observed.vpn_state("CONNECTED", Some(address));
     with_backoff("registering the VPN address", || {
         node.client.set_ip(Some(address))
     })
@@ -91,21 +95,26 @@ async fn watch(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
         match m.next_change().await {
             Ok(s) if s.connected() => {
                 if let Some(a) = s.address {
-                    log::info!("VPN connected again with address {a}");
+                    tracing::info!("VPN connected again with address {a}");
+                    node.observed.vpn_reconnected();
                     if let Err(e) = plumb(&node, a).await {
-                        log::warn!("re-plumbing the VPN: {e}");
+                        tracing::warn!("re-plumbing the VPN: {e}");
                     }
                 }
             }
             Ok(s) => {
-                log::info!(
+                tracing::info!(
                     "VPN state {}; forwarding to peers paused until CONNECTED",
                     s.name
                 );
+                node.observed.vpn_state(&s.name, node.vpn_address());
                 pause(&node).await;
             }
             Err(e) => {
-                log::warn!("lost OpenVPN's management connection ({e}); bringing the tunnel back");
+                tracing::warn!(
+                    "lost OpenVPN's management connection ({e}); bringing the tunnel back"
+                );
+                node.observed.vpn_state("lost", node.vpn_address());
                 pause(&node).await;
                 m = recover(&node, &tunnel).await;
             }
@@ -116,7 +125,7 @@ async fn watch(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
 /// Holds back what goes to peers while the tunnel is not connected.
 async fn pause(node: &Node) {
     if let Err(e) = node.hub.set_tunnel_up(false).await {
-        log::warn!("pausing forwarding to peers: {e}");
+        tracing::warn!("pausing forwarding to peers: {e}");
     }
 }
 
@@ -128,27 +137,28 @@ async fn recover(node: &Node, tunnel: &Tunnel) -> Management {
             Ok(Some(true)) => {}
             Ok(Some(false)) => {
                 if let Err(e) = node.docker.start(&tunnel.container).await {
-                    log::warn!("starting the OpenVPN container again: {e}");
+                    tracing::warn!("starting the OpenVPN container again: {e}");
                 }
             }
             Ok(None) => {
                 if let Err(e) = tunnel.start_container().await {
-                    log::warn!("re-creating the OpenVPN container: {e}");
+                    tracing::warn!("re-creating the OpenVPN container: {e}");
                 }
             }
-            Err(e) => log::warn!("asking Docker about the OpenVPN container: {e}"),
+            Err(e) => tracing::warn!("asking Docker about the OpenVPN container: {e}"),
         }
         match tunnel.wait_connected(tunnel.timeout).await {
             Ok((m, a)) => {
+                node.observed.vpn_reconnected();
                 match plumb(node, a).await {
-                    Ok(()) => log::info!("VPN back with address {a}"),
-                    Err(e) => log::warn!("re-plumbing the VPN: {e}"),
+                    Ok(()) => tracing::info!("VPN back with address {a}"),
+                    Err(e) => tracing::warn!("re-plumbing the VPN: {e}"),
                 }
                 return m;
             }
             Err(e) => {
                 let wait = backoff.next_wait();
-                log::warn!("VPN not back yet: {e}; next try in {}s", wait.as_secs());
+                tracing::warn!("VPN not back yet: {e}; next try in {}s", wait.as_secs());
                 tokio::time::sleep(wait).await;
             }
         }

@@ -92,7 +92,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict => ApiError::conflict("already exists"),
             StoreError::Database(cause) => {
-                log::error!("database: {cause}");
+                tracing::error!("database: {cause}");
                 ApiError::internal("Internal server error (database); see the server's log")
             }
         }

@@ -71,6 +71,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::server::metrics::observe,
+        ))
         .with_state(state.clone());
     if state.config.api_path.is_empty() {
         api

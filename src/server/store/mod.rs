@@ -113,3 +113,24 @@ impl Store {
 pub async fn commit(tx: WriteTx) -> Result<()> {
     Ok(tx.commit().await?)
 }
+
+/// What the server's metrics show of the database: runs by status, nodes with a VPN address.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    pub runs: Vec<(String, i64)>,
+    pub nodes_with_vpn_address: i64,
+}
+
+pub async fn census(db: &mut Db) -> Result<Census> {
+    let runs = sqlx::query_as("SELECT status, COUNT(*) FROM run GROUP BY status ORDER BY status")
+        .fetch_all(&mut *db)
+        .await?;
+    let (nodes_with_vpn_address,) =
+        sqlx::query_as("SELECT COUNT(*) FROM node WHERE ip IS NOT NULL")
+            .fetch_one(db)
+            .await?;
+    Ok(Census {
+        runs,
+        nodes_with_vpn_address,
+    })
+}

@@ -1,0 +1,121 @@
+//! The server's metrics and its request log: every request passes [`observe`], which gives it
+//! a span (method, matched route), counts it by route and status, times it, and logs it (at
+//! debug; a 5xx at error). Runs by status and nodes with a VPN address are read from the
+//! database when scraped.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use tracing::Instrument;
+
+use crate::metrics::{Describe, Sheet};
+use crate::server::state::AppState;
+use crate::server::store::{self, Census};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// Live request metrics; clones share them.
+#[derive(Clone, Debug)]
+pub struct ServerMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Histogram,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> ServerMetrics {
+        // 1 ms to about 16 s.
+        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15);
+        ServerMetrics {
+            requests: Family::default(),
+            latency: Histogram::new(buckets),
+        }
+    }
+}
+
+/// The span, count, latency and log line of each request.
+pub async fn observe(State(m): State<ServerMetrics>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let span = tracing::info_span!("request", method = %method, route = %route);
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::error!(status, ms, "answered with a server error");
+        } else {
+            tracing::debug!(status, ms, "answered");
+        }
+    });
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status,
+        })
+        .inc();
+    m.latency.observe(elapsed.as_secs_f64());
+    response
+}
+
+#[derive(Debug)]
+struct Database(Option<Census>);
+
+impl Describe for Database {
+    fn describe(&self, sheet: &mut Sheet<'_, '_>) -> std::fmt::Result {
+        sheet.gauge(
+            "server_database_up",
+            "Whether the database answered this scrape",
+            i64::from(self.0.is_some()),
+        )?;
+        let Some(c) = &self.0 else { return Ok(()) };
+        sheet.gauges(
+            "server_runs",
+            "Runs by status",
+            c.runs.iter().map(|(s, n)| ([("status", s.as_str())], *n)),
+        )?;
+        sheet.gauge(
+            "server_nodes_with_vpn_address",
+            "Nodes that have registered a VPN address",
+            c.nodes_with_vpn_address,
+        )
+    }
+}
+
+/// The server's exposition.
+pub async fn scrape(state: AppState) -> String {
+    let census = match state.store.read().await {
+        Ok(mut db) => store::census(&mut db).await.ok(),
+        Err(_) => None,
+    };
+    let m = state.metrics.clone();
+    crate::metrics::render(Database(census), move |r| {
+        r.register(
+            "server_requests",
+            "Requests by method, matched route and status",
+            m.requests,
+        );
+        r.register(
+            "server_request_duration_seconds",
+            "Time to answer a request",
+            m.latency,
+        );
+    })
+}
