@@ -119,21 +119,54 @@ impl tracing::field::Visit for Line {
     }
 }
 
-impl<S: tracing::Subscriber> Layer<S> for Recent {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+/// A span's name and fields as text (`run{run=7 task=3}`), kept with the span for
+/// [`Recent`]'s lines.
+struct SpanText(String);
+
+impl<S> Layer<S> for Recent
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Line::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            let text = format!("{}{{{}}}", span.name(), fields.text());
+            span.extensions_mut().insert(SpanText(text));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
         let level = *event.metadata().level();
         if level > tracing::Level::WARN {
             return;
         }
         let mut line = Line::default();
         event.record(&mut line);
+        // Where it happened (the run, the request), outermost first, as the text log shows it.
+        let mut context = String::new();
+        for span in ctx
+            .event_scope(event)
+            .into_iter()
+            .flat_map(|s| s.from_root())
+        {
+            if let Some(t) = span.extensions().get::<SpanText>() {
+                context.push_str(&t.0);
+                context.push_str(": ");
+            }
+        }
         let at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         self.push(Problem {
             at,
             level: level.to_string(),
-            message: line.text(),
+            message: context + &line.text(),
         });
     }
 }
@@ -189,7 +222,9 @@ mod tests {
             for i in 0..RECENT + 3 {
                 tracing::warn!(run = i, "port records not removed");
             }
-            tracing::error!("database: locked");
+            tracing::info_span!("run", run = 7, image = "algonet/echo").in_scope(|| {
+                tracing::error!("database: locked");
+            });
         });
         let kept = recent.list();
         assert_eq!(kept.len(), RECENT);
@@ -197,7 +232,10 @@ mod tests {
         let last = kept.last().expect("one");
         assert_eq!(
             (last.level.as_str(), last.message.as_str()),
-            ("ERROR", "database: locked")
+            (
+                "ERROR",
+                "run{run=7 image=\"algonet/echo\"}: database: locked"
+            )
         );
     }
 }

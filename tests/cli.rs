@@ -1,5 +1,6 @@
 //! The command line: every subcommand explains itself, usage errors exit 2, failures exit 1 and
-//! name what failed, configuration paths and secrets come from the environment too.
+//! name what failed, configuration paths and secrets come from the environment too. (How the
+//! server stops on SIGTERM: `tests/observability.rs`.)
 
 use std::process::{Command, Output};
 
@@ -97,42 +98,4 @@ fn failures_exit_1_naming_the_file_and_configs_come_from_the_environment() {
     let o = algonet(&["node"], &[("ALGONET_NODE_CONFIG", missing)]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(missing), "{}", text(&o));
-}
-
-/// systemd and `docker stop` send TERM: the server stops as on Ctrl-C, exit 0.
-#[test]
-fn the_server_stops_cleanly_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("algonet-cli-term-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let config = dir.join("server.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\nmetrics_listen: null\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_algonet"))
-        .args(["server", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the server");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("a line");
-        assert!(n > 0, "the server ended before it listened");
-    }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = child.wait().expect("wait");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("the rest");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(status.success(), "{status}: {rest}");
-    assert!(rest.contains("stopping"), "{rest}");
 }

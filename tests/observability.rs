@@ -98,31 +98,15 @@ async fn json_logs_carry_each_requests_span_and_metrics_count_them() {
     let api = format!("{}/api", address(&server.line_with("listening on")));
     let http = reqwest::Client::new();
     let get = |path: String| http.get(path).send();
-    assert_eq!(
-        get(format!("{api}/version"))
-            .await
-            .expect("version")
-            .status(),
-        200
-    );
-    assert_eq!(
-        get(format!("{api}/version"))
-            .await
-            .expect("version")
-            .status(),
-        200
-    );
-    assert_eq!(
-        get(format!("{api}/no/such/thing"))
-            .await
-            .expect("404")
-            .status(),
-        404
-    );
-    assert_eq!(
-        get(format!("{api}/task/7")).await.expect("401").status(),
-        401
-    );
+    for (path, status) in [
+        ("/version", 200),
+        ("/version", 200),
+        ("/no/such/thing", 404),
+        ("/task/7", 401),
+    ] {
+        let answer = get(format!("{api}{path}")).await.expect("an answer");
+        assert_eq!(answer.status(), status, "{path}");
+    }
     let login = http
         .post(format!("{api}/token/user"))
         .json(&serde_json::json!({"username": "root", "password": "wrong password!"}))
@@ -137,7 +121,8 @@ async fn json_logs_carry_each_requests_span_and_metrics_count_them() {
     assert_eq!(event["level"], "DEBUG", "{line}");
     assert_eq!(event["span"]["method"], "GET", "{line}");
     assert_eq!(event["span"]["route"], "/api/task/{id}", "{line}");
-    assert_eq!(event["fields"]["status"], 401, "{line}");
+    assert_eq!(event["span"]["status"], 401, "{line}");
+    assert!(event["span"]["ms"].as_f64().is_some(), "{line}");
 
     let text = get(format!("{metrics}/metrics"))
         .await
@@ -185,4 +170,16 @@ fn a_taken_metrics_address_fails_the_start_naming_it() {
     assert_eq!(status.code(), Some(1));
     let line = server.line_with("metrics_listen");
     assert!(line.contains(&addr.to_string()), "{line}");
+}
+
+/// systemd and `docker stop` send TERM: the server stops as on Ctrl-C, exit 0.
+#[test]
+fn the_server_stops_cleanly_on_sigterm() {
+    let mut server = start("term", "null", "");
+    server.line_with("listening on");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    server.line_with("stopping (SIGTERM)");
 }

@@ -345,37 +345,25 @@ impl Describe for NodeMetrics {
             s.all_replies.iter().map(|(k, n)| ([("kind", *k)], *n)),
         )?;
         let run = |r: &RunView| r.id.to_string();
+        // Two series per run, `in` and `out`, of what `pick` takes from its traffic.
+        let per_direction = |pick: fn(&Traffic) -> (u64, u64)| {
+            s.runs.iter().flat_map(move |r| {
+                let (i, o) = pick(&r.traffic);
+                [
+                    ([("run", run(r)), ("direction", "in".to_string())], i),
+                    ([("run", run(r)), ("direction", "out".to_string())], o),
+                ]
+            })
+        };
         sheet.counters(
             "node_run_packets",
             "Packets of a run's container through the router, by direction",
-            s.runs.iter().flat_map(|r| {
-                [
-                    (
-                        [("run", run(r)), ("direction", "in".into())],
-                        r.traffic.packets_in,
-                    ),
-                    (
-                        [("run", run(r)), ("direction", "out".into())],
-                        r.traffic.packets_out,
-                    ),
-                ]
-            }),
+            per_direction(|t| (t.packets_in, t.packets_out)),
         )?;
         sheet.counters(
             "node_run_bytes",
             "IP bytes of a run's container through the router, by direction",
-            s.runs.iter().flat_map(|r| {
-                [
-                    (
-                        [("run", run(r)), ("direction", "in".into())],
-                        r.traffic.bytes_in,
-                    ),
-                    (
-                        [("run", run(r)), ("direction", "out".into())],
-                        r.traffic.bytes_out,
-                    ),
-                ]
-            }),
+            per_direction(|t| (t.bytes_in, t.bytes_out)),
         )?;
         sheet.gauges(
             "node_run_connections",

@@ -51,17 +51,25 @@ pub async fn observe(State(m): State<ServerMetrics>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_string();
-    let span = tracing::info_span!("request", method = %method, route = %route);
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        status = tracing::field::Empty,
+        ms = tracing::field::Empty,
+    );
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    span.record("status", status);
+    span.record("ms", ms);
     span.in_scope(|| {
-        let ms = elapsed.as_secs_f64() * 1000.0;
         if status >= 500 {
-            tracing::error!(status, ms, "answered with a server error");
+            tracing::error!("answered with a server error");
         } else {
-            tracing::debug!(status, ms, "answered");
+            tracing::debug!("answered");
         }
     });
     m.requests
@@ -118,4 +126,54 @@ pub async fn scrape(state: AppState) -> String {
             m.latency,
         );
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[tokio::test]
+    async fn a_server_error_is_logged_at_error_and_counted_by_route() {
+        let m = ServerMetrics::default();
+        let app = axum::Router::new()
+            .route(
+                "/broken/{id}",
+                axum::routing::get(|| async {
+                    tracing::error!("database: disk I/O error");
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(m.clone(), observe));
+        let recent = crate::logging::Recent::default();
+        let subscriber = tracing_subscriber::registry().with(recent.clone());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let request = axum::http::Request::get("/broken/3")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("answer");
+        assert_eq!(response.status(), 500);
+        let logged: Vec<(String, String)> = recent
+            .list()
+            .into_iter()
+            .map(|p| (p.level, p.message))
+            .collect();
+        assert_eq!(
+            logged,
+            [
+                ("ERROR".to_string(), "database: disk I/O error".to_string()),
+                (
+                    "ERROR".to_string(),
+                    "answered with a server error".to_string()
+                ),
+            ]
+        );
+        let labels = RequestLabels {
+            method: "GET".into(),
+            route: "/broken/{id}".into(),
+            status: 500,
+        };
+        assert_eq!(m.requests.get_or_create(&labels).get(), 1);
+    }
 }
