@@ -162,12 +162,10 @@ mod tests {
         assert_eq!(
             logged,
             [
-                ("ERROR".to_string(), "database: disk I/O error".to_string()),
-                (
-                    "ERROR".to_string(),
-                    "answered with a server error".to_string()
-                ),
+                "request{method=GET route=/broken/{id}}: database: disk I/O error",
+                "request{method=GET route=/broken/{id}}: answered with a server error",
             ]
+            .map(|m| ("ERROR".to_string(), m.to_string()))
         );
         let labels = RequestLabels {
             method: "GET".into(),
