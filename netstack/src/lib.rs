@@ -30,7 +30,7 @@ pub mod wire;
 
 pub use conntrack::Timeouts;
 pub use nat::L4Checksum;
-pub use router::{Action, Config, Error, Mapping, Meta, Router, RunId, RunTraffic, Vpn};
+pub use router::{Action, Config, Error, Mapping, Meta, Router, RunId, RunTraffic, Scope, Vpn};
 pub use stats::{Counters, DropReason, Reply, Side};
 pub use time::Instant;
 pub use wire::{Protocol, Tuple};

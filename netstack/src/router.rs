@@ -9,7 +9,7 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ops::RangeInclusive;
 use core::time::Duration;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use foldhash::fast::FixedState;
 
@@ -67,6 +67,27 @@ impl Counted {
 struct Memo {
     addr: Ipv4Addr,
     counted: Counted,
+}
+
+/// Whom a run may talk to over the VPN, when the router is scoped ([`Config::scoped`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// VPN addresses that may open connections to the run's public ports.
+    pub sources: BTreeSet<Ipv4Addr>,
+    /// Where the run's containers may open connections: a VPN address and public port, or port
+    /// 0 for every port of that address. A ping may go to any address named here.
+    pub targets: BTreeSet<SocketAddrV4>,
+}
+
+impl Scope {
+    fn admits_target(&self, protocol: Protocol, dst: SocketAddrV4) -> bool {
+        let any = SocketAddrV4::new(*dst.ip(), 0);
+        if protocol == Protocol::Icmp {
+            let all = any..=SocketAddrV4::new(*dst.ip(), u16::MAX);
+            return self.targets.range(all).next().is_some();
+        }
+        self.targets.contains(&any) || self.targets.contains(&dst)
+    }
 }
 
 /// The node's place on the VPN.
@@ -159,6 +180,10 @@ pub struct Config {
     pub reply_burst_per_source: u32,
     /// Keys the hash tables and port choice; give each router a random one.
     pub seed: u64,
+    /// Whether runs talk only within their [`Scope`] (set with [`Router::set_scope`]; a run
+    /// without one reaches no one and no one reaches it). Off: every VPN member reaches every
+    /// mapped port, and containers reach every member.
+    pub scoped: bool,
 }
 
 impl Default for Config {
@@ -175,6 +200,7 @@ impl Default for Config {
             replies_per_source_per_sec: 100,
             reply_burst_per_source: 10,
             seed: 0x5eed,
+            scoped: false,
         }
     }
 }
@@ -222,6 +248,8 @@ pub struct Router {
     /// A registered container's, or counts for no one (an address no container has, such as
     /// the unspecified one it starts with): they are dropped when the memo moves on.
     memo: Memo,
+    /// The scope of each run that has one (see [`Config::scoped`]).
+    scopes: HashMap<RunId, Scope, FixedState>,
     mappings: HashMap<(Protocol, u16), Mapping, FixedState>,
     /// (protocol, container endpoint) -> public port: connections a mapped container opens from
     /// its mapped port leave from the public port, so peers see one address for it.
@@ -312,6 +340,7 @@ impl Router {
                 addr: Ipv4Addr::UNSPECIFIED,
                 counted: Counted::default(),
             },
+            scopes: HashMap::with_hasher(h()),
             mappings: HashMap::with_hasher(h()),
             targets: HashMap::with_hasher(h()),
             counters: Counters::default(),
@@ -426,6 +455,7 @@ impl Router {
             .map(|(a, _)| *a)
             .collect();
         self.containers.retain(|_, c| c.run != run);
+        self.scopes.remove(&run);
         if addrs.contains(&self.memo.addr) {
             self.memo.addr = Ipv4Addr::UNSPECIFIED;
         }
@@ -433,6 +463,35 @@ impl Router {
         self.conns.remove_where(|c| {
             addrs.contains(c.original.src.ip()) || addrs.contains(c.reply.src.ip())
         });
+    }
+
+    /// Sets whom a run may talk to (used when [`Config::scoped`]). What the new scope no longer
+    /// admits ends at once: connections from a source it dropped to the run's ports, and
+    /// connections the run's containers opened toward a target it dropped. Others go on.
+    pub fn set_scope(&mut self, run: RunId, scope: Scope) {
+        let addrs: Vec<Ipv4Addr> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.run == run)
+            .map(|(a, _)| *a)
+            .collect();
+        let node = self.vpn.map(|v| v.address);
+        self.conns.remove_where(|c| {
+            // Opened toward one of the run's containers (through its mapping) by a peer, or by
+            // another container through the node's own address (the reply then goes to it).
+            let source = if Some(*c.reply.dst.ip()) == node {
+                node
+            } else {
+                Some(*c.original.src.ip())
+            };
+            let inbound = addrs.contains(c.reply.src.ip())
+                && !addrs.contains(c.original.src.ip())
+                && !source.is_some_and(|s| scope.sources.contains(&s));
+            let outbound = addrs.contains(c.original.src.ip())
+                && !scope.admits_target(c.protocol, c.original.dst);
+            inbound || outbound
+        });
+        self.scopes.insert(run, scope);
     }
 
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
@@ -570,6 +629,9 @@ impl Router {
         match p.l4 {
             L4::Fragment => self.translate_fragment(buf, &p, now)?,
             L4::EchoRequest { .. } if dst == vpn.address => {
+                if side == Side::Vpn && !self.knows_peer(src) {
+                    return Err(DropReason::PeerNotInScope);
+                }
                 if p.ip.is_fragment() {
                     return Err(DropReason::FragmentedLocal);
                 }
@@ -584,9 +646,15 @@ impl Router {
             L4::IcmpError { .. } => self.translate_icmp_error(buf, &p, side, now)?,
             _ => {
                 if self.too_big(buf, &p, meta, vpn) {
+                    if side == Side::Vpn && !self.knows_peer(src) {
+                        return Err(DropReason::PeerNotInScope);
+                    }
                     return self.answer_too_big(buf, &p, vpn, now);
                 }
                 match self.translate(buf, &p, side, vpn, meta, now) {
+                    Err(DropReason::NoMapping) if side == Side::Vpn && !self.knows_peer(src) => {
+                        return Err(DropReason::PeerNotInScope)
+                    }
                     Err(DropReason::NoMapping) => return self.refuse(buf, &p, now),
                     r => r?,
                 }
@@ -821,6 +889,9 @@ impl Router {
         if !starts_connection(&p.l4) {
             return Err(DropReason::NoConnection);
         }
+        if self.config.scoped {
+            self.check_scope(protocol, arrived, side, mapping, vpn)?;
+        }
         let reply = match (side, mapping) {
             // A peer opens a connection to a mapped port: only the destination changes.
             (Side::Vpn, Some(m)) => Tuple {
@@ -842,6 +913,51 @@ impl Router {
         let id = self.conns.insert(protocol, arrived, reply, now)?;
         self.counters.connections_created += 1;
         Ok(id)
+    }
+
+    /// Whether the scopes admit a new connection: from a peer, the scope of the run whose
+    /// mapping it addresses must hold the peer; from a container, its run's scope must hold the
+    /// target, and for the node's own address (hairpin) the receiving run's scope the node.
+    #[cold]
+    #[inline(never)]
+    fn check_scope(
+        &self,
+        protocol: Protocol,
+        arrived: Tuple,
+        side: Side,
+        mapping: Option<Mapping>,
+        vpn: Vpn,
+    ) -> Result<(), DropReason> {
+        let admits_source = |m: Mapping, source: Ipv4Addr| {
+            self.scopes
+                .get(&m.run)
+                .is_some_and(|s| s.sources.contains(&source))
+        };
+        match side {
+            Side::Vpn => match mapping {
+                Some(m) if admits_source(m, *arrived.src.ip()) => Ok(()),
+                _ => Err(DropReason::PeerNotInScope),
+            },
+            Side::Container => {
+                let run = self.containers.get(arrived.src.ip()).map(|c| c.run);
+                let scope = run.and_then(|r| self.scopes.get(&r));
+                if !scope.is_some_and(|s| s.admits_target(protocol, arrived.dst)) {
+                    return Err(DropReason::DestinationNotInScope);
+                }
+                match mapping {
+                    Some(m) if !admits_source(m, vpn.address) => {
+                        Err(DropReason::DestinationNotInScope)
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Whether a VPN peer is in some run's scope: a peer in none gets no answer of the router's
+    /// own (no echo reply, no RST), as if the node were not there.
+    fn knows_peer(&self, peer: Ipv4Addr) -> bool {
+        !self.config.scoped || self.scopes.values().any(|s| s.sources.contains(&peer))
     }
 
     /// Picks the port on the VPN address for a connection a container opens from `local` to

@@ -58,10 +58,17 @@ pub enum DropReason {
     /// Toward a VPN peer while the tunnel is not connected: held back rather than sent into a
     /// tunnel that is (re)connecting; connections stay tracked and go on when it is back.
     TunnelDown,
+    /// A new connection (or a ping, or a packet to an unmapped port) from a VPN peer that is not
+    /// in the scope of the run it addresses (or, for the node itself, of any run). Dropped
+    /// without an answer, so nothing confirms the port or the node.
+    PeerNotInScope,
+    /// A container's new connection toward a VPN address and port outside its run's scope (the
+    /// VPN server, another member, a port no run of its task family has).
+    DestinationNotInScope,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Malformed,
         DropReason::BadIpChecksum,
         DropReason::Ipv6,
@@ -87,6 +94,8 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::BufferTooSmall,
         DropReason::TunnelDown,
+        DropReason::PeerNotInScope,
+        DropReason::DestinationNotInScope,
     ];
 
     /// A stable snake_case name, for logs and metrics.
@@ -117,6 +126,8 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::TunnelDown => "tunnel_down",
+            DropReason::PeerNotInScope => "peer_not_in_scope",
+            DropReason::DestinationNotInScope => "destination_not_in_scope",
         }
     }
 

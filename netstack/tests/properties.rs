@@ -12,6 +12,7 @@ use netstack::nat::{self, Mode};
 use netstack::wire::{self, L4};
 use netstack::{
     Action, Config, DropReason, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId,
+    Scope,
 };
 use proptest::prelude::*;
 
@@ -204,6 +205,38 @@ proptest! {
         prop_assert_eq!(a, Action::Drop(DropReason::FragmentUnknown));
     }
 
+    /// A peer outside every scope, whatever it sends to the node (any kind, any port, pings,
+    /// while insiders have connections open), never has a packet forwarded nor gets an answer;
+    /// and a container never gets a packet out to a target outside its scope.
+    #[test]
+    fn outside_the_scope_nothing_gets_through_and_nothing_answers(
+        ops in proptest::collection::vec((any::<bool>(), kind(), peer(), 1u16..65535, 1u16..65535), 1..200),
+    ) {
+        let mut r = lab(Config { scoped: true, ..Config::default() });
+        let scope = Scope {
+            sources: [PEER].into(),
+            targets: [sa(PEER, 7000)].into(),
+        };
+        r.set_scope(RUN1, scope.clone());
+        r.set_scope(RUN2, scope);
+        let now = Instant::from_secs(1);
+        // An insider's connection, open throughout.
+        process(&mut r, &tcp(sa(PEER, 1000), sa(V, 49152), Flags::Syn, b""), now);
+        for (from_peer, k, q, sport, dport) in ops {
+            if q == PEER {
+                continue;
+            }
+            let (pkt, is_target) = if from_peer {
+                (build(&k, sa(q, sport), sa(V, dport), b"x"), false)
+            } else {
+                let c = if sport % 2 == 0 { C1 } else { C2 };
+                (build(&k, sa(c, sport), sa(q, dport), b"x"), true)
+            };
+            let (a, _) = process(&mut r, &pkt, now);
+            prop_assert!(matches!(a, Action::Drop(_)), "{a:?} for {k:?} {q} (container side: {is_target})");
+        }
+    }
+
     /// Whatever two peers and a container flood the router with (SYNs, SYN+RST pairs, handshakes
     /// left half-open, answered UDP flows, first fragments, time passing), a newcomer (another
     /// peer, and the other run) still gets its connection and its fragmented datagram through.
@@ -379,11 +412,32 @@ fn every_drop_reason_is_reachable_and_counted() {
             t,
         );
     }
+    // Scoped: an unknown peer, and a container toward the VPN server.
+    let mut scoped = lab(Config {
+        scoped: true,
+        ..Config::default()
+    });
+    process(
+        &mut scoped,
+        &tcp(sa(PEER, 5), sa(V, 49152), Flags::Syn, b""),
+        t,
+    );
+    let vpn_server = Ipv4Addr::new(10, 76, 0, 1);
+    process(
+        &mut scoped,
+        &tcp(sa(C1, 5), sa(vpn_server, 22), Flags::Syn, b""),
+        t,
+    );
     let (c, o, f) = (r.counters(), off.counters(), tiny.counters());
-    let q = quota.counters();
+    let (q, sc) = (quota.counters(), scoped.counters());
     for reason in DropReason::ALL {
         assert!(
-            c.drops(reason) + o.drops(reason) + f.drops(reason) + q.drops(reason) > 0,
+            c.drops(reason)
+                + o.drops(reason)
+                + f.drops(reason)
+                + q.drops(reason)
+                + sc.drops(reason)
+                > 0,
             "{} never counted; counted: {:?}",
             reason.name(),
             c.nonzero_drops().collect::<Vec<_>>()

@@ -335,6 +335,34 @@ pub struct Address {
     pub parent_id: Option<TaskId>,
 }
 
+/// The answer to `GET /vpn/peers` (an algonet extension): for each of the node's open runs,
+/// the VPN addresses of the nodes whose organizations have a run in its task family (its root
+/// task and every task below it) and the public ports of those runs; and the addresses of every
+/// node of the node's collaboration. `etag` names the answer: `?known=<etag>` waits (up to 20 s)
+/// until the answer is another.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    pub etag: String,
+    pub collaboration: Vec<String>,
+    pub runs: Vec<RunPeers>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPeers {
+    pub run_id: RunId,
+    /// The root of the run's task family.
+    pub root_task_id: TaskId,
+    pub addresses: Vec<String>,
+    pub ports: Vec<PeerPort>,
+}
+
+/// A public port of a run in the family, on its node's VPN address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, sqlx::FromRow)]
+pub struct PeerPort {
+    pub ip: String,
+    pub port: PublicPort,
+}
+
 #[cfg(test)]
 mod tests {
     use super::RunStatus::{self, *};

@@ -17,6 +17,7 @@ use crate::node::hub::{Hub, HubError};
 use crate::node::proxy::{self, Clients};
 use crate::node::retry::{with_backoff, Backoff};
 use crate::node::run;
+use crate::node::scope;
 use crate::node::state::Node;
 use crate::node::status::{self, Observed};
 use crate::node::vpn;
@@ -197,6 +198,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
             status::serve(status_socket, node.clone()),
         )),
         tokio::spawn(until(stop.clone(), metrics_server(metrics, node.clone()))),
+        tokio::spawn(until(stop.clone(), scope::follow(node.clone()))),
     ];
     let result = serve(&node, &stop).await;
     crate::service::stopping();

@@ -10,7 +10,7 @@ use serde::Serialize;
 pub use crate::api::client::ClientError;
 use crate::api::client::{Api, NO_BODY};
 use crate::api::{
-    ContainerLogin, ContainerToken, NewPort, NodeId, NodeLogin, NodePatch, NodeToken, Page,
+    ContainerLogin, ContainerToken, NewPort, NodeId, NodeLogin, NodePatch, NodeToken, Page, Peers,
     PublicPort, Run, RunId, RunStatus, RunUpdate, TaskId, VpnProfile, VpnUpdate,
 };
 
@@ -87,6 +87,16 @@ impl ServerClient {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(), ClientError> {
         self.call::<IgnoredAny>(method, path, body).await.map(drop)
+    }
+
+    /// `GET /vpn/peers`: whom each open run may talk to; with `known`, once that changed (or
+    /// after the server's wait).
+    pub async fn peers(&self, known: Option<&str>) -> Result<Peers, ClientError> {
+        let path = match known {
+            Some(etag) => format!("/vpn/peers?known={etag}"),
+            None => "/vpn/peers".into(),
+        };
+        self.call(Method::GET, &path, NO_BODY).await
     }
 
     pub async fn pending_runs(&self) -> Result<Vec<Run>, ClientError> {

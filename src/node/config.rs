@@ -46,6 +46,11 @@ pub struct NodeConfig {
     /// at all.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Whom a run's algorithm may talk to over the VPN: `task` (the nodes of its task family,
+    /// on their family's public ports), `collaboration` (every node of the collaboration, any
+    /// port) or `vpn` (every VPN member, as vantage6).
+    #[serde(default)]
+    pub peer_scope: PeerScope,
     /// The socket `algonet node status` asks (owner-only); `<task_dir>/status.sock` if absent.
     #[serde(default)]
     pub status_socket: Option<PathBuf>,
@@ -75,6 +80,16 @@ fn default_vpn_timeout() -> u64 {
 
 fn default_proxy_port() -> u16 {
     8080
+}
+
+/// The configuration's `peer_scope`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerScope {
+    #[default]
+    Task,
+    Collaboration,
+    Vpn,
 }
 
 /// The node's metrics address unless configured: loopback only.
@@ -168,6 +183,7 @@ mod tests {
             ("proxy_port: 99999\n", "proxy_port"),
             ("log_level: loud\n", "log_level"),
             ("log_format: xml\n", "log_format"),
+            ("peer_scope: everyone\n", "peer_scope"),
             ("metrics_listen: 127.0.0.1\n", "metrics_listen"),
             ("busy_poll_us: 10001\n", "busy_poll_us"),
             ("busy_poll_us: -1\n", "busy_poll_us"),

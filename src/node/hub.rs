@@ -101,6 +101,7 @@ impl Hub {
             busy_poll: std::time::Duration::from_micros(config.busy_poll_us),
             router: netstack::Config {
                 seed: u64::from_ne_bytes(seed),
+                scoped: config.peer_scope != crate::node::config::PeerScope::Vpn,
                 ..Default::default()
             },
         };
@@ -150,6 +151,14 @@ impl Hub {
             mtu: TUNNEL_MTU,
         };
         self.handle.with(move |r| r.set_vpn(Some(vpn))).await??;
+        Ok(())
+    }
+
+    /// Sets whom a run may talk to over the VPN (see [`netstack::Scope`]).
+    pub async fn set_scope(&self, run: RunId, scope: netstack::Scope) -> Result<(), HubError> {
+        self.handle
+            .with(move |r| r.set_scope(run.into(), scope))
+            .await?;
         Ok(())
     }
 

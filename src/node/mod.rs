@@ -3,7 +3,7 @@
 //! keeps the tunnel; [`hub`] owns the hub namespace; [`proxy`] serves the algorithms'
 //! API calls; [`client`] speaks to the server; [`ports`] and [`allocator`] turn an image's
 //! ports into public ones; [`retry`] waits out what is away; [`status`] is what the node shows of
-//! itself (`algonet node status`, metrics).
+//! itself (`algonet node status`, metrics); [`scope`] keeps whom each run may talk to.
 
 pub mod agent;
 pub mod allocator;
@@ -14,6 +14,7 @@ pub mod ports;
 pub mod proxy;
 pub mod retry;
 pub mod run;
+pub mod scope;
 pub mod state;
 pub mod status;
 pub mod vpn;

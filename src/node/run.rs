@@ -67,6 +67,9 @@ pub enum RunError {
         port: ContainerPort,
         source: HubError,
     },
+    /// whom the run may talk to could not be set
+    #[error(transparent)]
+    Scope(#[from] crate::node::scope::ScopeError),
     /// the server refused a port
     #[error("registering port {public}: {source}")]
     Register {
@@ -161,9 +164,10 @@ impl Run {
         let dir = self.write_files(&token)?;
         let address = self.start_sandbox().await?;
         // Ports: mapped and registered before the algorithm starts, so its peers can find it
-        // as soon as it runs.
+        // as soon as it runs; its peers admitted before it can send or be reached.
         if self.node.vpn_address().is_some() {
             self.map_ports(address, &ports).await?;
+            crate::node::scope::install(&self.node, self.id).await?;
         } else if !ports.is_empty() {
             self.note("no VPN: the algorithm's ports are not reachable from other nodes");
         }

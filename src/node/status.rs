@@ -192,6 +192,11 @@ impl Observed {
         }
     }
 
+    /// The runs the node is carrying out now.
+    pub fn run_ids(&self) -> Vec<RunId> {
+        lock(&self.runs).keys().copied().collect()
+    }
+
     pub fn run_ended(&self, id: RunId) {
         lock(&self.runs).remove(&id);
     }

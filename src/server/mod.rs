@@ -98,6 +98,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         pki,
         logins: Arc::default(),
         metrics: Default::default(),
+        changes: Arc::new(tokio::sync::watch::Sender::new(0)),
     })
 }
 

@@ -19,6 +19,16 @@ pub struct AppState {
     /// Failed administrator logins.
     pub logins: Arc<std::sync::Mutex<Throttle>>,
     pub metrics: crate::server::metrics::ServerMetrics,
+    /// Counts the changes that can change a run's peers (runs made, addresses and ports set or
+    /// removed, nodes deleted): `GET /vpn/peers` waits on it.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl AppState {
+    /// Tells waiting `GET /vpn/peers` requests to look again.
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
 }
 
 /// Seconds since the Unix epoch.

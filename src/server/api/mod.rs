@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vpn", get(vpn::get))
         .route("/vpn/update", post(vpn::update))
         .route("/vpn/algorithm/addresses", get(vpn::addresses))
+        .route("/vpn/peers", get(vpn::peers))
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/blobstream/status", get(blob_store))

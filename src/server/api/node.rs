@@ -109,6 +109,7 @@ pub async fn patch(
     let node = store::set_node_ip(&mut db, id, ip.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found("node", id))?;
+    s.changed();
     Ok(Json(present(Links::of(&s), node)))
 }
 
@@ -172,6 +173,7 @@ pub async fn delete(
     if !provision::delete_node(&s, id).await? {
         return Err(ApiError::not_found("node", id));
     }
+    s.changed();
     Ok(Json(Msg {
         msg: format!("Node id={id} deleted."),
     }))

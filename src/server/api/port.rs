@@ -21,6 +21,7 @@ pub async fn create(
     let mut db = s.store.read().await?;
     own_run(&mut db, &n, b.run_id).await?;
     let id = store::insert_port(&mut db, b.run_id, b.port, b.label.as_deref()).await?;
+    s.changed();
     Ok(Created(Port {
         id,
         port: b.port,
@@ -37,6 +38,7 @@ pub async fn delete(
     let mut db = s.store.read().await?;
     own_run(&mut db, &n, q.run_id).await?;
     store::delete_ports(&mut db, q.run_id).await?;
+    s.changed();
     Ok(Json(Msg {
         msg: "Ports removed from the database.".into(),
     }))

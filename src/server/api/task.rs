@@ -101,6 +101,7 @@ pub async fn create(
     }
     let task = present(&s, &mut tx, id).await?;
     store::commit(tx).await?;
+    s.changed();
     Ok(Created(task))
 }
 

@@ -1,4 +1,5 @@
-//! `GET /vpn`, `POST /vpn/update` (nodes) and `GET /vpn/algorithm/addresses` (algorithms).
+//! `GET /vpn`, `POST /vpn/update`, `GET /vpn/peers` (nodes) and `GET /vpn/algorithm/addresses`
+//! (algorithms).
 
 use std::collections::HashMap;
 
@@ -7,7 +8,7 @@ use axum::extract::State;
 use super::caller::{ContainerCaller, NodeCaller};
 use super::error::ApiError;
 use super::{ApiResult, Json, Query};
-use crate::api::{Addresses, TaskId, VpnProfile, VpnUpdate};
+use crate::api::{Addresses, Peers, RunPeers, TaskId, VpnProfile, VpnUpdate};
 use crate::server::state::AppState;
 use crate::server::{provision, store};
 
@@ -32,6 +33,63 @@ pub async fn update(
         ));
     }
     Ok(Json(provision::profile(&s, n.id).await?))
+}
+
+/// How long `GET /vpn/peers?known=` waits for a change before it answers the same again.
+const PEERS_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often a waiting request looks again without being told of a change (a change made by
+/// another server process on the same database is not told).
+const PEERS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /vpn/peers` (algonet): whom each of the node's open runs may talk to. With
+/// `?known=<etag>` it answers once the answer is not that one any more, or after 20 s.
+pub async fn peers(
+    State(s): State<AppState>,
+    NodeCaller(n): NodeCaller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Peers>> {
+    let known = q.get("known").cloned();
+    let until = tokio::time::Instant::now() + PEERS_WAIT;
+    let mut changes = s.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let answer = peers_now(&s, &n).await?;
+        let now = tokio::time::Instant::now();
+        if known.as_deref() != Some(answer.etag.as_str()) || now >= until {
+            return Ok(Json(answer));
+        }
+        let _ = tokio::time::timeout(PEERS_RECHECK.min(until - now), changes.changed()).await;
+    }
+}
+
+async fn peers_now(s: &AppState, n: &store::NodeRow) -> ApiResult<Peers> {
+    let mut db = s.store.read().await?;
+    let collaboration = store::collaboration_addresses(&mut db, n.collaboration_id).await?;
+    let mut runs = Vec::new();
+    for (run_id, root_task_id) in store::open_runs_with_roots(&mut db, n.id).await? {
+        let (addresses, ports) = store::family_peers(&mut db, root_task_id).await?;
+        runs.push(RunPeers {
+            run_id,
+            root_task_id,
+            addresses,
+            ports,
+        });
+    }
+    let mut answer = Peers {
+        etag: String::new(),
+        collaboration,
+        runs,
+    };
+    let text = serde_json::to_vec(&answer).map_err(|e| ApiError::internal(e.to_string()))?;
+    answer.etag = hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        &text,
+    )));
+    Ok(answer)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The address-lookup flags; each counts as set when present and non-empty, as vantage6 reads

@@ -1,7 +1,9 @@
 //! The public ports of runs, and the addresses algorithms look up.
 
 use super::{Db, Result};
-use crate::api::{Address, OrganizationId, PublicPort, RunId, RunPort, TaskId};
+use crate::api::{
+    Address, CollaborationId, NodeId, OrganizationId, PeerPort, PublicPort, RunId, RunPort, TaskId,
+};
 
 pub async fn insert_port(
     db: &mut Db,
@@ -80,4 +82,63 @@ pub async fn run_ports(db: &mut Db, run: RunId) -> Result<Vec<RunPort>> {
             .fetch_all(db)
             .await?,
     )
+}
+
+/// The node's runs not yet ended, each with the root of its task family.
+pub async fn open_runs_with_roots(db: &mut Db, node: NodeId) -> Result<Vec<(RunId, TaskId)>> {
+    Ok(sqlx::query_as(
+        "WITH RECURSIVE up(run_id, id, parent_id) AS ( \
+           SELECT run.id, task.id, task.parent_id FROM run \
+           JOIN task ON task.id = run.task_id \
+           JOIN node ON node.organization_id = run.organization_id \
+             AND node.collaboration_id = task.collaboration_id \
+           WHERE node.id = ? AND run.status IN ('pending', 'initializing', 'active') \
+           UNION ALL \
+           SELECT up.run_id, task.id, task.parent_id FROM task JOIN up ON task.id = up.parent_id) \
+         SELECT run_id, id FROM up WHERE parent_id IS NULL ORDER BY run_id",
+    )
+    .bind(node)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The VPN addresses of the nodes with a run in the task family under `root`, and the public
+/// ports of those runs on them, each sorted.
+pub async fn family_peers(db: &mut Db, root: TaskId) -> Result<(Vec<String>, Vec<PeerPort>)> {
+    const FAMILY: &str = "WITH RECURSIVE family(id) AS ( \
+           SELECT id FROM task WHERE id = ? \
+           UNION ALL SELECT task.id FROM task JOIN family ON task.parent_id = family.id) ";
+    let addresses = sqlx::query_scalar(&format!(
+        "{FAMILY} SELECT DISTINCT node.ip FROM run \
+         JOIN task ON task.id = run.task_id \
+         JOIN node ON node.organization_id = run.organization_id \
+           AND node.collaboration_id = task.collaboration_id \
+         WHERE run.task_id IN (SELECT id FROM family) AND node.ip IS NOT NULL ORDER BY node.ip"
+    ))
+    .bind(root)
+    .fetch_all(&mut *db)
+    .await?;
+    let ports = sqlx::query_as(&format!(
+        "{FAMILY} SELECT node.ip, port.port FROM port \
+         JOIN run ON run.id = port.run_id \
+         JOIN task ON task.id = run.task_id \
+         JOIN node ON node.organization_id = run.organization_id \
+           AND node.collaboration_id = task.collaboration_id \
+         WHERE run.task_id IN (SELECT id FROM family) AND node.ip IS NOT NULL \
+         ORDER BY node.ip, port.port"
+    ))
+    .bind(root)
+    .fetch_all(db)
+    .await?;
+    Ok((addresses, ports))
+}
+
+/// The VPN addresses of a collaboration's nodes, sorted.
+pub async fn collaboration_addresses(db: &mut Db, c: CollaborationId) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT ip FROM node WHERE collaboration_id = ? AND ip IS NOT NULL ORDER BY ip",
+    )
+    .bind(c)
+    .fetch_all(db)
+    .await?)
 }
