@@ -18,6 +18,9 @@ use algonet::demo::{Federation, Options};
 use algonet::net::netns::Netns;
 use serde_json::{json, Value};
 
+/// The federations of this file share the demo's Docker network range: one at a time.
+static ONE_FEDERATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -156,19 +159,14 @@ fn assert_all_ok(rows: &[algonet::feature::Row], n: usize) {
     assert!(rows.iter().all(|r| r.probe.ok()), "{table}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn federation_on_docker() {
-    let Some(docker) = common::docker("federation_on_docker").await else {
-        return;
-    };
-    let firewall_before = common::firewall();
-    let dir = std::env::temp_dir().join(format!("algonet-fed-{}", std::process::id()));
-    let tag = "tfed";
-    let mut fed = Federation::up(
+/// A federation as the demo builds it, named `tag`, of these organizations; and its folder.
+async fn federation(tag: &str, organizations: &[&str]) -> (Federation, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
+    let fed = Federation::up(
         Options {
             dir: dir.clone(),
             tag: tag.into(),
-            organizations: vec!["a".into(), "b".into()],
+            organizations: organizations.iter().map(|o| o.to_string()).collect(),
             server_port: free_port(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
         },
@@ -176,6 +174,18 @@ async fn federation_on_docker() {
     )
     .await
     .expect("federation up");
+    (fed, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_on_docker() {
+    let Some(docker) = common::docker("federation_on_docker").await else {
+        return;
+    };
+    let _one = ONE_FEDERATION.lock().await;
+    let firewall_before = common::firewall();
+    let tag = "tfed";
+    let (mut fed, dir) = federation(tag, &["a", "b"]).await;
     let admin = fed.admin().await.expect("admin");
 
     // 1. Each node's algorithm reaches the other's (and its own) over TCP and UDP through the
@@ -806,5 +816,277 @@ async fn node_without_vpn_at_the_server() {
     );
     let left = docker.owned_by("node:tnovpn").await.expect("list");
     assert!(left.is_empty(), "containers left: {}", left.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A UDP datagram from `ns` to `to`; the answer, if one comes within 2 s.
+fn udp_echo(ns: &Netns, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
+    ns.run(move || async move {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(b"hello\n", to)?;
+        let mut buf = vec![0u8; 64];
+        let n = s.recv(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    })
+    .expect("in the namespace")
+}
+
+/// No answer at all: the connection attempt times out (a RST would say "refused").
+fn assert_silence(what: &str, r: std::io::Result<Vec<u8>>) {
+    match r {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) => {}
+        other => panic!("{what}: expected silence, got {other:?}"),
+    }
+}
+
+/// Four organizations, two collaborations, one VPN server: a run's ports open only to the nodes
+/// of its own task family, its algorithm reaches only them, and a subtask on a new
+/// organization opens the way for that node at once. The would-be intruders (d, and c before
+/// the subtask) run with `peer_scope: vpn`: their own routers let everything out, as a node
+/// whose operator wants in would, so what stops them is the router of the node they knock at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_talk_only_within_their_task_family() {
+    let Some(docker) = common::docker("runs_talk_only_within_their_task_family").await else {
+        return;
+    };
+    let _one = ONE_FEDERATION.lock().await;
+    let firewall_before = common::firewall();
+    let tag = "tscope";
+    let (mut fed, dir) = federation(tag, &["a", "b", "c"]).await;
+    let admin = fed.admin().await.expect("admin");
+    // Collaboration 2: organization d and its node, on the same VPN server.
+    let d: Value = admin
+        .post("/organization", &json!({"name": "d"}))
+        .await
+        .expect("org d");
+    let col2: Value = admin
+        .post(
+            "/collaboration",
+            &json!({"name": "other", "organization_ids": [d["id"]]}),
+        )
+        .await
+        .expect("collaboration 2");
+    let node_d: Value = admin
+        .post(
+            "/node",
+            &json!({"organization_id": d["id"], "collaboration_id": col2["id"]}),
+        )
+        .await
+        .expect("node d");
+    let config = dir.join("node-d.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "name: {tag}-d\nserver_url: http://127.0.0.1:{}\napi_key: {}\nvpn_subnet: {}\n\
+             task_dir: {}\nwan_network: {}\nmetrics_listen: null\npeer_scope: vpn\n",
+            fed.options.server_port,
+            node_d["api_key"].as_str().expect("key"),
+            algonet::demo::VPN_SUBNET,
+            dir.join("node-d").display(),
+            fed.network
+        ),
+    )
+    .expect("node-d.yaml");
+    let d_org = OrganizationId(d["id"].as_i64().expect("id"));
+    fed.nodes.push(algonet::demo::NodeProc {
+        organization: "d".into(),
+        organization_id: d_org,
+        config,
+        log: dir.join("node-d.log"),
+        child: None,
+    });
+    fed.start_node(3).expect("node d");
+    // Node c too, restarted with its router open.
+    let mut c = fed.nodes[2].child.take().expect("node c");
+    algonet::demo::stop(&mut c, Duration::from_secs(60));
+    let c_config = fed.nodes[2].config.clone();
+    let text = std::fs::read_to_string(&c_config).expect("node-c.yaml");
+    std::fs::write(&c_config, format!("{text}peer_scope: vpn\n")).expect("node-c.yaml");
+    fed.start_node(2).expect("node c again");
+    for org in ["c", "d"] {
+        let log = dir.join(format!("node-{org}.log"));
+        wait_log(
+            &log,
+            "VPN connected with address",
+            1,
+            Duration::from_secs(90),
+        )
+        .await;
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while fed
+        .addresses(&admin)
+        .await
+        .expect("addresses")
+        .iter()
+        .any(|(_, ip)| ip.is_none())
+    {
+        assert!(
+            Instant::now() < until,
+            "node c did not register its address again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let d_col = CollaborationId(col2["id"].as_i64().expect("id"));
+
+    // Inside collaboration 1 everything works as before.
+    let rows = fed.feature_test(None).await.expect("feature test");
+    assert_all_ok(&rows, 3);
+
+    // Long runs on a and b (one task family), and one on d (collaboration 2).
+    let orgs: Vec<OrganizationId> = fed.nodes.iter().map(|n| n.organization_id).collect();
+    let task = echo_children(&admin, fed.collaboration, &orgs[..2], 300).await;
+    let task_id = task["id"].as_i64().expect("id");
+    let other = echo_children(&admin, d_col, &[d_org], 300).await;
+    let other_id = other["id"].as_i64().expect("id");
+    // A run on c in a family of its own.
+    let elsewhere = echo_children(&admin, fed.collaboration, &orgs[2..3], 300).await;
+    let elsewhere_id = elsewhere["id"].as_i64().expect("id");
+    let until = Instant::now() + Duration::from_secs(60);
+    while run_statuses(&fed, task_id).await != ["active", "active"]
+        || run_statuses(&fed, other_id).await != ["active"]
+        || run_statuses(&fed, elsewhere_id).await != ["active"]
+    {
+        assert!(
+            Instant::now() < until,
+            "the long runs did not become active"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let run_of = |runs: &Vec<Value>, org: OrganizationId| {
+        runs.iter()
+            .find(|r| r["organization"]["id"] == json!(org))
+            .and_then(|r| r["id"].as_i64())
+            .expect("run id")
+    };
+    let runs: Vec<Value> = admin
+        .all(&format!("/run?task_id={task_id}"))
+        .await
+        .expect("runs");
+    let (run_a, run_b) = (run_of(&runs, orgs[0]), run_of(&runs, orgs[1]));
+    let runs_d: Vec<Value> = admin
+        .all(&format!("/run?task_id={other_id}"))
+        .await
+        .expect("runs");
+    let run_d = run_of(&runs_d, d_org);
+    let runs_c: Vec<Value> = admin
+        .all(&format!("/run?task_id={elsewhere_id}"))
+        .await
+        .expect("runs");
+    let run_c = run_of(&runs_c, orgs[2]);
+    let a_ip = node_ip(&fed, &admin, orgs[0]).await;
+    let d_nodes: Vec<Value> = admin
+        .all(&format!("/node?collaboration_id={}", d_col.0))
+        .await
+        .expect("collaboration 2's nodes");
+    let d_ip: Ipv4Addr = d_nodes[0]["ip"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .expect("d's address");
+    // What an attacker in collaboration 2 could know: address and public ports, from the
+    // server's SQLite file.
+    let udp_sql = "SELECT port FROM port WHERE run_id = ? AND label = 'echo-udp'";
+    let a_tcp = SocketAddrV4::new(a_ip, echo_port(&dir, run_a).await);
+    let a_udp = SocketAddrV4::new(
+        a_ip,
+        u16::try_from(query(&dir, udp_sql, Some(run_a)).await).expect("port"),
+    );
+    let d_tcp = SocketAddrV4::new(d_ip, echo_port(&dir, run_d).await);
+    let sandbox = |org: &str, run: i64| {
+        let docker = docker.clone();
+        let name = format!("algonet-{tag}-{org}-run-{run}-sandbox");
+        async move { Netns::of_pid(docker.pid(&name).await.expect("sandbox pid")).expect("netns") }
+    };
+    let ns_b = sandbox("b", run_b).await;
+    assert_eq!(
+        tcp_echo(&ns_b, a_tcp).expect("b reaches a: one family"),
+        ECHO_LINE
+    );
+    assert_eq!(
+        udp_echo(&ns_b, a_udp).expect("b reaches a over UDP"),
+        b"hello\n"
+    );
+
+    // Node d, another collaboration's member, knowing both: no connection, no answer.
+    let ns_d = sandbox("d", run_d).await;
+    assert_silence("d -> a's TCP port", tcp_echo(&ns_d, a_tcp));
+    assert_silence("d -> a's UDP port", udp_echo(&ns_d, a_udp));
+    let unmapped = SocketAddrV4::new(a_ip, 50000);
+    assert_silence("d -> an unmapped port of a", tcp_echo(&ns_d, unmapped));
+
+    // Collaboration 1's algorithm reaches neither the VPN server nor d.
+    let ns_a = sandbox("a", run_a).await;
+    let vpn_server = SocketAddrV4::new(Ipv4Addr::new(10, 76, 0, 1), 22);
+    assert!(
+        tcp_echo(&ns_a, vpn_server).is_err(),
+        "a's algorithm reached the VPN server"
+    );
+    assert!(
+        tcp_echo(&ns_a, d_tcp).is_err(),
+        "a's algorithm reached collaboration 2's node"
+    );
+    let status = node_status(&fed, 0);
+    let drops = &status["router"]["drops"];
+    assert!(drops["peer_not_in_scope"].as_u64() >= Some(3), "{status}");
+    assert!(
+        drops["destination_not_in_scope"].as_u64() >= Some(2),
+        "{status}"
+    );
+
+    // A subtask on c (in collaboration 1, not in this family yet), made by a's algorithm: c is
+    // let in as soon as the server has the subtask. Until then c gets silence too.
+    let ns_c = sandbox("c", run_c).await;
+    assert_silence("c before the subtask", tcp_echo(&ns_c, a_tcp));
+    let token =
+        std::fs::read_to_string(dir.join(format!("node-a/run-{run_a}/token"))).expect("a's token");
+    let api = algonet::api::client::Api::new(&fed.api).expect("api");
+    let algorithm = Session::new(api, token.trim().to_string());
+    let input = algonet::api::codec::encode_json(&json!({"method": "child", "window_secs": 300}));
+    let made = Instant::now();
+    let _: Value = algorithm
+        .post(
+            "/task",
+            &json!({"name": "more", "image": algonet::docker::images::ECHO_IMAGE,
+                    "organizations": [{"id": orgs[2], "input": input}]}),
+        )
+        .await
+        .expect("subtask on c");
+    let admitted = loop {
+        let attempt = ns_c
+            .run(move || async move {
+                TcpStream::connect_timeout(&a_tcp.into(), Duration::from_millis(100))
+            })
+            .expect("ns");
+        if attempt.is_ok() {
+            break made.elapsed();
+        }
+        assert!(
+            made.elapsed() < Duration::from_secs(10),
+            "c was never let in"
+        );
+    };
+    eprintln!("node c reached a's algorithm {admitted:?} after the subtask was made");
+    assert!(
+        admitted < Duration::from_secs(1),
+        "c let in after {admitted:?}"
+    );
+
+    // Down: nothing left, the host firewall untouched.
+    let errors = fed.down().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    for org in ["a", "b", "c", "d"] {
+        common::assert_nothing_left(&docker, &[&format!("node:{tag}-{org}")]).await;
+    }
+    assert_eq!(
+        common::firewall(),
+        firewall_before,
+        "the host firewall changed"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1205,3 +1205,115 @@ async fn lists_page_as_vantage6s_do() {
         assert!(v["msg"].is_string(), "{bad}: {v}");
     }
 }
+
+/// `GET /vpn/peers`: each open run of the node with its task family's node addresses and public
+/// ports (the parent's node included, another collaboration's never), and a long-poll that a
+/// change wakes.
+#[tokio::test]
+async fn a_runs_peers_are_its_task_familys_and_a_change_wakes_the_wait() {
+    let f = federation("peers").await;
+    let s = &f.s;
+    let ips = ["10.76.0.11", "10.76.0.12", "10.76.0.13"];
+    for ((id, token), ip) in f.nodes.iter().zip(ips) {
+        s.ok(
+            "PATCH",
+            &format!("/node/{id}"),
+            Some(token),
+            json!({"ip": ip}),
+        )
+        .await;
+    }
+    // Another collaboration, with a node and a task of its own, on the same VPN.
+    let org = s
+        .ok(
+            "POST",
+            "/organization",
+            Some(&f.admin),
+            json!({"name": "delta"}),
+        )
+        .await["id"]
+        .clone();
+    let col = json!({"name": "d", "organization_ids": [org]});
+    let col = s.ok("POST", "/collaboration", Some(&f.admin), col).await["id"].clone();
+    let body = json!({"organization_id": org, "collaboration_id": col});
+    let node = s.ok("POST", "/node", Some(&f.admin), body).await;
+    let login = json!({"api_key": node["api_key"]});
+    let other = s.ok("POST", "/token/node", None, login).await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let other_id = node["id"].as_i64().expect("id");
+    s.ok(
+        "PATCH",
+        &format!("/node/{other_id}"),
+        Some(&other),
+        json!({"ip": "10.76.0.99"}),
+    )
+    .await;
+    let node_b = &f.nodes[1].1;
+    let (status, _) = s
+        .call("GET", "/vpn/peers", Some(&f.child_containers[1]), None)
+        .await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "a container may not ask: {status}"
+    );
+    let peers = s.ok("GET", "/vpn/peers", Some(node_b), json!(null)).await;
+    let runs = peers["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{peers}");
+    let run = &runs[0];
+    assert_eq!(run["run_id"].as_i64(), Some(f.child_runs[1]));
+    assert_eq!(run["root_task_id"].as_i64(), Some(f.parent_task));
+    assert_eq!(run["addresses"], json!(ips), "{peers}");
+    assert_eq!(run["ports"], json!([]));
+    assert_eq!(
+        peers["collaboration"],
+        json!(ips),
+        "never the other collaboration's"
+    );
+
+    // A port registered by node c for its child run wakes node b's wait.
+    let etag = peers["etag"].as_str().expect("etag").to_string();
+    let wait = {
+        let (base, http, token) = (s.base.clone(), s.http.clone(), node_b.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer: Value = http
+                .get(format!("{base}/vpn/peers?known={etag}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("long-poll")
+                .json()
+                .await
+                .expect("json");
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.ok(
+        "POST",
+        "/port",
+        Some(&f.nodes[2].1),
+        json!({"port": 49152, "run_id": f.child_runs[2], "label": "echo"}),
+    )
+    .await;
+    let (answer, waited) = wait.await.expect("the wait");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "woken by the change, not by the 20 s wait: {waited:?}"
+    );
+    eprintln!("the long-poll answered {waited:?} after it started (the change came at 300 ms)");
+    assert_eq!(
+        answer["runs"][0]["ports"],
+        json!([{"ip": "10.76.0.13", "port": 49152}]),
+        "{answer}"
+    );
+    assert_ne!(answer["etag"], peers["etag"]);
+    // The same answer known: the wait ends only at its limit; a node that knows nothing gets
+    // the answer at once.
+    let (status, again) = s.call("GET", "/vpn/peers", Some(&other), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["collaboration"], json!(["10.76.0.99"]));
+    assert_eq!(again["runs"], json!([]));
+}

@@ -1,5 +1,5 @@
-//! The router fed arbitrary packets interleaved with mapping changes, run removals, VPN changes
-//! and clock steps. It must never panic, every packet must be accounted for exactly once, and the
+//! The router fed arbitrary packets interleaved with mapping changes, run removals, VPN changes,
+//! scope changes (the first byte decides whether the router is scoped) and clock steps. It must never panic, every packet must be accounted for exactly once, and the
 //! tables must stay within their bounds.
 #![no_main]
 
@@ -7,7 +7,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use netstack::{Action, Config, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId, Vpn};
+use netstack::{
+    Action, Config, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId, Scope, Vpn,
+};
 
 const MAX_CONNS: usize = 64;
 const MAX_FRAGS: usize = 8;
@@ -36,7 +38,9 @@ fn container(i: u8) -> Ipv4Addr {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let Some((&first, data)) = data.split_first() else { return };
     let config = Config {
+        scoped: first & 1 == 1,
         max_connections: MAX_CONNS,
         max_connections_per_source: MAX_CONNS / 4,
         max_fragmented: MAX_FRAGS,
@@ -103,6 +107,19 @@ fuzz_target!(|data: &[u8]| {
                         let _ = r.add_container(container(what), RunId(u64::from(what % 3)));
                     }
                     2 => r.set_vpn(Some(vpn(2 + what % 2))).expect("vpn"),
+                    3 if what & 0x40 != 0 => {
+                        // A scope of a few peers of 10.76.0.0/24 and their ports (or any port).
+                        let (Some(a), Some(b)) = (input.byte(), input.byte()) else { break };
+                        let peer = |x: u8| Ipv4Addr::new(10, 76, 0, x);
+                        let port = |x: u8| if x & 1 == 0 { 0 } else { 49152 + u16::from(x >> 1) };
+                        r.set_scope(
+                            RunId(u64::from(what % 3)),
+                            Scope {
+                                sources: [peer(a), peer(b)].into(),
+                                targets: [SocketAddrV4::new(peer(a), port(b)), SocketAddrV4::new(peer(b), port(a))].into(),
+                            },
+                        );
+                    }
                     _ => r.set_tunnel_up(what & 0x80 != 0),
                 }
             }

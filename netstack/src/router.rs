@@ -448,12 +448,7 @@ impl Router {
         for (protocol, port) in ports {
             self.remove_mapping(protocol, port);
         }
-        let addrs: Vec<Ipv4Addr> = self
-            .containers
-            .iter()
-            .filter(|(_, c)| c.run == run)
-            .map(|(a, _)| *a)
-            .collect();
+        let addrs = self.run_addresses(run);
         self.containers.retain(|_, c| c.run != run);
         self.scopes.remove(&run);
         if addrs.contains(&self.memo.addr) {
@@ -465,16 +460,17 @@ impl Router {
         });
     }
 
+    /// The addresses of a run's containers.
+    fn run_addresses(&self, run: RunId) -> Vec<Ipv4Addr> {
+        let of_run = self.containers.iter().filter(|(_, c)| c.run == run);
+        of_run.map(|(a, _)| *a).collect()
+    }
+
     /// Sets whom a run may talk to (used when [`Config::scoped`]). What the new scope no longer
     /// admits ends at once: connections from a source it dropped to the run's ports, and
     /// connections the run's containers opened toward a target it dropped. Others go on.
     pub fn set_scope(&mut self, run: RunId, scope: Scope) {
-        let addrs: Vec<Ipv4Addr> = self
-            .containers
-            .iter()
-            .filter(|(_, c)| c.run == run)
-            .map(|(a, _)| *a)
-            .collect();
+        let addrs = self.run_addresses(run);
         let node = self.vpn.map(|v| v.address);
         self.conns.remove_where(|c| {
             // Opened toward one of the run's containers (through its mapping) by a peer, or by

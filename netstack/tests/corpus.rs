@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use common::*;
 
-/// A router-target input: each packet as op 0, big-endian length, bytes.
+/// A router-target input: a first byte (0: the router is not scoped), then each packet as op 0,
+/// big-endian length, bytes.
 fn stream(packets: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = vec![0];
     for p in packets {
         out.push(0);
         out.extend_from_slice(&(p.len() as u16).to_be_bytes());

@@ -347,7 +347,7 @@ pub struct Peers {
     pub runs: Vec<RunPeers>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunPeers {
     pub run_id: RunId,
     /// The root of the run's task family.

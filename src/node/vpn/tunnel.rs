@@ -39,8 +39,12 @@ pub enum TunnelError {
         subnet: Ipv4Net,
     },
     /// no CONNECTED by the deadline
-    #[error("not connected after {secs}s ({last})")]
-    Timeout { secs: u64, last: String },
+    #[error("not connected after {secs}s ({last}); OpenVPN's last lines: {logs}")]
+    Timeout {
+        secs: u64,
+        last: String,
+        logs: String,
+    },
     /// the server gave no profile
     #[error(transparent)]
     Server(#[from] ClientError),
@@ -132,19 +136,14 @@ impl Tunnel {
     ) -> Result<(Management, Ipv4Addr), TunnelError> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer on the management socket");
+        let logs = || async {
+            let logs = self.docker.logs(&self.container, 5).await;
+            logs.unwrap_or_default().trim().replace('\n', " | ")
+        };
         while Instant::now() < deadline {
             match self.docker.running(&self.container).await {
                 Ok(Some(true)) => {}
-                Ok(_) => {
-                    let logs = self
-                        .docker
-                        .logs(&self.container, 5)
-                        .await
-                        .unwrap_or_default();
-                    return Err(TunnelError::Stopped {
-                        logs: logs.trim().replace('\n', " | "),
-                    });
-                }
+                Ok(_) => return Err(TunnelError::Stopped { logs: logs().await }),
                 Err(e) => return Err(e.into()),
             }
             match Management::connect(&self.socket()).await {
@@ -171,6 +170,7 @@ impl Tunnel {
         Err(TunnelError::Timeout {
             secs: timeout.as_secs(),
             last,
+            logs: logs().await,
         })
     }
 }

@@ -102,14 +102,24 @@ pub async fn open_runs_with_roots(db: &mut Db, node: NodeId) -> Result<Vec<(RunI
     .await?)
 }
 
+/// A statement over the task family under the bound root (`family(id)`: the root and every
+/// task below it).
+macro_rules! family_sql {
+    ($select:literal) => {
+        concat!(
+            "WITH RECURSIVE family(id) AS ( \
+               SELECT id FROM task WHERE id = ? \
+               UNION ALL SELECT task.id FROM task JOIN family ON task.parent_id = family.id) ",
+            $select
+        )
+    };
+}
+
 /// The VPN addresses of the nodes with a run in the task family under `root`, and the public
 /// ports of those runs on them, each sorted.
 pub async fn family_peers(db: &mut Db, root: TaskId) -> Result<(Vec<String>, Vec<PeerPort>)> {
-    const FAMILY: &str = "WITH RECURSIVE family(id) AS ( \
-           SELECT id FROM task WHERE id = ? \
-           UNION ALL SELECT task.id FROM task JOIN family ON task.parent_id = family.id) ";
-    let addresses = sqlx::query_scalar(&format!(
-        "{FAMILY} SELECT DISTINCT node.ip FROM run \
+    let addresses = sqlx::query_scalar(family_sql!(
+        "SELECT DISTINCT node.ip FROM run \
          JOIN task ON task.id = run.task_id \
          JOIN node ON node.organization_id = run.organization_id \
            AND node.collaboration_id = task.collaboration_id \
@@ -118,8 +128,8 @@ pub async fn family_peers(db: &mut Db, root: TaskId) -> Result<(Vec<String>, Vec
     .bind(root)
     .fetch_all(&mut *db)
     .await?;
-    let ports = sqlx::query_as(&format!(
-        "{FAMILY} SELECT node.ip, port.port FROM port \
+    let ports = sqlx::query_as(family_sql!(
+        "SELECT node.ip, port.port FROM port \
          JOIN run ON run.id = port.run_id \
          JOIN task ON task.id = run.task_id \
          JOIN node ON node.organization_id = run.organization_id \
