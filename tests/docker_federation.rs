@@ -556,6 +556,40 @@ async fn federation_on_docker() {
         .await
         .expect("server back");
 
+    // 5b. The VPN server unreachable while a node starts (its container paused, node b with a
+    //     short connect timeout): the node runs without VPN for the moment, keeps trying, and
+    //     connects by itself once the VPN server answers again.
+    let docker_cmd = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker");
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+    };
+    let mut b = fed.nodes[1].child.take().expect("node b");
+    algonet::demo::stop(&mut b, Duration::from_secs(60));
+    let b_config = fed.nodes[1].config.clone();
+    let text = std::fs::read_to_string(&b_config).expect("node-b.yaml");
+    std::fs::write(&b_config, format!("{text}vpn_connect_timeout_secs: 3\n")).expect("write");
+    docker_cmd(&["pause", &fed.vpn_server]);
+    fed.start_node(1).expect("node b again");
+    wait_log(
+        &log_b,
+        "running without VPN for now",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    docker_cmd(&["unpause", &fed.vpn_server]);
+    wait_log(
+        &log_b,
+        "VPN connected with address",
+        1,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(node_status(&fed, 1)["vpn"]["state"], "CONNECTED");
+
     // The feature test once more, as an operator runs it: `algonet test`.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))
         .args([
@@ -749,7 +783,7 @@ async fn node_without_vpn_at_the_server() {
         .output()
         .expect("node status");
     let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
-    assert_eq!(status["vpn"]["state"], "off", "{status}");
+    assert_eq!(status["vpn"]["state"], "retrying", "{status}");
     let (col, org) = (
         CollaborationId(col.as_i64().expect("id")),
         OrganizationId(org.as_i64().expect("id")),

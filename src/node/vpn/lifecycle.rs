@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::openvpn::Management;
 use super::tunnel::{Steps, Tunnel};
-use super::{bring_up, Outcome};
+use super::{bring_up, Outcome, VpnSteps};
 use crate::api::client::ClientError;
 use crate::node::hub::HubError;
 use crate::node::retry::{with_backoff, Backoff};
@@ -37,7 +37,8 @@ fn tunnel(node: &Node, subnet: ipnet::Ipv4Net) -> Tunnel {
 }
 
 /// Brings the VPN up and, connected, starts following it. Never fails the node: without a
-/// working VPN it warns once, with the reasons, and the node runs on without.
+/// working VPN it warns once, with the reasons, runs on without, and keeps trying in the
+/// background ([`retry`]).
 pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
     let Some(subnet) = node.config.vpn_subnet else {
         node.observed.vpn_state("off", None);
@@ -68,10 +69,65 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
             }
         }
         Outcome::NoVpn { reasons } => {
-            node.observed.vpn_state("off", None);
-            tracing::warn!("running without VPN: {}", reasons.join("; "));
-            None
+            node.observed.vpn_state("retrying", None);
+            tracing::warn!(
+                "running without VPN for now: {}; trying again in the background",
+                reasons.join("; ")
+            );
+            Some(tokio::spawn(retry(node.clone(), tunnel)))
         }
+    }
+}
+
+/// How often a retry goes through the whole start-up order rather than only the saved profile.
+const FULL_ORDER_EVERY: u32 = 10;
+
+/// Tries to bring the VPN up until it connects (waits from 5 s, doubling to 30 s), then follows
+/// it. A try uses the saved profile alone, and every tenth one the whole start-up order: each
+/// renewal or new profile is a new certificate, and the server allows a node only a few an hour.
+async fn retry(node: Arc<Node>, tunnel: Tunnel) {
+    let mut backoff = Backoff::from(Duration::from_secs(5));
+    let mut wait = backoff.next_wait();
+    for attempt in 1u32.. {
+        tokio::time::sleep(wait).await;
+        let mut steps = Steps {
+            tunnel: &tunnel,
+            client: &node.client,
+            connected: None,
+        };
+        let saved = tunnel.saved_profile();
+        let outcome = match saved {
+            Some(p) if attempt % FULL_ORDER_EVERY != 0 => match steps.connect(&p).await {
+                Ok(address) => Outcome::Connected {
+                    address,
+                    source: super::Source::Existing,
+                },
+                Err(e) => Outcome::NoVpn {
+                    reasons: vec![format!("the saved profile did not connect: {e}")],
+                },
+            },
+            saved => bring_up(saved.as_deref(), &mut steps).await,
+        };
+        let reasons = match (outcome, steps.connected.take()) {
+            (Outcome::Connected { address, .. }, Some(m)) => match plumb(&node, address).await {
+                Ok(()) => {
+                    tracing::info!("VPN connected with address {address} (try {attempt})");
+                    return watch(node, tunnel, m).await;
+                }
+                Err(e) => {
+                    let _ = node.docker.remove(&tunnel.container).await;
+                    vec![format!("the router could not be set up: {e}")]
+                }
+            },
+            (Outcome::NoVpn { reasons }, _) => reasons,
+            (Outcome::Connected { .. }, None) => vec!["no management connection".into()],
+        };
+        wait = backoff.next_wait();
+        tracing::info!(
+            "VPN still not up: {}; next try in {}s",
+            reasons.join("; "),
+            wait.as_secs()
+        );
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! The start-up order, as vantage6 has it: try the existing profile; failing that, renew its key
 //! pair (`POST /vpn/update`) and try again; failing that, or with no profile, get a new one
-//! (`GET /vpn`) and try again. All failed: the node runs on without VPN, with the reasons. It
-//! never stops the node.
+//! (`GET /vpn`) and try again. All failed: the node runs on without VPN, with the reasons, and
+//! [`lifecycle`] keeps trying in the background. It never stops the node.
 //!
 //! The effects (starting OpenVPN and waiting for it, calling the server, writing the profile)
 //! sit behind [`VpnSteps`], so the order is tested on its own.
