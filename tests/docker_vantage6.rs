@@ -133,4 +133,6 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
         firewall_before,
         "the host firewall changed"
     );
+    // Its folder (logs, database, PKI) stays only when the test fails.
+    let _ = std::fs::remove_dir_all(&fed.options.dir);
 }
