@@ -625,9 +625,7 @@ impl Router {
         match p.l4 {
             L4::Fragment => self.translate_fragment(buf, &p, now)?,
             L4::EchoRequest { .. } if dst == vpn.address => {
-                if side == Side::Vpn && !self.knows_peer(src) {
-                    return Err(DropReason::PeerNotInScope);
-                }
+                self.may_answer(side, src)?;
                 if p.ip.is_fragment() {
                     return Err(DropReason::FragmentedLocal);
                 }
@@ -642,16 +640,14 @@ impl Router {
             L4::IcmpError { .. } => self.translate_icmp_error(buf, &p, side, now)?,
             _ => {
                 if self.too_big(buf, &p, meta, vpn) {
-                    if side == Side::Vpn && !self.knows_peer(src) {
-                        return Err(DropReason::PeerNotInScope);
-                    }
+                    self.may_answer(side, src)?;
                     return self.answer_too_big(buf, &p, vpn, now);
                 }
                 match self.translate(buf, &p, side, vpn, meta, now) {
-                    Err(DropReason::NoMapping) if side == Side::Vpn && !self.knows_peer(src) => {
-                        return Err(DropReason::PeerNotInScope)
+                    Err(DropReason::NoMapping) => {
+                        self.may_answer(side, src)?;
+                        return self.refuse(buf, &p, now);
                     }
-                    Err(DropReason::NoMapping) => return self.refuse(buf, &p, now),
                     r => r?,
                 }
             }
@@ -950,10 +946,14 @@ impl Router {
         }
     }
 
-    /// Whether a VPN peer is in some run's scope: a peer in none gets no answer of the router's
-    /// own (no echo reply, no RST), as if the node were not there.
-    fn knows_peer(&self, peer: Ipv4Addr) -> bool {
-        !self.config.scoped || self.scopes.values().any(|s| s.sources.contains(&peer))
+    /// Whether the router may answer a packet itself (echo reply, RST, ICMP error): not to a VPN
+    /// peer in no run's scope, for which the node is as if it were not there.
+    fn may_answer(&self, side: Side, src: Ipv4Addr) -> Result<(), DropReason> {
+        let known = || self.scopes.values().any(|s| s.sources.contains(&src));
+        if side == Side::Vpn && self.config.scoped && !known() {
+            return Err(DropReason::PeerNotInScope);
+        }
+        Ok(())
     }
 
     /// Picks the port on the VPN address for a connection a container opens from `local` to

@@ -105,6 +105,12 @@ pub struct Router {
     pub tun_reads: u64,
     pub tun_writes: u64,
     pub tun_write_errors: u64,
+    /// Every drop and reply counter, zeros too (for the metrics; the socket shows those that
+    /// moved).
+    #[serde(skip)]
+    all_drops: Vec<(&'static str, u64)>,
+    #[serde(skip)]
+    all_replies: Vec<(&'static str, u64)>,
 }
 
 /// Everything `algonet node status` shows.
@@ -117,11 +123,6 @@ pub struct Status {
     pub router: Option<Router>,
     /// The last warnings and errors, oldest first.
     pub problems: Vec<Problem>,
-    /// Every drop counter, zeros too (for the metrics; the socket leaves it out).
-    #[serde(skip)]
-    all_drops: Vec<(&'static str, u64)>,
-    #[serde(skip)]
-    all_replies: Vec<(&'static str, u64)>,
 }
 
 /// What the node's tasks record for [`Status`] as they go.
@@ -223,37 +224,31 @@ impl Node {
             }
             router_view(s)
         });
-        let (all_drops, all_replies) = snapshot.as_ref().map_or_else(Default::default, |s| {
-            (
-                DropReason::ALL
-                    .iter()
-                    .map(|r| (r.name(), s.counters.drops(*r)))
-                    .collect(),
-                Reply::ALL
-                    .iter()
-                    .map(|r| (r.name(), s.counters.replies(*r)))
-                    .collect(),
-            )
-        });
         Status {
             node: self.name.clone(),
             vpn: lock(&self.observed.vpn).clone(),
             runs,
             router,
             problems: self.observed.recent.list(),
-            all_drops,
-            all_replies,
         }
     }
 }
 
 fn router_view(s: &Snapshot) -> Router {
     let c = &s.counters;
-    let moved = |items: Vec<(&'static str, u64)>| {
+    let all_drops: Vec<_> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name(), c.drops(*r)))
+        .collect();
+    let all_replies: Vec<_> = Reply::ALL
+        .iter()
+        .map(|r| (r.name(), c.replies(*r)))
+        .collect();
+    let moved = |items: &[(&'static str, u64)]| {
         items
-            .into_iter()
+            .iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| (k.to_string(), n))
+            .map(|(k, n)| (k.to_string(), *n))
             .collect()
     };
     Router {
@@ -261,13 +256,8 @@ fn router_view(s: &Snapshot) -> Router {
         forwarded_bytes_from_vpn: c.forwarded_bytes[0],
         forwarded_packets_from_containers: c.forwarded_packets[1],
         forwarded_bytes_from_containers: c.forwarded_bytes[1],
-        drops: moved(c.nonzero_drops().collect()),
-        replies: moved(
-            Reply::ALL
-                .iter()
-                .map(|r| (r.name(), c.replies(*r)))
-                .collect(),
-        ),
+        drops: moved(&all_drops),
+        replies: moved(&all_replies),
         connections: s.connections as u64,
         connection_capacity: s.capacity as u64,
         connections_created: c.connections_created,
@@ -278,6 +268,8 @@ fn router_view(s: &Snapshot) -> Router {
         tun_reads: s.io.reads,
         tun_writes: s.io.writes,
         tun_write_errors: s.io.write_errors,
+        all_drops,
+        all_replies,
     }
 }
 
@@ -342,12 +334,12 @@ impl Describe for NodeMetrics {
         sheet.counters(
             "node_drops",
             "Packets the router dropped, by reason",
-            s.all_drops.iter().map(|(k, n)| ([("reason", *k)], *n)),
+            r.all_drops.iter().map(|(k, n)| ([("reason", *k)], *n)),
         )?;
         sheet.counters(
             "node_replies",
             "Answers the router sent itself, by kind",
-            s.all_replies.iter().map(|(k, n)| ([("kind", *k)], *n)),
+            r.all_replies.iter().map(|(k, n)| ([("kind", *k)], *n)),
         )?;
         let run = |r: &RunView| r.id.to_string();
         // Two series per run, `in` and `out`, of what `pick` takes from its traffic.
@@ -654,7 +646,6 @@ mod tests {
                 level: "WARN".into(),
                 message: "lost OpenVPN's management connection".into(),
             }],
-            ..Status::default()
         }
     }
 
