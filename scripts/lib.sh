@@ -38,3 +38,27 @@ docker_need() {
     echo "dockerd did not answer; see /var/log/algonet-dockerd.log" >&2
     return 1
 }
+
+# postgres_start DIR — a private PostgreSQL cluster of Debian's postgresql in DIR, as the
+# postgres user, listening on 127.0.0.1 only (on the first free port from 54329) and trusting
+# its local connections; sets PG_URL (postgres://postgres@127.0.0.1:PORT). The system's own
+# cluster, if any, is left alone. postgres_stop DIR stops it.
+postgres_start() {
+    apt_need postgresql
+    local bin port
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    port=54329
+    while ss -Htln "sport = :$port" | grep -q .; do port=$((port + 1)); done
+    as_root install -d -o postgres -g postgres -m 0700 "$1"
+    as_root runuser -u postgres -- "$bin/initdb" -D "$1/data" -A trust -U postgres >/dev/null
+    as_root runuser -u postgres -- "$bin/pg_ctl" -D "$1/data" -l "$1/log" -w \
+        -o "-p $port -k $1 -c listen_addresses=127.0.0.1" start >/dev/null
+    PG_URL="postgres://postgres@127.0.0.1:$port"
+}
+
+postgres_stop() {
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    as_root runuser -u postgres -- "$bin/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null || true
+    as_root rm -rf "$1"
+}

@@ -211,7 +211,8 @@ async fn connect(
             remote: "vpn.example.test".into(),
             port: 1194,
         };
-        p.pki = Some(Pki::open(&p.dir, &vpn).expect("pki"));
+        let material = algonet::server::pki::Material::generate().expect("keys");
+        p.pki = Some(Pki::open(&p.dir, &vpn, material).expect("pki"));
     }
     let pki = p.pki.as_ref().expect("pki");
     let cert = pki.issue(algonet::api::NodeId(99)).expect("issue");

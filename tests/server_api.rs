@@ -661,12 +661,11 @@ fn reissued(s: &Server, token: &str, age_secs: u64) -> String {
     let claims: Value = serde_json::from_slice(&bytes).expect("claims");
     let identity: algonet::api::ContainerIdentity =
         serde_json::from_value(claims["sub"].clone()).expect("identity");
-    let secret = std::fs::read(s.dir.join("token-secret")).expect("secret");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    algonet::server::auth::Signer::new(secret).issue(
+    s.state.signer.issue(
         &algonet::server::auth::Claimed::Container(identity),
         algonet::server::auth::Use::Access,
         now - age_secs,
@@ -832,15 +831,8 @@ async fn task_lists_are_bounded_and_errors_hide_the_database() {
     );
 
     // Break the database under the server: the answer says it failed, not how.
-    let db = s.dir.join("algonet.sqlite");
-    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        db.display()
-    ))
-    .await
-    .expect("open the database");
     sqlx::query("DROP TABLE port")
-        .execute(&mut c)
+        .execute(&mut *s.state.store.read().await.expect("a connection"))
         .await
         .expect("drop");
     let (st, v) = s
@@ -860,7 +852,8 @@ async fn task_lists_are_bounded_and_errors_hide_the_database() {
 }
 
 /// A data directory made by hand (or by an older version) is tightened at start: the folder to
-/// 0700, the database to 0600.
+/// 0700, the database to 0600. The token key an older version kept in `token-secret` moves into
+/// the database: tokens it issued stay good.
 #[tokio::test]
 async fn the_data_directory_is_the_servers_alone() {
     use std::os::unix::fs::PermissionsExt;
@@ -868,21 +861,38 @@ async fn the_data_directory_is_the_servers_alone() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(dir.join("token-secret"), "an older version's key").expect("key");
+    let older = algonet::server::auth::Signer::new(b"an older version's key".to_vec());
+    let claimed = algonet::server::auth::Claimed::User(1);
+    let token = |signer: &algonet::server::auth::Signer| {
+        signer.issue(
+            &claimed,
+            algonet::server::auth::Use::Access,
+            1_796_000_000,
+            Some(60),
+        )
+    };
     let config = algonet::server::config::ServerConfig::parse(&format!(
         "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n",
         dir.display()
     ))
     .expect("config");
     let state = algonet::server::open(config.clone()).await.expect("open");
+    assert_eq!(token(&state.signer), token(&older));
     drop(state);
+    std::fs::remove_file(dir.join("token-secret")).expect("remove the old key");
     let db = dir.join("algonet.sqlite");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let _state = algonet::server::open(config).await.expect("open again");
+    let state = algonet::server::open(config).await.expect("open again");
+    assert_eq!(
+        token(&state.signer),
+        token(&older),
+        "the key is the database's"
+    );
     let mode =
         |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&db), 0o600);
-    assert_eq!(mode(&dir.join("token-secret")), 0o600);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -6,10 +6,9 @@ macro_rules! id {
         $(#[$doc])*
         #[derive(
             Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-            serde::Serialize, serde::Deserialize, sqlx::Type,
+            serde::Serialize, serde::Deserialize,
         )]
         #[serde(transparent)]
-        #[sqlx(transparent)]
         pub struct $name(pub $inner);
 
         impl std::fmt::Display for $name {

@@ -7,9 +7,8 @@ use serde_json::Value;
 use super::ids::{CollaborationId, NodeId, OrganizationId, PublicPort, RunId, TaskId};
 
 /// A run's state, in vantage6 4.x's words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Waiting for its node.
     Pending,
@@ -65,6 +64,21 @@ impl RunStatus {
         .into_iter()
         .find(|s| runs.contains(s))
         .unwrap_or(RunStatus::Completed)
+    }
+
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Pending,
+        RunStatus::Initializing,
+        RunStatus::Active,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Crashed,
+        RunStatus::Killed,
+    ];
+
+    /// The state named `name` (vantage6's word for it).
+    pub fn named(name: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -37,8 +37,12 @@ pub struct ServerConfig {
     /// Prefix of every endpoint (vantage6 uses `/api`).
     #[serde(default = "default_api_path")]
     pub api_path: String,
-    /// Holds the database file and the server's secrets.
+    /// Holds the SQLite database file (without `database`) and the built-in VPN's files.
     pub data_dir: PathBuf,
+    /// `postgres://user:password@host:port/database`: the server's data in PostgreSQL, which
+    /// several server processes may share; without it, a SQLite file in `data_dir`.
+    #[serde(default)]
+    pub database: Option<String>,
     pub admin: Admin,
     /// eduVPN provisioning; without it (and without a built-in VPN) `GET /vpn` answers 501.
     #[serde(default)]
@@ -102,6 +106,14 @@ fn default_refresh_lifetime() -> u64 {
 }
 
 impl ServerConfig {
+    /// Where the server's data lives.
+    pub fn database(&self) -> crate::server::store::Location {
+        match &self.database {
+            Some(url) => crate::server::store::Location::Postgres(url.clone()),
+            None => crate::server::store::Location::Sqlite(self.data_dir.join("algonet.sqlite")),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
         crate::config::load(path, ServerConfig::parse)
     }
@@ -129,6 +141,14 @@ impl ServerConfig {
             vpn.network()?;
             if config.vpn_server.is_some() {
                 return Err("vpn, vpn_server: configure one VPN provider, not both".into());
+            }
+        }
+        if let Some(url) = &config.database {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(format!(
+                    "database: {:?} is not a postgres:// URL (leave it out for the SQLite file in data_dir)",
+                    crate::server::store::hide_password(url)
+                ));
             }
         }
         if config.token_lifetime_secs == 0 {
@@ -169,6 +189,7 @@ mod tests {
             ("log_level: loud\n", "log_level"),
             ("log_format: xml\n", "log_format"),
             ("metrics_listen: 7611\n", "metrics_listen"),
+            ("database: mysql://root:hunter2@db/x\n", "database"),
         ] {
             let e = ServerConfig::parse(&format!("{base}{extra}")).expect_err("must be refused");
             assert!(e.contains(key), "{extra}: {e}");

@@ -1,5 +1,6 @@
-//! `algonet server`: the central server. vantage6 4.x-compatible API on tokio and axum, with a
-//! SQLite file database (through sqlx, which also speaks PostgreSQL) and embedded migrations.
+//! `algonet server`: the central server. vantage6 4.x-compatible API on tokio and axum, with its
+//! data in a SQLite file or in PostgreSQL (shared by several server processes), through sqlx,
+//! with embedded migrations.
 
 pub mod api;
 pub mod auth;
@@ -12,7 +13,6 @@ pub mod state;
 pub mod store;
 pub mod throttle;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,6 +33,9 @@ pub enum ServerError {
     /// the database could not be opened or migrated
     #[error(transparent)]
     Database(#[from] OpenError),
+    /// the database failed while the server started
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// the built-in VPN's PKI could not be opened
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -51,44 +54,76 @@ fn files(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
     }
 }
 
-/// Reads the token-signing secret, making it (mode 0600) on first start.
-fn secret(dir: &Path) -> Result<Vec<u8>, ServerError> {
-    let path = dir.join("token-secret");
-    match std::fs::read(&path) {
-        Ok(s) if !s.is_empty() => return Ok(s),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(files(&path)(e)),
+/// The token-signing key: the database's, made on the first start (or taken from the
+/// `token-secret` file a server kept in its data directory before).
+async fn token_key(store: &Store, dir: &Path) -> Result<Vec<u8>, ServerError> {
+    let mut db = store.read().await?;
+    if let Some(key) = store::secret(&mut db, "token").await? {
+        return Ok(key.into_bytes());
     }
-    let s =
-        auth::random_secret().map_err(|e| files(&path)(std::io::Error::other(e.to_string())))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(files(&path))?;
-    std::io::Write::write_all(&mut f, s.as_bytes()).map_err(files(&path))?;
-    Ok(s.into_bytes())
+    let path = dir.join("token-secret");
+    let key = match std::fs::read_to_string(&path) {
+        Ok(s) if !s.is_empty() => s,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(files(&path)(e)),
+        _ => {
+            auth::random_secret().map_err(|e| files(&path)(std::io::Error::other(e.to_string())))?
+        }
+    };
+    Ok(store::keep_secret(&mut db, "token", &key)
+        .await?
+        .into_bytes())
+}
+
+/// The built-in VPN's PKI, from the database's material (made on the first start, or taken
+/// from the files a server kept in `dir` before).
+async fn vpn_pki(
+    store: &Store,
+    dir: &Path,
+    vpn: &pki::BuiltinVpn,
+) -> Result<pki::Pki, ServerError> {
+    let mut db = store.read().await?;
+    let kept = match store::secret(&mut db, "vpn").await? {
+        Some(json) => json,
+        None => {
+            let material = match pki::Material::from_dir(dir) {
+                Some(m) => m,
+                None => pki::Material::generate()?,
+            };
+            let json = serde_json::to_string(&material)
+                .map_err(|e| files(dir)(std::io::Error::other(e)))?;
+            store::keep_secret(&mut db, "vpn", &json).await?
+        }
+    };
+    let material = serde_json::from_str(&kept).map_err(|e| {
+        files(dir)(std::io::Error::other(format!(
+            "the database's VPN keys: {e}"
+        )))
+    })?;
+    let pki = pki::Pki::open(dir, vpn, material)?;
+    let revoked = store::revoked_serials(&mut db, pki::CLIENT_CERT_DAYS).await?;
+    pki.write_crl(&revoked)?;
+    Ok(pki)
 }
 
 /// Opens the data directory and the database (creating and migrating as needed).
 pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     let dir = &config.data_dir;
     crate::private::dir(dir).map_err(files(dir))?;
-    let signer = Signer::new(secret(dir)?);
-    let db = dir.join("algonet.sqlite");
-    let store = Store::open(&db).await?;
-    // SQLite makes its files with the process's umask; they hold every API key hash and result.
-    for suffix in ["", "-wal", "-shm"] {
-        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
-        crate::private::tighten(&path).map_err(files(&path))?;
+    let at = config.database();
+    let store = Store::open(&at).await?;
+    if let store::Location::Sqlite(db) = &at {
+        // SQLite makes its files with the process's umask; they hold every API key hash, result
+        // and secret.
+        for suffix in ["", "-wal", "-shm"] {
+            let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+            crate::private::tighten(&path).map_err(files(&path))?;
+        }
     }
+    let signer = Signer::new(token_key(&store, dir).await?);
     let pki = match &config.vpn {
-        Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(pki::Pki::open(
-            &dir.join("vpn"),
-            vpn,
-        )?))),
+        Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(
+            vpn_pki(&store, &dir.join("vpn"), vpn).await?,
+        ))),
         None => None,
     };
     Ok(AppState {
@@ -123,8 +158,15 @@ pub async fn bind(
         header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
         max_connections: state.config.max_connections,
     };
+    let crl = provision::follow_crl(state.clone());
     let app = api::router(state);
-    Ok((local, serve(listener, app, limits)))
+    let served = async move {
+        tokio::select! {
+            r = serve(listener, app, limits) => r,
+            () = crl => Ok(()),
+        }
+    };
+    Ok((local, served))
 }
 
 /// What one client may hold of the server.

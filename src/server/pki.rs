@@ -149,8 +149,83 @@ pub struct ClientCert {
     pub key_pem: String,
 }
 
-/// The PKI in a directory: `ca.crt`, `ca.key`, `server.crt`, `server.key`, `tls-crypt.key`,
-/// `crl.pem`, `server.conf`.
+/// The PKI's lasting secrets, as PEM text: what every server process on one database shares
+/// (kept in the database, see [`crate::server::store::keep_secret`]).
+#[derive(Clone, serde::Serialize, Deserialize)]
+pub struct Material {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub tls_crypt: String,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Material(..)")
+    }
+}
+
+/// The files of [`Material`] in the PKI's directory.
+const FILES: [&str; 5] = [
+    "ca.crt",
+    "ca.key",
+    "server.crt",
+    "server.key",
+    "tls-crypt.key",
+];
+
+impl Material {
+    /// A new CA (10 years), server certificate (10 years) and tls-crypt key.
+    pub fn generate() -> Result<Material, PkiError> {
+        let key = KeyPair::generate().map_err(crypto("make CA key"))?;
+        let mut p = ca_params();
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(3650);
+        let ca = p.self_signed(&key).map_err(crypto("make CA certificate"))?;
+        let server_key = KeyPair::generate().map_err(crypto("make server key"))?;
+        let (params, _) = leaf(
+            "algonet VPN server",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            3650,
+        )?;
+        let server = params
+            .signed_by(&server_key, &Issuer::new(ca_params(), &key))
+            .map_err(crypto("sign server certificate"))?;
+        // OpenVPN's static key format: 2048 bits in 16 lines of hex.
+        let mut tls_crypt = String::from("-----BEGIN OpenVPN Static key V1-----\n");
+        for line in random(256)?.chunks(16) {
+            tls_crypt.extend(line.iter().map(|b| format!("{b:02x}")));
+            tls_crypt.push('\n');
+        }
+        tls_crypt.push_str("-----END OpenVPN Static key V1-----\n");
+        Ok(Material {
+            ca_cert: ca.pem(),
+            ca_key: key.serialize_pem(),
+            server_cert: server.pem(),
+            server_key: server_key.serialize_pem(),
+            tls_crypt,
+        })
+    }
+
+    /// The material a server made in `dir` before it kept it in its database, if all of it is
+    /// there.
+    pub fn from_dir(dir: &Path) -> Option<Material> {
+        let [ca_cert, ca_key, server_cert, server_key, tls_crypt] =
+            FILES.map(|name| std::fs::read_to_string(dir.join(name)).ok());
+        Some(Material {
+            ca_cert: ca_cert?,
+            ca_key: ca_key?,
+            server_cert: server_cert?,
+            server_key: server_key?,
+            tls_crypt: tls_crypt?,
+        })
+    }
+}
+
+/// The PKI, with its files in a directory for the OpenVPN server: `ca.crt`, `ca.key`,
+/// `server.crt`, `server.key`, `tls-crypt.key`, `crl.pem`, `server.conf`.
 #[derive(Debug)]
 pub struct Pki {
     dir: PathBuf,
@@ -161,68 +236,27 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Opens the PKI in `dir`, making what is missing, and (re)writes the OpenVPN server
-    /// configuration for `vpn`.
-    pub fn open(dir: &Path, vpn: &BuiltinVpn) -> Result<Pki, PkiError> {
+    /// The PKI of `material`; (re)writes its files in `dir` and the OpenVPN server
+    /// configuration for `vpn`. The CRL is the caller's to write ([`Pki::write_crl`]).
+    pub fn open(dir: &Path, vpn: &BuiltinVpn, material: Material) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(file_err(dir))?;
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-        let (ca_pem, ca_key) = match (read("ca.crt"), read("ca.key")) {
-            (Some(cert), Some(key)) => (
-                cert,
-                KeyPair::from_pem(&key).map_err(crypto("read ca.key"))?,
-            ),
-            _ => {
-                let key = KeyPair::generate().map_err(crypto("make CA key"))?;
-                let mut p = ca_params();
-                let now = OffsetDateTime::now_utc();
-                p.not_before = now - Duration::hours(1);
-                p.not_after = now + Duration::days(3650);
-                let cert = p.self_signed(&key).map_err(crypto("make CA certificate"))?;
-                write_secret(&dir.join("ca.key"), &key.serialize_pem())?;
-                std::fs::write(dir.join("ca.crt"), cert.pem())
-                    .map_err(file_err(&dir.join("ca.crt")))?;
-                (cert.pem(), key)
-            }
-        };
-        let tls_crypt = match read("tls-crypt.key") {
-            Some(k) => k,
-            None => {
-                // OpenVPN's static key format: 2048 bits in 16 lines of hex.
-                let key = random(256)?;
-                let mut text = String::from("-----BEGIN OpenVPN Static key V1-----\n");
-                for line in key.chunks(16) {
-                    text.extend(line.iter().map(|b| format!("{b:02x}")));
-                    text.push('\n');
-                }
-                text.push_str("-----END OpenVPN Static key V1-----\n");
-                write_secret(&dir.join("tls-crypt.key"), &text)?;
-                text
-            }
-        };
+        let texts = [
+            &material.ca_cert,
+            &material.ca_key,
+            &material.server_cert,
+            &material.server_key,
+            &material.tls_crypt,
+        ];
+        for (name, text) in FILES.iter().zip(texts) {
+            write_secret(&dir.join(name), text)?;
+        }
         let pki = Pki {
             dir: dir.to_path_buf(),
             vpn: vpn.clone(),
-            ca_pem,
-            ca_key,
-            tls_crypt,
+            ca_key: KeyPair::from_pem(&material.ca_key).map_err(crypto("read the CA key"))?,
+            ca_pem: material.ca_cert,
+            tls_crypt: material.tls_crypt,
         };
-        if read("server.crt").is_none() || read("server.key").is_none() {
-            let key = KeyPair::generate().map_err(crypto("make server key"))?;
-            let (params, _) = leaf(
-                "algonet VPN server",
-                ExtendedKeyUsagePurpose::ServerAuth,
-                3650,
-            )?;
-            let cert = params
-                .signed_by(&key, &pki.issuer())
-                .map_err(crypto("sign server certificate"))?;
-            write_secret(&dir.join("server.key"), &key.serialize_pem())?;
-            std::fs::write(dir.join("server.crt"), cert.pem())
-                .map_err(file_err(&dir.join("server.crt")))?;
-        }
-        if read("crl.pem").is_none() {
-            pki.write_crl(&[])?;
-        }
         pki.write_server_config()?;
         Ok(pki)
     }
@@ -280,8 +314,10 @@ impl Pki {
             .signed_by(&self.issuer())
             .map_err(crypto("sign CRL"))?;
         let pem = crl.pem().map_err(crypto("encode CRL"))?;
-        let path = self.dir.join("crl.pem");
-        std::fs::write(&path, pem).map_err(file_err(&path))
+        // Renamed into place: the OpenVPN server may read it at any moment.
+        let (path, part) = (self.dir.join("crl.pem"), self.dir.join("crl.pem.part"));
+        std::fs::write(&part, pem).map_err(file_err(&part))?;
+        std::fs::rename(&part, &path).map_err(file_err(&path))
     }
 
     /// The OpenVPN server configuration (relative paths: run it with `--cd <dir>`).

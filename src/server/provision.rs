@@ -94,3 +94,34 @@ async fn write_crl(db: &mut Db, pki: &Pki) -> Result<(), ProvisionError> {
     let revoked = store::revoked_serials(db, crate::server::pki::CLIENT_CERT_DAYS).await?;
     pki.write_crl(&revoked).map_err(ProvisionError::Crl)
 }
+
+/// How often a server process looks for revocations another one made.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps this process's CRL in step with the database, where another server process on the
+/// same database may have revoked a certificate: its OpenVPN server then refuses that
+/// certificate within [`FOLLOW_EVERY`]. Without the built-in VPN, never returns.
+pub async fn follow_crl(s: AppState) {
+    let Some(pki) = s.pki.clone() else {
+        return std::future::pending().await;
+    };
+    let mut written = None;
+    loop {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        let pki = pki.lock().await;
+        let revoked = match s.store.read().await {
+            Ok(mut db) => {
+                store::revoked_serials(&mut db, crate::server::pki::CLIENT_CERT_DAYS).await
+            }
+            Err(e) => Err(e),
+        };
+        match revoked {
+            Ok(revoked) if written.as_ref() != Some(&revoked) => match pki.write_crl(&revoked) {
+                Ok(()) => written = Some(revoked),
+                Err(e) => tracing::warn!("cannot write the certificate revocation list: {e}"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::debug!("revocations not read: {e}"),
+        }
+    }
+}

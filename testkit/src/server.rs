@@ -11,6 +11,8 @@ pub struct Server {
     pub base: String,
     pub http: Client,
     pub dir: std::path::PathBuf,
+    /// The server's own state: its store and its token signer.
+    pub state: algonet::server::AppState,
     _dir: TempDir,
 }
 
@@ -24,22 +26,30 @@ impl Drop for TempDir {
     }
 }
 
-/// Starts a server on 127.0.0.1 with its data in a fresh directory; `extra` is more YAML.
+/// Starts a server on 127.0.0.1 with its data in a fresh directory (and, when the tests run on
+/// PostgreSQL, a fresh database there); `extra` is more YAML.
 pub async fn server(tag: &str, extra: &str) -> Server {
     let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let mut extra = extra.to_string();
+    if crate::postgres::servers_on_postgres() {
+        let base = crate::postgres::shared(tag).expect("the test cluster");
+        let url = crate::postgres::database(&base, tag).await;
+        extra.push_str(&format!("database: {url}\n"));
+    }
     let config = ServerConfig::parse(&format!(
         "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n{extra}",
         dir.display()
     ))
     .expect("config");
     let state = algonet::server::open(config).await.expect("open");
-    let (addr, serve): (SocketAddr, _) = algonet::server::bind(state).await.expect("bind");
+    let (addr, serve): (SocketAddr, _) = algonet::server::bind(state.clone()).await.expect("bind");
     tokio::spawn(serve);
     Server {
         base: format!("http://{addr}/api"),
         http: Client::new(),
         dir: dir.clone(),
+        state,
         _dir: TempDir(dir),
     }
 }

@@ -91,6 +91,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict => ApiError::conflict("already exists"),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!("database unavailable: {cause}");
+                ApiError::new(
+                    Kind::Unavailable,
+                    "The database is unavailable; try again shortly",
+                )
+            }
             StoreError::Database(cause) => {
                 tracing::error!("database: {cause}");
                 ApiError::internal("Internal server error (database); see the server's log")

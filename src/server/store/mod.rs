@@ -1,29 +1,35 @@
 //! The server's storage: every SQL query, with typed rows, by what it is about (participants,
-//! tasks and runs, ports, VPN certificates). Handlers take a connection from
+//! tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
 //! [`Store::read`] or a write transaction from [`Store::write`] and call the functions here; no
-//! SQL is written anywhere else. The schema is `migrations/`; this is the one module that knows
-//! the database is SQLite.
+//! SQL is written anywhere else. This is the one module that knows which database it is: a
+//! SQLite file or PostgreSQL, through sqlx's `Any` driver. Every query is written once, in the
+//! SQL both speak (`$1` parameters, `RETURNING`, `ON CONFLICT`, recursive `WITH`); times are
+//! ISO 8601 text the server writes ([`stamp`]). The schemas are `migrations/sqlite` and
+//! `migrations/postgres`, kept in step by a test.
 
-use std::path::Path;
+use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 
 mod certificates;
+mod columns;
 mod participants;
 mod ports;
+mod secrets;
 mod tasks;
 
 pub use certificates::*;
 pub use participants::*;
 pub use ports::*;
+pub use secrets::*;
 pub use tasks::*;
 
 /// A connection, from the pool or inside a transaction: what every query takes.
-pub type Db = SqliteConnection;
+pub type Db = AnyConnection;
 
-/// A write transaction; dropped without [`sqlx::Transaction::commit`], it rolls back.
-pub type WriteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+/// A write transaction; dropped without [`commit`], it rolls back.
+pub type WriteTx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,10 @@ pub enum StoreError {
     /// a row with the same unique key exists
     #[error("already exists")]
     Conflict,
+    /// the database cannot be reached now (down, restarting, every connection busy): the
+    /// request may be tried again
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     /// the database failed
     #[error("database error: {0}")]
     Database(sqlx::Error),
@@ -40,6 +50,20 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
         match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+            // PostgreSQL's classes 08 (connection exception) and 57P (operator intervention:
+            // shutting down, restarting), and SQLite's busy file.
+            sqlx::Error::Database(d)
+                if d.code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+                    || d.message().contains("database is locked") =>
+            {
+                StoreError::Unavailable(e)
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
             _ => StoreError::Database(e),
         }
     }
@@ -47,66 +71,191 @@ impl From<sqlx::Error> for StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// The database: a pool of connections to the SQLite file.
+/// Which database the store is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a pool of connections to the SQLite file or to PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// the file could not be opened
-    #[error("database {path}: {source}")]
-    Connect { path: String, source: sqlx::Error },
+    /// the database could not be reached or opened
+    #[error("database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
     /// the migrations failed
-    #[error("database {path}: migration failed: {source}")]
+    #[error("database {url}: migration failed: {source}")]
     Migrate {
-        path: String,
+        url: String,
         source: sqlx::migrate::MigrateError,
     },
 }
 
+/// Where the server's data lives: `database:` in its configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (the server's own, in its data directory).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL, `postgres://user:password@host:port/database`.
+    Postgres(String),
+}
+
+impl Location {
+    /// The location for messages: a URL's password is hidden.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => hide_password(url),
+        }
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// How long a request waits for a free connection before it is answered 503: a database that
+/// is down must not hold every request for long.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Store {
-    /// Opens (creating and migrating as needed) the SQLite file at `path`.
-    pub async fn open(path: &Path) -> std::result::Result<Store, OpenError> {
-        let shown = path.display().to_string();
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .foreign_keys(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
+    /// Opens (creating and migrating as needed) the database at `at`.
+    pub async fn open(at: &Location) -> std::result::Result<Store, OpenError> {
+        sqlx::any::install_default_drivers();
+        let url = at.shown();
+        let connect = |source| OpenError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let (options, backend) = match at {
+            Location::Sqlite(path) => (
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .to_url_lossy(),
+                Backend::Sqlite,
+            ),
+            Location::Postgres(url) => (
+                url.parse()
+                    .map_err(|e| connect(sqlx::Error::Configuration(Box::new(e))))?,
+                Backend::Postgres,
+            ),
+        };
+        let options = AnyConnectOptions::from_url(&options).map_err(connect)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Readers do not wait for the writer (foreign keys and a 5 s busy
+                        // timeout are sqlx's defaults).
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
-            .map_err(|source| OpenError::Connect {
-                path: shown.clone(),
-                source,
-            })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| OpenError::Migrate {
-                path: shown,
-                source,
-            })?;
-        Ok(Store { pool })
+            .map_err(connect)?;
+        let migrated = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+        };
+        migrated.map_err(|source| OpenError::Migrate { url, source })?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// A connection for reads and single-statement writes.
-    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
         Ok(self.pool.acquire().await?)
     }
 
-    /// A transaction that takes SQLite's write lock at once. A deferred one (plain BEGIN) reads
-    /// first and fails with "database is locked" when it then writes after another writer
-    /// committed in between: SQLite cannot wait that out (SQLITE_BUSY_SNAPSHOT), so concurrent
-    /// task creation failed now and then.
+    /// A transaction that holds the database's one write lock, so that writers follow one
+    /// another on both databases, across every server process on it. On SQLite, `BEGIN
+    /// IMMEDIATE`: a deferred one reads first and fails with "database is locked" when it then
+    /// writes after another writer committed in between (SQLITE_BUSY_SNAPSHOT). On PostgreSQL,
+    /// a transaction-scoped advisory lock: what a writer reads before it writes (the next job
+    /// number, whether a node already holds an address) stays true until it commits.
     pub async fn write(&self) -> Result<WriteTx> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // The key is any number no other user of the database locks: 7601, the
+                // server's port.
+                (&mut *tx)
+                    .execute("SELECT pg_advisory_xact_lock(7601)")
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
+}
+
+/// A time as the database keeps it: UTC, `YYYY-MM-DD HH:MM:SS` (ordered as text).
+pub fn stamp(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Now, as [`stamp`] writes it.
+pub fn now() -> String {
+    stamp(time::OffsetDateTime::now_utc())
+}
+
+/// Seconds since the epoch of a [`stamp`]; `None` if it is not one.
+pub fn unstamp(text: &str) -> Option<i64> {
+    let n = |range: std::ops::Range<usize>| text.get(range)?.parse::<u16>().ok();
+    let date = time::Date::from_calendar_date(
+        i32::from(n(0..4)?),
+        time::Month::try_from(u8::try_from(n(5..7)?).ok()?).ok()?,
+        u8::try_from(n(8..10)?).ok()?,
+    )
+    .ok()?;
+    let at = time::Time::from_hms(
+        u8::try_from(n(11..13)?).ok()?,
+        u8::try_from(n(14..16)?).ok()?,
+        u8::try_from(n(17..19)?).ok()?,
+    )
+    .ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, at)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 /// Commits a write transaction.
@@ -122,15 +271,38 @@ pub struct Census {
 }
 
 pub async fn census(db: &mut Db) -> Result<Census> {
-    let runs = sqlx::query_as("SELECT status, COUNT(*) FROM run GROUP BY status ORDER BY status")
+    let runs = sqlx::query_as("SELECT status, count(*) FROM run GROUP BY status ORDER BY status")
         .fetch_all(&mut *db)
         .await?;
     let (nodes_with_vpn_address,) =
-        sqlx::query_as("SELECT COUNT(*) FROM node WHERE ip IS NOT NULL")
+        sqlx::query_as("SELECT count(*) FROM node WHERE ip IS NOT NULL")
             .fetch_one(db)
             .await?;
     Ok(Census {
         runs,
         nodes_with_vpn_address,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_and_stamps_read_back() {
+        assert_eq!(
+            hide_password("postgres://algonet:s3cr%40t@db.example:5432/fed?sslmode=require"),
+            "postgres://algonet:***@db.example:5432/fed?sslmode=require"
+        );
+        assert_eq!(
+            hide_password("postgres://algonet@db/fed"),
+            "postgres://algonet@db/fed"
+        );
+        assert_eq!(hide_password("postgres://db/a@b"), "postgres://db/a@b");
+        assert_eq!(hide_password("nonsense"), "nonsense");
+        let t = time::OffsetDateTime::from_unix_timestamp(1_796_000_000).expect("time");
+        assert_eq!(unstamp(&stamp(t)), Some(1_796_000_000));
+        assert_eq!(unstamp("2026-13-01 00:00:00"), None);
+        assert_eq!(unstamp("soon"), None);
+    }
 }

@@ -26,7 +26,7 @@ macro_rules! node_sql {
 
 pub async fn node(db: &mut Db, id: NodeId) -> Result<Option<NodeRow>> {
     Ok(
-        sqlx::query_as(node_sql!("SELECT", "FROM node WHERE id = ?"))
+        sqlx::query_as(node_sql!("SELECT", "FROM node WHERE id = $1"))
             .bind(id)
             .fetch_optional(db)
             .await?,
@@ -35,7 +35,7 @@ pub async fn node(db: &mut Db, id: NodeId) -> Result<Option<NodeRow>> {
 
 pub async fn node_by_key_hash(db: &mut Db, hash: &str) -> Result<Option<NodeId>> {
     Ok(
-        sqlx::query_scalar("SELECT id FROM node WHERE api_key_hash = ?")
+        sqlx::query_scalar("SELECT id FROM node WHERE api_key_hash = $1")
             .bind(hash)
             .fetch_optional(db)
             .await?,
@@ -50,7 +50,7 @@ pub async fn insert_node(
     key_hash: &str,
 ) -> Result<NodeId> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO node (name, organization_id, collaboration_id, api_key_hash) VALUES (?, ?, ?, ?) RETURNING id",
+        "INSERT INTO node (name, organization_id, collaboration_id, api_key_hash) VALUES ($1, $2, $3, $4) RETURNING id",
     )
     .bind(name)
     .bind(organization)
@@ -63,7 +63,7 @@ pub async fn insert_node(
 /// Sets (or clears) a node's VPN address; `None` if there is no such node.
 pub async fn set_node_ip(db: &mut Db, id: NodeId, ip: Option<&str>) -> Result<Option<NodeRow>> {
     Ok(sqlx::query_as(node_sql!(
-        "UPDATE node SET ip = ? WHERE id = ? RETURNING",
+        "UPDATE node SET ip = $1 WHERE id = $2 RETURNING",
         ""
     ))
     .bind(ip)
@@ -74,7 +74,7 @@ pub async fn set_node_ip(db: &mut Db, id: NodeId, ip: Option<&str>) -> Result<Op
 
 /// The node that holds VPN address `ip`, if any.
 pub async fn node_with_ip(db: &mut Db, ip: &str) -> Result<Option<NodeId>> {
-    Ok(sqlx::query_scalar("SELECT id FROM node WHERE ip = ?")
+    Ok(sqlx::query_scalar("SELECT id FROM node WHERE ip = $1")
         .bind(ip)
         .fetch_optional(db)
         .await?)
@@ -82,7 +82,7 @@ pub async fn node_with_ip(db: &mut Db, ip: &str) -> Result<Option<NodeId>> {
 
 /// Deletes a node; false if there was none.
 pub async fn delete_node(db: &mut Db, id: NodeId) -> Result<bool> {
-    let gone = sqlx::query("DELETE FROM node WHERE id = ?")
+    let gone = sqlx::query("DELETE FROM node WHERE id = $1")
         .bind(id)
         .execute(db)
         .await?;
@@ -104,7 +104,7 @@ pub struct OrganizationRow {
 pub async fn insert_organization(db: &mut Db, o: &NewOrganization) -> Result<OrganizationRow> {
     Ok(sqlx::query_as(
         "INSERT INTO organization (name, domain, address1, address2, zipcode, country) \
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING id, name, domain, address1, address2, zipcode, country",
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, name, domain, address1, address2, zipcode, country",
     )
     .bind(&o.name)
     .bind(&o.domain)
@@ -123,11 +123,10 @@ pub async fn organization(
     collaboration: Option<CollaborationId>,
 ) -> Result<Option<OrganizationRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, name, domain, address1, address2, zipcode, country FROM organization WHERE id = ? \
-         AND (? IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = ?))",
+        "SELECT id, name, domain, address1, address2, zipcode, country FROM organization WHERE id = $1 \
+         AND ($2 IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = $2))",
     )
     .bind(id)
-    .bind(collaboration)
     .bind(collaboration)
     .fetch_optional(db)
     .await?)
@@ -140,9 +139,8 @@ pub async fn organizations(
 ) -> Result<Vec<OrganizationRow>> {
     Ok(sqlx::query_as(
         "SELECT id, name, domain, address1, address2, zipcode, country FROM organization \
-         WHERE ? IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = ?) ORDER BY id",
+         WHERE $1 IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = $1) ORDER BY id",
     )
-    .bind(collaboration)
     .bind(collaboration)
     .fetch_all(db)
     .await?)
@@ -159,7 +157,7 @@ pub async fn root_organization(db: &mut Db) -> Result<OrganizationId> {
 
 pub async fn insert_collaboration(db: &mut Db, name: &str) -> Result<CollaborationId> {
     Ok(
-        sqlx::query_scalar("INSERT INTO collaboration (name) VALUES (?) RETURNING id")
+        sqlx::query_scalar("INSERT INTO collaboration (name) VALUES ($1) RETURNING id")
             .bind(name)
             .fetch_one(db)
             .await?,
@@ -171,7 +169,7 @@ pub async fn insert_member(
     collaboration: CollaborationId,
     organization: OrganizationId,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO member (collaboration_id, organization_id) VALUES (?, ?)")
+    sqlx::query("INSERT INTO member (collaboration_id, organization_id) VALUES ($1, $2)")
         .bind(collaboration)
         .bind(organization)
         .execute(db)
@@ -181,7 +179,7 @@ pub async fn insert_member(
 
 pub async fn collaboration_name(db: &mut Db, id: CollaborationId) -> Result<Option<String>> {
     Ok(
-        sqlx::query_scalar("SELECT name FROM collaboration WHERE id = ?")
+        sqlx::query_scalar("SELECT name FROM collaboration WHERE id = $1")
             .bind(id)
             .fetch_optional(db)
             .await?,
@@ -194,10 +192,9 @@ pub async fn collaborations(
     organization: Option<OrganizationId>,
 ) -> Result<Vec<(CollaborationId, String)>> {
     Ok(sqlx::query_as(
-        "SELECT id, name FROM collaboration WHERE ? IS NULL \
-         OR id IN (SELECT collaboration_id FROM member WHERE organization_id = ?) ORDER BY id",
+        "SELECT id, name FROM collaboration WHERE $1 IS NULL \
+         OR id IN (SELECT collaboration_id FROM member WHERE organization_id = $1) ORDER BY id",
     )
-    .bind(organization)
     .bind(organization)
     .fetch_all(db)
     .await?)
@@ -211,11 +208,9 @@ pub async fn nodes(
 ) -> Result<Vec<NodeRow>> {
     Ok(sqlx::query_as(node_sql!(
         "SELECT",
-        "FROM node WHERE (? IS NULL OR collaboration_id = ?) AND (? IS NULL OR organization_id = ?) ORDER BY id"
+        "FROM node WHERE ($1 IS NULL OR collaboration_id = $1) AND ($2 IS NULL OR organization_id = $2) ORDER BY id"
     ))
     .bind(collaboration)
-    .bind(collaboration)
-    .bind(organization)
     .bind(organization)
     .fetch_all(db)
     .await?)
@@ -227,7 +222,7 @@ pub async fn member_ids(
     collaboration: CollaborationId,
 ) -> Result<std::collections::HashSet<OrganizationId>> {
     let ids: Vec<OrganizationId> =
-        sqlx::query_scalar("SELECT organization_id FROM member WHERE collaboration_id = ?")
+        sqlx::query_scalar("SELECT organization_id FROM member WHERE collaboration_id = $1")
             .bind(collaboration)
             .fetch_all(db)
             .await?;
@@ -240,7 +235,7 @@ pub async fn is_member(
     organization: OrganizationId,
 ) -> Result<bool> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM member WHERE collaboration_id = ? AND organization_id = ?",
+        "SELECT count(*) FROM member WHERE collaboration_id = $1 AND organization_id = $2",
     )
     .bind(collaboration)
     .bind(organization)

@@ -11,18 +11,18 @@ pub async fn insert_port(
     port: PublicPort,
     label: Option<&str>,
 ) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar("INSERT INTO port (run_id, port, label) VALUES (?, ?, ?) RETURNING id")
-            .bind(run)
-            .bind(port)
-            .bind(label)
-            .fetch_one(db)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "INSERT INTO port (run_id, port, label) VALUES ($1, $2, $3) RETURNING id",
     )
+    .bind(run)
+    .bind(port)
+    .bind(label)
+    .fetch_one(db)
+    .await?)
 }
 
 pub async fn delete_ports(db: &mut Db, run: RunId) -> Result<()> {
-    sqlx::query("DELETE FROM port WHERE run_id = ?")
+    sqlx::query("DELETE FROM port WHERE run_id = $1")
         .bind(run)
         .execute(db)
         .await?;
@@ -53,7 +53,7 @@ pub async fn tasks_addresses(db: &mut Db, tasks: &[TaskId]) -> Result<Vec<Addres
                 "SELECT port.id, port.port, port.label, node.ip, run.organization_id, task.id AS task_id, task.parent_id \
                  FROM port JOIN run ON run.id = port.run_id JOIN task ON task.id = run.task_id \
                  LEFT JOIN node ON node.organization_id = run.organization_id AND node.collaboration_id = task.collaboration_id \
-                 WHERE task.id = ?",
+                 WHERE task.id = $1",
             )
             .bind(task)
             .fetch_all(&mut *db)
@@ -77,7 +77,7 @@ pub async fn tasks_addresses(db: &mut Db, tasks: &[TaskId]) -> Result<Vec<Addres
 /// A run's public ports, in the order they were registered.
 pub async fn run_ports(db: &mut Db, run: RunId) -> Result<Vec<RunPort>> {
     Ok(
-        sqlx::query_as("SELECT id, port, label FROM port WHERE run_id = ? ORDER BY id")
+        sqlx::query_as("SELECT id, port, label FROM port WHERE run_id = $1 ORDER BY id")
             .bind(run)
             .fetch_all(db)
             .await?,
@@ -92,7 +92,7 @@ pub async fn open_runs_with_roots(db: &mut Db, node: NodeId) -> Result<Vec<(RunI
            JOIN task ON task.id = run.task_id \
            JOIN node ON node.organization_id = run.organization_id \
              AND node.collaboration_id = task.collaboration_id \
-           WHERE node.id = ? AND run.status IN ('pending', 'initializing', 'active') \
+           WHERE node.id = $1 AND run.status IN ('pending', 'initializing', 'active') \
            UNION ALL \
            SELECT up.run_id, task.id, task.parent_id FROM task JOIN up ON task.id = up.parent_id) \
          SELECT run_id, id FROM up WHERE parent_id IS NULL ORDER BY run_id",
@@ -108,7 +108,7 @@ macro_rules! family_sql {
     ($select:literal) => {
         concat!(
             "WITH RECURSIVE family(id) AS ( \
-               SELECT id FROM task WHERE id = ? \
+               SELECT id FROM task WHERE id = $1 \
                UNION ALL SELECT task.id FROM task JOIN family ON task.parent_id = family.id) ",
             $select
         )
@@ -146,7 +146,7 @@ pub async fn family_peers(db: &mut Db, root: TaskId) -> Result<(Vec<String>, Vec
 /// The VPN addresses of a collaboration's nodes, sorted.
 pub async fn collaboration_addresses(db: &mut Db, c: CollaborationId) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT ip FROM node WHERE collaboration_id = ? AND ip IS NOT NULL ORDER BY ip",
+        "SELECT ip FROM node WHERE collaboration_id = $1 AND ip IS NOT NULL ORDER BY ip",
     )
     .bind(c)
     .fetch_all(db)

@@ -31,7 +31,7 @@ macro_rules! select_tasks {
 }
 
 pub async fn task(db: &mut Db, id: TaskId) -> Result<Option<TaskRow>> {
-    Ok(sqlx::query_as(select_tasks!("id = ?"))
+    Ok(sqlx::query_as(select_tasks!("id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await?)
@@ -48,14 +48,11 @@ pub struct TaskFilter {
 
 pub async fn tasks(db: &mut Db, f: TaskFilter) -> Result<Vec<TaskRow>> {
     Ok(sqlx::query_as(select_tasks!(
-        "(? IS NULL OR collaboration_id = ?) AND (? IS NULL OR parent_id = ?) \
-         AND (? IS NULL OR job_id = ?) ORDER BY id DESC"
+        "($1 IS NULL OR collaboration_id = $1) AND ($2 IS NULL OR parent_id = $2) \
+         AND ($3 IS NULL OR job_id = $3) ORDER BY id DESC"
     ))
     .bind(f.collaboration)
-    .bind(f.collaboration)
     .bind(f.parent)
-    .bind(f.parent)
-    .bind(f.job)
     .bind(f.job)
     .fetch_all(db)
     .await?)
@@ -64,7 +61,7 @@ pub async fn tasks(db: &mut Db, f: TaskFilter) -> Result<Vec<TaskRow>> {
 /// The states of a task's runs, and when the last of them finished.
 pub async fn task_progress(db: &mut Db, id: TaskId) -> Result<(Vec<RunStatus>, Option<String>)> {
     let rows: Vec<(RunStatus, Option<String>)> = sqlx::query_as(
-        "SELECT status, replace(finished_at, ' ', 'T') FROM run WHERE task_id = ? ORDER BY id",
+        "SELECT status, replace(finished_at, ' ', 'T') FROM run WHERE task_id = $1 ORDER BY id",
     )
     .bind(id)
     .fetch_all(db)
@@ -75,7 +72,7 @@ pub async fn task_progress(db: &mut Db, id: TaskId) -> Result<(Vec<RunStatus>, O
 
 pub async fn task_children(db: &mut Db, id: TaskId) -> Result<Vec<TaskId>> {
     Ok(
-        sqlx::query_scalar("SELECT id FROM task WHERE parent_id = ?")
+        sqlx::query_scalar("SELECT id FROM task WHERE parent_id = $1")
             .bind(id)
             .fetch_all(db)
             .await?,
@@ -91,9 +88,9 @@ pub async fn container_run_open(
 ) -> Result<bool> {
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM node \
-         JOIN run ON run.organization_id = node.organization_id AND run.task_id = ? \
+         JOIN run ON run.organization_id = node.organization_id AND run.task_id = $1 \
          JOIN task ON task.id = run.task_id AND task.collaboration_id = node.collaboration_id \
-         WHERE node.id = ? AND run.finished_at IS NULL",
+         WHERE node.id = $2 AND run.finished_at IS NULL",
     )
     .bind(task)
     .bind(node)
@@ -105,7 +102,7 @@ pub async fn container_run_open(
 /// How many of a task's runs have not finished.
 pub async fn open_runs(db: &mut Db, task: TaskId) -> Result<i64> {
     Ok(
-        sqlx::query_scalar("SELECT count(*) FROM run WHERE task_id = ? AND finished_at IS NULL")
+        sqlx::query_scalar("SELECT count(*) FROM run WHERE task_id = $1 AND finished_at IS NULL")
             .bind(task)
             .fetch_one(db)
             .await?,
@@ -130,9 +127,9 @@ pub struct NewTask<'a> {
 pub async fn insert_task(db: &mut Db, t: &NewTask<'_>) -> Result<TaskId> {
     Ok(sqlx::query_scalar(
         "INSERT INTO task (name, description, image, collaboration_id, parent_id, init_organization_id, \
-         init_user_id, job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, \
-         coalesce((SELECT job_id FROM task WHERE id = ?), (SELECT coalesce(max(job_id), 0) + 1 FROM task)), \
-         datetime('now')) RETURNING id",
+         init_user_id, job_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+         coalesce((SELECT job_id FROM task WHERE id = $5), (SELECT coalesce(max(job_id), 0) + 1 FROM task)), \
+         $8) RETURNING id",
     )
     .bind(t.name)
     .bind(t.description)
@@ -141,7 +138,7 @@ pub async fn insert_task(db: &mut Db, t: &NewTask<'_>) -> Result<TaskId> {
     .bind(t.parent)
     .bind(t.init_organization)
     .bind(t.init_user)
-    .bind(t.parent)
+    .bind(super::now())
     .fetch_one(db)
     .await?)
 }
@@ -153,11 +150,12 @@ pub async fn insert_run(
     input: &str,
 ) -> Result<RunId> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO run (task_id, organization_id, input, assigned_at) VALUES (?, ?, ?, datetime('now')) RETURNING id",
+        "INSERT INTO run (task_id, organization_id, input, assigned_at) VALUES ($1, $2, $3, $4) RETURNING id",
     )
     .bind(task)
     .bind(organization)
     .bind(input)
+    .bind(super::now())
     .fetch_one(db)
     .await?)
 }
@@ -168,7 +166,7 @@ pub async fn run_placement(
     run: RunId,
 ) -> Result<Option<(OrganizationId, CollaborationId)>> {
     Ok(sqlx::query_as(
-        "SELECT run.organization_id, task.collaboration_id FROM run JOIN task ON task.id = run.task_id WHERE run.id = ?",
+        "SELECT run.organization_id, task.collaboration_id FROM run JOIN task ON task.id = run.task_id WHERE run.id = $1",
     )
     .bind(run)
     .fetch_optional(db)
@@ -215,7 +213,7 @@ macro_rules! select_runs {
 }
 
 pub async fn run(db: &mut Db, id: RunId) -> Result<Option<RunRow>> {
-    Ok(sqlx::query_as(select_runs!("run.id = ?"))
+    Ok(sqlx::query_as(select_runs!("run.id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await?)
@@ -231,13 +229,12 @@ pub async fn node_runs(
     task: Option<TaskId>,
 ) -> Result<Vec<RunRow>> {
     let rows = sqlx::query_as(select_runs!(
-        "run.organization_id = ? AND task.collaboration_id = ? AND run.status = ? \
-         AND (? IS NULL OR run.task_id = ?) ORDER BY run.id"
+        "run.organization_id = $1 AND task.collaboration_id = $2 AND run.status = $3 \
+         AND ($4 IS NULL OR run.task_id = $4) ORDER BY run.id"
     ))
     .bind(organization)
     .bind(collaboration)
     .bind(status)
-    .bind(task)
     .bind(task)
     .fetch_all(db)
     .await?;
@@ -252,10 +249,9 @@ pub async fn task_runs(
     collaboration: Option<CollaborationId>,
 ) -> Result<Vec<RunRow>> {
     let rows = sqlx::query_as(select_runs!(
-        "run.task_id = ? AND (? IS NULL OR task.collaboration_id = ?) ORDER BY run.id DESC"
+        "run.task_id = $1 AND ($2 IS NULL OR task.collaboration_id = $2) ORDER BY run.id DESC"
     ))
     .bind(task)
-    .bind(collaboration)
     .bind(collaboration)
     .fetch_all(db)
     .await?;
@@ -265,7 +261,7 @@ pub async fn task_runs(
 /// Takes a pending run; false if it was not pending (another claim won).
 pub async fn claim_run(db: &mut Db, id: RunId) -> Result<bool> {
     let claimed =
-        sqlx::query("UPDATE run SET status = 'initializing' WHERE id = ? AND status = 'pending'")
+        sqlx::query("UPDATE run SET status = 'initializing' WHERE id = $1 AND status = 'pending'")
             .bind(id)
             .execute(db)
             .await?;
@@ -282,14 +278,14 @@ pub async fn update_run(
 ) -> Result<()> {
     let finished = status.is_some_and(RunStatus::is_finished);
     sqlx::query(
-        "UPDATE run SET status = coalesce(?, status), result = coalesce(?, result), log = coalesce(?, log), \
-         started_at = CASE WHEN ? = 'active' THEN coalesce(started_at, datetime('now')) ELSE started_at END, \
-         finished_at = CASE WHEN ? THEN datetime('now') ELSE finished_at END WHERE id = ?",
+        "UPDATE run SET status = coalesce($1, status), result = coalesce($2, result), log = coalesce($3, log), \
+         started_at = CASE WHEN $1 = 'active' THEN coalesce(started_at, $4) ELSE started_at END, \
+         finished_at = CASE WHEN $5 THEN $4 ELSE finished_at END WHERE id = $6",
     )
     .bind(status)
     .bind(result)
     .bind(log)
-    .bind(status)
+    .bind(super::now())
     .bind(finished)
     .bind(id)
     .execute(db)
