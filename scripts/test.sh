@@ -11,6 +11,13 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 apt_need build-essential pkg-config iproute2 iputils-ping iptables nftables openvpn tcpdump docker.io
 # The Docker tier needs a daemon; one is started (without firewall rules) if none answers.
 docker_need
+# The server's PostgreSQL tests use a private cluster, made here and removed at the end.
+pg_dir=$(mktemp -d /tmp/algonet-test-pg.XXXXXX)
+scratch=$(mktemp -d)
+trap 'postgres_stop "$pg_dir"; rm -rf "$scratch"' EXIT
+postgres_start "$pg_dir"
+export ALGONET_TEST_POSTGRES="$PG_URL"
+echo "==> PostgreSQL for the tests at $PG_URL"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 # vantage6's own Python packages from PyPI judge compatibility (tests/vantage6_tools.rs).
 v6_venv=target/py/vantage6
@@ -39,6 +46,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> tests"
 results=$(mktemp)
 cargo test --workspace 2>&1 | tee "$results"
+echo "==> the server API tests again, on PostgreSQL"
+ALGONET_TEST_BACKEND=postgres cargo test -p algonet --test server_api 2>&1 | tee -a "$results"
 passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$results")
 failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$results")
 rm -f "$results"
@@ -47,9 +56,8 @@ echo "==> fuzzing (${FUZZ_SECONDS}s per target)"
 cargo_need cargo-fuzz cargo-fuzz
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
 export RUSTC_BOOTSTRAP=1
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
 (
+
     cd fuzz
     cargo fuzz build -O
     for target in $(cargo fuzz list); do

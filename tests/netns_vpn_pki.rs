@@ -91,12 +91,15 @@ struct Lab {
     first: String,
 }
 
-fn lab(tag: &str, server_args: &[&str]) -> Lab {
+/// The server's built-in VPN, as every test's server configures it.
+fn vpn_config() -> String {
+    format!("vpn: {{subnet: 10.76.0.0/16, remote: {SERVER_WAN}, port: 1194}}\n")
+}
+
+/// `extra`: more of the server's YAML.
+fn lab(tag: &str, server_args: &[&str], extra: &str) -> Lab {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let s = rt.block_on(server(
-        tag,
-        &format!("vpn: {{subnet: 10.76.0.0/16, remote: {SERVER_WAN}, port: 1194}}\n"),
-    ));
+    let s = rt.block_on(server(tag, &format!("{}{extra}", vpn_config())));
     // Secrets are the server's alone.
     for secret in ["ca.key", "server.key", "tls-crypt.key"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -157,6 +160,44 @@ fn lab(tag: &str, server_args: &[&str]) -> Lab {
     }
 }
 
+/// Writes a profile into the server's folder; its path.
+fn write_profile(s: &common::server::Server, file: &str, text: &str) -> String {
+    let p = s.dir.join(file);
+    std::fs::write(&p, text).expect("write profile");
+    p.display().to_string()
+}
+
+/// An OpenVPN client in `vc` with the profile at `file`, logging to `log` in the server's folder.
+fn client(vc: &TestNs, s: &common::server::Server, file: &str, log: &str) -> OpenVpn {
+    OpenVpn::start(
+        vc,
+        &s.dir.join(log),
+        &[
+            "--config",
+            file,
+            "--pull-filter",
+            "ignore",
+            "route-ipv6",
+            "--pull-filter",
+            "ignore",
+            "ifconfig-ipv6",
+        ],
+    )
+}
+
+/// Waits until `log()` says "certificate revoked" more often than `before` times.
+fn refused_again(log: impl Fn() -> String, before: usize) -> bool {
+    let refusals = |log: &str| log.matches("certificate revoked").count();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if refusals(&log()) > before {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
 #[test]
 fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
     if !privileged("profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused") {
@@ -171,28 +212,9 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         node,
         token,
         first,
-    } = lab("vpn-pki", &[]);
-    let write = |file: &str, text: &str| {
-        let p = s.dir.join(file);
-        std::fs::write(&p, text).expect("write profile");
-        p.display().to_string()
-    };
-    let client = |file: &str, log: &str| {
-        OpenVpn::start(
-            &vc,
-            &s.dir.join(log),
-            &[
-                "--config",
-                file,
-                "--pull-filter",
-                "ignore",
-                "route-ipv6",
-                "--pull-filter",
-                "ignore",
-                "ifconfig-ipv6",
-            ],
-        )
-    };
+    } = lab("vpn-pki", &[], "");
+    let write = |file: &str, text: &str| write_profile(&s, file, text);
+    let client = |file: &str, log: &str| client(&vc, &s, file, log);
     let first_file = write("first.ovpn", &first);
     {
         let c = client(&first_file, "client1.log");
@@ -260,13 +282,81 @@ fn profiles_from_the_built_in_pki_connect_and_replaced_ones_are_refused() {
         json!(null),
     ));
     let c = client(&second_file, "client3.log");
-    let start = Instant::now();
-    while refusals(&server_vpn.log()) == before && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
     assert!(
-        refusals(&server_vpn.log()) > before,
+        refused_again(|| server_vpn.log(), before),
         "a removed node's profile still connects: {}",
+        server_vpn.log()
+    );
+    assert!(!c.log().contains("Initialization Sequence Completed"));
+}
+
+/// Two server processes on one PostgreSQL database, the OpenVPN server beside the second one:
+/// a profile from the first connects to it (one CA, one tls-crypt key), a certificate the first
+/// revokes (by issuing the next, then by deleting the node) is refused by it, from the CRL the
+/// second wrote.
+#[test]
+fn a_certificate_revoked_through_one_replica_is_refused_by_the_others_openvpn_server() {
+    let test = "a_certificate_revoked_through_one_replica_is_refused_by_the_others_openvpn_server";
+    if !privileged(test) {
+        return;
+    }
+    let Some(base) = common::postgres::shared(test) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url = rt.block_on(common::postgres::database(&base, "vpn-replicas"));
+    let database = format!("database: {url}\n");
+    drop(rt);
+    let Lab {
+        rt,
+        s: b,
+        vs: _vs,
+        vc,
+        server_vpn,
+        node,
+        token,
+        first,
+    } = lab("vpn-rep-b", &[], &database);
+    let a = rt.block_on(server("vpn-rep-a", &format!("{}{database}", vpn_config())));
+    // The node's token from b serves at a; a's profile revokes b's.
+    let from_a = rt.block_on(a.ok("GET", "/vpn", Some(&token), json!(null)));
+    let from_a = from_a["ovpn_config"].as_str().expect("profile").to_string();
+    let (first_file, a_file) = (
+        write_profile(&b, "first.ovpn", &first),
+        write_profile(&b, "from-a.ovpn", &from_a),
+    );
+    // b looks for revocations every 2 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let old = client(&vc, &b, &first_file, "client-old.log");
+    assert!(
+        refused_again(|| server_vpn.log(), 0),
+        "b's OpenVPN server still takes the certificate a revoked: {}",
+        server_vpn.log()
+    );
+    assert!(!old.log().contains("Initialization Sequence Completed"));
+    drop(old);
+    let c = client(&vc, &b, &a_file, "client-a.log");
+    assert!(
+        c.wait_for("Initialization Sequence Completed", Duration::from_secs(20)),
+        "a's profile at b's OpenVPN server: {}\nserver: {}",
+        c.log(),
+        server_vpn.log()
+    );
+    drop(c);
+    // Deleted through a: refused by b's OpenVPN server.
+    let before = server_vpn.log().matches("certificate revoked").count();
+    let admin = rt.block_on(a.admin());
+    rt.block_on(a.ok(
+        "DELETE",
+        &format!("/node/{node}"),
+        Some(&admin),
+        json!(null),
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let c = client(&vc, &b, &a_file, "client-a2.log");
+    assert!(
+        refused_again(|| server_vpn.log(), before),
+        "a node deleted through a still connects at b: {}",
         server_vpn.log()
     );
     assert!(!c.log().contains("Initialization Sequence Completed"));
@@ -285,7 +375,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         server_vpn,
         first,
         ..
-    } = lab("vpn-management", &[]);
+    } = lab("vpn-management", &[], "");
     let profile = s.dir.join("node.ovpn");
     std::fs::write(&profile, &first).expect("profile");
     let sock = s.dir.join("mgmt.sock");
@@ -448,7 +538,7 @@ fn a_lost_tunnel_leaks_nothing_onto_the_wan() {
         server_vpn,
         first,
         ..
-    } = lab("vpn-fail-closed", &["--keepalive", "1", "4"]);
+    } = lab("vpn-fail-closed", &["--keepalive", "1", "4"], "");
     let container = TestNs::new("vpn-fail-closed-container");
     let c_addr = Ipv4Addr::new(100, 64, 0, 2);
     let server_vpn_addr = Ipv4Addr::new(10, 76, 0, 1);

@@ -95,8 +95,12 @@ fn as_postgres(args: &[&str]) -> std::process::Output {
 }
 
 impl Cluster {
-    /// Makes and starts a cluster named after the test, on `port`.
-    pub fn start(tag: &str, port: u16) -> Cluster {
+    /// Makes and starts a cluster named after the test, on a free port of 127.0.0.1.
+    pub fn start(tag: &str) -> Cluster {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let dir = std::env::temp_dir().join(format!("algonet-pg-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let ok = Command::new("install")

@@ -27,12 +27,13 @@ impl Drop for TempDir {
 }
 
 /// Starts a server on 127.0.0.1 with its data in a fresh directory (and, when the tests run on
-/// PostgreSQL, a fresh database there); `extra` is more YAML.
+/// PostgreSQL, a fresh database there); `extra` is more YAML (with a `database:` of its own, the
+/// server uses that).
 pub async fn server(tag: &str, extra: &str) -> Server {
     let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut extra = extra.to_string();
-    if crate::postgres::servers_on_postgres() {
+    if crate::postgres::servers_on_postgres() && !extra.contains("database:") {
         let base = crate::postgres::shared(tag).expect("the test cluster");
         let url = crate::postgres::database(&base, tag).await;
         extra.push_str(&format!("database: {url}\n"));

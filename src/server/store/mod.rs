@@ -162,6 +162,22 @@ impl Store {
             ),
         };
         let options = AnyConnectOptions::from_url(&options).map_err(connect)?;
+        // One connection first, for the migrations: its failure says why (refused, no such
+        // host, bad password), where the pool's would only say that it timed out.
+        let mut first = options.connect().await.map_err(connect)?;
+        let migrated = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&mut first).await,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&mut first)
+                    .await
+            }
+        };
+        migrated.map_err(|source| OpenError::Migrate {
+            url: url.clone(),
+            source,
+        })?;
+        sqlx::Connection::close(first).await.map_err(connect)?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -178,11 +194,6 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect)?;
-        let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
-        };
-        migrated.map_err(|source| OpenError::Migrate { url, source })?;
         Ok(Store { pool, backend })
     }
 
