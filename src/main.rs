@@ -15,11 +15,18 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Run the central server (vantage6 4.x-compatible API).
+    /// Run the central server (vantage6 4.x-compatible API), or set up its federation.
     Server {
         /// The server's YAML configuration.
-        #[arg(long, env = "ALGONET_SERVER_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[arg(
+            long,
+            env = "ALGONET_SERVER_CONFIG",
+            value_name = "FILE",
+            global = true
+        )]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<ServerAction>,
     },
     /// Run a node agent (needs root and a Docker daemon), or ask a running one.
     Node {
@@ -56,6 +63,21 @@ enum DemoAction {
     /// Stop a demo left running with --keep: nodes first, then the server, the OpenVPN server
     /// and the network.
     Stop,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ServerAction {
+    /// Import organizations (with their users), collaborations and their participants' nodes
+    /// from a YAML file in the shape of vantage6's `v6 server import`; what exists already is
+    /// left as it is. The new nodes' API keys go to a new file of mode 0600.
+    Import {
+        /// The entities file.
+        #[arg(value_name = "ENTITIES")]
+        file: PathBuf,
+        /// Where the new nodes' API keys go (default: a new file in the data directory).
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -128,7 +150,18 @@ fn main() -> ExitCode {
             println!("algonet {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server { config } => server(config),
+        Command::Server {
+            config,
+            action: None,
+        } => server(config.unwrap_or_else(|| usage("algonet server needs --config <FILE>"))),
+        Command::Server {
+            config,
+            action: Some(ServerAction::Import { file, keys }),
+        } => import(
+            config.unwrap_or_else(|| usage("algonet server import needs --config <FILE>")),
+            &file,
+            keys,
+        ),
         Command::Node {
             config,
             action: None,
@@ -169,6 +202,34 @@ fn causes(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+fn import(config: PathBuf, file: &std::path::Path, keys: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = algonet::server::config::ServerConfig::load(&config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let done = rt.block_on(algonet::server::import::import(&config, file, keys))?;
+    for skipped in &done.skipped {
+        println!("not imported: {skipped}");
+    }
+    if done.changed_nothing() {
+        println!("nothing to import: everything in {} exists", file.display());
+        return Ok(());
+    }
+    println!(
+        "imported {} organizations, {} users, {} collaborations, {} memberships, {} nodes",
+        done.organizations,
+        done.users,
+        done.collaborations,
+        done.members,
+        done.nodes.len()
+    );
+    if let Some(keys) = &done.keys_file {
+        println!(
+            "the new nodes' API keys are in {} (mode 0600): give each to its node, then keep the file safe or delete it",
+            keys.display()
+        );
+    }
+    Ok(())
 }
 
 fn server(path: PathBuf) -> anyhow::Result<()> {

@@ -111,7 +111,7 @@ pub struct NewNodeKey {
     pub api_key: String,
 }
 
-/// A user: the administrator, the one user of an algonet server.
+/// A user: the configuration's administrator or a user account.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct User {
     pub id: i64,

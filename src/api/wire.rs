@@ -211,6 +211,13 @@ pub struct NewNode {
     pub name: Option<String>,
 }
 
+impl NewNode {
+    /// vantage6's name for a node that was given none.
+    pub fn default_name(organization: &str, collaboration: &str) -> String {
+        format!("{organization} - {collaboration} Node")
+    }
+}
+
 /// `PATCH /node/<id>`: the node's VPN address, or `clear_ip`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -151,6 +151,66 @@ pub fn hash_key(key: &str) -> String {
         .collect()
 }
 
+/// PBKDF2-HMAC-SHA256 rounds for a stored password (OWASP's figure for this hash).
+const PASSWORD_ROUNDS: u32 = 600_000;
+
+fn pbkdf2(password: &str, salt: &[u8], rounds: std::num::NonZeroU32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        rounds,
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    out
+}
+
+/// A password as stored: `pbkdf2-sha256$<rounds>$<salt>$<hash>` (base64), with a random salt.
+pub fn hash_password(password: &str) -> Result<String, getrandom::Error> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)?;
+    let rounds = std::num::NonZeroU32::new(PASSWORD_ROUNDS).unwrap_or(std::num::NonZeroU32::MIN);
+    let hash = pbkdf2(password, &salt, rounds);
+    Ok(format!(
+        "pbkdf2-sha256${PASSWORD_ROUNDS}${}${}",
+        B64.encode(salt),
+        B64.encode(hash)
+    ))
+}
+
+/// Whether `password` is the one `stored` was made from. Anything that is not a stored password
+/// is no match; the work is the same whether the user exists or not (see [`NO_PASSWORD`]).
+pub fn password_matches(password: &str, stored: &str) -> bool {
+    let mut parts = stored.split('$');
+    let (Some("pbkdf2-sha256"), Some(rounds), Some(salt), Some(hash), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let (Ok(rounds), Ok(salt), Ok(hash)) = (
+        rounds.parse::<std::num::NonZeroU32>(),
+        B64.decode(salt),
+        B64.decode(hash),
+    ) else {
+        return false;
+    };
+    // A stored hash never asks for more work than the server's own.
+    if rounds.get() > PASSWORD_ROUNDS {
+        return false;
+    }
+    same(&pbkdf2(password, &salt, rounds), &hash)
+}
+
+/// What a login for an unknown name is checked against, so that it takes as long as one for a
+/// known name (which name exists is not told by the time an answer takes).
+pub const NO_PASSWORD: &str =
+    "pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
 /// A new random secret of 32 bytes, URL-safe base64.
 pub fn random_secret() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 32];
@@ -171,6 +231,41 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::api::{CollaborationId, OrganizationId, TaskId};
+
+    #[test]
+    fn pbkdf2_is_rfc_7914s() {
+        // RFC 7914, section 11: PBKDF2-HMAC-SHA256 ("passwd", "salt", 1).
+        let rounds = std::num::NonZeroU32::MIN;
+        let hex: String = pbkdf2("passwd", b"salt", rounds)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"
+        );
+    }
+
+    #[test]
+    fn passwords_are_salted_and_only_their_own_matches() {
+        let a = hash_password("correct horse").expect("hash");
+        let b = hash_password("correct horse").expect("hash");
+        assert_ne!(a, b, "a salt of its own");
+        assert!(password_matches("correct horse", &a) && password_matches("correct horse", &b));
+        assert!(!password_matches("correct horsf", &a));
+        assert!(!password_matches("", &a));
+        for garbage in [
+            "",
+            "plain",
+            "pbkdf2-sha256$0$AAAA$AAAA",
+            "pbkdf2-sha256$4000000000$AAAA$AAAA",
+            "pbkdf2-sha256$1$!!$AAAA",
+            &format!("{a}$more"),
+            NO_PASSWORD,
+        ] {
+            assert!(!password_matches("correct horse", garbage), "{garbage}");
+        }
+    }
 
     #[test]
     fn tokens_round_trip_and_refuse_tampering_and_expiry() {

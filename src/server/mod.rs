@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod eduvpn;
+pub mod import;
 pub mod metrics;
 pub mod pki;
 pub mod provision;

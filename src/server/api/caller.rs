@@ -1,4 +1,6 @@
-//! Who is calling, from the bearer token: the administrator, a node, or an algorithm container.
+//! Who is calling, from the bearer token: an administrator (the configuration's, or a user
+//! account: every account may do what the administrator does, as every user vantage6's import
+//! makes is a super user), a node, or an algorithm container.
 //! A handler names the caller it serves by its extractor ([`AdminCaller`], [`NodeCaller`],
 //! [`ContainerCaller`]); any other caller gets 403, no token or a bad one 401.
 
@@ -6,15 +8,23 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::api::{CollaborationId, ContainerIdentity};
+use crate::api::{CollaborationId, ContainerIdentity, OrganizationId};
 use crate::server::auth::{Claimed, Use, ADMIN_USER};
 use crate::server::state::AppState;
 use crate::server::store::{self, NodeRow};
 
+/// An administrator: which user, and of which organization (`None`: the root organization of
+/// the configuration's administrator).
+#[derive(Clone, Copy, Debug)]
+pub struct Admin {
+    pub user: i64,
+    pub organization: Option<OrganizationId>,
+}
+
 /// Any authenticated caller.
 #[derive(Clone, Debug)]
 pub enum Caller {
-    Admin,
+    Admin(Admin),
     Node(NodeRow),
     Container(ContainerIdentity),
 }
@@ -24,7 +34,7 @@ impl Caller {
     /// sees all of them.
     pub fn collaboration(&self) -> Option<CollaborationId> {
         match self {
-            Caller::Admin => None,
+            Caller::Admin(_) => None,
             Caller::Node(n) => Some(n.collaboration_id),
             Caller::Container(c) => Some(c.collaboration_id),
         }
@@ -69,8 +79,20 @@ impl FromRequestParts<AppState> for Caller {
             .check(token, Use::Access, crate::server::state::now())
             .ok_or_else(unauthorized)?
         {
-            Claimed::User(ADMIN_USER) => Ok(Caller::Admin),
-            Claimed::User(_) => Err(unauthorized()),
+            Claimed::User(ADMIN_USER) => Ok(Caller::Admin(Admin {
+                user: ADMIN_USER,
+                organization: None,
+            })),
+            // A deleted account's token dies with it.
+            Claimed::User(id) => store::account(&mut *state.store.read().await?, id)
+                .await?
+                .map(|a| {
+                    Caller::Admin(Admin {
+                        user: a.id,
+                        organization: Some(a.organization_id),
+                    })
+                })
+                .ok_or_else(unauthorized),
             // A deleted node's token dies with it.
             Claimed::Node(id) => store::node(&mut *state.store.read().await?, id)
                 .await?
@@ -100,9 +122,9 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-/// The administrator.
+/// An administrator.
 #[derive(Clone, Copy, Debug)]
-pub struct AdminCaller;
+pub struct AdminCaller(pub Admin);
 
 /// A node, as the database has it now.
 #[derive(Clone, Debug)]
@@ -129,7 +151,7 @@ macro_rules! only {
     };
 }
 
-only!(AdminCaller, Caller::Admin => AdminCaller, "Only an administrator may do this");
+only!(AdminCaller, Caller::Admin(a) => AdminCaller(a), "Only an administrator may do this");
 only!(NodeCaller, Caller::Node(n) => NodeCaller(n), "Only nodes may do this");
 only!(
     ContainerCaller,

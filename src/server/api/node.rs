@@ -38,10 +38,9 @@ pub async fn create(
         None => {
             let organization = store::organization(&mut db, b.organization_id, None).await?;
             let collaboration = store::collaboration_name(&mut db, b.collaboration_id).await?;
-            format!(
-                "{} - {} Node",
-                organization.map(|o| o.name).unwrap_or_default(),
-                collaboration.unwrap_or_default()
+            NewNode::default_name(
+                &organization.map(|o| o.name).unwrap_or_default(),
+                &collaboration.unwrap_or_default(),
             )
         }
     };
@@ -74,7 +73,7 @@ pub async fn patch(
     Json(b): Json<NodePatch>,
 ) -> ApiResult<Json<Node>> {
     match &caller {
-        Caller::Admin => {}
+        Caller::Admin(_) => {}
         Caller::Node(n) if n.id == id => {}
         _ => return Err(ApiError::forbidden("A node may only change itself")),
     }

@@ -39,7 +39,7 @@ async fn listed(db: &mut Db, caller: &Caller, f: &RunFilter) -> ApiResult<Vec<Ru
             store::node_runs(db, n.organization_id, n.collaboration_id, status, f.task_id).await?
         }
         Caller::Container(c) => store::task_runs(db, task()?, Some(c.collaboration_id)).await?,
-        Caller::Admin => store::task_runs(db, task()?, None).await?,
+        Caller::Admin(_) => store::task_runs(db, task()?, None).await?,
     })
 }
 

@@ -1,4 +1,5 @@
-//! `POST /task`: the administrator creates a task in any collaboration; an algorithm creates
+//! `POST /task`: an administrator creates a task in any collaboration (for itself and its
+//! organization); an algorithm creates
 //! subtasks of its own task, in its own collaboration. Nodes do not create tasks.
 //! `GET /task/<id>`, `GET /task` and `GET /task/<id>/status` (the task's state from its runs',
 //! as vantage6 derives it): the administrator any task, a node or an algorithm those of its
@@ -15,7 +16,6 @@ use super::error::ApiError;
 use super::links::{Links, Listing, Resource};
 use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{CollaborationId, NewTask, Page, RunStatus, Task, TaskId, TaskStatus};
-use crate::server::auth::ADMIN_USER;
 use crate::server::state::AppState;
 use crate::server::store::{self, Db};
 
@@ -28,12 +28,16 @@ pub async fn create(
     caller: Caller,
     Json(b): Json<NewTask>,
 ) -> ApiResult<Created<Task>> {
-    let (collaboration, parent, init_organization) = match &caller {
-        Caller::Admin => (
+    let (collaboration, parent, init_organization, mut init_user) = match &caller {
+        Caller::Admin(a) => (
             b.collaboration_id
                 .ok_or_else(|| ApiError::bad("collaboration_id is required"))?,
             b.parent_id,
-            store::root_organization(&mut *s.store.read().await?).await?,
+            match a.organization {
+                Some(o) => o,
+                None => store::root_organization(&mut *s.store.read().await?).await?,
+            },
+            Some(a.user),
         ),
         Caller::Container(c) => {
             if b.collaboration_id
@@ -50,7 +54,8 @@ pub async fn create(
                     c.image
                 )));
             }
-            (c.collaboration_id, Some(c.task_id), c.organization_id)
+            // A subtask belongs to its parent's user (below).
+            (c.collaboration_id, Some(c.task_id), c.organization_id, None)
         }
         Caller::Node(_) => return Err(ApiError::forbidden("Nodes do not create tasks")),
     };
@@ -75,8 +80,6 @@ pub async fn create(
         )));
     }
     let mut tx = s.store.write().await?;
-    // A subtask belongs to its parent's user; a task of the administrator's to user 1.
-    let mut init_user = Some(ADMIN_USER);
     if let Some(p) = parent {
         let parent = store::task(&mut tx, p)
             .await?

@@ -15,7 +15,9 @@ use crate::api::{
     ContainerIdentity, ContainerLogin, ContainerToken, NodeId, NodeLogin, NodeToken, UserLogin,
     UserToken,
 };
-use crate::server::auth::{hash_key, same, Claimed, Use, ADMIN_USER};
+use crate::server::auth::{
+    hash_key, password_matches, same, Claimed, Use, ADMIN_USER, NO_PASSWORD,
+};
 use crate::server::state::{now, AppState};
 use crate::server::store;
 
@@ -31,14 +33,31 @@ pub async fn user(
     if let Some(secs) = lock().wait(&b.username, from, now()) {
         return Err(ApiError::too_many_logins(secs));
     }
-    if !(same(b.username.as_bytes(), a.username.as_bytes())
-        && same(b.password.as_bytes(), a.password.as_bytes()))
-    {
+    let user = if same(b.username.as_bytes(), a.username.as_bytes()) {
+        same(b.password.as_bytes(), a.password.as_bytes()).then_some(ADMIN_USER)
+    } else {
+        account(&s, b.username.clone(), b.password).await?
+    };
+    let Some(user) = user else {
         lock().failed(&b.username, from, now());
         return Err(ApiError::unauthorized("Invalid username or password"));
-    }
+    };
     lock().succeeded(&b.username, from);
-    Ok(Json(user_tokens(&s)))
+    Ok(Json(user_tokens(&s, user)))
+}
+
+/// The account `username` if `password` is its own. The hash is computed off the async
+/// threads, and for an unknown name too (against a hash nothing matches).
+async fn account(s: &AppState, username: String, password: String) -> ApiResult<Option<i64>> {
+    let found = store::account_login(&mut *s.store.read().await?, &username).await?;
+    let (id, stored) = match found {
+        Some((id, stored)) => (Some(id), stored),
+        None => (None, NO_PASSWORD.to_string()),
+    };
+    let matches = tokio::task::spawn_blocking(move || password_matches(&password, &stored))
+        .await
+        .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
+    Ok(id.filter(|_| matches))
 }
 
 pub async fn node(
@@ -59,7 +78,13 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
         .and_then(|t| s.signer.check(t, Use::Refresh, now()))
         .ok_or_else(refused)?;
     match claimed {
-        Claimed::User(ADMIN_USER) => Ok(Json(user_tokens(&s)).into_response()),
+        Claimed::User(ADMIN_USER) => Ok(Json(user_tokens(&s, ADMIN_USER)).into_response()),
+        Claimed::User(id) => {
+            store::account(&mut *s.store.read().await?, id)
+                .await?
+                .ok_or_else(refused)?;
+            Ok(Json(user_tokens(&s, id)).into_response())
+        }
         Claimed::Node(id) => {
             store::node(&mut *s.store.read().await?, id)
                 .await?
@@ -70,13 +95,13 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
     }
 }
 
-fn user_tokens(s: &AppState) -> UserToken {
-    let (access_token, refresh_token) = pair(s, &Claimed::User(ADMIN_USER));
+fn user_tokens(s: &AppState, user: i64) -> UserToken {
+    let (access_token, refresh_token) = pair(s, &Claimed::User(user));
     UserToken {
         access_token,
         refresh_token,
         refresh_url: format!("{}/token/refresh", s.config.api_path),
-        user_url: format!("{}/user/{ADMIN_USER}", s.config.api_path),
+        user_url: format!("{}/user/{user}", s.config.api_path),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The server's storage: every SQL query, with typed rows, by what it is about (participants,
-//! tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
+//! accounts, tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
 //! [`Store::read`] or a write transaction from [`Store::write`] and call the functions here; no
 //! SQL is written anywhere else. This is the one module that knows which database it is: a
 //! SQLite file or PostgreSQL, through sqlx's `Any` driver. Every query is written once, in the
@@ -12,6 +12,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 
+mod accounts;
 mod certificates;
 mod columns;
 mod participants;
@@ -19,6 +20,7 @@ mod ports;
 mod secrets;
 mod tasks;
 
+pub use accounts::*;
 pub use certificates::*;
 pub use participants::*;
 pub use ports::*;

@@ -243,3 +243,36 @@ pub async fn is_member(
     .await?;
     Ok(n > 0)
 }
+
+pub async fn organization_by_name(db: &mut Db, name: &str) -> Result<Option<OrganizationId>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM organization WHERE name = $1")
+            .bind(name)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+pub async fn collaboration_by_name(db: &mut Db, name: &str) -> Result<Option<CollaborationId>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM collaboration WHERE name = $1")
+            .bind(name)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// The node of an organization in a collaboration, if it has one.
+pub async fn node_of(
+    db: &mut Db,
+    organization: OrganizationId,
+    collaboration: CollaborationId,
+) -> Result<Option<NodeId>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM node WHERE organization_id = $1 AND collaboration_id = $2",
+    )
+    .bind(organization)
+    .bind(collaboration)
+    .fetch_optional(db)
+    .await?)
+}
