@@ -51,15 +51,15 @@ pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, Provision
             expires: p.expires,
         });
     };
-    // The lock orders issuing and CRL writes.
+    // The lock orders this process's CRL writes; the write transaction orders issuing across
+    // every server process on the database, so the hourly limit holds for all of them together.
     let pki = pki.lock().await;
-    let (recent, leaves) =
-        store::recent_certificates(&mut *s.store.read().await?, node, 3600).await?;
+    let mut tx = s.store.write().await?;
+    let (recent, leaves) = store::recent_certificates(&mut tx, node, 3600).await?;
     if recent >= PER_HOUR {
         return Err(ProvisionError::TooMany(leaves.max(1)));
     }
     let cert = pki.issue(node).map_err(ProvisionError::Issue)?;
-    let mut tx = s.store.write().await?;
     store::revoke_node_certificates(&mut tx, node).await?;
     store::insert_certificate(&mut tx, &cert.serial, node).await?;
     write_crl(&mut tx, &pki).await?;

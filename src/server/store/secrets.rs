@@ -1,6 +1,6 @@
 //! The server's secrets, shared by every server process on the database.
 
-use super::{Db, Result};
+use super::{Db, Result, StoreError};
 
 pub async fn secret(db: &mut Db, name: &str) -> Result<Option<String>> {
     Ok(
@@ -19,10 +19,7 @@ pub async fn keep_secret(db: &mut Db, name: &str, value: &str) -> Result<String>
         .bind(value)
         .execute(&mut *db)
         .await?;
-    Ok(
-        sqlx::query_scalar("SELECT value FROM secret WHERE name = $1")
-            .bind(name)
-            .fetch_one(db)
-            .await?,
-    )
+    secret(db, name)
+        .await?
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
 }
