@@ -2,10 +2,12 @@
 //!
 //! Parent (`{"method": "parent", "organizations": [..]}`): creates a child task on those
 //! organizations, waits until every child's `echo` port (and `echo-udp` port) is registered,
-//! echoes a random line to each over TCP (round-trip time), pushes a short bulk transfer through
-//! it (throughput) and a datagram over UDP, then tells each child to stop. Its output is one
-//! [`Probe`] per child. Child (`{"method": "child"}`): a line-echo server on 8888/tcp and a
-//! datagram echo on 9000/udp, up until the parent says `QUIT` or its window ends.
+//! echoes a random line to each over TCP (round-trip time), streams to it and from it for
+//! `stream_secs` each way (throughput per direction, every byte checked), echoes a datagram over
+//! UDP, then tells each child to stop. Its output is one [`Probe`] per child. Child
+//! (`{"method": "child"}`): on 8888/tcp a line-echo server that also takes `SINK` (read to the
+//! end, answer the count) and `SOURCE <ms>` (stream for that long), and a datagram echo on
+//! 9000/udp, up until the parent says `QUIT` or its window ends.
 //!
 //! It speaks only vantage6 4.x's algorithm API (through the node's proxy), so it runs unchanged
 //! on a vantage6 node.
@@ -28,8 +30,17 @@ pub const TCP_PORT: u16 = 8888;
 pub const UDP_PORT: u16 = 9000;
 pub const TCP_LABEL: &str = "echo";
 pub const UDP_LABEL: &str = "echo-udp";
-/// Bytes pushed through each child for the throughput figure.
-const BULK: usize = 4 << 20;
+/// The child's commands, each a line on a fresh connection (an echoed line is random hex).
+const SINK: &[u8] = b"SINK\n";
+const SOURCE: &str = "SOURCE ";
+const QUIT: &[u8] = b"QUIT\n";
+/// The longest line the child reads (an echoed line is 33 bytes).
+const MAX_LINE: usize = 4096;
+/// Bytes written at a time while streaming.
+const CHUNK: usize = 64 << 10;
+/// Streamed bytes repeat 0, 1, ..., 250: a period that no power-of-two chunking lines up with,
+/// so a lost, repeated or reordered chunk shows.
+const PERIOD: usize = 251;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
@@ -39,6 +50,9 @@ pub enum Input {
         /// How long to wait for all children's addresses.
         #[serde(default = "default_timeout")]
         timeout_secs: u64,
+        /// How long to stream each way to each child.
+        #[serde(default = "default_stream")]
+        stream_secs: f64,
     },
     Child {
         #[serde(default = "default_window")]
@@ -54,6 +68,10 @@ fn default_window() -> u64 {
     300
 }
 
+pub fn default_stream() -> f64 {
+    2.0
+}
+
 /// What the parent found for one child.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Probe {
@@ -64,7 +82,10 @@ pub struct Probe {
     pub tcp_ok: bool,
     pub udp_ok: bool,
     pub rtt_ms: Option<f64>,
-    pub mbit_s: Option<f64>,
+    /// Parent -> child, sustained for the stream time.
+    pub up_mbit_s: Option<f64>,
+    /// Child -> parent.
+    pub down_mbit_s: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -119,8 +140,10 @@ pub enum ProbeError {
     TimedOut(String),
     #[error("echo differs: sent {sent:?}, got {got:?}")]
     Differs { sent: String, got: String },
-    #[error("bulk echo corrupted")]
-    Corrupted,
+    #[error("streamed bytes corrupted: {0}")]
+    Corrupted(String),
+    #[error("not a command: {0:?}")]
+    BadCommand(String),
     #[error("no datagram echoed by {0} in 10 tries")]
     NoEcho(SocketAddrV4),
 }
@@ -192,8 +215,14 @@ pub fn main() -> Result<(), EchoError> {
             Input::Parent {
                 organizations,
                 timeout_secs,
-            } => parent(&env, organizations, Duration::from_secs(timeout_secs))
-                .await
+                stream_secs,
+            } => parent(
+                &env,
+                organizations,
+                Duration::from_secs(timeout_secs),
+                Duration::try_from_secs_f64(stream_secs).unwrap_or(Duration::ZERO),
+            )
+            .await
                 .map(|r| serde_json::to_string(&r).unwrap_or_default()),
             Input::Child { window_secs } => child(Duration::from_secs(window_secs))
                 .await
@@ -221,6 +250,7 @@ async fn parent(
     env: &Env,
     organizations: Vec<OrganizationId>,
     timeout: Duration,
+    stream: Duration,
 ) -> Result<Report, EchoError> {
     let me = identity(&env.token)?;
     let child_input = codec::encode_json(&Input::Child {
@@ -272,19 +302,18 @@ async fn parent(
             tcp_ok: false,
             udp_ok: false,
             rtt_ms: None,
-            mbit_s: None,
+            up_mbit_s: None,
+            down_mbit_s: None,
             error: None,
         };
         let ip: Option<Ipv4Addr> = p.ip.as_deref().and_then(|i| i.parse().ok());
         match (ip, p.port) {
-            (Some(ip), Some(port)) => match probe_tcp(SocketAddrV4::new(ip, port.0)).await {
-                Ok((rtt, mbit)) => {
-                    p.tcp_ok = true;
-                    p.rtt_ms = Some(rtt);
-                    p.mbit_s = Some(mbit);
+            (Some(ip), Some(port)) => {
+                match probe_tcp(SocketAddrV4::new(ip, port.0), stream, &mut p).await {
+                    Ok(()) => p.tcp_ok = true,
+                    Err(e) => p.error = Some(format!("tcp: {e}")),
                 }
-                Err(e) => p.error = Some(format!("tcp: {e}")),
-            },
+            }
             _ => {
                 p.error = Some(format!(
                     "no {TCP_LABEL} address within {}s",
@@ -333,8 +362,9 @@ async fn connect(to: SocketAddrV4) -> Result<tokio::net::TcpStream, ProbeError> 
     }
 }
 
-/// One echoed line (round-trip time, ms) and [`BULK`] bytes through the echo (Mbit/s).
-async fn probe_tcp(to: SocketAddrV4) -> Result<(f64, f64), ProbeError> {
+/// One echoed line (round-trip time, ms), then `stream` of bytes to the child and `stream`
+/// from it, each on a connection of its own (Mbit/s per direction); fills in `p` as it goes.
+async fn probe_tcp(to: SocketAddrV4, stream: Duration, p: &mut Probe) -> Result<(), ProbeError> {
     let s = connect(to).await?;
     s.set_nodelay(true)?;
     let (r, mut w) = s.into_split();
@@ -346,31 +376,103 @@ async fn probe_tcp(to: SocketAddrV4) -> Result<(f64, f64), ProbeError> {
     tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut back))
         .await
         .map_err(|_| ProbeError::TimedOut("the echoed line".into()))??;
-    let rtt = t.elapsed().as_secs_f64() * 1000.0;
+    p.rtt_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
     if back.trim_end() != line {
         return Err(ProbeError::Differs {
             sent: line,
             got: back,
         });
     }
-
-    let bulk = vec![b'x'; BULK];
-    let t = Instant::now();
-    let writer = tokio::spawn(async move {
-        w.write_all(&bulk).await?;
-        w.write_all(b"\n").await?;
-        Ok::<_, std::io::Error>(w)
-    });
-    let mut got = vec![0u8; BULK + 1];
-    tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut got))
-        .await
-        .map_err(|_| ProbeError::TimedOut("the bulk echo".into()))??;
-    let secs = t.elapsed().as_secs_f64();
-    writer.await.map_err(std::io::Error::other)??;
-    if !got[..BULK].iter().all(|&b| b == b'x') {
-        return Err(ProbeError::Corrupted);
+    if stream.is_zero() {
+        return Ok(());
     }
-    Ok((rtt, (BULK as f64 * 8.0) / secs / 1e6))
+    // Beyond the stream time, a slow tunnel gets this long to deliver what is in flight.
+    let grace = Duration::from_secs(30);
+    let within = |what: &'static str, f| async move {
+        tokio::time::timeout(stream + grace, f)
+            .await
+            .map_err(|_| ProbeError::TimedOut(what.into()))?
+    };
+    p.up_mbit_s = Some(within("the stream to the child", upload(to, stream)).await?);
+    p.down_mbit_s = Some(within("the stream from the child", download(to, stream)).await?);
+    Ok(())
+}
+
+fn mbit_s(bytes: u64, t: Instant) -> f64 {
+    bytes as f64 * 8.0 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// Streams to the child's `SINK` for `stream`; the rate is of the bytes the child counted, to
+/// its answer.
+async fn upload(to: SocketAddrV4, stream: Duration) -> Result<f64, ProbeError> {
+    let (r, mut w) = connect(to).await?.into_split();
+    w.write_all(SINK).await?;
+    let t = Instant::now();
+    let sent = send_pattern(&mut w, stream).await?;
+    w.shutdown().await?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await?;
+    let counted: u64 = answer
+        .trim()
+        .parse()
+        .map_err(|_| ProbeError::Corrupted(format!("the child answered {answer:?}")))?;
+    if counted != sent {
+        return Err(ProbeError::Corrupted(format!(
+            "sent {sent} bytes, the child checked {counted}"
+        )));
+    }
+    Ok(mbit_s(counted, t))
+}
+
+/// Has the child stream for `stream` and reads to the end.
+async fn download(to: SocketAddrV4, stream: Duration) -> Result<f64, ProbeError> {
+    let (mut r, mut w) = connect(to).await?.into_split();
+    let command = format!("{SOURCE}{}\n", stream.as_millis());
+    w.write_all(command.as_bytes()).await?;
+    let t = Instant::now();
+    let got = receive_pattern(&mut r).await?;
+    Ok(mbit_s(got, t))
+}
+
+/// The streamed bytes: [`PERIOD`]-periodic, long enough to cut any chunk from any phase.
+fn pattern() -> Vec<u8> {
+    (0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect()
+}
+
+/// Writes the pattern for `d`; returns the bytes written.
+async fn send_pattern(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    d: Duration,
+) -> std::io::Result<u64> {
+    let pat = pattern();
+    let end = Instant::now() + d;
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        let at = (sent % PERIOD as u64) as usize;
+        sent += w.write(&pat[at..at + CHUNK]).await? as u64;
+    }
+    Ok(sent)
+}
+
+/// Reads to the end, checking every byte against the pattern; returns the bytes read.
+async fn receive_pattern(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<u64, ProbeError> {
+    let pat = pattern();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(got);
+        }
+        let at = (got % PERIOD as u64) as usize;
+        if buf[..n] != pat[at..at + n] {
+            return Err(ProbeError::Corrupted(format!(
+                "bytes {got}..{} differ from what was sent",
+                got + n as u64
+            )));
+        }
+        got += n as u64;
+    }
 }
 
 async fn probe_udp(to: SocketAddrV4) -> Result<(), ProbeError> {
@@ -398,7 +500,7 @@ async fn quit(to: SocketAddrV4) -> Result<(), ProbeError> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
         .await
         .map_err(|_| ProbeError::TimedOut(format!("connect to {to}")))??;
-    s.write_all(b"QUIT\n").await?;
+    s.write_all(QUIT).await?;
     Ok(())
 }
 
@@ -428,21 +530,8 @@ async fn child(window: Duration) -> Result<u64, EchoError> {
                 eprintln!("echo: connection from {peer}");
                 let quit_tx = quit_tx.clone();
                 tokio::spawn(async move {
-                    let (r, mut w) = s.into_split();
-                    let mut lines = BufReader::new(r);
-                    let mut line = Vec::new();
-                    while let Ok(n) = lines.read_until(b'\n', &mut line).await {
-                        if n == 0 {
-                            break;
-                        }
-                        if line == b"QUIT\n" {
-                            let _ = quit_tx.send(()).await;
-                            break;
-                        }
-                        if w.write_all(&line).await.is_err() {
-                            break;
-                        }
-                        line.clear();
+                    if let Err(e) = serve(s, quit_tx).await {
+                        eprintln!("echo: connection from {peer}: {e}");
                     }
                 });
             }
@@ -450,4 +539,55 @@ async fn child(window: Duration) -> Result<u64, EchoError> {
     }
     udp_task.abort();
     Ok(served)
+}
+
+/// One connection to the child: echoed lines, or one command.
+async fn serve(
+    s: tokio::net::TcpStream,
+    quit: tokio::sync::mpsc::Sender<()>,
+) -> Result<(), ProbeError> {
+    let (r, mut w) = s.into_split();
+    let mut lines = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await?
+            == 0
+        {
+            return Ok(());
+        }
+        if !line.ends_with(b"\n") {
+            return Err(ProbeError::BadCommand(format!(
+                "a line of {} bytes or more",
+                line.len()
+            )));
+        }
+        if line == QUIT {
+            let _ = quit.send(()).await;
+            return Ok(());
+        }
+        if line == SINK {
+            // The answer is the count of bytes that matched to the end; a mismatch or a
+            // failed read ends the connection without one, which the parent reports.
+            let got = receive_pattern(&mut lines).await?;
+            w.write_all(format!("{got}\n").as_bytes()).await?;
+            return Ok(());
+        }
+        if let Some(ms) = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.trim_end().strip_prefix(SOURCE))
+        {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| ProbeError::BadCommand(String::from_utf8_lossy(&line).into()))?;
+            // At most a minute: the parent asks for seconds.
+            send_pattern(&mut w, Duration::from_millis(ms.min(60_000))).await?;
+            w.shutdown().await?;
+            return Ok(());
+        }
+        w.write_all(&line).await?;
+    }
 }

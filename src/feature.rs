@@ -26,6 +26,8 @@ pub struct Target {
     pub parent: Option<OrganizationId>,
     /// How long the parent waits for its children's addresses.
     pub timeout: Duration,
+    /// How long the parent streams to each child, and from it.
+    pub stream: Duration,
 }
 
 #[derive(Debug)]
@@ -94,6 +96,7 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
     let input = codec::encode_json(&Input::Parent {
         organizations: orgs.iter().map(|o| o.0).collect(),
         timeout_secs: t.timeout.as_secs(),
+        stream_secs: t.stream.as_secs_f64(),
     });
     let task = NewTask {
         name: "vpn-feature-test".into(),
@@ -161,21 +164,25 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
         .collect())
 }
 
+fn mbit(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{x:.0}"))
+}
+
 /// The table `algonet test` and `algonet demo` print.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<16} {:<15} {:>6} {:>6} {:>4} {:>4} {:>9} {:>10}  {}\n",
-        "organization", "VPN address", "tcp", "udp", "tcp", "udp", "RTT ms", "Mbit/s", "note"
+        "{:<16} {:<15} {:>6} {:>6} {:>4} {:>4} {:>7} {:>7} {:>7}  {}\n",
+        "organization", "VPN address", "tcp", "udp", "tcp", "udp", "RTT", "up", "down", "note"
     );
     out.push_str(&format!(
-        "{:<16} {:<15} {:>6} {:>6} {:>4} {:>4}\n",
-        "", "", "port", "port", "ok", "ok"
+        "{:<16} {:<15} {:>6} {:>6} {:>4} {:>4} {:>7} {:>7} {:>7}\n",
+        "", "", "port", "port", "ok", "ok", "ms", "Mbit/s", "Mbit/s"
     ));
     for r in rows {
         let p = &r.probe;
         let yes = |b: bool| if b { "yes" } else { "NO" };
         out.push_str(&format!(
-            "{:<16} {:<15} {:>6} {:>6} {:>4} {:>4} {:>9} {:>10}  {}\n",
+            "{:<16} {:<15} {:>6} {:>6} {:>4} {:>4} {:>7} {:>7} {:>7}  {}\n",
             r.organization,
             p.ip.as_deref().unwrap_or("-"),
             p.port.map_or("-".into(), |x| x.to_string()),
@@ -183,7 +190,8 @@ pub fn table(rows: &[Row]) -> String {
             yes(p.tcp_ok),
             yes(p.udp_ok),
             p.rtt_ms.map_or("-".into(), |x| format!("{x:.2}")),
-            p.mbit_s.map_or("-".into(), |x| format!("{x:.0}")),
+            mbit(p.up_mbit_s),
+            mbit(p.down_mbit_s),
             p.error.as_deref().unwrap_or(""),
         ));
     }

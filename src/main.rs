@@ -128,6 +128,16 @@ struct TestArgs {
     /// The echo algorithm's image.
     #[arg(long, default_value = algonet::docker::images::ECHO_IMAGE)]
     image: String,
+    /// Seconds to stream to each organization and back (0 to 60; 0: no throughput figures).
+    #[arg(long, default_value_t = algonet::echo::default_stream(), value_parser = stream_secs)]
+    stream_secs: f64,
+}
+
+fn stream_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=60.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 60")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -345,6 +355,7 @@ fn target(t: TestArgs) -> algonet::feature::Target {
         image: t.image,
         parent: t.parent.map(algonet::api::OrganizationId),
         timeout: std::time::Duration::from_secs(90),
+        stream: std::time::Duration::from_secs_f64(t.stream_secs),
     }
 }
 

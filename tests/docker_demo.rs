@@ -40,9 +40,13 @@ fn assert_every_row_ok(stdout: &str) {
             .find(|l| l.starts_with(org))
             .unwrap_or_else(|| panic!("no row for {org}"));
         let cols: Vec<&str> = row.split_whitespace().collect();
-        // organization, address, tcp port, udp port, tcp ok, udp ok, RTT, Mbit/s
+        // organization, address, tcp port, udp port, tcp ok, udp ok, RTT, up and down Mbit/s
         assert!(cols[1].starts_with("10.76."), "{row}");
         assert_eq!((cols[4], cols[5]), ("yes", "yes"), "{row}");
+        for rate in &cols[7..9] {
+            let rate: f64 = rate.parse().unwrap_or_else(|_| panic!("a rate: {row}"));
+            assert!(rate > 0.0, "{row}");
+        }
     }
 }
 

@@ -441,6 +441,7 @@ impl Federation {
             image: ECHO_IMAGE.into(),
             parent,
             timeout: Duration::from_secs(90),
+            stream: Duration::from_secs_f64(crate::echo::default_stream()),
         })
         .await
     }

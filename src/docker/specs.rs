@@ -54,7 +54,7 @@ fn labels(owner: &str, role: Role, run: Option<RunId>) -> Option<HashMap<String,
 }
 
 /// OpenVPN needs the TUN device and the right to configure it.
-fn with_tun(host: HostConfig) -> HostConfig {
+pub fn with_tun(host: HostConfig) -> HostConfig {
     HostConfig {
         cap_add: Some(vec!["NET_ADMIN".into()]),
         devices: Some(vec![DeviceMapping {

@@ -59,7 +59,7 @@ const SOCKET: &str = "mgmt.sock";
 /// route away), answers on a management socket, and ignores IPv6 pushes (the router is IPv4
 /// only).
 pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "--config",
         profile,
         "--dev",
@@ -70,6 +70,17 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
         "--management",
         management_socket,
         "unix",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(client_settings().iter().map(|s| s.to_string()));
+    args
+}
+
+/// The settings of the node's OpenVPN client that are not about who owns tun0: what a plain
+/// client of the same server would run with too.
+pub fn client_settings() -> &'static [&'static str] {
+    &[
         "--pull-filter",
         "ignore",
         "route-ipv6",
@@ -79,8 +90,6 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
         "--verb",
         "3",
     ]
-    .map(String::from)
-    .to_vec()
 }
 
 /// Where and how the OpenVPN client container runs.

@@ -1,0 +1,481 @@
+//! What an algorithm gets across the VPN, side by side with the same tunnel without algonet (a
+//! benchmark, not a test; `scripts/bench-tunnel.sh` runs it, as root).
+//!
+//! One run brings up a federation of two nodes (the demo's: server, OpenVPN server container,
+//! nodes with algonet's router) and, on the same OpenVPN server, two plain OpenVPN clients in
+//! containers of their own with the nodes' client settings but the kernel owning tun0 (no
+//! algonet). iperf3 measures both paths in turn, round after round: on algonet from inside one
+//! node's algorithm container to the other's (an algorithm image whose entrypoint is `iperf3 -s`,
+//! reached at its node's VPN address and public port), on the plain tunnel from one client's
+//! namespace to the other's VPN address. Per case: the median rate of each, the ratio, and what
+//! the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at the
+//! OpenVPN server and at the two ends.
+//!
+//!   tunnel_bench <algonet binary> [--rounds R] [--seconds S]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use algonet::api::client::Session;
+use algonet::api::{codec, NewTask, Page, Run, RunStatus, Task, TaskOrganization};
+use algonet::demo::{Federation, Options};
+use algonet::docker::{images, specs, Docker, LABEL_ROLE};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
+use serde_json::{json, Value};
+
+const IPERF_IMAGE: &str = "algonet/iperf3-bench";
+const IPERF_PORT: u16 = 5201;
+const TAG: &str = "tbench";
+
+type Failed = Box<dyn std::error::Error>;
+
+/// A process of ours, ended on drop.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One end of a path: a network namespace (by a process in it) and the address peers reach it
+/// at.
+#[derive(Clone)]
+struct End {
+    pid: u32,
+    ip: String,
+    port: u16,
+}
+
+/// What is measured, both ways.
+struct Path2 {
+    name: &'static str,
+    client: End,
+    server: End,
+    /// The OpenVPN processes of this path (the server and the two ends' clients); their
+    /// namespaces' UDP drops count for it.
+    openvpn: Vec<u32>,
+    /// The node processes on this path (none on the plain tunnel).
+    nodes: Vec<u32>,
+}
+
+/// CPU time a process (all its threads) has used, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 of the rest; in ticks of
+    // 100 Hz (USER_HZ).
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / 100.0
+}
+
+fn total(pids: &[u32], f: fn(u32) -> f64) -> f64 {
+    pids.iter().map(|&p| f(p)).sum()
+}
+
+fn nsenter(pid: u32) -> Command {
+    let mut c = Command::new("nsenter");
+    c.args(["-t", &pid.to_string(), "-n"]);
+    c
+}
+
+/// `Udp: ... RcvbufErrors` of the namespace `pid` is in.
+fn udp_rcvbuf_errors(pid: u32) -> u64 {
+    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).unwrap_or_default();
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let (Some(names), Some(values)) = (udp.first(), udp.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One iperf3 run; the receiver's rate in Mbit/s and the sender's retransmissions.
+fn iperf(path: &Path2, streams: u32, reverse: bool, seconds: u64) -> Result<(f64, u64), Failed> {
+    let mut c = nsenter(path.client.pid);
+    c.args(["iperf3", "-J", "-c", &path.server.ip])
+        .args(["-p", &path.server.port.to_string()])
+        .args(["-t", &seconds.to_string(), "-P", &streams.to_string()]);
+    if reverse {
+        c.arg("-R");
+    }
+    let out = c.output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("iperf3 on {}: {e}: {}", path.name, String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(format!("iperf3 on {}: {e}", path.name).into());
+    }
+    let bits = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| format!("iperf3 on {}: no rate in {}", path.name, v["end"]))?;
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok((bits / 1e6, retransmits))
+}
+
+/// What one case saw on one path, over the rounds.
+#[derive(Default)]
+struct Seen {
+    rates: Vec<f64>,
+    drops: u64,
+    retransmits: u64,
+    openvpn_cpu: f64,
+    node_cpu: f64,
+    wall: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The iperf3 image: host binaries, an algorithm whose port 5201 is `iperf`.
+async fn build_image(docker: &Docker) -> Result<(), Failed> {
+    let iperf3 = PathBuf::from("/usr/bin/iperf3");
+    docker
+        .import(
+            IPERF_IMAGE,
+            images::rootfs(&[(&iperf3, "/usr/bin/iperf3")])?,
+            vec![
+                format!(r#"ENTRYPOINT ["/usr/bin/iperf3", "-s", "-p", "{IPERF_PORT}"]"#),
+                format!("EXPOSE {IPERF_PORT}/tcp"),
+                format!(r#"LABEL p{IPERF_PORT}="iperf""#),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Starts iperf3 servers as an algorithm on both nodes; the two ends once both listen.
+async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), Failed> {
+    let input = codec::encode_json(&json!({}));
+    let task: Task = admin
+        .post(
+            "/task",
+            &NewTask {
+                name: "iperf3".into(),
+                description: "tunnel bench".into(),
+                image: IPERF_IMAGE.into(),
+                collaboration_id: Some(fed.collaboration),
+                organizations: fed
+                    .nodes
+                    .iter()
+                    .map(|n| TaskOrganization {
+                        id: n.organization_id,
+                        input: input.clone(),
+                    })
+                    .collect(),
+                parent_id: None,
+            },
+        )
+        .await?;
+    let until = Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs: Page<Run> = admin.get(&format!("/run?task_id={}", task.id)).await?;
+        let ready = runs.data.iter().all(|r| {
+            r.status == RunStatus::Active
+                && !r.ports.is_empty()
+                && r.node.as_ref().is_some_and(|n| n.ip.is_some())
+        });
+        if ready && runs.data.len() == 2 {
+            break runs.data;
+        }
+        if Instant::now() > until {
+            return Err("the iperf3 runs did not become active with a port in 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let mut ends = Vec::new();
+    for (run, node) in runs.iter().zip(&fed.nodes) {
+        let owner = format!("node:{TAG}-{}", node.organization);
+        let containers = fed.docker.owned_by(&owner).await?;
+        let name = containers
+            .iter()
+            .find(|c| {
+                c.labels.as_ref().and_then(|l| l.get(LABEL_ROLE)).map(String::as_str)
+                    == Some(specs::Role::Algorithm.as_str())
+            })
+            .and_then(|c| c.names.as_ref()?.first().cloned())
+            .ok_or_else(|| format!("no algorithm container of {owner}"))?;
+        // The run of this node's organization.
+        let run = runs
+            .iter()
+            .find(|r| r.organization.id == node.organization_id)
+            .unwrap_or(run);
+        ends.push(End {
+            pid: fed.docker.pid(name.trim_start_matches('/')).await?,
+            ip: run.node.as_ref().and_then(|n| n.ip.clone()).unwrap_or_default(),
+            port: run.ports[0].port.0,
+        });
+    }
+    // The listener is up when a connection to it succeeds from the other end.
+    wait_listening(&ends[0], &ends[1])?;
+    Ok((ends.remove(0), ends.remove(0)))
+}
+
+fn wait_listening(from: &End, to: &End) -> Result<(), Failed> {
+    for _ in 0..100 {
+        let probe = nsenter(from.pid)
+            .args(["iperf3", "-c", &to.ip, "-p", &to.port.to_string(), "-t", "1", "-n", "1K"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if probe.success() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!("no iperf3 at {}:{}", to.ip, to.port).into())
+}
+
+/// Two OpenVPN clients without algonet: nodes of their own collaboration on the same server,
+/// their profiles run by the same OpenVPN image with the nodes' settings, the kernel setting
+/// tun0's address and route.
+async fn plain_clients(fed: &Federation, admin: &Session) -> Result<Vec<(String, End)>, Failed> {
+    let vpn_image = images::ImageNames::default().vpn_client;
+    let mut orgs = Vec::new();
+    for i in 0..2 {
+        let o: Value = admin
+            .post("/organization", &json!({"name": format!("plain-{i}")}))
+            .await?;
+        orgs.push(o["id"].clone());
+    }
+    let collab: Value = admin
+        .post(
+            "/collaboration",
+            &json!({"name": "plain", "organization_ids": orgs, "encrypted": false}),
+        )
+        .await?;
+    let mut ends = Vec::new();
+    for (i, org) in orgs.iter().enumerate() {
+        let node: Value = admin
+            .post(
+                "/node",
+                &json!({"organization_id": org, "collaboration_id": collab["id"]}),
+            )
+            .await?;
+        let api = algonet::api::client::Api::new(&fed.api)?;
+        let login: Value = api
+            .send(
+                reqwest::Method::POST,
+                "/token/node",
+                None,
+                Some(&json!({"api_key": node["api_key"]})),
+            )
+            .await?;
+        let token = login["access_token"].as_str().ok_or("no node token")?;
+        let profile: Value = Session::new(api, token.into()).get("/vpn").await?;
+        let dir = fed.options.dir.join(format!("plain-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("client.ovpn"), profile["ovpn_config"].as_str().unwrap_or(""))?;
+        let name = format!("algonet-{TAG}-plain-{i}");
+        let mut args: Vec<String> = ["--config", "/vpn/client.ovpn", "--dev", "tun0"]
+            .map(String::from)
+            .to_vec();
+        args.extend(
+            algonet::node::vpn::tunnel::client_settings()
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        fed.docker
+            .run(
+                &name,
+                ContainerCreateBody {
+                    image: Some(vpn_image.clone()),
+                    cmd: Some(args),
+                    labels: Some(HashMap::from([(
+                        algonet::docker::LABEL_OWNER.into(),
+                        TAG.into(),
+                    )])),
+                    host_config: Some(specs::with_tun(HostConfig {
+                        network_mode: Some(fed.network.clone()),
+                        binds: Some(vec![format!("{}:/vpn:ro", dir.display())]),
+                        ..Default::default()
+                    })),
+                    networking_config: Some(NetworkingConfig {
+                        endpoints_config: Some(
+                            [(fed.network.clone(), EndpointSettings::default())].into(),
+                        ),
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let pid = fed.docker.pid(&name).await?;
+        let until = Instant::now() + Duration::from_secs(30);
+        let ip = loop {
+            let out = nsenter(pid)
+                .args(["ip", "-4", "-o", "addr", "show", "dev", "tun0"])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(ip) = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .and_then(|a| a.split('/').next())
+            {
+                break ip.to_string();
+            }
+            if Instant::now() > until {
+                return Err(format!("{name}: no address on tun0 in 30 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        ends.push((
+            name,
+            End {
+                pid,
+                ip,
+                port: IPERF_PORT,
+            },
+        ));
+    }
+    Ok(ends)
+}
+
+async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Failed> {
+    build_image(&fed.docker).await?;
+    let admin = fed.admin().await?;
+    let (a, b) = algonet_ends(fed, &admin).await?;
+    let plain = plain_clients(fed, &admin).await?;
+    let (p0, p1) = (plain[0].1.clone(), plain[1].1.clone());
+    let _plain_server = Owned(
+        nsenter(p1.pid)
+            .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_listening(&p0, &p1)?;
+    let server_pid = fed.docker.pid(&fed.vpn_server).await?;
+    let mut node_vpn = Vec::new();
+    for n in &fed.nodes {
+        node_vpn.push(
+            fed.docker
+                .pid(&format!("algonet-{TAG}-{}-vpn", n.organization))
+                .await?,
+        );
+    }
+    let paths = [
+        Path2 {
+            name: "plain tunnel",
+            client: p0.clone(),
+            server: p1.clone(),
+            openvpn: vec![server_pid, p0.pid, p1.pid],
+            nodes: Vec::new(),
+        },
+        Path2 {
+            name: "algonet",
+            client: a,
+            server: b,
+            openvpn: [server_pid].into_iter().chain(node_vpn).collect(),
+            nodes: fed
+                .nodes
+                .iter()
+                .filter_map(|n| n.child.as_ref().map(Child::id))
+                .collect(),
+        },
+    ];
+    let cases = [(1, false), (1, true), (8, false), (8, true)];
+    let mut seen: Vec<Vec<Seen>> = (0..cases.len())
+        .map(|_| (0..paths.len()).map(|_| Seen::default()).collect())
+        .collect();
+    for round in 0..rounds {
+        for (c, &(streams, reverse)) in cases.iter().enumerate() {
+            for (p, path) in paths.iter().enumerate() {
+                let drops = || total(&path.openvpn, |p| udp_rcvbuf_errors(p) as f64);
+                let (d0, o0, n0) = (drops(), total(&path.openvpn, cpu_secs), total(&path.nodes, cpu_secs));
+                let t = Instant::now();
+                let (rate, re) = iperf(path, streams, reverse, seconds)?;
+                let wall = t.elapsed().as_secs_f64();
+                let s = &mut seen[c][p];
+                s.rates.push(rate);
+                s.drops += (drops() - d0) as u64;
+                s.retransmits += re;
+                s.openvpn_cpu += total(&path.openvpn, cpu_secs) - o0;
+                s.node_cpu += total(&path.nodes, cpu_secs) - n0;
+                s.wall += wall;
+                eprintln!(
+                    "round {} TCP {streams} {} {}: {rate:.1} Mbit/s",
+                    round + 1,
+                    if reverse { "B -> A" } else { "A -> B" },
+                    path.name,
+                );
+            }
+        }
+    }
+    println!(
+        "| traffic | plain tunnel Mbit/s | algonet Mbit/s | ratio | UDP drops plain / algonet | \
+         TCP retransmits plain / algonet | OpenVPN CPU plain / algonet | node CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (c, &(streams, reverse)) in cases.iter().enumerate() {
+        let [plain, ours] = [&seen[c][0], &seen[c][1]];
+        let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
+        println!(
+            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} / {} | {} / {} | {} / {} | {} |",
+            if streams > 1 { "s" } else { "" },
+            if reverse { "B -> A" } else { "A -> B" },
+            median(&plain.rates),
+            median(&ours.rates),
+            median(&ours.rates) / median(&plain.rates),
+            plain.drops,
+            ours.drops,
+            plain.retransmits,
+            ours.retransmits,
+            pct(plain.openvpn_cpu, plain),
+            pct(ours.openvpn_cpu, ours),
+            pct(ours.node_cpu, ours),
+        );
+    }
+    println!(
+        "\n{rounds} rounds of {seconds} s per case and path, interleaved. Rates are medians; drops \
+         (UdpRcvbufErrors at the OpenVPN server and both clients) and retransmits are sums over \
+         the rounds; CPU is of one core, summed over the three OpenVPN processes, and over the \
+         two node processes."
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Failed> {
+    let mut args = std::env::args().skip(1);
+    let algonet = PathBuf::from(args.next().ok_or("usage: tunnel_bench <algonet binary>")?);
+    let (mut rounds, mut seconds) = (3usize, 5u64);
+    while let Some(a) = args.next() {
+        let v = args.next().ok_or("a value after each option")?;
+        match a.as_str() {
+            "--rounds" => rounds = v.parse()?,
+            "--seconds" => seconds = v.parse()?,
+            _ => return Err(format!("unknown option {a}").into()),
+        }
+    }
+    let dir = std::env::temp_dir().join("algonet-tunnel-bench");
+    let options = Options {
+        dir: dir.clone(),
+        tag: TAG.into(),
+        organizations: vec!["alpha".into(), "beta".into()],
+        server_port: 7631,
+        algonet: std::fs::canonicalize(&algonet)?,
+    };
+    let mut fed = Federation::up(options, Instant::now()).await?;
+    let outcome = bench(&fed, rounds.max(1), seconds).await;
+    for i in 0..2 {
+        let _ = fed.docker.remove(&format!("algonet-{TAG}-plain-{i}")).await;
+    }
+    for e in fed.down().await {
+        eprintln!("teardown: {e}");
+    }
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+    outcome
+}
