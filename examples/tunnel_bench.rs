@@ -11,7 +11,7 @@
 //! the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at the
 //! OpenVPN server and at the two ends.
 //!
-//!   tunnel_bench <algonet binary> [--rounds R] [--seconds S]
+//!   tunnel_bench <algonet binary> [--rounds R] [--seconds S] [--node 'busy_poll_us: 0' ...]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -111,8 +111,13 @@ fn iperf(path: &Path2, streams: u32, reverse: bool, seconds: u64) -> Result<(f64
         c.arg("-R");
     }
     let out = c.output()?;
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("iperf3 on {}: {e}: {}", path.name, String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "iperf3 on {}: {e}: {}",
+            path.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     if let Some(e) = v["error"].as_str() {
         return Err(format!("iperf3 on {}: {e}", path.name).into());
     }
@@ -127,7 +132,8 @@ fn iperf(path: &Path2, streams: u32, reverse: bool, seconds: u64) -> Result<(f64
 #[derive(Default)]
 struct Seen {
     rates: Vec<f64>,
-    drops: u64,
+    /// At the OpenVPN server, and at the two ends.
+    drops: [u64; 2],
     retransmits: u64,
     openvpn_cpu: f64,
     node_cpu: f64,
@@ -203,7 +209,10 @@ async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), F
         let name = containers
             .iter()
             .find(|c| {
-                c.labels.as_ref().and_then(|l| l.get(LABEL_ROLE)).map(String::as_str)
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_ROLE))
+                    .map(String::as_str)
                     == Some(specs::Role::Algorithm.as_str())
             })
             .and_then(|c| c.names.as_ref()?.first().cloned())
@@ -215,7 +224,11 @@ async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), F
             .unwrap_or(run);
         ends.push(End {
             pid: fed.docker.pid(name.trim_start_matches('/')).await?,
-            ip: run.node.as_ref().and_then(|n| n.ip.clone()).unwrap_or_default(),
+            ip: run
+                .node
+                .as_ref()
+                .and_then(|n| n.ip.clone())
+                .unwrap_or_default(),
             port: run.ports[0].port.0,
         });
     }
@@ -227,7 +240,15 @@ async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), F
 fn wait_listening(from: &End, to: &End) -> Result<(), Failed> {
     for _ in 0..100 {
         let probe = nsenter(from.pid)
-            .args(["iperf3", "-c", &to.ip, "-p", &to.port.to_string(), "-t", "1", "-n", "1K"])
+            .args([
+                "iperf3",
+                "-c",
+                &to.ip,
+                "-p",
+                &to.port.to_string(),
+                "-n",
+                "1K",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()?;
@@ -278,7 +299,10 @@ async fn plain_clients(fed: &Federation, admin: &Session) -> Result<Vec<(String,
         let profile: Value = Session::new(api, token.into()).get("/vpn").await?;
         let dir = fed.options.dir.join(format!("plain-{i}"));
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("client.ovpn"), profile["ovpn_config"].as_str().unwrap_or(""))?;
+        std::fs::write(
+            dir.join("client.ovpn"),
+            profile["ovpn_config"].as_str().unwrap_or(""),
+        )?;
         let name = format!("algonet-{TAG}-plain-{i}");
         let mut args: Vec<String> = ["--config", "/vpn/client.ovpn", "--dev", "tun0"]
             .map(String::from)
@@ -393,14 +417,24 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     for round in 0..rounds {
         for (c, &(streams, reverse)) in cases.iter().enumerate() {
             for (p, path) in paths.iter().enumerate() {
-                let drops = || total(&path.openvpn, |p| udp_rcvbuf_errors(p) as f64);
-                let (d0, o0, n0) = (drops(), total(&path.openvpn, cpu_secs), total(&path.nodes, cpu_secs));
+                // At the OpenVPN server (the first), and at the two ends.
+                let drops = || {
+                    let at = |pids: &[u32]| total(pids, |p| udp_rcvbuf_errors(p) as f64) as u64;
+                    [at(&path.openvpn[..1]), at(&path.openvpn[1..])]
+                };
+                let (d0, o0, n0) = (
+                    drops(),
+                    total(&path.openvpn, cpu_secs),
+                    total(&path.nodes, cpu_secs),
+                );
                 let t = Instant::now();
                 let (rate, re) = iperf(path, streams, reverse, seconds)?;
                 let wall = t.elapsed().as_secs_f64();
                 let s = &mut seen[c][p];
                 s.rates.push(rate);
-                s.drops += (drops() - d0) as u64;
+                let d1 = drops();
+                s.drops[0] += d1[0] - d0[0];
+                s.drops[1] += d1[1] - d0[1];
                 s.retransmits += re;
                 s.openvpn_cpu += total(&path.openvpn, cpu_secs) - o0;
                 s.node_cpu += total(&path.nodes, cpu_secs) - n0;
@@ -415,7 +449,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
         }
     }
     println!(
-        "| traffic | plain tunnel Mbit/s | algonet Mbit/s | ratio | UDP drops plain / algonet | \
+        "| traffic | plain tunnel Mbit/s | algonet Mbit/s | ratio | UDP drops at server + ends: plain / algonet | \
          TCP retransmits plain / algonet | OpenVPN CPU plain / algonet | node CPU |"
     );
     println!("|---|---|---|---|---|---|---|---|");
@@ -423,14 +457,16 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
         let [plain, ours] = [&seen[c][0], &seen[c][1]];
         let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
         println!(
-            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} / {} | {} / {} | {} / {} | {} |",
+            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} |",
             if streams > 1 { "s" } else { "" },
             if reverse { "B -> A" } else { "A -> B" },
             median(&plain.rates),
             median(&ours.rates),
             median(&ours.rates) / median(&plain.rates),
-            plain.drops,
-            ours.drops,
+            plain.drops[0],
+            plain.drops[1],
+            ours.drops[0],
+            ours.drops[1],
             plain.retransmits,
             ours.retransmits,
             pct(plain.openvpn_cpu, plain),
@@ -451,12 +487,13 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
 async fn main() -> Result<(), Failed> {
     let mut args = std::env::args().skip(1);
     let algonet = PathBuf::from(args.next().ok_or("usage: tunnel_bench <algonet binary>")?);
-    let (mut rounds, mut seconds) = (3usize, 5u64);
+    let (mut rounds, mut seconds, mut node_settings) = (3usize, 5u64, String::new());
     while let Some(a) = args.next() {
         let v = args.next().ok_or("a value after each option")?;
         match a.as_str() {
             "--rounds" => rounds = v.parse()?,
             "--seconds" => seconds = v.parse()?,
+            "--node" => node_settings.push_str(&format!("{v}\n")),
             _ => return Err(format!("unknown option {a}").into()),
         }
     }
@@ -466,6 +503,7 @@ async fn main() -> Result<(), Failed> {
         tag: TAG.into(),
         organizations: vec!["alpha".into(), "beta".into()],
         server_port: 7631,
+        node_settings,
         algonet: std::fs::canonicalize(&algonet)?,
     };
     let mut fed = Federation::up(options, Instant::now()).await?;

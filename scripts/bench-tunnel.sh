@@ -4,6 +4,7 @@
 # same OpenVPN server with the same settings, interleaved in one run (examples/tunnel_bench.rs).
 #   ./scripts/bench-tunnel.sh                    3 rounds of 5 s per case and path
 #   ROUNDS=5 SECONDS_PER_RUN=10 ./scripts/bench-tunnel.sh
+#   ./scripts/bench-tunnel.sh --node "busy_poll_us: 0"     more lines for each node.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -14,4 +15,4 @@ apt_need build-essential pkg-config iproute2 openvpn docker.io iperf3 util-linux
 docker_need
 cargo build --release --quiet --bin algonet --example tunnel_bench
 as_root ./target/release/examples/tunnel_bench ./target/release/algonet \
-    --rounds "$ROUNDS" --seconds "$SECONDS_PER_RUN"
+    --rounds "$ROUNDS" --seconds "$SECONDS_PER_RUN" "$@"

@@ -223,7 +223,7 @@ pub fn main() -> Result<(), EchoError> {
                 Duration::try_from_secs_f64(stream_secs).unwrap_or(Duration::ZERO),
             )
             .await
-                .map(|r| serde_json::to_string(&r).unwrap_or_default()),
+            .map(|r| serde_json::to_string(&r).unwrap_or_default()),
             Input::Child { window_secs } => child(Duration::from_secs(window_secs))
                 .await
                 .map(|served| json!({ "served": served }).to_string()),
@@ -387,15 +387,20 @@ async fn probe_tcp(to: SocketAddrV4, stream: Duration, p: &mut Probe) -> Result<
         return Ok(());
     }
     // Beyond the stream time, a slow tunnel gets this long to deliver what is in flight.
-    let grace = Duration::from_secs(30);
-    let within = |what: &'static str, f| async move {
-        tokio::time::timeout(stream + grace, f)
-            .await
-            .map_err(|_| ProbeError::TimedOut(what.into()))?
-    };
-    p.up_mbit_s = Some(within("the stream to the child", upload(to, stream)).await?);
-    p.down_mbit_s = Some(within("the stream from the child", download(to, stream)).await?);
+    let limit = stream + Duration::from_secs(30);
+    p.up_mbit_s = Some(within(limit, "the stream to the child", upload(to, stream)).await?);
+    p.down_mbit_s = Some(within(limit, "the stream from the child", download(to, stream)).await?);
     Ok(())
+}
+
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| ProbeError::TimedOut(what.into()))?
 }
 
 fn mbit_s(bytes: u64, t: Instant) -> f64 {

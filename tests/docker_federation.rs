@@ -168,6 +168,7 @@ async fn federation(tag: &str, organizations: &[&str]) -> (Federation, std::path
             tag: tag.into(),
             organizations: organizations.iter().map(|o| o.to_string()).collect(),
             server_port: free_port(),
+            node_settings: String::new(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
         },
         Instant::now(),

@@ -43,6 +43,7 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
             tag: "tv6".into(),
             organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
             server_port: port,
+            node_settings: String::new(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
         },
         Instant::now(),

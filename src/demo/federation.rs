@@ -78,6 +78,8 @@ pub struct Options {
     pub tag: String,
     pub organizations: Vec<String>,
     pub server_port: u16,
+    /// More lines of YAML for every node's configuration (`busy_poll_us: 0`, say).
+    pub node_settings: String,
     /// The `algonet` binary the server and nodes run as (this one).
     pub algonet: PathBuf,
 }
@@ -272,7 +274,8 @@ impl Federation {
                 format!(
                     "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {key}\n\
                      vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {net}\n\
-                     metrics_listen: 127.0.0.1:{metrics}\n",
+                     metrics_listen: 127.0.0.1:{metrics}\n{settings}",
+                    settings = o.node_settings,
                     tag = o.tag,
                     port = o.server_port,
                     metrics = o.server_port + 11 + self.nodes.len() as u16,

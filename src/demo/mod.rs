@@ -47,6 +47,7 @@ pub async fn main(keep: bool) -> Result<bool, DemoError> {
         tag: "demo".into(),
         organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
         server_port: 7601,
+        node_settings: String::new(),
         algonet: std::env::current_exe().map_err(io("finding this binary"))?,
     };
     let dir = options.dir.clone();

@@ -89,6 +89,11 @@ pub fn client_settings() -> &'static [&'static str] {
         "ifconfig-ipv6",
         "--verb",
         "3",
+        "--fast-io",
+        "--sndbuf",
+        "1048576",
+        "--rcvbuf",
+        "1048576",
     ]
 }
 
