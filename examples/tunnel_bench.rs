@@ -101,6 +101,15 @@ fn udp_rcvbuf_errors(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// What tun0 in the namespace `pid` is in dropped on its way to OpenVPN (its TX queue was full).
+fn tun_tx_dropped(pid: u32) -> u64 {
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+    dev.lines()
+        .find_map(|l| l.trim_start().strip_prefix("tun0:"))
+        .and_then(|counters| counters.split_whitespace().nth(11)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One iperf3 run; the receiver's rate in Mbit/s and the sender's retransmissions.
 fn iperf(path: &Path2, streams: u32, reverse: bool, seconds: u64) -> Result<(f64, u64), Failed> {
     let mut c = nsenter(path.client.pid);
@@ -132,8 +141,8 @@ fn iperf(path: &Path2, streams: u32, reverse: bool, seconds: u64) -> Result<(f64
 #[derive(Default)]
 struct Seen {
     rates: Vec<f64>,
-    /// At the OpenVPN server, and at the two ends.
-    drops: [u64; 2],
+    /// UDP receive buffers at the OpenVPN server and at the two ends, tun0 TX at the two ends.
+    drops: [u64; 3],
     retransmits: u64,
     openvpn_cpu: f64,
     node_cpu: f64,
@@ -420,7 +429,8 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                 // At the OpenVPN server (the first), and at the two ends.
                 let drops = || {
                     let at = |pids: &[u32]| total(pids, |p| udp_rcvbuf_errors(p) as f64) as u64;
-                    [at(&path.openvpn[..1]), at(&path.openvpn[1..])]
+                    let tun = total(&path.openvpn[1..], |p| tun_tx_dropped(p) as f64) as u64;
+                    [at(&path.openvpn[..1]), at(&path.openvpn[1..]), tun]
                 };
                 let (d0, o0, n0) = (
                     drops(),
@@ -433,8 +443,9 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                 let s = &mut seen[c][p];
                 s.rates.push(rate);
                 let d1 = drops();
-                s.drops[0] += d1[0] - d0[0];
-                s.drops[1] += d1[1] - d0[1];
+                for i in 0..3 {
+                    s.drops[i] += d1[i] - d0[i];
+                }
                 s.retransmits += re;
                 s.openvpn_cpu += total(&path.openvpn, cpu_secs) - o0;
                 s.node_cpu += total(&path.nodes, cpu_secs) - n0;
@@ -450,14 +461,14 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     }
     println!(
         "| traffic | plain tunnel Mbit/s | algonet Mbit/s | ratio | UDP drops at server + ends: plain / algonet | \
-         TCP retransmits plain / algonet | OpenVPN CPU plain / algonet | node CPU |"
+         tun0 TX drops plain / algonet | TCP retransmits plain / algonet | OpenVPN CPU plain / algonet | node CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (c, &(streams, reverse)) in cases.iter().enumerate() {
         let [plain, ours] = [&seen[c][0], &seen[c][1]];
         let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
         println!(
-            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} |",
+            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} / {} | {} |",
             if streams > 1 { "s" } else { "" },
             if reverse { "B -> A" } else { "A -> B" },
             median(&plain.rates),
@@ -467,6 +478,8 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
             plain.drops[1],
             ours.drops[0],
             ours.drops[1],
+            plain.drops[2],
+            ours.drops[2],
             plain.retransmits,
             ours.retransmits,
             pct(plain.openvpn_cpu, plain),
@@ -476,7 +489,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     }
     println!(
         "\n{rounds} rounds of {seconds} s per case and path, interleaved. Rates are medians; drops \
-         (UdpRcvbufErrors at the OpenVPN server and both clients) and retransmits are sums over \
+         (UdpRcvbufErrors at the OpenVPN server and both clients; tun0's TX drops at both clients) and retransmits are sums over \
          the rounds; CPU is of one core, summed over the three OpenVPN processes, and over the \
          two node processes."
     );

@@ -596,3 +596,121 @@ async fn serve(
         w.write_all(&line).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child's connection handler on a loopback port; its outcome once the connection ends.
+    async fn one_connection() -> (
+        SocketAddrV4,
+        tokio::task::JoinHandle<Result<(), ProbeError>>,
+    ) {
+        let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let std::net::SocketAddr::V4(at) = l.local_addr().expect("address") else {
+            unreachable!("bound to IPv4")
+        };
+        let served = tokio::spawn(async move {
+            let (s, _) = l.accept().await.expect("accept");
+            let (quit, _) = tokio::sync::mpsc::channel(1);
+            serve(s, quit).await
+        });
+        (at, served)
+    }
+
+    /// Sends `bytes` on a fresh connection, closes its sending side and returns the answer.
+    async fn exchange(to: SocketAddrV4, bytes: &[u8]) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(to).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        s.shutdown().await.expect("shutdown");
+        let mut answer = Vec::new();
+        // The child may end the connection with a reset when it stops reading early.
+        let _ = s.read_to_end(&mut answer).await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_probe_echoes_and_streams_both_ways() {
+        let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let std::net::SocketAddr::V4(at) = l.local_addr().expect("address") else {
+            unreachable!("bound to IPv4")
+        };
+        // The probe opens three connections at once: the echoed line (open to the end), the
+        // upload, the download; the child serves each on a task of its own, as `child` does.
+        let child = tokio::spawn(async move {
+            let mut served = Vec::new();
+            for _ in 0..3 {
+                let (s, _) = l.accept().await.expect("accept");
+                let (quit, _) = tokio::sync::mpsc::channel(1);
+                served.push(tokio::spawn(serve(s, quit)));
+            }
+            served
+        });
+        let mut p = Probe {
+            organization_id: OrganizationId(1),
+            ip: None,
+            port: None,
+            udp_port: None,
+            tcp_ok: false,
+            udp_ok: false,
+            rtt_ms: None,
+            up_mbit_s: None,
+            down_mbit_s: None,
+            error: None,
+        };
+        probe_tcp(at, Duration::from_millis(200), &mut p)
+            .await
+            .expect("probe");
+        for served in child.await.expect("child") {
+            served.await.expect("served").expect("clean");
+        }
+        assert!(p.rtt_ms.is_some());
+        assert!(p.up_mbit_s.is_some_and(|r| r > 0.0), "{p:?}");
+        assert!(p.down_mbit_s.is_some_and(|r| r > 0.0), "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn the_child_refuses_what_is_not_a_command() {
+        for bad in [
+            &b"SOURCE soon\n"[..],
+            b"SOURCE -5\n",
+            &[b'x'; MAX_LINE + 10],
+        ] {
+            let (at, served) = one_connection().await;
+            assert!(exchange(at, bad).await.is_empty(), "answered {bad:?}");
+            let outcome = served.await.expect("served");
+            assert!(
+                matches!(outcome, Err(ProbeError::BadCommand(_))),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_child_finds_streamed_bytes_that_differ() {
+        let (at, served) = one_connection().await;
+        let mut sent = SINK.to_vec();
+        sent.extend(pattern().iter().take(1000));
+        sent[SINK.len() + 500] ^= 1;
+        assert!(
+            exchange(at, &sent).await.is_empty(),
+            "counted corrupt bytes"
+        );
+        let outcome = served.await.expect("served");
+        assert!(
+            matches!(outcome, Err(ProbeError::Corrupted(_))),
+            "{outcome:?}"
+        );
+
+        // The same bytes unharmed are counted.
+        let (at, served) = one_connection().await;
+        let mut sent = SINK.to_vec();
+        sent.extend(pattern().iter().take(1000));
+        assert_eq!(exchange(at, &sent).await, b"1000\n");
+        served.await.expect("served").expect("clean");
+    }
+}

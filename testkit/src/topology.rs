@@ -422,7 +422,8 @@ pub fn tcp_echo(ns: &Netns, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A TCP sink in `ns` that counts what it receives and then answers with the count.
+/// A TCP sink in `ns` for one [`send_bulk`]: the count of bytes received in order and unharmed
+/// (it stops at the first that differs).
 pub fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
     let listener = listen(ns, port);
     std::thread::spawn(move || {
@@ -432,23 +433,36 @@ pub fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
         loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => total += n as u64,
+                Ok(n) => {
+                    // Counts only what arrived in order and unharmed.
+                    if (0..n).any(|i| buf[i] != bulk_byte(total + i as u64)) {
+                        break;
+                    }
+                    total += n as u64;
+                }
             }
         }
         total
     })
 }
 
+/// Byte `i` of a bulk transfer: a period of 251, which no power-of-two chunking lines up with,
+/// so a lost, repeated or reordered segment shows.
+fn bulk_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
 /// Sends `bytes` over TCP from `ns` to `to` and closes.
 pub fn send_bulk(ns: &TestNs, to: SocketAddrV4, bytes: usize) -> std::io::Result<()> {
     let mut s = connect(&ns.ns, to)?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let chunk = vec![0x5au8; 65536];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        s.write_all(&chunk[..n])?;
-        left -= n;
+    let pattern: Vec<u8> = (0..65536 + 251).map(bulk_byte).collect();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(65536);
+        let at = sent % 251;
+        s.write_all(&pattern[at..at + n])?;
+        sent += n;
     }
     s.shutdown(std::net::Shutdown::Write)
 }
