@@ -411,7 +411,7 @@ impl Describe for NodeMetrics {
         )?;
         sheet.counter(
             "node_tun_writes",
-            "Writes to the router's TUN device",
+            "Packets written to the router's TUN device (segments merged into one write count each)",
             r.tun_writes,
         )?;
         sheet.counter(
