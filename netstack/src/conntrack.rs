@@ -23,12 +23,12 @@
 //! Established connections are never evicted for new ones. A TCP connection is half-open, with a
 //! short timeout, from the answer's SYN-ACK until the originator's ACK.
 
-use core::hash::{Hash, Hasher};
+use core::hash::{BuildHasher, Hash, Hasher};
 use core::net::Ipv4Addr;
 use core::time::Duration;
-use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use crate::nat::Change;
 use crate::stats::DropReason;
@@ -279,7 +279,10 @@ pub struct Table {
     chunks: Vec<Vec<Conn>>,
     slots: u32,
     free: u32,
-    index: HashMap<Key, u32, FixedState>,
+    /// Both tuples of every live connection, each as its index value (`id << 1 | reply`) alone:
+    /// the key is the connection's own tuple, so an entry costs 4 bytes and a control byte.
+    index: HashTable<u32>,
+    index_hash: FixedState,
     /// Recent lookups as (mix of the key, index value `id << 1 | reply`), direct-mapped by the
     /// mix: a packet of a busy flow skips the hash and probe. A different mix misses without
     /// touching a connection (no extra cache miss when many flows take turns); a matching one
@@ -318,6 +321,20 @@ fn recent_slot(key: &Key) -> (usize, u32) {
     ((mix >> 26) as usize % RECENT, mix)
 }
 
+/// The key an index value stands for: its connection's tuple in that direction.
+#[inline]
+fn key_of(chunks: &[Vec<Conn>], v: u32) -> Key {
+    let (id, dir) = unpack(v);
+    let c = &chunks[id as usize / CHUNK][id as usize % CHUNK];
+    Key::new(
+        c.protocol,
+        match dir {
+            Dir::Original => c.original,
+            Dir::Reply => c.reply,
+        },
+    )
+}
+
 /// Slot `id` of the chunks: borrows only them, so the table's other fields stay usable.
 #[inline]
 fn conn_mut(chunks: &mut [Vec<Conn>], id: u32) -> &mut Conn {
@@ -335,7 +352,8 @@ impl Table {
             chunks: Vec::new(),
             slots: 0,
             free: NONE,
-            index: HashMap::with_hasher(FixedState::with_seed(seed)),
+            index: HashTable::new(),
+            index_hash: FixedState::with_seed(seed),
             recent: [(0, NONE); RECENT],
             lists: [List {
                 head: NONE,
@@ -398,14 +416,39 @@ impl Table {
 
     /// Whether a tuple is tracked (in either direction), expired or not.
     pub fn contains(&self, protocol: Protocol, tuple: Tuple) -> bool {
-        self.index.contains_key(&Key::new(protocol, tuple))
+        self.lookup(&Key::new(protocol, tuple)).is_some()
+    }
+
+    /// The index value of `key`.
+    #[inline]
+    fn lookup(&self, key: &Key) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.index
+            .find(self.index_hash.hash_one(key), |&v| {
+                key_of(chunks, v) == *key
+            })
+            .copied()
+    }
+
+    /// Adds index value `v`, whose connection's slot already holds its tuples.
+    fn index_insert(&mut self, v: u32) {
+        let (chunks, hasher) = (&self.chunks, &self.index_hash);
+        let hash = hasher.hash_one(key_of(chunks, v));
+        self.index
+            .insert_unique(hash, v, |&e| hasher.hash_one(key_of(chunks, e)));
+    }
+
+    /// Removes index value `v` (its connection still holds its tuples).
+    fn index_remove(&mut self, v: u32) {
+        let hash = self.index_hash.hash_one(key_of(&self.chunks, v));
+        if let Ok(entry) = self.index.find_entry(hash, |&e| e == v) {
+            entry.remove();
+        }
     }
 
     #[inline]
     fn find(&self, protocol: Protocol, tuple: Tuple) -> Option<(u32, Dir)> {
-        self.index
-            .get(&Key::new(protocol, tuple))
-            .map(|&v| unpack(v))
+        self.lookup(&Key::new(protocol, tuple)).map(unpack)
     }
 
     /// Finds the live connection a packet arriving with `tuple` belongs to, without touching it.
@@ -459,7 +502,7 @@ impl Table {
         now: Instant,
     ) -> Option<(u32, Tuple, Change)> {
         let key = Key::new(protocol, tuple);
-        let v = *self.index.get(&key)?;
+        let v = self.lookup(&key)?;
         let (slot, mix) = recent_slot(&key);
         self.recent[slot] = (mix, v);
         let (id, dir) = unpack(v);
@@ -507,7 +550,7 @@ impl Table {
         now: Instant,
     ) -> Result<u32, DropReason> {
         let reply_key = Key::new(protocol, reply);
-        if original == reply || self.index.contains_key(&reply_key) {
+        if original == reply || self.lookup(&reply_key).is_some() {
             return Err(DropReason::TupleConflict);
         }
         let source = self.source_bucket(*original.src.ip());
@@ -563,8 +606,8 @@ impl Table {
             self.slots += 1;
             id
         };
-        self.index.insert(Key::new(protocol, original), id << 1);
-        self.index.insert(reply_key, id << 1 | 1);
+        self.index_insert(id << 1);
+        self.index_insert(id << 1 | 1);
         self.push_back(id, now);
         self.len += 1;
         self.per_source[source] += 1;
@@ -572,7 +615,6 @@ impl Table {
     }
 
     fn source_bucket(&self, source: Ipv4Addr) -> usize {
-        use core::hash::BuildHasher;
         self.source_hash.hash_one(source.to_bits()) as usize % SOURCE_BUCKETS
     }
 
@@ -601,9 +643,9 @@ impl Table {
         if !c.live {
             return;
         }
-        let (o, r, p) = (c.original, c.reply, c.protocol);
-        self.index.remove(&Key::new(p, o));
-        self.index.remove(&Key::new(p, r));
+        let o = c.original;
+        self.index_remove(id << 1);
+        self.index_remove(id << 1 | 1);
         let source = self.source_bucket(*o.src.ip());
         self.per_source[source] -= 1;
         self.unlink(id);
