@@ -269,6 +269,34 @@ fn traffic_crosses_the_router(offload: bool) {
         "source port kept, address translated"
     );
 
+    // One send of ten datagrams with UDP segmentation offload (UDP_SEGMENT): with offload the
+    // router gets them as one UDP GSO packet (the device takes USO where the kernel has it) and
+    // rewrites it whole; the peer receives ten datagrams, each whole, in order, from the node.
+    let segment: libc::c_int = 1000;
+    // SAFETY: a valid descriptor, option and option length.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&c2_udp),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            std::ptr::addr_of!(segment).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    let burst: Vec<u8> = (0..10_000u32).map(|i| (i / 1000) as u8).collect();
+    c2_udp
+        .send_to(&burst, SocketAddrV4::new(PEER, 5000))
+        .expect("send a segmented burst");
+    for i in 0..10u8 {
+        let (n, from) = peer_udp.recv_from(&mut got).expect("datagram of the burst");
+        assert_eq!(
+            (&got[..n], from),
+            (&[i; 1000][..], SocketAddr::V4(SocketAddrV4::new(V, 40123))),
+            "datagram {i}"
+        );
+    }
+
     // Removing the mapping stops it at once and frees its state: the next connection is
     // refused by the router.
     let conns = |t: &Topology| {
