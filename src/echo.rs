@@ -601,17 +601,22 @@ async fn serve(
 mod tests {
     use super::*;
 
-    /// A child's connection handler on a loopback port; its outcome once the connection ends.
-    async fn one_connection() -> (
-        SocketAddrV4,
-        tokio::task::JoinHandle<Result<(), ProbeError>>,
-    ) {
+    async fn listener() -> (tokio::net::TcpListener, SocketAddrV4) {
         let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind");
         let std::net::SocketAddr::V4(at) = l.local_addr().expect("address") else {
             unreachable!("bound to IPv4")
         };
+        (l, at)
+    }
+
+    /// A child's connection handler on a loopback port; its outcome once the connection ends.
+    async fn one_connection() -> (
+        SocketAddrV4,
+        tokio::task::JoinHandle<Result<(), ProbeError>>,
+    ) {
+        let (l, at) = listener().await;
         let served = tokio::spawn(async move {
             let (s, _) = l.accept().await.expect("accept");
             let (quit, _) = tokio::sync::mpsc::channel(1);
@@ -633,12 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_echoes_and_streams_both_ways() {
-        let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind");
-        let std::net::SocketAddr::V4(at) = l.local_addr().expect("address") else {
-            unreachable!("bound to IPv4")
-        };
+        let (l, at) = listener().await;
         // The probe opens three connections at once: the echoed line (open to the end), the
         // upload, the download; the child serves each on a task of its own, as `child` does.
         let child = tokio::spawn(async move {

@@ -130,21 +130,25 @@ fn traffic_crosses_the_router(offload: bool) {
         let v = t.c1.sysfs(&format!("class/net/eth0/statistics/rx_{what}"));
         v.parse().expect("counter")
     };
+    // 8 MiB from the peer to a new mapping of container 1's `port`, every byte arriving.
+    let bulk_to_c1 = |public_port: u16, port: u16| {
+        let done = sink(&t.c1, port);
+        t.rt.block_on(t.handle().with(move |r| {
+            r.add_mapping(Mapping {
+                protocol: Protocol::Tcp,
+                public_port,
+                container: SocketAddrV4::new(C1, port),
+                run: RunId(1),
+            })
+        }))
+        .expect("running")
+        .expect("mapping");
+        send_bulk(&t.peer, SocketAddrV4::new(V, public_port), 8 << 20).expect("bulk to c1");
+        assert_eq!(done.join().expect("sink"), 8 << 20);
+    };
     let c1_before = (received("bytes"), received("packets"));
     let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
-    let done = sink(&t.c1, 8890);
-    t.rt.block_on(t.handle().with(|r| {
-        r.add_mapping(Mapping {
-            protocol: Protocol::Tcp,
-            public_port: 49170,
-            container: SocketAddrV4::new(C1, 8890),
-            run: RunId(1),
-        })
-    }))
-    .expect("running")
-    .expect("mapping");
-    send_bulk(&t.peer, SocketAddrV4::new(V, 49170), 8 << 20).expect("bulk to c1");
-    assert_eq!(done.join().expect("sink"), 8 << 20);
+    bulk_to_c1(49170, 8890);
     let c1_bytes = received("bytes") - c1_before.0;
     let c1_packets = received("packets") - c1_before.1;
     let done = sink(&t.peer, 7001);
@@ -191,19 +195,7 @@ fn traffic_crosses_the_router(offload: bool) {
         );
         let c1_before = received("packets");
         let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
-        let done = sink(&t.c1, 8891);
-        t.rt.block_on(t.handle().with(|r| {
-            r.add_mapping(Mapping {
-                protocol: Protocol::Tcp,
-                public_port: 49171,
-                container: SocketAddrV4::new(C1, 8891),
-                run: RunId(1),
-            })
-        }))
-        .expect("running")
-        .expect("mapping");
-        send_bulk(&t.peer, SocketAddrV4::new(V, 49171), 8 << 20).expect("bulk to c1");
-        assert_eq!(done.join().expect("sink"), 8 << 20);
+        bulk_to_c1(49171, 8891);
         let after = t.rt.block_on(t.handle().counters()).expect("counters").0;
         let vpn = netstack::Side::Vpn as usize;
         let (read_bytes, read_packets) = (

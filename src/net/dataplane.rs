@@ -358,8 +358,7 @@ impl Drop for Delivery {
 /// verified before merging. Packets from the tunnel arrive this way (OpenVPN's tun0 has no
 /// offload), so a burst from a peer costs one write, one pass through routing and the veth and
 /// one receive in the container instead of one per packet, and the container acknowledges
-/// once per merged packet, which spares the tunnel, both routers and the far OpenVPN the
-/// acknowledgements' packets too.
+/// less often. Nothing waits for more packets: a wake-up merges only what it read.
 struct Merge {
     slots: Vec<Slot>,
     len: usize,
