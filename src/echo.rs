@@ -90,6 +90,22 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// A child not reached yet: nothing known, nothing measured.
+    fn new(organization_id: OrganizationId) -> Probe {
+        Probe {
+            organization_id,
+            ip: None,
+            port: None,
+            udp_port: None,
+            tcp_ok: false,
+            udp_ok: false,
+            rtt_ms: None,
+            up_mbit_s: None,
+            down_mbit_s: None,
+            error: None,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.tcp_ok && self.udp_ok
     }
@@ -295,16 +311,10 @@ async fn parent(
         let t = tcp.iter().find(|a| a.organization_id == *org);
         let u = udp.iter().find(|a| a.organization_id == *org);
         let mut p = Probe {
-            organization_id: *org,
             ip: t.and_then(|a| a.ip.clone()),
             port: t.map(|a| a.port),
             udp_port: u.map(|a| a.port),
-            tcp_ok: false,
-            udp_ok: false,
-            rtt_ms: None,
-            up_mbit_s: None,
-            down_mbit_s: None,
-            error: None,
+            ..Probe::new(*org)
         };
         let ip: Option<Ipv4Addr> = p.ip.as_deref().and_then(|i| i.parse().ok());
         match (ip, p.port) {
@@ -650,18 +660,7 @@ mod tests {
             }
             served
         });
-        let mut p = Probe {
-            organization_id: OrganizationId(1),
-            ip: None,
-            port: None,
-            udp_port: None,
-            tcp_ok: false,
-            udp_ok: false,
-            rtt_ms: None,
-            up_mbit_s: None,
-            down_mbit_s: None,
-            error: None,
-        };
+        let mut p = Probe::new(OrganizationId(1));
         probe_tcp(at, Duration::from_millis(200), &mut p)
             .await
             .expect("probe");
