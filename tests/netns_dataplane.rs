@@ -179,49 +179,52 @@ fn traffic_crosses_the_router(offload: bool) {
         );
     }
 
-    // From the tunnel packets come one at a time with complete checksums (OpenVPN's tun0 has no
-    // offload), as they do from the peer once its link stops offloading. With offload the
-    // router writes consecutive segments of one flow merged, checksums verified first:
-    // container 1 receives fewer, larger packets, every byte in order.
+    // Single segments are merged before they are written, checksums verified first: from the
+    // tunnel they come one at a time with complete checksums (OpenVPN's tun0 has no offload),
+    // from a veth that stops segmenting one at a time with partial checksums, which the router
+    // completes. Either way container 1 receives fewer, larger packets, every byte in order.
     if offload {
-        let off = std::process::Command::new("ip")
-            .args(["netns", "exec", &t.peer.name, "ethtool", "-K", "eth0"])
-            .args(["tx", "off", "tso", "off", "gso", "off"])
-            .status()
-            .expect("run ethtool");
-        assert!(
-            off.success(),
-            "ethtool -K eth0 tx off tso off gso off in the peer"
-        );
-        let c1_before = received("packets");
-        let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
-        bulk_to_c1(49171, 8891);
-        let after = t.rt.block_on(t.handle().counters()).expect("counters").0;
-        let vpn = netstack::Side::Vpn as usize;
-        let (read_bytes, read_packets) = (
-            after.forwarded_bytes[vpn] - before.forwarded_bytes[vpn],
-            after.forwarded_packets[vpn] - before.forwarded_packets[vpn],
-        );
-        assert!(
-            read_bytes / read_packets <= u64::from(MTU),
-            "the peer still sent super-packets: {read_bytes} bytes in {read_packets} packets"
-        );
-        let c1_packets = received("packets") - c1_before;
-        assert!(
-            4 * c1_packets <= read_packets,
-            "not merged: the router read {read_packets} packets, container 1 received {c1_packets}"
-        );
-
-        // Equal datagrams of one flow may be merged as well (where the kernel has USO); each
-        // still arrives alone, whole and in order.
-        for i in 0..50u8 {
-            peer_udp
-                .send_to(&[i; 1000], SocketAddrV4::new(V, 49153))
-                .expect("send");
-        }
-        for i in 0..50u8 {
-            let (n, _) = c1_udp.recv_from(&mut got).expect("datagram of the burst");
-            assert_eq!(&got[..n], &[i; 1000][..], "datagram {i}");
+        for (public_port, port, features) in [
+            (49171, 8891, &["tso", "off", "gso", "off"][..]),
+            (49172, 8892, &["tx", "off"][..]),
+        ] {
+            let off = std::process::Command::new("ip")
+                .args(["netns", "exec", &t.peer.name, "ethtool", "-K", "eth0"])
+                .args(features)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("run ethtool");
+            assert!(off.success(), "ethtool -K eth0 {features:?} in the peer");
+            let c1_before = received("packets");
+            let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
+            bulk_to_c1(public_port, port);
+            let after = t.rt.block_on(t.handle().counters()).expect("counters").0;
+            let vpn = netstack::Side::Vpn as usize;
+            let (read_bytes, read_packets) = (
+                after.forwarded_bytes[vpn] - before.forwarded_bytes[vpn],
+                after.forwarded_packets[vpn] - before.forwarded_packets[vpn],
+            );
+            assert!(
+                read_bytes / read_packets <= u64::from(MTU),
+                "the peer still sent super-packets: {read_bytes} bytes in {read_packets} packets"
+            );
+            let c1_packets = received("packets") - c1_before;
+            assert!(
+                4 * c1_packets <= read_packets,
+                "not merged ({features:?} in the peer): the router read {read_packets} packets, \
+                 container 1 received {c1_packets}"
+            );
+            // Equal datagrams of one flow may be merged as well (where the kernel has USO);
+            // each still arrives alone, whole and in order.
+            for i in 0..50u8 {
+                peer_udp
+                    .send_to(&[i; 1000], SocketAddrV4::new(V, 49153))
+                    .expect("send");
+            }
+            for i in 0..50u8 {
+                let (n, _) = c1_udp.recv_from(&mut got).expect("datagram of the burst");
+                assert_eq!(&got[..n], &[i; 1000][..], "datagram {i}");
+            }
         }
     }
 
@@ -389,5 +392,37 @@ fn traffic_crosses_the_router_with_offload() {
 fn traffic_crosses_the_router_without_offload() {
     if privileged("traffic_crosses_the_router_without_offload") {
         crosses_and_cleans_up(false);
+    }
+}
+
+/// What the router merged for delivery leaves as soon as the device's queue runs empty, not when
+/// the busy-poll window ends: with a window longer than the sockets' 2 s timeouts, datagrams
+/// still cross both ways at once (each one alone, so each one merged on its own).
+#[test]
+fn a_lone_packet_is_not_held_for_the_poll_window() {
+    if !privileged("a_lone_packet_is_not_held_for_the_poll_window") {
+        return;
+    }
+    let t = Topology::new(
+        "dataplane-poll",
+        Mode::Algonet {
+            offload: true,
+            busy_poll_us: 4_000_000,
+        },
+    );
+    let peer_udp = udp_socket(&t.peer, 5000);
+    let c1_udp = udp_socket(&t.c1, 9000);
+    let mut got = [0u8; 64];
+    for i in 0..3u8 {
+        peer_udp
+            .send_to(&[i; 32], SocketAddrV4::new(V, 49153))
+            .expect("send");
+        let (n, from) = c1_udp.recv_from(&mut got).expect("the container receives");
+        assert_eq!(&got[..n], &[i; 32][..]);
+        c1_udp.send_to(&[i + 100; 16], from).expect("reply");
+        let (n, _) = peer_udp
+            .recv_from(&mut got)
+            .expect("the peer receives the reply");
+        assert_eq!(&got[..n], &[i + 100; 16][..]);
     }
 }

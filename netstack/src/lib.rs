@@ -29,7 +29,7 @@ pub mod time;
 pub mod wire;
 
 pub use conntrack::Timeouts;
-pub use nat::L4Checksum;
+pub use nat::{complete_partial, L4Checksum};
 pub use router::{Action, Config, Error, Mapping, Meta, Router, RunId, RunTraffic, Scope, Vpn};
 pub use stats::{Counters, DropReason, Reply, Side};
 pub use time::Instant;

@@ -186,3 +186,32 @@ fn rewrite_tracked<const TRACK: bool>(
     }
     all
 }
+
+/// Finishes the partial L4 checksum (virtio-net `NEEDS_CSUM`) of a whole IPv4 TCP or UDP packet,
+/// as the kernel would before it leaves: the packet can then go where only complete checksums
+/// are taken (merged delivery, whose merge verifies each one before joining packets). `packet`
+/// is the packet as the router forwarded it (its pseudo-header sum already rewritten). Returns
+/// false and leaves the packet alone for anything else: other protocols, fragments, a UDP length
+/// short of the IP payload (the sum would have to stop where the kernel stops it), anything
+/// malformed.
+pub fn complete_partial(packet: &mut [u8]) -> bool {
+    let Ok(p) = crate::wire::parse(packet) else {
+        return false;
+    };
+    let (start, end) = (p.ip.header_len, p.ip.total_len);
+    let off = match p.l4 {
+        _ if p.ip.is_fragment() => return false,
+        L4::Tcp { .. } => TCP_CSUM,
+        L4::Udp { .. } if usize::from(get16(packet, start + 4)) == end - start => UDP_CSUM,
+        _ => return false,
+    };
+    let l4 = &mut packet[start..end];
+    // The field holds the pseudo-header sum, so the sum over the segment covers both.
+    let done = match !crate::checksum::fold(crate::checksum::sum(l4)) {
+        // RFC 768: a computed 0 is sent as all ones; 0 means "no checksum".
+        0 if off == UDP_CSUM => 0xffff,
+        c => c,
+    };
+    put16(l4, off, done);
+    true
+}

@@ -800,10 +800,56 @@ fn partial_checksums_from_offload_stay_partial_and_right() {
         // The translated field is the pseudo-header sum of the new addresses.
         let want = fold(naive_sum(&out[12..20]) + u32::from(proto) + l4_len as u32);
         assert_eq!(u16::from_be_bytes([out[off], out[off + 1]]), want);
-        // Completing it as the NIC would gives the full checksum.
+        // Completing it as the NIC would gives the full checksum; so does the router's own
+        // completion (for merged delivery).
+        let mut completed = out.clone();
+        assert!(netstack::complete_partial(&mut completed));
         let done = !fold(naive_sum(&out[20..]));
         out[off..off + 2].copy_from_slice(&done.to_be_bytes());
         assert_checksums(&out);
+        assert_eq!(completed, out);
+    }
+}
+
+#[test]
+fn completing_a_partial_checksum_takes_only_whole_tcp_and_udp() {
+    let partial = |mut pkt: Vec<u8>, off: usize| {
+        let l4_len = (pkt.len() - 20) as u32;
+        let s = fold(naive_sum(&pkt[12..20]) + u32::from(pkt[9]) + l4_len);
+        pkt[off..off + 2].copy_from_slice(&s.to_be_bytes());
+        pkt
+    };
+    // A UDP datagram whose checksum computes to 0 is sent with all ones (RFC 768).
+    let mut zero = None;
+    for b in 0..=u16::MAX {
+        let pkt = udp(sa(PEER, 5000), sa(V, 49153), &b.to_be_bytes());
+        if pkt[26..28] == [0xff, 0xff] {
+            zero = Some(pkt);
+            break;
+        }
+    }
+    let want = zero.expect("a payload whose checksum is all ones");
+    let mut got = partial(want.clone(), 26);
+    assert!(netstack::complete_partial(&mut got));
+    assert_eq!(got, want);
+    // Not completed, and left as they are: ICMP, a fragment, a UDP length short of the IP
+    // payload, a packet shorter than its header says.
+    let frag = {
+        let mut f = partial(udp(sa(PEER, 5000), sa(V, 49153), &[1; 64]), 26);
+        f[6] = 0x20; // more fragments
+        fix_ip_checksum(&mut f);
+        f
+    };
+    let short_udp = {
+        let mut f = partial(udp(sa(PEER, 5000), sa(V, 49153), &[1; 64]), 26);
+        f[25] -= 8;
+        f
+    };
+    let truncated = udp(sa(PEER, 5000), sa(V, 49153), &[1; 64])[..50].to_vec();
+    for pkt in [ping(PEER, V, 7, 1, false), frag, short_udp, truncated] {
+        let mut p = pkt.clone();
+        assert!(!netstack::complete_partial(&mut p));
+        assert_eq!(p, pkt);
     }
 }
 
