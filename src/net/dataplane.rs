@@ -359,7 +359,7 @@ impl Drop for Delivery {
 /// (OpenVPN's tun0 has no offload), and so do a container's datagrams, so a burst costs one
 /// write, one pass through routing and the veth and one receive at the other end instead of one
 /// per packet, and a receiving container acknowledges less often. Nothing waits for more
-/// packets: a wake-up merges only what it read.
+/// packets beyond one yield of the CPU once the device's queue ran empty (see `run`).
 struct Merge {
     slots: Vec<Slot>,
     len: usize,
