@@ -86,8 +86,8 @@ pub enum DataplaneError {
     /// the data plane is not running any more
     #[error("the data plane has stopped")]
     Stopped,
-    /// the delivery thread or the polling descriptor could not be set up
-    #[error("cannot set up the delivery thread or polling of {name}: {source}")]
+    /// the delivery thread or the descriptor for direct reads could not be set up
+    #[error("cannot set up the delivery thread or direct reads of {name}: {source}")]
     Helpers {
         name: IfName,
         source: std::io::Error,
@@ -447,10 +447,7 @@ async fn run(
             let delivery = (!config.offload)
                 .then(|| Delivery::start(&dev, usize::from(config.mtu), config.busy_poll))
                 .transpose()?;
-            let poller = (!config.busy_poll.is_zero())
-                .then(|| tun::duplicate(&dev))
-                .transpose()?;
-            Ok((delivery, poller))
+            Ok((delivery, tun::duplicate(&dev)?))
         };
         let (delivery, poller) = helpers().map_err(|source| DataplaneError::Helpers {
             name: config.tun.clone(),
@@ -519,18 +516,17 @@ async fn run(
                             // CPU goes once to whatever else wants it (on a small host often
                             // the sender of the burst) and the queue is read again: a flood
                             // keeps merging, a lone packet waits one yield.
-                            let again = match poller.as_mut() {
-                                Some(p) if merge.len > 0 => {
+                            let again = (merge.len > 0)
+                                .then(|| {
                                     std::thread::yield_now();
-                                    poll_device(p, &mut buf, Duration::ZERO)
-                                }
-                                _ => None,
-                            };
+                                    poll_device(&mut poller, &mut buf, Duration::ZERO)
+                                })
+                                .flatten();
                             let next = match again {
                                 Some(n) => Some(n),
                                 None => {
                                     merge.flush(&dev, &mut io).await;
-                                    poller.as_mut().and_then(|p| poll_device(p, &mut buf, config.busy_poll))
+                                    poll_device(&mut poller, &mut buf, config.busy_poll)
                                 }
                             };
                             match next {
