@@ -449,9 +449,30 @@ async fn download(to: SocketAddrV4, stream: Duration) -> Result<f64, ProbeError>
     Ok(mbit_s(got, t))
 }
 
-/// The streamed bytes: [`PERIOD`]-periodic, long enough to cut any chunk from any phase.
-fn pattern() -> Vec<u8> {
-    (0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect()
+/// The streamed bytes, [`PERIOD`]-periodic; the data-plane tests' bulk transfers send and check
+/// the same.
+#[derive(Clone, Debug)]
+pub struct Pattern(Vec<u8>);
+
+impl Pattern {
+    /// The longest run [`Pattern::at`] gives.
+    pub const MAX_LEN: usize = CHUNK;
+
+    pub fn new() -> Pattern {
+        Pattern((0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect())
+    }
+
+    /// The `len` bytes (at most [`Pattern::MAX_LEN`]) that follow the first `offset` of a stream.
+    pub fn at(&self, offset: u64, len: usize) -> &[u8] {
+        let at = (offset % PERIOD as u64) as usize;
+        &self.0[at..at + len]
+    }
+}
+
+impl Default for Pattern {
+    fn default() -> Pattern {
+        Pattern::new()
+    }
 }
 
 /// Writes the pattern for `d`; returns the bytes written.
@@ -459,19 +480,18 @@ async fn send_pattern(
     w: &mut (impl tokio::io::AsyncWrite + Unpin),
     d: Duration,
 ) -> std::io::Result<u64> {
-    let pat = pattern();
+    let pat = Pattern::new();
     let end = Instant::now() + d;
     let mut sent = 0u64;
     while Instant::now() < end {
-        let at = (sent % PERIOD as u64) as usize;
-        sent += w.write(&pat[at..at + CHUNK]).await? as u64;
+        sent += w.write(pat.at(sent, CHUNK)).await? as u64;
     }
     Ok(sent)
 }
 
 /// Reads to the end, checking every byte against the pattern; returns the bytes read.
 async fn receive_pattern(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<u64, ProbeError> {
-    let pat = pattern();
+    let pat = Pattern::new();
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
     loop {
@@ -479,8 +499,7 @@ async fn receive_pattern(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<
         if n == 0 {
             return Ok(got);
         }
-        let at = (got % PERIOD as u64) as usize;
-        if buf[..n] != pat[at..at + n] {
+        if buf[..n] != *pat.at(got, n) {
             return Err(ProbeError::Corrupted(format!(
                 "bytes {got}..{} differ from what was sent",
                 got + n as u64
@@ -693,7 +712,7 @@ mod tests {
     async fn the_child_finds_streamed_bytes_that_differ() {
         let (at, served) = one_connection().await;
         let mut sent = SINK.to_vec();
-        sent.extend(pattern().iter().take(1000));
+        sent.extend(Pattern::new().at(0, 1000));
         sent[SINK.len() + 500] ^= 1;
         assert!(
             exchange(at, &sent).await.is_empty(),
@@ -708,7 +727,7 @@ mod tests {
         // The same bytes unharmed are counted.
         let (at, served) = one_connection().await;
         let mut sent = SINK.to_vec();
-        sent.extend(pattern().iter().take(1000));
+        sent.extend(Pattern::new().at(0, 1000));
         assert_eq!(exchange(at, &sent).await, b"1000\n");
         served.await.expect("served").expect("clean");
     }

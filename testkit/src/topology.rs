@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use algonet::echo::Pattern;
 use algonet::net::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle};
 use algonet::net::links::{set_sysctl, IfName, LinkError, Netlink, Route};
 use algonet::net::netns::Netns;
@@ -423,19 +424,20 @@ pub fn tcp_echo(ns: &Netns, to: SocketAddrV4) -> std::io::Result<Vec<u8>> {
 }
 
 /// A TCP sink in `ns` for one [`send_bulk`]: the count of bytes received in order and unharmed
-/// (it stops at the first that differs).
+/// (it stops at the first chunk that differs from the echo algorithm's stream pattern).
 pub fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
     let listener = listen(ns, port);
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
+        let pattern = Pattern::new();
         let mut total = 0u64;
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; Pattern::MAX_LEN];
         loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     // Counts only what arrived in order and unharmed.
-                    if (0..n).any(|i| buf[i] != bulk_byte(total + i as u64)) {
+                    if buf[..n] != *pattern.at(total, n) {
                         break;
                     }
                     total += n as u64;
@@ -446,22 +448,15 @@ pub fn sink(ns: &TestNs, port: u16) -> std::thread::JoinHandle<u64> {
     })
 }
 
-/// Byte `i` of a bulk transfer: a period of 251, which no power-of-two chunking lines up with,
-/// so a lost, repeated or reordered segment shows.
-fn bulk_byte(i: u64) -> u8 {
-    (i % 251) as u8
-}
-
-/// Sends `bytes` over TCP from `ns` to `to` and closes.
+/// Sends `bytes` of the echo algorithm's stream pattern over TCP from `ns` to `to` and closes.
 pub fn send_bulk(ns: &TestNs, to: SocketAddrV4, bytes: usize) -> std::io::Result<()> {
     let mut s = connect(&ns.ns, to)?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let pattern: Vec<u8> = (0..65536 + 251).map(bulk_byte).collect();
+    let pattern = Pattern::new();
     let mut sent = 0;
     while sent < bytes {
-        let n = (bytes - sent).min(65536);
-        let at = sent % 251;
-        s.write_all(&pattern[at..at + n])?;
+        let n = (bytes - sent).min(Pattern::MAX_LEN);
+        s.write_all(pattern.at(sent as u64, n))?;
         sent += n;
     }
     s.shutdown(std::net::Shutdown::Write)
