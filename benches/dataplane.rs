@@ -153,6 +153,7 @@ fn main() {
     let algonet = |offload, busy_poll_us| Mode::Algonet {
         offload,
         busy_poll_us,
+        queues: 1,
     };
     let modes: Vec<(&str, Mode)> = [
         ("kernel", "kernel + iptables (vantage6)", Mode::Kernel),
@@ -165,6 +166,15 @@ fn main() {
             "offload-sleep",
             "algonet, offload, no busy-poll",
             algonet(true, 0),
+        ),
+        (
+            "offload-2q",
+            "algonet, offload, 2 queues",
+            Mode::Algonet {
+                offload: true,
+                busy_poll_us: DEFAULT_BUSY_POLL_US,
+                queues: 2,
+            },
         ),
         (
             "no-offload",

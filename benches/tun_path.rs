@@ -47,6 +47,7 @@ fn main() {
             Mode::Algonet {
                 offload,
                 busy_poll_us: DEFAULT_BUSY_POLL_US,
+                queues: 1,
             },
         );
         let rx = socket(&t.c1, 9000);

@@ -14,16 +14,13 @@ use common::topology::*;
 use common::{firewall, privileged};
 use netstack::{DropReason, Mapping, Protocol, RunId};
 
-fn traffic_crosses_the_router(offload: bool) {
+fn traffic_crosses_the_router(tag: &str, offload: bool, queues: usize) {
     let t = Topology::new(
-        if offload {
-            "dataplane-offload"
-        } else {
-            "dataplane-no-offload"
-        },
+        tag,
         Mode::Algonet {
             offload,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            queues,
         },
     );
     let t = &t;
@@ -292,11 +289,39 @@ fn traffic_crosses_the_router(offload: bool) {
         );
     }
 
+    // With several queues, connections spread over them: each queue's router forwarded
+    // packets, and a stream of short connections both ways each carry their echo.
+    if queues > 1 {
+        let flags = t.router.sysfs("class/net/algonet0/tun_flags");
+        let flags = i64::from_str_radix(flags.trim_start_matches("0x"), 16).expect("tun_flags");
+        assert_ne!(flags & i64::from(libc::IFF_MULTI_QUEUE), 0, "TUN without IFF_MULTI_QUEUE");
+        for _ in 0..16 {
+            assert_eq!(
+                tcp_echo(&t.peer.ns, SocketAddrV4::new(V, 49152)).expect("peer to c1"),
+                b"hello over algonet\n"
+            );
+            assert_eq!(
+                tcp_echo(&t.c2.ns, SocketAddrV4::new(PEER, 7000)).expect("c2 to peer"),
+                b"hello over algonet\n"
+            );
+        }
+        let s = t.rt.block_on(t.handle().snapshot()).expect("running");
+        assert_eq!(s.io_by_queue.len(), queues);
+        assert!(
+            s.io_by_queue.iter().all(|q| q.reads > 0 && q.writes > 0),
+            "a queue stayed idle: {:?}",
+            s.io_by_queue
+        );
+        assert_eq!(s.io.handoff_drops, 0, "{:?}", s.io);
+        eprintln!("{queues} queues: {:?}", s.io_by_queue);
+    }
+
     // Removing the mapping stops it at once and frees its state: the next connection is
     // refused by the router.
     let conns = |t: &Topology| {
-        t.rt.block_on(t.handle().with(|r| r.connections()))
+        t.rt.block_on(t.handle().snapshot())
             .expect("running")
+            .connections
     };
     let before = conns(t);
     let removed =
@@ -365,14 +390,14 @@ fn leftovers(tag: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn crosses_and_cleans_up(offload: bool) {
-    let tag = if offload {
-        "dataplane-offload"
-    } else {
-        "dataplane-no-offload"
-    };
+fn crosses_and_cleans_up(offload: bool, queues: usize) {
+    let tag = format!(
+        "dataplane-{}offload-{queues}q",
+        if offload { "" } else { "no-" }
+    );
+    let tag = tag.as_str();
     let rules_before = firewall();
-    traffic_crosses_the_router(offload);
+    traffic_crosses_the_router(tag, offload, queues);
     assert_eq!(
         leftovers(tag),
         Vec::<String>::new(),
@@ -384,14 +409,31 @@ fn crosses_and_cleans_up(offload: bool) {
 #[test]
 fn traffic_crosses_the_router_with_offload() {
     if privileged("traffic_crosses_the_router_with_offload") {
-        crosses_and_cleans_up(true);
+        crosses_and_cleans_up(true, 1);
     }
 }
 
 #[test]
 fn traffic_crosses_the_router_without_offload() {
     if privileged("traffic_crosses_the_router_without_offload") {
-        crosses_and_cleans_up(false);
+        crosses_and_cleans_up(false, 1);
+    }
+}
+
+/// The same with a multi-queue device and a router per queue: every flow above (TCP, UDP,
+/// ping, fragments, ICMP errors of path MTU discovery, hairpin, bulk both ways) reaches the
+/// router of its connection, whichever queue the kernel put it on.
+#[test]
+fn traffic_crosses_two_queues_with_offload() {
+    if privileged("traffic_crosses_two_queues_with_offload") {
+        crosses_and_cleans_up(true, 2);
+    }
+}
+
+#[test]
+fn traffic_crosses_three_queues_without_offload() {
+    if privileged("traffic_crosses_three_queues_without_offload") {
+        crosses_and_cleans_up(false, 3);
     }
 }
 
@@ -408,6 +450,7 @@ fn a_lone_packet_is_not_held_for_the_poll_window() {
         Mode::Algonet {
             offload: true,
             busy_poll_us: 4_000_000,
+            queues: 1,
         },
     );
     let peer_udp = udp_socket(&t.peer, 5000);

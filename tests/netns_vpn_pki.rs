@@ -564,6 +564,7 @@ fn a_lost_tunnel_leaks_nothing_onto_the_wan() {
             mtu: 1500,
             txqueuelen: 1000,
             busy_poll: Duration::ZERO,
+            queues: 1,
             router: netstack::Config::default(),
         },
     )

@@ -4,6 +4,10 @@
 //! get the same addresses. Fragments that arrive before their first fragment are dropped
 //! ([`crate::DropReason::FragmentUnknown`]); the sender's retransmission brings them again.
 //!
+//! The same bounded memory serves the data plane when several routers share the traffic: for a
+//! later fragment it remembers which router translated the first one ([`Fragments`] of shard
+//! numbers).
+//!
 //! Memory is bounded: at most `max` datagrams are remembered, each for the fragment timeout;
 //! when full the oldest is forgotten. One sender (a VPN peer, a container) has at most
 //! `max_per_source` of them remembered; past that its next datagram is not (its later fragments
@@ -14,7 +18,6 @@ use std::collections::{HashMap, VecDeque};
 
 use foldhash::fast::FixedState;
 
-use crate::conntrack::ConnRef;
 use crate::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,17 +28,28 @@ pub struct FragKey {
     pub ident: u16,
 }
 
+impl FragKey {
+    /// The datagram a packet (a fragment) belongs to.
+    pub fn of(ip: &crate::wire::Ip) -> FragKey {
+        FragKey {
+            src: ip.src,
+            dst: ip.dst,
+            protocol: ip.protocol,
+            ident: ip.ident,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
-struct Entry {
-    conn: ConnRef,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+struct Entry<T> {
+    value: T,
     created: Instant,
 }
 
+/// What is remembered for the later fragments of each datagram, a `T` per [`FragKey`].
 #[derive(Debug)]
-pub struct Fragments {
-    map: HashMap<FragKey, Entry, FixedState>,
+pub struct Fragments<T> {
+    map: HashMap<FragKey, Entry<T>, FixedState>,
     order: VecDeque<(FragKey, Instant)>,
     /// Remembered datagrams by sender.
     per_source: HashMap<Ipv4Addr, usize, FixedState>,
@@ -44,8 +58,8 @@ pub struct Fragments {
     timeout_ms: u64,
 }
 
-impl Fragments {
-    pub fn new(max: usize, max_per_source: usize, timeout_ms: u64, seed: u64) -> Fragments {
+impl<T: Copy> Fragments<T> {
+    pub fn new(max: usize, max_per_source: usize, timeout_ms: u64, seed: u64) -> Fragments<T> {
         Fragments {
             map: HashMap::with_capacity_and_hasher(max, FixedState::with_seed(seed)),
             order: VecDeque::with_capacity(max),
@@ -75,30 +89,18 @@ impl Fragments {
         self.map.is_empty()
     }
 
-    /// Remembers that fragments `key` of connection `conn` get the addresses `src` and `dst`.
-    /// Out of line: only first fragments come here, and inlined into the per-packet path it
-    /// costs every packet a few instructions.
+    /// Remembers `value` for the later fragments of datagram `key`. Out of line: only first
+    /// fragments come here, and inlined into the per-packet path it costs every packet a few
+    /// instructions.
     #[cold]
     #[inline(never)]
-    pub fn insert(
-        &mut self,
-        key: FragKey,
-        conn: ConnRef,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        now: Instant,
-    ) {
+    pub fn insert(&mut self, key: FragKey, value: T, now: Instant) {
         if self.max == 0 {
             return;
         }
         if let Some(e) = self.map.get_mut(&key) {
             // A reused IP id within the timeout: the newest datagram wins, keeping its place.
-            *e = Entry {
-                conn,
-                src,
-                dst,
-                created: e.created,
-            };
+            e.value = value;
             return;
         }
         if self.per_source.get(&key.src).copied().unwrap_or(0) >= self.max_per_source {
@@ -119,20 +121,18 @@ impl Fragments {
         self.map.insert(
             key,
             Entry {
-                conn,
-                src,
-                dst,
+                value,
                 created: now,
             },
         );
         self.order.push_back((key, now));
     }
 
-    /// The addresses for a later fragment, with the connection they belong to.
-    pub fn lookup(&self, key: &FragKey, now: Instant) -> Option<(ConnRef, Ipv4Addr, Ipv4Addr)> {
+    /// What was remembered for a later fragment of datagram `key`, within the timeout.
+    pub fn lookup(&self, key: &FragKey, now: Instant) -> Option<T> {
         let e = self.map.get(key)?;
         (now.as_millis().saturating_sub(e.created.as_millis()) <= self.timeout_ms)
-            .then_some((e.conn, e.src, e.dst))
+            .then_some(e.value)
     }
 
     pub fn expire(&mut self, now: Instant) {

@@ -29,8 +29,11 @@ pub mod time;
 pub mod wire;
 
 pub use conntrack::Timeouts;
+pub use frag::{FragKey, Fragments};
 pub use nat::{complete_partial, L4Checksum};
-pub use router::{Action, Config, Error, Mapping, Meta, Router, RunId, RunTraffic, Scope, Vpn};
+pub use router::{
+    Action, Config, Error, Mapping, Meta, Owner, Router, RunId, RunTraffic, Scope, Vpn,
+};
 pub use stats::{Counters, DropReason, Reply, Side};
 pub use time::Instant;
 pub use wire::{Protocol, Tuple};

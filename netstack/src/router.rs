@@ -6,6 +6,7 @@
 //! rewrites the packet in place and hands it back to be written to the same TUN device, from
 //! where the kernel delivers it to tun0 or to a veth.
 
+use core::hash::BuildHasher;
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ops::RangeInclusive;
 use core::time::Duration;
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use foldhash::fast::FixedState;
 
-use crate::conntrack::{Dir, Table, Timeouts};
+use crate::conntrack::{ConnRef, Dir, Table, Timeouts};
 use crate::frag::{FragKey, Fragments};
 use crate::icmp::{self, RateLimit};
 use crate::nat::{self, Change, L4Checksum, Mode};
@@ -35,6 +36,17 @@ pub struct RunTraffic {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
     pub connections: u64,
+}
+
+impl RunTraffic {
+    /// Adds a run's traffic through another router (of those sharing the traffic).
+    pub fn add(&mut self, other: &RunTraffic) {
+        for i in 0..2 {
+            self.packets[i] += other.packets[i];
+            self.bytes[i] += other.bytes[i];
+        }
+        self.connections += other.connections;
+    }
 }
 
 /// A registered container: its run and what it sent and received.
@@ -184,6 +196,52 @@ pub struct Config {
     /// without one reaches no one and no one reaches it). Off: every VPN member reaches every
     /// mapped port, and containers reach every member.
     pub scoped: bool,
+    /// How many routers share the node's traffic, one per queue of the TUN device, each owning
+    /// the connections [`Router::owner`] gives it (1: this router sees all traffic). Make them
+    /// with [`Config::split`].
+    pub shards: usize,
+}
+
+impl Config {
+    /// The configuration of each of `n` routers that share the traffic these limits are for:
+    /// the tables and answer budgets divided among them (rounded up), the seed kept, so that
+    /// every router's [`Router::owner`] names the same one. Connections spread over the routers
+    /// by a keyed hash of their peer and ports, so a source's quota holds within rounding for
+    /// any source with more than a few connections.
+    pub fn split(&self, n: usize) -> Config {
+        let n = n.max(1);
+        let part = |v: usize| v.div_ceil(n);
+        let part32 = |v: u32| v.div_ceil(n as u32);
+        Config {
+            max_connections: part(self.max_connections),
+            max_connections_per_source: part(self.max_connections_per_source),
+            max_fragmented: part(self.max_fragmented),
+            max_fragmented_per_source: part(self.max_fragmented_per_source),
+            replies_per_sec: part32(self.replies_per_sec),
+            reply_burst: part32(self.reply_burst),
+            replies_per_source_per_sec: part32(self.replies_per_source_per_sec),
+            reply_burst_per_source: part32(self.reply_burst_per_source),
+            shards: n,
+            ..self.clone()
+        }
+    }
+}
+
+/// Which of the routers sharing the traffic ([`Config::shards`]) decides on a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The one that holds the packet's connection, or opens it: every packet of a connection,
+    /// either way, names the same one. For a first fragment, `first_fragment` is its datagram,
+    /// whose later fragments go to the same router (see [`Owner::LaterFragment`]).
+    Shard {
+        shard: usize,
+        first_fragment: Option<FragKey>,
+    },
+    /// A later fragment, which carries no ports: it goes where its datagram's first fragment
+    /// went, which the driver remembers.
+    LaterFragment(FragKey),
+    /// Any: the packet needs no connection (every router answers or drops it alike).
+    Any,
 }
 
 impl Default for Config {
@@ -201,6 +259,7 @@ impl Default for Config {
             reply_burst_per_source: 10,
             seed: 0x5eed,
             scoped: false,
+            shards: 1,
         }
     }
 }
@@ -255,13 +314,28 @@ pub struct Router {
     /// its mapped port leave from the public port, so peers see one address for it.
     targets: HashMap<(Protocol, SocketAddrV4), u16, FixedState>,
     conns: Table,
-    frags: Fragments,
+    frags: Fragments<Translation>,
     limit: RateLimit,
     /// The answer budget of each address answered recently (see [`Config`]).
     limits: HashMap<Ipv4Addr, RateLimit, FixedState>,
     rng: u64,
     counters: Counters,
 }
+
+/// The rewrite of a fragmented datagram's later fragments: the addresses of its first one's,
+/// while that one's connection lives.
+#[derive(Clone, Copy, Debug)]
+struct Translation {
+    conn: ConnRef,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+}
+
+/// Mixed into the seed for [`Router::owner`]'s hash.
+const SHARD_KEY: u64 = 0x7368_6172_6473_2121;
+
+/// Most routers that may share the traffic.
+pub const MAX_SHARDS: usize = 64;
 
 /// Most addresses whose answer budget is remembered.
 const ANSWERED_ADDRESSES: usize = 4096;
@@ -309,6 +383,9 @@ impl Router {
             return Err(Error::Config(
                 "the established TCP timeout must be at least 2 h 4 min (RFC 5382 REQ-5)",
             ));
+        }
+        if !(1..=MAX_SHARDS).contains(&config.shards) {
+            return Err(Error::Config("shards must be between 1 and 64"));
         }
         if config.outbound_ports.is_empty() || *config.outbound_ports.start() == 0 {
             return Err(Error::Config(
@@ -562,6 +639,85 @@ impl Router {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Which router of those sharing the traffic decides on the packet `buf` (see
+    /// [`Config::shards`]). A connection belongs to the router chosen by a keyed hash of its
+    /// peer's address and port and the node's port: the port on the VPN address for what
+    /// comes from the VPN (a mapped port standing for its container's port), the container's
+    /// port for what a container sends. Both stay the same through the translation, and a port
+    /// on the VPN address is only given to a connection whose two ends hash alike (see
+    /// `allocate`), so both directions meet the same router. Flows between two containers of
+    /// the node (through its own address) have no peer; they all go to router 0. Never
+    /// panics, whatever the bytes (what cannot be parsed is [`Owner::Any`]'s to drop).
+    pub fn owner(&self, buf: &[u8]) -> Owner {
+        let first_fragment = None;
+        if self.config.shards == 1 {
+            return Owner::Shard {
+                shard: 0,
+                first_fragment,
+            };
+        }
+        let (Some(vpn), Ok(p)) = (self.vpn, wire::parse(buf)) else {
+            return Owner::Any;
+        };
+        if p.ip.frag_offset != 0 {
+            return Owner::LaterFragment(FragKey::of(&p.ip));
+        }
+        let (protocol, arrived) = match p.l4 {
+            // The quoted packet went the other way: its reverse is how its connection arrives.
+            L4::IcmpError { .. } => {
+                let Ok(q) = wire::parse_quoted(&buf[p.ip.header_len..p.ip.total_len]) else {
+                    return Owner::Any;
+                };
+                let (qs, qd) = q.l4.ports();
+                let reverse = Tuple {
+                    src: SocketAddrV4::new(q.dst, qd),
+                    dst: SocketAddrV4::new(q.src, qs),
+                };
+                (q.protocol, reverse)
+            }
+            L4::EchoRequest { .. } if p.ip.dst == vpn.address => return Owner::Any,
+            l4 => {
+                let Some(protocol) = l4.protocol() else {
+                    return Owner::Any;
+                };
+                let (sport, dport) = l4.ports();
+                let arrived = Tuple {
+                    src: SocketAddrV4::new(p.ip.src, sport),
+                    dst: SocketAddrV4::new(p.ip.dst, dport),
+                };
+                (protocol, arrived)
+            }
+        };
+        let shard = if vpn.contains(p.ip.src) {
+            self.shard_of(protocol, arrived.src, self.node_port(protocol, arrived.dst.port()))
+        } else if *arrived.dst.ip() == vpn.address {
+            0
+        } else {
+            self.shard_of(protocol, arrived.dst, arrived.src.port())
+        };
+        Owner::Shard {
+            shard,
+            first_fragment: p.ip.more_fragments.then(|| FragKey::of(&p.ip)),
+        }
+    }
+
+    /// The router of a connection with the peer `peer` at the node's port `port` (see
+    /// [`Router::owner`]).
+    fn shard_of(&self, protocol: Protocol, peer: SocketAddrV4, port: u16) -> usize {
+        // Not the tables' hash key: a peer that learnt how connections spread over the routers
+        // learns nothing about the tables' buckets.
+        let h = FixedState::with_seed(self.config.seed ^ SHARD_KEY).hash_one((protocol, peer, port));
+        (h % self.config.shards as u64) as usize
+    }
+
+    /// The node's port of a connection, seen from the VPN at `port`: a mapped port stands for
+    /// its container's port, which is what the container's own packets carry.
+    fn node_port(&self, protocol: Protocol, port: u16) -> u16 {
+        self.mappings
+            .get(&(protocol, port))
+            .map_or(port, |m| m.container.port())
     }
 
     /// Decides on the packet `buf[..len]` and rewrites it in place; `buf` beyond `len` is room
@@ -823,14 +979,13 @@ impl Router {
             Mode::Packet(meta.checksum),
         );
         if p.ip.more_fragments {
-            let key = FragKey {
-                src: p.ip.src,
-                dst: p.ip.dst,
-                protocol: p.ip.protocol,
-                ident: p.ip.ident,
+            let key = FragKey::of(&p.ip);
+            let t = Translation {
+                conn: self.conns.handle(id),
+                src: *to.src.ip(),
+                dst: *to.dst.ip(),
             };
-            self.frags
-                .insert(key, self.conns.handle(id), *to.src.ip(), *to.dst.ip(), now);
+            self.frags.insert(key, t, now);
         }
         Ok(())
     }
@@ -895,7 +1050,7 @@ impl Router {
             // source becomes the node's VPN address, so the answers come back here.
             (Side::Container, m) => {
                 let remote = m.map_or(arrived.dst, |m| m.container);
-                let port = self.allocate(protocol, remote, arrived.src, vpn.address)?;
+                let port = self.allocate(protocol, remote, arrived.src, vpn)?;
                 Tuple {
                     src: remote,
                     dst: SocketAddrV4::new(vpn.address, port),
@@ -958,41 +1113,43 @@ impl Router {
 
     /// Picks the port on the VPN address for a connection a container opens from `local` to
     /// `remote`: the public port of its mapping if `local` is mapped, else `local`'s own port if
-    /// it is in the outbound range and free (port preservation), else a random free one.
+    /// it is in the outbound range and free (port preservation), else a random free one. With
+    /// several routers, only a port whose answers this router owns (see [`Router::owner`]):
+    /// the first two always are; of random ones, about one in [`Config::shards`].
     fn allocate(
         &mut self,
         protocol: Protocol,
         remote: SocketAddrV4,
         local: SocketAddrV4,
-        vpn: Ipv4Addr,
+        vpn: Vpn,
     ) -> Result<u16, DropReason> {
         let range = self.config.outbound_ports.clone();
-        let free = |conns: &Table, port: u16| {
-            !conns.contains(
-                protocol,
-                Tuple {
-                    src: remote,
-                    dst: SocketAddrV4::new(vpn, port),
-                },
-            )
-        };
-        let mapped = self.targets.get(&(protocol, local)).copied();
-        let preserved = range.contains(&local.port()).then_some(local.port());
-        if let Some(port) = [mapped, preserved]
-            .into_iter()
-            .flatten()
-            .find(|&p| free(&self.conns, p))
-        {
-            return Ok(port);
-        }
         let (start, size) = (
             u32::from(*range.start()),
             u32::from(*range.end()) - u32::from(*range.start()) + 1,
         );
         let first = (splitmix(&mut self.rng) % u64::from(size)) as u32;
-        (0..size.min(512))
+        // Toward another container of the node (hairpin) every port is router 0's.
+        let sharded = self.config.shards > 1 && vpn.contains(*remote.ip());
+        let own = self.shard_of(protocol, remote, local.port());
+        let fits = |port: u16| {
+            let answers = Tuple {
+                src: remote,
+                dst: SocketAddrV4::new(vpn.address, port),
+            };
+            !self.conns.contains(protocol, answers)
+                && (!sharded
+                    || self.shard_of(protocol, remote, self.node_port(protocol, port)) == own)
+        };
+        let mapped = self.targets.get(&(protocol, local)).copied();
+        let preserved = range.contains(&local.port()).then_some(local.port());
+        if let Some(port) = [mapped, preserved].into_iter().flatten().find(|&p| fits(p)) {
+            return Ok(port);
+        }
+        let tries = size.min(512 * self.config.shards as u32);
+        (0..tries)
             .map(|i| (start + (first + i) % size) as u16)
-            .find(|&port| free(&self.conns, port))
+            .find(|&port| fits(port))
             .ok_or(DropReason::NoFreePort)
     }
 
@@ -1033,20 +1190,15 @@ impl Router {
         p: &Parsed,
         now: Instant,
     ) -> Result<(), DropReason> {
-        let key = FragKey {
-            src: p.ip.src,
-            dst: p.ip.dst,
-            protocol: p.ip.protocol,
-            ident: p.ip.ident,
-        };
-        let (conn, src, dst) = self
+        let key = FragKey::of(&p.ip);
+        let t = self
             .frags
             .lookup(&key, now)
             .ok_or(DropReason::FragmentUnknown)?;
-        if !self.conns.is_live(conn) {
+        if !self.conns.is_live(t.conn) {
             return Err(DropReason::FragmentUnknown);
         }
-        nat::rewrite_addresses(buf, &p.ip, src, dst);
+        nat::rewrite_addresses(buf, &p.ip, t.src, t.dst);
         Ok(())
     }
 

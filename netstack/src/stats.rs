@@ -219,6 +219,25 @@ impl Counters {
         self.forwarded_bytes[i] += bytes as u64;
     }
 
+    /// Adds the counts of another router (of those sharing the traffic).
+    pub fn add(&mut self, other: &Counters) {
+        let pairs = [
+            (&mut self.forwarded_packets[..], &other.forwarded_packets[..]),
+            (&mut self.forwarded_bytes[..], &other.forwarded_bytes[..]),
+            (&mut self.replies[..], &other.replies[..]),
+            (&mut self.drops[..], &other.drops[..]),
+        ];
+        for (mine, theirs) in pairs {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+        self.connections_created += other.connections_created;
+        self.connections_expired += other.connections_expired;
+        self.connections_evicted += other.connections_evicted;
+        self.connections_removed += other.connections_removed;
+    }
+
     /// Every nonzero drop counter, by name.
     pub fn nonzero_drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         DropReason::ALL

@@ -14,10 +14,12 @@
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netstack::{Action, Config, Counters, Instant, L4Checksum, Meta, Router, Side};
+use netstack::{
+    Action, Config, Counters, Fragments, Instant, L4Checksum, Meta, Owner, Router, Side,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::net::links::{set_device_attr, set_sysctl, IfName, LinkError, Netlink};
@@ -58,6 +60,9 @@ pub struct DataplaneConfig {
     /// in epoll (0: not at all). A sleeping driver is woken per packet, which on a VM costs tens
     /// of microseconds per direction; polling trades CPU time while traffic flows for latency.
     pub busy_poll: Duration,
+    /// Queues of the TUN device, each with a router and a thread of its own (1 to 64). The
+    /// router limits in `router` are for all of them together.
+    pub queues: usize,
     pub router: Config,
 }
 
@@ -103,6 +108,21 @@ pub struct IoCounters {
     pub write_errors: u64,
     /// Reads too short to hold a virtio-net header.
     pub short_reads: u64,
+    /// Packets read on one queue and handed to the worker whose router owns their connection.
+    pub handoffs: u64,
+    /// Packets lost because that worker's inbox was full.
+    pub handoff_drops: u64,
+}
+
+impl IoCounters {
+    fn add(&mut self, other: &IoCounters) {
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.write_errors += other.write_errors;
+        self.short_reads += other.short_reads;
+        self.handoffs += other.handoffs;
+        self.handoff_drops += other.handoff_drops;
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut Router, &IoCounters) + Send>;
@@ -110,41 +130,68 @@ type Job = Box<dyn FnOnce(&mut Router, &IoCounters) + Send>;
 /// Sends control to a running data plane. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DataplaneHandle {
-    jobs: mpsc::UnboundedSender<Job>,
+    /// One per worker (per router and queue of the device).
+    jobs: Vec<mpsc::UnboundedSender<Job>>,
 }
 
 impl DataplaneHandle {
-    /// Runs `f` on the router between two packets and returns its result.
+    /// Runs `f` on every router between two packets and returns the first router's result:
+    /// the routers sharing the traffic hold the same control (VPN, containers, mappings,
+    /// scopes), so control answers alike on each. What is counted or tracked differs by router;
+    /// [`DataplaneHandle::snapshot`] adds it up.
     pub async fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Router) -> T + Send + 'static,
+        f: impl Fn(&mut Router) -> T + Send + Sync + 'static,
     ) -> Result<T, DataplaneError> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |r, _| {
-            let _ = tx.send(f(r));
-        });
-        self.jobs.send(job).map_err(|_| DataplaneError::Stopped)?;
-        rx.await.map_err(|_| DataplaneError::Stopped)
+        let f = Arc::new(f);
+        let answers = self.ask(move |r, _| f(r))?;
+        let mut first = None;
+        for answer in answers {
+            let t = answer.await.map_err(|_| DataplaneError::Stopped)?;
+            first.get_or_insert(t);
+        }
+        first.ok_or(DataplaneError::Stopped)
     }
 
-    /// What the router and the device have counted, read between two batches of packets.
-    pub async fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |r, io| {
-            let _ = tx.send(Snapshot {
-                counters: r.counters(),
-                io: io.clone(),
-                connections: r.connections(),
-                capacity: r.capacity(),
-                fragments: r.fragmented(),
-                runs: r.run_traffic(),
+    /// Queues `f` on every worker; its answers, in the workers' order.
+    fn ask<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Router, &IoCounters) -> T + Send + Sync + 'static,
+    ) -> Result<Vec<oneshot::Receiver<T>>, DataplaneError> {
+        let f = Arc::new(f);
+        let mut answers = Vec::with_capacity(self.jobs.len());
+        for jobs in &self.jobs {
+            let (tx, rx) = oneshot::channel();
+            let f = Arc::clone(&f);
+            let job: Job = Box::new(move |r, io| {
+                let _ = tx.send(f(r, io));
             });
-        });
-        self.jobs.send(job).map_err(|_| DataplaneError::Stopped)?;
-        rx.await.map_err(|_| DataplaneError::Stopped)
+            jobs.send(job).map_err(|_| DataplaneError::Stopped)?;
+            answers.push(rx);
+        }
+        Ok(answers)
     }
 
-    /// The router's and the device's counters.
+    /// What the routers and the device have counted, read between two batches of packets and
+    /// added up over the workers.
+    pub async fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        let answers = self.ask(|r, io| Snapshot {
+            counters: r.counters(),
+            io: io.clone(),
+            io_by_queue: vec![io.clone()],
+            connections: r.connections(),
+            capacity: r.capacity(),
+            fragments: r.fragmented(),
+            runs: r.run_traffic(),
+        })?;
+        let mut total = Snapshot::default();
+        for answer in answers {
+            total.add(answer.await.map_err(|_| DataplaneError::Stopped)?);
+        }
+        Ok(total)
+    }
+
+    /// The routers' and the device's counters.
     pub async fn counters(&self) -> Result<(Counters, IoCounters), DataplaneError> {
         self.snapshot().await.map(|s| (s.counters, s.io))
     }
@@ -154,7 +201,9 @@ impl DataplaneHandle {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub counters: Counters,
+    /// The device's I/O over all queues, and by queue.
     pub io: IoCounters,
+    pub io_by_queue: Vec<IoCounters>,
     pub connections: usize,
     pub capacity: usize,
     /// Fragmented packets whose later fragments are awaited.
@@ -162,58 +211,140 @@ pub struct Snapshot {
     pub runs: Vec<(netstack::RunId, netstack::RunTraffic)>,
 }
 
+impl Snapshot {
+    /// Adds another worker's.
+    fn add(&mut self, other: Snapshot) {
+        self.counters.add(&other.counters);
+        self.io.add(&other.io);
+        self.io_by_queue.extend(other.io_by_queue);
+        self.connections += other.connections;
+        self.capacity += other.capacity;
+        self.fragments += other.fragments;
+        for (run, t) in other.runs {
+            match self.runs.iter_mut().find(|(r, _)| *r == run) {
+                Some((_, mine)) => mine.add(&t),
+                None => self.runs.push((run, t)),
+            }
+        }
+        self.runs.sort_by_key(|(run, _)| *run);
+    }
+}
+
 /// A running data plane. [`Dataplane::stop`] ends it (handles then answer `Stopped`); the TUN
 /// device goes with it.
 #[derive(Debug)]
 pub struct Dataplane {
     handle: DataplaneHandle,
+    workers: Vec<Running>,
+}
+
+/// A worker's thread and what ends it.
+#[derive(Debug)]
+struct Running {
     shutdown: oneshot::Sender<()>,
     thread: std::thread::JoinHandle<Result<Result<(), DataplaneError>, NetnsError>>,
 }
 
+impl Running {
+    fn stop(self) -> Result<(), DataplaneError> {
+        let _ = self.shutdown.send(());
+        self.thread.join().map_err(|_| DataplaneError::Stopped)??
+    }
+}
+
 impl Dataplane {
-    /// Creates the TUN device inside `ns`, configures it and starts forwarding. Returns once the
-    /// device is up, or with the reason it could not be made.
+    /// Creates the TUN device inside `ns` (with a queue per worker), configures it and starts
+    /// forwarding. Returns once every queue is open, or with the reason it could not be made.
     pub fn start(ns: &Netns, config: DataplaneConfig) -> Result<Dataplane, DataplaneError> {
-        let router = Router::new(config.router.clone())?;
-        let (jobs, rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown, stop_rx) = oneshot::channel();
-        let thread = ns.spawn(move || run(config, router, rx, stop_rx, ready_tx))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Dataplane {
-                handle: DataplaneHandle { jobs },
-                shutdown,
-                thread,
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => match thread.join() {
-                Ok(Err(e)) => Err(e.into()),
-                _ => Err(DataplaneError::Stopped),
-            },
+        let queues = config.queues;
+        if !(1..=netstack::router::MAX_SHARDS).contains(&queues) {
+            return Err(DataplaneError::Router(netstack::Error::Config(
+                "queues must be between 1 and 64",
+            )));
         }
+        let shard = if queues > 1 {
+            config.router.split(queues)
+        } else {
+            config.router.clone()
+        };
+        let routers = (0..queues)
+            .map(|_| Router::new(shard.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (inboxes, letters): (Vec<_>, Vec<_>) =
+            (0..queues).map(|_| mpsc::channel(HANDOFF_QUEUE)).unzip();
+        let peers: Arc<[mpsc::Sender<Vec<u8>>]> = inboxes.into();
+        let r = &config.router;
+        let later = (queues > 1).then(|| {
+            Arc::new(Mutex::new(Fragments::new(
+                r.max_fragmented,
+                r.max_fragmented_per_source,
+                u64::try_from(r.timeouts.fragment.as_millis()).unwrap_or(u64::MAX),
+                r.seed,
+            )))
+        });
+        let mut workers = Vec::new();
+        let mut jobs = Vec::new();
+        for (index, (router, inbox)) in routers.into_iter().zip(letters).enumerate() {
+            let (job_tx, job_rx) = mpsc::unbounded_channel();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let (shutdown, stop_rx) = oneshot::channel();
+            let worker = Worker {
+                index,
+                router,
+                jobs: job_rx,
+                shutdown: stop_rx,
+                inbox,
+                peers: Arc::clone(&peers),
+                later: later.clone(),
+            };
+            let config = config.clone();
+            // Queues after the first attach to the device the first one made.
+            let thread = ns.spawn(move || run(config, worker, ready_tx))?;
+            let failed = match ready_rx.recv() {
+                Ok(Ok(())) => {
+                    workers.push(Running { shutdown, thread });
+                    jobs.push(job_tx);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    e
+                }
+                Err(_) => match thread.join() {
+                    Ok(Err(e)) => e.into(),
+                    _ => DataplaneError::Stopped,
+                },
+            };
+            for w in workers {
+                let _ = w.stop();
+            }
+            return Err(failed);
+        }
+        Ok(Dataplane {
+            handle: DataplaneHandle { jobs },
+            workers,
+        })
     }
 
     pub fn handle(&self) -> DataplaneHandle {
         self.handle.clone()
     }
 
-    /// Stops forwarding and removes the TUN device. Waits for the thread; returns why it had
+    /// Stops forwarding and removes the TUN device. Waits for the threads; returns why one had
     /// stopped if it had stopped by itself.
     pub fn stop(self) -> Result<(), DataplaneError> {
-        let _ = self.shutdown.send(());
-        self.thread.join().map_err(|_| DataplaneError::Stopped)??
+        let outcomes: Vec<_> = self.workers.into_iter().map(Running::stop).collect();
+        outcomes.into_iter().collect()
     }
 }
 
 async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, DataplaneError> {
     let name = &config.tun;
-    let dev = tun::open(name, config.offload).map_err(|source| DataplaneError::Tun {
-        name: name.clone(),
-        source,
+    let dev = tun::open(name, config.offload, config.queues > 1).map_err(|source| {
+        DataplaneError::Tun {
+            name: name.clone(),
+            source,
+        }
     })?;
     let nl = Netlink::connect()?;
     nl.configure(name, Some(u32::from(config.mtu)), Some(config.txqueuelen))
@@ -435,30 +566,170 @@ impl Merge {
     }
 }
 
-async fn run(
-    config: DataplaneConfig,
-    mut router: Router,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    mut shutdown: oneshot::Receiver<()>,
-    ready: std::sync::mpsc::Sender<Result<(), DataplaneError>>,
-) -> Result<(), DataplaneError> {
-    let started = setup(&config).await.and_then(|dev| {
-        let helpers = || {
-            let delivery = (!config.offload)
-                .then(|| Delivery::start(&dev, usize::from(config.mtu), config.busy_poll))
-                .transpose()?;
-            Ok((delivery, tun::duplicate(&dev)?))
+/// Packets one worker may have handed to another at once; past that they are dropped (and
+/// counted), as on a full device queue.
+const HANDOFF_QUEUE: usize = 256;
+
+/// One router with its queue of the device. With several, the kernel picks a packet's queue
+/// by a hash of its addresses and ports, and later by where the packets of the reverse flow
+/// were written; a packet that lands on another router's queue than its connection's (see
+/// [`Router::owner`]) is handed over, and the owner's write of the translated packet then
+/// steers the flow's answers to its own queue.
+struct Worker {
+    index: usize,
+    router: Router,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    shutdown: oneshot::Receiver<()>,
+    /// Packets other workers read for this one's router (with their virtio-net header).
+    inbox: mpsc::Receiver<Vec<u8>>,
+    /// Every worker's inbox, by index.
+    peers: Arc<[mpsc::Sender<Vec<u8>>]>,
+    /// With several routers: which one translated a fragmented datagram's first fragment.
+    later: Option<Arc<Mutex<Fragments<u16>>>>,
+}
+
+impl Worker {
+    /// The worker whose router decides on `packet` (see [`Owner`]).
+    fn owner(&self, packet: &[u8], now: Instant) -> usize {
+        let Some(later) = &self.later else {
+            return self.index;
         };
-        let (delivery, poller) = helpers().map_err(|source| DataplaneError::Helpers {
+        // A poisoned lock only means another worker panicked mid-insert; the map is still whole.
+        let fragments = || later.lock().unwrap_or_else(|e| e.into_inner());
+        match self.router.owner(packet) {
+            Owner::Shard {
+                shard,
+                first_fragment,
+            } => {
+                if let Some(key) = first_fragment {
+                    fragments().insert(key, shard as u16, now);
+                }
+                shard
+            }
+            Owner::LaterFragment(key) => fragments()
+                .lookup(&key, now)
+                .map_or(self.index, usize::from),
+            Owner::Any => self.index,
+        }
+    }
+}
+
+/// A worker's queue of the device and how it writes there.
+struct Port {
+    dev: tun_rs::AsyncDevice,
+    /// The same queue, for reads beside tokio's.
+    poller: std::fs::File,
+    delivery: Option<Delivery>,
+    merge: Merge,
+    io: IoCounters,
+    /// Length of the virtio-net header: 0 without offload.
+    hdr: usize,
+}
+
+impl Port {
+    /// Decides on the packet in `buf[..n]` (behind its virtio-net header with offload) and
+    /// writes or queues what the router makes of it.
+    async fn forward(&mut self, router: &mut Router, buf: &mut [u8], n: usize, now: Instant) {
+        let hdr = self.hdr;
+        let meta = if hdr == 0 {
+            Meta::default()
+        } else {
+            vnet_meta(&buf[..hdr])
+        };
+        let out = match router.process(&mut buf[hdr..], n - hdr, meta, now) {
+            Action::Forward { len, to } => {
+                let len = usize::from(len);
+                if let (Some(d), Side::Container) = (&self.delivery, to) {
+                    if d.send(&buf[hdr..hdr + len]) {
+                        self.io.writes += 1;
+                        return;
+                    }
+                }
+                // A partial checksum is finished here, as the kernel would finish it: the
+                // merge takes only complete ones.
+                if hdr > 0
+                    && meta.gso_size == 0
+                    && (meta.checksum == L4Checksum::Complete
+                        || netstack::complete_partial(&mut buf[hdr..hdr + len]))
+                {
+                    self.merge.push(&buf[hdr..hdr + len]);
+                    return;
+                }
+                hdr + len
+            }
+            Action::Reply { len, .. } => {
+                // A packet the router built: complete checksums, no segmentation.
+                buf[..hdr].fill(0);
+                hdr + usize::from(len)
+            }
+            Action::Drop(_) => return,
+        };
+        // What was queued before this packet goes first: order within a flow holds.
+        self.flush().await;
+        let sent = match self.dev.try_send(&buf[..out]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.dev.send(&buf[..out]).await,
+            other => other,
+        };
+        match sent {
+            Ok(_) => self.io.writes += 1,
+            Err(_) => self.io.write_errors += 1,
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.merge.flush(&self.dev, &mut self.io).await;
+    }
+
+    /// The counters, with the delivery thread's write errors.
+    fn counters(&self) -> IoCounters {
+        let mut io = self.io.clone();
+        if let Some(d) = &self.delivery {
+            io.write_errors += d.errors.load(Ordering::Relaxed);
+        }
+        io
+    }
+}
+
+/// Opens the worker's queue (the first worker creates and configures the device) and its
+/// helpers.
+async fn open_port(config: &DataplaneConfig, first: bool) -> Result<Port, DataplaneError> {
+    let dev = if first {
+        setup(config).await?
+    } else {
+        tun::open(&config.tun, config.offload, true).map_err(|source| DataplaneError::Tun {
             name: config.tun.clone(),
             source,
-        })?;
-        Ok((dev, delivery, poller))
-    });
-    let (dev, delivery, mut poller) = match started {
-        Ok(started) => {
+        })?
+    };
+    let helpers = || {
+        let delivery = (!config.offload)
+            .then(|| Delivery::start(&dev, usize::from(config.mtu), config.busy_poll))
+            .transpose()?;
+        Ok((delivery, tun::duplicate(&dev)?))
+    };
+    let (delivery, poller) = helpers().map_err(|source| DataplaneError::Helpers {
+        name: config.tun.clone(),
+        source,
+    })?;
+    Ok(Port {
+        dev,
+        poller,
+        delivery,
+        merge: Merge::new(),
+        io: IoCounters::default(),
+        hdr: if config.offload { VNET_HDR_LEN } else { 0 },
+    })
+}
+
+async fn run(
+    config: DataplaneConfig,
+    mut w: Worker,
+    ready: std::sync::mpsc::Sender<Result<(), DataplaneError>>,
+) -> Result<(), DataplaneError> {
+    let mut port = match open_port(&config, w.index == 0).await {
+        Ok(port) => {
             let _ = ready.send(Ok(()));
-            started
+            port
         }
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -468,10 +739,8 @@ async fn run(
     let epoch = std::time::Instant::now();
     let now =
         || Instant::from_millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let hdr = if config.offload { VNET_HDR_LEN } else { 0 };
+    let hdr = port.hdr;
     let mut buf = vec![0u8; BUF_LEN];
-    let mut merge = Merge::new();
-    let mut io = IoCounters::default();
     // Expiry sleeps until the router has work for it (never, while it tracks nothing), and
     // runs at most once a second: a lookup already treats an idle connection as gone, so a
     // later poll only reclaims memory.
@@ -479,7 +748,8 @@ async fn run(
     tokio::pin!(expiry);
     let mut last_poll = tokio::time::Instant::now();
     loop {
-        let due = router
+        let due = w
+            .router
             .poll_at()
             .map_or(tokio::time::Instant::from_std(epoch) + FAR, |t| {
                 let at =
@@ -492,41 +762,41 @@ async fn run(
         tokio::select! {
             // Control first: a mapping removed is gone before the next packet is looked at.
             biased;
-            _ = &mut shutdown => return Ok(()),
-            job = jobs.recv() => match job {
-                Some(job) => {
-                    let mut io = io.clone();
-                    if let Some(d) = &delivery {
-                        io.write_errors += d.errors.load(Ordering::Relaxed);
-                    }
-                    job(&mut router, &io)
-                }
+            _ = &mut w.shutdown => return Ok(()),
+            job = w.jobs.recv() => match job {
+                Some(job) => job(&mut w.router, &port.counters()),
                 None => return Ok(()),
             },
-            ready = dev.readable() => {
+            Some(packet) = w.inbox.recv() => {
+                let n = packet.len().min(BUF_LEN);
+                buf[..n].copy_from_slice(&packet[..n]);
+                port.forward(&mut w.router, &mut buf, n, now()).await;
+                port.flush().await;
+            }
+            ready = port.dev.readable() => {
                 ready.map_err(|source| DataplaneError::Read { name: config.tun.clone(), source })?;
                 // Drain what is queued (up to a batch) before looking at control and timers
                 // again: one wake-up per burst instead of per packet.
                 let now = now();
                 for _ in 0..BATCH {
-                    let n = match dev.try_recv(&mut buf) {
+                    let n = match port.dev.try_recv(&mut buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             // The queue ran empty. Before what this wake-up merged leaves, the
                             // CPU goes once to whatever else wants it (on a small host often
                             // the sender of the burst) and the queue is read again: a flood
                             // keeps merging, a lone packet waits one yield.
-                            let again = (merge.len > 0)
+                            let again = (port.merge.len > 0)
                                 .then(|| {
                                     std::thread::yield_now();
-                                    poll_device(&mut poller, &mut buf, Duration::ZERO)
+                                    poll_device(&mut port.poller, &mut buf, Duration::ZERO)
                                 })
                                 .flatten();
                             let next = match again {
                                 Some(n) => Some(n),
                                 None => {
-                                    merge.flush(&dev, &mut io).await;
-                                    poll_device(&mut poller, &mut buf, config.busy_poll)
+                                    port.flush().await;
+                                    poll_device(&mut port.poller, &mut buf, config.busy_poll)
                                 }
                             };
                             match next {
@@ -536,55 +806,25 @@ async fn run(
                         }
                         Err(source) => return Err(DataplaneError::Read { name: config.tun.clone(), source }),
                     };
-                    io.reads += 1;
+                    port.io.reads += 1;
                     if n < hdr {
-                        io.short_reads += 1;
+                        port.io.short_reads += 1;
                         continue;
                     }
-                    let meta = if hdr == 0 { Meta::default() } else { vnet_meta(&buf[..hdr]) };
-                    let out = match router.process(&mut buf[hdr..], n - hdr, meta, now) {
-                        Action::Forward { len, to } => {
-                            let len = usize::from(len);
-                            if let (Some(d), Side::Container) = (&delivery, to) {
-                                if d.send(&buf[hdr..hdr + len]) {
-                                    io.writes += 1;
-                                    continue;
-                                }
-                            }
-                            // A partial checksum is finished here, as the kernel would
-                            // finish it: the merge takes only complete ones.
-                            if hdr > 0
-                                && meta.gso_size == 0
-                                && (meta.checksum == L4Checksum::Complete
-                                    || netstack::complete_partial(&mut buf[hdr..hdr + len]))
-                            {
-                                merge.push(&buf[hdr..hdr + len]);
-                                continue;
-                            }
-                            hdr + len
+                    let owner = w.owner(&buf[hdr..n], now);
+                    if owner != w.index {
+                        match w.peers[owner].try_send(buf[..n].to_vec()) {
+                            Ok(()) => port.io.handoffs += 1,
+                            Err(_) => port.io.handoff_drops += 1,
                         }
-                        Action::Reply { len, .. } => {
-                            // A packet the router built: complete checksums, no segmentation.
-                            buf[..hdr].fill(0);
-                            hdr + usize::from(len)
-                        }
-                        Action::Drop(_) => continue,
-                    };
-                    // What was queued before this packet goes first: order within a flow holds.
-                    merge.flush(&dev, &mut io).await;
-                    let sent = match dev.try_send(&buf[..out]) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => dev.send(&buf[..out]).await,
-                        other => other,
-                    };
-                    match sent {
-                        Ok(_) => io.writes += 1,
-                        Err(_) => io.write_errors += 1,
+                        continue;
                     }
+                    port.forward(&mut w.router, &mut buf, n, now).await;
                 }
-                merge.flush(&dev, &mut io).await;
+                port.flush().await;
             }
             () = &mut expiry => {
-                router.poll(now());
+                w.router.poll(now());
                 last_poll = tokio::time::Instant::now();
             }
         }

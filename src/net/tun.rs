@@ -6,16 +6,23 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::net::links::IfName;
 
-/// Opens (creating) the TUN device `name`, with or without offload.
-pub fn open(name: &IfName, offload: bool) -> std::io::Result<tun_rs::AsyncDevice> {
+/// Opens a queue of the TUN device `name`, with or without offload, creating the device if
+/// there is none. With `multi_queue` the device takes more queues, each opened by a call of its
+/// own with the same settings.
+pub fn open(
+    name: &IfName,
+    offload: bool,
+    multi_queue: bool,
+) -> std::io::Result<tun_rs::AsyncDevice> {
     if offload {
         tun_rs::DeviceBuilder::new()
             .name(name.as_str())
             .offload(true)
+            .multi_queue(multi_queue)
             .packet_information(false)
             .build_async()
     } else {
-        open_napi(name)
+        open_napi(name, multi_queue)
     }
 }
 
@@ -23,7 +30,7 @@ pub fn open(name: &IfName, offload: bool) -> std::io::Result<tun_rs::AsyncDevice
 /// it): packets written to the device then go through the kernel's GRO, which merges a TCP
 /// stream's MTU-sized packets back into large ones before they are routed, so routing, the veth
 /// and the receiving TCP run once per merged packet instead of once per 1400 bytes.
-fn open_napi(name: &IfName) -> std::io::Result<tun_rs::AsyncDevice> {
+fn open_napi(name: &IfName, multi_queue: bool) -> std::io::Result<tun_rs::AsyncDevice> {
     use std::os::fd::IntoRawFd;
     /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in a 24-byte union.
     #[repr(C)]
@@ -37,9 +44,10 @@ fn open_napi(name: &IfName) -> std::io::Result<tun_rs::AsyncDevice> {
         .read(true)
         .write(true)
         .open("/dev/net/tun")?;
+    let queues = if multi_queue { libc::IFF_MULTI_QUEUE } else { 0 };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_NAPI) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_NAPI | queues) as libc::c_short,
         rest: [0; 22],
     };
     // An IfName has at most 15 bytes, so the name stays NUL-terminated.

@@ -59,6 +59,10 @@ pub struct NodeConfig {
     /// wake-up per packet: lower latency and steadier throughput, most of all on VMs.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u64,
+    /// Queues of the data plane's TUN device, each with a router on a thread of its own (1 to
+    /// 64): connections spread over them, so the data plane can use that many CPUs.
+    #[serde(default = "default_dataplane_queues")]
+    pub dataplane_queues: usize,
 }
 
 fn subnet<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
@@ -112,6 +116,10 @@ fn default_busy_poll_us() -> u64 {
     DEFAULT_BUSY_POLL_US
 }
 
+fn default_dataplane_queues() -> usize {
+    1
+}
+
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         crate::config::load(path, NodeConfig::parse)
@@ -142,6 +150,13 @@ impl NodeConfig {
             return Err(format!(
                 "busy_poll_us: {} is more than 10000 (10 ms of polling per packet)",
                 c.busy_poll_us
+            ));
+        }
+        if !(1..=netstack::router::MAX_SHARDS).contains(&c.dataplane_queues) {
+            return Err(format!(
+                "dataplane_queues: {} is not between 1 and {}",
+                c.dataplane_queues,
+                netstack::router::MAX_SHARDS
             ));
         }
         if c.proxy_port == 0 {
@@ -187,6 +202,8 @@ mod tests {
             ("metrics_listen: 127.0.0.1\n", "metrics_listen"),
             ("busy_poll_us: 10001\n", "busy_poll_us"),
             ("busy_poll_us: -1\n", "busy_poll_us"),
+            ("dataplane_queues: 0\n", "dataplane_queues"),
+            ("dataplane_queues: 65\n", "dataplane_queues"),
             ("images: {vpn: x}\n", "vpn"),
             ("name: a b\n", "name"),
             ("colour: blue\n", "colour"),

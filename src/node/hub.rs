@@ -99,6 +99,7 @@ impl Hub {
             mtu: TUNNEL_MTU,
             txqueuelen: 1000,
             busy_poll: std::time::Duration::from_micros(config.busy_poll_us),
+            queues: config.dataplane_queues,
             router: netstack::Config {
                 seed: u64::from_ne_bytes(seed),
                 scoped: config.peer_scope != crate::node::config::PeerScope::Vpn,
@@ -157,7 +158,7 @@ impl Hub {
     /// Sets whom a run may talk to over the VPN (see [`netstack::Scope`]).
     pub async fn set_scope(&self, run: RunId, scope: netstack::Scope) -> Result<(), HubError> {
         self.handle
-            .with(move |r| r.set_scope(run.into(), scope))
+            .with(move |r| r.set_scope(run.into(), scope.clone()))
             .await?;
         Ok(())
     }

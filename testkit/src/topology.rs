@@ -60,8 +60,13 @@ pub struct Topology {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// algonet's userspace router on a TUN device, with or without offload, reading the device
-    /// for up to `busy_poll_us` once its queue ran empty before it sleeps.
-    Algonet { offload: bool, busy_poll_us: u64 },
+    /// for up to `busy_poll_us` once its queue ran empty before it sleeps, with `queues` queues
+    /// (and routers).
+    Algonet {
+        offload: bool,
+        busy_poll_us: u64,
+        queues: usize,
+    },
     /// The kernel with the iptables rules vantage6 4.14 writes (per-port DNAT, MASQUERADE):
     /// the baseline of the side-by-side benchmark.
     Kernel,
@@ -102,6 +107,7 @@ impl Topology {
         if let Mode::Algonet {
             offload,
             busy_poll_us,
+            queues,
         } = mode
         {
             let config = DataplaneConfig {
@@ -110,6 +116,7 @@ impl Topology {
                 mtu: MTU,
                 txqueuelen: 1000,
                 busy_poll: std::time::Duration::from_micros(busy_poll_us),
+                queues,
                 router: Config::default(),
             };
             // Held by the topology from here on, so a failure below still stops it.
