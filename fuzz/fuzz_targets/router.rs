@@ -1,5 +1,6 @@
 //! The router fed arbitrary packets interleaved with mapping changes, run removals, VPN changes,
-//! scope changes (the first byte decides whether the router is scoped) and clock steps, with the
+//! scope changes (the first byte decides whether the router is scoped, and whether it is one of
+//! three sharing the traffic, whose owner it is asked for each packet) and clock steps, with the
 //! partial checksums of forwarded packets completed as merged delivery does. It must never
 //! panic, every packet must be accounted for exactly once, and the tables must stay within
 //! their bounds.
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use netstack::{
-    Action, Config, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId, Scope, Vpn,
+    Action, Config, Instant, L4Checksum, Mapping, Meta, Owner, Protocol, Reply, Router, RunId,
+    Scope, Vpn,
 };
 
 const MAX_CONNS: usize = 64;
@@ -50,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
         outbound_ports: 40000..=40063,
         replies_per_sec: 100,
         reply_burst: 5,
+        shards: if first & 2 != 0 { 3 } else { 1 },
         ..Config::default()
     };
     let mut r = Router::new(config).expect("valid config");
@@ -69,6 +72,9 @@ fuzz_target!(|data: &[u8]| {
                 let pkt = input.bytes(usize::from(len) % 2048);
                 let n = pkt.len();
                 buf[..n].copy_from_slice(pkt);
+                if let Owner::Shard { shard, .. } = r.owner(&buf[..n]) {
+                    assert!(shard < 3);
+                }
                 let meta = if op & 0x80 != 0 {
                     Meta { checksum: L4Checksum::Partial, gso_size: u16::from(op & 0x70) * 16 }
                 } else {

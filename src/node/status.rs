@@ -105,6 +105,10 @@ pub struct Router {
     pub tun_reads: u64,
     pub tun_writes: u64,
     pub tun_write_errors: u64,
+    /// With several queues: packets read on one and passed to the router owning their
+    /// connection, and those lost because its inbox was full.
+    pub tun_handoffs: u64,
+    pub tun_handoff_drops: u64,
     /// Every drop and reply counter, zeros too (for the metrics; the socket shows those that
     /// moved).
     #[serde(skip)]
@@ -268,6 +272,8 @@ fn router_view(s: &Snapshot) -> Router {
         tun_reads: s.io.reads,
         tun_writes: s.io.writes,
         tun_write_errors: s.io.write_errors,
+        tun_handoffs: s.io.handoffs,
+        tun_handoff_drops: s.io.handoff_drops,
         all_drops,
         all_replies,
     }
@@ -418,6 +424,16 @@ impl Describe for NodeMetrics {
             "node_tun_write_errors",
             "Writes the kernel refused (the packet is lost)",
             r.tun_write_errors,
+        )?;
+        sheet.counter(
+            "node_tun_handoffs",
+            "Packets read on one queue of the TUN device and passed to the router owning their connection",
+            r.tun_handoffs,
+        )?;
+        sheet.counter(
+            "node_tun_handoff_drops",
+            "Packets lost because the owning router's inbox was full",
+            r.tun_handoff_drops,
         )
     }
 }
