@@ -1,7 +1,8 @@
 //! Side by side, on the same namespaces and the same traffic: (a) the kernel with the iptables
 //! rules vantage6 4.14 writes, (b) algonet with offload as the node runs it (polling the TUN for
-//! `busy_poll_us` after each packet), and the same without busy-polling, (c) algonet without
-//! offload, also with and without busy-polling. iperf3 for TCP (one stream each way, 8 streams)
+//! `busy_poll_us` after each packet), and the same without busy-polling, each also with a
+//! two-queue device (a router per queue), (c) algonet without offload, also with and without
+//! busy-polling. iperf3 for TCP (one stream each way, 8 streams)
 //! and UDP packet rates (1400 and 64 bytes), and the round trips of a small request/response and
 //! of a 256 KB one. Prints one table with ratios to (a).
 //!
@@ -147,44 +148,45 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     // `MODES=no-offload` (or any comma-separated subset of kernel, offload, offload-sleep,
-    // no-offload, no-offload-sleep) runs only those, for working on one of them; ratios are
-    // then to the first.
+    // offload-2q, offload-sleep-2q, no-offload, no-offload-sleep) runs only those, for working
+    // on one of them; ratios are then to the first.
     let wanted = std::env::var("MODES").ok();
-    let algonet = |offload, busy_poll_us| Mode::Algonet {
+    let algonet = |offload, busy_poll_us, queues| Mode::Algonet {
         offload,
         busy_poll_us,
-        queues: 1,
+        queues,
     };
     let modes: Vec<(&str, Mode)> = [
         ("kernel", "kernel + iptables (vantage6)", Mode::Kernel),
         (
             "offload",
             "algonet, offload",
-            algonet(true, DEFAULT_BUSY_POLL_US),
+            algonet(true, DEFAULT_BUSY_POLL_US, 1),
         ),
         (
             "offload-sleep",
             "algonet, offload, no busy-poll",
-            algonet(true, 0),
+            algonet(true, 0, 1),
         ),
         (
             "offload-2q",
             "algonet, offload, 2 queues",
-            Mode::Algonet {
-                offload: true,
-                busy_poll_us: DEFAULT_BUSY_POLL_US,
-                queues: 2,
-            },
+            algonet(true, DEFAULT_BUSY_POLL_US, 2),
+        ),
+        (
+            "offload-sleep-2q",
+            "algonet, offload, no busy-poll, 2 queues",
+            algonet(true, 0, 2),
         ),
         (
             "no-offload",
             "algonet, no offload",
-            algonet(false, DEFAULT_BUSY_POLL_US),
+            algonet(false, DEFAULT_BUSY_POLL_US, 1),
         ),
         (
             "no-offload-sleep",
             "algonet, no offload, no busy-poll",
-            algonet(false, 0),
+            algonet(false, 0, 1),
         ),
     ]
     .into_iter()

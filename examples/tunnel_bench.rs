@@ -110,16 +110,100 @@ fn tun_tx_dropped(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU controller's cgroup directory of process `pid`: cgroup v1's `cpu` hierarchy where it
+/// is mounted, else the v2 one.
+fn cpu_cgroup(pid: u32) -> Result<PathBuf, Failed> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let line = |want: &dyn Fn(&str) -> bool| {
+        text.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            want(controllers).then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    if let Some(path) = line(&|c| c.split(',').any(|c| c == "cpu")) {
+        return Ok(Path::new("/sys/fs/cgroup/cpu").join(path));
+    }
+    let path = line(&|c| c.is_empty()).ok_or("no cgroup of the CPU controller")?;
+    let root = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Path::new("/sys/fs/cgroup")
+    } else {
+        Path::new("/sys/fs/cgroup/unified")
+    };
+    Ok(root.join(path))
+}
+
+/// Moves process `pid` into the CPU cgroup of process `like`.
+fn join_cpu_cgroup(pid: u32, like: u32) -> Result<(), Failed> {
+    let procs = cpu_cgroup(like)?.join("cgroup.procs");
+    std::fs::write(&procs, pid.to_string())
+        .map_err(|e| format!("{}: {e}", procs.display()).into())
+}
+
+/// A CPU cgroup of its own for a process, as systemd gives each service one: without it the
+/// nodes' threads would weigh each as much as all containers together (cgroup v1's root group
+/// against Docker's). Removed on drop, once the process has ended.
+struct OwnCgroup(PathBuf);
+
+impl OwnCgroup {
+    fn new(name: &str, pid: u32) -> Result<OwnCgroup, Failed> {
+        let dir = cpu_cgroup(std::process::id())?.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let own = OwnCgroup(dir);
+        std::fs::write(own.0.join("cgroup.procs"), pid.to_string())?;
+        Ok(own)
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// One iperf3 run; the receiver's rate in Mbit/s and the sender's retransmissions.
-fn iperf(path: &Path2, streams: u32, reverse: bool, seconds: u64) -> Result<(f64, u64), Failed> {
-    let mut c = nsenter(path.client.pid);
-    c.args(["iperf3", "-J", "-c", &path.server.ip])
-        .args(["-p", &path.server.port.to_string()])
+/// Which way the data goes, and which end opened the connection.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// A connects to B and sends.
+    AToB,
+    /// A connects to B, B sends (iperf3's `-R`): the accepting side sends.
+    BToA,
+    /// B connects to A and sends.
+    BToAOpenedByB,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::AToB => "A -> B",
+            Direction::BToA => "B -> A",
+            Direction::BToAOpenedByB => "B -> A, B connects",
+        }
+    }
+}
+
+fn iperf(
+    path: &Path2,
+    streams: u32,
+    direction: Direction,
+    seconds: u64,
+) -> Result<(f64, u64), Failed> {
+    let (client, server) = match direction {
+        Direction::BToAOpenedByB => (&path.server, &path.client),
+        _ => (&path.client, &path.server),
+    };
+    let mut c = nsenter(client.pid);
+    c.args(["iperf3", "-J", "-c", &server.ip])
+        .args(["-p", &server.port.to_string()])
         .args(["-t", &seconds.to_string(), "-P", &streams.to_string()]);
-    if reverse {
+    if let Direction::BToA = direction {
         c.arg("-R");
     }
-    let out = c.output()?;
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // Weighed by the scheduler as a process of its end's container, as an algorithm is.
+    join_cpu_cgroup(child.id(), client.pid)?;
+    let out = child.wait_with_output()?;
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         format!(
             "iperf3 on {}: {e}: {}",
@@ -383,13 +467,20 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     let (a, b) = algonet_ends(fed, &admin).await?;
     let plain = plain_clients(fed, &admin).await?;
     let (p0, p1) = (plain[0].1.clone(), plain[1].1.clone());
-    let _plain_server = Owned(
-        nsenter(p1.pid)
+    // Each plain client's iperf3 server, weighed as a process of its container (the algorithms'
+    // servers are their containers' own).
+    let mut plain_servers = Vec::new();
+    for end in [&p0, &p1] {
+        let server = nsenter(end.pid)
             .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
             .stdout(Stdio::null())
-            .spawn()?,
-    );
+            .spawn()?;
+        let id = server.id();
+        plain_servers.push(Owned(server));
+        join_cpu_cgroup(id, end.pid)?;
+    }
     wait_listening(&p0, &p1)?;
+    wait_listening(&p1, &p0)?;
     let server_pid = fed.docker.pid(&fed.vpn_server).await?;
     let mut node_vpn = Vec::new();
     for n in &fed.nodes {
@@ -419,12 +510,15 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                 .collect(),
         },
     ];
-    let cases = [(1, false), (1, true), (8, false), (8, true)];
+    let cases = [1, 8].into_iter().flat_map(|streams| {
+        [Direction::AToB, Direction::BToA, Direction::BToAOpenedByB].map(|d| (streams, d))
+    });
+    let cases: Vec<(u32, Direction)> = cases.collect();
     let mut seen: Vec<Vec<Seen>> = (0..cases.len())
         .map(|_| (0..paths.len()).map(|_| Seen::default()).collect())
         .collect();
     for round in 0..rounds {
-        for (c, &(streams, reverse)) in cases.iter().enumerate() {
+        for (c, &(streams, direction)) in cases.iter().enumerate() {
             for (p, path) in paths.iter().enumerate() {
                 // At the OpenVPN server (the first), and at the two ends.
                 let drops = || {
@@ -438,7 +532,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                     total(&path.nodes, cpu_secs),
                 );
                 let t = Instant::now();
-                let (rate, re) = iperf(path, streams, reverse, seconds)?;
+                let (rate, re) = iperf(path, streams, direction, seconds)?;
                 let wall = t.elapsed().as_secs_f64();
                 let s = &mut seen[c][p];
                 s.rates.push(rate);
@@ -453,7 +547,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                 eprintln!(
                     "round {} TCP {streams} {} {}: {rate:.1} Mbit/s",
                     round + 1,
-                    if reverse { "B -> A" } else { "A -> B" },
+                    direction.label(),
                     path.name,
                 );
             }
@@ -464,13 +558,13 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
          tun0 TX drops plain / algonet | TCP retransmits plain / algonet | OpenVPN CPU plain / algonet | node CPU |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (c, &(streams, reverse)) in cases.iter().enumerate() {
+    for (c, &(streams, direction)) in cases.iter().enumerate() {
         let [plain, ours] = [&seen[c][0], &seen[c][1]];
         let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
         println!(
             "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} / {} | {} |",
             if streams > 1 { "s" } else { "" },
-            if reverse { "B -> A" } else { "A -> B" },
+            direction.label(),
             median(&plain.rates),
             median(&ours.rates),
             median(&ours.rates) / median(&plain.rates),
@@ -520,13 +614,24 @@ async fn main() -> Result<(), Failed> {
         algonet: std::fs::canonicalize(&algonet)?,
     };
     let mut fed = Federation::up(options, Instant::now()).await?;
-    let outcome = bench(&fed, rounds.max(1), seconds).await;
+    let services: Result<Vec<_>, Failed> = fed
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.organization.clone(), n.child.as_ref()?.id())))
+        .map(|(org, pid)| OwnCgroup::new(&format!("algonet-{TAG}-{org}"), pid))
+        .collect();
+    let outcome = match &services {
+        Ok(_) => bench(&fed, rounds.max(1), seconds).await,
+        Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
+    };
     for i in 0..2 {
         let _ = fed.docker.remove(&format!("algonet-{TAG}-plain-{i}")).await;
     }
     for e in fed.down().await {
         eprintln!("teardown: {e}");
     }
+    // The nodes have ended: their cgroups are empty.
+    drop(services);
     let _ = std::fs::remove_dir_all(Path::new(&dir));
     outcome
 }
