@@ -7,9 +7,17 @@
 //! algonet). iperf3 measures both paths in turn, round after round: on algonet from inside one
 //! node's algorithm container to the other's (an algorithm image whose entrypoint is `iperf3 -s`,
 //! reached at its node's VPN address and public port), on the plain tunnel from one client's
-//! namespace to the other's VPN address. Per case: the median rate of each, the ratio, and what
-//! the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at the
-//! OpenVPN server and at the two ends.
+//! namespace to the other's VPN address, each way, and "B -> A" both as iperf3's `-R` (the side
+//! that accepted sends) and with B connecting. Per case: the median rate of each, the ratio, and
+//! what the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at
+//! the OpenVPN server and at the two ends.
+//!
+//! The scheduler weighs every process as it would in production: each iperf3 is moved into the
+//! CPU cgroup of its end's container (as an algorithm's own process would be), and each node
+//! into a cgroup of its own (as systemd gives its service). Left in the bench's own group, the
+//! nodes' threads and the iperf3 processes beside them each weighed as much, under cgroup v1,
+//! as all of Docker's containers together, OpenVPN included: on two cores that took OpenVPN's
+//! CPU and made one direction (`-R`) look slow.
 //!
 //!   tunnel_bench <algonet binary> [--rounds R] [--seconds S] [--node 'busy_poll_us: 0' ...]
 

@@ -106,11 +106,14 @@ fn default_metrics_listen() -> Option<SocketAddr> {
     Some(DEFAULT_METRICS_LISTEN)
 }
 
-/// The default of `busy_poll_us`. 100 us: on this project's 2-vCPU VM a request/response took
-/// 79 us with it (kernel 137 us) against 174 us for a data plane that sleeps at once, and one TCP
-/// stream ran at 0.85x/0.90x of the kernel's against 0.80x/0.94x (`benches/dataplane.rs`,
-/// medians of 3 rounds; the poll yields its CPU between reads, so it costs others little).
-pub const DEFAULT_BUSY_POLL_US: u64 = 100;
+/// The default of `busy_poll_us`: no polling. Traffic between algorithms crosses OpenVPN, which
+/// needs the CPU more: on this project's 2-vCPU VM, with the node in a cgroup of its own as
+/// systemd runs it, polling for 100 us took the two nodes from 0.45 to 0.7 of a core and the
+/// tunnel's rate from 0.84-0.91x to 0.81-0.84x of the same tunnel without algonet (one stream,
+/// `scripts/bench-tunnel.sh`). Polling pays where a node has cores to spare and latency between
+/// containers of one node matters (a request/response 64 B: 20-29 us against 30-45 us,
+/// `benches/dataplane.rs`).
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 
 fn default_busy_poll_us() -> u64 {
     DEFAULT_BUSY_POLL_US
