@@ -144,8 +144,7 @@ fn cpu_cgroup(pid: u32) -> Result<PathBuf, Failed> {
 /// Moves process `pid` into the CPU cgroup of process `like`.
 fn join_cpu_cgroup(pid: u32, like: u32) -> Result<(), Failed> {
     let procs = cpu_cgroup(like)?.join("cgroup.procs");
-    std::fs::write(&procs, pid.to_string())
-        .map_err(|e| format!("{}: {e}", procs.display()).into())
+    std::fs::write(&procs, pid.to_string()).map_err(|e| format!("{}: {e}", procs.display()).into())
 }
 
 /// A CPU cgroup of its own for a process, as systemd gives each service one: without it the

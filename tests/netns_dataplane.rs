@@ -15,7 +15,10 @@ use common::{firewall, privileged};
 use netstack::{DropReason, Mapping, Protocol, RunId};
 
 fn traffic_crosses_the_router(tag: &str, mode: Mode) {
-    let Mode::Algonet { offload, queues, .. } = mode else {
+    let Mode::Algonet {
+        offload, queues, ..
+    } = mode
+    else {
         unreachable!("the router's own test");
     };
     let t = Topology::new(tag, mode);
@@ -290,7 +293,11 @@ fn traffic_crosses_the_router(tag: &str, mode: Mode) {
     if queues > 1 {
         let flags = t.router.sysfs("class/net/algonet0/tun_flags");
         let flags = i64::from_str_radix(flags.trim_start_matches("0x"), 16).expect("tun_flags");
-        assert_ne!(flags & i64::from(libc::IFF_MULTI_QUEUE), 0, "TUN without IFF_MULTI_QUEUE");
+        assert_ne!(
+            flags & i64::from(libc::IFF_MULTI_QUEUE),
+            0,
+            "TUN without IFF_MULTI_QUEUE"
+        );
         for _ in 0..16 {
             assert_eq!(
                 tcp_echo(&t.peer.ns, SocketAddrV4::new(V, 49152)).expect("peer to c1"),
@@ -394,7 +401,11 @@ fn crosses_and_cleans_up(offload: bool, queues: usize) {
         if offload { "" } else { "no-" }
     );
     let tag = tag.as_str();
-    let busy_poll_us = if queues == 1 { DEFAULT_BUSY_POLL_US } else { 100 };
+    let busy_poll_us = if queues == 1 {
+        DEFAULT_BUSY_POLL_US
+    } else {
+        100
+    };
     let rules_before = firewall();
     traffic_crosses_the_router(
         tag,

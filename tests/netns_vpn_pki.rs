@@ -564,7 +564,8 @@ fn a_lost_tunnel_leaks_nothing_onto_the_wan() {
             mtu: 1500,
             txqueuelen: 1000,
             busy_poll: Duration::ZERO,
-            queues: 1,
+            // Two routers, as a node with `dataplane_queues: 2`: fail-closed holds for each.
+            queues: 2,
             router: netstack::Config::default(),
         },
     )

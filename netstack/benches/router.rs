@@ -68,8 +68,14 @@ fn owner(c: &mut Criterion) {
     let mut g = c.benchmark_group("owner");
     let r = lab(netstack::Config::default().split(2));
     for (name, pkt) in [
-        ("tcp/from-vpn", tcp(peer(1), sa(V, 49152), Flags::Ack, &[0xab; 1460])),
-        ("udp/from-container", udp(sa(C1, 9000), peer(1), &[0xab; 1472])),
+        (
+            "tcp/from-vpn",
+            tcp(peer(1), sa(V, 49152), Flags::Ack, &[0xab; 1460]),
+        ),
+        (
+            "udp/from-container",
+            udp(sa(C1, 9000), peer(1), &[0xab; 1472]),
+        ),
     ] {
         g.bench_function(name, |b| b.iter(|| black_box(r.owner(black_box(&pkt)))));
     }

@@ -691,7 +691,11 @@ impl Router {
             }
         };
         let shard = if vpn.contains(p.ip.src) {
-            self.shard_of(protocol, arrived.src, self.node_port(protocol, arrived.dst.port()))
+            self.shard_of(
+                protocol,
+                arrived.src,
+                self.node_port(protocol, arrived.dst.port()),
+            )
         } else if *arrived.dst.ip() == vpn.address {
             0
         } else {
@@ -708,7 +712,8 @@ impl Router {
     fn shard_of(&self, protocol: Protocol, peer: SocketAddrV4, port: u16) -> usize {
         // Not the tables' hash key: a peer that learnt how connections spread over the routers
         // learns nothing about the tables' buckets.
-        let h = FixedState::with_seed(self.config.seed ^ SHARD_KEY).hash_one((protocol, peer, port));
+        let h =
+            FixedState::with_seed(self.config.seed ^ SHARD_KEY).hash_one((protocol, peer, port));
         (h % self.config.shards as u64) as usize
     }
 

@@ -222,7 +222,10 @@ impl Counters {
     /// Adds the counts of another router (of those sharing the traffic).
     pub fn add(&mut self, other: &Counters) {
         let pairs = [
-            (&mut self.forwarded_packets[..], &other.forwarded_packets[..]),
+            (
+                &mut self.forwarded_packets[..],
+                &other.forwarded_packets[..],
+            ),
             (&mut self.forwarded_bytes[..], &other.forwarded_bytes[..]),
             (&mut self.replies[..], &other.replies[..]),
             (&mut self.drops[..], &other.drops[..]),

@@ -45,7 +45,10 @@ impl Shards {
     /// The router `pkt` goes to, as the data plane picks it: every router names the same.
     fn owner(&mut self, pkt: &[u8]) -> usize {
         let owners: Vec<_> = self.routers.iter().map(|r| r.owner(pkt)).collect();
-        assert!(owners.windows(2).all(|w| w[0] == w[1]), "the routers disagree: {owners:?}");
+        assert!(
+            owners.windows(2).all(|w| w[0] == w[1]),
+            "the routers disagree: {owners:?}"
+        );
         match owners[0] {
             Owner::Shard {
                 shard,
@@ -86,11 +89,24 @@ impl Shards {
 fn container_opens(s: &mut Shards, kind: Kind, from: SocketAddrV4, to: SocketAddrV4) -> usize {
     let (there, out) = s.forward(&kind.first(from, to));
     let (src, dst) = endpoints(&out);
-    assert_eq!((*src.ip(), *dst.ip()), (V, *to.ip()), "leaves from the VPN address");
+    assert_eq!(
+        (*src.ip(), *dst.ip()),
+        (V, *to.ip()),
+        "leaves from the VPN address"
+    );
     let (back, answer) = s.forward(&kind.answer(dst, src));
-    assert_eq!(back, there, "the answer to {from} -> {to} (port {}) met another router", src.port());
+    assert_eq!(
+        back,
+        there,
+        "the answer to {from} -> {to} (port {}) met another router",
+        src.port()
+    );
     let (a, b) = endpoints(&answer);
-    assert_eq!((*a.ip(), b), (*to.ip(), from), "the answer reaches the container");
+    assert_eq!(
+        (*a.ip(), b),
+        (*to.ip(), from),
+        "the answer reaches the container"
+    );
     there
 }
 
@@ -99,8 +115,15 @@ fn peer_opens(s: &mut Shards, kind: Kind, from: SocketAddrV4, public: u16) -> us
     let (there, out) = s.forward(&kind.first(from, sa(V, public)));
     let (_, container) = endpoints(&out);
     let (back, answer) = s.forward(&kind.answer(container, from));
-    assert_eq!(back, there, "the answer to {from} -> {public} met another router");
-    assert_eq!(endpoints(&answer), (sa(V, public), from), "the answer leaves from the public port");
+    assert_eq!(
+        back, there,
+        "the answer to {from} -> {public} met another router"
+    );
+    assert_eq!(
+        endpoints(&answer),
+        (sa(V, public), from),
+        "the answer leaves from the public port"
+    );
     there
 }
 
@@ -155,12 +178,21 @@ fn both_directions_of_every_connection_meet_one_router() {
         // Peers to public ports, two of them to the same container port.
         for peer_port in 20_000..20_040 {
             used.insert(peer_opens(&mut s, Kind::Tcp, sa(PEER2, peer_port), 49152));
-            used.insert(peer_opens(&mut s, Kind::Tcp, sa(PEER2, peer_port + 100), PUB2));
+            used.insert(peer_opens(
+                &mut s,
+                Kind::Tcp,
+                sa(PEER2, peer_port + 100),
+                PUB2,
+            ));
             used.insert(peer_opens(&mut s, Kind::Udp, sa(PEER2, peer_port), 49153));
         }
         assert_eq!(used.len(), n, "connections spread over all {n} routers");
         let total: usize = s.connections().iter().sum();
-        assert_eq!(total, 3 * 120 + 20 + 3 * 40, "one connection each, no copies");
+        assert_eq!(
+            total,
+            3 * 120 + 20 + 3 * 40,
+            "one connection each, no copies"
+        );
     }
 }
 
@@ -201,7 +233,11 @@ fn icmp_errors_and_fragments_follow_their_connection() {
         let whole = reassemble(&pieces);
         assert_eq!(endpoints(&whole), (sa(PEER2, port), sa(C1, 9000)));
         // An error from the container about what a peer sent it.
-        let error = icmp_error(C1, PEER2, &s.forward(&udp(sa(PEER2, port), sa(V, 49153), b"x")).1);
+        let error = icmp_error(
+            C1,
+            PEER2,
+            &s.forward(&udp(sa(PEER2, port), sa(V, 49153), b"x")).1,
+        );
         let (at, translated) = s.forward(&error);
         assert_eq!(at, *routers.first().expect("one"));
         assert_eq!(endpoints(&translated).1.ip(), &PEER2);
@@ -222,10 +258,19 @@ fn icmp_error(from: std::net::Ipv4Addr, to: std::net::Ipv4Addr, quoted: &[u8]) -
 fn limits_are_divided_and_the_count_is_checked() {
     let c = Config::default().split(3);
     assert_eq!(
-        (c.shards, c.max_connections, c.max_connections_per_source, c.reply_burst),
+        (
+            c.shards,
+            c.max_connections,
+            c.max_connections_per_source,
+            c.reply_burst
+        ),
         (3, 21_846, 1366, 17)
     );
-    assert_eq!(c.seed, Config::default().seed, "one seed: one owner for every router");
+    assert_eq!(
+        c.seed,
+        Config::default().seed,
+        "one seed: one owner for every router"
+    );
     for shards in [0, 65] {
         let e = Router::new(Config {
             shards,

@@ -282,6 +282,8 @@ impl Dataplane {
                 r.seed,
             )))
         });
+        // One clock for all workers: they share what `later` remembers.
+        let epoch = std::time::Instant::now();
         let mut workers = Vec::new();
         let mut jobs = Vec::new();
         for (index, (router, inbox)) in routers.into_iter().zip(letters).enumerate() {
@@ -290,6 +292,7 @@ impl Dataplane {
             let (shutdown, stop_rx) = oneshot::channel();
             let worker = Worker {
                 index,
+                epoch,
                 router,
                 jobs: job_rx,
                 shutdown: stop_rx,
@@ -577,6 +580,8 @@ const HANDOFF_QUEUE: usize = 256;
 /// steers the flow's answers to its own queue.
 struct Worker {
     index: usize,
+    /// What the router's [`Instant`]s count from.
+    epoch: std::time::Instant,
     router: Router,
     jobs: mpsc::UnboundedReceiver<Job>,
     shutdown: oneshot::Receiver<()>,
@@ -594,7 +599,8 @@ impl Worker {
         let Some(later) = &self.later else {
             return self.index;
         };
-        // A poisoned lock only means another worker panicked mid-insert; the map is still whole.
+        // Should a worker have panicked holding the lock, what the map remembers is still usable
+        // (at worst one datagram's owner is missing).
         let fragments = || later.lock().unwrap_or_else(|e| e.into_inner());
         match self.router.owner(packet) {
             Owner::Shard {
@@ -667,7 +673,9 @@ impl Port {
         // What was queued before this packet goes first: order within a flow holds.
         self.flush().await;
         let sent = match self.dev.try_send(&buf[..out]) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.dev.send(&buf[..out]).await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.dev.send(&buf[..out]).await
+            }
             other => other,
         };
         match sent {
@@ -736,7 +744,7 @@ async fn run(
             return Ok(());
         }
     };
-    let epoch = std::time::Instant::now();
+    let epoch = w.epoch;
     let now =
         || Instant::from_millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
     let hdr = port.hdr;

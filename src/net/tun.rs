@@ -44,7 +44,11 @@ fn open_napi(name: &IfName, multi_queue: bool) -> std::io::Result<tun_rs::AsyncD
         .read(true)
         .write(true)
         .open("/dev/net/tun")?;
-    let queues = if multi_queue { libc::IFF_MULTI_QUEUE } else { 0 };
+    let queues = if multi_queue {
+        libc::IFF_MULTI_QUEUE
+    } else {
+        0
+    };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_NAPI | queues) as libc::c_short,
