@@ -271,6 +271,11 @@ fn limits_are_divided_and_the_count_is_checked() {
         Config::default().seed,
         "one seed: one owner for every router"
     );
+    assert_eq!(
+        Config::default().split(1),
+        Config::default(),
+        "one router keeps it all"
+    );
     for shards in [0, 65] {
         let e = Router::new(Config {
             shards,

@@ -262,11 +262,7 @@ impl Dataplane {
                 "queues must be between 1 and 64",
             )));
         }
-        let shard = if queues > 1 {
-            config.router.split(queues)
-        } else {
-            config.router.clone()
-        };
+        let shard = config.router.split(queues);
         let routers = (0..queues)
             .map(|_| Router::new(shard.clone()))
             .collect::<Result<Vec<_>, _>>()?;
