@@ -159,8 +159,13 @@ fn assert_all_ok(rows: &[algonet::feature::Row], n: usize) {
     assert!(rows.iter().all(|r| r.probe.ok()), "{table}");
 }
 
-/// A federation as the demo builds it, named `tag`, of these organizations; and its folder.
-async fn federation(tag: &str, organizations: &[&str]) -> (Federation, std::path::PathBuf) {
+/// A federation as the demo builds it, named `tag`, of these organizations, with more lines of
+/// YAML for each node; and its folder.
+async fn federation(
+    tag: &str,
+    organizations: &[&str],
+    node_settings: &str,
+) -> (Federation, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
     let fed = Federation::up(
         Options {
@@ -168,7 +173,7 @@ async fn federation(tag: &str, organizations: &[&str]) -> (Federation, std::path
             tag: tag.into(),
             organizations: organizations.iter().map(|o| o.to_string()).collect(),
             server_port: free_port(),
-            node_settings: String::new(),
+            node_settings: node_settings.into(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
         },
         Instant::now(),
@@ -186,7 +191,7 @@ async fn federation_on_docker() {
     let _one = ONE_FEDERATION.lock().await;
     let firewall_before = common::firewall();
     let tag = "tfed";
-    let (mut fed, dir) = federation(tag, &["a", "b"]).await;
+    let (mut fed, dir) = federation(tag, &["a", "b"], "").await;
     let admin = fed.admin().await.expect("admin");
 
     // 1. Each node's algorithm reaches the other's (and its own) over TCP and UDP through the
@@ -893,7 +898,8 @@ async fn runs_talk_only_within_their_task_family() {
     let _one = ONE_FEDERATION.lock().await;
     let firewall_before = common::firewall();
     let tag = "tscope";
-    let (mut fed, dir) = federation(tag, &["a", "b", "c"]).await;
+    // Two routers on each of a, b and c: every scope holds on every router of a node.
+    let (mut fed, dir) = federation(tag, &["a", "b", "c"], "dataplane_queues: 2\n").await;
     let admin = fed.admin().await.expect("admin");
     // Collaboration 2: organization d and its node, on the same VPN server.
     let d: Value = admin
