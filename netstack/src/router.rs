@@ -204,10 +204,10 @@ pub struct Config {
 
 impl Config {
     /// The configuration of each of `n` routers that share the traffic these limits are for:
-    /// the tables and answer budgets divided among them (rounded up), the seed kept, so that
-    /// every router's [`Router::owner`] names the same one. Connections spread over the routers
-    /// by a keyed hash of their peer and ports, so a source's quota holds within rounding for
-    /// any source with more than a few connections.
+    /// the tables and answer budgets divided among them (rounded up), one hash key (`seed`), so
+    /// that every router's [`Router::owner`] names the same one. Connections spread over the
+    /// routers by a keyed hash of their peer and ports, so a source's quota holds within
+    /// rounding for any source with more than a few connections.
     pub fn split(&self, n: usize) -> Config {
         let n = n.max(1);
         let part = |v: usize| v.div_ceil(n);
@@ -331,7 +331,7 @@ struct Translation {
     dst: Ipv4Addr,
 }
 
-/// Mixed into the seed for [`Router::owner`]'s hash.
+/// Mixed into `Config::seed` for [`Router::owner`]'s hash.
 const SHARD_KEY: u64 = 0x7368_6172_6473_2121;
 
 /// Most routers that may share the traffic.
