@@ -291,7 +291,10 @@ fn limits_are_divided_and_the_count_is_checked() {
 proptest! {
     /// Whatever the bytes, every router names the same owner and none panics.
     #[test]
-    fn any_bytes_get_one_owner(bytes in proptest::collection::vec(any::<u8>(), 0..80), cut in 0usize..80) {
+    fn any_bytes_get_one_owner(
+        bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        cut in 0usize..80,
+    ) {
         let s = Shards::new(3);
         let mut pkt = udp(sa(PEER, 7), sa(V, 49153), b"payload");
         let at = cut.min(pkt.len());
@@ -303,7 +306,12 @@ proptest! {
 
     /// Any container port, any peer: the answer meets the router of the first packet.
     #[test]
-    fn any_connection_meets_one_router(port in 1u16.., peer_port in 1u16.., host in 3u8..250, udp_kind in any::<bool>()) {
+    fn any_connection_meets_one_router(
+        port in 1u16..,
+        peer_port in 1u16..,
+        host in 3u8..250,
+        udp_kind in any::<bool>(),
+    ) {
         let mut s = Shards::new(4);
         let peer = sa(std::net::Ipv4Addr::new(10, 76, 1, host), peer_port);
         let kind = if udp_kind { Kind::Udp } else { Kind::Tcp };
