@@ -70,18 +70,30 @@ struct Path2 {
     nodes: Vec<u32>,
 }
 
-/// CPU time a process (all its threads) has used, in seconds.
+/// CPU time a process (all its threads) has used, in seconds: the scheduler's exact run time of
+/// each thread (`/proc/<pid>/task/<tid>/schedstat`, in ns) rather than `utime`/`stime`, which
+/// are sampled by ticks.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 of the rest; in ticks of
-    // 100 Hz (USER_HZ).
-    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / 100.0
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// Idle time of the whole machine (all CPUs) in seconds, from the first line of /proc/stat (in
+/// ticks of 100 Hz, USER_HZ).
+fn idle_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let idle = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(4));
+    idle.and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0) / 100.0
 }
 
 fn total(pids: &[u32], f: fn(u32) -> f64) -> f64 {
@@ -195,7 +207,7 @@ fn iperf(
     streams: u32,
     direction: Direction,
     seconds: u64,
-) -> Result<(f64, u64), Failed> {
+) -> Result<(f64, u64, Option<f64>), Failed> {
     let (client, server) = match direction {
         Direction::BToAOpenedByB => (&path.server, &path.client),
         _ => (&path.client, &path.server),
@@ -225,7 +237,17 @@ fn iperf(
         .as_f64()
         .ok_or_else(|| format!("iperf3 on {}: no rate in {}", path.name, v["end"]))?;
     let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok((bits / 1e6, retransmits))
+    // The sender's smoothed round-trip time (us), averaged over its streams; iperf3 knows it
+    // only where the client sends (not with -R).
+    let rtts: Vec<f64> = v["end"]["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["sender"]["mean_rtt"].as_f64())
+        .filter(|&r| r > 0.0)
+        .collect();
+    let rtt = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+    Ok((bits / 1e6, retransmits, rtt))
 }
 
 /// What one case saw on one path, over the rounds.
@@ -235,8 +257,12 @@ struct Seen {
     /// UDP receive buffers at the OpenVPN server and at the two ends, tun0 TX at the two ends.
     drops: [u64; 3],
     retransmits: u64,
+    /// The sender's mean TCP round-trip time per run (us), where iperf3 reports it.
+    rtts: Vec<f64>,
     openvpn_cpu: f64,
     node_cpu: f64,
+    /// Idle CPU of the machine.
+    idle: f64,
     wall: f64,
 }
 
@@ -538,8 +564,9 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                     total(&path.openvpn, cpu_secs),
                     total(&path.nodes, cpu_secs),
                 );
+                let i0 = idle_secs();
                 let t = Instant::now();
-                let (rate, re) = iperf(path, streams, direction, seconds)?;
+                let (rate, re, rtt) = iperf(path, streams, direction, seconds)?;
                 let wall = t.elapsed().as_secs_f64();
                 let s = &mut seen[c][p];
                 s.rates.push(rate);
@@ -548,8 +575,10 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                     s.drops[i] += d1[i] - d0[i];
                 }
                 s.retransmits += re;
+                s.rtts.extend(rtt);
                 s.openvpn_cpu += total(&path.openvpn, cpu_secs) - o0;
                 s.node_cpu += total(&path.nodes, cpu_secs) - n0;
+                s.idle += idle_secs() - i0;
                 s.wall += wall;
                 eprintln!(
                     "round {} TCP {streams} {} {}: {rate:.1} Mbit/s",
@@ -562,14 +591,21 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     }
     println!(
         "| traffic | plain tunnel Mbit/s | algonet Mbit/s | ratio | UDP drops at server + ends: plain / algonet | \
-         tun0 TX drops plain / algonet | TCP retransmits plain / algonet | OpenVPN CPU plain / algonet | node CPU |"
+         tun0 TX drops plain / algonet | TCP retransmits plain / algonet | sender's RTT plain / algonet us | OpenVPN CPU plain / algonet | node CPU | idle CPU plain / algonet |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, &(streams, direction)) in cases.iter().enumerate() {
         let [plain, ours] = [&seen[c][0], &seen[c][1]];
         let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
+        let rtt = |s: &Seen| {
+            if s.rtts.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", median(&s.rtts))
+            }
+        };
         println!(
-            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} / {} | {} |",
+            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} / {} |",
             if streams > 1 { "s" } else { "" },
             direction.label(),
             median(&plain.rates),
@@ -583,16 +619,20 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
             ours.drops[2],
             plain.retransmits,
             ours.retransmits,
+            rtt(plain),
+            rtt(ours),
             pct(plain.openvpn_cpu, plain),
             pct(ours.openvpn_cpu, ours),
             pct(ours.node_cpu, ours),
+            pct(plain.idle, plain),
+            pct(ours.idle, ours),
         );
     }
     println!(
-        "\n{rounds} rounds of {seconds} s per case and path, interleaved. Rates are medians; drops \
+        "\n{rounds} rounds of {seconds} s per case and path, interleaved. Rates and RTTs are medians; drops \
          (UdpRcvbufErrors at the OpenVPN server and both clients; tun0's TX drops at both clients) and retransmits are sums over \
-         the rounds; CPU is of one core, summed over the three OpenVPN processes, and over the \
-         two node processes."
+         the rounds; CPU is of one core, summed over the three OpenVPN processes, over the \
+         two node processes, and over the machine's idle CPUs."
     );
     Ok(())
 }

@@ -800,6 +800,13 @@ async fn run(
                                 Some(n) => Some(n),
                                 None => {
                                     port.flush().await;
+                                    // Without a poll window the thread goes back to sleep
+                                    // rather than read once more: what came during the flush
+                                    // wakes it at once, and what comes until then is read as
+                                    // one burst and merged (see docs/performance.md).
+                                    if config.busy_poll.is_zero() {
+                                        break;
+                                    }
                                     poll_device(&mut port.poller, &mut buf, config.busy_poll)
                                 }
                             };
