@@ -1,9 +1,9 @@
 //! The router fed arbitrary packets interleaved with mapping changes, run removals, VPN changes,
 //! scope changes (the first byte decides whether the router is scoped, and whether it is one of
 //! three sharing the traffic, whose owner it is asked for each packet) and clock steps, with the
-//! partial checksums of forwarded packets completed as merged delivery does. It must never
-//! panic, every packet must be accounted for exactly once, and the tables must stay within
-//! their bounds.
+//! partial checksums of forwarded packets completed as merged delivery does, and half the
+//! packets looked up ahead (`Router::prefetch`). It must never panic, every packet must be
+//! accounted for exactly once, and the tables must stay within their bounds.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -74,6 +74,10 @@ fuzz_target!(|data: &[u8]| {
                 buf[..n].copy_from_slice(pkt);
                 if let Owner::Shard { shard, .. } = r.owner(&buf[..n]) {
                     assert!(shard < 3);
+                }
+                // Half the packets are looked up ahead, as by a driver that reads in batches.
+                if len & 0x8000 != 0 {
+                    r.prefetch([&buf[..n]]);
                 }
                 let meta = if op & 0x80 != 0 {
                     Meta { checksum: L4Checksum::Partial, gso_size: u16::from(op & 0x70) * 16 }

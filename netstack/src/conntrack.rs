@@ -28,8 +28,8 @@ use core::net::Ipv4Addr;
 use core::time::Duration;
 
 use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 
+use crate::index::Index;
 use crate::nat::Change;
 use crate::stats::DropReason;
 use crate::time::Instant;
@@ -120,8 +120,13 @@ const NONE: u32 = u32::MAX;
 const CHUNK: usize = 1024;
 /// Buckets of the per-source connection counts.
 pub const SOURCE_BUCKETS: usize = 4096;
-/// Entries of the recent-lookup cache (a power of two).
-const RECENT: usize = 64;
+/// Entries of the recent-lookup cache (a power of two): 2 KiB, and few enough collisions
+/// among the packets of one [`Table::prefetch`].
+const RECENT: usize = 256;
+/// The most packets [`Table::prefetch`] looks up at once: enough for their memory reads to
+/// overlap, few enough that their entries rarely evict one another from the recent-lookup
+/// cache.
+pub const PREFETCH_BATCH: usize = 16;
 
 // Bits 0 and 1 say, for a packet travelling in that direction (`1 << dir`), that even one
 // without SYN, FIN or RST changes the connection: so one test keeps quiet packets on the fast
@@ -135,8 +140,10 @@ const FIN_ORIGINAL: u8 = 8;
 const FIN_REPLY: u8 = 16;
 const CLOSED: u8 = 32;
 
-/// A tracked connection.
+/// A tracked connection. In declaration order, so that the tuples come first and `live`
+/// last ([`Table::prefetch`] reads both ends).
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Conn {
     pub original: Tuple,
     pub reply: Tuple,
@@ -280,8 +287,8 @@ pub struct Table {
     slots: u32,
     free: u32,
     /// Both tuples of every live connection, each as its index value (`id << 1 | reply`) alone:
-    /// the key is the connection's own tuple, so an entry costs 4 bytes and a control byte.
-    index: HashTable<u32>,
+    /// the key is the connection's own tuple.
+    index: Index,
     index_hash: FixedState,
     /// Recent lookups as (mix of the key, index value `id << 1 | reply`), direct-mapped by the
     /// mix: a packet of a busy flow skips the hash and probe. A different mix misses without
@@ -318,7 +325,7 @@ fn unpack(v: u32) -> (u32, Dir) {
 fn recent_slot(key: &Key) -> (usize, u32) {
     let k = &key.0;
     let mix = (k[0] ^ k[1] ^ k[2]).wrapping_mul(0x9e37_79b1);
-    ((mix >> 26) as usize % RECENT, mix)
+    ((mix >> (32 - RECENT.trailing_zeros())) as usize, mix)
 }
 
 /// The key an index value stands for: its connection's tuple in that direction.
@@ -352,7 +359,7 @@ impl Table {
             chunks: Vec::new(),
             slots: 0,
             free: NONE,
-            index: HashTable::new(),
+            index: Index::default(),
             index_hash: FixedState::with_seed(seed),
             recent: [(0, NONE); RECENT],
             lists: [List {
@@ -424,10 +431,7 @@ impl Table {
     fn lookup(&self, key: &Key) -> Option<u32> {
         let chunks = &self.chunks;
         self.index
-            .find(self.index_hash.hash_one(key), |&v| {
-                key_of(chunks, v) == *key
-            })
-            .copied()
+            .find(self.index_hash.hash_one(key), |v| key_of(chunks, v) == *key)
     }
 
     /// Adds index value `v`, whose connection's slot already holds its tuples.
@@ -435,15 +439,13 @@ impl Table {
         let (chunks, hasher) = (&self.chunks, &self.index_hash);
         let hash = hasher.hash_one(key_of(chunks, v));
         self.index
-            .insert_unique(hash, v, |&e| hasher.hash_one(key_of(chunks, e)));
+            .insert(hash, v, |e| hasher.hash_one(key_of(chunks, e)));
     }
 
     /// Removes index value `v` (its connection still holds its tuples).
     fn index_remove(&mut self, v: u32) {
         let hash = self.index_hash.hash_one(key_of(&self.chunks, v));
-        if let Ok(entry) = self.index.find_entry(hash, |&e| e == v) {
-            entry.remove();
-        }
+        self.index.remove(hash, v);
     }
 
     #[inline]
@@ -487,6 +489,59 @@ impl Table {
         let (to, change, class) = c.record(dir, tcp_flags, now);
         self.reclass(id, class, now);
         Some((id, to, change))
+    }
+
+    /// Looks up the connections of a batch of packets ahead of the packets, and leaves what it
+    /// found in the recent-lookup cache, where [`Table::track_recent`] will find it. For up to
+    /// [`PREFETCH_BATCH`] flows the cache does not know at a time, every home bucket of the
+    /// index is read before any is used, then every connection the buckets name: the batch
+    /// waits for memory about twice instead of twice per packet. What it leaves is the likeliest
+    /// entry, unconfirmed: an entry of the cache is checked against its connection when used,
+    /// as every entry is, so a wrong one costs its packet the full lookup and changes nothing
+    /// else.
+    pub fn prefetch(&mut self, flows: impl IntoIterator<Item = (Protocol, Tuple)>) {
+        let mut flows = flows.into_iter();
+        loop {
+            let mut todo = [(0u64, NONE); PREFETCH_BATCH];
+            let mut n = 0;
+            for (protocol, tuple) in flows.by_ref() {
+                let key = Key::new(protocol, tuple);
+                let (slot, mix) = recent_slot(&key);
+                if self.recent[slot].0 != mix {
+                    todo[n] = (self.index_hash.hash_one(key), slot as u32);
+                    self.recent[slot].0 = mix;
+                    n += 1;
+                    if n == PREFETCH_BATCH {
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                return;
+            }
+            self.fetch(&mut todo[..n]);
+        }
+    }
+
+    /// [`Table::prefetch`]'s reads for `todo` (the hash and recent-lookup slot of each flow).
+    fn fetch(&mut self, todo: &mut [(u64, u32)]) {
+        // Loops of reads alone, whose results only feed this word: the processor issues every
+        // read of a loop before the first arrives. `black_box` keeps the reads.
+        let mut read = 0u32;
+        for &(hash, _) in todo.iter() {
+            read ^= self.index.warm(hash);
+        }
+        for (hash, slot) in todo.iter_mut() {
+            let v = self.index.first_match(*hash).unwrap_or(NONE);
+            self.recent[*slot as usize].1 = v;
+            *slot = v;
+        }
+        for &(_, v) in todo.iter().filter(|&&(_, v)| v != NONE) {
+            // A connection may straddle two cache lines: its first and last field.
+            let c = self.get(v >> 1);
+            read ^= c.original.src.ip().to_bits() ^ u32::from(c.live);
+        }
+        std::hint::black_box(read);
     }
 
     /// As [`Table::track_recent`], through the index: finds the live connection a packet

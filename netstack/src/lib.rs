@@ -6,7 +6,7 @@
 //!
 //! - [`wire`]: the checked door for untrusted bytes;
 //! - [`checksum`]: RFC 1071 sums and RFC 1624 incremental updates, complete and partial;
-//! - [`conntrack`]: connections with lazy expiry and a bounded table;
+//! - [`conntrack`]: connections with lazy expiry and a bounded table, indexed by `index`;
 //! - [`frag`]: translation of IPv4 fragments by the first fragment's verdict;
 //! - [`nat`]: in-place rewriting;
 //! - [`icmp`]: echo replies, RSTs and ICMP errors the router sends itself;
@@ -22,6 +22,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod frag;
 pub mod icmp;
+mod index;
 pub mod nat;
 pub mod router;
 pub mod stats;

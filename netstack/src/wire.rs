@@ -171,7 +171,7 @@ pub struct Parsed {
 
 /// Validates the packet in `buf` (exactly the packet's bytes, or more: trailing bytes beyond the
 /// IP total length are ignored by the caller after this).
-#[inline]
+#[inline(always)]
 pub fn parse(buf: &[u8]) -> Result<Parsed, DropReason> {
     let Some(first) = buf.first() else {
         return Err(DropReason::Malformed);
@@ -205,6 +205,28 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, DropReason> {
     };
     let l4 = parse_l4(&ip, &buf[header_len..ip.total_len])?;
     Ok(Parsed { ip, l4 })
+}
+
+/// The connection a TCP or UDP packet would belong to, read at fixed offsets without any
+/// check: a hint for [`crate::Router::prefetch`], never a verdict. `None` where the bytes do not
+/// even reach the ports, or for any other protocol.
+#[inline]
+pub fn flow_hint(buf: &[u8]) -> Option<(Protocol, Tuple)> {
+    let protocol = match *buf.get(9)? {
+        IPPROTO_TCP => Protocol::Tcp,
+        IPPROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    let l4 = usize::from(buf[0] & 0x0f) * 4;
+    let ports = buf.get(l4..l4 + 4)?;
+    let a = buf.get(12..20)?;
+    Some((
+        protocol,
+        Tuple {
+            src: SocketAddrV4::new(Ipv4Addr::new(a[0], a[1], a[2], a[3]), get16(ports, 0)),
+            dst: SocketAddrV4::new(Ipv4Addr::new(a[4], a[5], a[6], a[7]), get16(ports, 2)),
+        },
+    ))
 }
 
 #[inline]
