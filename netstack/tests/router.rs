@@ -491,6 +491,19 @@ fn control_errors_say_what_is_wrong() {
         .expect_err("must be refused")
         .to_string()
         .contains("RFC 4787"));
+    // The index names at most 2^24 - 2 connections: a table that large is accepted, one more
+    // is refused, and so is none.
+    for (max, accepted) in [(0, false), ((1 << 24) - 2, true), ((1 << 24) - 1, false)] {
+        let config = Config {
+            max_connections: max,
+            ..Config::default()
+        };
+        assert_eq!(
+            Router::new(config).is_ok(),
+            accepted,
+            "max_connections {max}"
+        );
+    }
     assert!(r
         .set_vpn(Some(Vpn {
             address: V,
