@@ -12,7 +12,7 @@ use netstack::nat::{self, Mode};
 use netstack::wire::{self, L4};
 use netstack::{
     Action, Config, DropReason, Instant, L4Checksum, Mapping, Meta, Protocol, Reply, Router, RunId,
-    Scope,
+    Scope, Tuple,
 };
 use proptest::prelude::*;
 
@@ -203,6 +203,22 @@ proptest! {
         let d = udp(sa(PEER, 7), sa(V, 49153), &[0u8; 3000]);
         let (a, _) = process(&mut r, &fragment(&d, 1400)[1], now);
         prop_assert_eq!(a, Action::Drop(DropReason::FragmentUnknown));
+    }
+
+    /// The flow a lookup ahead reads at fixed offsets is the flow the checked parse finds, for
+    /// every TCP and UDP packet that parses.
+    #[test]
+    fn a_flow_hint_names_the_parsed_flow(
+        k in kind(), q in peer(), sport in 1u16.., dport in 1u16..,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let pkt = build(&k, sa(q, sport), sa(V, dport), &payload);
+        let p = wire::parse(&pkt).expect("a built packet parses");
+        if let Some(protocol @ (Protocol::Tcp | Protocol::Udp)) = p.l4.protocol() {
+            let (s, d) = p.l4.ports();
+            let tuple = Tuple { src: sa(p.ip.src, s), dst: sa(p.ip.dst, d) };
+            prop_assert_eq!(wire::flow_hint(&pkt), Some((protocol, tuple)));
+        }
     }
 
     /// Looking a batch up ahead ([`Router::prefetch`]) changes no decision: two routers fed the
