@@ -126,7 +126,7 @@ const RECENT: usize = 256;
 /// The most packets [`Table::prefetch`] looks up at once: enough for their memory reads to
 /// overlap, few enough that their entries rarely evict one another from the recent-lookup
 /// cache.
-pub const PREFETCH_BATCH: usize = 16;
+const PREFETCH_BATCH: usize = 16;
 
 // Bits 0 and 1 say, for a packet travelling in that direction (`1 << dir`), that even one
 // without SYN, FIN or RST changes the connection: so one test keeps quiet packets on the fast
@@ -493,7 +493,7 @@ impl Table {
 
     /// Looks up the connections of a batch of packets ahead of the packets, and leaves what it
     /// found in the recent-lookup cache, where [`Table::track_recent`] will find it. For up to
-    /// [`PREFETCH_BATCH`] flows the cache does not know at a time, every home bucket of the
+    /// 16 flows (`PREFETCH_BATCH`) the cache does not know at a time, every home bucket of the
     /// index is read before any is used, then every connection the buckets name: the batch
     /// waits for memory about twice instead of twice per packet. What it leaves is the likeliest
     /// entry, unconfirmed: an entry of the cache is checked against its connection when used,

@@ -91,22 +91,25 @@ impl Index {
         None
     }
 
+    /// The home bucket of `hash`, if there are buckets.
+    #[inline]
+    fn home_bucket(&self, hash: u64) -> Option<&Bucket> {
+        self.buckets
+            .get(hash as usize & self.buckets.len().wrapping_sub(1))
+    }
+
     /// Reads the home bucket of `hash`, so that it is in the cache when the lookup comes. The
     /// word it returns is only for the caller to keep the read from being optimised away.
     #[inline]
     pub fn warm(&self, hash: u64) -> u32 {
-        self.buckets
-            .get(hash as usize & self.buckets.len().wrapping_sub(1))
-            .map_or(0, |b| b.passed)
+        self.home_bucket(hash).map_or(0, |b| b.passed)
     }
 
     /// The first value of the home bucket of `hash` whose tag matches: the connection a lookup
     /// will most likely read.
     #[inline]
     pub fn first_match(&self, hash: u64) -> Option<u32> {
-        let bucket = self
-            .buckets
-            .get(hash as usize & self.buckets.len().wrapping_sub(1))?;
+        let bucket = self.home_bucket(hash)?;
         let e = *bucket
             .slots
             .get(bucket.matches(tag(hash)).trailing_zeros() as usize)?;
