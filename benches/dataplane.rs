@@ -1,10 +1,12 @@
 //! Side by side, on the same namespaces and the same traffic: (a) the kernel with the iptables
-//! rules vantage6 4.14 writes, (b) algonet with offload as the node runs it by default (no
-//! busy-polling, one queue), and the same polling the TUN for 100 us once its queue ran empty,
-//! each also with a two-queue device (a router per queue), (c) algonet without offload, also
-//! with and without busy-polling. iperf3 for TCP (one stream each way, 8 streams)
-//! and UDP packet rates (1400 and 64 bytes), and the round trips of a small request/response and
-//! of a 256 KB one. Prints one table with ratios to (a).
+//! rules vantage6 4.14 writes, and a bare TUN loop that writes every packet back unchanged (the
+//! floor of any router on a TUN device, see `Mode::BareTun`), (b) algonet with offload as the
+//! node runs it by default (no busy-polling, one queue), and the same polling the TUN for 100 us
+//! once its queue ran empty, each also with a two-queue device (a router per queue), (c) algonet
+//! without offload, also with and without busy-polling. iperf3 for TCP (one stream each way, 8
+//! streams) and UDP packet rates (1400 and 64 bytes), the round trips of a small
+//! request/response and of a 256 KB one, and the machine's CPU for one stream at the tunnel's
+//! rate in the tunnel's shape. Prints one table with ratios to (a).
 //!
 //! Needs root and iperf3: `./scripts/bench-dataplane.sh` (installs what is missing, then runs
 //! `cargo bench --bench dataplane`). `SECONDS_PER_RUN` sets each iperf3 run's length (default 5),
@@ -14,13 +16,14 @@
 use algonet_testkit as common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use algonet::node::config::DEFAULT_BUSY_POLL_US;
-use common::topology::{Mode, Topology, V};
+use common::topology::{Mode, Topology};
 use common::TestNs;
+use netstack::Protocol;
 
 /// The iperf3 server runs in container 2, reached at the node's VPN address and public port
 /// 49160 (TCP and UDP); the echo for latency in container 1 at 49152.
@@ -33,6 +36,11 @@ const POLL_US: u64 = 100;
 /// what a data plane that holds packets back to merge them would delay.
 const BULK: usize = 256 * 1024;
 const BULK_ROUND_TRIPS: usize = 1_000;
+/// The rate of the tunnel-shaped stream: about what OpenVPN carries on one core here.
+const TUNNEL_RATE: &str = "500M";
+const TUNNEL_GBITS: f64 = 0.5;
+/// The longest wait for the machine to idle before a mode is measured.
+const SETTLE_FOR: Duration = Duration::from_secs(30);
 
 struct IperfServer(Child);
 
@@ -57,17 +65,19 @@ impl Drop for IperfServer {
     }
 }
 
-fn iperf(ns: &TestNs, seconds: u64, args: &[&str]) -> serde_json::Value {
+fn iperf(t: &Topology, seconds: u64, args: &[&str]) -> serde_json::Value {
+    // The TCP and the UDP mapping of the port lead to the same server.
+    let to = t.reach(Protocol::Tcp, IPERF_PORT);
     let out = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &ns.name,
+            &t.peer.name,
             "iperf3",
             "-c",
-            &V.to_string(),
+            &to.ip().to_string(),
             "-p",
-            &IPERF_PORT.to_string(),
+            &to.port().to_string(),
         ])
         .args(["-t", &seconds.to_string(), "-J"])
         .args(args)
@@ -79,6 +89,49 @@ fn iperf(ns: &TestNs, seconds: u64, args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// The machine's busy CPU over `f`, in cores.
+fn busy_cores(f: impl FnOnce()) -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let (start, idle) = (Instant::now(), common::idle_seconds());
+    f();
+    cpus - (common::idle_seconds() - idle) / start.elapsed().as_secs_f64()
+}
+
+/// Waits until the machine idles (under a tenth of a core over half a second), for at most
+/// `SETTLE_FOR`. The kernel dismantles a removed namespace in the background, which takes
+/// most of a core for seconds; a mode measured during that pays for the one before it.
+fn settle() {
+    let start = Instant::now();
+    while busy_cores(|| std::thread::sleep(Duration::from_millis(500))) > 0.1 {
+        if start.elapsed() > SETTLE_FOR {
+            eprintln!("the machine did not idle within {SETTLE_FOR:?}; measuring anyway");
+            return;
+        }
+    }
+}
+
+/// One stream from the peer at the tunnel's rate and in its shape: single packets with
+/// complete checksums, as OpenVPN writes them to tun0 (the peer's link stops segmenting and
+/// checksumming). Every mode carries the same traffic, so what the machine's CPU adds up to
+/// tells what each one's hop costs. Last of a topology's runs: the peer's link stays so.
+fn tunnel_shaped_cores(t: &Topology, seconds: u64) -> f64 {
+    let off = Command::new("ip")
+        .args(["netns", "exec", &t.peer.name, "ethtool", "-K", "eth0"])
+        .args(["tso", "off", "gso", "off", "tx", "off"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ethtool");
+    assert!(off.success(), "ethtool -K eth0 in the peer");
+    settle();
+    let mut received = 0.0;
+    let cores = busy_cores(|| received = gbits(&iperf(t, seconds, &["-b", TUNNEL_RATE])));
+    assert!(
+        received > 0.9 * TUNNEL_GBITS,
+        "the stream fell short of its rate ({received:.3} Gbit/s): the figure would not compare"
+    );
+    cores
 }
 
 fn gbits(v: &serde_json::Value) -> f64 {
@@ -111,7 +164,7 @@ fn latency(t: &Topology, size: usize, round_trips: usize) -> (f64, f64) {
             }
         }
     });
-    let to = SocketAddrV4::new(V, ECHO_PORT);
+    let to = t.reach(Protocol::Tcp, ECHO_PORT);
     let mut s: TcpStream = t
         .peer
         .ns
@@ -149,7 +202,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    // `MODES=no-offload` (or any comma-separated subset of kernel, offload, offload-poll,
+    // `MODES=no-offload` (or any comma-separated subset of kernel, bare-tun, offload, offload-poll,
     // offload-2q, offload-poll-2q, no-offload, no-offload-poll) runs only those, for working
     // on one of them; ratios are then to the first.
     let wanted = std::env::var("MODES").ok();
@@ -160,6 +213,7 @@ fn main() {
     };
     let modes: Vec<(&str, Mode)> = [
         ("kernel", "kernel + iptables (vantage6)", Mode::Kernel),
+        ("bare-tun", "a bare TUN loop (offload)", Mode::BareTun),
         (
             "offload",
             "algonet, offload",
@@ -209,6 +263,11 @@ fn main() {
         ("request/response 64 B, p99", "us", false),
         ("request/response 256 KB, p50", "us", false),
         ("request/response 256 KB, p99", "us", false),
+        (
+            "CPU for 1 stream of 500 Mbit/s in single packets",
+            "cores",
+            false,
+        ),
     ]
     .into_iter()
     .map(|(name, unit, higher_is_better)| Row {
@@ -229,19 +288,21 @@ fn main() {
         for (i, (label, mode)) in modes.iter().enumerate() {
             eprintln!("== round {}/{rounds}: {label}", round + 1);
             let t = Topology::new(&format!("bench-dataplane-{i}"), *mode);
+            settle();
             let (p50, p99) = latency(&t, 64, ROUND_TRIPS);
             let (bulk50, bulk99) = latency(&t, BULK, BULK_ROUND_TRIPS);
             let server = IperfServer::start(&t.c2);
             let results = [
-                gbits(&iperf(&t.peer, seconds, &[])),
-                gbits(&iperf(&t.peer, seconds, &["-R"])),
-                gbits(&iperf(&t.peer, seconds, &["-P", "8"])),
-                kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "1372"])),
-                kpps(&iperf(&t.peer, seconds, &["-u", "-b", "0", "-l", "36"])),
+                gbits(&iperf(&t, seconds, &[])),
+                gbits(&iperf(&t, seconds, &["-R"])),
+                gbits(&iperf(&t, seconds, &["-P", "8"])),
+                kpps(&iperf(&t, seconds, &["-u", "-b", "0", "-l", "1372"])),
+                kpps(&iperf(&t, seconds, &["-u", "-b", "0", "-l", "36"])),
                 p50,
                 p99,
                 bulk50,
                 bulk99,
+                tunnel_shaped_cores(&t, seconds),
             ];
             drop(server);
             for (row, v) in results.into_iter().enumerate() {

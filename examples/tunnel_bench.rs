@@ -85,17 +85,6 @@ fn cpu_secs(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
-/// Idle time of the whole machine (all CPUs) in seconds, from the first line of /proc/stat (in
-/// ticks of 100 Hz, USER_HZ).
-fn idle_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let idle = stat
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(4));
-    idle.and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0) / 100.0
-}
-
 fn total(pids: &[u32], f: fn(u32) -> f64) -> f64 {
     pids.iter().map(|&p| f(p)).sum()
 }
@@ -564,7 +553,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                     total(&path.openvpn, cpu_secs),
                     total(&path.nodes, cpu_secs),
                 );
-                let i0 = idle_secs();
+                let i0 = algonet_testkit::idle_seconds();
                 let t = Instant::now();
                 let (rate, re, rtt) = iperf(path, streams, direction, seconds)?;
                 let wall = t.elapsed().as_secs_f64();
@@ -578,7 +567,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                 s.rtts.extend(rtt);
                 s.openvpn_cpu += total(&path.openvpn, cpu_secs) - o0;
                 s.node_cpu += total(&path.nodes, cpu_secs) - n0;
-                s.idle += idle_secs() - i0;
+                s.idle += algonet_testkit::idle_seconds() - i0;
                 s.wall += wall;
                 eprintln!(
                     "round {} TCP {streams} {} {}: {rate:.1} Mbit/s",

@@ -116,6 +116,26 @@ pub fn mac(ns: &TestNs, link: &str) -> String {
     out[at..at + 17].to_string()
 }
 
+/// Idle CPU time of the whole machine (idle and I/O wait, all CPUs), in seconds of one core,
+/// from the first line of `/proc/stat`. On a tickless kernel idle time is measured exactly,
+/// while busy time is sampled by ticks and mostly misses a thread that wakes for microseconds
+/// at a time: busy CPU is the time that was not idle.
+pub fn idle_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("the cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().expect("ticks"))
+        .collect();
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // user nice system idle iowait ...
+    (ticks[3] + ticks[4]) / hz
+}
+
 /// Whether a Docker-tier test may run: root and a Docker daemon that answers. Without them:
 /// skip with a message, or panic when `CI` is set (`.ci/run` starts dockerd).
 pub async fn docker(test: &str) -> Option<algonet::docker::Docker> {

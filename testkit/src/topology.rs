@@ -53,6 +53,8 @@ pub struct Topology {
     /// The outside world (the Docker network in production), on the router's eth0.
     pub wan: TestNs,
     pub dataplane: Option<Dataplane>,
+    /// The loop of [`Mode::BareTun`].
+    bare: Option<std::thread::JoinHandle<()>>,
     pub rt: tokio::runtime::Runtime,
 }
 
@@ -70,6 +72,12 @@ pub enum Mode {
     /// The kernel with the iptables rules vantage6 4.14 writes (per-port DNAT, MASQUERADE):
     /// the baseline of the side-by-side benchmark.
     Kernel,
+    /// The hub's plumbing as algonet's, but on the TUN device (with offload) a loop that writes
+    /// every packet back unchanged: one blocking read and one write per packet the kernel hands
+    /// over, no decision, no translation, no merge. What any router on a TUN device pays
+    /// before it decides anything. Nothing translates, so peers address the containers
+    /// directly (see [`Topology::reach`]).
+    BareTun,
 }
 
 impl Topology {
@@ -82,6 +90,7 @@ impl Topology {
             c2: TestNs::new(&format!("{tag}-b")),
             wan: TestNs::new(&format!("{tag}-w")),
             dataplane: None,
+            bare: None,
             rt: tokio::runtime::Runtime::new().expect("runtime"),
         };
         let peer_fd = t.peer.ns.fd().try_clone_to_owned().expect("fd");
@@ -121,6 +130,9 @@ impl Topology {
             };
             // Held by the topology from here on, so a failure below still stops it.
             t.dataplane = Some(Dataplane::start(&t.router.ns, config).expect("data plane"));
+        }
+        if mode == Mode::BareTun {
+            t.bare = Some(bare_loop(&t.router));
         }
         let router_plan = HubPlan {
             vpn_link: name("vpn0"),
@@ -274,9 +286,13 @@ impl Topology {
             "permanent",
         ]);
 
-        if mode == Mode::Kernel {
-            t.vantage6_rules();
-            return t;
+        match mode {
+            Mode::Kernel => {
+                t.vantage6_rules();
+                return t;
+            }
+            Mode::BareTun => return t,
+            Mode::Algonet { .. } => {}
         }
         let h = t.handle();
         t.rt.block_on(h.with(|r| -> Result<(), netstack::Error> {
@@ -364,6 +380,19 @@ impl Topology {
         }
     }
 
+    /// Where a peer reaches the mapping of `public`: the node's VPN address and that port, or,
+    /// where nothing translates ([`Mode::BareTun`]), the container's own endpoint.
+    pub fn reach(&self, protocol: Protocol, public: u16) -> SocketAddrV4 {
+        if self.bare.is_none() {
+            return SocketAddrV4::new(V, public);
+        }
+        MAPPINGS
+            .iter()
+            .find(|(p, port, _)| *p == protocol && *port == public)
+            .map(|(.., container)| *container)
+            .expect("a mapping of that port")
+    }
+
     pub fn handle(&self) -> DataplaneHandle {
         self.dataplane.as_ref().expect("running").handle()
     }
@@ -382,7 +411,44 @@ impl Drop for Topology {
         if let Some(dp) = self.dataplane.take() {
             let _ = dp.stop();
         }
+        if let Some(thread) = self.bare.take() {
+            // Removing the device wakes the loop's read with an error, which ends it.
+            let _ = self
+                .router
+                .ns
+                .run(|| async { Netlink::connect()?.del_link(&name("algonet0")).await });
+            let _ = thread.join();
+        }
     }
+}
+
+/// Creates the TUN device of [`Mode::BareTun`] in the hub namespace, with the offload settings
+/// and link settings of algonet's, and starts its loop.
+fn bare_loop(router: &TestNs) -> std::thread::JoinHandle<()> {
+    let dev = router
+        .ns
+        .run(|| async {
+            let dev = tun_rs::DeviceBuilder::new()
+                .name("algonet0")
+                .offload(true)
+                .packet_information(false)
+                .build_sync()
+                .expect("TUN device");
+            Netlink::connect()?
+                .configure(&name("algonet0"), Some(u32::from(MTU)), Some(1000))
+                .await?;
+            Ok::<_, LinkError>(dev)
+        })
+        .expect("router ns")
+        .expect("bare TUN device");
+    std::thread::spawn(move || {
+        // A virtio-net header and the largest IPv4 packet.
+        let mut buf = vec![0u8; 10 + 65_535];
+        while let Ok(n) = dev.recv(&mut buf) {
+            // The header read is valid for the same packet written back.
+            let _ = dev.send(&buf[..n]);
+        }
+    })
 }
 
 /// A TCP listener in `ns` that echoes one line per connection and reports who connected.
