@@ -113,8 +113,8 @@ fn settle() {
 }
 
 /// One stream from the peer at the tunnel's rate and in its shape: single packets with
-/// complete checksums, as OpenVPN writes them to tun0 (the peer's link stops segmenting and
-/// checksumming). Every mode carries the same traffic, so what the machine's CPU adds up to
+/// complete checksums, evenly spaced (the sender's socket is paced), as OpenVPN writes them to
+/// tun0 (the peer's link stops segmenting and checksumming). Every mode carries the same traffic, so what the machine's CPU adds up to
 /// tells what each one's hop costs. Last of a topology's runs: the peer's link stays so.
 fn tunnel_shaped_cores(t: &Topology, seconds: u64) -> f64 {
     let off = Command::new("ip")
@@ -126,7 +126,7 @@ fn tunnel_shaped_cores(t: &Topology, seconds: u64) -> f64 {
     assert!(off.success(), "ethtool -K eth0 in the peer");
     settle();
     let mut received = 0.0;
-    let cores = busy_cores(|| received = gbits(&iperf(t, seconds, &["-b", TUNNEL_RATE])));
+    let cores = busy_cores(|| received = gbits(&iperf(t, seconds, &["--fq-rate", TUNNEL_RATE])));
     assert!(
         received > 0.9 * TUNNEL_GBITS,
         "the stream fell short of its rate ({received:.3} Gbit/s): the figure would not compare"

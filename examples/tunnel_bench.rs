@@ -12,6 +12,11 @@
 //! what the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at
 //! the OpenVPN server and at the two ends.
 //!
+//! A third path is vantage6's own: the same plain clients, each with an algorithm container
+//! behind it on a veth, reached through the iptables rules vantage6 4.14 writes in its VPN
+//! client's namespace (DNAT from tun0, MASQUERADE toward it). A second table sets the three side
+//! by side, so what the container hop costs by itself is told apart from what algonet's costs.
+//!
 //! The scheduler weighs every process as it would in production: each iperf3 is moved into the
 //! CPU cgroup of its end's container (as an algorithm's own process would be), and each node
 //! into a cgroup of its own (as systemd gives its service). Left in the bench's own group, the
@@ -35,6 +40,8 @@ use serde_json::{json, Value};
 
 const IPERF_IMAGE: &str = "algonet/iperf3-bench";
 const IPERF_PORT: u16 = 5201;
+/// The public port of vantage6's path: DNAT from it on tun0 to the container's iperf3.
+const V6_PORT: u16 = 5202;
 const TAG: &str = "tbench";
 
 type Failed = Box<dyn std::error::Error>;
@@ -483,6 +490,104 @@ async fn plain_clients(fed: &Federation, admin: &Session) -> Result<Vec<(String,
     Ok(ends)
 }
 
+/// Runs a set-up command of the vantage6 path; its failure ends the bench.
+fn step(c: &mut Command) -> Result<(), Failed> {
+    let out = c.stdout(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// vantage6's own path on the plain tunnel: behind each plain client an algorithm container
+/// (the iperf3 image, no network of its own) on a veth into the client's namespace, reached
+/// through the rules vantage6 4.14 writes there: DNAT of a public port from tun0 to the
+/// container, MASQUERADE of the containers toward tun0, the kernel forwarding between them.
+/// These iptables rules are the baseline's, in the plain clients' namespaces; algonet writes
+/// none.
+async fn vantage6_ends(fed: &Federation, plain: &[End]) -> Result<Vec<End>, Failed> {
+    let mut ends = Vec::new();
+    for (i, client) in plain.iter().enumerate() {
+        let name = format!("algonet-{TAG}-v6-{i}");
+        fed.docker
+            .run(
+                &name,
+                ContainerCreateBody {
+                    image: Some(IPERF_IMAGE.into()),
+                    labels: Some(HashMap::from([(
+                        algonet::docker::LABEL_OWNER.into(),
+                        TAG.into(),
+                    )])),
+                    host_config: Some(HostConfig {
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let pid = fed.docker.pid(&name).await?;
+        let (hub, container) = (format!("172.29.{i}.1"), format!("172.29.{i}.2"));
+        let public = V6_PORT.to_string();
+        let to = format!("{container}:{IPERF_PORT}");
+        let subnet = format!("172.29.{i}.0/24");
+        let pid_text = pid.to_string();
+        let veth: &[&str] = &["ip", "link", "add", "v6h", "type", "veth"];
+        let dnat: &[&str] = &["iptables", "-t", "nat", "-A", "PREROUTING", "-i", "tun0"];
+        let masquerade: &[&str] = &["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "tun0"];
+        let in_client: [(&[&str], &[&str]); 6] = [
+            (veth, &["peer", "name", "eth0", "netns", &pid_text]),
+            (
+                &["ip", "addr", "add", &format!("{hub}/24")],
+                &["dev", "v6h"],
+            ),
+            (&["ip", "link", "set", "v6h", "up"], &[]),
+            (&["sysctl", "-qw", "net.ipv4.ip_forward=1"], &[]),
+            (
+                dnat,
+                &[
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &public,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ],
+            ),
+            (masquerade, &["-s", &subnet, "-j", "MASQUERADE"]),
+        ];
+        for (args, tail) in in_client {
+            step(nsenter(client.pid).args(args).args(tail))?;
+        }
+        let in_container: [&[&str]; 4] = [
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{container}/24"),
+                "dev",
+                "eth0",
+            ],
+            &["ip", "link", "set", "eth0", "up"],
+            &["ip", "link", "set", "lo", "up"],
+            &["ip", "route", "add", "default", "via", &hub],
+        ];
+        for args in in_container {
+            step(nsenter(pid).args(args))?;
+        }
+        ends.push(End {
+            pid,
+            ip: client.ip.clone(),
+            port: V6_PORT,
+        });
+    }
+    wait_listening(&ends[0], &ends[1])?;
+    wait_listening(&ends[1], &ends[0])?;
+    Ok(ends)
+}
+
 async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Failed> {
     build_image(&fed.docker).await?;
     let admin = fed.admin().await?;
@@ -503,6 +608,7 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     }
     wait_listening(&p0, &p1)?;
     wait_listening(&p1, &p0)?;
+    let v6 = vantage6_ends(fed, &[p0.clone(), p1.clone()]).await?;
     let server_pid = fed.docker.pid(&fed.vpn_server).await?;
     let mut node_vpn = Vec::new();
     for n in &fed.nodes {
@@ -530,6 +636,13 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
                 .iter()
                 .filter_map(|n| n.child.as_ref().map(Child::id))
                 .collect(),
+        },
+        Path2 {
+            name: "vantage6's forwarding",
+            client: v6[0].clone(),
+            server: v6[1].clone(),
+            openvpn: vec![server_pid, p0.pid, p1.pid],
+            nodes: Vec::new(),
         },
     ];
     let cases = [1, 8].into_iter().flat_map(|streams| {
@@ -623,6 +736,35 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
          the rounds; CPU is of one core, summed over the three OpenVPN processes, over the \
          two node processes, and over the machine's idle CPUs."
     );
+    println!(
+        "\n| traffic | plain tunnel Mbit/s | vantage6's forwarding Mbit/s | algonet Mbit/s | vantage6 / plain | \
+         algonet / vantage6 | OpenVPN CPU plain / vantage6 / algonet | idle CPU plain / vantage6 / algonet |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (c, &(streams, direction)) in cases.iter().enumerate() {
+        let [plain, ours, v6] = [&seen[c][0], &seen[c][1], &seen[c][2]];
+        let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
+        println!(
+            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} | {} / {} / {} |",
+            if streams > 1 { "s" } else { "" },
+            direction.label(),
+            median(&plain.rates),
+            median(&v6.rates),
+            median(&ours.rates),
+            median(&v6.rates) / median(&plain.rates),
+            median(&ours.rates) / median(&v6.rates),
+            pct(plain.openvpn_cpu, plain),
+            pct(v6.openvpn_cpu, v6),
+            pct(ours.openvpn_cpu, ours),
+            pct(plain.idle, plain),
+            pct(v6.idle, v6),
+            pct(ours.idle, ours),
+        );
+    }
+    println!(
+        "\nvantage6's forwarding: the plain clients with an algorithm container each behind the \
+         iptables rules vantage6 4.14 writes (DNAT from tun0, MASQUERADE toward it)."
+    );
     Ok(())
 }
 
@@ -661,6 +803,7 @@ async fn main() -> Result<(), Failed> {
         Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
     };
     for i in 0..2 {
+        let _ = fed.docker.remove(&format!("algonet-{TAG}-v6-{i}")).await;
         let _ = fed.docker.remove(&format!("algonet-{TAG}-plain-{i}")).await;
     }
     for e in fed.down().await {
