@@ -262,6 +262,19 @@ struct Seen {
     wall: f64,
 }
 
+impl Seen {
+    /// CPU seconds as a share of one core over this case's runs.
+    fn share(&self, cpu: f64) -> String {
+        format!("{:.0}%", 100.0 * cpu / self.wall)
+    }
+}
+
+/// A case's row label: "TCP 8 streams B -> A".
+fn case_label(streams: u32, direction: Direction) -> String {
+    let plural = if streams > 1 { "s" } else { "" };
+    format!("TCP {streams} stream{plural} {}", direction.label())
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -698,7 +711,6 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, &(streams, direction)) in cases.iter().enumerate() {
         let [plain, ours] = [&seen[c][0], &seen[c][1]];
-        let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
         let rtt = |s: &Seen| {
             if s.rtts.is_empty() {
                 "-".to_string()
@@ -707,9 +719,8 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
             }
         };
         println!(
-            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} / {} |",
-            if streams > 1 { "s" } else { "" },
-            direction.label(),
+            "| {} | {:.0} | {:.0} | {:.2}x | {} + {} / {} + {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} / {} |",
+            case_label(streams, direction),
             median(&plain.rates),
             median(&ours.rates),
             median(&ours.rates) / median(&plain.rates),
@@ -723,11 +734,11 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
             ours.retransmits,
             rtt(plain),
             rtt(ours),
-            pct(plain.openvpn_cpu, plain),
-            pct(ours.openvpn_cpu, ours),
-            pct(ours.node_cpu, ours),
-            pct(plain.idle, plain),
-            pct(ours.idle, ours),
+            plain.share(plain.openvpn_cpu),
+            ours.share(ours.openvpn_cpu),
+            ours.share(ours.node_cpu),
+            plain.share(plain.idle),
+            ours.share(ours.idle),
         );
     }
     println!(
@@ -743,22 +754,20 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     println!("|---|---|---|---|---|---|---|---|");
     for (c, &(streams, direction)) in cases.iter().enumerate() {
         let [plain, ours, v6] = [&seen[c][0], &seen[c][1], &seen[c][2]];
-        let pct = |cpu: f64, s: &Seen| format!("{:.0}%", 100.0 * cpu / s.wall);
         println!(
-            "| TCP {streams} stream{} {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} | {} / {} / {} |",
-            if streams > 1 { "s" } else { "" },
-            direction.label(),
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} | {} / {} / {} |",
+            case_label(streams, direction),
             median(&plain.rates),
             median(&v6.rates),
             median(&ours.rates),
             median(&v6.rates) / median(&plain.rates),
             median(&ours.rates) / median(&v6.rates),
-            pct(plain.openvpn_cpu, plain),
-            pct(v6.openvpn_cpu, v6),
-            pct(ours.openvpn_cpu, ours),
-            pct(plain.idle, plain),
-            pct(v6.idle, v6),
-            pct(ours.idle, ours),
+            plain.share(plain.openvpn_cpu),
+            v6.share(v6.openvpn_cpu),
+            ours.share(ours.openvpn_cpu),
+            plain.share(plain.idle),
+            v6.share(v6.idle),
+            ours.share(ours.idle),
         );
     }
     println!(
