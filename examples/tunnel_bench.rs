@@ -25,6 +25,7 @@
 //! CPU and made one direction (`-R`) look slow.
 //!
 //!   tunnel_bench <algonet binary> [--rounds R] [--seconds S] [--node 'busy_poll_us: 0' ...]
+//!                [--node-cpu-weight W]   (the nodes' cgroups; default the unit's CPUWeight=25)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ const IPERF_PORT: u16 = 5201;
 /// The public port of vantage6's path: DNAT from it on tun0 to the container's iperf3.
 const V6_PORT: u16 = 5202;
 const TAG: &str = "tbench";
+/// The nodes' CPU weight by default: `CPUWeight=` of `deploy/systemd/algonet-node@.service`.
+const NODE_CPU_WEIGHT: u64 = 25;
 
 type Failed = Box<dyn std::error::Error>;
 
@@ -155,16 +158,31 @@ fn join_cpu_cgroup(pid: u32, like: u32) -> Result<(), Failed> {
     std::fs::write(&procs, pid.to_string()).map_err(|e| format!("{}: {e}", procs.display()).into())
 }
 
-/// A CPU cgroup of its own for a process, as systemd gives each service one: without it the
-/// nodes' threads would weigh each as much as all containers together (cgroup v1's root group
-/// against Docker's). Removed on drop, once the process has ended.
+/// A CPU cgroup of its own for a process, as systemd gives each service one: beside the
+/// containers' cgroups (systemd puts services and Docker's container scopes side by side in
+/// `system.slice`), with the CPU weight of the service's `CPUWeight=` (100, the default, is
+/// every container's). Placed elsewhere, under cgroup v1, a node would weigh as much as all
+/// containers together (the root group's children are Docker's one group and the node's).
+/// Removed on drop, once the process has ended.
 struct OwnCgroup(PathBuf);
 
 impl OwnCgroup {
-    fn new(name: &str, pid: u32) -> Result<OwnCgroup, Failed> {
-        let dir = cpu_cgroup(std::process::id())?.join(name);
+    fn new(name: &str, pid: u32, beside: u32, weight: u64) -> Result<OwnCgroup, Failed> {
+        let containers = cpu_cgroup(beside)?;
+        let dir = containers
+            .parent()
+            .ok_or("a container's cgroup has no parent")?
+            .join(name);
         std::fs::create_dir_all(&dir)?;
         let own = OwnCgroup(dir);
+        // cgroup v2 takes the weight itself; v1 takes shares, which systemd derives from it
+        // (1024 for the default weight of 100).
+        let (file, value) = if own.0.join("cpu.weight").exists() {
+            ("cpu.weight", weight)
+        } else {
+            ("cpu.shares", weight * 1024 / 100)
+        };
+        std::fs::write(own.0.join(file), value.to_string())?;
         std::fs::write(own.0.join("cgroup.procs"), pid.to_string())?;
         Ok(own)
     }
@@ -782,12 +800,14 @@ async fn main() -> Result<(), Failed> {
     let mut args = std::env::args().skip(1);
     let algonet = PathBuf::from(args.next().ok_or("usage: tunnel_bench <algonet binary>")?);
     let (mut rounds, mut seconds, mut node_settings) = (3usize, 5u64, String::new());
+    let mut node_weight = NODE_CPU_WEIGHT;
     while let Some(a) = args.next() {
         let v = args.next().ok_or("a value after each option")?;
         match a.as_str() {
             "--rounds" => rounds = v.parse()?,
             "--seconds" => seconds = v.parse()?,
             "--node" => node_settings.push_str(&format!("{v}\n")),
+            "--node-cpu-weight" => node_weight = v.parse()?,
             _ => return Err(format!("unknown option {a}").into()),
         }
     }
@@ -801,14 +821,33 @@ async fn main() -> Result<(), Failed> {
         algonet: std::fs::canonicalize(&algonet)?,
     };
     let mut fed = Federation::up(options, Instant::now()).await?;
-    let services: Result<Vec<_>, Failed> = fed
-        .nodes
-        .iter()
-        .filter_map(|n| Some((n.organization.clone(), n.child.as_ref()?.id())))
-        .map(|(org, pid)| OwnCgroup::new(&format!("algonet-{TAG}-{org}"), pid))
-        .collect();
-    let outcome = match &services {
-        Ok(_) => bench(&fed, rounds.max(1), seconds).await,
+    let mut services = Vec::new();
+    let mut placed: Result<(), Failed> = Ok(());
+    for n in &fed.nodes {
+        let Some(pid) = n.child.as_ref().map(Child::id) else {
+            continue;
+        };
+        let vpn = fed
+            .docker
+            .pid(&format!("algonet-{TAG}-{}-vpn", n.organization))
+            .await;
+        match vpn.map_err(Failed::from).and_then(|vpn| {
+            OwnCgroup::new(
+                &format!("algonet-{TAG}-{}", n.organization),
+                pid,
+                vpn,
+                node_weight,
+            )
+        }) {
+            Ok(own) => services.push(own),
+            Err(e) => {
+                placed = Err(e);
+                break;
+            }
+        }
+    }
+    let outcome = match &placed {
+        Ok(()) => bench(&fed, rounds.max(1), seconds).await,
         Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
     };
     for i in 0..2 {
