@@ -36,9 +36,8 @@ const POLL_US: u64 = 100;
 /// what a data plane that holds packets back to merge them would delay.
 const BULK: usize = 256 * 1024;
 const BULK_ROUND_TRIPS: usize = 1_000;
-/// The rate of the tunnel-shaped stream: about what OpenVPN carries on one core here.
-const TUNNEL_RATE: &str = "500M";
-const TUNNEL_GBITS: f64 = 0.5;
+/// The rate of the tunnel-shaped stream in Mbit/s: about what OpenVPN carries on one core here.
+const TUNNEL_MBITS: u32 = 500;
 /// The longest wait for the machine to idle before a mode is measured.
 const SETTLE_FOR: Duration = Duration::from_secs(30);
 
@@ -114,8 +113,9 @@ fn settle() {
 
 /// One stream from the peer at the tunnel's rate and in its shape: single packets with
 /// complete checksums, evenly spaced (the sender's socket is paced), as OpenVPN writes them to
-/// tun0 (the peer's link stops segmenting and checksumming). Every mode carries the same traffic, so what the machine's CPU adds up to
-/// tells what each one's hop costs. Last of a topology's runs: the peer's link stays so.
+/// tun0 (the peer's link stops segmenting and checksumming). Every mode carries the same
+/// traffic, so what the machine's CPU adds up to tells what each one's hop costs. Last of a
+/// topology's runs: the peer's link stays so.
 fn tunnel_shaped_cores(t: &Topology, seconds: u64) -> f64 {
     let off = Command::new("ip")
         .args(["netns", "exec", &t.peer.name, "ethtool", "-K", "eth0"])
@@ -126,9 +126,10 @@ fn tunnel_shaped_cores(t: &Topology, seconds: u64) -> f64 {
     assert!(off.success(), "ethtool -K eth0 in the peer");
     settle();
     let mut received = 0.0;
-    let cores = busy_cores(|| received = gbits(&iperf(t, seconds, &["--fq-rate", TUNNEL_RATE])));
+    let rate = format!("{TUNNEL_MBITS}M");
+    let cores = busy_cores(|| received = gbits(&iperf(t, seconds, &["--fq-rate", &rate])));
     assert!(
-        received > 0.9 * TUNNEL_GBITS,
+        received * 1e3 > 0.9 * f64::from(TUNNEL_MBITS),
         "the stream fell short of its rate ({received:.3} Gbit/s): the figure would not compare"
     );
     cores

@@ -795,6 +795,23 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     Ok(())
 }
 
+/// Gives each node a cgroup of its own beside its OpenVPN container's, with `weight`.
+async fn place_nodes(fed: &Federation, weight: u64) -> Result<Vec<OwnCgroup>, Failed> {
+    let mut services = Vec::new();
+    for n in &fed.nodes {
+        let Some(pid) = n.child.as_ref().map(Child::id) else {
+            continue;
+        };
+        let vpn = fed
+            .docker
+            .pid(&format!("algonet-{TAG}-{}-vpn", n.organization))
+            .await?;
+        let name = format!("algonet-{TAG}-{}", n.organization);
+        services.push(OwnCgroup::new(&name, pid, vpn, weight)?);
+    }
+    Ok(services)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Failed> {
     let mut args = std::env::args().skip(1);
@@ -821,33 +838,9 @@ async fn main() -> Result<(), Failed> {
         algonet: std::fs::canonicalize(&algonet)?,
     };
     let mut fed = Federation::up(options, Instant::now()).await?;
-    let mut services = Vec::new();
-    let mut placed: Result<(), Failed> = Ok(());
-    for n in &fed.nodes {
-        let Some(pid) = n.child.as_ref().map(Child::id) else {
-            continue;
-        };
-        let vpn = fed
-            .docker
-            .pid(&format!("algonet-{TAG}-{}-vpn", n.organization))
-            .await;
-        match vpn.map_err(Failed::from).and_then(|vpn| {
-            OwnCgroup::new(
-                &format!("algonet-{TAG}-{}", n.organization),
-                pid,
-                vpn,
-                node_weight,
-            )
-        }) {
-            Ok(own) => services.push(own),
-            Err(e) => {
-                placed = Err(e);
-                break;
-            }
-        }
-    }
-    let outcome = match &placed {
-        Ok(()) => bench(&fed, rounds.max(1), seconds).await,
+    let services = place_nodes(&fed, node_weight).await;
+    let outcome = match &services {
+        Ok(_) => bench(&fed, rounds.max(1), seconds).await,
         Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
     };
     for i in 0..2 {
