@@ -13,6 +13,7 @@
 //! - [`echo`], [`feature`], [`demo`]: the echo algorithm, `algonet test` and `algonet demo`;
 //! - [`config`], [`logging`], [`metrics`], [`private`]: reading the YAML files, the log lines,
 //!   the Prometheus exposition, and files only their owner may read;
+//! - [`http`]: serving HTTP within bounds (the API's and the metrics listeners');
 //! - [`service`]: telling systemd the service is ready, alive, stopping.
 
 pub use netstack;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod docker;
 pub mod echo;
 pub mod feature;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -184,6 +184,21 @@ fn filter(level: Level) -> EnvFilter {
     }
 }
 
+/// A name from outside (a user name, an organization's name) as it may be printed to a terminal
+/// or a log: control characters, ANSI escapes among them, are written as escapes (`\u{1b}`), so
+/// a name can neither move the cursor nor forge a line.
+pub fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Sends events to stderr as `format` says, filtered as [`filter`] says. Returns the keeper of
 /// recent problems. A second call (tests start several servers in one process) changes
 /// nothing and returns a keeper that stays empty.
@@ -212,6 +227,12 @@ pub fn init(level: Level, format: Format) -> Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_shown_without_their_control_characters() {
+        assert_eq!(shown("Zürich UMC"), "Zürich UMC");
+        assert_eq!(shown("a\u{1b}[31mred\nb"), "a\\u{1b}[31mred\\nb");
+    }
 
     #[test]
     fn keeps_the_last_problems_with_their_fields() {

@@ -78,6 +78,21 @@ enum ServerAction {
         #[arg(long, value_name = "FILE")]
         keys: Option<PathBuf>,
     },
+    /// End every session of a user or a node: its access and refresh tokens are refused from
+    /// now on (it logs in again: a user with its password, a node with its API key).
+    Revoke {
+        /// The user, by name (the administrator's too).
+        #[arg(
+            long,
+            value_name = "NAME",
+            conflicts_with = "node",
+            required_unless_present = "node"
+        )]
+        user: Option<String>,
+        /// The node, by id.
+        #[arg(long, value_name = "ID")]
+        node: Option<i64>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -172,6 +187,17 @@ fn main() -> ExitCode {
             &file,
             keys,
         ),
+        Command::Server {
+            config,
+            action: Some(ServerAction::Revoke { user, node }),
+        } => revoke(
+            config.unwrap_or_else(|| usage("algonet server revoke needs --config <FILE>")),
+            match (user, node) {
+                (Some(name), _) => algonet::server::Revoke::User(name),
+                (None, Some(id)) => algonet::server::Revoke::Node(algonet::api::NodeId(id)),
+                (None, None) => usage("algonet server revoke needs --user or --node"),
+            },
+        ),
         Command::Node {
             config,
             action: None,
@@ -212,6 +238,14 @@ fn causes(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+fn revoke(config: PathBuf, who: algonet::server::Revoke) -> anyhow::Result<()> {
+    let config = algonet::server::config::ServerConfig::load(&config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let ended = rt.block_on(algonet::server::revoke(&config, &who))?;
+    println!("ended {ended} live sessions of {who:?}: its tokens are refused from now on");
+    Ok(())
 }
 
 fn import(config: PathBuf, file: &std::path::Path, keys: Option<PathBuf>) -> anyhow::Result<()> {

@@ -145,7 +145,7 @@ where
         }),
     );
     (local, async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = crate::http::serve(listener, app, crate::http::Limits::METRICS).await {
             tracing::warn!("metrics on {local}: {e}");
         }
     })

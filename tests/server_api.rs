@@ -586,8 +586,29 @@ async fn nodes_claim_runs_once_and_report_them() {
         (find(&results)["result"].clone(), find(&runs)["log"].clone()),
         (json!("{\"ok\": true}"), json!("done"))
     );
+    // A finished run stays finished: its node cannot set it back or rewrite its result.
+    let (st, v) = s
+        .call(
+            "PATCH",
+            &format!("/run/{run}"),
+            Some(node1),
+            Some(json!({"status": "active", "result": "forged"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let (runs, results) = (get("run").await, get("result").await);
+    assert_eq!(
+        (
+            find(&runs)["status"].clone(),
+            find(&results)["result"].clone()
+        ),
+        (json!("completed"), json!("{\"ok\": true}"))
+    );
     // When every run of the task has finished, no more container tokens are given for it.
     for (i, (_, token)) in f.nodes.iter().enumerate() {
+        if f.child_runs[i] == run {
+            continue;
+        }
         s.ok(
             "PATCH",
             &format!("/run/{}", f.child_runs[i]),
@@ -667,6 +688,7 @@ fn reissued(s: &Server, token: &str, age_secs: u64) -> String {
         .as_secs();
     s.state.signer.issue(
         &algonet::server::auth::Claimed::Container(identity),
+        None,
         algonet::server::auth::Use::Access,
         now - age_secs,
         None,
@@ -867,6 +889,7 @@ async fn the_data_directory_is_the_servers_alone() {
     let token = |signer: &algonet::server::auth::Signer| {
         signer.issue(
             &claimed,
+            None,
             algonet::server::auth::Use::Access,
             1_796_000_000,
             Some(60),
@@ -896,102 +919,46 @@ async fn the_data_directory_is_the_servers_alone() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Guessing the administrator's password is throttled: after five failures the name answers
-/// 429 with Retry-After, even to the right password, until the window ends.
+/// Guessing a password is slowed per name and address: after three failures a try from that
+/// address answers 429 with Retry-After, even with the right password, while the same account
+/// from another address logs in at once; each failure is in the log with name and address.
 #[tokio::test]
 async fn password_guessing_is_throttled() {
     let s = server("throttle", "").await;
-    let login = |password: &str| {
+    let login = |password: &str, from: [u8; 4]| {
         let body = json!({"username": "root", "password": password});
-        s.http
-            .post(format!("{}/token/user", s.base))
-            .json(&body)
-            .send()
+        let client = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(from))
+            .build()
+            .expect("client");
+        let url = format!("{}/token/user", s.base);
+        async move { client.post(url).json(&body).send().await }
     };
-    for _ in 0..5 {
-        let r = login("wrong-guess-here").await.expect("answer");
+    let attacker = [127, 0, 0, 1];
+    for _ in 0..algonet::server::throttle::FREE {
+        let r = login("wrong-guess-here", attacker).await.expect("answer");
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let r = login("correct-horse-battery").await.expect("answer");
+    let r = login("correct-horse-battery", attacker)
+        .await
+        .expect("answer");
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = r
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .expect("Retry-After in seconds");
-    assert!((1..=300).contains(&wait), "{wait}");
+    assert!((1..=2).contains(&wait), "{wait}");
     let v: Value = r.json().await.expect("json");
     assert!(v["msg"].is_string(), "{v}");
-}
-
-/// A client that is slow to send its headers, or sends nothing, is cut off after the header
-/// timeout; connections beyond the cap wait until one closes.
-#[tokio::test]
-async fn slow_clients_hold_nothing_for_long() {
-    use std::io::{Read, Write};
-    let s = server("slow-clients", "header_timeout_secs: 1\n").await;
-    let addr = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/api")
-        .to_string();
-    let closed_within = |mut c: std::net::TcpStream| {
-        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        let mut buf = [0u8; 256];
-        let start = std::time::Instant::now();
-        // The server may answer 408 first; what matters is that it closes.
-        loop {
-            match c.read(&mut buf) {
-                Ok(0) => return Some(start.elapsed()),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    };
-    let mut partial = std::net::TcpStream::connect(&addr).expect("connect");
-    partial
-        .write_all(b"GET /api/run HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .expect("write");
-    let t = tokio::task::spawn_blocking(move || closed_within(partial));
-    let silent = std::net::TcpStream::connect(&addr).expect("connect");
-    let u = tokio::task::spawn_blocking(move || closed_within(silent));
-    let (t, u) = (t.await.expect("join"), u.await.expect("join"));
-    assert!(
-        t.is_some_and(|d| d.as_secs() < 4),
-        "half-sent headers held: {t:?}"
-    );
-    assert!(
-        u.is_some_and(|d| d.as_secs() < 4),
-        "a silent connection held: {u:?}"
-    );
-
-    let s = server("connection-cap", "max_connections: 3\n").await;
-    let addr = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/api")
-        .to_string();
-    let mut idle: Vec<_> = (0..3)
-        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
-        .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let quick = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(1))
-        .build()
-        .expect("client");
-    let url = format!("{}/run", s.base);
-    assert!(
-        quick.get(&url).send().await.is_err(),
-        "a fourth connection was served while three were open"
-    );
-    idle.pop();
-    let r = quick
-        .get(&url)
-        .send()
+    let r = login("correct-horse-battery", [127, 0, 0, 2])
         .await
-        .expect("served once one closed");
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        .expect("answer");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the administrator from another address is not locked out"
+    );
 }
 
 /// Asking for VPN profiles in a loop does not grow the CRL without bound: a node is issued at

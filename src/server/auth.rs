@@ -7,7 +7,9 @@
 //!   image, databases}, `client_type` = "container"
 //!
 //! Users and nodes also get a refresh token (`type` = "refresh"), good only at
-//! `POST /token/refresh`; every other call takes an access token (`type` = "access").
+//! `POST /token/refresh`; every other call takes an access token (`type` = "access"). Their
+//! tokens name their session (`sid`), and a refresh token its own id (`jti`): the server keeps
+//! which refresh token of a session is good now (see `store::sessions`).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -46,6 +48,21 @@ impl Use {
     }
 }
 
+/// The session a user's or a node's token belongs to, and for a refresh token its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    /// The refresh token's own id (`jti`); `None` in an access token.
+    pub refresh: Option<String>,
+}
+
+/// A token that checked out: who, and of which session (`None` for a container's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub claimed: Claimed,
+    pub session: Option<Session>,
+}
+
 /// Signs and checks tokens with the server's secret.
 #[derive(Clone)]
 pub struct Signer {
@@ -69,12 +86,13 @@ impl Signer {
         Signer { key }
     }
 
-    /// Issues a token for `claimed`, valid `lifetime_secs` from `now` (seconds since the epoch),
-    /// or, with `None`, without an expiry: a container token, which lives as long as its run
-    /// (the server checks that on every use), as vantage6's do.
+    /// Issues a token for `claimed` of `session`, valid `lifetime_secs` from `now` (seconds since
+    /// the epoch), or, with `None`, without an expiry: a container token, which lives as long
+    /// as its run (the server checks that on every use), as vantage6's do.
     pub fn issue(
         &self,
         claimed: &Claimed,
+        session: Option<&Session>,
         used: Use,
         now: u64,
         lifetime_secs: Option<u64>,
@@ -95,6 +113,12 @@ impl Signer {
         if let Some(l) = lifetime_secs {
             claims["exp"] = json!(now.saturating_add(l));
         }
+        if let Some(session) = session {
+            claims["sid"] = json!(session.id);
+            if let Some(jti) = &session.refresh {
+                claims["jti"] = json!(jti);
+            }
+        }
         let payload = B64.encode(claims.to_string());
         let signing_input = format!("{header}.{payload}");
         let mut m = mac(&self.key);
@@ -104,8 +128,8 @@ impl Signer {
     }
 
     /// Checks the signature, the expiry and the use; `None` for anything else than a valid
-    /// token for `used`.
-    pub fn check(&self, token: &str, used: Use, now: u64) -> Option<Claimed> {
+    /// token for `used`. Whether its session is still live is the store's to say.
+    pub fn check(&self, token: &str, used: Use, now: u64) -> Option<Checked> {
         let mut parts = token.split('.');
         let (header_b64, payload, sig) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -132,14 +156,26 @@ impl Signer {
             return None;
         }
         let sub = claims.get("sub")?;
-        match client_type {
-            "user" => Some(Claimed::User(sub.as_i64()?)),
-            "node" => Some(Claimed::Node(NodeId(sub.as_i64()?))),
-            "container" => serde_json::from_value(sub.clone())
-                .ok()
-                .map(Claimed::Container),
-            _ => None,
+        let text = |key: &str| claims.get(key).and_then(Value::as_str).map(str::to_string);
+        let session = text("sid").map(|id| Session {
+            id,
+            refresh: text("jti"),
+        });
+        let claimed = match client_type {
+            "user" => Claimed::User(sub.as_i64()?),
+            "node" => Claimed::Node(NodeId(sub.as_i64()?)),
+            "container" => Claimed::Container(serde_json::from_value(sub.clone()).ok()?),
+            _ => return None,
+        };
+        // A user's or a node's token without its session (or a refresh token without its id)
+        // was not issued by this server.
+        match (&claimed, &session) {
+            (Claimed::Container(_), None) => {}
+            (Claimed::Container(_), Some(_)) | (_, None) => return None,
+            (_, Some(s)) if s.refresh.is_some() != (used == Use::Refresh) => return None,
+            _ => {}
         }
+        Some(Checked { claimed, session })
     }
 }
 
@@ -279,13 +315,19 @@ mod tests {
             image: "echo".into(),
             databases: vec![],
         });
-        let t = s.issue(&c, Use::Access, 1000, Some(60));
-        assert_eq!(s.check(&t, Use::Access, 1001), Some(c.clone()));
+        let t = s.issue(&c, None, Use::Access, 1000, Some(60));
+        let container = |c: &Claimed| {
+            Some(Checked {
+                claimed: c.clone(),
+                session: None,
+            })
+        };
+        assert_eq!(s.check(&t, Use::Access, 1001), container(&c));
         assert_eq!(s.check(&t, Use::Access, 1060), None, "expired");
-        let lasting = s.issue(&c, Use::Access, 1000, None);
+        let lasting = s.issue(&c, None, Use::Access, 1000, None);
         assert_eq!(
             s.check(&lasting, Use::Access, 1000 + 10 * 365 * 86400),
-            Some(c)
+            container(&c)
         );
         assert_eq!(
             Signer::new(b"other".to_vec()).check(&t, Use::Access, 1001),
@@ -297,19 +339,68 @@ mod tests {
         assert_eq!(s.check(&forged, Use::Access, 1001), None, "tampered");
         assert_eq!(s.check("a.b", Use::Access, 1001), None);
         assert_eq!(s.check("", Use::Access, 1001), None);
-        let node = s.issue(&Claimed::Node(NodeId(7)), Use::Access, 1000, Some(60));
+        let access = Session {
+            id: "s1".into(),
+            refresh: None,
+        };
+        let refresh = Session {
+            id: "s1".into(),
+            refresh: Some("r1".into()),
+        };
+        let node = s.issue(
+            &Claimed::Node(NodeId(7)),
+            Some(&access),
+            Use::Access,
+            1000,
+            Some(60),
+        );
         assert_eq!(
             s.check(&node, Use::Access, 1000),
-            Some(Claimed::Node(NodeId(7)))
+            Some(Checked {
+                claimed: Claimed::Node(NodeId(7)),
+                session: Some(access.clone()),
+            })
         );
-        let forever = s.issue(&Claimed::Node(NodeId(7)), Use::Access, 1000, None);
+        let sessionless = s.issue(&Claimed::Node(NodeId(7)), None, Use::Access, 1000, Some(60));
+        assert_eq!(s.check(&sessionless, Use::Access, 1000), None, "no session");
+        let forever = s.issue(
+            &Claimed::Node(NodeId(7)),
+            Some(&access),
+            Use::Access,
+            1000,
+            None,
+        );
         assert_eq!(
             s.check(&forever, Use::Access, 1000),
             None,
             "only container tokens may lack an expiry"
         );
-        let user = s.issue(&Claimed::User(1), Use::Refresh, 1000, Some(60));
-        assert_eq!(s.check(&user, Use::Refresh, 1000), Some(Claimed::User(1)));
+        let user = s.issue(
+            &Claimed::User(1),
+            Some(&refresh),
+            Use::Refresh,
+            1000,
+            Some(60),
+        );
+        assert_eq!(
+            s.check(&user, Use::Refresh, 1000),
+            Some(Checked {
+                claimed: Claimed::User(1),
+                session: Some(refresh.clone()),
+            })
+        );
+        let without_id = s.issue(
+            &Claimed::User(1),
+            Some(&access),
+            Use::Refresh,
+            1000,
+            Some(60),
+        );
+        assert_eq!(
+            s.check(&without_id, Use::Refresh, 1000),
+            None,
+            "a refresh token names itself"
+        );
         assert_eq!(
             s.check(&user, Use::Access, 1000),
             None,

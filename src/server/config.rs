@@ -60,9 +60,17 @@ pub struct ServerConfig {
     /// kept-alive connection) before the connection is closed, in seconds.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
-    /// Most connections served at once; more wait until one closes.
+    /// How long a client may take to send a request's body once its headers arrived, in
+    /// seconds; a late body fails the request (408).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// Most connections served at once; more are answered 503 with `Retry-After` at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections served at once from one source address (behind a proxy that does
+    /// not keep the client's address, all clients share one: raise it there).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     #[serde(default)]
     pub log_level: crate::logging::Level,
     #[serde(default)]
@@ -79,6 +87,14 @@ fn default_metrics_listen() -> Option<SocketAddr> {
 
 fn default_header_timeout() -> u64 {
     10
+}
+
+fn default_body_timeout() -> u64 {
+    30
+}
+
+fn default_max_connections_per_address() -> usize {
+    128
 }
 
 fn default_max_connections() -> usize {
@@ -156,6 +172,12 @@ impl ServerConfig {
         }
         if config.header_timeout_secs == 0 {
             return Err("header_timeout_secs: must be positive".into());
+        }
+        if config.body_timeout_secs == 0 {
+            return Err("body_timeout_secs: must be positive".into());
+        }
+        if config.max_connections_per_address == 0 {
+            return Err("max_connections_per_address: must be positive".into());
         }
         if config.max_connections == 0 {
             return Err("max_connections: must be positive".into());

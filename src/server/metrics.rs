@@ -45,7 +45,7 @@ impl Default for ServerMetrics {
 
 /// The span, count, latency and log line of each request.
 pub async fn observe(State(m): State<ServerMetrics>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -81,6 +81,26 @@ pub async fn observe(State(m): State<ServerMetrics>, req: Request, next: Next) -
         .inc();
     m.latency.observe(elapsed.as_secs_f64());
     response
+}
+
+/// A request's method as a metrics label: the methods HTTP defines, and `other` for any made-up
+/// one, so that no client can grow the label set.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ]
+    .into_iter()
+    .find(|(m, _)| m == method)
+    .map_or("other", |(_, name)| name)
 }
 
 #[derive(Debug)]

@@ -13,6 +13,7 @@ pub mod provision;
 pub mod state;
 pub mod store;
 pub mod throttle;
+pub mod waits;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -106,6 +107,80 @@ async fn vpn_pki(
     Ok(pki)
 }
 
+/// Ends the administrator's sessions when its name or password is not the one the last start
+/// had: a changed credential locks out whoever held the old one. The database keeps a PBKDF2
+/// hash of the two, never the password.
+async fn admin_credential(store: &Store, admin: &config::Admin) -> Result<(), ServerError> {
+    const NAME: &str = "admin-credential";
+    let credential = format!("{}\n{}", admin.username, admin.password);
+    let mut db = store.read().await?;
+    let kept = store::secret(&mut db, NAME).await?;
+    if let Some(kept) = &kept {
+        let (c, k) = (credential.clone(), kept.clone());
+        let same = tokio::task::spawn_blocking(move || auth::password_matches(&c, &k))
+            .await
+            .unwrap_or(false);
+        if same {
+            return Ok(());
+        }
+    }
+    let hash = auth::hash_password(&credential).map_err(|e| ServerError::Files {
+        path: "admin".into(),
+        source: std::io::Error::other(format!("no randomness: {e}")),
+    })?;
+    store::replace_secret(&mut db, NAME, &hash).await?;
+    if kept.is_some() {
+        let ended = store::end_sessions(&mut db, &store::subject("user", auth::ADMIN_USER)).await?;
+        tracing::info!(
+            sessions = ended,
+            "the administrator's name or password changed: its earlier sessions are ended"
+        );
+    }
+    Ok(())
+}
+
+/// Whose sessions `algonet server revoke` ends.
+#[derive(Clone, Debug)]
+pub enum Revoke {
+    /// A user, by name (the administrator's too).
+    User(String),
+    Node(crate::api::NodeId),
+}
+
+/// Ends every session of a user or a node: each of its access and refresh tokens is refused
+/// from now on, by every server process on the database. Returns how many were live.
+pub async fn revoke(config: &ServerConfig, who: &Revoke) -> Result<u64, RevokeError> {
+    let store = Store::open(&config.database()).await?;
+    let mut db = store.read().await?;
+    let subject = match who {
+        Revoke::User(name) if *name == config.admin.username => {
+            store::subject("user", auth::ADMIN_USER)
+        }
+        Revoke::User(name) => match store::account_login(&mut db, name).await? {
+            Some((id, _)) => store::subject("user", id),
+            None => return Err(RevokeError::NoSuch(format!("user {name:?}"))),
+        },
+        Revoke::Node(id) => match store::node(&mut db, *id).await? {
+            Some(_) => store::subject("node", id.0),
+            None => return Err(RevokeError::NoSuch(format!("node {id}"))),
+        },
+    };
+    let ended = store::end_sessions(&mut db, &subject).await?;
+    tracing::info!(subject = %subject, sessions = ended, "sessions revoked");
+    Ok(ended)
+}
+
+/// Why sessions could not be revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error(transparent)]
+    Database(#[from] OpenError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("there is no {0}")]
+    NoSuch(String),
+}
+
 /// Opens the data directory and the database (creating and migrating as needed).
 pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     let dir = &config.data_dir;
@@ -121,12 +196,15 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         }
     }
     let signer = Signer::new(token_key(&store, dir).await?);
+    admin_credential(&store, &config.admin).await?;
     let pki = match &config.vpn {
         Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(
             vpn_pki(&store, &dir.join("vpn"), vpn).await?,
         ))),
         None => None,
     };
+    // A wait holds a connection: half of them may wait, the rest is for everyone else.
+    let waits = Arc::new(waits::Waits::new((config.max_connections / 2).max(1)));
     Ok(AppState {
         store,
         signer,
@@ -135,6 +213,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         logins: Arc::default(),
         metrics: Default::default(),
         changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+        waits,
     })
 }
 
@@ -155,75 +234,21 @@ pub async fn bind(
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Listen { addr, source })?;
-    let limits = Limits {
-        header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
+    let limits = crate::http::Limits {
+        head_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
+        body_timeout: std::time::Duration::from_secs(state.config.body_timeout_secs),
         max_connections: state.config.max_connections,
+        per_address: state.config.max_connections_per_address,
     };
     let crl = provision::follow_crl(state.clone());
+    let changes = waits::follow_changes(state.store.clone(), state.changes.clone());
     let app = api::router(state);
     let served = async move {
         tokio::select! {
-            r = serve(listener, app, limits) => r,
+            r = crate::http::serve(listener, app, limits) => r,
             () = crl => Ok(()),
+            () = changes => Ok(()),
         }
     };
     Ok((local, served))
-}
-
-/// What one client may hold of the server.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    header_timeout: std::time::Duration,
-    max_connections: usize,
-}
-
-/// Serves HTTP/1.1 on `listener`: a connection that does not send a request's headers within
-/// the header timeout is closed (a slow or half-open client holds nothing for long), and at
-/// most `max_connections` are served at once (the next waits in the listen queue). Each
-/// request carries its peer's address for the handlers (`ConnectInfo`).
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    limits: Limits,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt;
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, or a connection reset before it was accepted: not the
-                // listener's end. Pause briefly rather than spin.
-                tracing::warn!("accepting a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let app =
-            app.clone()
-                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                });
-        tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(
-                    TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(app),
-                )
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("connection from {peer}: {e}");
-            }
-            drop(slot);
-        });
-    }
 }

@@ -22,12 +22,24 @@ pub struct AppState {
     /// Counts the changes that can change a run's peers (runs made, addresses and ports set or
     /// removed, nodes deleted): `GET /vpn/peers` waits on it.
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The `GET /vpn/peers` requests waiting for a change.
+    pub waits: Arc<crate::server::waits::Waits>,
 }
 
 impl AppState {
-    /// Tells waiting `GET /vpn/peers` requests to look again.
-    pub fn changed(&self) {
+    /// Tells waiting `GET /vpn/peers` requests to look again: this process's at once, every
+    /// other process's on the database through its change counter (see
+    /// [`crate::server::waits`]). The change is made already: a failure to count it is logged,
+    /// and the other processes' waits answer when they time out.
+    pub async fn changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        let counted = match self.store.read().await {
+            Ok(mut db) => crate::server::store::count_change(&mut db).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = counted {
+            tracing::warn!("counting a change for the other server processes: {e}");
+        }
     }
 }
 

@@ -1,87 +1,113 @@
-//! Failed logins, counted per user name and per source address: past a limit within a window,
-//! further tries answer 429 with `Retry-After` until the window ends, without the password being
-//! checked. A success clears the name's and the address's count. The table is bounded: when
-//! full, the entry whose window began first is forgotten.
+//! Failed logins. Each (user name, source address) pair may fail a few times freely; after that
+//! it waits a delay that doubles with each further failure, up to a ceiling, before its next
+//! try is even checked (429 with `Retry-After`). Guessing from one address thus slows down
+//! without locking the account out for anyone else, and many users behind one proxy address do
+//! not lock each other out. Names that are no account are bounded per address on their own: a
+//! try costs the same work whether the name exists or not, so spraying made-up names from one
+//! address is what would otherwise cost the server unbounded work. A success clears the pair.
+//! The table is bounded: when full, the entry that failed longest ago is forgotten.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
-/// Failures a user name may have in a window.
-pub const PER_USER: u32 = 5;
-/// Failures one source address may have in a window (several users may share one address,
-/// behind a proxy or a NAT).
-pub const PER_ADDRESS: u32 = 20;
-/// The window.
-pub const WINDOW: Duration = Duration::from_secs(300);
-/// Most names and addresses remembered.
+/// Failures a pair (or an address, for unknown names) may have before it waits.
+pub const FREE: u32 = 3;
+/// The longest wait, in seconds.
+pub const MAX_DELAY: u64 = 900;
+/// A pair that has not failed for this long starts afresh, in seconds.
+const FORGET: u64 = 24 * 3600;
+/// Most entries remembered.
 const CAPACITY: usize = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
-    User(String),
-    Address(IpAddr),
+    /// A name and an address.
+    Pair(String, IpAddr),
+    /// Names that are no account, from an address.
+    Unknown(IpAddr),
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Count {
-    since: u64,
+    last: u64,
     failures: u32,
 }
 
-/// The counts, keyed by user name and by address; times in seconds since the epoch.
+impl Count {
+    /// Seconds to wait at `now`, if any.
+    fn wait(&self, now: u64) -> Option<u64> {
+        if self.failures < FREE || now >= self.last + FORGET {
+            return None;
+        }
+        let delay = 1u64
+            .checked_shl(self.failures - FREE + 1)
+            .unwrap_or(MAX_DELAY)
+            .min(MAX_DELAY);
+        let ends = self.last + delay;
+        (now < ends).then(|| ends - now)
+    }
+}
+
+/// The counts; times in seconds since the epoch.
 #[derive(Debug, Default)]
 pub struct Throttle {
     counts: HashMap<Key, Count>,
 }
 
 impl Throttle {
-    /// Seconds to wait before `user` may try again from `from`, if either is over its limit.
+    /// Seconds `user` must wait before a try from `from` is checked, if any.
     pub fn wait(&self, user: &str, from: IpAddr, now: u64) -> Option<u64> {
-        [
-            (Key::User(user.to_string()), PER_USER),
-            (Key::Address(from), PER_ADDRESS),
-        ]
-        .iter()
-        .filter_map(|(key, limit)| {
-            let c = self.counts.get(key)?;
-            let ends = c.since + WINDOW.as_secs();
-            (c.failures >= *limit && now < ends).then(|| ends - now)
-        })
-        .max()
+        self.counts
+            .get(&Key::Pair(user.to_string(), from))
+            .and_then(|c| c.wait(now))
     }
 
-    pub fn failed(&mut self, user: &str, from: IpAddr, now: u64) {
-        for key in [Key::User(user.to_string()), Key::Address(from)] {
-            if !self.counts.contains_key(&key) && self.counts.len() >= CAPACITY {
-                self.make_room(now);
-            }
-            let c = self.counts.entry(key).or_insert(Count {
-                since: now,
-                failures: 0,
-            });
-            if now >= c.since + WINDOW.as_secs() {
-                *c = Count {
-                    since: now,
-                    failures: 0,
-                };
-            }
-            c.failures += 1;
+    /// Seconds a try for a name that is no account must wait from `from`, if any.
+    pub fn wait_unknown(&self, from: IpAddr, now: u64) -> Option<u64> {
+        self.counts
+            .get(&Key::Unknown(from))
+            .and_then(|c| c.wait(now))
+    }
+
+    /// A failed try; `known`: the name is an account.
+    pub fn failed(&mut self, user: &str, from: IpAddr, known: bool, now: u64) {
+        let key = if known {
+            Key::Pair(user.to_string(), from)
+        } else {
+            Key::Unknown(from)
+        };
+        if !self.counts.contains_key(&key) && self.counts.len() >= CAPACITY {
+            self.make_room(now);
         }
+        let c = self.counts.entry(key).or_insert(Count {
+            last: now,
+            failures: 0,
+        });
+        if now >= c.last + FORGET {
+            c.failures = 0;
+        }
+        c.failures = c.failures.saturating_add(1);
+        c.last = now;
+    }
+
+    /// How many failures a pair has had: for the log.
+    pub fn failures(&self, user: &str, from: IpAddr) -> u32 {
+        self.counts
+            .get(&Key::Pair(user.to_string(), from))
+            .map_or(0, |c| c.failures)
     }
 
     pub fn succeeded(&mut self, user: &str, from: IpAddr) {
-        self.counts.remove(&Key::User(user.to_string()));
-        self.counts.remove(&Key::Address(from));
+        self.counts.remove(&Key::Pair(user.to_string(), from));
     }
 
     fn make_room(&mut self, now: u64) {
-        self.counts.retain(|_, c| now < c.since + WINDOW.as_secs());
+        self.counts.retain(|_, c| now < c.last + FORGET);
         if self.counts.len() >= CAPACITY {
             if let Some(oldest) = self
                 .counts
                 .iter()
-                .min_by_key(|(_, c)| c.since)
+                .min_by_key(|(_, c)| c.last)
                 .map(|(k, _)| k.clone())
             {
                 self.counts.remove(&oldest);
@@ -98,35 +124,36 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
 
     #[test]
-    fn a_name_or_an_address_over_its_limit_waits_for_the_window() {
+    fn a_pair_waits_longer_with_each_failure_and_nobody_else_waits() {
         let mut t = Throttle::default();
-        for _ in 0..PER_USER {
+        for _ in 0..FREE {
             assert_eq!(t.wait("root", A, 100), None);
-            t.failed("root", A, 100);
+            t.failed("root", A, true, 100);
         }
-        assert_eq!(t.wait("root", A, 100), Some(WINDOW.as_secs()));
-        assert_eq!(
-            t.wait("root", B, 160),
-            Some(WINDOW.as_secs() - 60),
-            "from anywhere"
-        );
-        assert_eq!(
-            t.wait("other", A, 100),
-            None,
-            "the address is under its limit"
-        );
-        assert_eq!(
-            t.wait("root", A, 100 + WINDOW.as_secs()),
-            None,
-            "the window ended"
-        );
-        // Spraying many names from one address.
-        for i in 0..PER_ADDRESS {
-            t.failed(&format!("user{i}"), B, 200);
+        assert_eq!(t.wait("root", A, 100), Some(2));
+        assert_eq!(t.wait("root", A, 102), None, "the delay passed");
+        t.failed("root", A, true, 102);
+        assert_eq!(t.wait("root", A, 102), Some(4), "doubled");
+        assert_eq!(t.wait("root", B, 102), None, "the account from elsewhere");
+        assert_eq!(t.wait("other", A, 102), None, "another account from here");
+        for i in 0..30 {
+            t.failed("root", A, true, 200 + i);
         }
-        assert!(t.wait("fresh", B, 200).is_some());
-        t.succeeded("fresh", B);
-        assert_eq!(t.wait("fresh", B, 200), None);
+        assert_eq!(t.wait("root", A, 229), Some(MAX_DELAY), "the ceiling");
+        assert_eq!(t.wait("root", A, 229 + FORGET), None, "forgotten");
+        t.succeeded("root", A);
+        assert_eq!(t.failures("root", A), 0);
+    }
+
+    #[test]
+    fn unknown_names_are_bounded_per_address_and_known_ones_are_not_held_by_them() {
+        let mut t = Throttle::default();
+        for i in 0..FREE + 2 {
+            t.failed(&format!("made-up-{i}"), A, false, 100);
+        }
+        assert!(t.wait_unknown(A, 100).is_some());
+        assert_eq!(t.wait_unknown(B, 100), None);
+        assert_eq!(t.wait("root", A, 100), None, "an account from that address");
     }
 
     #[test]
@@ -134,7 +161,7 @@ mod tests {
         let mut t = Throttle::default();
         for i in 0..(CAPACITY as u64 + 50) {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from_bits(i as u32));
-            t.failed(&format!("u{i}"), ip, 1000 + i);
+            t.failed(&format!("u{i}"), ip, true, 1000 + i);
         }
         assert!(t.counts.len() <= CAPACITY);
     }

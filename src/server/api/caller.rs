@@ -74,11 +74,22 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let unauthorized = || ApiError::unauthorized("Missing or invalid authorization token");
         let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
-        match state
+        let now = crate::server::state::now();
+        let checked = state
             .signer
-            .check(token, Use::Access, crate::server::state::now())
-            .ok_or_else(unauthorized)?
+            .check(token, Use::Access, now)
+            .ok_or_else(unauthorized)?;
+        // A user's or a node's token is good while its session is (see `token::refresh`).
+        if let (Some(subject), Some(session)) =
+            (super::token::subject(&checked.claimed), &checked.session)
         {
+            if !store::session_live(&mut *state.store.read().await?, &session.id, &subject, now)
+                .await?
+            {
+                return Err(unauthorized());
+            }
+        }
+        match checked.claimed {
             Claimed::User(ADMIN_USER) => Ok(Caller::Admin(Admin {
                 user: ADMIN_USER,
                 organization: None,

@@ -19,6 +19,8 @@ pub enum Kind {
     MethodNotAllowed,
     Conflict,
     TooLarge,
+    /// The request did not arrive in time.
+    Timeout,
     /// Too many tries: wait this many seconds (`Retry-After`).
     TooMany(u64),
     Internal,
@@ -36,6 +38,7 @@ impl Kind {
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Timeout => StatusCode::REQUEST_TIMEOUT,
             Kind::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Kind::NotImplemented => StatusCode::NOT_IMPLEMENTED,

@@ -135,7 +135,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     }
 }
 
-/// JSON body whose rejections (malformed, wrong types, too large) answer 400 or 413 `{"msg"}`.
+/// JSON body whose rejections (malformed, wrong types, too large, late) answer 400, 413 or 408
+/// `{"msg"}`.
 #[derive(Debug)]
 pub struct Json<T>(pub T);
 
@@ -144,7 +145,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::too_large(e.body_text())),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::too_large(e.body_text()))
+            }
+            // The other way a body fails to arrive: it was late (see `crate::http`), or the
+            // client went away before it ended.
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(
+                error::Kind::Timeout,
+                "The request's body did not arrive in time",
+            )),
             Err(e) => Err(ApiError::bad(e.body_text())),
         }
     }

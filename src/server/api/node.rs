@@ -108,7 +108,8 @@ pub async fn patch(
     let node = store::set_node_ip(&mut db, id, ip.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found("node", id))?;
-    s.changed();
+    drop(db);
+    s.changed().await;
     Ok(Json(present(Links::of(&s), node)))
 }
 
@@ -117,10 +118,11 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<NodeId>,
 ) -> ApiResult<Json<Node>> {
+    // Another collaboration's node answers as one that does not exist.
     let node = store::node(&mut *s.store.read().await?, id)
         .await?
+        .filter(|n| caller.within(Some(n.collaboration_id)).is_ok())
         .ok_or_else(|| ApiError::not_found("node", id))?;
-    caller.within(Some(node.collaboration_id))?;
     Ok(Json(present(Links::of(&s), node)))
 }
 
@@ -172,7 +174,7 @@ pub async fn delete(
     if !provision::delete_node(&s, id).await? {
         return Err(ApiError::not_found("node", id));
     }
-    s.changed();
+    s.changed().await;
     Ok(Json(Msg {
         msg: format!("Node id={id} deleted."),
     }))

@@ -48,16 +48,16 @@ pub async fn get(
     Path(id): Path<OrganizationId>,
 ) -> ApiResult<Json<Organization>> {
     let mut db = s.store.read().await?;
+    // Another collaboration's organization answers as one that does not exist: which ids
+    // exist is not for a node or an algorithm to learn.
+    if let Some(c) = caller.collaboration() {
+        if !store::is_member(&mut db, c, id).await? {
+            return Err(ApiError::not_found("organization", id));
+        }
+    }
     let row = store::organization(&mut db, id, None)
         .await?
         .ok_or_else(|| ApiError::not_found("organization", id))?;
-    if let Some(c) = caller.collaboration() {
-        if !store::is_member(&mut db, c, id).await? {
-            return Err(ApiError::forbidden(
-                "The organization is not in the caller's collaboration",
-            ));
-        }
-    }
     Ok(Json(present(Links::of(&s), row)))
 }
 

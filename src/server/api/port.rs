@@ -21,7 +21,8 @@ pub async fn create(
     let mut db = s.store.read().await?;
     own_run(&mut db, &n, b.run_id).await?;
     let id = store::insert_port(&mut db, b.run_id, b.port, b.label.as_deref()).await?;
-    s.changed();
+    drop(db);
+    s.changed().await;
     Ok(Created(Port {
         id,
         port: b.port,
@@ -38,7 +39,8 @@ pub async fn delete(
     let mut db = s.store.read().await?;
     own_run(&mut db, &n, q.run_id).await?;
     store::delete_ports(&mut db, q.run_id).await?;
-    s.changed();
+    drop(db);
+    s.changed().await;
     Ok(Json(Msg {
         msg: "Ports removed from the database.".into(),
     }))

@@ -165,7 +165,7 @@ pub async fn claim(
     answer(&s, &mut db, id).await
 }
 
-/// The node reports status, result and log of its run.
+/// The node reports status, result and log of its run; a finished run stays as it was (409).
 pub async fn update(
     State(s): State<AppState>,
     NodeCaller(n): NodeCaller,
@@ -174,7 +174,17 @@ pub async fn update(
 ) -> ApiResult<Json<Run>> {
     let mut db = s.store.read().await?;
     own_run(&mut db, &n, id).await?;
-    store::update_run(&mut db, id, b.status, b.result.as_deref(), b.log.as_deref()).await?;
+    if !store::update_run(&mut db, id, b.status, b.result.as_deref(), b.log.as_deref()).await? {
+        return Err(ApiError::conflict(format!(
+            "run {id} has finished: its status, result and log stay as they are"
+        )));
+    }
+    if b.status.is_some_and(RunStatus::is_finished) {
+        // A finished run leaves its node's list of runs with peers.
+        drop(db);
+        s.changed().await;
+        db = s.store.read().await?;
+    }
     answer(&s, &mut db, id).await
 }
 

@@ -104,7 +104,7 @@ pub async fn create(
     }
     let task = present(&s, &mut tx, id).await?;
     store::commit(tx).await?;
-    s.changed();
+    s.changed().await;
     Ok(Created(task))
 }
 

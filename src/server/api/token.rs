@@ -16,12 +16,13 @@ use crate::api::{
     UserToken,
 };
 use crate::server::auth::{
-    hash_key, password_matches, same, Claimed, Use, ADMIN_USER, NO_PASSWORD,
+    hash_key, password_matches, random_secret, same, Claimed, Session, Use, ADMIN_USER, NO_PASSWORD,
 };
 use crate::server::state::{now, AppState};
 use crate::server::store;
 
-/// Throttled per user name and per source address (see [`crate::server::throttle`]).
+/// Throttled per user name and source address (see [`crate::server::throttle`]); each try is
+/// in the log, with the name and the address.
 pub async fn user(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -29,35 +30,70 @@ pub async fn user(
 ) -> ApiResult<Json<UserToken>> {
     let a = &s.config.admin;
     let from = peer.ip();
+    let name = crate::logging::shown(&b.username);
     let lock = || s.logins.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(secs) = lock().wait(&b.username, from, now()) {
+        tracing::warn!(user = %name, address = %from, retry_after = secs, "login refused: too many failures");
         return Err(ApiError::too_many_logins(secs));
     }
-    let user = if same(b.username.as_bytes(), a.username.as_bytes()) {
-        same(b.password.as_bytes(), a.password.as_bytes()).then_some(ADMIN_USER)
+    let (user, known) = if same(b.username.as_bytes(), a.username.as_bytes()) {
+        let ok = same(b.password.as_bytes(), a.password.as_bytes());
+        (ok.then_some(ADMIN_USER), true)
     } else {
-        account(&s, b.username.clone(), b.password).await?
+        account(&s, &b.username, b.password, from).await?
     };
     let Some(user) = user else {
-        lock().failed(&b.username, from, now());
+        let failures = {
+            let mut l = lock();
+            l.failed(&b.username, from, known, now());
+            l.failures(&b.username, from)
+        };
+        tracing::info!(user = %name, address = %from, known, failures, "login failed");
         return Err(ApiError::unauthorized("Invalid username or password"));
     };
     lock().succeeded(&b.username, from);
-    Ok(Json(user_tokens(&s, user)))
+    tracing::info!(user = %name, user_id = user, address = %from, "login");
+    let pair = start_session(&s, &Claimed::User(user)).await?;
+    Ok(Json(user_tokens(&s, user, pair)))
 }
 
-/// The account `username` if `password` is its own. The hash is computed off the async
-/// threads, and for an unknown name too (against a hash nothing matches).
-async fn account(s: &AppState, username: String, password: String) -> ApiResult<Option<i64>> {
-    let found = store::account_login(&mut *s.store.read().await?, &username).await?;
+/// Password checks under way at once: each takes a core for a tenth of a second or more, and
+/// the server is to stay responsive under a flood of logins.
+static CHECKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// The account `username` if `password` is its own, and whether the name is an account. The
+/// hash is computed off the async threads, and for an unknown name too (against a hash nothing
+/// matches), unless that address has tried too many unknown names (429).
+async fn account(
+    s: &AppState,
+    username: &str,
+    password: String,
+    from: std::net::IpAddr,
+) -> ApiResult<(Option<i64>, bool)> {
+    let found = store::account_login(&mut *s.store.read().await?, username).await?;
     let (id, stored) = match found {
         Some((id, stored)) => (Some(id), stored),
-        None => (None, NO_PASSWORD.to_string()),
+        None => {
+            let wait = s
+                .logins
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .wait_unknown(from, now());
+            if let Some(secs) = wait {
+                tracing::warn!(address = %from, retry_after = secs, "login refused: too many unknown names");
+                return Err(ApiError::too_many_logins(secs));
+            }
+            (None, NO_PASSWORD.to_string())
+        }
     };
+    let _turn = CHECKING
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
     let matches = tokio::task::spawn_blocking(move || password_matches(&password, &stored))
         .await
         .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
-    Ok(id.filter(|_| matches))
+    Ok((id.filter(|_| matches), id.is_some()))
 }
 
 pub async fn node(
@@ -67,36 +103,113 @@ pub async fn node(
     let id = store::node_by_key_hash(&mut *s.store.read().await?, &hash_key(&b.api_key))
         .await?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key"))?;
-    Ok(Json(node_tokens(&s, id)))
+    tracing::info!(node_id = %id, "node login");
+    let pair = start_session(&s, &Claimed::Node(id)).await?;
+    Ok(Json(node_tokens(&s, id, pair)))
 }
 
-/// A refresh token (as the bearer) buys a new pair, as vantage6's `refresh_url` does; a
-/// deleted node's refresh token buys nothing.
+/// A refresh token (as the bearer) buys a new pair, as vantage6's `refresh_url` does, once:
+/// the refresh token it took is retired, and a retired one used again ends its session, every
+/// token of it (a copy is in someone else's hands). A deleted node's or account's refresh token
+/// buys nothing.
 pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let refused = || ApiError::unauthorized("Missing or invalid refresh token");
-    let claimed = bearer(&headers)
+    let checked = bearer(&headers)
         .and_then(|t| s.signer.check(t, Use::Refresh, now()))
         .ok_or_else(refused)?;
-    match claimed {
-        Claimed::User(ADMIN_USER) => Ok(Json(user_tokens(&s, ADMIN_USER)).into_response()),
+    let (
+        Some(subject),
+        Some(Session {
+            id,
+            refresh: Some(used),
+        }),
+    ) = (subject(&checked.claimed), &checked.session)
+    else {
+        return Err(refused());
+    };
+    match checked.claimed {
+        Claimed::User(ADMIN_USER) => {}
         Claimed::User(id) => {
             store::account(&mut *s.store.read().await?, id)
                 .await?
                 .ok_or_else(refused)?;
-            Ok(Json(user_tokens(&s, id)).into_response())
         }
         Claimed::Node(id) => {
             store::node(&mut *s.store.read().await?, id)
                 .await?
                 .ok_or_else(refused)?;
-            Ok(Json(node_tokens(&s, id)).into_response())
         }
-        _ => Err(refused()),
+        Claimed::Container(_) => return Err(refused()),
+    }
+    let next = secret()?;
+    let now = now();
+    let expires = now.saturating_add(s.config.refresh_token_lifetime_secs);
+    let mut tx = s.store.write().await?;
+    let found = store::rotate_refresh(&mut tx, id, &subject, used, &next, now, expires).await?;
+    store::commit(tx).await?;
+    match found {
+        store::Refresh::Rotated => {}
+        store::Refresh::Reused => {
+            tracing::warn!(
+                subject = %subject,
+                "a retired refresh token was used again: its session is ended"
+            );
+            return Err(ApiError::unauthorized(
+                "This refresh token was used before: its session is ended; log in again",
+            ));
+        }
+        store::Refresh::Gone => return Err(refused()),
+    }
+    let pair = tokens(&s, &checked.claimed, id, &next);
+    Ok(match checked.claimed {
+        Claimed::Node(node) => Json(node_tokens(&s, node, pair)).into_response(),
+        _ => Json(user_tokens(&s, user_id(&checked.claimed), pair)).into_response(),
+    })
+}
+
+fn user_id(claimed: &Claimed) -> i64 {
+    match claimed {
+        Claimed::User(id) => *id,
+        _ => ADMIN_USER,
     }
 }
 
-fn user_tokens(s: &AppState, user: i64) -> UserToken {
-    let (access_token, refresh_token) = pair(s, &Claimed::User(user));
+/// What a session is of: a user or a node (a container has none).
+pub fn subject(claimed: &Claimed) -> Option<String> {
+    match claimed {
+        Claimed::User(id) => Some(store::subject("user", *id)),
+        Claimed::Node(id) => Some(store::subject("node", id.0)),
+        Claimed::Container(_) => None,
+    }
+}
+
+fn secret() -> ApiResult<String> {
+    random_secret().map_err(|e| ApiError::internal(format!("no randomness: {e}")))
+}
+
+/// A new session for `claimed` and its first pair of tokens.
+async fn start_session(s: &AppState, claimed: &Claimed) -> ApiResult<(String, String)> {
+    let subject = subject(claimed).ok_or_else(|| ApiError::internal("a session of a container"))?;
+    let (id, refresh) = (secret()?, secret()?);
+    let now = now();
+    let expires = now.saturating_add(s.config.refresh_token_lifetime_secs);
+    store::insert_session(
+        &mut *s.store.read().await?,
+        &id,
+        &subject,
+        &refresh,
+        now,
+        expires,
+    )
+    .await?;
+    Ok(tokens(s, claimed, &id, &refresh))
+}
+
+fn user_tokens(
+    s: &AppState,
+    user: i64,
+    (access_token, refresh_token): (String, String),
+) -> UserToken {
     UserToken {
         access_token,
         refresh_token,
@@ -105,8 +218,11 @@ fn user_tokens(s: &AppState, user: i64) -> UserToken {
     }
 }
 
-fn node_tokens(s: &AppState, id: NodeId) -> NodeToken {
-    let (access_token, refresh_token) = pair(s, &Claimed::Node(id));
+fn node_tokens(
+    s: &AppState,
+    id: NodeId,
+    (access_token, refresh_token): (String, String),
+) -> NodeToken {
     NodeToken {
         access_token,
         refresh_token,
@@ -116,14 +232,28 @@ fn node_tokens(s: &AppState, id: NodeId) -> NodeToken {
     }
 }
 
-/// An access token and a refresh token for the same caller.
-fn pair(s: &AppState, claimed: &Claimed) -> (String, String) {
+/// An access token and the refresh token `refresh` of session `session`, for `claimed`.
+fn tokens(s: &AppState, claimed: &Claimed, session: &str, refresh: &str) -> (String, String) {
     let c = &s.config;
+    let access = Session {
+        id: session.to_string(),
+        refresh: None,
+    };
+    let renewal = Session {
+        id: session.to_string(),
+        refresh: Some(refresh.to_string()),
+    };
     (
-        s.signer
-            .issue(claimed, Use::Access, now(), Some(c.token_lifetime_secs)),
         s.signer.issue(
             claimed,
+            Some(&access),
+            Use::Access,
+            now(),
+            Some(c.token_lifetime_secs),
+        ),
+        s.signer.issue(
+            claimed,
+            Some(&renewal),
             Use::Refresh,
             now(),
             Some(c.refresh_token_lifetime_secs),
@@ -167,8 +297,12 @@ pub async fn container(
     };
     // No expiry: the token is good while its node exists and its run is unfinished, which
     // every use checks (see `caller`).
-    let container_token = s
-        .signer
-        .issue(&Claimed::Container(identity), Use::Access, now(), None);
+    let container_token = s.signer.issue(
+        &Claimed::Container(identity),
+        None,
+        Use::Access,
+        now(),
+        None,
+    );
     Ok(Json(ContainerToken { container_token }))
 }

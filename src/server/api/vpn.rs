@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::extract::State;
 
 use super::caller::{ContainerCaller, NodeCaller};
-use super::error::ApiError;
+use super::error::{ApiError, Kind};
 use super::{ApiResult, Json, Query};
 use crate::api::{Addresses, Peers, RunPeers, TaskId, VpnProfile, VpnUpdate};
 use crate::server::state::AppState;
@@ -37,28 +37,42 @@ pub async fn update(
 
 /// How long `GET /vpn/peers?known=` waits for a change before it answers the same again.
 const PEERS_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
-/// How often a waiting request looks again without being told of a change (a change made by
-/// another server process on the same database is not told).
-const PEERS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `GET /vpn/peers` (algonet): whom each of the node's open runs may talk to. With
-/// `?known=<etag>` it answers once the answer is not that one any more, or after 20 s.
+/// `?known=<etag>` it answers once the answer is not that one any more, after 20 s, or when a
+/// newer wait of the same node takes its place (see [`crate::server::waits`]); with too many
+/// waits under way in all, 503 at once.
 pub async fn peers(
     State(s): State<AppState>,
     NodeCaller(n): NodeCaller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Peers>> {
-    let known = q.get("known").cloned();
+    let Some(known) = q.get("known").cloned() else {
+        return Ok(Json(peers_now(&s, &n).await?));
+    };
+    let wait = s.waits.enter(n.id).ok_or_else(|| {
+        ApiError::new(
+            Kind::Unavailable,
+            "Too many requests are waiting for changes; try again shortly",
+        )
+    })?;
     let until = tokio::time::Instant::now() + PEERS_WAIT;
     let mut changes = s.changes.subscribe();
     loop {
         changes.borrow_and_update();
         let answer = peers_now(&s, &n).await?;
-        let now = tokio::time::Instant::now();
-        if known.as_deref() != Some(answer.etag.as_str()) || now >= until {
+        if known != answer.etag {
             return Ok(Json(answer));
         }
-        let _ = tokio::time::timeout(PEERS_RECHECK.min(until - now), changes.changed()).await;
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(Json(answer));
+                }
+            }
+            () = tokio::time::sleep_until(until) => return Ok(Json(answer)),
+            () = wait.ended.notified() => return Ok(Json(answer)),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The server's storage: every SQL query, with typed rows, by what it is about (participants,
-//! accounts, tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
+//! accounts, sessions, tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
 //! [`Store::read`] or a write transaction from [`Store::write`] and call the functions here; no
 //! SQL is written anywhere else. This is the one module that knows which database it is: a
 //! SQLite file or PostgreSQL, through sqlx's `Any` driver. Every query is written once, in the
@@ -18,6 +18,7 @@ mod columns;
 mod participants;
 mod ports;
 mod secrets;
+mod sessions;
 mod tasks;
 
 pub use accounts::*;
@@ -25,6 +26,7 @@ pub use certificates::*;
 pub use participants::*;
 pub use ports::*;
 pub use secrets::*;
+pub use sessions::*;
 pub use tasks::*;
 
 /// A connection, from the pool or inside a transaction: what every query takes.

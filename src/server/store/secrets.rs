@@ -23,3 +23,16 @@ pub async fn keep_secret(db: &mut Db, name: &str, value: &str) -> Result<String>
         .await?
         .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
 }
+
+/// Sets secret `name` to `value`, whatever it was.
+pub async fn replace_secret(db: &mut Db, name: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO secret (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(db)
+    .await?;
+    Ok(())
+}

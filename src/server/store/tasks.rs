@@ -269,18 +269,20 @@ pub async fn claim_run(db: &mut Db, id: RunId) -> Result<bool> {
 }
 
 /// Changes what is given of a run's status, result and log; a finishing status stamps the end.
+/// A finished run stays as it is: false then.
 pub async fn update_run(
     db: &mut Db,
     id: RunId,
     status: Option<RunStatus>,
     result: Option<&str>,
     log: Option<&str>,
-) -> Result<()> {
+) -> Result<bool> {
     let finished = status.is_some_and(RunStatus::is_finished);
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE run SET status = coalesce($1, status), result = coalesce($2, result), log = coalesce($3, log), \
          started_at = CASE WHEN $1 = 'active' THEN coalesce(started_at, $4) ELSE started_at END, \
-         finished_at = CASE WHEN $5 THEN $4 ELSE finished_at END WHERE id = $6",
+         finished_at = CASE WHEN $5 THEN $4 ELSE finished_at END \
+         WHERE id = $6 AND finished_at IS NULL",
     )
     .bind(status)
     .bind(result)
@@ -290,5 +292,5 @@ pub async fn update_run(
     .bind(id)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() > 0)
 }

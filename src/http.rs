@@ -1,0 +1,243 @@
+//! Serving HTTP/1.1 within bounds, for the server's API and for the server's and the node's
+//! metrics listeners alike: what one client, or many, may hold of a process.
+//!
+//! - A request's head must arrive within `head_timeout` of the connection opening (or of the
+//!   last answer, on a kept-alive connection), its body within `body_timeout` of the head; a
+//!   body that is late fails the request with 408 and the connection closes.
+//! - At most `max_connections` are served at once, and at most `per_address` of them from one
+//!   source address. A connection past either bound is answered at once with 503 and
+//!   `Retry-After`, not left waiting in the kernel's backlog.
+//! - Each request carries its peer's address for the handlers (`ConnectInfo`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the clients of one listener may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub per_address: usize,
+}
+
+impl Limits {
+    /// A metrics listener's: a scraper or two, never many.
+    pub const METRICS: Limits = Limits {
+        head_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
+        max_connections: 64,
+        per_address: 16,
+    };
+}
+
+/// Connections refused with a 503 at once; past this many being refused, a connection is closed
+/// without an answer (a flood is not to cost a task per connection).
+const REFUSING: usize = 64;
+/// How long a refused connection may take to send its request before it is answered anyway.
+const REFUSE_READ: Duration = Duration::from_millis(500);
+
+/// The connections being served: in all and by source address.
+#[derive(Debug, Default)]
+struct Served {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// One served connection's place; given back when dropped.
+#[derive(Debug)]
+struct Place {
+    served: Arc<Mutex<Served>>,
+    address: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut s = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                s.by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// A place for a connection from `address`, if neither bound is reached.
+fn take_place(served: &Arc<Mutex<Served>>, address: IpAddr, limits: &Limits) -> Option<Place> {
+    let mut s = served.lock().unwrap_or_else(PoisonError::into_inner);
+    let from = s.by_address.get(&address).copied().unwrap_or(0);
+    if s.total >= limits.max_connections || from >= limits.per_address {
+        return None;
+    }
+    s.total += 1;
+    *s.by_address.entry(address).or_insert(0) += 1;
+    Some(Place {
+        served: served.clone(),
+        address,
+    })
+}
+
+/// Serves `app` on `listener` within `limits` until the listener fails for good.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let served = Arc::new(Mutex::new(Served::default()));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: not the
+                // listener's end. Pause briefly rather than spin.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(place) = take_place(&served, peer.ip(), &limits) else {
+            if let Ok(turn) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(turn);
+                });
+            }
+            continue;
+        };
+        let body_timeout = limits.body_timeout;
+        let app =
+            app.clone()
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(|body| {
+                        axum::body::Body::new(Deadline {
+                            body,
+                            timer: Box::pin(tokio::time::sleep(body_timeout)),
+                        })
+                    });
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                });
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.head_timeout)
+                .serve_connection(
+                    TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+            drop(place);
+        });
+    }
+}
+
+/// The answer to a connection past the bounds. Its request is read first (briefly, and only
+/// its first bytes), so that closing does not reset the connection before the client reads it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    const BODY: &str = r#"{"msg": "The server is busy; try again shortly"}"#;
+    let mut head = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSE_READ, async {
+        let mut seen = 0;
+        while seen < head.len() {
+            match stream.read(&mut head[seen..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+            if head[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(REFUSE_READ, async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Why a request's body failed: it did not arrive within the body timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request's body did not arrive in time")]
+pub struct LateBody;
+
+/// A request body that fails once its deadline passes.
+struct Deadline {
+    body: hyper::body::Incoming,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for Deadline {
+    type Data = hyper::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(LateBody.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_bounded_in_all_and_per_address_and_given_back() {
+        let limits = Limits {
+            max_connections: 3,
+            per_address: 2,
+            ..Limits::METRICS
+        };
+        let served = Arc::default();
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let a1 = take_place(&served, a, &limits).expect("first");
+        let _a2 = take_place(&served, a, &limits).expect("second");
+        assert!(take_place(&served, a, &limits).is_none(), "per address");
+        let b1 = take_place(&served, b, &limits).expect("another address");
+        assert!(take_place(&served, b, &limits).is_none(), "in all");
+        drop(a1);
+        drop(b1);
+        let _a3 = take_place(&served, a, &limits).expect("given back");
+        let _b2 = take_place(&served, b, &limits).expect("given back");
+        let s = served.lock().expect("lock");
+        assert_eq!((s.total, s.by_address.len()), (3, 2));
+    }
+}
