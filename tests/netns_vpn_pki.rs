@@ -597,7 +597,7 @@ fn a_lost_tunnel_leaks_nothing_onto_the_wan() {
         .expect("container plumbing");
     rt.block_on(async {
         dp.with(move |r| {
-            r.add_container(c_addr, RunId(1))?;
+            r.add_container(c_addr, RunId(1), 1)?;
             r.add_mapping(Mapping {
                 protocol: Protocol::Udp,
                 public_port: 49160,

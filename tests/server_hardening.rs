@@ -528,3 +528,116 @@ async fn ids_outside_a_collaboration_answer_as_absent_ones() {
             .map(|m| m.replace(&other.to_string(), "N"))
     );
 }
+
+/// A task of image `fork` for the one organization of `s`'s lone node, and a container token
+/// of its run: (organization id, container token, the node's token).
+async fn forking_task(s: &Server) -> (Value, String, String) {
+    let (node_id, node) = s.lone_node().await;
+    let admin = s.admin().await;
+    let row = s
+        .ok(
+            "GET",
+            &format!("/node/{node_id}"),
+            Some(&admin),
+            json!(null),
+        )
+        .await;
+    let (org, col) = (
+        row["organization"]["id"].clone(),
+        row["collaboration"]["id"].clone(),
+    );
+    let body = json!({"name": "root", "image": "fork", "collaboration_id": col, "organizations": [{"id": org}]});
+    let root = s.ok("POST", "/task", Some(&admin), body).await["id"].clone();
+    let token = container_token(s, &node, &root).await;
+    (org, token, node)
+}
+
+async fn container_token(s: &Server, node: &str, task: &Value) -> String {
+    let body = json!({"task_id": task, "image": "fork"});
+    s.ok("POST", "/token/container", Some(node), body).await["container_token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+/// A subtask of the caller's own image for `org`: its answer, and Retry-After if any.
+async fn fork(s: &Server, token: &str, org: &Value) -> (StatusCode, Value, bool) {
+    let body = json!({"name": "child", "image": "fork", "organizations": [{"id": org}]});
+    let r = s
+        .http
+        .post(format!("{}/task", s.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    let (status, retry) = (r.status(), r.headers().contains_key("retry-after"));
+    (status, r.json().await.expect("json"), retry)
+}
+
+/// An algorithm that creates subtasks of its own image, and whose subtasks do the same, is
+/// stopped at the run's limit, the job's limit and the rate, with 429.
+#[tokio::test]
+async fn an_algorithm_cannot_multiply_without_bound() {
+    let s = server(
+        "subtask-limits",
+        "subtasks: {per_run: 30, per_second: 1000, per_job: 45}\n",
+    )
+    .await;
+    let (org, parent, node) = forking_task(&s).await;
+    let mut created = Vec::new();
+    let mut refused = None;
+    for _ in 0..1000 {
+        let (st, v, _) = fork(&s, &parent, &org).await;
+        if st == StatusCode::CREATED {
+            created.push(v["id"].clone());
+        } else {
+            refused = Some((st, v));
+            break;
+        }
+    }
+    let (st, v) = refused.expect("a refusal before 1000");
+    assert_eq!(created.len(), 30, "the run's limit");
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(
+        v["msg"].as_str().is_some_and(|m| m.contains("limit")),
+        "{v}"
+    );
+    // A child does the same: the job holds 1 + 30 tasks, so 14 more, then the job's limit.
+    let child = container_token(&s, &node, &created[0]).await;
+    let mut more = 0;
+    loop {
+        let (st, v, _) = fork(&s, &child, &org).await;
+        if st != StatusCode::CREATED {
+            assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+            break;
+        }
+        more += 1;
+        assert!(more <= 14, "past the job's limit");
+    }
+    assert_eq!(more, 14);
+
+    // The rate: a burst past the per-second limit answers 429 with Retry-After.
+    let s = server(
+        "subtask-rate",
+        "subtasks: {per_run: 1000, per_second: 5, per_job: 10000}\n",
+    )
+    .await;
+    let (org, token, _) = forking_task(&s).await;
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        let (st, _, retry) = fork(&s, &token, &org).await;
+        answers.push((st, retry));
+    }
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(!limited.is_empty(), "{answers:?}");
+    assert!(limited.iter().all(|(_, retry)| *retry), "{answers:?}");
+    let made = answers
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::CREATED)
+        .count();
+    assert!((5..=10).contains(&made), "{answers:?}");
+}

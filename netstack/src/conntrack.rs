@@ -20,6 +20,12 @@
 //! When the table is full, a new connection first reclaims expired ones, then evicts the oldest
 //! unsettled one (never answered, half-open, or closing: what a flood or a scan leaves), and
 //! only then is refused with [`DropReason::TableFull`].
+//! Beside the source, each connection counts for the run family of the container it serves (the
+//! container that opened it, or the one a peer opened it to): a family (the runs of one job,
+//! registered with [`Table::join`]) holds at most `max_per_family` connections, past that
+//! [`DropReason::RunQuota`], so no number of copies of one algorithm can fill the table or an
+//! outbound port range for the others. Both counts are kept off the per-packet path: only a
+//! new connection and a removed one look them up.
 //! Established connections are never evicted for new ones. A TCP connection is half-open, with a
 //! short timeout, from the answer's SYN-ACK until the originator's ACK.
 
@@ -28,6 +34,7 @@ use core::net::Ipv4Addr;
 use core::time::Duration;
 
 use foldhash::fast::FixedState;
+use std::collections::HashMap;
 
 use crate::index::Index;
 use crate::nat::Change;
@@ -304,6 +311,10 @@ pub struct Table {
     per_source: Box<[u32; SOURCE_BUCKETS]>,
     source_hash: FixedState,
     max_per_source: u32,
+    /// The family of each registered container address, and live connections by family.
+    family_of: HashMap<Ipv4Addr, u64, FixedState>,
+    per_family: HashMap<u64, u32, FixedState>,
+    max_per_family: u32,
     pub expired: u64,
     pub evicted: u64,
     pub removed: u64,
@@ -353,7 +364,13 @@ fn secs(now: Instant) -> u32 {
 }
 
 impl Table {
-    pub fn new(max: usize, max_per_source: usize, timeouts: &Timeouts, seed: u64) -> Table {
+    pub fn new(
+        max: usize,
+        max_per_source: usize,
+        max_per_family: usize,
+        timeouts: &Timeouts,
+        seed: u64,
+    ) -> Table {
         let t = timeouts;
         Table {
             chunks: Vec::new(),
@@ -383,6 +400,9 @@ impl Table {
             // Not the index's key: a bucket says nothing about where a tuple sits.
             source_hash: FixedState::with_seed(seed.rotate_left(32) ^ 0x5ca1_ab1e),
             max_per_source: u32::try_from(max_per_source).unwrap_or(u32::MAX),
+            family_of: HashMap::with_hasher(FixedState::with_seed(seed)),
+            per_family: HashMap::with_hasher(FixedState::with_seed(seed)),
+            max_per_family: u32::try_from(max_per_family).unwrap_or(u32::MAX),
             expired: 0,
             evicted: 0,
             removed: 0,
@@ -616,6 +636,15 @@ impl Table {
                 return Err(DropReason::SourceQuota);
             }
         }
+        let family = self.family(&original, &reply);
+        if let Some(f) = family {
+            if self.family_count(f) >= self.max_per_family {
+                self.expire(now);
+                if self.family_count(f) >= self.max_per_family {
+                    return Err(DropReason::RunQuota);
+                }
+            }
+        }
         if self.len >= self.max {
             self.make_room(now)?;
         }
@@ -666,7 +695,43 @@ impl Table {
         self.push_back(id, now);
         self.len += 1;
         self.per_source[source] += 1;
+        if let Some(f) = family {
+            *self.per_family.entry(f).or_insert(0) += 1;
+        }
         Ok(id)
+    }
+
+    /// Registers a container address as one of `family`'s: the connections it opens, and those
+    /// opened to it, count for the family from now on.
+    pub fn join(&mut self, container: Ipv4Addr, family: u64) {
+        self.family_of.insert(container, family);
+    }
+
+    /// Forgets a container address; call it after its connections are removed.
+    pub fn leave(&mut self, container: Ipv4Addr) {
+        if let Some(f) = self.family_of.remove(&container) {
+            if self.family_count(f) == 0 && !self.family_of.values().any(|&g| g == f) {
+                self.per_family.remove(&f);
+            }
+        }
+    }
+
+    /// The family a connection counts for: its opener's, if a container opened it, or else the
+    /// container it was opened to.
+    fn family(&self, original: &Tuple, reply: &Tuple) -> Option<u64> {
+        self.family_of
+            .get(original.src.ip())
+            .or_else(|| self.family_of.get(reply.src.ip()))
+            .copied()
+    }
+
+    fn family_count(&self, family: u64) -> u32 {
+        self.per_family.get(&family).copied().unwrap_or(0)
+    }
+
+    /// Live connections of `family`.
+    pub fn family_connections(&self, family: u64) -> u32 {
+        self.family_count(family)
     }
 
     fn source_bucket(&self, source: Ipv4Addr) -> usize {
@@ -698,11 +763,16 @@ impl Table {
         if !c.live {
             return;
         }
-        let o = c.original;
+        let (o, r) = (c.original, c.reply);
         self.index_remove(id << 1);
         self.index_remove(id << 1 | 1);
         let source = self.source_bucket(*o.src.ip());
         self.per_source[source] -= 1;
+        if let Some(f) = self.family(&o, &r) {
+            if let Some(n) = self.per_family.get_mut(&f) {
+                *n = n.saturating_sub(1);
+            }
+        }
         self.unlink(id);
         let free = self.free;
         let slot = self.slot(id);
@@ -843,7 +913,7 @@ mod tests {
         fn recent_lookups_agree_with_the_index(
             ops in proptest::collection::vec((0u8..3, 0u8..12, any::<bool>()), 1..200),
         ) {
-            let mut t = Table::new(8, 8, &Timeouts::default(), 1);
+            let mut t = Table::new(8, 8, 8, &Timeouts::default(), 1);
             let now = Instant::from_secs(1);
             for (op, n, udp) in ops {
                 let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
@@ -879,7 +949,7 @@ mod tests {
     /// 3%), or an entry stored past its full home bucket, sends the packet to the index instead.
     #[test]
     fn a_flow_looked_up_ahead_is_in_the_recent_cache() {
-        let mut t = Table::new(1000, 1000, &Timeouts::default(), 7);
+        let mut t = Table::new(1000, 1000, 1000, &Timeouts::default(), 7);
         let now = Instant::from_secs(1);
         // Peers by address, as the recent-lookup cache's cheap mix tells them apart (ports
         // counting up with the address would cancel out in it).

@@ -175,6 +175,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Most connections one source (a VPN peer, a container) may hold at once.
     pub max_connections_per_source: usize,
+    /// Most connections the runs of one job (a family: the task a user made and every task
+    /// below it) may take part in at once, opened by their containers or to them.
+    pub max_connections_per_run: usize,
     /// Most fragmented datagrams whose translation is remembered at once.
     pub max_fragmented: usize,
     /// Most of them one sender may have remembered.
@@ -215,6 +218,7 @@ impl Config {
         Config {
             max_connections: part(self.max_connections),
             max_connections_per_source: part(self.max_connections_per_source),
+            max_connections_per_run: part(self.max_connections_per_run),
             max_fragmented: part(self.max_fragmented),
             max_fragmented_per_source: part(self.max_fragmented_per_source),
             replies_per_sec: part32(self.replies_per_sec),
@@ -249,6 +253,7 @@ impl Default for Config {
         Config {
             max_connections: 65_536,
             max_connections_per_source: 4096,
+            max_connections_per_run: 8192,
             max_fragmented: 1024,
             max_fragmented_per_source: 64,
             timeouts: Timeouts::default(),
@@ -398,6 +403,7 @@ impl Router {
             conns: Table::new(
                 config.max_connections,
                 config.max_connections_per_source,
+                config.max_connections_per_run,
                 t,
                 seed,
             ),
@@ -455,8 +461,10 @@ impl Router {
         self.tunnel_up = up && self.vpn.is_some();
     }
 
-    /// Registers an algorithm container's address: packets from it are the container side.
-    pub fn add_container(&mut self, addr: Ipv4Addr, run: RunId) -> Result<(), Error> {
+    /// Registers an algorithm container's address: packets from it are the container side. Its
+    /// connections count for `family` (its run's job: every run of one job shares one budget,
+    /// [`Config::max_connections_per_run`]).
+    pub fn add_container(&mut self, addr: Ipv4Addr, run: RunId, family: u64) -> Result<(), Error> {
         if self.vpn.is_some_and(|v| v.contains(addr)) {
             return Err(Error::ContainerInVpnSubnet { addr });
         }
@@ -466,6 +474,7 @@ impl Router {
             None => {
                 let counted = Counted::default();
                 self.containers.insert(addr, Container { run, counted });
+                self.conns.join(addr, family);
                 Ok(())
             }
         }
@@ -535,6 +544,14 @@ impl Router {
         self.conns.remove_where(|c| {
             addrs.contains(c.original.src.ip()) || addrs.contains(c.reply.src.ip())
         });
+        for a in addrs {
+            self.conns.leave(a);
+        }
+    }
+
+    /// Live connections of a run family (see [`Router::add_container`]).
+    pub fn family_connections(&self, family: u64) -> u32 {
+        self.conns.family_connections(family)
     }
 
     /// The addresses of a run's containers.

@@ -41,6 +41,9 @@ pub enum DropReason {
     TableFull,
     /// The source (a VPN peer or a container) holds its most connections already.
     SourceQuota,
+    /// The run family (the runs of one job) the connection is for holds its most connections
+    /// already.
+    RunQuota,
     /// No free port on the VPN address for this destination.
     NoFreePort,
     /// A fragment whose first fragment was not seen (or has expired).
@@ -68,7 +71,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::Malformed,
         DropReason::BadIpChecksum,
         DropReason::Ipv6,
@@ -86,6 +89,7 @@ impl DropReason {
         DropReason::TupleConflict,
         DropReason::TableFull,
         DropReason::SourceQuota,
+        DropReason::RunQuota,
         DropReason::NoFreePort,
         DropReason::FragmentUnknown,
         DropReason::FragmentedLocal,
@@ -118,6 +122,7 @@ impl DropReason {
             DropReason::TupleConflict => "tuple_conflict",
             DropReason::TableFull => "table_full",
             DropReason::SourceQuota => "source_quota",
+            DropReason::RunQuota => "run_quota",
             DropReason::NoFreePort => "no_free_port",
             DropReason::FragmentUnknown => "fragment_unknown",
             DropReason::FragmentedLocal => "fragmented_local",

@@ -239,3 +239,56 @@ fn icmp_errors_come_only_from_the_flows_own_peer() {
         );
     }
 }
+
+/// Copies of one algorithm: `n` containers of one job (each its own run and source), each
+/// opening answered UDP flows to one peer port until refused. Together they never hold more
+/// than the job's budget, however many copies there are, and another job's run still connects
+/// both ways.
+fn copies_of_one_job_stay_within_its_budget(n: u8, flows_each: u16) {
+    const BUDGET: usize = 40;
+    let config = Config {
+        max_connections: 256,
+        max_connections_per_source: 32,
+        max_connections_per_run: BUDGET,
+        ..Config::default()
+    };
+    let mut r = lab(config);
+    const JOB: u64 = 77;
+    let copies: Vec<std::net::Ipv4Addr> = (0..n)
+        .map(|i| std::net::Ipv4Addr::new(172, 31, 1, i + 1))
+        .collect();
+    for (i, c) in copies.iter().enumerate() {
+        r.add_container(*c, netstack::RunId(100 + i as u64), JOB)
+            .expect("a copy");
+    }
+    let mut opened = 0usize;
+    for c in &copies {
+        for port in 0..flows_each {
+            let (a, out) = go(&mut r, &udp(sa(*c, 20000 + port), sa(PEER, 53), b"q"), T0);
+            if let Action::Forward { .. } = a {
+                opened += 1;
+                let public = endpoints(&out).0.port();
+                go(&mut r, &udp(sa(PEER, 53), sa(V, public), b"a"), T0);
+            }
+        }
+    }
+    assert!(opened <= BUDGET, "{n} copies opened {opened}");
+    assert!(r.family_connections(JOB) as usize <= BUDGET);
+    // Each copy alone is held by its source quota (32): past the budget together, the job's.
+    if usize::from(n) * usize::from(flows_each.min(32)) > BUDGET {
+        assert!(r.counters().drops(DropReason::RunQuota) > 0);
+    }
+    others_still_connect(&mut r, T0);
+    // A run that ends gives its share back.
+    r.remove_run(netstack::RunId(100));
+    let left = r.family_connections(JOB) as usize;
+    assert!(left <= opened, "{left} > {opened}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    #[test]
+    fn no_number_of_copies_of_one_job_fills_the_table(n in 1u8..24, flows_each in 1u16..80) {
+        copies_of_one_job_stay_within_its_budget(n, flows_each);
+    }
+}

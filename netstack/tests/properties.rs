@@ -482,6 +482,18 @@ fn every_drop_reason_is_reachable_and_counted() {
             t,
         );
     }
+    // A run family at its budget is refused its next connection, whichever source opens it.
+    let mut family = lab(Config {
+        max_connections_per_run: 1,
+        ..Config::default()
+    });
+    for peer in [PEER, PEER2] {
+        process(
+            &mut family,
+            &tcp(sa(peer, 5), sa(V, 49152), Flags::Syn, b""),
+            t,
+        );
+    }
     // Scoped: an unknown peer, and a container toward the VPN server.
     let mut scoped = lab(Config {
         scoped: true,
@@ -499,7 +511,7 @@ fn every_drop_reason_is_reachable_and_counted() {
         t,
     );
     let (c, o, f) = (r.counters(), off.counters(), tiny.counters());
-    let (q, sc) = (quota.counters(), scoped.counters());
+    let (q, sc, fa) = (quota.counters(), scoped.counters(), family.counters());
     for reason in DropReason::ALL {
         assert!(
             c.drops(reason)
@@ -507,6 +519,7 @@ fn every_drop_reason_is_reachable_and_counted() {
                 + f.drops(reason)
                 + q.drops(reason)
                 + sc.drops(reason)
+                + fa.drops(reason)
                 > 0,
             "{} never counted; counted: {:?}",
             reason.name(),

@@ -471,12 +471,12 @@ fn control_errors_say_what_is_wrong() {
         .to_string()
         .contains("not registered"));
     assert!(r
-        .add_container(PEER, RunId(9))
+        .add_container(PEER, RunId(9), 9)
         .expect_err("must be refused")
         .to_string()
         .contains("VPN subnet"));
     assert!(r
-        .add_container(C1, RunId(9))
+        .add_container(C1, RunId(9), 9)
         .expect_err("must be refused")
         .to_string()
         .contains("already registered"));

@@ -199,6 +199,10 @@ pub struct RunTask {
     #[serde(default)]
     pub parent_id: Option<TaskId>,
     pub collaboration_id: CollaborationId,
+    /// The job: the task a user made, shared by every task below it (a family of runs shares
+    /// one connection budget on each node).
+    #[serde(default)]
+    pub job_id: Option<TaskId>,
 }
 
 /// The node a run runs on.

@@ -288,20 +288,19 @@ async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeErr
         match node.client.pending_runs().await {
             Ok(pending) => {
                 backoff.reset();
-                for r in pending {
-                    if runs.contains_key(&r.id) {
-                        continue;
-                    }
-                    match node.client.claim(r.id).await {
+                let free = node.config.max_concurrent_runs.saturating_sub(runs.len());
+                for id in to_claim(pending.iter().map(|r| r.id), &runs, free) {
+                    match node.client.claim(id).await {
                         Ok(claimed) => {
                             let (task, image) = (claimed.task.id, claimed.task.image.clone());
-                            let span = tracing::info_span!("run", run = %r.id, task = %task, image = %image);
+                            let span =
+                                tracing::info_span!("run", run = %id, task = %task, image = %image);
                             span.in_scope(|| tracing::info!("claimed"));
-                            node.observed.run_claimed(r.id, task, &image);
+                            node.observed.run_claimed(id, task, &image);
                             let run = run::execute(node.clone(), claimed).instrument(span);
-                            runs.insert(r.id, tokio::spawn(run));
+                            runs.insert(id, tokio::spawn(run));
                         }
-                        Err(e) => tracing::warn!("run {}: not claimed: {e}", r.id),
+                        Err(e) => tracing::warn!("run {id}: not claimed: {e}"),
                     }
                 }
             }
@@ -335,6 +334,19 @@ async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeErr
     Ok(())
 }
 
+/// The pending runs to claim now, oldest first: as many as there are free places, the rest
+/// left pending at the server for a later turn.
+fn to_claim<T>(
+    pending: impl Iterator<Item = RunId>,
+    running: &HashMap<RunId, T>,
+    free: usize,
+) -> Vec<RunId> {
+    let mut waiting: Vec<RunId> = pending.filter(|id| !running.contains_key(id)).collect();
+    waiting.sort();
+    waiting.truncate(free);
+    waiting
+}
+
 /// Clears the address at the server and removes the node's containers (the hub's namespace,
 /// links and TUN go with them).
 async fn shut_down(node: &Node) {
@@ -354,4 +366,21 @@ async fn shut_down(node: &Node) {
         }
     }
     tracing::info!("stopped; nothing of this node is left running");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_claimed_oldest_first_up_to_the_free_places() {
+        let running: HashMap<RunId, ()> = [(RunId(3), ())].into();
+        let pending = [RunId(9), RunId(3), RunId(5), RunId(7)];
+        assert_eq!(
+            to_claim(pending.into_iter(), &running, 2),
+            [RunId(5), RunId(7)]
+        );
+        assert!(to_claim(pending.into_iter(), &running, 0).is_empty());
+        assert_eq!(to_claim(pending.into_iter(), &running, 9).len(), 3);
+    }
 }

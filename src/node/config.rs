@@ -63,6 +63,15 @@ pub struct NodeConfig {
     /// 64): connections spread over them, so the data plane can use that many CPUs.
     #[serde(default = "default_dataplane_queues")]
     pub dataplane_queues: usize,
+    /// Runs executed at once; more wait at the server, pending, and start in order as runs
+    /// end. A parent waits for its subtasks, and those may run here too: keep it above the
+    /// depth of the task families the node's algorithms make.
+    #[serde(default = "default_max_concurrent_runs")]
+    pub max_concurrent_runs: usize,
+}
+
+fn default_max_concurrent_runs() -> usize {
+    16
 }
 
 fn subnet<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
@@ -165,6 +174,9 @@ impl NodeConfig {
         if c.proxy_port == 0 {
             return Err("proxy_port: must be 1 to 65535".into());
         }
+        if c.max_concurrent_runs == 0 {
+            return Err("max_concurrent_runs: must be at least 1".into());
+        }
         Ok(c)
     }
 
@@ -207,6 +219,7 @@ mod tests {
             ("busy_poll_us: -1\n", "busy_poll_us"),
             ("dataplane_queues: 0\n", "dataplane_queues"),
             ("dataplane_queues: 65\n", "dataplane_queues"),
+            ("max_concurrent_runs: 0\n", "max_concurrent_runs"),
             ("images: {vpn: x}\n", "vpn"),
             ("name: a b\n", "name"),
             ("colour: blue\n", "colour"),

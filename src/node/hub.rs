@@ -171,10 +171,12 @@ impl Hub {
         Ok(())
     }
 
-    /// Gives a run's sandbox its veth, address and routes, and registers the address.
+    /// Gives a run's sandbox its veth, address and routes, and registers the address, its
+    /// connections counted for `family` (the run's job).
     pub async fn add_run(
         &self,
         run: RunId,
+        family: u64,
         link: RunLinkPlan,
         sandbox: Arc<Netns>,
     ) -> Result<(), HubError> {
@@ -185,7 +187,7 @@ impl Hub {
         .await??;
         let addr = link.container;
         self.handle
-            .with(move |r| r.add_container(addr, run.into()))
+            .with(move |r| r.add_container(addr, run.into(), family))
             .await??;
         Ok(())
     }

@@ -148,6 +148,13 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
 }
 
 impl Run {
+    /// The run's family, whose connections share one budget in the router: its job, or its
+    /// own task where the server does not say (the family is then the task).
+    fn family(&self) -> u64 {
+        let t = &self.task;
+        u64::try_from(t.job_id.unwrap_or(t.id).0).unwrap_or(0)
+    }
+
     fn note(&mut self, what: &str) {
         tracing::warn!("{what}");
         self.notes.push_str(&format!("algonet node: {what}\n"));
@@ -227,7 +234,7 @@ impl Run {
         };
         self.link = Some(link.clone());
         node.hub
-            .add_run(self.id, link.clone(), sandbox_ns.clone())
+            .add_run(self.id, self.family(), link.clone(), sandbox_ns.clone())
             .await
             .map_err(RunError::RunLink)?;
         Hub::configure_sandbox(link, &sandbox_ns)

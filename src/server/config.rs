@@ -28,6 +28,26 @@ pub struct EduVpn {
     pub redirect_url: String,
 }
 
+/// How many subtasks an algorithm may create: a run in all and per second, and a job (a task
+/// a user made, with every task below it) in all. Past one, `POST /task` answers 429.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Subtasks {
+    pub per_run: u32,
+    pub per_second: u32,
+    pub per_job: u32,
+}
+
+impl Default for Subtasks {
+    fn default() -> Subtasks {
+        Subtasks {
+            per_run: 1000,
+            per_second: 20,
+            per_job: 10_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -71,6 +91,9 @@ pub struct ServerConfig {
     /// not keep the client's address, all clients share one: raise it there).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
+    /// What an algorithm may create of subtasks.
+    #[serde(default)]
+    pub subtasks: Subtasks,
     #[serde(default)]
     pub log_level: crate::logging::Level,
     #[serde(default)]
@@ -178,6 +201,16 @@ impl ServerConfig {
         }
         if config.max_connections_per_address == 0 {
             return Err("max_connections_per_address: must be positive".into());
+        }
+        let t = &config.subtasks;
+        for (key, value) in [
+            ("per_run", t.per_run),
+            ("per_second", t.per_second),
+            ("per_job", t.per_job),
+        ] {
+            if value == 0 {
+                return Err(format!("subtasks.{key}: must be positive"));
+            }
         }
         if config.max_connections == 0 {
             return Err("max_connections: must be positive".into());

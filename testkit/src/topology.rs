@@ -301,8 +301,8 @@ impl Topology {
                 prefix_len: 16,
                 mtu: MTU,
             }))?;
-            r.add_container(C1, RunId(1))?;
-            r.add_container(C2, RunId(2))?;
+            r.add_container(C1, RunId(1), 1)?;
+            r.add_container(C2, RunId(2), 2)?;
             for (protocol, public_port, container) in MAPPINGS {
                 let run = RunId(if *container.ip() == C1 { 1 } else { 2 });
                 r.add_mapping(Mapping {

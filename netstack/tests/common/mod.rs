@@ -29,8 +29,8 @@ pub fn lab(config: Config) -> Router {
         mtu: MTU,
     }))
     .expect("vpn");
-    r.add_container(C1, RUN1).expect("c1");
-    r.add_container(C2, RUN2).expect("c2");
+    r.add_container(C1, RUN1, RUN1.0).expect("c1");
+    r.add_container(C2, RUN2, RUN2.0).expect("c2");
     for (protocol, public_port, container, run) in [
         (Protocol::Tcp, 49152, sa(C1, 8888), RUN1),
         (Protocol::Udp, 49153, sa(C1, 9000), RUN1),

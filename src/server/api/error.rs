@@ -23,6 +23,8 @@ pub enum Kind {
     Timeout,
     /// Too many tries: wait this many seconds (`Retry-After`).
     TooMany(u64),
+    /// A limit reached for good (429 without `Retry-After`: waiting does not help).
+    Limit,
     Internal,
     NotImplemented,
     Unavailable,
@@ -39,7 +41,7 @@ impl Kind {
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Timeout => StatusCode::REQUEST_TIMEOUT,
-            Kind::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Kind::TooMany(_) | Kind::Limit => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Kind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -127,6 +127,7 @@ async fn present(s: &AppState, db: &mut Db, r: RunRow) -> ApiResult<Run> {
             name: r.name,
             parent_id: r.parent_id,
             collaboration_id: r.collaboration_id,
+            job_id: Some(r.job_id),
         },
         results: l.one(Resource::Result, r.id),
         node: r.node_id.map(|id| RunNode {

@@ -12,10 +12,12 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::caller::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Kind};
 use super::links::{Links, Listing, Resource};
 use super::{ApiResult, Created, Json, Path, Query};
-use crate::api::{CollaborationId, NewTask, Page, RunStatus, Task, TaskId, TaskStatus};
+use crate::api::{
+    CollaborationId, ContainerIdentity, NewTask, Page, RunStatus, Task, TaskId, TaskStatus,
+};
 use crate::server::state::AppState;
 use crate::server::store::{self, Db};
 
@@ -85,8 +87,9 @@ pub async fn create(
             .await?
             .filter(|t| t.collaboration_id == collaboration)
             .ok_or_else(|| ApiError::not_found("parent task", p))?;
-        if matches!(caller, Caller::Container(_)) {
+        if let Caller::Container(c) = &caller {
             init_user = parent.init_user_id;
+            within_limits(&s, &mut tx, c).await?;
         }
     }
     let new = store::NewTask {
@@ -106,6 +109,48 @@ pub async fn create(
     store::commit(tx).await?;
     s.changed().await;
     Ok(Created(task))
+}
+
+/// Refuses a subtask past the limits of `subtasks` (429), counted in the write transaction so
+/// that concurrent requests cannot pass a limit together.
+async fn within_limits(s: &AppState, db: &mut Db, c: &ContainerIdentity) -> ApiResult<()> {
+    let limits = s.config.subtasks;
+    let second_ago = store::stamp(time::OffsetDateTime::now_utc() - time::Duration::SECOND);
+    let n = store::spawned(db, c.task_id, c.organization_id, &second_ago).await?;
+    let refused = if n.by_run >= i64::from(limits.per_run) {
+        Some(ApiError::new(
+            Kind::Limit,
+            format!("This run has created {} subtasks, its limit", n.by_run),
+        ))
+    } else if n.in_job >= i64::from(limits.per_job) {
+        Some(ApiError::new(
+            Kind::Limit,
+            format!("This job has {} tasks, its limit", n.in_job),
+        ))
+    } else if n.by_run_recently >= i64::from(limits.per_second) {
+        Some(ApiError::new(
+            Kind::TooMany(1),
+            format!(
+                "This run creates subtasks faster than {} a second",
+                limits.per_second
+            ),
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some(e) => {
+            tracing::warn!(
+                task_id = %c.task_id,
+                organization_id = %c.organization_id,
+                node_id = %c.node_id,
+                "subtask refused: {}",
+                e.msg
+            );
+            Err(e)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Task `id` as vantage6 shows it, its state and end from its runs'.

@@ -109,6 +109,44 @@ pub async fn open_runs(db: &mut Db, task: TaskId) -> Result<i64> {
     )
 }
 
+/// What a run has created: subtasks in all, and since a time; and the tasks of its job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spawned {
+    pub by_run: i64,
+    pub by_run_recently: i64,
+    pub in_job: i64,
+}
+
+/// The subtasks the run of `organization` on task `parent` has created (in all and since
+/// `since`, a [`super::stamp`]), and the tasks of `parent`'s job.
+pub async fn spawned(
+    db: &mut Db,
+    parent: TaskId,
+    organization: OrganizationId,
+    since: &str,
+) -> Result<Spawned> {
+    let (by_run, by_run_recently): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(CASE WHEN created_at >= $3 THEN 1 ELSE 0 END), 0) \
+         FROM task WHERE parent_id = $1 AND init_organization_id = $2",
+    )
+    .bind(parent)
+    .bind(organization)
+    .bind(since)
+    .fetch_one(&mut *db)
+    .await?;
+    let in_job = sqlx::query_scalar(
+        "SELECT count(*) FROM task WHERE job_id = (SELECT job_id FROM task WHERE id = $1)",
+    )
+    .bind(parent)
+    .fetch_one(db)
+    .await?;
+    Ok(Spawned {
+        by_run,
+        by_run_recently,
+        in_job,
+    })
+}
+
 /// A new task, created by the administrator (user 1, of the root organization) or by an
 /// algorithm (a subtask, of its job and its user).
 #[derive(Debug)]
@@ -190,6 +228,7 @@ pub struct RunRow {
     pub name: String,
     pub parent_id: Option<TaskId>,
     pub collaboration_id: CollaborationId,
+    pub job_id: TaskId,
     pub node_id: Option<NodeId>,
     pub node_ip: Option<String>,
     pub node_name: Option<String>,
@@ -202,7 +241,7 @@ macro_rules! select_runs {
             "SELECT run.id, run.task_id, run.organization_id, run.status, run.input, run.result, run.log, ",
             "replace(run.assigned_at, ' ', 'T') AS assigned_at, replace(run.started_at, ' ', 'T') AS started_at, ",
             "replace(run.finished_at, ' ', 'T') AS finished_at, ",
-            "task.image, task.name, task.parent_id, task.collaboration_id, ",
+            "task.image, task.name, task.parent_id, task.collaboration_id, task.job_id, ",
             "node.id AS node_id, node.ip AS node_ip, node.name AS node_name ",
             "FROM run JOIN task ON task.id = run.task_id ",
             "LEFT JOIN node ON node.organization_id = run.organization_id AND node.collaboration_id = task.collaboration_id ",
