@@ -160,7 +160,7 @@ async fn the_vpn_surface_answers_like_vantage6() {
             "POST",
             "/port",
             Some(&f.nodes[0].1),
-            Some(json!({"port": 1, "run_id": f.child_runs[1]})),
+            Some(json!({"port": 49990, "run_id": f.child_runs[1]})),
         )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
@@ -445,7 +445,7 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
             "POST",
             "/port",
             Some(node),
-            Some(json!({"port": 5, "run_id": 999_999})),
+            Some(json!({"port": 49991, "run_id": 999_999})),
         )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -777,7 +777,7 @@ async fn container_tokens_live_and_die_with_their_run() {
     assert_eq!(lookup(f.parent_container.clone()).await, StatusCode::OK);
 }
 
-/// A node registers only an address inside the VPN subnet, and none that another node holds.
+/// With the built-in VPN a node registers only the address its client config gives it.
 #[tokio::test]
 async fn a_node_registers_only_its_own_vpn_address() {
     let s = server(
@@ -800,21 +800,27 @@ async fn a_node_registers_only_its_own_vpn_address() {
             .await
         }
     };
-    let (st, v) = patch(0, "10.77.0.5").await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "outside the subnet: {v}");
-    assert_eq!(patch(0, "10.76.0.5").await.0, StatusCode::OK);
-    let (st, v) = patch(1, "10.76.0.5").await;
-    assert_eq!(st, StatusCode::CONFLICT, "another node's address: {v}");
-    assert!(
-        v["msg"].as_str().is_some_and(|m| m.contains("10.76.0.5")),
-        "{v}"
-    );
-    assert_eq!(
-        patch(0, "10.76.0.5").await.0,
-        StatusCode::OK,
-        "its own again"
-    );
-    assert_eq!(patch(1, "10.76.0.6").await.0, StatusCode::OK);
+    // With the built-in VPN each node's address is the one its client config fixes: host
+    // id + 1 of the subnet. Every other address is refused, whoever holds it.
+    let own = |i: usize| format!("10.76.0.{}", nodes[i].0 + 1);
+    for ip in [
+        "10.77.0.5",
+        "10.76.0.0",
+        "10.76.0.1",
+        "10.76.255.255",
+        own(1).as_str(),
+        "10.76.0.200",
+    ] {
+        let (st, v) = patch(0, ip).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{ip}: {v}");
+        assert!(
+            v["msg"].as_str().is_some_and(|m| m.contains(&own(0))),
+            "{v}"
+        );
+    }
+    assert_eq!(patch(0, &own(0)).await.0, StatusCode::OK);
+    assert_eq!(patch(0, &own(0)).await.0, StatusCode::OK, "its own again");
+    assert_eq!(patch(1, &own(1)).await.0, StatusCode::OK);
 }
 
 /// A task names each organization once and at most a thousand; a failing database is reported

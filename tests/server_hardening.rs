@@ -641,3 +641,47 @@ async fn an_algorithm_cannot_multiply_without_bound() {
         .count();
     assert!((5..=10).contains(&made), "{answers:?}");
 }
+
+/// A node registers ports only in the nodes' public range and labels of at most vantage6's
+/// 128 characters: no `10.76.0.1:22` handed to peers as a run's port.
+#[tokio::test]
+async fn ports_outside_the_public_range_and_long_labels_are_refused() {
+    let s = server("port-bounds", "").await;
+    let (org, token, node) = forking_task(&s).await;
+    let _ = (org, token);
+    let runs = s
+        .ok("GET", "/run?status=pending", Some(&node), json!(null))
+        .await;
+    let run = runs["data"][0]["id"].clone();
+    for (port, label) in [
+        (22, json!("ssh")),
+        (1194, json!(null)),
+        (7601, json!(null)),
+        (49151, json!(null)),
+        (65535, json!(null)),
+        (49152, json!("x".repeat(129))),
+        (49152, json!("x".repeat(1_000_000))),
+    ] {
+        let (st, v) = s
+            .call(
+                "POST",
+                "/port",
+                Some(&node),
+                Some(json!({"port": port, "run_id": run, "label": label})),
+            )
+            .await;
+        assert!(
+            st == StatusCode::BAD_REQUEST || st == StatusCode::PAYLOAD_TOO_LARGE,
+            "{port}: {st} {v}"
+        );
+    }
+    let (st, v) = s
+        .call(
+            "POST",
+            "/port",
+            Some(&node),
+            Some(json!({"port": 49152, "run_id": run, "label": "x".repeat(128)})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+}

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         scoped: first & 1 == 1,
         max_connections: MAX_CONNS,
         max_connections_per_source: MAX_CONNS / 4,
+        max_connections_per_run: MAX_CONNS / 3,
         max_fragmented: MAX_FRAGS,
         max_fragmented_per_source: MAX_FRAGS / 4,
         outbound_ports: 40000..=40063,
@@ -59,7 +60,8 @@ fuzz_target!(|data: &[u8]| {
     let vpn = |last: u8| Vpn { address: Ipv4Addr::new(10, 76, 0, last), prefix_len: 16, mtu: 1400 };
     r.set_vpn(Some(vpn(2))).expect("vpn");
     for i in 0..3 {
-        r.add_container(container(i), RunId(u64::from(i)), u64::from(i)).expect("container");
+        // Runs 0 and 2 are one job: they share its connection budget.
+        r.add_container(container(i), RunId(u64::from(i)), u64::from(i % 2)).expect("container");
     }
     let mut input = Input(data);
     let mut now = Instant::ZERO;
@@ -123,7 +125,7 @@ fuzz_target!(|data: &[u8]| {
                 match what % 4 {
                     0 => r.remove_run(RunId(u64::from(what / 4 % 3))),
                     1 => {
-                        let _ = r.add_container(container(what), RunId(u64::from(what % 3)), u64::from(what % 3));
+                        let _ = r.add_container(container(what), RunId(u64::from(what % 3)), u64::from(what % 3 % 2));
                     }
                     2 => r.set_vpn(Some(vpn(2 + what % 2))).expect("vpn"),
                     3 if what & 0x40 != 0 => {

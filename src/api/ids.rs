@@ -61,3 +61,6 @@ impl From<RunId> for netstack::RunId {
         netstack::RunId(r.0.unsigned_abs())
     }
 }
+
+/// The public ports nodes hand out to runs, as vantage6's do; the server takes no other.
+pub const PUBLIC_PORTS: std::ops::RangeInclusive<u16> = 49152..=65534;

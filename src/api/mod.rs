@@ -10,6 +10,8 @@ mod ids;
 mod resources;
 mod wire;
 
-pub use ids::{CollaborationId, ContainerPort, NodeId, OrganizationId, PublicPort, RunId, TaskId};
+pub use ids::{
+    CollaborationId, ContainerPort, NodeId, OrganizationId, PublicPort, RunId, TaskId, PUBLIC_PORTS,
+};
 pub use resources::*;
 pub use wire::*;

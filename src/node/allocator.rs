@@ -7,8 +7,7 @@ use std::ops::RangeInclusive;
 
 use netstack::{Protocol, RunId};
 
-/// The range vantage6 hands out.
-pub const PUBLIC_PORTS: RangeInclusive<u16> = 49152..=65534;
+pub use crate::api::PUBLIC_PORTS;
 
 /// No public port is free.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

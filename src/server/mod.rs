@@ -41,6 +41,9 @@ pub enum ServerError {
     /// the built-in VPN's PKI could not be opened
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    /// the built-in VPN's revocation list or client configs could not be written
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
     /// the listening socket could not be bound
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -102,8 +105,7 @@ async fn vpn_pki(
         )))
     })?;
     let pki = pki::Pki::open(dir, vpn, material)?;
-    let revoked = store::revoked_serials(&mut db, pki::CLIENT_CERT_DAYS).await?;
-    pki.write_crl(&revoked)?;
+    provision::write_admitted(&mut db, &pki).await?;
     Ok(pki)
 }
 

@@ -41,8 +41,29 @@ impl BuiltinVpn {
     /// The subnet as (network, netmask), or why not.
     pub fn network(&self) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
         let net = self.vpn_subnet()?;
+        if net.prefix_len() > 30 {
+            return Err(format!(
+                "vpn.subnet: {net} has no room for nodes (at most /30)"
+            ));
+        }
         Ok((net.network(), net.netmask()))
     }
+
+    /// The VPN address of node `id`, the same for every certificate it is issued and across
+    /// restarts of either side: the subnet's host `id + 1` (host 1 is the OpenVPN server's).
+    /// `None` if the subnet has no such host.
+    pub fn address_of(&self, id: crate::api::NodeId) -> Option<std::net::Ipv4Addr> {
+        let net = self.vpn_subnet().ok()?;
+        let host = u32::try_from(id.0).ok()?.checked_add(1)?;
+        let broadcast = net.broadcast().to_bits() - net.network().to_bits();
+        (host >= 2 && host < broadcast)
+            .then(|| std::net::Ipv4Addr::from_bits(net.network().to_bits() + host))
+    }
+}
+
+/// The common name of node `id`'s client certificates (the name OpenVPN knows it by).
+pub fn common_name(id: crate::api::NodeId) -> String {
+    format!("algonet-node-{id}")
 }
 
 /// How long a node's client certificate is valid.
@@ -269,7 +290,7 @@ impl Pki {
     pub fn issue(&self, node_id: crate::api::NodeId) -> Result<ClientCert, PkiError> {
         let key = KeyPair::generate().map_err(crypto("make client key"))?;
         let (params, serial) = leaf(
-            &format!("algonet-node-{node_id}"),
+            &common_name(node_id),
             ExtendedKeyUsagePurpose::ClientAuth,
             i64::from(CLIENT_CERT_DAYS),
         )?;
@@ -281,6 +302,40 @@ impl Pki {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Writes a client-config file in `ccd/` for each of `nodes` that fixes its address
+    /// ([`BuiltinVpn::address_of`]) and removes any other: with `ccd-exclusive`, the OpenVPN
+    /// server admits only the nodes listed. Each file is renamed into place.
+    pub fn write_ccd(&self, nodes: &[crate::api::NodeId]) -> Result<(), PkiError> {
+        let dir = self.dir.join("ccd");
+        std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+        let (_, mask) = self.vpn.network().unwrap_or((
+            std::net::Ipv4Addr::UNSPECIFIED,
+            std::net::Ipv4Addr::UNSPECIFIED,
+        ));
+        let mut wanted = std::collections::HashSet::new();
+        for &id in nodes {
+            let Some(address) = self.vpn.address_of(id) else {
+                continue;
+            };
+            let name = common_name(id);
+            let (path, part) = (dir.join(&name), dir.join(format!(".{name}.part")));
+            let text = format!("ifconfig-push {address} {mask}\n");
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&part, text).map_err(file_err(&part))?;
+                std::fs::rename(&part, &path).map_err(file_err(&path))?;
+            }
+            wanted.insert(name);
+        }
+        for entry in std::fs::read_dir(&dir).map_err(file_err(&dir))? {
+            let entry = entry.map_err(file_err(&dir))?;
+            if !wanted.contains(&*entry.file_name().to_string_lossy()) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(file_err(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the CRL with these revoked serials (hex).
@@ -330,7 +385,8 @@ impl Pki {
             "# written by algonet server; regenerated at every start\n\
              dev tun\ntopology subnet\nserver {net} {mask}\nclient-to-client\nproto udp4\nport {}\n\
              dh none\nca ca.crt\ncert server.crt\nkey server.key\ntls-crypt tls-crypt.key\ncrl-verify crl.pem\n\
-             keepalive 10 60\nverb 3\nfast-io\nsndbuf 1048576\nrcvbuf 1048576\n",
+             keepalive 10 60\nverb 3\nfast-io\nsndbuf 1048576\nrcvbuf 1048576\n\
+             client-config-dir ccd\nccd-exclusive\n",
             self.vpn.port
         )
     }

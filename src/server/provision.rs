@@ -21,8 +21,8 @@ pub enum ProvisionError {
     /// the built-in PKI could not issue a certificate
     #[error("VPN provisioning failed: {0}")]
     Issue(PkiError),
-    /// the built-in PKI could not write its CRL
-    #[error("cannot write the certificate revocation list: {0}")]
+    /// the built-in PKI could not write its CRL or its client-config files
+    #[error("cannot write the certificate revocation list or client configs: {0}")]
     Crl(PkiError),
     /// the node was issued its most certificates for the hour
     #[error("{PER_HOUR} new VPN profiles in an hour; try again in {0} s")]
@@ -89,18 +89,47 @@ pub async fn delete_node(s: &AppState, node: NodeId) -> Result<bool, ProvisionEr
     Ok(true)
 }
 
-/// Rewrites the CRL with every revoked certificate.
+/// Who the OpenVPN server admits, as the database has it: the revoked certificates (for the
+/// CRL) and the nodes with a live one (each with its fixed address in `ccd/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Admitted {
+    revoked: Vec<String>,
+    nodes: Vec<NodeId>,
+}
+
+impl Admitted {
+    async fn read(db: &mut Db) -> Result<Admitted, StoreError> {
+        Ok(Admitted {
+            revoked: store::revoked_serials(db, crate::server::pki::CLIENT_CERT_DAYS).await?,
+            nodes: store::certified_nodes(db).await?,
+        })
+    }
+
+    fn write(&self, pki: &Pki) -> Result<(), PkiError> {
+        pki.write_crl(&self.revoked)?;
+        pki.write_ccd(&self.nodes)
+    }
+}
+
+/// Rewrites the CRL and the nodes' client-config files from the database.
 async fn write_crl(db: &mut Db, pki: &Pki) -> Result<(), ProvisionError> {
-    let revoked = store::revoked_serials(db, crate::server::pki::CLIENT_CERT_DAYS).await?;
-    pki.write_crl(&revoked).map_err(ProvisionError::Crl)
+    Admitted::read(db)
+        .await?
+        .write(pki)
+        .map_err(ProvisionError::Crl)
+}
+
+/// Writes the CRL and the client-config files at start.
+pub async fn write_admitted(db: &mut Db, pki: &Pki) -> Result<(), ProvisionError> {
+    write_crl(db, pki).await
 }
 
 /// How often a server process looks for revocations another one made.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Keeps this process's CRL in step with the database, where another server process on the
-/// same database may have revoked a certificate: its OpenVPN server then refuses that
-/// certificate within [`FOLLOW_EVERY`]. Without the built-in VPN, never returns.
+/// Keeps this process's CRL and client-config files in step with the database, where another
+/// server process on the same database may have issued or revoked a certificate: its OpenVPN
+/// server then admits or refuses it within [`FOLLOW_EVERY`]. Without the built-in VPN, never returns.
 pub async fn follow_crl(s: AppState) {
     let Some(pki) = s.pki.clone() else {
         return std::future::pending().await;
@@ -109,16 +138,14 @@ pub async fn follow_crl(s: AppState) {
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         let pki = pki.lock().await;
-        let revoked = match s.store.read().await {
-            Ok(mut db) => {
-                store::revoked_serials(&mut db, crate::server::pki::CLIENT_CERT_DAYS).await
-            }
+        let admitted = match s.store.read().await {
+            Ok(mut db) => Admitted::read(&mut db).await,
             Err(e) => Err(e),
         };
-        match revoked {
-            Ok(revoked) if written.as_ref() != Some(&revoked) => match pki.write_crl(&revoked) {
-                Ok(()) => written = Some(revoked),
-                Err(e) => tracing::warn!("cannot write the certificate revocation list: {e}"),
+        match admitted {
+            Ok(a) if written.as_ref() != Some(&a) => match a.write(&pki) {
+                Ok(()) => written = Some(a),
+                Err(e) => tracing::warn!("cannot write the revocation list or client configs: {e}"),
             },
             Ok(_) => {}
             Err(e) => tracing::debug!("revocations not read: {e}"),

@@ -88,11 +88,14 @@ pub async fn patch(
     };
     let mut db = s.store.read().await?;
     if let Some(ip) = ip {
-        // With the built-in VPN the server knows the subnet; eduVPN's is its own.
-        if let Some(subnet) = s.config.vpn.as_ref().and_then(|v| v.vpn_subnet().ok()) {
-            if !subnet.contains(&ip) {
+        // With the built-in VPN the server gave the node its address (its client config);
+        // eduVPN's subnet is its own.
+        if let Some(vpn) = &s.config.vpn {
+            let own = vpn.address_of(id);
+            if own != Some(ip) {
                 return Err(ApiError::bad(format!(
-                    "ip: {ip} is outside the VPN subnet {subnet}"
+                    "ip: {ip} is not this node's VPN address ({})",
+                    own.map_or("none".to_string(), |a| a.to_string())
                 )));
             }
         }

@@ -6,17 +6,34 @@ use super::caller::NodeCaller;
 use super::error::ApiError;
 use super::run::own_run;
 use super::{ApiResult, Created, Json, Query};
+use crate::api::PUBLIC_PORTS;
 use crate::api::{Msg, NewPort, Port, RunQuery, RunRef};
 use crate::server::state::AppState;
 use crate::server::store;
+
+/// The longest port label, vantage6's limit for it.
+const MAX_LABEL: usize = 128;
 
 pub async fn create(
     State(s): State<AppState>,
     NodeCaller(n): NodeCaller,
     Json(b): Json<NewPort>,
 ) -> ApiResult<Created<Port>> {
-    if b.port.0 == 0 {
-        return Err(ApiError::bad("port: must be between 1 and 65535"));
+    if !PUBLIC_PORTS.contains(&b.port.0) {
+        return Err(ApiError::bad(format!(
+            "port: {} is outside the nodes' public range {}-{}",
+            b.port,
+            PUBLIC_PORTS.start(),
+            PUBLIC_PORTS.end()
+        )));
+    }
+    if b.label
+        .as_ref()
+        .is_some_and(|l| l.chars().count() > MAX_LABEL)
+    {
+        return Err(ApiError::bad(format!(
+            "label: longer than {MAX_LABEL} characters"
+        )));
     }
     let mut db = s.store.read().await?;
     own_run(&mut db, &n, b.run_id).await?;

@@ -31,6 +31,15 @@ fn ago(secs: u64) -> String {
     super::stamp(time::OffsetDateTime::now_utc().saturating_sub(time::Duration::seconds(secs)))
 }
 
+/// The nodes that hold a certificate not revoked, by id.
+pub async fn certified_nodes(db: &mut Db) -> Result<Vec<NodeId>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT node_id FROM vpn_certificate WHERE revoked_at IS NULL ORDER BY node_id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
 /// The serial of every revoked certificate still within its validity (`valid_days` from its
 /// issue), for the CRL, sorted: an expired certificate is refused without being listed.
 pub async fn revoked_serials(db: &mut Db, valid_days: u32) -> Result<Vec<String>> {
