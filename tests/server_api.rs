@@ -821,6 +821,20 @@ async fn a_node_registers_only_its_own_vpn_address() {
     assert_eq!(patch(0, &own(0)).await.0, StatusCode::OK);
     assert_eq!(patch(0, &own(0)).await.0, StatusCode::OK, "its own again");
     assert_eq!(patch(1, &own(1)).await.0, StatusCode::OK);
+    // A node's profile comes with its client config, which fixes that address at the OpenVPN
+    // server; a deleted node's goes, and the OpenVPN server admits it no more.
+    let (id, token) = nodes[0].clone();
+    let (st, _) = s.call("GET", "/vpn", Some(&token), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let ccd = s.dir.join(format!("vpn/ccd/algonet-node-{id}"));
+    assert_eq!(
+        std::fs::read_to_string(&ccd).expect("client config"),
+        format!("ifconfig-push {} 255.255.0.0\n", own(0))
+    );
+    let admin = s.admin().await;
+    s.ok("DELETE", &format!("/node/{id}"), Some(&admin), json!(null))
+        .await;
+    assert!(!ccd.exists(), "a deleted node's client config");
 }
 
 /// A task names each organization once and at most a thousand; a failing database is reported

@@ -685,3 +685,40 @@ async fn ports_outside_the_public_range_and_long_labels_are_refused() {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
 }
+
+/// Keys the built-in VPN keeps under `data_dir/vpn` are made private again at every start,
+/// whatever loosened them in between; every node's client config is there.
+#[tokio::test]
+async fn vpn_keys_are_tightened_again_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("algonet-vpn-modes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = algonet::server::config::ServerConfig::parse(&format!(
+        "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n\
+         vpn: {{subnet: 10.76.0.0/16, remote: 127.0.0.1}}\n",
+        dir.display()
+    ))
+    .expect("config");
+    drop(algonet::server::open(config.clone()).await.expect("open"));
+    let vpn = dir.join("vpn");
+    let loosen = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    loosen(&vpn, 0o755);
+    for key in ["ca.key", "server.key", "tls-crypt.key"] {
+        loosen(&vpn.join(key), 0o644);
+    }
+    drop(algonet::server::open(config).await.expect("open again"));
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&vpn), 0o700);
+    for key in ["ca.key", "server.key", "tls-crypt.key"] {
+        assert_eq!(mode(&vpn.join(key)), 0o600, "{key}");
+    }
+    let conf = std::fs::read_to_string(vpn.join("server.conf")).expect("server.conf");
+    assert!(
+        conf.contains("client-config-dir ccd\nccd-exclusive\n"),
+        "{conf}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

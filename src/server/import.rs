@@ -32,11 +32,53 @@ enum Scalar {
 }
 
 fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(Option::<Scalar>::deserialize(d)?.map(|t| match t {
+    let t = Option::<Scalar>::deserialize(d)?.map(|t| match t {
         Scalar::Text(s) => s,
         Scalar::Integer(i) => i.to_string(),
         Scalar::Float(f) => f.to_string(),
-    }))
+    });
+    spend::<D>(t.as_deref().map_or(0, str::len))?;
+    Ok(t)
+}
+
+/// The largest import file, in bytes.
+pub const MAX_FILE: u64 = 1 << 20;
+/// The most text a file may amount to once its aliases are expanded, in bytes: aliases
+/// (`*name`) repeat what they name, and a file of a megabyte could otherwise expand to
+/// gigabytes.
+pub const MAX_TEXT: usize = 4 << 20;
+
+std::thread_local! {
+    /// What is left of [`MAX_TEXT`] for the file being read on this thread.
+    static LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_TEXT) };
+}
+
+/// Counts `n` bytes of text against the file's budget.
+fn spend<'de, D: serde::Deserializer<'de>>(n: usize) -> Result<(), D::Error> {
+    LEFT.with(|left| match left.get().checked_sub(n) {
+        Some(rest) => {
+            left.set(rest);
+            Ok(())
+        }
+        None => Err(serde::de::Error::custom(format!(
+            "the file expands to more than {} MiB of text (aliases included)",
+            MAX_TEXT >> 20
+        ))),
+    })
+}
+
+/// A text, counted against the budget.
+fn counted<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    spend::<D>(s.len())?;
+    Ok(s)
+}
+
+/// Texts, counted against the budget.
+fn counted_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    spend::<D>(v.iter().map(String::len).sum())?;
+    Ok(v)
 }
 
 /// The file.
@@ -52,6 +94,7 @@ pub struct Entities {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Organization {
+    #[serde(deserialize_with = "counted")]
     pub name: String,
     #[serde(default, deserialize_with = "text")]
     pub domain: Option<String>,
@@ -64,7 +107,7 @@ pub struct Organization {
     #[serde(default, deserialize_with = "text")]
     pub country: Option<String>,
     /// vantage6's key for encrypted collaborations: not used.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub public_key: Option<String>,
     #[serde(default)]
     pub users: Vec<User>,
@@ -73,7 +116,9 @@ pub struct Organization {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
+    #[serde(deserialize_with = "counted")]
     pub username: String,
+    #[serde(deserialize_with = "counted")]
     pub password: String,
     #[serde(default, deserialize_with = "text")]
     pub firstname: Option<String>,
@@ -86,22 +131,24 @@ pub struct User {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Collaboration {
+    #[serde(deserialize_with = "counted")]
     pub name: String,
     #[serde(default)]
     pub participants: Vec<Participant>,
     #[serde(default)]
     pub encrypted: bool,
     /// vantage6's example tasks: not made.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "counted_list")]
     pub tasks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Participant {
+    #[serde(deserialize_with = "counted")]
     pub name: String,
     /// The node's API key (a UUID, as vantage6 requires); without it one is made.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub api_key: Option<String>,
 }
 
@@ -121,6 +168,7 @@ fn is_uuid(s: &str) -> bool {
 impl Entities {
     /// Parses and checks a file's text; the error names the entry and the reason.
     pub fn parse(text: &str, admin: &str) -> Result<Entities, String> {
+        LEFT.with(|left| left.set(MAX_TEXT));
         let e: Entities = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
         let mut names = HashSet::new();
         let mut usernames = HashSet::new();
@@ -213,6 +261,22 @@ impl Summary {
     }
 }
 
+/// The file's text, if it is no larger than [`MAX_FILE`].
+fn read_bounded(file: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)?
+        .take(MAX_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_FILE >> 10
+        )));
+    }
+    Ok(text)
+}
+
 /// Imports `file` into the database of `config`; node keys go to `keys` (default: a new
 /// `api-keys-<time>.yaml` in the data directory).
 pub async fn import(
@@ -220,8 +284,7 @@ pub async fn import(
     file: &Path,
     keys: Option<PathBuf>,
 ) -> anyhow::Result<Summary> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let text = read_bounded(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let entities = Entities::parse(&text, &config.admin.username)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     // Hashed before the write lock is taken: each takes a good fraction of a second.
@@ -272,9 +335,10 @@ pub async fn import(
     }
     for c in &entities.collaborations {
         if !c.tasks.is_empty() {
-            summary
-                .skipped
-                .push(format!("{}: tasks (create tasks through the API)", c.name));
+            summary.skipped.push(format!(
+                "{}: tasks (create tasks through the API)",
+                crate::logging::shown(&c.name)
+            ));
         }
         let id = match store::collaboration_by_name(&mut tx, &c.name).await? {
             Some(id) => id,
@@ -391,5 +455,21 @@ mod tests {
             let e = Entities::parse(text, "root").expect_err(text);
             assert!(e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_file_that_expands_past_its_budget_is_refused_early() {
+        // One large anchored text, repeated by 400 aliases: 400 times it would be gigabytes.
+        let big = "x".repeat(900 * 1024);
+        let mut text = format!("organizations:\n  - name: &big {big}\n");
+        for i in 0..400 {
+            text.push_str(&format!("  - {{name: *big, domain: o{i}}}\n"));
+        }
+        assert!(text.len() as u64 <= MAX_FILE);
+        let e = Entities::parse(&text, "root").expect_err("refused");
+        assert!(e.contains("MiB of text"), "{e}");
+        // The same small file again is fine: the budget is per file.
+        let ok = "organizations: [{name: &a A, domain: *a}]";
+        Entities::parse(ok, "root").expect("a small alias is fine");
     }
 }

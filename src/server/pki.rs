@@ -4,8 +4,6 @@
 //! EC P-256 keys; the server certificate has extendedKeyUsage serverAuth, clients clientAuth.
 //! Every secret is written with mode 0600.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -100,15 +98,9 @@ fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
     move |source| PkiError::Crypto { what, source }
 }
 
+/// Writes a secret with mode 0600, also over an existing file of a looser mode.
 fn write_secret(path: &Path, text: &str) -> Result<(), PkiError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(file_err(path))?;
-    f.write_all(text.as_bytes()).map_err(file_err(path))
+    crate::private::file(path, text.as_bytes()).map_err(file_err(path))
 }
 
 fn random(n: usize) -> Result<Vec<u8>, PkiError> {
@@ -260,7 +252,7 @@ impl Pki {
     /// The PKI of `material`; (re)writes its files in `dir` and the OpenVPN server
     /// configuration for `vpn`. The CRL is the caller's to write ([`Pki::write_crl`]).
     pub fn open(dir: &Path, vpn: &BuiltinVpn, material: Material) -> Result<Pki, PkiError> {
-        std::fs::create_dir_all(dir).map_err(file_err(dir))?;
+        crate::private::dir(dir).map_err(file_err(dir))?;
         let texts = [
             &material.ca_cert,
             &material.ca_key,
