@@ -722,3 +722,36 @@ async fn vpn_keys_are_tightened_again_at_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With eduVPN and its subnet configured, a node registers no network, broadcast or gateway
+/// address and none outside; the first node to hold an address keeps it.
+#[tokio::test]
+async fn eduvpn_addresses_are_checked_against_its_subnet() {
+    let s = server(
+        "eduvpn-subnet",
+        "vpn_server: {url: 'http://127.0.0.1:9', portal_username: u, portal_userpass: p, \
+         client_id: c, client_secret: s, redirect_url: 'http://localhost', subnet: 10.80.0.0/24}\n",
+    )
+    .await;
+    let nodes = s.nodes(2).await;
+    let patch = |i: usize, ip: &str| {
+        let (id, token) = nodes[i].clone();
+        let body = json!({"ip": ip});
+        let s = &s;
+        async move {
+            s.call("PATCH", &format!("/node/{id}"), Some(&token), Some(body))
+                .await
+                .0
+        }
+    };
+    for ip in ["10.80.0.0", "10.80.0.1", "10.80.0.255", "10.81.0.7"] {
+        assert_eq!(patch(0, ip).await, StatusCode::BAD_REQUEST, "{ip}");
+    }
+    assert_eq!(patch(0, "10.80.0.7").await, StatusCode::OK);
+    assert_eq!(
+        patch(1, "10.80.0.7").await,
+        StatusCode::CONFLICT,
+        "held by the first"
+    );
+    assert_eq!(patch(1, "10.80.0.8").await, StatusCode::OK);
+}

@@ -26,6 +26,20 @@ pub struct EduVpn {
     pub client_id: String,
     pub client_secret: String,
     pub redirect_url: String,
+    /// The subnet eduVPN gives out (optional): a node then registers only an address in it
+    /// that is not its network, broadcast or gateway (first) address.
+    #[serde(default)]
+    pub subnet: Option<String>,
+}
+
+impl EduVpn {
+    /// The configured subnet, or why it is not one.
+    pub fn vpn_subnet(&self) -> Result<Option<ipnet::Ipv4Net>, String> {
+        self.subnet
+            .as_deref()
+            .map(|s| crate::net::parse_subnet(s).map_err(|e| format!("vpn_server.subnet: {e}")))
+            .transpose()
+    }
 }
 
 /// How many subtasks an algorithm may create: a run in all and per second, and a job (a task
@@ -175,6 +189,9 @@ impl ServerConfig {
             return Err(
                 "admin.password: this is the README's sample password; choose your own".into(),
             );
+        }
+        if let Some(edu) = &config.vpn_server {
+            edu.vpn_subnet()?;
         }
         if let Some(vpn) = &config.vpn {
             vpn.network()?;

@@ -99,6 +99,15 @@ pub async fn patch(
                 )));
             }
         }
+        let edu = s.config.vpn_server.as_ref();
+        if let Some(net) = edu.and_then(|e| e.vpn_subnet().ok().flatten()) {
+            let first = Ipv4Addr::from_bits(net.network().to_bits() + 1);
+            if !net.contains(&ip) || [net.network(), net.broadcast(), first].contains(&ip) {
+                return Err(ApiError::bad(format!(
+                    "ip: {ip} is not a node's address in the VPN subnet {net}"
+                )));
+            }
+        }
         if let Some(other) = store::node_with_ip(&mut db, &ip.to_string()).await? {
             if other != id {
                 return Err(ApiError::conflict(format!(
