@@ -280,6 +280,7 @@ pub fn peer(i: usize) -> SocketAddrV4 {
 pub fn populated(n: usize, udp_proto: bool) -> Router {
     let mut r = lab(Config {
         max_connections: n.max(16),
+        max_connections_per_run: n.max(16),
         ..Config::default()
     });
     // Ethernet-sized packets, so that 1500-byte ones are forwarded, not refused as too big.
