@@ -10,7 +10,6 @@
 //! target/release/examples/paths new 40000` (the total is on stderr).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::*;
