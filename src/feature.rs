@@ -77,7 +77,8 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
     let orgs: Vec<(OrganizationId, String)> = members(&admin, t.collaboration)
         .await?
         .into_iter()
-        .map(|m| (m.id, m.name))
+        // Names come from the server: printed to a terminal, they are escaped.
+        .map(|m| (m.id, crate::logging::shown(&m.name)))
         .collect();
     let parent = match t.parent {
         None => orgs
