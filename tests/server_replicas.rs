@@ -499,3 +499,67 @@ fn an_unreachable_database_fails_the_start_naming_it() {
     assert!(start.elapsed() < Duration::from_secs(5), "at once");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node waiting on one replica for its peers to change is answered within a couple of
+/// seconds of a change made through the other (each replica reads the database's change counter
+/// once a second); a refresh token used at one replica is retired at the other.
+#[tokio::test]
+async fn a_change_at_one_replica_wakes_a_wait_at_the_other() {
+    let Some((a, b)) = replicas("replica-waits", "").await else {
+        return;
+    };
+    let (admin, collab, nodes) = federation([&a, &b], 2).await;
+    let (_, org0, token0) = nodes[0].clone();
+    a.ok("POST", "/task", Some(&admin), task(collab, &[org0]))
+        .await;
+    let (_, first) = b.call("GET", "/vpn/peers", Some(&token0), None).await;
+    let etag = first["etag"].as_str().expect("etag").to_string();
+    let wait = {
+        let url = format!("{}/vpn/peers?known={etag}", b.base);
+        let (http, token) = (b.http.clone(), token0.clone());
+        tokio::spawn(async move {
+            let r = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("answer");
+            (Instant::now(), r.json::<Value>().await.expect("json"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (node0_id, _, _) = nodes[0];
+    let changed = Instant::now();
+    a.ok(
+        "PATCH",
+        &format!("/node/{node0_id}"),
+        Some(&token0),
+        json!({"ip": "10.76.0.9"}),
+    )
+    .await;
+    let (answered, peers) = wait.await.expect("join");
+    assert_ne!(peers["etag"].as_str(), Some(etag.as_str()), "{peers}");
+    let took = answered.duration_since(changed);
+    assert!(
+        took < Duration::from_secs(3),
+        "{took:?} for node {node0_id}"
+    );
+
+    let login = a
+        .ok(
+            "POST",
+            "/token/user",
+            None,
+            json!({"username": "root", "password": "correct-horse-battery"}),
+        )
+        .await;
+    let refresh = login["refresh_token"].as_str().expect("refresh");
+    let (st, _) = a.call("POST", "/token/refresh", Some(refresh), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = b.call("POST", "/token/refresh", Some(refresh), None).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "retired at the other replica too"
+    );
+}
