@@ -660,7 +660,8 @@ impl Drop for Procs {
     }
 }
 
-/// A server without VPN: the node warns once, runs without VPN, and still executes runs.
+/// A server without VPN: the node warns once, runs without VPN, still executes runs, and runs
+/// at most `max_concurrent_runs` at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_without_vpn_at_the_server() {
     let Some(docker) = common::docker("node_without_vpn_at_the_server").await else {
@@ -740,7 +741,7 @@ async fn node_without_vpn_at_the_server() {
         dir.join("node.yaml"),
         format!(
             "name: tnovpn\nserver_url: http://127.0.0.1:{port}\napi_key: {}\nvpn_subnet: 10.76.0.0/16\n\
-             task_dir: {}\nmetrics_listen: null\n",
+             task_dir: {}\nmetrics_listen: null\nmax_concurrent_runs: 1\n",
             node["api_key"].as_str().expect("key"),
             dir.join("tasks").display()
         ),
@@ -781,6 +782,24 @@ async fn node_without_vpn_at_the_server() {
     for _ in 0..3 {
         assert_eq!(next(), "WATCHDOG=1\n", "fed every half second");
     }
+    // From here on the notifications are read as systemd reads them, all along.
+    let reader = said.try_clone().expect("socket");
+    let heard = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 512];
+        reader
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        while let Ok(n) = reader.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            let stopping = m.contains("STOPPING=1");
+            all.push(m);
+            if stopping {
+                break;
+            }
+        }
+        all
+    });
     let log = dir.join("node.log");
     wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
     let status = std::process::Command::new(bin)
@@ -829,16 +848,25 @@ async fn node_without_vpn_at_the_server() {
         assert!(Instant::now() < until, "the long run did not become active");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The node runs one run at a time (`max_concurrent_runs: 1`): another waits, pending.
+    let other = echo_children(&admin, col, &[org], 1).await;
+    let other_runs = format!("/run?task_id={}", other["id"].as_i64().expect("id"));
+    let other_status = || async {
+        let runs: Value = admin.get(&other_runs).await.expect("runs");
+        runs["data"][0]["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
+    for _ in 0..12 {
+        assert_eq!(other_status().await, "pending", "a second run at once");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let mut node = procs.0.pop().expect("the node");
     algonet::demo::stop(&mut node, Duration::from_secs(60));
     assert_eq!(status().await, "killed");
-    said.set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let mut rest = Vec::new();
-    let mut buf = [0u8; 512];
-    while let Ok(n) = said.recv(&mut buf) {
-        rest.push(String::from_utf8_lossy(&buf[..n]).to_string());
-    }
+    assert_eq!(other_status().await, "pending", "never claimed");
+    let rest = heard.join().expect("notifications");
     assert!(
         rest.iter().any(|m| m.contains("STOPPING=1")),
         "told systemd it stops: {rest:?}"
