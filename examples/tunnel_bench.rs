@@ -336,6 +336,7 @@ async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), F
                     })
                     .collect(),
                 parent_id: None,
+                databases: None,
             },
         )
         .await?;

@@ -172,7 +172,12 @@ struct Env {
 }
 
 fn env() -> Result<Env, EchoError> {
-    let var = |k: &'static str| std::env::var(k).map_err(|_| EchoError::Unset(k));
+    // The node encodes every value as vantage6's does.
+    let var = |k: &'static str| {
+        std::env::var(k)
+            .map(|v| crate::api::env::decode(&v))
+            .map_err(|_| EchoError::Unset(k))
+    };
     let read = |k: &'static str| -> Result<String, EchoError> {
         let path = var(k)?;
         std::fs::read_to_string(&path).map_err(|source| EchoError::File {
@@ -285,6 +290,7 @@ async fn parent(
             })
             .collect(),
         parent_id: None,
+        databases: None,
     };
     let task: Task = env.api.post("/task", &task).await?;
     eprintln!(

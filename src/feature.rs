@@ -109,6 +109,7 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
             input,
         }],
         parent_id: None,
+        databases: None,
     };
     let task: Task = admin.post("/task", &task).await?;
     let task_id = task.id;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ids::{CollaborationId, NodeId, OrganizationId, PublicPort, RunId, TaskId};
-use super::wire::RunStatus;
+use super::wire::{RunStatus, TaskDatabase};
 
 /// A related resource: its id, where it is, and what this server answers there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +156,7 @@ pub struct Task {
     #[serde(default)]
     pub children: String,
     #[serde(default)]
-    pub databases: Vec<Value>,
+    pub databases: Vec<TaskDatabase>,
     #[serde(default)]
     pub study: Option<Value>,
     #[serde(default)]

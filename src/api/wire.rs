@@ -7,8 +7,7 @@ use serde_json::Value;
 use super::ids::{CollaborationId, NodeId, OrganizationId, PublicPort, RunId, TaskId};
 
 /// A run's state, in vantage6 4.x's words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RunStatus {
     /// Waiting for its node.
     Pending,
@@ -18,20 +17,27 @@ pub enum RunStatus {
     Active,
     /// The algorithm exited with 0.
     Completed,
-    /// The algorithm exited otherwise, or its set-up failed.
+    /// Its set-up failed (a database it asked for, its folder, its network), or its node
+    /// went away during the run.
     Failed,
-    /// Its node went away during the run.
+    /// The algorithm's container could not be started.
+    StartFailed,
+    /// The node has no such image.
+    NoDockerImage,
+    /// The algorithm exited with another code than 0.
     Crashed,
-    /// Stopped by the node's shutdown.
+    /// Killed at a user's request, or by the node's shutdown.
     Killed,
+    /// Refused by the node's policies: no container was made.
+    NotAllowed,
 }
 
 impl RunStatus {
     /// Whether the run has ended (no state follows).
     pub fn is_finished(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Crashed | RunStatus::Killed
+            RunStatus::Pending | RunStatus::Initializing | RunStatus::Active
         )
     }
 
@@ -66,18 +72,25 @@ impl RunStatus {
         .unwrap_or(RunStatus::Completed)
     }
 
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 10] = [
         RunStatus::Pending,
         RunStatus::Initializing,
         RunStatus::Active,
         RunStatus::Completed,
         RunStatus::Failed,
+        RunStatus::StartFailed,
+        RunStatus::NoDockerImage,
         RunStatus::Crashed,
         RunStatus::Killed,
+        RunStatus::NotAllowed,
     ];
 
-    /// The state named `name` (vantage6's word for it).
+    /// The state named `name` (vantage6's word for it; `killed` too, an older word of
+    /// algonet's for `killed by user`).
     pub fn named(name: &str) -> Option<RunStatus> {
+        if name == "killed" {
+            return Some(RunStatus::Killed);
+        }
         RunStatus::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
@@ -88,9 +101,26 @@ impl RunStatus {
             RunStatus::Active => "active",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
+            RunStatus::StartFailed => "start failed",
+            RunStatus::NoDockerImage => "non-existing Docker image",
             RunStatus::Crashed => "crashed",
-            RunStatus::Killed => "killed",
+            RunStatus::Killed => "killed by user",
+            RunStatus::NotAllowed => "not allowed",
         }
+    }
+}
+
+impl Serialize for RunStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RunStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RunStatus, D::Error> {
+        let name = String::deserialize(d)?;
+        RunStatus::named(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("no run state {name:?}")))
     }
 }
 
@@ -110,7 +140,7 @@ pub struct ContainerIdentity {
     pub task_id: TaskId,
     pub image: String,
     #[serde(default)]
-    pub databases: Vec<Value>,
+    pub databases: Vec<TaskDatabase>,
 }
 
 /// The answer to `GET /task/<id>/status`.
@@ -240,6 +270,73 @@ pub struct NewTask {
     pub organizations: Vec<TaskOrganization>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<TaskId>,
+    /// The databases the task asks each node for, as vantage6 takes them: a label, or a list
+    /// of objects with a `label` and optional parameters (`query`, `sheet_name`,
+    /// `preprocessing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Value>,
+}
+
+/// A database a task asks for: its label, and its other parameters as a JSON object's text
+/// (vantage6 keeps them so).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDatabase {
+    pub label: String,
+    #[serde(default)]
+    pub parameters: Option<String>,
+}
+
+/// The longest database label a task may name.
+pub const MAX_DATABASE_LABEL: usize = 128;
+/// The most databases one task may name.
+pub const MAX_TASK_DATABASES: usize = 32;
+
+impl TaskDatabase {
+    /// A task's `databases` as vantage6 takes them (a label alone, or objects with a `label`),
+    /// or why not.
+    pub fn list(value: Option<&Value>) -> Result<Vec<TaskDatabase>, String> {
+        let items = match value {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::String(label)) => vec![serde_json::json!({ "label": label })],
+            Some(Value::Array(items)) => items.clone(),
+            Some(other) => return Err(format!("databases: not a list ({other})")),
+        };
+        if items.len() > MAX_TASK_DATABASES {
+            return Err(format!("databases: at most {MAX_TASK_DATABASES}"));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let Value::Object(mut fields) = item else {
+                    return Err(format!("databases[{i}]: not an object with a label"));
+                };
+                let label = match fields.remove("label") {
+                    Some(Value::String(l)) if !l.is_empty() => l,
+                    _ => return Err(format!("databases[{i}]: a label is required")),
+                };
+                if label.chars().count() > MAX_DATABASE_LABEL {
+                    return Err(format!(
+                        "databases[{i}].label: longer than {MAX_DATABASE_LABEL} characters"
+                    ));
+                }
+                let parameters = (!fields.is_empty()).then(|| Value::Object(fields).to_string());
+                Ok(TaskDatabase { label, parameters })
+            })
+            .collect()
+    }
+
+    /// The parameters, as an object (none: empty).
+    pub fn parameters(&self) -> serde_json::Map<String, Value> {
+        self.parameters
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .and_then(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// One organization of a new task, with its run's input as vantage6 sends it (see

@@ -119,15 +119,15 @@ pub fn sandbox(image: &str, owner: &str, run: RunId) -> ContainerCreateBody {
     }
 }
 
-/// A run's algorithm, in its sandbox's namespace, with the run's folder at `mount`.
+/// A run's algorithm, in its sandbox's namespace, with `binds` (`host:container[:ro]`: the
+/// run's folder, its databases).
 pub fn algorithm(
     image: &str,
     owner: &str,
     run: RunId,
     sandbox: &str,
-    env: &[(&str, String)],
-    dir: &Path,
-    mount: &str,
+    env: &[(String, String)],
+    binds: Vec<String>,
 ) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.into()),
@@ -135,7 +135,7 @@ pub fn algorithm(
         labels: labels(owner, Role::Algorithm, Some(run)),
         host_config: Some(HostConfig {
             network_mode: Some(format!("container:{sandbox}")),
-            binds: Some(vec![format!("{}:{mount}", dir.display())]),
+            binds: Some(binds),
             ..Default::default()
         }),
         ..Default::default()

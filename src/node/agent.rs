@@ -176,6 +176,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         vpn: Mutex::new(None),
         stopping: Default::default(),
         observed: Observed::new(recent),
+        killed: Mutex::default(),
         config,
     });
     // Every helper ends with the token; the node's own clean-up follows.
@@ -199,6 +200,10 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         )),
         tokio::spawn(until(stop.clone(), metrics_server(metrics, node.clone()))),
         tokio::spawn(until(stop.clone(), scope::follow(node.clone()))),
+        tokio::spawn(until(
+            stop.clone(),
+            crate::node::kills::follow(node.clone()),
+        )),
     ];
     let result = serve(&node, &stop).await;
     crate::service::stopping();

@@ -11,7 +11,7 @@ pub use crate::api::client::ClientError;
 use crate::api::client::{Api, NO_BODY};
 use crate::api::{
     ContainerLogin, ContainerToken, NewPort, NodeId, NodeLogin, NodePatch, NodeToken, Page, Peers,
-    PublicPort, Run, RunId, RunStatus, RunUpdate, TaskId, VpnProfile, VpnUpdate,
+    PublicPort, Run, RunId, RunStatus, RunUpdate, Task, TaskId, VpnProfile, VpnUpdate,
 };
 
 #[derive(Debug)]
@@ -109,6 +109,12 @@ impl ServerClient {
         let path = format!("/run?status={status}");
         let page: Page<Run> = self.call(Method::GET, &path, NO_BODY).await?;
         Ok(page.data)
+    }
+
+    /// A task as vantage6 shows it: its databases, who sent it, its image.
+    pub async fn task(&self, task: TaskId) -> Result<Task, ClientError> {
+        self.call(Method::GET, &format!("/task/{task}"), NO_BODY)
+            .await
     }
 
     pub async fn claim(&self, run: RunId) -> Result<Run, ClientError> {

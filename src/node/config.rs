@@ -68,6 +68,24 @@ pub struct NodeConfig {
     /// depth of the task families the node's algorithms make.
     #[serde(default = "default_max_concurrent_runs")]
     pub max_concurrent_runs: usize,
+    /// The data algorithms may read (vantage6's `databases`): each run sees those its task
+    /// asks for, read-only.
+    #[serde(default)]
+    pub databases: Vec<crate::node::data::Database>,
+    /// Whose runs, of which images, the node admits (vantage6's `policies`).
+    #[serde(default)]
+    pub policies: crate::node::policy::Policies,
+    /// More environment for every algorithm (vantage6's `algorithm_env`).
+    #[serde(default)]
+    pub algorithm_env: std::collections::BTreeMap<String, String>,
+    /// Whether a run's log carries its algorithm's output (vantage6's `share_algorithm_logs`);
+    /// without, the server gets vantage6's refusal text and the node's own notes only.
+    #[serde(default = "default_share_algorithm_logs")]
+    pub share_algorithm_logs: bool,
+}
+
+fn default_share_algorithm_logs() -> bool {
+    true
 }
 
 fn default_max_concurrent_runs() -> usize {
@@ -176,6 +194,18 @@ impl NodeConfig {
         }
         if c.max_concurrent_runs == 0 {
             return Err("max_concurrent_runs: must be at least 1".into());
+        }
+        crate::node::data::check(&c.databases)?;
+        crate::node::policy::check(&c.policies)?;
+        if let Some(key) = c.algorithm_env.keys().find(|k| {
+            k.as_str() == "PKG_NAME"
+                || k.is_empty()
+                || k.starts_with(|ch: char| ch.is_ascii_digit())
+                || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        }) {
+            return Err(format!(
+                "algorithm_env: {key:?} is not a variable the node may set (letters, digits and _, not PKG_NAME)"
+            ));
         }
         Ok(c)
     }

@@ -3,13 +3,18 @@
 //! keeps the tunnel; [`hub`] owns the hub namespace; [`proxy`] serves the algorithms'
 //! API calls; [`client`] speaks to the server; [`ports`] and [`allocator`] turn an image's
 //! ports into public ones; [`retry`] waits out what is away; [`status`] is what the node shows of
-//! itself (`algonet node status`, metrics); [`scope`] keeps whom each run may talk to.
+//! itself (`algonet node status`, metrics); [`scope`] keeps whom each run may talk to; [`data`]
+//! and [`policy`] are what the node's data gives a run and whose runs it admits; [`kills`] ends
+//! the runs the server was told to kill.
 
 pub mod agent;
 pub mod allocator;
 pub mod client;
 pub mod config;
+pub mod data;
 pub mod hub;
+pub mod kills;
+pub mod policy;
 pub mod ports;
 pub mod proxy;
 pub mod retry;

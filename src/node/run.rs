@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::client::ClientError;
-use crate::api::{codec, env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask};
+use std::collections::HashMap;
+
+use crate::api::{codec, env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask, Task};
 use crate::docker::{specs, DockerError};
 use crate::net::links::{IfName, LinkError};
 use crate::net::netns::{Netns, NetnsError};
@@ -20,6 +22,7 @@ use crate::node::ports::{algorithm_ports, AlgorithmPort};
 use crate::node::retry::with_backoff;
 use crate::node::state::{lock, Node};
 use crate::node::status::{Phase, Port};
+use crate::node::{data, policy};
 
 /// Where a run's files appear inside the algorithm container.
 const MOUNT: &str = "/mnt/algonet";
@@ -27,6 +30,21 @@ const MOUNT: &str = "/mnt/algonet";
 /// Why a run could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// the server did not give the run's task
+    #[error("the task's details: {0}")]
+    Task(ClientError),
+    /// the node's policies refuse it
+    #[error("not allowed by this node: {0}")]
+    NotAllowed(String),
+    /// the node has not the data the task asks for
+    #[error("data: {0}")]
+    Data(String),
+    /// the node has no such image
+    #[error("image: {0}")]
+    NoImage(DockerError),
+    /// the algorithm's container did not start
+    #[error("starting the algorithm: {0}")]
+    Start(DockerError),
     /// the server gave no container token
     #[error("container token: {0}")]
     Token(ClientError),
@@ -98,6 +116,30 @@ struct Run {
 /// How the algorithm ended: its exit code and its output, if it wrote any.
 type Exit = (i64, Option<String>);
 
+impl RunError {
+    /// The run's end in vantage6's words.
+    fn status(&self) -> RunStatus {
+        match self {
+            RunError::NotAllowed(_) => RunStatus::NotAllowed,
+            RunError::NoImage(_) => RunStatus::NoDockerImage,
+            RunError::Start(_) => RunStatus::StartFailed,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+/// The most of an algorithm's output a run's log keeps (its tail).
+const MAX_LOG: usize = 64 * 1024;
+
+/// The last `max` bytes of `text`, cut at a character's start.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Runs a claimed run to its end and reports it.
 pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
     let mut run = Run {
@@ -123,6 +165,15 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
         tracing::warn!("clean-up: {e}");
         log.push_str(&format!("algonet node: clean-up: {e}\n"));
     }
+    if lock(&node.killed).remove(&id) {
+        // The server ended it already (`killed by user`): nothing to report.
+        tracing::info!(
+            "killed by user after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        node.observed.run_ended(id);
+        return;
+    }
     let (status, result) = match outcome {
         _ if node.is_stopping() => {
             log.push_str("algonet node: stopped by the node's shutdown\n");
@@ -131,9 +182,9 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
         Ok((0, result)) => (RunStatus::Completed, result),
         Ok((code, result)) => {
             log.push_str(&format!("algonet node: the algorithm exited with {code}\n"));
-            (RunStatus::Failed, result)
+            (RunStatus::Crashed, result)
         }
-        Err(_) => (RunStatus::Failed, None),
+        Err(e) => (e.status(), None),
     };
     tracing::info!("{status} after {:.1}s", started.elapsed().as_secs_f64());
     // The result is the run's point: wait for an absent server rather than lose it.
@@ -161,6 +212,15 @@ impl Run {
     }
 
     async fn steps(&mut self) -> Result<Exit, RunError> {
+        let task = self
+            .node
+            .client
+            .task(self.task.id)
+            .await
+            .map_err(RunError::Task)?;
+        self.admit(&task).await?;
+        let data =
+            data::for_run(&self.node.config.databases, &task.databases).map_err(RunError::Data)?;
         let token = self
             .node
             .client
@@ -178,12 +238,41 @@ impl Run {
         } else if !ports.is_empty() {
             self.note("no VPN: the algorithm's ports are not reachable from other nodes");
         }
-        self.run_algorithm(&dir).await
+        self.run_algorithm(&dir, data).await
+    }
+
+    /// Refuses the run if the node's policies do (before any container is made).
+    async fn admit(&mut self, task: &Task) -> Result<(), RunError> {
+        let node = &self.node;
+        let p = &node.config.policies;
+        // Names of the image's own repository are one image if they are one here.
+        let mut ids = HashMap::new();
+        for name in p.allowed_algorithms.iter().chain([&task.image]) {
+            if policy::matches(name, &task.image) == policy::Match::SameRepository
+                || *name == task.image
+            {
+                let id = node.docker.image(name).await.ok().and_then(|i| i.id);
+                ids.insert(name.clone(), id);
+            }
+        }
+        let same = |a: &str, b: &str| {
+            let id = |n: &str| ids.get(n).cloned().flatten();
+            id(a).is_some() && id(a) == id(b)
+        };
+        match policy::refusal(p, task, same) {
+            Some(rule) => Err(RunError::NotAllowed(rule)),
+            None => Ok(()),
+        }
     }
 
     /// The ports the image declares (`EXPOSE` and `p<port>` labels).
     async fn image_ports(&mut self) -> Result<Vec<AlgorithmPort>, RunError> {
-        let inspect = self.node.docker.image(&self.task.image).await?;
+        let inspect = self
+            .node
+            .docker
+            .image(&self.task.image)
+            .await
+            .map_err(RunError::NoImage)?;
         let config = inspect.config.unwrap_or_default();
         let exposed = config.exposed_ports.unwrap_or_default();
         let labels = config.labels.unwrap_or_default();
@@ -290,10 +379,14 @@ impl Run {
 
     /// Starts the algorithm with vantage6's environment, waits for it, and collects its log
     /// and output.
-    async fn run_algorithm(&mut self, dir: &std::path::Path) -> Result<Exit, RunError> {
+    async fn run_algorithm(
+        &mut self,
+        dir: &std::path::Path,
+        data: data::RunData,
+    ) -> Result<Exit, RunError> {
         let node = self.node.clone();
         let (sandbox, algorithm) = node.run_containers(self.id);
-        let env = [
+        let base = [
             (vars::HOST, format!("http://{GATEWAY}")),
             (vars::PORT, node.config.proxy_port.to_string()),
             (vars::API_PATH, String::new()),
@@ -301,17 +394,34 @@ impl Run {
             (vars::INPUT_FILE, format!("{MOUNT}/input")),
             (vars::OUTPUT_FILE, format!("{MOUNT}/output")),
             (vars::TEMPORARY_FOLDER, format!("{MOUNT}/tmp")),
-        ];
+        ]
+        .map(|(k, v)| (k.to_string(), v));
+        let extra = node
+            .config
+            .algorithm_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()));
+        // Every value encoded, as vantage6's node encodes them and its wrapper reads them.
+        let env: Vec<(String, String)> = base
+            .into_iter()
+            .chain(data.env)
+            .chain(extra)
+            .map(|(k, v)| (k, vars::encode(&v)))
+            .collect();
+        let mut binds = vec![format!("{}:{MOUNT}", dir.display())];
+        binds.extend(data.binds);
         let spec = specs::algorithm(
             &self.task.image,
             &node.owner,
             self.id,
             &sandbox,
             &env,
-            dir,
-            MOUNT,
+            binds,
         );
-        node.docker.run(&algorithm, spec).await?;
+        node.docker
+            .run(&algorithm, spec)
+            .await
+            .map_err(RunError::Start)?;
         tracing::info!(
             "algorithm started {:.0} ms after the claim",
             self.claimed.elapsed().as_secs_f64() * 1000.0
@@ -327,8 +437,13 @@ impl Run {
             tracing::warn!("cannot report active: {e}");
         }
         let code = node.docker.wait(&algorithm).await?;
-        self.notes
-            .push_str(&node.docker.logs(&algorithm, 1000).await.unwrap_or_default());
+        if node.config.share_algorithm_logs {
+            let logs = node.docker.logs(&algorithm, 1000).await.unwrap_or_default();
+            self.notes.push_str(tail(&logs, MAX_LOG));
+        } else {
+            self.notes
+                .push_str("Node does not allow sharing algorithm logs\n");
+        }
         // Sent back as vantage6 nodes send results: base64 of the output file's bytes.
         let output = std::fs::read(dir.join("output"))
             .ok()

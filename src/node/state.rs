@@ -31,6 +31,8 @@ pub struct Node {
     pub stopping: AtomicBool,
     /// What `algonet node status` and the metrics show.
     pub observed: crate::node::status::Observed,
+    /// Runs the server ended while the node ran them (see [`crate::node::kills`]).
+    pub killed: Mutex<std::collections::HashSet<crate::api::RunId>>,
 }
 
 /// A lock whose holder cannot leave the data half-changed, so a panic elsewhere does not

@@ -6,6 +6,7 @@ pub mod caller;
 pub mod error;
 
 mod collaboration;
+mod kill;
 mod links;
 mod node;
 mod organization;
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/run", get(run::list))
         .route("/run/{id}", get(run::get).patch(run::update))
         .route("/run/{id}/claim", post(run::claim))
+        .route("/kill/task", post(kill::task))
+        .route("/kill/node/tasks", post(kill::node_tasks))
         .route("/vpn", get(vpn::get))
         .route("/vpn/update", post(vpn::update))
         .route("/vpn/algorithm/addresses", get(vpn::addresses))

@@ -61,6 +61,7 @@ pub async fn create(
         }
         Caller::Node(_) => return Err(ApiError::forbidden("Nodes do not create tasks")),
     };
+    let databases = crate::api::TaskDatabase::list(b.databases.as_ref()).map_err(ApiError::bad)?;
     let mut organizations = b.organizations;
     // One run per organization: a repeated organization is the same run.
     let mut seen = HashSet::new();
@@ -102,6 +103,7 @@ pub async fn create(
         init_user,
     };
     let id = store::insert_task(&mut tx, &new).await?;
+    store::insert_task_databases(&mut tx, id, &databases).await?;
     for o in &organizations {
         store::insert_run(&mut tx, id, o.id, &o.input).await?;
     }
@@ -177,7 +179,7 @@ async fn shape(s: &AppState, db: &mut Db, t: store::TaskRow) -> ApiResult<Task> 
             .init_organization_id
             .map(|o| l.one(Resource::Organization, o)),
         init_user: t.init_user_id.map(|u| l.one(Resource::User, u)),
-        databases: vec![],
+        databases: store::task_databases(db, t.id).await?,
         study: None,
         algorithm_store: None,
         id: t.id,

@@ -293,7 +293,7 @@ pub async fn container(
         collaboration_id: n.collaboration_id,
         task_id: b.task_id,
         image: task.image,
-        databases: vec![],
+        databases: store::task_databases(&mut db, b.task_id).await?,
     };
     // No expiry: the token is good while its node exists and its run is unfinished, which
     // every use checks (see `caller`).

@@ -181,6 +181,75 @@ pub async fn insert_task(db: &mut Db, t: &NewTask<'_>) -> Result<TaskId> {
     .await?)
 }
 
+/// Keeps the databases task `task` asks for, in their order.
+pub async fn insert_task_databases(
+    db: &mut Db,
+    task: TaskId,
+    databases: &[crate::api::TaskDatabase],
+) -> Result<()> {
+    for (position, d) in databases.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO task_database (task_id, position, label, parameters) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(task)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(&d.label)
+        .bind(d.parameters.as_deref())
+        .execute(&mut *db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The databases task `task` asks for, in their order.
+pub async fn task_databases(db: &mut Db, task: TaskId) -> Result<Vec<crate::api::TaskDatabase>> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT label, parameters FROM task_database WHERE task_id = $1 ORDER BY position",
+    )
+    .bind(task)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(label, parameters)| crate::api::TaskDatabase { label, parameters })
+        .collect())
+}
+
+/// Ends every unfinished run of task `task` and of every task below it as killed; how many.
+pub async fn kill_task_runs(db: &mut Db, task: TaskId) -> Result<u64> {
+    Ok(sqlx::query(
+        "WITH RECURSIVE family(id) AS ( \
+           SELECT id FROM task WHERE id = $1 \
+           UNION ALL SELECT task.id FROM task JOIN family ON task.parent_id = family.id) \
+         UPDATE run SET status = $2, finished_at = $3 \
+         WHERE task_id IN (SELECT id FROM family) AND finished_at IS NULL",
+    )
+    .bind(task)
+    .bind(RunStatus::Killed)
+    .bind(super::now())
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Ends every unfinished run of node `node` (its organization's, in its collaboration) as
+/// killed; how many.
+pub async fn kill_node_runs(db: &mut Db, node: NodeId) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE run SET status = $1, finished_at = $2 WHERE finished_at IS NULL AND id IN ( \
+           SELECT run.id FROM run JOIN task ON task.id = run.task_id \
+           JOIN node ON node.organization_id = run.organization_id \
+             AND node.collaboration_id = task.collaboration_id \
+           WHERE node.id = $3)",
+    )
+    .bind(RunStatus::Killed)
+    .bind(super::now())
+    .bind(node)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 pub async fn insert_run(
     db: &mut Db,
     task: TaskId,

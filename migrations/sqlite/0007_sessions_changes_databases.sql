@@ -20,3 +20,16 @@ CREATE TABLE change_counter (
 );
 
 INSERT INTO change_counter (id, n) VALUES (1, 0);
+
+-- vantage6's word for a killed run.
+UPDATE run SET status = 'killed by user' WHERE status = 'killed';
+
+-- The databases a task asks its nodes for, in the order asked, each with its parameters (a
+-- JSON object without its label: query, sheet_name, preprocessing), as vantage6 keeps them.
+CREATE TABLE task_database (
+    task_id    INTEGER NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    position   INTEGER NOT NULL,
+    label      TEXT NOT NULL,
+    parameters TEXT,
+    PRIMARY KEY (task_id, position)
+);
