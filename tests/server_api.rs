@@ -1314,3 +1314,168 @@ async fn a_runs_peers_are_its_task_familys_and_a_change_wakes_the_wait() {
     assert_eq!(again["collaboration"], json!(["10.76.0.99"]));
     assert_eq!(again["runs"], json!([]));
 }
+
+/// A task keeps the databases it asks for, as vantage6 does (a label alone or objects with
+/// parameters), shows them in `GET /task`, and names them in its algorithms' tokens; a subtask
+/// keeps its own. Bad lists are refused.
+#[tokio::test]
+async fn tasks_keep_their_databases() {
+    let f = federation("task-databases").await;
+    let s = &f.s;
+    let body = json!({"name": "d", "image": "echo", "collaboration_id": 1,
+        "organizations": [{"id": 2}],
+        "databases": [{"label": "default", "query": "SELECT 1"}, {"label": "extra"}]});
+    let t = s.ok("POST", "/task", Some(&f.admin), body).await;
+    assert_eq!(
+        t["databases"],
+        json!([{"label": "default", "parameters": "{\"query\":\"SELECT 1\"}"},
+               {"label": "extra", "parameters": null}])
+    );
+    let got = s
+        .ok(
+            "GET",
+            &format!("/task/{}", t["id"]),
+            Some(&f.admin),
+            json!(null),
+        )
+        .await;
+    assert_eq!(got["databases"], t["databases"]);
+    let one = s
+        .ok(
+            "POST",
+            "/task",
+            Some(&f.admin),
+            json!({"name": "d", "image": "echo",
+            "collaboration_id": 1, "organizations": [{"id": 2}], "databases": "default"}),
+        )
+        .await;
+    assert_eq!(
+        one["databases"],
+        json!([{"label": "default", "parameters": null}])
+    );
+    // A subtask made by an algorithm keeps the databases it names.
+    let sub = s
+        .ok(
+            "POST",
+            "/task",
+            Some(&f.parent_container),
+            json!({"name": "s", "image": "echo",
+            "organizations": [{"id": 3}], "databases": [{"label": "other"}]}),
+        )
+        .await;
+    assert_eq!(
+        sub["databases"],
+        json!([{"label": "other", "parameters": null}])
+    );
+    for bad in [
+        json!(5),
+        json!([{"query": "no label"}]),
+        json!(["default"]),
+        json!([{"label": ""}]),
+        json!([{"label": "x".repeat(129)}]),
+        json!((0..33)
+            .map(|i| json!({"label": format!("l{i}")}))
+            .collect::<Vec<_>>()),
+    ] {
+        let (st, v) = s
+            .call(
+                "POST",
+                "/task",
+                Some(&f.admin),
+                Some(json!({"name": "d", "image": "echo",
+                "collaboration_id": 1, "organizations": [{"id": 2}], "databases": bad})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["msg"].as_str().is_some_and(|m| m.contains("databases")),
+            "{v}"
+        );
+    }
+}
+
+/// `POST /kill/task` ends every unfinished run of the task and of the tasks below it as
+/// `killed by user`; a finished task answers 400, an absent one 404; `POST /kill/node/tasks`
+/// ends a node's. Only administrators may.
+#[tokio::test]
+async fn kills_end_runs_as_killed_by_user() {
+    let f = federation("kills").await;
+    let s = &f.s;
+    let (st, _) = s
+        .call(
+            "POST",
+            "/kill/task",
+            Some(&f.nodes[0].1),
+            Some(json!({"id": f.parent_task})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "a node may not");
+    let (st, v) = s
+        .call(
+            "POST",
+            "/kill/task",
+            Some(&f.admin),
+            Some(json!({"id": f.parent_task})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    for task in [f.parent_task, f.child_task] {
+        for r in s.runs(&f.admin, task).await {
+            assert_eq!(r["status"], json!("killed by user"), "{r}");
+            assert!(r["finished_at"].is_string(), "{r}");
+        }
+    }
+    let (st, _) = s
+        .call(
+            "POST",
+            "/kill/task",
+            Some(&f.admin),
+            Some(json!({"id": f.parent_task})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "already finished");
+    let (st, _) = s
+        .call(
+            "POST",
+            "/kill/task",
+            Some(&f.admin),
+            Some(json!({"id": 99999})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // A node's runs.
+    let t = s
+        .ok(
+            "POST",
+            "/task",
+            Some(&f.admin),
+            json!({"name": "n", "image": "echo",
+            "collaboration_id": 1, "organizations": [{"id": 2}, {"id": 3}]}),
+        )
+        .await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "/kill/node/tasks",
+            Some(&f.admin),
+            Some(json!({"id": f.nodes[0].0})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let statuses: Vec<Value> = s
+        .runs(&f.admin, t["id"].as_i64().expect("id"))
+        .await
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("killed by user"), json!("pending")]);
+    let (st, _) = s
+        .call(
+            "POST",
+            "/kill/node/tasks",
+            Some(&f.admin),
+            Some(json!({"id": 99999})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
