@@ -115,8 +115,23 @@ enum Images {
     Build {
         /// The python of a venv holding vantage6-algorithm-tools: also build the vpn-average
         /// algorithm (vantage6's own tools, on the VPN).
-        #[arg(long, value_name = "PYTHON")]
+        #[arg(long, value_name = "PYTHON", conflicts_with = "algorithm")]
         vantage6_python: Option<PathBuf>,
+        /// Instead, package the vantage6 Python algorithm in this folder (a package with
+        /// `setup.py` or `pyproject.toml`) with its PyPI dependencies, offline from any
+        /// registry.
+        #[arg(long, value_name = "DIR", requires = "tag")]
+        algorithm: Option<PathBuf>,
+        /// The algorithm image's name.
+        #[arg(long, value_name = "NAME")]
+        tag: Option<String>,
+        /// The module vantage6's wrapper runs (default: the Dockerfile's `PKG_NAME`, else the
+        /// folder's name with `-` as `_`).
+        #[arg(long, value_name = "MODULE")]
+        package: Option<String>,
+        /// The Python to make the algorithm's venv with.
+        #[arg(long, value_name = "PYTHON", default_value = "python3")]
+        python: PathBuf,
     },
 }
 
@@ -207,7 +222,19 @@ fn main() -> ExitCode {
             action: Some(NodeAction::Status { json, socket }),
         } => node_status(config, socket, json),
         Command::Images {
-            action: Images::Build { vantage6_python },
+            action:
+                Images::Build {
+                    algorithm: Some(dir),
+                    tag,
+                    package,
+                    python,
+                    ..
+                },
+        } => algorithm_image(&dir, tag.unwrap_or_default(), package, &python),
+        Command::Images {
+            action: Images::Build {
+                vantage6_python, ..
+            },
         } => images(vantage6_python),
         Command::Echo => algonet::echo::main().map_err(Into::into),
         Command::Demo { action: None, keep } => demo(keep),
@@ -359,10 +386,49 @@ fn images(vantage6_python: Option<PathBuf>) -> anyhow::Result<()> {
             images::ECHO_IMAGE
         );
         if let Some(python) = vantage6_python {
-            images::build_vpn_average(&docker, &python).await?;
+            algonet::docker::python::build_vpn_average(&docker, &python).await?;
             println!("built {}", images::VPN_AVERAGE_IMAGE);
         }
         Ok(())
+    })
+}
+
+/// `algonet images build --algorithm DIR --tag NAME`.
+fn algorithm_image(
+    dir: &std::path::Path,
+    tag: String,
+    package: Option<String>,
+    python: &std::path::Path,
+) -> anyhow::Result<()> {
+    use algonet::docker::python;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap_or_default();
+    let (named, ports) = python::from_dockerfile(&dockerfile);
+    let package = package.or(named).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().replace('-', "_"))
+            .unwrap_or_default()
+    });
+    let cache = python::venv_for(&dir);
+    println!(
+        "installing {} and its dependencies into {}",
+        dir.display(),
+        cache.display()
+    );
+    let venv_python = python::install(python, &dir, &cache)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let docker = algonet::docker::Docker::connect().await?;
+        let algorithm = python::Algorithm {
+            tag: tag.clone(),
+            package: package.clone(),
+            sources: Vec::new(),
+            ports,
+        };
+        python::build(&docker, &venv_python, algorithm).await?;
+        println!("built {tag} (module {package})");
+        anyhow::Ok(())
     })
 }
 

@@ -13,7 +13,8 @@ use std::net::TcpListener;
 use std::time::Instant;
 
 use algonet::demo::{Federation, Options, ADMIN};
-use algonet::docker::images::{build_vpn_average, VPN_AVERAGE_IMAGE};
+use algonet::docker::images::VPN_AVERAGE_IMAGE;
+use algonet::docker::python::build_vpn_average;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

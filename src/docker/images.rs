@@ -61,7 +61,7 @@ pub enum ImageError {
 }
 
 /// The shared libraries (and the loader) a dynamically linked binary needs.
-fn libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+pub(super) fn libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let out = std::process::Command::new("ldd")
         .arg(binary)
         .output()
@@ -207,140 +207,6 @@ pub async fn build(docker: &Docker, names: &ImageNames, algonet: &Path) -> Resul
                 "EXPOSE 9000/udp".into(),
                 r#"LABEL p8888="echo""#.into(),
                 r#"LABEL p9000="echo-udp""#.into(),
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Where vpn-average's packages go in its image.
-const SITE: &str = "/opt/vantage6/site";
-
-/// The algorithm's source, built into this binary so the image needs no checkout.
-const VPN_AVERAGE: &str = include_str!("../../algorithms/vpn-average/vpn_average/__init__.py");
-
-/// Folders of the standard library an algorithm never imports.
-const STDLIB_UNUSED: &[&str] = &[
-    "site-packages",
-    "test",
-    "idlelib",
-    "tkinter",
-    "turtledemo",
-    "ensurepip",
-    "lib2to3",
-    "__pycache__",
-];
-
-/// Every file below `dir` (through symlinked files, not symlinked folders), but those in
-/// folders named in `skip`.
-fn tree(dir: &Path, skip: &[&str], out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
-    let read = |source| ImageError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(read)? {
-        let path = entry.map_err(read)?.path();
-        let is_link = std::fs::symlink_metadata(&path).map_err(read)?.is_symlink();
-        if path.is_dir() {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !is_link && !skip.contains(&name) {
-                tree(&path, skip, out)?;
-            }
-        } else if path.is_file() {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Builds vpn-average's image offline from `python`, the interpreter of a venv that holds
-/// `vantage6-algorithm-tools` (as pip fetched it from PyPI): the interpreter, its standard
-/// library and the venv's packages at the paths they have here, with every library their
-/// binaries load; `algorithms/vpn-average/Dockerfile` builds the same from a registry.
-pub async fn build_vpn_average(docker: &Docker, python: &Path) -> Result<(), ImageError> {
-    let fail = |reason: String| ImageError::Python {
-        python: python.to_path_buf(),
-        reason,
-    };
-    let out = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import json, os, site, sys, sysconfig, vantage6.algorithm.tools; \
-             print(json.dumps([os.path.realpath(sys.executable), \
-             sysconfig.get_paths()['stdlib'], site.getsitepackages()[0]]))",
-        ])
-        .output()
-        .map_err(|e| fail(e.to_string()))?;
-    if !out.status.success() {
-        return Err(fail(format!(
-            "not a python with vantage6-algorithm-tools (pip install \
-             vantage6-algorithm-tools==4.14.0): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let [exe, stdlib, site]: [PathBuf; 3] =
-        serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
-    let mut stdlib_files = Vec::new();
-    tree(&stdlib, STDLIB_UNUSED, &mut stdlib_files)?;
-    let mut site_files = Vec::new();
-    tree(&site, &["__pycache__", "pip"], &mut site_files)?;
-    let mut files: Vec<(Source, String)> = Vec::new();
-    let mut binaries = vec![exe.clone()];
-    for f in &stdlib_files {
-        files.push((Source::Host(f.clone()), f.to_string_lossy().into_owned()));
-    }
-    for f in &site_files {
-        let inside = Path::new(SITE).join(f.strip_prefix(&site).unwrap_or(f));
-        files.push((
-            Source::Host(f.clone()),
-            inside.to_string_lossy().into_owned(),
-        ));
-    }
-    binaries.extend(
-        stdlib_files
-            .iter()
-            .chain(&site_files)
-            // A wheel's bundled libraries (`<package>.libs/`) are found through the extension
-            // that loads them, whose ldd lists them and what they need.
-            .filter(|f| {
-                f.to_string_lossy().contains(".so")
-                    && !f
-                        .parent()
-                        .and_then(Path::file_name)
-                        .is_some_and(|d| d.to_string_lossy().ends_with(".libs"))
-            })
-            .cloned(),
-    );
-    files.push((
-        Source::Host(exe.clone()),
-        exe.to_string_lossy().into_owned(),
-    ));
-    // Libraries inside the two trees travel with them (found by $ORIGIN); the others go
-    // where this host has them.
-    for binary in &binaries {
-        for lib in libraries(binary)? {
-            if !lib.starts_with(&site) && !lib.starts_with(&stdlib) {
-                let inside = lib.to_string_lossy().into_owned();
-                files.push((Source::Host(lib), inside));
-            }
-        }
-    }
-    files.push((
-        Source::Data(VPN_AVERAGE.as_bytes().to_vec()),
-        format!("{SITE}/vpn_average/__init__.py"),
-    ));
-    docker
-        .import(
-            VPN_AVERAGE_IMAGE,
-            tar_of(files)?,
-            vec![
-                format!("ENV PYTHONPATH={SITE} PKG_NAME=vpn_average PYTHONDONTWRITEBYTECODE=1"),
-                format!(
-                    r#"CMD ["{}", "-c", "from vantage6.algorithm.tools.wrap import wrap_algorithm; wrap_algorithm()"]"#,
-                    exe.display()
-                ),
-                "EXPOSE 8888/tcp".into(),
-                r#"LABEL p8888="average""#.into(),
             ],
         )
         .await?;

@@ -3,6 +3,7 @@
 //! process finds and removes what the last one left.
 
 pub mod images;
+pub mod python;
 pub mod specs;
 
 use std::collections::HashMap;

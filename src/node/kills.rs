@@ -32,7 +32,8 @@ pub async fn follow(node: Arc<Node>) {
         };
         backoff.reset();
         let open: HashSet<RunId> = peers.runs.iter().map(|r| r.run_id).collect();
-        for run in ended(&node.observed.run_ids(), &open) {
+        // A run the node itself is ending left the open runs by its own report.
+        for run in ended(&node.observed.unended_run_ids(), &open) {
             if !lock(&node.killed).insert(run) {
                 continue;
             }

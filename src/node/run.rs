@@ -184,7 +184,10 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
             log.push_str(&format!("algonet node: the algorithm exited with {code}\n"));
             (RunStatus::Crashed, result)
         }
-        Err(e) => (e.status(), None),
+        Err(e) => {
+            tracing::warn!("{e}");
+            (e.status(), None)
+        }
     };
     tracing::info!("{status} after {:.1}s", started.elapsed().as_secs_f64());
     // The result is the run's point: wait for an absent server rather than lose it.

@@ -202,6 +202,15 @@ impl Observed {
         lock(&self.runs).keys().copied().collect()
     }
 
+    /// The runs not yet ending (whose end the node has not begun to report).
+    pub fn unended_run_ids(&self) -> Vec<RunId> {
+        lock(&self.runs)
+            .iter()
+            .filter(|(_, r)| r.phase != Phase::Ending)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn run_ended(&self, id: RunId) {
         lock(&self.runs).remove(&id);
     }
