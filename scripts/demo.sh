@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo command of the README: a whole federation on this host (a server with the built-in
-# VPN, an OpenVPN server container, three nodes), the VPN feature test across it, then
-# everything torn down. Extra arguments go to `algonet demo` (--keep leaves it running).
+# VPN, an OpenVPN server container, three nodes, each with its data), the VPN feature test and
+# an average over the nodes' data across it, then everything torn down. Extra arguments go to `algonet demo` (--keep leaves it running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -16,4 +16,6 @@ if [ "$(readlink -f /usr/local/bin/algonet 2>/dev/null)" != "$PWD/target/release
     echo "==> linking /usr/local/bin/algonet to $PWD/target/release/algonet"
     as_root ln -sf "$PWD/target/release/algonet" /usr/local/bin/algonet
 fi
-as_root ./target/release/algonet demo "$@"
+# vantage6's algorithm tools from PyPI: the demo's analysis is a vantage6 algorithm.
+v6_venv_need
+as_root ./target/release/algonet demo --vantage6-python "$PWD/$V6_VENV/bin/python" "$@"

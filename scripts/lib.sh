@@ -62,3 +62,16 @@ postgres_stop() {
     as_root runuser -u postgres -- "$bin/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null || true
     as_root rm -rf "$1"
 }
+
+# A venv with vantage6's algorithm tools and client from PyPI (target/py/vantage6): the tests
+# judge compatibility with them, and the demo builds its vantage6 algorithm from it.
+V6_VENV=target/py/vantage6
+v6_venv_need() {
+    if ! "$V6_VENV/bin/python" -c 'import vantage6.algorithm.client, vantage6.client' >/dev/null 2>&1; then
+        command -v python3 >/dev/null 2>&1 || apt_need python3
+        python3 -m venv --help >/dev/null 2>&1 || apt_need python3-venv
+        echo "==> installing vantage6-algorithm-tools and vantage6-client 4.14.0 into $V6_VENV"
+        python3 -m venv "$V6_VENV"
+        "$V6_VENV/bin/pip" install -q vantage6-algorithm-tools==4.14.0 vantage6-client==4.14.0
+    fi
+}

@@ -20,15 +20,8 @@ export ALGONET_TEST_POSTGRES="$PG_URL"
 echo "==> PostgreSQL for the tests at $PG_URL"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 # vantage6's own Python packages from PyPI judge compatibility (tests/vantage6_tools.rs).
-v6_venv=target/py/vantage6
-if ! "$v6_venv/bin/python" -c 'import vantage6.algorithm.client, vantage6.client' >/dev/null 2>&1; then
-    command -v python3 >/dev/null 2>&1 || apt_need python3
-    python3 -m venv --help >/dev/null 2>&1 || apt_need python3-venv
-    echo "==> installing vantage6-algorithm-tools and vantage6-client 4.14.0 into $v6_venv"
-    python3 -m venv "$v6_venv"
-    "$v6_venv/bin/pip" install -q vantage6-algorithm-tools==4.14.0 vantage6-client==4.14.0
-fi
-export ALGONET_V6_PYTHON="$PWD/$v6_venv/bin/python"
+v6_venv_need
+export ALGONET_V6_PYTHON="$PWD/$V6_VENV/bin/python"
 # The reference the differential test compares algonet with: vantage6's own server (its VPN
 # code is 4.14.0's; 4.15.2 installs on this Python, and needs vantage6-backend-common named).
 v6_server_venv=target/py/vantage6-server

@@ -49,6 +49,10 @@ enum Command {
         /// Leave the federation running (end it with `algonet demo stop`).
         #[arg(long)]
         keep: bool,
+        /// The python of a venv holding vantage6-algorithm-tools: also compute an average
+        /// over the nodes' data with vpn-average.
+        #[arg(long, value_name = "PYTHON")]
+        vantage6_python: Option<PathBuf>,
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
@@ -237,7 +241,11 @@ fn main() -> ExitCode {
             },
         } => images(vantage6_python),
         Command::Echo => algonet::echo::main().map_err(Into::into),
-        Command::Demo { action: None, keep } => demo(keep),
+        Command::Demo {
+            action: None,
+            keep,
+            vantage6_python,
+        } => demo(keep, vantage6_python),
         Command::Demo {
             action: Some(DemoAction::Stop),
             ..
@@ -437,8 +445,9 @@ fn finish(all_ok: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(keep: bool) -> anyhow::Result<()> {
-    let ok = tokio::runtime::Runtime::new()?.block_on(algonet::demo::main(keep))?;
+fn demo(keep: bool, vantage6_python: Option<PathBuf>) -> anyhow::Result<()> {
+    let ok = tokio::runtime::Runtime::new()?
+        .block_on(algonet::demo::main(keep, vantage6_python.as_deref()))?;
     finish(ok)
 }
 

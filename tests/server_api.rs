@@ -1329,7 +1329,7 @@ async fn tasks_keep_their_databases() {
     assert_eq!(
         t["databases"],
         json!([{"label": "default", "parameters": "{\"query\":\"SELECT 1\"}"},
-               {"label": "extra", "parameters": null}])
+               {"label": "extra", "parameters": "{}"}])
     );
     let got = s
         .ok(
@@ -1351,7 +1351,7 @@ async fn tasks_keep_their_databases() {
         .await;
     assert_eq!(
         one["databases"],
-        json!([{"label": "default", "parameters": null}])
+        json!([{"label": "default", "parameters": "{}"}])
     );
     // A subtask made by an algorithm keeps the databases it names.
     let sub = s
@@ -1365,7 +1365,7 @@ async fn tasks_keep_their_databases() {
         .await;
     assert_eq!(
         sub["databases"],
-        json!([{"label": "other", "parameters": null}])
+        json!([{"label": "other", "parameters": "{}"}])
     );
     for bad in [
         json!(5),

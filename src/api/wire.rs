@@ -139,8 +139,9 @@ pub struct ContainerIdentity {
     pub collaboration_id: CollaborationId,
     pub task_id: TaskId,
     pub image: String,
+    /// The task's databases, each as [`TaskDatabase::flattened`] gives it.
     #[serde(default)]
-    pub databases: Vec<TaskDatabase>,
+    pub databases: Vec<Value>,
 }
 
 /// The answer to `GET /task/<id>/status`.
@@ -320,10 +321,19 @@ impl TaskDatabase {
                         "databases[{i}].label: longer than {MAX_DATABASE_LABEL} characters"
                     ));
                 }
-                let parameters = (!fields.is_empty()).then(|| Value::Object(fields).to_string());
+                // vantage6 keeps the rest as a JSON object's text, `{}` when there is none.
+                let parameters = Some(Value::Object(fields).to_string());
                 Ok(TaskDatabase { label, parameters })
             })
             .collect()
+    }
+
+    /// As vantage6 names it in a container token, and as its algorithm client sends it on to a
+    /// subtask: the parameters with the label among them.
+    pub fn flattened(&self) -> Value {
+        let mut fields = self.parameters();
+        fields.insert("label".into(), Value::String(self.label.clone()));
+        Value::Object(fields)
     }
 
     /// The parameters, as an object (none: empty).

@@ -106,6 +106,14 @@ pub struct NodeProc {
     pub child: Option<Child>,
 }
 
+/// The ages in the demo data of the `index`th organization (`id,age` rows of the CSV its node
+/// gives algorithms as database `default`): made up, the same on every run.
+pub fn demo_ages(index: usize) -> Vec<i64> {
+    (0..10 + 5 * index)
+        .map(|j| 20 + ((index * 7 + j * 13) % 50) as i64)
+        .collect()
+}
+
 /// Prints a step and how long the demo has been going.
 pub fn step(started: Instant, what: &str) {
     eprintln!("==> [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
@@ -268,13 +276,29 @@ impl Federation {
                 )
                 .await?;
             let key = n.api_key;
+            // Each organization's own data (unless the caller gives its nodes data of its own).
+            let data = if o.node_settings.contains("databases:") {
+                String::new()
+            } else {
+                let csv = o.dir.join(format!("data-{name}.csv"));
+                let rows: String = demo_ages(self.nodes.len())
+                    .iter()
+                    .enumerate()
+                    .map(|(i, age)| format!("{i},{age}\n"))
+                    .collect();
+                std::fs::write(&csv, format!("id,age\n{rows}")).map_err(io(csv.display()))?;
+                format!(
+                    "databases:\n  - {{label: default, uri: {}, type: csv}}\n",
+                    csv.display()
+                )
+            };
             let config = o.dir.join(format!("node-{name}.yaml"));
             std::fs::write(
                 &config,
                 format!(
                     "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {key}\n\
                      vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {net}\n\
-                     metrics_listen: 127.0.0.1:{metrics}\n{settings}",
+                     metrics_listen: 127.0.0.1:{metrics}\n{data}{settings}",
                     settings = o.node_settings,
                     tag = o.tag,
                     port = o.server_port,

@@ -1,12 +1,13 @@
 //! `algonet demo`: a whole federation on one Linux host with Docker ([`federation`]), the
 //! feature test across it, and everything torn down.
 
+mod analysis;
 mod federation;
 mod kept;
 
 pub use federation::{
-    step, stop, DemoError, Federation, NodeProc, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP,
-    VPN_SUBNET,
+    demo_ages, step, stop, DemoError, Federation, NodeProc, Options, ADMIN, NETWORK_SUBNET,
+    VPN_SERVER_IP, VPN_SUBNET,
 };
 
 use std::process::Child;
@@ -20,8 +21,13 @@ fn demo_dir() -> std::path::PathBuf {
     std::env::temp_dir().join("algonet-demo")
 }
 
-/// `algonet demo [--keep]`. Refuses, touching nothing, while a kept demo runs.
-pub async fn main(keep: bool) -> Result<bool, DemoError> {
+/// `algonet demo [--keep] [--vantage6-python PYTHON]`. Refuses, touching nothing, while a kept
+/// demo runs. With a Python that has vantage6's algorithm tools, it also runs a real analysis
+/// on the nodes' data.
+pub async fn main(
+    keep: bool,
+    vantage6_python: Option<&std::path::Path>,
+) -> Result<bool, DemoError> {
     let started = Instant::now();
     if let Some(k) = Kept::load(&demo_dir()) {
         let running = k.running();
@@ -71,6 +77,25 @@ pub async fn main(keep: bool) -> Result<bool, DemoError> {
             eprintln!("the feature test failed: {e}");
             false
         }
+    };
+    let ok = match vantage6_python {
+        Some(python) => {
+            step(
+                started,
+                "computing the average age over every organization's data (vpn-average, vantage6's own tools, partials over the VPN)",
+            );
+            match analysis::average_age(&fed, python).await {
+                Ok(line) => {
+                    println!("{line}");
+                    ok
+                }
+                Err(e) => {
+                    eprintln!("the analysis failed: {e}");
+                    false
+                }
+            }
+        }
+        None => ok,
     };
     if keep {
         let pid =

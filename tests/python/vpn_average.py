@@ -20,7 +20,8 @@ task = client.task.create(
     name="vpn-average",
     image=image,
     description="a federated average over the VPN",
-    input_={"method": "central", "kwargs": {"window_secs": 120}},
+    input_={"method": "central", "kwargs": {"column": "age", "window_secs": 120}},
+    databases=[{"label": "default"}],
 )
 results = client.wait_for_results(task["id"], interval=0.5)
 runs = client.run.from_task(task["id"])["data"]

@@ -7,23 +7,19 @@ each over TCP for its count and sum, and collects the subtasks' results with
 `client.wait_for_results`. Each `partial` serves on port 8888 (`EXPOSE 8888`, `LABEL
 p8888="average"`) until the central side says it is done, or its window ends.
 
-The data are made up (each organization holds the numbers 1..organization id): the point is the
-path they take.
+Each partial reads its organization's data with vantage6's `@data(1)` (the task's first
+database, as the node gives it) and serves the count and sum of one column.
 """
 
 import json
 import socket
 import time
 
-from vantage6.algorithm.tools.decorators import algorithm_client
+from vantage6.algorithm.tools.decorators import algorithm_client, data
 from vantage6.algorithm.tools.util import info
 
 PORT = 8888
 LABEL = "average"
-
-
-def _local_data(organization_id):
-    return list(range(1, organization_id + 1))
 
 
 def _connect(ip, port, deadline):
@@ -39,11 +35,14 @@ def _connect(ip, port, deadline):
 
 
 @algorithm_client
-def central(client, window_secs=120):
+def central(client, column="age", window_secs=120):
     organizations = [o["id"] for o in client.organization.list()]
     info(f"sending partial to organizations {organizations}")
     task = client.task.create(
-        input_={"method": "partial", "kwargs": {"window_secs": window_secs}},
+        input_={
+            "method": "partial",
+            "kwargs": {"column": column, "window_secs": window_secs},
+        },
         organizations=organizations,
         name="vpn-average partial",
         description="serves its partial sum on port 8888 over the VPN",
@@ -80,10 +79,14 @@ def central(client, window_secs=120):
     }
 
 
+@data(1)
 @algorithm_client
-def partial(client, window_secs=120):
-    data = _local_data(client.organization_id)
-    answer = {"organization_id": client.organization_id, "count": len(data), "sum": sum(data)}
+def partial(client, df, column="age", window_secs=120):
+    answer = {
+        "organization_id": client.organization_id,
+        "count": int(df[column].count()),
+        "sum": float(df[column].sum()),
+    }
     served = 0
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -293,7 +293,11 @@ pub async fn container(
         collaboration_id: n.collaboration_id,
         task_id: b.task_id,
         image: task.image,
-        databases: store::task_databases(&mut db, b.task_id).await?,
+        databases: store::task_databases(&mut db, b.task_id)
+            .await?
+            .iter()
+            .map(crate::api::TaskDatabase::flattened)
+            .collect(),
     };
     // No expiry: the token is good while its node exists and its run is unfinished, which
     // every use checks (see `caller`).
