@@ -136,6 +136,14 @@ enum Images {
         /// The Python to make the algorithm's venv with.
         #[arg(long, value_name = "PYTHON", default_value = "python3")]
         python: PathBuf,
+        /// The version of vantage6's algorithm tools the algorithm gets (an algorithm that asks
+        /// for them without a version would get the newest, vantage6 5's, otherwise).
+        #[arg(long, value_name = "VERSION", default_value = "4.14.0")]
+        vantage6_version: String,
+        /// More requirements for the algorithm's venv, as pip takes them (`'pandas<3'` for an
+        /// algorithm written before pandas 3, as vantage6's algorithm base image would give it).
+        #[arg(long, value_name = "REQUIREMENT")]
+        require: Vec<String>,
     },
 }
 
@@ -232,9 +240,18 @@ fn main() -> ExitCode {
                     tag,
                     package,
                     python,
+                    vantage6_version,
+                    require,
                     ..
                 },
-        } => algorithm_image(&dir, tag.unwrap_or_default(), package, &python),
+        } => algorithm_image(
+            &dir,
+            tag.unwrap_or_default(),
+            package,
+            &python,
+            &vantage6_version,
+            require,
+        ),
         Command::Images {
             action: Images::Build {
                 vantage6_python, ..
@@ -407,6 +424,8 @@ fn algorithm_image(
     tag: String,
     package: Option<String>,
     python: &std::path::Path,
+    vantage6_version: &str,
+    require: Vec<String>,
 ) -> anyhow::Result<()> {
     use algonet::docker::python;
     let dir = dir
@@ -425,7 +444,9 @@ fn algorithm_image(
         dir.display(),
         cache.display()
     );
-    let venv_python = python::install(python, &dir, &cache)?;
+    let mut pins = require;
+    pins.push(format!("vantage6-algorithm-tools=={vantage6_version}"));
+    let venv_python = python::install(python, &dir, &cache, &pins)?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let docker = algonet::docker::Docker::connect().await?;
         let algorithm = python::Algorithm {

@@ -244,9 +244,15 @@ pub fn venv_for(dir: &Path) -> PathBuf {
 }
 
 /// Installs the algorithm in `dir` (a Python package: `setup.py` or `pyproject.toml`) with
-/// its dependencies from PyPI into a venv of `python` at `venv`, made if absent; returns the
-/// venv's interpreter.
-pub fn install(python: &Path, dir: &Path, venv: &Path) -> Result<PathBuf, ImageError> {
+/// its dependencies from PyPI into a venv of `python` at `venv`, made if absent, together with
+/// `pins` (requirements such as `vantage6-algorithm-tools==4.14.0`, which an algorithm's
+/// unpinned dependency on the tools then keeps to); returns the venv's interpreter.
+pub fn install(
+    python: &Path,
+    dir: &Path,
+    venv: &Path,
+    pins: &[String],
+) -> Result<PathBuf, ImageError> {
     let fail = |reason: String| ImageError::Python {
         python: python.to_path_buf(),
         reason,
@@ -288,6 +294,7 @@ pub fn install(python: &Path, dir: &Path, venv: &Path) -> Result<PathBuf, ImageE
                 "--quiet",
                 "--disable-pip-version-check",
             ])
+            .args(pins)
             .arg(dir),
         "pip install",
     )?;

@@ -136,6 +136,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         .unwrap_or_else(|| format!("node-{}", client.node_id));
     let owner = format!("node:{name}");
     tracing::info!("logged in as node {} ({name})", client.node_id);
+    log_data_and_policies(&config);
     let docker = Docker::connect().await?;
     let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
     for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
@@ -337,6 +338,50 @@ async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeErr
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(())
+}
+
+/// Says at start what the node gives algorithms and whose runs it admits.
+fn log_data_and_policies(config: &NodeConfig) {
+    let labels: Vec<&str> = config.databases.iter().map(|d| d.label.as_str()).collect();
+    tracing::info!(
+        "databases: {}",
+        if labels.is_empty() {
+            "none".to_string()
+        } else {
+            labels.join(", ")
+        }
+    );
+    let p = &config.policies;
+    let or_anyone = |v: String, empty: bool| if empty { "anyone".to_string() } else { v };
+    tracing::info!(
+        "policies: algorithms {}; users {}; organizations {}; algorithm logs {}",
+        or_anyone(
+            format!("{:?}", p.allowed_algorithms),
+            p.allowed_algorithms.is_empty()
+        ),
+        or_anyone(
+            format!(
+                "{:?}",
+                p.allowed_users.iter().map(|i| i.0).collect::<Vec<_>>()
+            ),
+            p.allowed_users.is_empty()
+        ),
+        or_anyone(
+            format!(
+                "{:?}",
+                p.allowed_organizations
+                    .iter()
+                    .map(|i| i.0)
+                    .collect::<Vec<_>>()
+            ),
+            p.allowed_organizations.is_empty()
+        ),
+        if config.share_algorithm_logs {
+            "shared with the server"
+        } else {
+            "not shared"
+        }
+    );
 }
 
 /// The pending runs to claim now, oldest first: as many as there are free places, the rest

@@ -250,6 +250,17 @@ mod tests {
             ("dataplane_queues: 0\n", "dataplane_queues"),
             ("dataplane_queues: 65\n", "dataplane_queues"),
             ("max_concurrent_runs: 0\n", "max_concurrent_runs"),
+            ("databases: [{label: a, uri: /x, type: xml}]\n", "databases"),
+            (
+                "databases: [{label: a, uri: /nonexistent.csv, type: csv}]\n",
+                "databases[0].uri",
+            ),
+            ("policies: {allowed_users: [alice]}\n", "policies"),
+            (
+                "policies: {allowed_algorithms: ['[']}\n",
+                "allowed_algorithms",
+            ),
+            ("algorithm_env: {PKG_NAME: x}\n", "algorithm_env"),
             ("images: {vpn: x}\n", "vpn"),
             ("name: a b\n", "name"),
             ("colour: blue\n", "colour"),
