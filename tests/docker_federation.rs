@@ -802,6 +802,22 @@ async fn node_without_vpn_at_the_server() {
     });
     let log = dir.join("node.log");
     wait_log(&log, "running without VPN", 1, Duration::from_secs(60)).await;
+    // The same configuration started again (by hand, beside the service): refused, naming the
+    // running node, whose containers stay.
+    let before = docker.owned_by("node:tnovpn").await.expect("list").len();
+    let second = std::process::Command::new(bin)
+        .args(["node", "--config"])
+        .arg(dir.join("node.yaml"))
+        .output()
+        .expect("a second node");
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{refusal}");
+    assert!(refusal.contains("another algonet node (pid"), "{refusal}");
+    assert_eq!(
+        docker.owned_by("node:tnovpn").await.expect("list").len(),
+        before,
+        "the running node's containers"
+    );
     let status = std::process::Command::new(bin)
         .args(["node", "status", "--json", "--config"])
         .arg(dir.join("node.yaml"))
@@ -864,7 +880,7 @@ async fn node_without_vpn_at_the_server() {
     }
     let mut node = procs.0.pop().expect("the node");
     algonet::demo::stop(&mut node, Duration::from_secs(60));
-    assert_eq!(status().await, "killed");
+    assert_eq!(status().await, "killed by user");
     assert_eq!(other_status().await, "pending", "never claimed");
     let rest = heard.join().expect("notifications");
     assert!(

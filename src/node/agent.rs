@@ -42,6 +42,9 @@ pub enum NodeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// another process runs with this configuration
+    #[error(transparent)]
+    Lock(#[from] crate::node::lock::LockError),
     /// what an earlier process of this node left could not be removed
     #[error("cleaning up after an earlier run of this node: {0}")]
     Reconcile(Box<NodeError>),
@@ -146,6 +149,9 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         path: config.task_dir.clone(),
         source,
     })?;
+    // Before anything of the node is touched: another process of this configuration keeps
+    // what it has.
+    let _lock = crate::node::lock::take(&config.task_dir)?;
     // Bound before anything is made, so a taken address fails the start with nothing to undo.
     let status_socket = status::listen(&config.status_socket())?;
     let metrics = match config.metrics_listen {

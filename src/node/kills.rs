@@ -7,30 +7,16 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::api::RunId;
-use crate::node::retry::Backoff;
+use crate::node::scope::Answers;
 use crate::node::state::{lock, Node};
 
 /// Follows the server's open runs of this node until the task is ended.
 pub async fn follow(node: Arc<Node>) {
-    let mut etag: Option<String> = None;
-    let mut backoff = Backoff::from(Duration::from_secs(1));
+    let mut answers = Answers::new(&node, "following the runs for kills");
     loop {
-        let peers = match node.client.peers(etag.as_deref()).await {
-            Ok(p) => p,
-            Err(e) => {
-                let wait = backoff.next_wait();
-                tracing::warn!(
-                    "following the runs for kills: {e}; next try in {}s",
-                    wait.as_secs()
-                );
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        backoff.reset();
+        let peers = answers.next().await;
         let open: HashSet<RunId> = peers.runs.iter().map(|r| r.run_id).collect();
         // A run the node itself is ending left the open runs by its own report.
         for run in ended(&node.observed.unended_run_ids(), &open) {
@@ -43,7 +29,6 @@ pub async fn follow(node: Arc<Node>) {
                 tracing::warn!("run {run}: removing its algorithm: {e}");
             }
         }
-        etag = Some(peers.etag);
     }
 }
 

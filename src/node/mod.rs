@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod hub;
 pub mod kills;
+pub mod lock;
 pub mod policy;
 pub mod ports;
 pub mod proxy;

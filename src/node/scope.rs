@@ -67,6 +67,47 @@ pub async fn install(node: &Node, run: RunId) -> Result<(), ScopeError> {
     Ok(())
 }
 
+/// The answers of `GET /vpn/peers`, each one that differs from the one before (the server holds
+/// each request until something changed); while the server does not answer, it waits with
+/// doubling pauses, saying so under `what`. The scope follower and the kill follower each hold
+/// one: the node's two waits at the server.
+#[derive(Debug)]
+pub struct Answers<'a> {
+    node: &'a Node,
+    what: &'static str,
+    etag: Option<String>,
+    backoff: Backoff,
+}
+
+impl<'a> Answers<'a> {
+    pub fn new(node: &'a Node, what: &'static str) -> Answers<'a> {
+        Answers {
+            node,
+            what,
+            etag: None,
+            backoff: Backoff::from(Duration::from_secs(1)),
+        }
+    }
+
+    /// The next answer.
+    pub async fn next(&mut self) -> Peers {
+        loop {
+            match self.node.client.peers(self.etag.as_deref()).await {
+                Ok(peers) => {
+                    self.backoff.reset();
+                    self.etag = Some(peers.etag.clone());
+                    return peers;
+                }
+                Err(e) => {
+                    let wait = self.backoff.next_wait();
+                    tracing::warn!("{}: {e}; next try in {}s", self.what, wait.as_secs());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
 /// Follows the server's answer for every run of the node and installs what changed, until the
 /// task is ended.
 pub async fn follow(node: Arc<Node>) {
@@ -74,22 +115,9 @@ pub async fn follow(node: Arc<Node>) {
         return;
     }
     let mut installed: HashMap<RunId, Scope> = HashMap::new();
-    let mut etag: Option<String> = None;
-    let mut backoff = Backoff::from(Duration::from_secs(1));
+    let mut answers = Answers::new(&node, "following the runs' peers");
     loop {
-        let peers = match node.client.peers(etag.as_deref()).await {
-            Ok(p) => p,
-            Err(e) => {
-                let wait = backoff.next_wait();
-                tracing::warn!(
-                    "following the runs' peers: {e}; next try in {}s",
-                    wait.as_secs()
-                );
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        backoff.reset();
+        let peers = answers.next().await;
         // Only runs this node set up: the router knows no others (and a run it is setting up
         // installs its own scope before its algorithm starts).
         let ours = node.observed.run_ids();
@@ -109,7 +137,6 @@ pub async fn follow(node: Arc<Node>) {
                 Err(e) => tracing::warn!("run {run}: setting its peers: {e}"),
             }
         }
-        etag = Some(peers.etag);
     }
 }
 

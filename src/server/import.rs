@@ -404,6 +404,14 @@ pub async fn import(
     } else {
         store::commit(tx).await?;
     }
+    tracing::info!(
+        file = %file.display(),
+        organizations = summary.organizations,
+        users = summary.users,
+        collaborations = summary.collaborations,
+        nodes = summary.nodes.len(),
+        "imported"
+    );
     Ok(summary)
 }
 

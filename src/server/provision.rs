@@ -64,6 +64,7 @@ pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, Provision
     store::insert_certificate(&mut tx, &cert.serial, node).await?;
     write_crl(&mut tx, &pki).await?;
     store::commit(tx).await?;
+    tracing::info!(node_id = %node, serial = %cert.serial, "VPN certificate issued; the node's earlier ones revoked");
     Ok(VpnProfile {
         ovpn_config: pki.profile(&cert),
         expires: None,

@@ -29,13 +29,13 @@ pub fn present(l: Links, id: CollaborationId, name: String) -> Collaboration {
 /// organization keys, so a client could never read what it stored.
 pub async fn create(
     State(s): State<AppState>,
-    _: AdminCaller,
+    AdminCaller(a): AdminCaller,
     Json(b): Json<NewCollaboration>,
 ) -> ApiResult<Json<Collaboration>> {
     if b.encrypted {
         return Err(ApiError::bad(
             "encrypted: algonet does not support encrypted collaborations; create it with \
-             encrypted false (inputs and results travel inside the VPN and the server's TLS)",
+             encrypted false (inputs and results are kept as sent)",
         ));
     }
     let mut tx = s.store.write().await?;
@@ -47,6 +47,7 @@ pub async fn create(
         store::insert_member(&mut tx, id, org).await?;
     }
     store::commit(tx).await?;
+    tracing::info!(collaboration_id = %id, name = %crate::logging::shown(&b.name), user_id = a.user, "collaboration created");
     Ok(Json(present(Links::of(&s), id, b.name)))
 }
 

@@ -22,7 +22,7 @@ use crate::server::{provision, store};
 
 pub async fn create(
     State(s): State<AppState>,
-    _: AdminCaller,
+    AdminCaller(a): AdminCaller,
     Json(b): Json<NewNode>,
 ) -> ApiResult<Created<NewNodeKey>> {
     let mut db = s.store.read().await?;
@@ -52,6 +52,7 @@ pub async fn create(
         &hash_key(&api_key),
     )
     .await?;
+    tracing::info!(node_id = %id, organization_id = %b.organization_id, collaboration_id = %b.collaboration_id, user_id = a.user, "node created");
     // The API key is shown once, here; only its hash is kept.
     let node = NodeRow {
         id,
@@ -180,12 +181,13 @@ pub fn present(l: Links, n: NodeRow) -> Node {
 /// The node goes, and with the built-in VPN its certificates are revoked.
 pub async fn delete(
     State(s): State<AppState>,
-    _: AdminCaller,
+    AdminCaller(a): AdminCaller,
     Path(id): Path<NodeId>,
 ) -> ApiResult<Json<Msg>> {
     if !provision::delete_node(&s, id).await? {
         return Err(ApiError::not_found("node", id));
     }
+    tracing::info!(node_id = %id, user_id = a.user, "node deleted; its certificates revoked");
     s.changed().await;
     Ok(Json(Msg {
         msg: format!("Node id={id} deleted."),

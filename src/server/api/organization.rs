@@ -35,10 +35,11 @@ pub fn present(l: Links, o: OrganizationRow) -> Organization {
 
 pub async fn create(
     State(s): State<AppState>,
-    _: AdminCaller,
+    AdminCaller(a): AdminCaller,
     Json(b): Json<NewOrganization>,
 ) -> ApiResult<Created<Organization>> {
     let row = store::insert_organization(&mut *s.store.read().await?, &b).await?;
+    tracing::info!(organization_id = %row.id, name = %crate::logging::shown(&row.name), user_id = a.user, "organization created");
     Ok(Created(present(Links::of(&s), row)))
 }
 

@@ -160,6 +160,7 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
         }
         store::Refresh::Gone => return Err(refused()),
     }
+    tracing::info!(subject = %subject, "token refreshed");
     let pair = tokens(&s, &checked.claimed, id, &next);
     Ok(match checked.claimed {
         Claimed::Node(node) => Json(node_tokens(&s, node, pair)).into_response(),
