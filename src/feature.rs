@@ -18,6 +18,8 @@ use crate::echo::{Input, Probe, Report};
 pub struct Target {
     /// The server's API root, e.g. `http://127.0.0.1:7601/api`.
     pub api: String,
+    /// Certificate authorities to trust beside the system's (a PEM file).
+    pub ca_file: Option<std::path::PathBuf>,
     pub username: String,
     pub password: String,
     pub collaboration: CollaborationId,
@@ -73,7 +75,8 @@ pub async fn members(
 
 /// Runs the test and returns one row per organization; prints progress to stderr.
 pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
-    let admin = Session::login_user(&t.api, &t.username, &t.password).await?;
+    let api = crate::api::client::Api::trusting(&t.api, t.ca_file.as_deref())?;
+    let admin = Session::login(api, &t.username, &t.password).await?;
     let orgs: Vec<(OrganizationId, String)> = members(&admin, t.collaboration)
         .await?
         .into_iter()

@@ -158,6 +158,9 @@ struct TestArgs {
     /// The API path below the server.
     #[arg(long, default_value = "/api")]
     api_path: String,
+    /// Certificate authorities to trust for the server beside the system's (a PEM file).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// The administrator's user name.
     #[arg(long, env = "ALGONET_USERNAME", default_value = "admin")]
     username: String,
@@ -479,6 +482,7 @@ fn demo_stop() -> anyhow::Result<()> {
 fn target(t: TestArgs) -> algonet::feature::Target {
     algonet::feature::Target {
         api: format!("{}{}", t.server.trim_end_matches('/'), t.api_path),
+        ca_file: t.ca_file,
         username: t.username,
         password: t.password,
         collaboration: algonet::api::CollaborationId(t.collaboration),

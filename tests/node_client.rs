@@ -40,7 +40,7 @@ async fn garbage_answers_are_errors() {
         (StatusCode::BAD_GATEWAY, r#"{"msg": "upstream"}"#),
     ] {
         let url = garbage_server(status, body).await;
-        let c = ServerClient::login(&url, "/api", "key")
+        let c = ServerClient::login(&url, "/api", "key", None)
             .await
             .expect("login");
         assert_eq!(c.node_id, NodeId(7));
@@ -71,7 +71,7 @@ async fn an_unreachable_server_is_transient() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let e = ServerClient::login(&format!("http://127.0.0.1:{port}"), "/api", "k")
+    let e = ServerClient::login(&format!("http://127.0.0.1:{port}"), "/api", "k", None)
         .await
         .expect_err("nothing listens");
     assert!(e.transient(), "{e}");

@@ -13,8 +13,8 @@ use super::wire::Msg;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// no answer: connection refused, timed out, or broken
-    #[error("server unreachable ({0})")]
+    /// no answer: connection refused, name not found, TLS refused, timed out, or broken
+    #[error("server unreachable: {0}")]
     Unreachable(String),
     /// the server answered with an error status
     #[error("server refused {what}: {status} {message}")]
@@ -57,11 +57,62 @@ pub struct Api {
 /// How long one call may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What kind of failure a request met, and every cause it gives, in one line: whether the
+/// connection was refused, the name not found, the server's certificate not trusted (with
+/// rustls's reason), or the time up.
+fn unreachable(e: &reqwest::Error) -> ClientError {
+    let mut causes = Vec::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !causes.iter().any(|t: &String| t.contains(&text)) {
+            causes.push(text);
+        }
+        cause = c.source();
+    }
+    let all = causes.join(": ").to_lowercase();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        "TLS"
+    } else if all.contains("dns error") || all.contains("failed to lookup") {
+        "name not found"
+    } else if all.contains("connection refused") {
+        "connection refused"
+    } else {
+        "no answer"
+    };
+    let url = e.url().map_or_else(String::new, |u| format!(" ({u})"));
+    ClientError::Unreachable(format!("{kind}{url}: {}", causes.join(": ")))
+}
+
+/// Reads the certificates of a PEM file, to trust beside the system's.
+pub fn trusted(ca_file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: not PEM certificates: {e}", ca_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", ca_file.display()));
+    }
+    Ok(certs)
+}
+
 impl Api {
-    /// The API at `base`, e.g. `http://127.0.0.1:7601/api` (a trailing `/` is dropped).
+    /// The API at `base`, e.g. `http://127.0.0.1:7601/api` (a trailing `/` is dropped), trusting
+    /// the system's certificate authorities (and `SSL_CERT_FILE`) and the built-in public ones.
     pub fn new(base: &str) -> Result<Api, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+        Api::trusting(base, None)
+    }
+
+    /// [`Api::new`], trusting also the authorities in `ca_file` (a hospital's own CA).
+    pub fn trusting(base: &str, ca_file: Option<&std::path::Path>) -> Result<Api, ClientError> {
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        if let Some(file) = ca_file {
+            for cert in trusted(file).map_err(ClientError::Unreachable)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(Api {
@@ -95,15 +146,9 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let resp = req.send().await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let text = resp.text().await.map_err(|e| unreachable(&e))?;
         if !status.is_success() {
             let message = serde_json::from_str::<Msg>(&text)
                 .map(|m| m.msg)
@@ -142,7 +187,11 @@ impl Session {
         username: &str,
         password: &str,
     ) -> Result<Session, ClientError> {
-        let api = Api::new(base)?;
+        Session::login(Api::new(base)?, username, password).await
+    }
+
+    /// A user's session on `api`.
+    pub async fn login(api: Api, username: &str, password: &str) -> Result<Session, ClientError> {
         let login = super::UserLogin {
             username: username.into(),
             password: password.into(),

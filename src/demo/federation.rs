@@ -462,6 +462,7 @@ impl Federation {
     ) -> Result<Vec<Row>, FeatureError> {
         crate::feature::run(&Target {
             api: self.api.clone(),
+            ca_file: None,
             username: ADMIN.0.into(),
             password: ADMIN.1.into(),
             collaboration: self.collaboration,

@@ -127,7 +127,12 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
     let stop = CancellationToken::new();
     let signals = on_signal(stop.clone())?;
     let client = with_backoff("login", || {
-        ServerClient::login(&config.server_url, &config.api_path, &config.api_key)
+        ServerClient::login(
+            &config.server_url,
+            &config.api_path,
+            &config.api_key,
+            config.ca_file.as_deref(),
+        )
     });
     let client = tokio::select! {
         c = client => c.map_err(NodeError::Login)?,

@@ -24,17 +24,19 @@ pub struct ServerClient {
 
 impl ServerClient {
     /// `POST /token/node` with the API key.
+    /// Logs in at `server_url`, trusting the authorities of `ca_file` beside the system's.
     pub async fn login(
         server_url: &str,
         api_path: &str,
         api_key: &str,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<ServerClient, ClientError> {
         let base = format!(
             "{}/{}",
             server_url.trim_end_matches('/'),
             api_path.trim_matches('/')
         );
-        let api = Api::new(&base)?;
+        let api = Api::trusting(&base, ca_file)?;
         let t = Self::token(&api, api_key).await?;
         Ok(ServerClient {
             api,

@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// without, the server gets vantage6's refusal text and the node's own notes only.
     #[serde(default = "default_share_algorithm_logs")]
     pub share_algorithm_logs: bool,
+    /// Certificate authorities to trust for `server_url` beside the system's (a PEM file: a
+    /// hospital's own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_share_algorithm_logs() -> bool {
@@ -196,6 +200,9 @@ impl NodeConfig {
             return Err("max_concurrent_runs: must be at least 1".into());
         }
         crate::node::data::check(&c.databases)?;
+        if let Some(ca) = &c.ca_file {
+            crate::api::client::trusted(ca).map_err(|e| format!("ca_file: {e}"))?;
+        }
         crate::node::policy::check(&c.policies)?;
         if let Some(key) = c.algorithm_env.keys().find(|k| {
             k.as_str() == "PKG_NAME"
