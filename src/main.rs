@@ -25,6 +25,10 @@ enum Command {
             global = true
         )]
         config: Option<PathBuf>,
+        /// Check the configuration, the database and the listen addresses, and exit (0: all
+        /// good) without starting anything.
+        #[arg(long)]
+        check: bool,
         #[command(subcommand)]
         action: Option<ServerAction>,
     },
@@ -33,6 +37,10 @@ enum Command {
         /// The node's YAML configuration.
         #[arg(long, env = "ALGONET_NODE_CONFIG", value_name = "FILE", global = true)]
         config: Option<PathBuf>,
+        /// Check the configuration, the login at the server, Docker and the images, and exit (0:
+        /// all good) without starting anything.
+        #[arg(long)]
+        check: bool,
         #[command(subcommand)]
         action: Option<NodeAction>,
     },
@@ -208,10 +216,19 @@ fn main() -> ExitCode {
         Command::Server {
             config,
             action: None,
-        } => server(config.unwrap_or_else(|| usage("algonet server needs --config <FILE>"))),
+            check,
+        } => {
+            let config = config.unwrap_or_else(|| usage("algonet server needs --config <FILE>"));
+            if check {
+                server_check(config)
+            } else {
+                server(config)
+            }
+        }
         Command::Server {
             config,
             action: Some(ServerAction::Import { file, keys }),
+            ..
         } => import(
             config.unwrap_or_else(|| usage("algonet server import needs --config <FILE>")),
             &file,
@@ -220,6 +237,7 @@ fn main() -> ExitCode {
         Command::Server {
             config,
             action: Some(ServerAction::Revoke { user, node }),
+            ..
         } => revoke(
             config.unwrap_or_else(|| usage("algonet server revoke needs --config <FILE>")),
             match (user, node) {
@@ -231,10 +249,19 @@ fn main() -> ExitCode {
         Command::Node {
             config,
             action: None,
-        } => node(config.unwrap_or_else(|| usage("algonet node needs --config <FILE>"))),
+            check,
+        } => {
+            let config = config.unwrap_or_else(|| usage("algonet node needs --config <FILE>"));
+            if check {
+                node_check(config)
+            } else {
+                node(config)
+            }
+        }
         Command::Node {
             config,
             action: Some(NodeAction::Status { json, socket }),
+            ..
         } => node_status(config, socket, json),
         Command::Images {
             action:
@@ -377,6 +404,54 @@ fn usage(message: &str) -> ! {
     <Cli as clap::CommandFactory>::command()
         .error(clap::error::ErrorKind::MissingRequiredArgument, message)
         .exit()
+}
+
+/// `algonet server --check`: what a start would need, tried without starting.
+fn server_check(path: PathBuf) -> anyhow::Result<()> {
+    let config = algonet::server::config::ServerConfig::load(&path)?;
+    for (what, addr) in std::iter::once(("listen", Some(config.listen)))
+        .chain(std::iter::once(("metrics_listen", config.metrics_listen)))
+    {
+        if let Some(addr) = addr {
+            std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))?;
+        }
+    }
+    let at = config.database();
+    tokio::runtime::Runtime::new()?.block_on(algonet::server::store::Store::check(&at))?;
+    println!(
+        "{}: ok (database {} answers, listen addresses free)",
+        path.display(),
+        at.shown()
+    );
+    Ok(())
+}
+
+/// `algonet node --check`: the login at the server, Docker and the images, without starting.
+fn node_check(path: PathBuf) -> anyhow::Result<()> {
+    let config = algonet::node::config::NodeConfig::load(&path)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let client = algonet::node::client::ServerClient::login(
+            &config.server_url,
+            &config.api_path,
+            &config.api_key,
+            config.ca_file.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("logging in at {}: {e}", config.server_url))?;
+        let docker = algonet::docker::Docker::connect().await?;
+        let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
+        for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
+            docker.image(image).await.map_err(|e| {
+                anyhow::anyhow!("{e}; build the images with `algonet images build`")
+            })?;
+        }
+        println!(
+            "{}: ok (logged in as node {}, Docker answers, images present)",
+            path.display(),
+            client.node_id
+        );
+        anyhow::Ok(())
+    })
 }
 
 fn node(path: PathBuf) -> anyhow::Result<()> {

@@ -99,3 +99,74 @@ fn failures_exit_1_naming_the_file_and_configs_come_from_the_environment() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(missing), "{}", text(&o));
 }
+
+/// `--check` tries what a start needs without starting anything: a good server configuration
+/// says so and exits 0; a broken one, or a listen address taken, exits 1 naming it; a node whose
+/// server does not answer exits 1 saying how it failed.
+#[test]
+fn check_validates_without_starting() {
+    let dir = std::env::temp_dir().join(format!("algonet-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let server = |listen: &str, password: &str| {
+        let file = dir.join(format!("server-{listen}-{password}.yaml").replace(':', "_"));
+        std::fs::write(
+            &file,
+            format!(
+                "listen: {listen}\nmetrics_listen: null\ndata_dir: {}\n\
+                 admin: {{username: root, password: {password}}}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("server.yaml");
+        file
+    };
+    let good = server("127.0.0.1:0", "correct-horse-battery");
+    let o = algonet(
+        &["server", "--config", &good.to_string_lossy(), "--check"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("ok"), "{}", text(&o));
+    assert!(!dir.join("data").exists(), "a check makes nothing");
+    let bad = server("127.0.0.1:0", "short");
+    let o = algonet(
+        &["server", "--config", &bad.to_string_lossy(), "--check"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("admin.password"), "{}", text(&o));
+    let busy = server(&format!("127.0.0.1:{port}"), "correct-horse-battery");
+    let o = algonet(
+        &["server", "--config", &busy.to_string_lossy(), "--check"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("listen 127.0.0.1:{port}")),
+        "{}",
+        text(&o)
+    );
+    drop(taken);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let node = dir.join("node.yaml");
+    std::fs::write(
+        &node,
+        format!(
+            "server_url: http://127.0.0.1:{closed_port}\napi_key: k\ntask_dir: {}\n",
+            dir.join("tasks").display()
+        ),
+    )
+    .expect("node.yaml");
+    let o = algonet(
+        &["node", "--config", &node.to_string_lossy(), "--check"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("connection refused"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -201,6 +201,34 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Whether the database at `at` answers, without migrating or creating anything: a SQLite
+    /// file not made yet is fine (the first start makes it).
+    pub async fn check(at: &Location) -> std::result::Result<(), OpenError> {
+        sqlx::any::install_default_drivers();
+        let url = at.shown();
+        let connect = |source| OpenError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let options = match at {
+            Location::Sqlite(path) if !path.exists() => return Ok(()),
+            Location::Sqlite(path) => sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .read_only(true)
+                .to_url_lossy(),
+            Location::Postgres(url) => url
+                .parse()
+                .map_err(|e| connect(sqlx::Error::Configuration(Box::new(e))))?,
+        };
+        let mut c = AnyConnectOptions::from_url(&options)
+            .map_err(connect)?
+            .connect()
+            .await
+            .map_err(connect)?;
+        (&mut c).execute("SELECT 1").await.map_err(connect)?;
+        sqlx::Connection::close(c).await.map_err(connect)
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
