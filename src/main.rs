@@ -406,52 +406,26 @@ fn usage(message: &str) -> ! {
         .exit()
 }
 
-/// `algonet server --check`: what a start would need, tried without starting.
+/// `algonet server --check`.
 fn server_check(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::server::config::ServerConfig::load(&path)?;
-    for (what, addr) in std::iter::once(("listen", Some(config.listen)))
-        .chain(std::iter::once(("metrics_listen", config.metrics_listen)))
-    {
-        if let Some(addr) = addr {
-            std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))?;
-        }
-    }
-    let at = config.database();
-    tokio::runtime::Runtime::new()?.block_on(algonet::server::store::Store::check(&at))?;
+    let database = tokio::runtime::Runtime::new()?.block_on(algonet::server::check(&config))?;
     println!(
-        "{}: ok (database {} answers, listen addresses free)",
-        path.display(),
-        at.shown()
+        "{}: ok (database {database} answers, listen addresses free)",
+        path.display()
     );
     Ok(())
 }
 
-/// `algonet node --check`: the login at the server, Docker and the images, without starting.
+/// `algonet node --check`.
 fn node_check(path: PathBuf) -> anyhow::Result<()> {
     let config = algonet::node::config::NodeConfig::load(&path)?;
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let client = algonet::node::client::ServerClient::login(
-            &config.server_url,
-            &config.api_path,
-            &config.api_key,
-            config.ca_file.as_deref(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("logging in at {}: {e}", config.server_url))?;
-        let docker = algonet::docker::Docker::connect().await?;
-        let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
-        for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
-            docker.image(image).await.map_err(|e| {
-                anyhow::anyhow!("{e}; build the images with `algonet images build`")
-            })?;
-        }
-        println!(
-            "{}: ok (logged in as node {}, Docker answers, images present)",
-            path.display(),
-            client.node_id
-        );
-        anyhow::Ok(())
-    })
+    let id = tokio::runtime::Runtime::new()?.block_on(algonet::node::agent::check(&config))?;
+    println!(
+        "{}: ok (logged in as node {id}, Docker answers, images present)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn node(path: PathBuf) -> anyhow::Result<()> {
@@ -505,35 +479,17 @@ fn algorithm_image(
     vantage6_version: &str,
     require: Vec<String>,
 ) -> anyhow::Result<()> {
-    use algonet::docker::python;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap_or_default();
-    let (named, ports) = python::from_dockerfile(&dockerfile);
-    let package = package.or(named).unwrap_or_else(|| {
-        dir.file_name()
-            .map(|n| n.to_string_lossy().replace('-', "_"))
-            .unwrap_or_default()
-    });
-    let cache = python::venv_for(&dir);
-    println!(
-        "installing {} and its dependencies into {}",
-        dir.display(),
-        cache.display()
-    );
     let mut pins = require;
     pins.push(format!("vantage6-algorithm-tools=={vantage6_version}"));
-    let venv_python = python::install(python, &dir, &cache, &pins)?;
+    let source = algonet::docker::python::AlgorithmSource {
+        dir: dir.to_path_buf(),
+        tag,
+        package,
+        pins,
+    };
     tokio::runtime::Runtime::new()?.block_on(async {
         let docker = algonet::docker::Docker::connect().await?;
-        let algorithm = python::Algorithm {
-            tag: tag.clone(),
-            package: package.clone(),
-            sources: Vec::new(),
-            ports,
-        };
-        python::build(&docker, &venv_python, algorithm).await?;
+        let (tag, package) = algonet::docker::python::build_source(&docker, python, source).await?;
         println!("built {tag} (module {package})");
         anyhow::Ok(())
     })

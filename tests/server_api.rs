@@ -1046,14 +1046,7 @@ async fn unknown_routes_and_bad_paths_answer_json() {
 async fn refresh_tokens_renew_and_do_nothing_else() {
     let f = federation("refresh").await;
     let s = &f.s;
-    let login = s
-        .ok(
-            "POST",
-            "/token/user",
-            None,
-            json!({"username": "root", "password": "correct-horse-battery"}),
-        )
-        .await;
+    let login = s.login().await;
     assert_eq!(login["refresh_url"], json!("/api/token/refresh"));
     assert_eq!(login["user_url"], json!("/api/user/1"));
     let refresh = login["refresh_token"].as_str().expect("refresh token");

@@ -341,14 +341,7 @@ async fn long_polls_are_bounded_per_node() {
 #[tokio::test]
 async fn refresh_tokens_rotate_and_a_reused_one_ends_its_session() {
     let s = server("refresh-rotation", "").await;
-    let login = s
-        .ok(
-            "POST",
-            "/token/user",
-            None,
-            json!({"username": "root", "password": "correct-horse-battery"}),
-        )
-        .await;
+    let login = s.login().await;
     let first = login["refresh_token"]
         .as_str()
         .expect("refresh")

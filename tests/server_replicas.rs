@@ -545,14 +545,7 @@ async fn a_change_at_one_replica_wakes_a_wait_at_the_other() {
         "{took:?} for node {node0_id}"
     );
 
-    let login = a
-        .ok(
-            "POST",
-            "/token/user",
-            None,
-            json!({"username": "root", "password": "correct-horse-battery"}),
-        )
-        .await;
+    let login = a.login().await;
     let refresh = login["refresh_token"].as_str().expect("refresh");
     let (st, _) = a.call("POST", "/token/refresh", Some(refresh), None).await;
     assert_eq!(st, StatusCode::OK);

@@ -8,10 +8,12 @@ pub mod codec;
 pub mod env;
 mod ids;
 mod resources;
+mod task_database;
 mod wire;
 
 pub use ids::{
     CollaborationId, ContainerPort, NodeId, OrganizationId, PublicPort, RunId, TaskId, PUBLIC_PORTS,
 };
 pub use resources::*;
+pub use task_database::*;
 pub use wire::*;

@@ -228,6 +228,55 @@ pub fn from_dockerfile(text: &str) -> (Option<String>, Vec<(String, Option<Strin
     (package, ports)
 }
 
+/// A vantage6 Python algorithm's source, to build an image of (`algonet images build
+/// --algorithm`).
+#[derive(Debug)]
+pub struct AlgorithmSource {
+    /// The package's folder (`setup.py` or `pyproject.toml`, and its Dockerfile if any).
+    pub dir: PathBuf,
+    pub tag: String,
+    /// The module vantage6's wrapper runs; by default the Dockerfile's `PKG_NAME`, else the
+    /// folder's name with `-` as `_`.
+    pub package: Option<String>,
+    /// Requirements installed with it (the federation's vantage6 tools, say).
+    pub pins: Vec<String>,
+}
+
+/// Installs `source` with its dependencies into its venv (see [`venv_for`]) made with `python`
+/// and builds its image; returns the image's name and the module it runs.
+pub async fn build_source(
+    docker: &Docker,
+    python: &Path,
+    source: AlgorithmSource,
+) -> Result<(String, String), ImageError> {
+    let dir = source.dir.canonicalize().map_err(|e| ImageError::Read {
+        path: source.dir.clone(),
+        source: e,
+    })?;
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap_or_default();
+    let (named, ports) = from_dockerfile(&dockerfile);
+    let package = source.package.or(named).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().replace('-', "_"))
+            .unwrap_or_default()
+    });
+    let venv = venv_for(&dir);
+    tracing::info!(
+        "installing {} and its dependencies into {}",
+        dir.display(),
+        venv.display()
+    );
+    let venv_python = install(python, &dir, &venv, &source.pins)?;
+    let algorithm = Algorithm {
+        tag: source.tag.clone(),
+        package: package.clone(),
+        sources: Vec::new(),
+        ports,
+    };
+    build(docker, &venv_python, algorithm).await?;
+    Ok((source.tag, package))
+}
+
 /// The venv an algorithm folder's packages are installed in, kept between builds (pip then
 /// only adds what changed): under `$XDG_CACHE_HOME/algonet/venvs/` (or `~/.cache`).
 pub fn venv_for(dir: &Path) -> PathBuf {

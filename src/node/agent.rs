@@ -146,8 +146,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
     tracing::info!("logged in as node {} ({name})", client.node_id);
     log_data_and_policies(&config);
     let docker = Docker::connect().await?;
-    let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
-    for image in std::iter::once(&config.images.sandbox).chain(vpn_image) {
+    for image in images(&config) {
         docker.image(image).await.map_err(NodeError::MissingImage)?;
     }
     crate::private::dir(&config.task_dir).map_err(|source| NodeError::TaskDir {
@@ -349,6 +348,30 @@ async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeErr
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(())
+}
+
+/// What a start of `config` needs, tried without starting anything (`algonet node --check`):
+/// the login at the server, Docker, the images. Returns the node's id.
+pub async fn check(config: &NodeConfig) -> anyhow::Result<crate::api::NodeId> {
+    let client = ServerClient::login(
+        &config.server_url,
+        &config.api_path,
+        &config.api_key,
+        config.ca_file.as_deref(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("logging in at {}: {e}", config.server_url))?;
+    let docker = Docker::connect().await?;
+    for image in images(config) {
+        docker.image(image).await.map_err(NodeError::MissingImage)?;
+    }
+    Ok(client.node_id)
+}
+
+/// The images a node of `config` runs: the sandbox, and with a VPN the OpenVPN client.
+fn images(config: &NodeConfig) -> impl Iterator<Item = &String> {
+    let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
+    std::iter::once(&config.images.sandbox).chain(vpn_image)
 }
 
 /// Says at start what the node gives algorithms and whose runs it admits.

@@ -141,6 +141,23 @@ async fn admin_credential(store: &Store, admin: &config::Admin) -> Result<(), Se
     Ok(())
 }
 
+/// What a start of `config` needs, tried without starting anything (`algonet server --check`):
+/// the listen addresses free, the database answering (neither made nor migrated). Returns the
+/// database as it may be shown.
+pub async fn check(config: &ServerConfig) -> anyhow::Result<String> {
+    for (what, addr) in [
+        ("listen", Some(config.listen)),
+        ("metrics_listen", config.metrics_listen),
+    ] {
+        if let Some(addr) = addr {
+            std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))?;
+        }
+    }
+    let at = config.database();
+    Store::check(&at).await?;
+    Ok(at.shown())
+}
+
 /// Whose sessions `algonet server revoke` ends.
 #[derive(Clone, Debug)]
 pub enum Revoke {

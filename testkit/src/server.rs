@@ -88,10 +88,15 @@ impl Server {
 }
 
 impl Server {
+    /// The administrator's login: access and refresh token, links.
+    pub async fn login(&self) -> Value {
+        let login = json!({"username": "root", "password": "correct-horse-battery"});
+        self.ok("POST", "/token/user", None, login).await
+    }
+
     /// The administrator's token.
     pub async fn admin(&self) -> String {
-        let login = json!({"username": "root", "password": "correct-horse-battery"});
-        self.ok("POST", "/token/user", None, login).await["access_token"]
+        self.login().await["access_token"]
             .as_str()
             .expect("token")
             .to_string()

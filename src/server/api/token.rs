@@ -162,16 +162,10 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
     }
     tracing::info!(subject = %subject, "token refreshed");
     let pair = tokens(&s, &checked.claimed, id, &next);
-    Ok(match checked.claimed {
-        Claimed::Node(node) => Json(node_tokens(&s, node, pair)).into_response(),
-        _ => Json(user_tokens(&s, user_id(&checked.claimed), pair)).into_response(),
-    })
-}
-
-fn user_id(claimed: &Claimed) -> i64 {
-    match claimed {
-        Claimed::User(id) => *id,
-        _ => ADMIN_USER,
+    match checked.claimed {
+        Claimed::User(user) => Ok(Json(user_tokens(&s, user, pair)).into_response()),
+        Claimed::Node(node) => Ok(Json(node_tokens(&s, node, pair)).into_response()),
+        Claimed::Container(_) => Err(refused()),
     }
 }
 

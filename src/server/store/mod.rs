@@ -142,33 +142,53 @@ pub fn hide_password(url: &str) -> String {
 /// is down must not hold every request for long.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a failure to reach the database at `at` says: its URL (password hidden) and the cause.
+fn connect_error(at: &Location) -> impl Fn(sqlx::Error) -> OpenError {
+    let url = at.shown();
+    move |source| OpenError::Connect {
+        url: url.clone(),
+        source,
+    }
+}
+
+/// How to connect to the database at `at`: a SQLite file made if missing (`write`) or opened
+/// read-only, or PostgreSQL's URL; and which database it is.
+fn connect_options(
+    at: &Location,
+    write: bool,
+) -> std::result::Result<(AnyConnectOptions, Backend), OpenError> {
+    sqlx::any::install_default_drivers();
+    let connect = connect_error(at);
+    let (url, backend) = match at {
+        Location::Sqlite(path) => (
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(write)
+                .read_only(!write)
+                .to_url_lossy(),
+            Backend::Sqlite,
+        ),
+        Location::Postgres(url) => (
+            url.parse()
+                .map_err(|e| connect(sqlx::Error::Configuration(Box::new(e))))?,
+            Backend::Postgres,
+        ),
+    };
+    Ok((
+        AnyConnectOptions::from_url(&url).map_err(&connect)?,
+        backend,
+    ))
+}
+
 impl Store {
     /// Opens (creating and migrating as needed) the database at `at`.
     pub async fn open(at: &Location) -> std::result::Result<Store, OpenError> {
-        sqlx::any::install_default_drivers();
+        let (options, backend) = connect_options(at, true)?;
         let url = at.shown();
-        let connect = |source| OpenError::Connect {
-            url: url.clone(),
-            source,
-        };
-        let (options, backend) = match at {
-            Location::Sqlite(path) => (
-                sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(path)
-                    .create_if_missing(true)
-                    .to_url_lossy(),
-                Backend::Sqlite,
-            ),
-            Location::Postgres(url) => (
-                url.parse()
-                    .map_err(|e| connect(sqlx::Error::Configuration(Box::new(e))))?,
-                Backend::Postgres,
-            ),
-        };
-        let options = AnyConnectOptions::from_url(&options).map_err(connect)?;
+        let connect = connect_error(at);
         // One connection first, for the migrations: its failure says why (refused, no such
         // host, bad password), where the pool's would only say that it timed out.
-        let mut first = options.connect().await.map_err(connect)?;
+        let mut first = options.connect().await.map_err(&connect)?;
         let migrated = match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&mut first).await,
             Backend::Postgres => {
@@ -181,7 +201,7 @@ impl Store {
             url: url.clone(),
             source,
         })?;
-        sqlx::Connection::close(first).await.map_err(connect)?;
+        sqlx::Connection::close(first).await.map_err(&connect)?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -197,36 +217,23 @@ impl Store {
             })
             .connect_with(options)
             .await
-            .map_err(connect)?;
+            .map_err(&connect)?;
         Ok(Store { pool, backend })
     }
 
     /// Whether the database at `at` answers, without migrating or creating anything: a SQLite
     /// file not made yet is fine (the first start makes it).
     pub async fn check(at: &Location) -> std::result::Result<(), OpenError> {
-        sqlx::any::install_default_drivers();
-        let url = at.shown();
-        let connect = |source| OpenError::Connect {
-            url: url.clone(),
-            source,
-        };
-        let options = match at {
-            Location::Sqlite(path) if !path.exists() => return Ok(()),
-            Location::Sqlite(path) => sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(path)
-                .read_only(true)
-                .to_url_lossy(),
-            Location::Postgres(url) => url
-                .parse()
-                .map_err(|e| connect(sqlx::Error::Configuration(Box::new(e))))?,
-        };
-        let mut c = AnyConnectOptions::from_url(&options)
-            .map_err(connect)?
-            .connect()
-            .await
-            .map_err(connect)?;
-        (&mut c).execute("SELECT 1").await.map_err(connect)?;
-        sqlx::Connection::close(c).await.map_err(connect)
+        if let Location::Sqlite(path) = at {
+            if !path.exists() {
+                return Ok(());
+            }
+        }
+        let (options, _) = connect_options(at, false)?;
+        let connect = connect_error(at);
+        let mut c = options.connect().await.map_err(&connect)?;
+        (&mut c).execute("SELECT 1").await.map_err(&connect)?;
+        sqlx::Connection::close(c).await.map_err(&connect)
     }
 
     pub fn backend(&self) -> Backend {
