@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::api::client::{ClientError, Session};
 use crate::api::codec;
 use crate::api::{
-    CollaborationId, NewTask, Organization, OrganizationId, Page, Run, RunResult, RunStatus, Task,
+    CollaborationId, NewTask, Node, Organization, OrganizationId, Page, Run, RunResult, RunStatus, Task,
     TaskId, TaskOrganization,
 };
 use crate::echo::{Input, Probe, Report};
@@ -55,6 +55,11 @@ pub enum FeatureError {
     NoRun(TaskId),
     #[error("the echo task did not finish in time (last status {0})")]
     Timeout(RunStatus),
+    #[error(
+        "the node of {organization} did not take the parent run within {secs}s: is it running \
+         (`algonet node status` on its host)?"
+    )]
+    NeverTaken { organization: String, secs: u64 },
     #[error("the echo task ended {status} without a report ({reason}); its log:\n{log}")]
     NoReport {
         status: RunStatus,
@@ -71,6 +76,32 @@ pub async fn members(
     admin
         .all(&format!("/organization?collaboration_id={collaboration}"))
         .await
+}
+
+/// How often a run nobody took is mentioned again while the test waits.
+const PENDING_HINT_EVERY: Duration = Duration::from_secs(15);
+
+/// Says before the task is sent which organizations have no node with a VPN address: their
+/// rows will read "not reached", and a parent there may never be taken.
+async fn warn_without_address(
+    admin: &Session,
+    collaboration: CollaborationId,
+    orgs: &[(OrganizationId, String)],
+) -> Result<(), ClientError> {
+    let nodes: Vec<Node> = admin
+        .all(&format!("/node?collaboration_id={collaboration}"))
+        .await?;
+    for (id, name) in orgs {
+        let node = nodes.iter().find(|n| n.organization.id == *id);
+        match node {
+            None => eprintln!("note: {name} has no node in this collaboration"),
+            Some(n) if n.ip.is_none() => eprintln!(
+                "note: the node of {name} has no VPN address registered (it is down, or runs without VPN)"
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Runs the test and returns one row per organization; prints progress to stderr.
@@ -114,6 +145,7 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
         parent_id: None,
         databases: None,
     };
+    warn_without_address(&admin, t.collaboration, &orgs).await?;
     let task: Task = admin.post("/task", &task).await?;
     let task_id = task.id;
     eprintln!(
@@ -124,6 +156,7 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
     let started = Instant::now();
     let deadline = started + t.timeout + Duration::from_secs(120);
     let mut last = None;
+    let mut next_hint = PENDING_HINT_EVERY;
     let run = loop {
         let runs: Page<Run> = admin.get(&format!("/run?task_id={task_id}")).await?;
         let run = runs
@@ -142,8 +175,24 @@ pub async fn run(t: &Target) -> Result<Vec<Row>, FeatureError> {
         if run.status.is_finished() {
             break run;
         }
+        let waited = started.elapsed();
+        // A parent not even taken within the children's timeout will not report in time.
+        if run.status == RunStatus::Pending && waited >= t.timeout {
+            return Err(FeatureError::NeverTaken {
+                organization: parent.1,
+                secs: waited.as_secs(),
+            });
+        }
         if Instant::now() >= deadline {
             return Err(FeatureError::Timeout(run.status));
+        }
+        if run.status == RunStatus::Pending && waited >= next_hint {
+            eprintln!(
+                "  {:>5.1}s  parent run still pending: the node of {} has not taken it yet (is it running?)",
+                waited.as_secs_f64(),
+                parent.1
+            );
+            next_hint += PENDING_HINT_EVERY;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

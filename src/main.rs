@@ -184,6 +184,10 @@ struct TestArgs {
     /// Seconds to stream to each organization and back (0 to 60; 0: no throughput figures).
     #[arg(long, default_value_t = algonet::echo::default_stream(), value_parser = stream_secs)]
     stream_secs: f64,
+    /// Seconds the parent waits for every organization's address; a parent run no node took
+    /// by then fails the test.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout_secs: u64,
 }
 
 fn stream_secs(s: &str) -> Result<f64, String> {
@@ -519,7 +523,7 @@ fn target(t: TestArgs) -> algonet::feature::Target {
         collaboration: algonet::api::CollaborationId(t.collaboration),
         image: t.image,
         parent: t.parent.map(algonet::api::OrganizationId),
-        timeout: std::time::Duration::from_secs(90),
+        timeout: std::time::Duration::from_secs(t.timeout_secs),
         stream: std::time::Duration::from_secs_f64(t.stream_secs),
     }
 }

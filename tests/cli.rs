@@ -170,3 +170,32 @@ fn check_validates_without_starting() {
     assert!(text(&o).contains("connection refused"), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `algonet test` against a collaboration whose nodes are down: it says so before it sends the
+/// task, and fails naming the parent's node once its timeout has passed, not after minutes of
+/// silence.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_feature_test_names_a_node_that_is_down() {
+    let server = algonet_testkit::server::server("cli-feature-down", "").await;
+    let _nodes = server.nodes(2).await;
+    let base = server.base.trim_end_matches("/api").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let args = ["test", "--server", &base, "--collaboration", "1", "--username", "root"];
+        let args = [&args[..], &["--timeout-secs", "2", "--stream-secs", "0"]].concat();
+        algonet(&args, &[("ALGONET_PASSWORD", "correct-horse-battery")])
+    })
+    .await
+    .expect("algonet test");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for org in ["o0", "o1"] {
+        assert!(
+            t.contains(&format!("note: the node of {org} has no VPN address registered")),
+            "{t}"
+        );
+    }
+    assert!(
+        t.contains("the node of o0 did not take the parent run within 2s"),
+        "{t}"
+    );
+}

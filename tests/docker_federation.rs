@@ -577,6 +577,14 @@ async fn federation_on_docker() {
     let b_config = fed.nodes[1].config.clone();
     let text = std::fs::read_to_string(&b_config).expect("node-b.yaml");
     std::fs::write(&b_config, format!("{text}vpn_connect_timeout_secs: 3\n")).expect("write");
+    let server_log = dir.join("server.log");
+    let issued = || {
+        std::fs::read_to_string(&server_log)
+            .expect("server.log")
+            .matches("VPN certificate issued")
+            .count()
+    };
+    let issued_before = issued();
     docker_cmd(&["pause", &fed.vpn_server]);
     fed.start_node(1).expect("node b again");
     wait_log(
@@ -586,6 +594,13 @@ async fn federation_on_docker() {
         Duration::from_secs(60),
     )
     .await;
+    let text = std::fs::read_to_string(&log_b).expect("log");
+    assert!(text.contains("the VPN server did not answer within 3s"), "{text}");
+    assert_eq!(
+        issued(),
+        issued_before,
+        "no new certificate for a silent VPN server"
+    );
     docker_cmd(&["unpause", &fed.vpn_server]);
     wait_log(
         &log_b,
@@ -595,6 +610,40 @@ async fn federation_on_docker() {
     )
     .await;
     assert_eq!(node_status(&fed, 1)["vpn"]["state"], "CONNECTED");
+
+    // 5c. The OpenVPN server restarted: the nodes reconnect at once (it tells them as it stops)
+    //     and keep their addresses (fixed per certificate by the server).
+    let before = [
+        node_ip(&fed, &admin, orgs[0]).await,
+        node_ip(&fed, &admin, orgs[1]).await,
+    ];
+    let again = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("VPN connected again with address")
+            .count()
+    };
+    let (again_a, again_b) = (again(&log_a), again(&log_b));
+    docker_cmd(&["restart", &fed.vpn_server]);
+    wait_log(
+        &log_a,
+        "VPN connected again with address",
+        again_a + 1,
+        Duration::from_secs(40),
+    )
+    .await;
+    wait_log(
+        &log_b,
+        "VPN connected again with address",
+        again_b + 1,
+        Duration::from_secs(40),
+    )
+    .await;
+    for (i, org) in [orgs[0], orgs[1]].into_iter().enumerate() {
+        assert_eq!(node_ip(&fed, &admin, org).await, before[i], "node {i}");
+        let status = node_status(&fed, i);
+        assert_eq!(status["vpn"]["address"], before[i].to_string(), "{status}");
+    }
 
     // The feature test once more, as an operator runs it: `algonet test`.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))

@@ -26,7 +26,7 @@ pub const LABEL_RUN: &str = "algonet.run";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot reach the Docker daemon ({0}); is dockerd running?")]
+    #[error("cannot reach the Docker daemon ({0}); {hint}", hint = connect_hint(.0))]
     Connect(bollard::errors::Error),
     #[error("docker: {what}: {source}")]
     Call {
@@ -35,6 +35,21 @@ pub enum DockerError {
     },
     #[error("docker: {0}")]
     State(String),
+}
+
+/// What to do about a failed connection: a socket that refuses this user needs root (or the
+/// docker group), anything else a running daemon.
+fn connect_hint(e: &bollard::errors::Error) -> &'static str {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return "permission denied on the Docker socket: run as root";
+            }
+        }
+        source = s.source();
+    }
+    "is dockerd running?"
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {

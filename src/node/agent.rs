@@ -27,6 +27,12 @@ use tracing::Instrument;
 /// Why the node could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// not run as root
+    #[error(
+        "needs root (it makes network namespaces, veths and a TUN device, and \
+         drives Docker); it runs as uid {0}"
+    )]
+    NotRoot(u32),
     /// the server refused the login, or answered garbage
     #[error("login: {0}")]
     Login(ClientError),
@@ -123,6 +129,7 @@ async fn reconcile(
 /// Runs the node until SIGINT or SIGTERM. `recent` keeps the warnings and errors the node
 /// logs, for `algonet node status`.
 pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
+    need_root()?;
     // Taken over first: a signal during start-up stops the node at the next step, cleanly.
     let stop = CancellationToken::new();
     let signals = on_signal(stop.clone())?;
@@ -350,9 +357,17 @@ async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeErr
     Ok(())
 }
 
+fn need_root() -> Result<(), NodeError> {
+    match nix::unistd::geteuid().as_raw() {
+        0 => Ok(()),
+        uid => Err(NodeError::NotRoot(uid)),
+    }
+}
+
 /// What a start of `config` needs, tried without starting anything (`algonet node --check`):
-/// the login at the server, Docker, the images. Returns the node's id.
+/// root, the login at the server, Docker, the images. Returns the node's id.
 pub async fn check(config: &NodeConfig) -> anyhow::Result<crate::api::NodeId> {
+    need_root()?;
     let client = ServerClient::login(
         &config.server_url,
         &config.api_path,

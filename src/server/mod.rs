@@ -206,14 +206,6 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     crate::private::dir(dir).map_err(files(dir))?;
     let at = config.database();
     let store = Store::open(&at).await?;
-    if let store::Location::Sqlite(db) = &at {
-        // SQLite makes its files with the process's umask; they hold every API key hash, result
-        // and secret.
-        for suffix in ["", "-wal", "-shm"] {
-            let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
-            crate::private::tighten(&path).map_err(files(&path))?;
-        }
-    }
     let signer = Signer::new(token_key(&store, dir).await?);
     admin_credential(&store, &config.admin).await?;
     let pki = match &config.vpn {

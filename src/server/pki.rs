@@ -377,7 +377,7 @@ impl Pki {
             "# written by algonet server; regenerated at every start\n\
              dev tun\ntopology subnet\nserver {net} {mask}\nclient-to-client\nproto udp4\nport {}\n\
              dh none\nca ca.crt\ncert server.crt\nkey server.key\ntls-crypt tls-crypt.key\ncrl-verify crl.pem\n\
-             keepalive 10 60\nverb 3\nfast-io\nsndbuf 1048576\nrcvbuf 1048576\n\
+             keepalive 10 60\nexplicit-exit-notify 1\nverb 3\nfast-io\nsndbuf 1048576\nrcvbuf 1048576\n\
              client-config-dir ccd\nccd-exclusive\n",
             self.vpn.port
         )

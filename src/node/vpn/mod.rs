@@ -7,6 +7,11 @@
 //! (`GET /vpn`) and try again. All failed: the node runs on without VPN, with the reasons, and
 //! [`lifecycle`] keeps trying in the background. It never stops the node.
 //!
+//! Unlike vantage6, a VPN server that sent not a single packet ends the order at once: a
+//! renewed or new profile carries a new certificate, and no certificate makes a silent server
+//! answer. So a node started while the VPN server is down tries one profile, asks the server
+//! for no certificate, and runs on after one connect timeout.
+//!
 //! The effects (starting OpenVPN and waiting for it, calling the server, writing the profile)
 //! sit behind [`VpnSteps`], so the order is tested on its own.
 
@@ -38,10 +43,15 @@ pub enum Outcome {
     },
 }
 
+/// Why a step failed; it becomes one of the reasons of [`Outcome::NoVpn`].
+pub trait StepError: Display {
+    /// The VPN server sent nothing at all: no other profile would do better.
+    fn server_silent(&self) -> bool;
+}
+
 /// The effects of the sequence.
 pub trait VpnSteps {
-    /// Why a step failed; it becomes one of the reasons of [`Outcome::NoVpn`].
-    type Error: Display;
+    type Error: StepError;
     /// Starts OpenVPN with this profile and waits for it to connect with an address in the
     /// VPN subnet.
     fn connect(
@@ -59,22 +69,34 @@ pub trait VpnSteps {
     fn save(&mut self, ovpn: &str) -> Result<(), Self::Error>;
 }
 
+/// Whether to go on with the next step of the order.
+enum Next {
+    Done(Outcome),
+    Try,
+    Stop,
+}
+
 async fn try_with(
     steps: &mut impl VpnSteps,
     ovpn: &str,
     source: Source,
     reasons: &mut Vec<String>,
-) -> Option<Outcome> {
+) -> Next {
     if source != Source::Existing {
         if let Err(e) = steps.save(ovpn) {
             reasons.push(format!("cannot keep the {source:?} profile: {e}"));
         }
     }
     match steps.connect(ovpn).await {
-        Ok(address) => Some(Outcome::Connected { address, source }),
+        Ok(address) => Next::Done(Outcome::Connected { address, source }),
         Err(e) => {
             reasons.push(format!("{source:?} profile did not connect: {e}"));
-            None
+            if e.server_silent() {
+                reasons.push("no new certificate asked for while the VPN server is silent".into());
+                Next::Stop
+            } else {
+                Next::Try
+            }
         }
     }
 }
@@ -83,21 +105,23 @@ async fn try_with(
 pub async fn bring_up(existing: Option<&str>, steps: &mut impl VpnSteps) -> Outcome {
     let mut reasons = Vec::new();
     if let Some(current) = existing {
-        if let Some(done) = try_with(steps, current, Source::Existing, &mut reasons).await {
-            return done;
+        match try_with(steps, current, Source::Existing, &mut reasons).await {
+            Next::Done(done) => return done,
+            Next::Stop => return Outcome::NoVpn { reasons },
+            Next::Try => {}
         }
         match steps.renew(current).await {
-            Ok(renewed) => {
-                if let Some(done) = try_with(steps, &renewed, Source::Renewed, &mut reasons).await {
-                    return done;
-                }
-            }
+            Ok(renewed) => match try_with(steps, &renewed, Source::Renewed, &mut reasons).await {
+                Next::Done(done) => return done,
+                Next::Stop => return Outcome::NoVpn { reasons },
+                Next::Try => {}
+            },
             Err(e) => reasons.push(format!("renewal (POST /vpn/update) failed: {e}")),
         }
     }
     match steps.fetch_new().await {
         Ok(new) => {
-            if let Some(done) = try_with(steps, &new, Source::New, &mut reasons).await {
+            if let Next::Done(done) = try_with(steps, &new, Source::New, &mut reasons).await {
                 return done;
             }
         }
@@ -110,20 +134,31 @@ pub async fn bring_up(existing: Option<&str>, steps: &mut impl VpnSteps) -> Outc
 mod tests {
     use super::*;
 
-    /// Scripted steps: which profiles connect, what the server answers; records the calls.
+    /// Scripted steps: which profiles connect, what the server answers, whether the VPN server
+    /// answers at all; records the calls.
     #[derive(Default)]
     struct Script {
         good: Vec<&'static str>,
         renew: Option<&'static str>,
         new: Option<&'static str>,
+        silent: bool,
         calls: Vec<String>,
+    }
+
+    /// A scripted failure: "silent" when the VPN server sent nothing.
+    impl StepError for String {
+        fn server_silent(&self) -> bool {
+            self.starts_with("silent")
+        }
     }
 
     impl VpnSteps for Script {
         type Error = String;
         async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, String> {
             self.calls.push(format!("connect {ovpn}"));
-            if self.good.contains(&ovpn) {
+            if self.silent {
+                Err("silent: no packet from the VPN server".into())
+            } else if self.good.contains(&ovpn) {
                 Ok(Ipv4Addr::new(10, 76, 0, 2))
             } else {
                 Err("TLS handshake failed".into())
@@ -231,5 +266,29 @@ mod tests {
         assert!(reasons[0].contains("Existing profile did not connect: TLS handshake failed"));
         assert!(reasons[1].contains("POST /vpn/update") && reasons[1].contains("501"));
         assert!(reasons[2].contains("GET /vpn") && reasons[2].contains("503"));
+    }
+
+    #[test]
+    fn a_silent_vpn_server_gets_one_try_and_no_new_certificate() {
+        let mut s = Script {
+            renew: Some("renewed"),
+            new: Some("new"),
+            silent: true,
+            ..Script::default()
+        };
+        let Outcome::NoVpn { reasons } = run(Some("old"), &mut s) else {
+            panic!("must fail")
+        };
+        assert_eq!(s.calls, ["connect old"], "no renewal, no new profile");
+        assert!(reasons.iter().any(|r| r.contains("no new certificate")));
+
+        // Without a saved profile the one try needs a new one, and stops there.
+        let mut s = Script {
+            new: Some("new"),
+            silent: true,
+            ..Script::default()
+        };
+        assert!(matches!(run(None, &mut s), Outcome::NoVpn { .. }));
+        assert_eq!(s.calls, ["new", "save new", "connect new"]);
     }
 }

@@ -27,6 +27,16 @@ impl TunnelState {
     pub fn connected(&self) -> bool {
         self.name == "CONNECTED"
     }
+
+    /// Whether this state means the VPN server answered: a client reaches AUTH only once the
+    /// server's first packet arrived; a silent server leaves it in WAIT, TCP_CONNECT or
+    /// RECONNECTING.
+    pub fn server_answered(&self) -> bool {
+        matches!(
+            self.name.as_str(),
+            "AUTH" | "GET_CONFIG" | "ASSIGN_IP" | "ADD_ROUTES" | "CONNECTED"
+        )
+    }
 }
 
 /// What went wrong talking to OpenVPN.
@@ -132,6 +142,21 @@ impl Management {
                 continue;
             }
             last = Some(parse_state(&l)?);
+        }
+    }
+
+    /// The states since OpenVPN started (`state all`), oldest first.
+    pub async fn history(&mut self) -> Result<Vec<TunnelState>, ManagementError> {
+        self.send("state all").await?;
+        let mut states = Vec::new();
+        loop {
+            let l = self.line().await?;
+            if l == "END" {
+                return Ok(states);
+            }
+            if !l.starts_with('>') {
+                states.push(parse_state(&l)?);
+            }
         }
     }
 

@@ -38,13 +38,16 @@ pub enum TunnelError {
         address: Option<Ipv4Addr>,
         subnet: Ipv4Net,
     },
-    /// no CONNECTED by the deadline
+    /// no CONNECTED by the deadline, though the VPN server answered
     #[error("not connected after {secs}s ({last}); OpenVPN's last lines: {logs}")]
     Timeout {
         secs: u64,
         last: String,
         logs: String,
     },
+    /// not a packet from the VPN server by the deadline: a new certificate would not help
+    #[error("the VPN server did not answer within {secs}s; OpenVPN's last lines: {logs}")]
+    Silent { secs: u64, logs: String },
     /// the server gave no profile
     #[error(transparent)]
     Server(#[from] ClientError),
@@ -111,6 +114,12 @@ pub struct Tunnel {
     pub timeout: Duration,
 }
 
+impl super::StepError for TunnelError {
+    fn server_silent(&self) -> bool {
+        matches!(self, TunnelError::Silent { .. })
+    }
+}
+
 impl Tunnel {
     pub fn socket(&self) -> PathBuf {
         self.dir.join(SOCKET)
@@ -143,7 +152,8 @@ impl Tunnel {
     }
 
     /// Waits until OpenVPN says CONNECTED and returns the management connection (following
-    /// state changes) and the address. Fails when the container stops, or at the deadline.
+    /// state changes) and the address. Fails when the container stops, or at the deadline
+    /// ([`TunnelError::Silent`] when the server never answered).
     pub async fn wait_connected(
         &self,
         timeout: Duration,
@@ -181,11 +191,27 @@ impl Tunnel {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        if !self.server_answered().await {
+            return Err(TunnelError::Silent {
+                secs: timeout.as_secs(),
+                logs: logs().await,
+            });
+        }
         Err(TunnelError::Timeout {
             secs: timeout.as_secs(),
             last,
             logs: logs().await,
         })
+    }
+
+    /// Whether OpenVPN's state history shows a packet from the server. When the history cannot
+    /// be read, the server counts as having answered: the full start-up order is the safe side.
+    async fn server_answered(&self) -> bool {
+        let history = match Management::connect(&self.socket()).await {
+            Ok(mut m) => m.history().await,
+            Err(e) => Err(e),
+        };
+        history.map_or(true, |h| h.iter().any(TunnelState::server_answered))
     }
 }
 

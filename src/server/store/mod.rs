@@ -95,6 +95,22 @@ pub enum OpenError {
     /// the database could not be reached or opened
     #[error("database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    /// the SQLite file belongs to another user (made by a command run as root, say)
+    #[error(
+        "database {path}: owned by uid {owner}, but the server runs as uid {uid}; \
+         give the data directory to the server's user (chown -R)"
+    )]
+    NotOwner {
+        path: std::path::PathBuf,
+        owner: u32,
+        uid: u32,
+    },
+    /// the SQLite files' modes could not be set
+    #[error("database {path}: {source}")]
+    Mode {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// the migrations failed
     #[error("database {url}: migration failed: {source}")]
     Migrate {
@@ -180,9 +196,28 @@ fn connect_options(
     ))
 }
 
+/// Refuses a SQLite file another user owns, unless running as root (SQLite then gives the
+/// files it makes to the database's owner): opening it would fail later with a bare "unable to
+/// open database file", or leave files the server's user cannot write.
+fn sqlite_owned(path: &std::path::Path) -> std::result::Result<(), OpenError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    match std::fs::metadata(path) {
+        Ok(m) if uid != 0 && m.uid() != uid => Err(OpenError::NotOwner {
+            path: path.to_path_buf(),
+            owner: m.uid(),
+            uid,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Opens (creating and migrating as needed) the database at `at`.
     pub async fn open(at: &Location) -> std::result::Result<Store, OpenError> {
+        if let Location::Sqlite(path) = at {
+            sqlite_owned(path)?;
+        }
         let (options, backend) = connect_options(at, true)?;
         let url = at.shown();
         let connect = connect_error(at);
@@ -218,6 +253,14 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(&connect)?;
+        if let Location::Sqlite(path) = at {
+            // SQLite makes its files with the process's umask; they hold every API key hash,
+            // result and secret.
+            for suffix in ["", "-wal", "-shm"] {
+                let path = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+                crate::private::tighten(&path).map_err(|source| OpenError::Mode { path, source })?;
+            }
+        }
         Ok(Store { pool, backend })
     }
 
