@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::api::client::{ClientError, Session};
 use crate::api::codec;
 use crate::api::{
-    CollaborationId, NewTask, Node, Organization, OrganizationId, Page, Run, RunResult, RunStatus, Task,
-    TaskId, TaskOrganization,
+    CollaborationId, NewTask, Node, Organization, OrganizationId, Page, Run, RunResult, RunStatus,
+    Task, TaskId, TaskOrganization,
 };
 use crate::echo::{Input, Probe, Report};
 

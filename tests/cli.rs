@@ -180,7 +180,15 @@ async fn the_feature_test_names_a_node_that_is_down() {
     let _nodes = server.nodes(2).await;
     let base = server.base.trim_end_matches("/api").to_string();
     let out = tokio::task::spawn_blocking(move || {
-        let args = ["test", "--server", &base, "--collaboration", "1", "--username", "root"];
+        let args = [
+            "test",
+            "--server",
+            &base,
+            "--collaboration",
+            "1",
+            "--username",
+            "root",
+        ];
         let args = [&args[..], &["--timeout-secs", "2", "--stream-secs", "0"]].concat();
         algonet(&args, &[("ALGONET_PASSWORD", "correct-horse-battery")])
     })
@@ -190,7 +198,9 @@ async fn the_feature_test_names_a_node_that_is_down() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     for org in ["o0", "o1"] {
         assert!(
-            t.contains(&format!("note: the node of {org} has no VPN address registered")),
+            t.contains(&format!(
+                "note: the node of {org} has no VPN address registered"
+            )),
             "{t}"
         );
     }

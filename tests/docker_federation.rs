@@ -595,7 +595,10 @@ async fn federation_on_docker() {
     )
     .await;
     let text = std::fs::read_to_string(&log_b).expect("log");
-    assert!(text.contains("the VPN server did not answer within 3s"), "{text}");
+    assert!(
+        text.contains("the VPN server did not answer within 3s"),
+        "{text}"
+    );
     assert_eq!(
         issued(),
         issued_before,

@@ -183,3 +183,155 @@ fn the_server_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status}");
     server.line_with("stopping (SIGTERM)");
 }
+
+/// The audit trail an auditor or fail2ban reads, as JSON lines at info: failed logins and the
+/// lockout with the account and the address, certificates issued, a node deleted with its
+/// certificates revoked; never a password or an API key.
+#[tokio::test]
+async fn the_audit_trail_is_structured_and_holds_no_secrets() {
+    let server = start(
+        "audit",
+        "null",
+        "log_format: json\nvpn: {subnet: 10.76.0.0/16, remote: vpn.invalid}\n",
+    );
+    let api = format!("{}/api", address(&server.line_with("listening on")));
+    let http = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
+        let mut req = http.post(format!("{api}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let wrong = serde_json::json!({"username": "root", "password": "not-the-password"});
+    for expected in [401, 401, 401, 429] {
+        let answer = post("/token/user", None, wrong.clone())
+            .await
+            .expect("login");
+        assert_eq!(answer.status(), expected);
+    }
+    let json = |line: String| -> serde_json::Value {
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let failed = json(server.line_with("login failed"));
+    assert_eq!(failed["level"], "INFO");
+    assert_eq!(failed["fields"]["user"], "root", "{failed}");
+    assert_eq!(failed["fields"]["address"], "127.0.0.1", "{failed}");
+    let refused = json(server.line_with("too many failures"));
+    assert_eq!(refused["level"], "WARN");
+    assert_eq!(refused["fields"]["user"], "root", "{refused}");
+    assert_eq!(refused["fields"]["address"], "127.0.0.1", "{refused}");
+
+    // A node gets a certificate, then is deleted: both in the trail, with the node's id.
+    let right = serde_json::json!({"username": "root", "password": "correct-horse-battery"});
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await; // the lockout's delay
+    let admin: serde_json::Value = post("/token/user", None, right)
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("token");
+    let admin = admin["access_token"].as_str().expect("token").to_string();
+    let created = |v: serde_json::Value| v["id"].clone();
+    let org = post(
+        "/organization",
+        Some(&admin),
+        serde_json::json!({"name": "o"}),
+    );
+    let org = created(org.await.expect("org").json().await.expect("json"));
+    let col = serde_json::json!({"name": "c", "organization_ids": [org]});
+    let col = created(
+        post("/collaboration", Some(&admin), col)
+            .await
+            .expect("col")
+            .json()
+            .await
+            .expect("json"),
+    );
+    let node = serde_json::json!({"organization_id": org, "collaboration_id": col});
+    let node: serde_json::Value = post("/node", Some(&admin), node)
+        .await
+        .expect("node")
+        .json()
+        .await
+        .expect("json");
+    let api_key = node["api_key"].as_str().expect("key").to_string();
+    let login = post("/token/node", None, serde_json::json!({"api_key": api_key}));
+    let login: serde_json::Value = login.await.expect("node login").json().await.expect("json");
+    let token = login["access_token"].as_str().expect("token");
+    let profile = http.get(format!("{api}/vpn")).bearer_auth(token).send();
+    assert_eq!(profile.await.expect("vpn").status(), 200);
+    let issued = json(server.line_with("VPN certificate issued"));
+    assert_eq!(
+        issued["fields"]["node_id"],
+        node["id"].to_string(),
+        "{issued}"
+    );
+    let id = node["id"].as_i64().expect("id");
+    let deleted = http
+        .delete(format!("{api}/node/{id}"))
+        .bearer_auth(&admin)
+        .send();
+    assert!(deleted.await.expect("delete").status().is_success());
+    let deleted = json(server.line_with("node deleted; its certificates revoked"));
+    assert_eq!(deleted["fields"]["node_id"], id.to_string(), "{deleted}");
+    assert_eq!(deleted["level"], "INFO");
+
+    // Nothing secret anywhere in the trail.
+    let log = std::iter::from_fn(|| server.lines.try_recv().ok()).collect::<Vec<_>>();
+    for line in [failed, refused, issued, deleted]
+        .iter()
+        .map(ToString::to_string)
+        .chain(log)
+    {
+        for secret in [
+            "not-the-password",
+            "correct-horse-battery",
+            api_key.as_str(),
+            token,
+        ] {
+            assert!(!line.contains(secret), "a secret in the log: {line}");
+        }
+    }
+}
+
+/// The systemd units as shipped pass `systemd-analyze verify` without a warning (with the unit's
+/// binary path pointed at this build).
+#[test]
+fn the_systemd_units_verify() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipped: no systemd-analyze on this host");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = std::env::temp_dir().join(format!("algonet-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&units).expect("deploy/systemd") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("unit");
+        let text = text.replace("/usr/local/bin/algonet", env!("CARGO_BIN_EXE_algonet"));
+        // A template is verified as one of its instances.
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .replace("@.", "@x.");
+        std::fs::write(dir.join(&name), text).expect("write");
+        names.push(dir.join(name));
+    }
+    assert_eq!(names.len(), 3, "{names:?}");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&names)
+        .output()
+        .expect("systemd-analyze verify");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}

@@ -1,8 +1,9 @@
 //! `algonet server import`: the binary imports a federation from one file into the server's
 //! database (SQLite, and PostgreSQL when the test cluster is there); the imported users log in,
 //! the nodes log in with the keys from the 0600 file; importing again changes nothing; a bad file
-//! changes nothing. vantage6's own example file (from the vantage6-server package) imports once
-//! its repeated node keys are left out.
+//! changes nothing. The file imported is the example shipped in `deploy/`. vantage6's own
+//! example file (from the vantage6-server package) imports once its repeated node keys are left
+//! out.
 
 use algonet_testkit as common;
 
@@ -13,27 +14,8 @@ use std::process::Command;
 use common::server::TempDir;
 use serde_json::{json, Value};
 
-const ENTITIES: &str = "\
-organizations:
-  - name: Amsterdam UMC
-    domain: amsterdamumc.example
-    zipcode: 1105
-    users:
-      - {username: ann@amsterdam.example, firstname: Ann, lastname: Smit, password: ann-long-password}
-  - name: Leiden
-    users:
-      - {username: lex@leiden.example, password: lex-long-password}
-      - {username: lia@leiden.example, password: lia-long-password}
-  - name: Utrecht
-collaborations:
-  - name: cardio
-    participants:
-      - {name: Amsterdam UMC}
-      - {name: Leiden, api_key: 9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f}
-    encrypted: false
-  - name: oncology
-    participants: [{name: Leiden}, {name: Utrecht}]
-";
+/// The example the README and docs/operations.md point operators to.
+const ENTITIES: &str = include_str!("../deploy/entities.example.yaml");
 
 struct Setup {
     dir: PathBuf,

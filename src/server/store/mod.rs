@@ -258,7 +258,8 @@ impl Store {
             // result and secret.
             for suffix in ["", "-wal", "-shm"] {
                 let path = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
-                crate::private::tighten(&path).map_err(|source| OpenError::Mode { path, source })?;
+                crate::private::tighten(&path)
+                    .map_err(|source| OpenError::Mode { path, source })?;
             }
         }
         Ok(Store { pool, backend })
