@@ -1,20 +1,22 @@
 //! TLS trust as a hospital's operators expect it: a server behind a TLS terminator whose
 //! certificate a private CA signed is refused with a message that says it is a TLS refusal and
-//! why, and trusted when the CA is named (`ca_file` of the node, `--ca-file` of `algonet test`:
-//! `Api::trusting`) or is in the system's store (`SSL_CERT_FILE` here); a closed port says so.
-//! Everything listens on 127.0.0.1.
+//! why, and trusted when the CA is named (`ca_file` of the node, `--ca-file` of `algonet test`)
+//! or is in the system's store (`SSL_CERT_FILE` here); a closed port says so. Behind the
+//! terminator runs a real server: the node's login and the `algonet test` binary go all the way
+//! through it. Everything listens on 127.0.0.1.
 
 use std::sync::Arc;
 
 use algonet::api::client::{Api, ClientError};
+use algonet::node::client::ServerClient;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use reqwest::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
 use tokio_rustls::rustls;
 
-/// A private CA's certificate (PEM) and a TLS server on 127.0.0.1 with a certificate it signed,
-/// answering every request with `{"version": "tls"}`; the server's API root.
-async fn terminator() -> (String, String) {
+/// A private CA's certificate (PEM) and a TLS terminator on 127.0.0.1 with a certificate it
+/// signed, in front of the plain HTTP server at `backend`; the terminator's `https://` address.
+async fn terminator(backend: std::net::SocketAddr) -> (String, String) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,19 +50,14 @@ async fn terminator() -> (String, String) {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut buf = [0u8; 4096];
-                let _ = tls.read(&mut buf).await;
-                let body = r#"{"version": "tls"}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(answer.as_bytes()).await;
-                let _ = tls.shutdown().await;
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
             });
         }
     });
-    (ca_cert.pem(), format!("https://127.0.0.1:{port}/api"))
+    (ca_cert.pem(), format!("https://127.0.0.1:{port}"))
 }
 
 async fn version(api: &Api) -> Result<serde_json::Value, ClientError> {
@@ -68,9 +65,26 @@ async fn version(api: &Api) -> Result<serde_json::Value, ClientError> {
         .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_private_ca_is_trusted_when_named_and_refused_saying_why_when_not() {
-    let (ca_pem, base) = terminator().await;
+    let server = algonet_testkit::server::server("tls-trust", "").await;
+    let admin = server.admin().await;
+    let org = server.ok("POST", "/organization", Some(&admin), json!({"name": "o"}));
+    let org = org.await["id"].clone();
+    let col = json!({"name": "c", "organization_ids": [org]});
+    let col = server.ok("POST", "/collaboration", Some(&admin), col).await["id"].clone();
+    let node = json!({"organization_id": org, "collaboration_id": col});
+    let node = server.ok("POST", "/node", Some(&admin), node).await;
+    let (node_id, api_key) = (node["id"].as_i64(), node["api_key"].as_str());
+    let (node_id, api_key) = (node_id.expect("id"), api_key.expect("key").to_string());
+    let backend = server
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/api")
+        .parse()
+        .expect("the server's address");
+    let (ca_pem, url) = terminator(backend).await;
+    let base = format!("{url}/api");
     let dir = std::env::temp_dir().join(format!("algonet-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca_file = dir.join("hospital-ca.pem");
@@ -84,21 +98,52 @@ async fn a_private_ca_is_trusted_when_named_and_refused_saying_why_when_not() {
         said.contains("TLS") && said.contains("UnknownIssuer"),
         "{said}"
     );
-
     let trusting = Api::trusting(&base, Some(&ca_file)).expect("api");
-    assert_eq!(
-        version(&trusting).await.expect("the named CA")["version"],
-        "tls"
+    let through = version(&trusting).await.expect("the named CA");
+    assert!(through["version"].is_string(), "{through}");
+
+    // The node logs in through the terminator with its ca_file, and is refused without.
+    let login = |ca: Option<std::path::PathBuf>| {
+        let (url, key) = (url.clone(), api_key.clone());
+        async move { ServerClient::login(&url, "/api", &key, ca.as_deref()).await }
+    };
+    let e = login(None).await.expect_err("no CA");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    let client = login(Some(ca_file.clone()))
+        .await
+        .expect("the node's login");
+    assert_eq!(client.node_id.0, node_id);
+
+    // `algonet test` too: refused without its --ca-file; with it, it logs in, sends the task and
+    // fails only because no node runs to take it.
+    let feature_test = |ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"));
+        c.args(["test", "--server", &url, "--collaboration", "1"])
+            .args(["--username", "root", "--timeout-secs", "1"])
+            .env("ALGONET_PASSWORD", "correct-horse-battery")
+            .env_remove("SSL_CERT_FILE");
+        if let Some(ca) = ca {
+            c.arg("--ca-file").arg(ca);
+        }
+        tokio::task::spawn_blocking(move || c.output().expect("algonet test"))
+    };
+    let out = feature_test(None).await.expect("join");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("UnknownIssuer"),
+        "{said}"
     );
+    let out = feature_test(Some(&ca_file)).await.expect("join");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("echo task 1 sent"), "{said}");
+    assert!(said.contains("did not take the parent run"), "{said}");
 
     // The system's store: SSL_CERT_FILE names it here (set for this test binary alone).
     set_env("SSL_CERT_FILE", &ca_file);
-    assert_eq!(
-        version(&Api::new(&base).expect("api"))
-            .await
-            .expect("the system's store")["version"],
-        "tls"
-    );
+    let through = version(&Api::new(&base).expect("api"))
+        .await
+        .expect("the system's store");
+    assert!(through["version"].is_string(), "{through}");
 
     // A file that holds no certificate is refused where it is named.
     std::fs::write(dir.join("empty.pem"), "nothing").expect("write");
