@@ -38,6 +38,34 @@ impl Limits {
     };
 }
 
+/// Descriptors a process needs beside its connections: the database's pool, the metrics
+/// listener's connections, the refused ones, files and sockets of its own.
+const OTHER_DESCRIPTORS: u64 = 256;
+
+/// Raises this process's soft limit of open files so that `max_connections` can be served (a
+/// descriptor each), as far as the hard limit allows; past the hard limit, the answer says what
+/// to raise. Debian's default soft limit, 1024, is below the default `max_connections`' needs.
+pub fn reserve_descriptors(max_connections: usize) -> Result<u64, String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(OTHER_DESCRIPTORS);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    if soft >= needed {
+        return Ok(soft);
+    }
+    let raised = needed.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, raised, hard).map_err(|e| e.to_string())?;
+    if raised < needed {
+        return Err(format!(
+            "max_connections {max_connections} needs about {needed} open files, but the hard \
+             limit is {hard}: raise it (LimitNOFILE= in the unit, ulimit -Hn) or lower \
+             max_connections"
+        ));
+    }
+    Ok(raised)
+}
+
 /// Connections refused with a 503 at once; past this many being refused, a connection is closed
 /// without an answer (a flood is not to cost a task per connection).
 const REFUSING: usize = 64;
@@ -217,6 +245,23 @@ impl http_body::Body for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The soft limit rises to what the connections need, up to the hard limit; past it, the
+    /// answer names what to raise.
+    #[test]
+    fn descriptors_are_reserved_up_to_the_hard_limit() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("limits");
+        if hard > 4096 {
+            let soft = reserve_descriptors(2048).expect("within the hard limit");
+            assert!(soft >= 2048 + OTHER_DESCRIPTORS);
+            let (now, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("limits");
+            assert_eq!(now, soft);
+        }
+        let past = usize::try_from(hard).unwrap_or(usize::MAX);
+        let e = reserve_descriptors(past).expect_err("past the hard limit");
+        assert!(e.contains("LimitNOFILE"), "{e}");
+    }
 
     #[test]
     fn places_are_bounded_in_all_and_per_address_and_given_back() {

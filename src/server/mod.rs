@@ -238,6 +238,9 @@ pub async fn bind(
     ),
     ServerError,
 > {
+    if let Err(e) = crate::http::reserve_descriptors(state.config.max_connections) {
+        tracing::warn!("{e}");
+    }
     let addr = state.config.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
