@@ -32,3 +32,4 @@ pub mod node;
 pub mod private;
 pub mod server;
 pub mod service;
+pub mod sync;

@@ -377,9 +377,9 @@ fn server(path: PathBuf) -> anyhow::Result<()> {
         let state = algonet::server::open(config).await?;
         let metrics = match state.config.metrics_listen {
             Some(addr) => {
-                let s = state.clone();
+                let (store, m) = (state.store.clone(), state.metrics.clone());
                 let (at, serve) = algonet::metrics::serve(addr, move || {
-                    algonet::server::metrics::scrape(s.clone())
+                    algonet::server::metrics::scrape(store.clone(), m.clone())
                 })
                 .await?;
                 tracing::info!("metrics on http://{at}/metrics");
@@ -445,11 +445,11 @@ fn node_status(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> 
         (None, Some(c)) => algonet::node::config::NodeConfig::load(&c)?.status_socket(),
         (None, None) => usage("algonet node status needs --config <FILE> or --socket <PATH>"),
     };
-    let s = tokio::runtime::Runtime::new()?.block_on(status::ask(&socket))?;
+    let s = tokio::runtime::Runtime::new()?.block_on(status::socket::ask(&socket))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        print!("{}", status::table(&s));
+        print!("{}", status::table::table(&s));
     }
     Ok(())
 }

@@ -215,7 +215,7 @@ async fn metrics_stay_bounded_and_their_listener_holds_nothing() {
         .expect("bind");
     let state = s.state.clone();
     let (at, serve) = algonet::metrics::serve_on(listener, move || {
-        algonet::server::metrics::scrape(state.clone())
+        algonet::server::metrics::scrape(state.store.clone(), state.metrics.clone())
     });
     tokio::spawn(serve);
     let at = at.to_string();
@@ -245,7 +245,7 @@ async fn metrics_stay_bounded_and_their_listener_holds_nothing() {
     );
 
     // 10 000 requests with made-up methods, ten at a time.
-    let before = algonet::server::metrics::scrape(s.state.clone())
+    let before = algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone())
         .await
         .len();
     let client = reqwest::Client::new();
@@ -261,7 +261,8 @@ async fn metrics_stay_bounded_and_their_listener_holds_nothing() {
             sent += 1;
         }
     }
-    let after = algonet::server::metrics::scrape(s.state.clone()).await;
+    let after =
+        algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone()).await;
     assert_eq!(sent, 10_000);
     assert!(
         after.len() < before + 2_000,

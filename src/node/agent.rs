@@ -19,7 +19,7 @@ use crate::node::retry::{with_backoff, Backoff};
 use crate::node::run;
 use crate::node::scope;
 use crate::node::state::Node;
-use crate::node::status::{self, Observed};
+use crate::node::status::{self, Recorder};
 use crate::node::vpn;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,7 +65,7 @@ pub enum NodeError {
     Signals(std::io::Error),
     /// the status socket could not be made
     #[error(transparent)]
-    Status(#[from] status::StatusError),
+    Status(#[from] status::socket::StatusError),
     /// the metrics address could not be bound
     #[error(transparent)]
     Metrics(crate::metrics::MetricsError),
@@ -164,7 +164,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
     // what it has.
     let _lock = crate::node::lock::take(&config.task_dir)?;
     // Bound before anything is made, so a taken address fails the start with nothing to undo.
-    let status_socket = status::listen(&config.status_socket())?;
+    let status_socket = status::socket::listen(&config.status_socket())?;
     let metrics = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -193,7 +193,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         clients: clients.clone(),
         vpn: Mutex::new(None),
         stopping: Default::default(),
-        observed: Observed::new(recent),
+        observed: Recorder::new(recent),
         killed: Mutex::default(),
         config,
     });
@@ -214,7 +214,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         })),
         tokio::spawn(until(
             stop.clone(),
-            status::serve(status_socket, node.clone()),
+            status::socket::serve(status_socket, node.clone()),
         )),
         tokio::spawn(until(stop.clone(), metrics_server(metrics, node.clone()))),
         tokio::spawn(until(stop.clone(), scope::follow(node.clone()))),
@@ -259,7 +259,8 @@ async fn until(stop: CancellationToken, task: impl std::future::Future<Output = 
 
 async fn metrics_server(listener: Option<tokio::net::TcpListener>, node: Arc<Node>) {
     if let Some(listener) = listener {
-        let (at, serve) = crate::metrics::serve_on(listener, move || status::scrape(node.clone()));
+        let (at, serve) =
+            crate::metrics::serve_on(listener, move || status::metrics::scrape(node.clone()));
         tracing::info!("metrics on http://{at}/metrics");
         serve.await;
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::api::RunId;
 use crate::node::scope::Answers;
-use crate::node::state::{lock, Node};
+use crate::node::state::Node;
+use crate::sync::lock;
 
 /// Follows the server's open runs of this node until the task is ended.
 pub async fn follow(node: Arc<Node>) {

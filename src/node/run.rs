@@ -20,9 +20,10 @@ use crate::node::allocator::Exhausted;
 use crate::node::hub::{Hub, HubError, GATEWAY, TUNNEL_MTU};
 use crate::node::ports::{algorithm_ports, AlgorithmPort};
 use crate::node::retry::with_backoff;
-use crate::node::state::{lock, Node};
-use crate::node::status::{Phase, Port};
+use crate::node::state::Node;
+use crate::node::status::{Phase, RunPort};
 use crate::node::{data, policy};
+use crate::sync::lock;
 
 /// Where a run's files appear inside the algorithm container.
 const MOUNT: &str = "/mnt/algonet";
@@ -370,7 +371,7 @@ impl Run {
             );
             node.observed.run_port(
                 self.id,
-                Port {
+                RunPort {
                     public: public.0,
                     container: p.port.0,
                     protocol: format!("{:?}", p.protocol).to_lowercase(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use crate::docker::Docker;
 use crate::node::allocator::PortTable;
@@ -13,6 +13,8 @@ use crate::node::client::ServerClient;
 use crate::node::config::NodeConfig;
 use crate::node::hub::Hub;
 use crate::node::proxy::Clients;
+use crate::node::status::recorder::Recorder;
+use crate::sync::lock;
 
 #[derive(Debug)]
 pub struct Node {
@@ -30,15 +32,9 @@ pub struct Node {
     /// Set on SIGINT/SIGTERM: runs that end now were stopped, not finished.
     pub stopping: AtomicBool,
     /// What `algonet node status` and the metrics show.
-    pub observed: crate::node::status::Observed,
+    pub observed: Recorder,
     /// Runs the server ended while the node ran them (see [`crate::node::kills`]).
     pub killed: Mutex<std::collections::HashSet<crate::api::RunId>>,
-}
-
-/// A lock whose holder cannot leave the data half-changed, so a panic elsewhere does not
-/// poison it for the rest of the node.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Node {

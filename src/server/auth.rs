@@ -30,6 +30,17 @@ pub enum Claimed {
     Container(ContainerIdentity),
 }
 
+impl Claimed {
+    /// What a session is of: a user or a node (a container has none).
+    pub fn session_subject(&self) -> Option<String> {
+        match self {
+            Claimed::User(id) => Some(crate::server::store::subject("user", *id)),
+            Claimed::Node(id) => Some(crate::server::store::subject("node", id.0)),
+            Claimed::Container(_) => None,
+        }
+    }
+}
+
 /// What a token is good for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Use {

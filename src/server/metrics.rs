@@ -15,8 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tracing::Instrument;
 
 use crate::metrics::{Describe, Sheet};
-use crate::server::state::AppState;
-use crate::server::store::{self, Census};
+use crate::server::store::{self, Census, Store};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -128,12 +127,11 @@ impl Describe for Database {
 }
 
 /// The server's exposition.
-pub async fn scrape(state: AppState) -> String {
-    let census = match state.store.read().await {
+pub async fn scrape(store: Store, m: ServerMetrics) -> String {
+    let census = match store.read().await {
         Ok(mut db) => store::census(&mut db).await.ok(),
         Err(_) => None,
     };
-    let m = state.metrics.clone();
     crate::metrics::render(Database(census), move |r| {
         r.register(
             "server_requests",

@@ -13,6 +13,7 @@ use crate::api::client::ClientError;
 use crate::node::hub::HubError;
 use crate::node::retry::{with_backoff, Backoff};
 use crate::node::state::Node;
+use crate::node::status::VpnState;
 
 /// Why the router or the server did not take the VPN address.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ fn tunnel(node: &Node, subnet: ipnet::Ipv4Net) -> Tunnel {
 /// background ([`retry`]).
 pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
     let Some(subnet) = node.config.vpn_subnet else {
-        node.observed.vpn_state("off", None);
+        node.observed.vpn_state(VpnState::Off, None);
         tracing::warn!(
             "no vpn_subnet configured: running without VPN (algorithms get no public ports)"
         );
@@ -61,7 +62,7 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
             match plumb(node, address).await {
                 Ok(()) => Some(tokio::spawn(watch(node.clone(), tunnel, m))),
                 Err(e) => {
-                    node.observed.vpn_state("off", None);
+                    node.observed.vpn_state(VpnState::Off, None);
                     tracing::warn!("VPN connected, but the router could not be set up: {e}; running without VPN");
                     let _ = node.docker.remove(&tunnel.container).await;
                     None
@@ -69,7 +70,7 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
             }
         }
         Outcome::NoVpn { reasons } => {
-            node.observed.vpn_state("retrying", None);
+            node.observed.vpn_state(VpnState::Retrying, None);
             tracing::warn!(
                 "running without VPN for now: {}; trying again in the background",
                 reasons.join("; ")
@@ -135,7 +136,7 @@ async fn retry(node: Arc<Node>, tunnel: Tunnel) {
 async fn plumb(node: &Node, address: Ipv4Addr) -> Result<(), PlumbError> {
     node.hub.connect_vpn(address).await?;
     node.set_vpn_address(Some(address));
-    node.observed.vpn_state("CONNECTED", Some(address));
+    node.observed.vpn_state(VpnState::Connected, Some(address));
     with_backoff("registering the VPN address", || {
         node.client.set_ip(Some(address))
     })
@@ -163,14 +164,15 @@ async fn watch(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
                     "VPN state {}; forwarding to peers paused until CONNECTED",
                     s.name
                 );
-                node.observed.vpn_state(&s.name, node.vpn_address());
+                node.observed
+                    .vpn_state(VpnState::Tunnel(s.name.clone()), node.vpn_address());
                 pause(&node).await;
             }
             Err(e) => {
                 tracing::warn!(
                     "lost OpenVPN's management connection ({e}); bringing the tunnel back"
                 );
-                node.observed.vpn_state("lost", node.vpn_address());
+                node.observed.vpn_state(VpnState::Lost, node.vpn_address());
                 pause(&node).await;
                 m = recover(&node, &tunnel).await;
             }

@@ -81,7 +81,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(unauthorized)?;
         // A user's or a node's token is good while its session is (see `token::refresh`).
         if let (Some(subject), Some(session)) =
-            (super::token::subject(&checked.claimed), &checked.session)
+            (checked.claimed.session_subject(), &checked.session)
         {
             if !store::session_live(&mut *state.store.read().await?, &session.id, &subject, now)
                 .await?

@@ -123,7 +123,7 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
             id,
             refresh: Some(used),
         }),
-    ) = (subject(&checked.claimed), &checked.session)
+    ) = (checked.claimed.session_subject(), &checked.session)
     else {
         return Err(refused());
     };
@@ -169,22 +169,15 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
     }
 }
 
-/// What a session is of: a user or a node (a container has none).
-pub fn subject(claimed: &Claimed) -> Option<String> {
-    match claimed {
-        Claimed::User(id) => Some(store::subject("user", *id)),
-        Claimed::Node(id) => Some(store::subject("node", id.0)),
-        Claimed::Container(_) => None,
-    }
-}
-
 fn secret() -> ApiResult<String> {
     random_secret().map_err(|e| ApiError::internal(format!("no randomness: {e}")))
 }
 
 /// A new session for `claimed` and its first pair of tokens.
 async fn start_session(s: &AppState, claimed: &Claimed) -> ApiResult<(String, String)> {
-    let subject = subject(claimed).ok_or_else(|| ApiError::internal("a session of a container"))?;
+    let subject = claimed
+        .session_subject()
+        .ok_or_else(|| ApiError::internal("a session of a container"))?;
     let (id, refresh) = (secret()?, secret()?);
     let now = now();
     let expires = now.saturating_add(s.config.refresh_token_lifetime_secs);
