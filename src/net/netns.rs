@@ -88,6 +88,38 @@ impl Netns {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
+        let path = self.path.clone();
+        self.thread(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| NetnsError::Thread { path, source })?;
+            Ok(rt.block_on(work()))
+        })
+    }
+
+    /// Runs `work` inside this namespace on a new thread without a runtime (to open a socket
+    /// there, say), and returns its output.
+    pub fn with<F, T>(&self, work: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let path = self.path.clone();
+        self.thread(move || Ok(work()))?
+            .join()
+            .map_err(|_| NetnsError::Panicked { path })?
+    }
+
+    /// A new thread that enters this namespace, then runs `work`.
+    fn thread<F, T>(
+        &self,
+        work: F,
+    ) -> Result<std::thread::JoinHandle<Result<T, NetnsError>>, NetnsError>
+    where
+        F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
+        T: Send + 'static,
+    {
         let file = self.file.try_clone().map_err(|source| NetnsError::Open {
             path: self.path.clone(),
             source,
@@ -96,15 +128,9 @@ impl Netns {
         std::thread::Builder::new()
             .name("netns".into())
             .spawn(move || -> Result<T, NetnsError> {
-                sys::setns_net(file.as_raw_fd()).map_err(|source| NetnsError::Enter {
-                    path: path.clone(),
-                    source,
-                })?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| NetnsError::Thread { path, source })?;
-                Ok(rt.block_on(work()))
+                sys::setns_net(file.as_raw_fd())
+                    .map_err(|source| NetnsError::Enter { path, source })?;
+                work()
             })
             .map_err(|source| NetnsError::Thread {
                 path: self.path.clone(),

@@ -1,6 +1,7 @@
 //! The node's hub namespace: owned by a sandbox container on the WAN network, shared with the
-//! OpenVPN client container, holding the data plane's TUN, the run veths and the proxy's
-//! listening socket. Links, routes and rules through rtnetlink only.
+//! tunnel (the OpenVPN client container), holding the data plane's TUN, the run veths and the
+//! proxy's listening socket. Links, routes and rules through rtnetlink only, over one netlink
+//! socket opened inside the namespace and kept.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -13,16 +14,38 @@ use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, Dataplan
 use crate::net::links::{IfName, LinkError, Netlink};
 use crate::net::netns::{in_ns, Netns, NetnsError};
 use crate::net::plan::{self, HubPlan, RunLinkPlan};
-use crate::node::config::NodeConfig;
 
 /// The link-local gateway every container routes through; the proxy listens on it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The tunnel device OpenVPN makes in the hub namespace.
-pub const VPN_LINK: &str = "tun0";
 /// The data plane's TUN device.
 pub const ROUTER_TUN: &str = "algonet0";
-/// The tunnel MTU (OpenVPN's default `tun-mtu`).
-pub const TUNNEL_MTU: u16 = 1500;
+
+/// What the hub needs to know of the tunnel: the link its packets come and go by in the hub
+/// namespace, and that link's MTU (the router's and every run link's).
+#[derive(Clone, Debug)]
+pub struct TunnelLink {
+    pub name: &'static str,
+    pub mtu: u16,
+}
+
+/// How to make the hub.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// The hub container's name, and the owner label of what the node makes.
+    pub container: String,
+    pub owner: String,
+    pub sandbox_image: String,
+    /// The Docker network of the hub namespace; Docker's default bridge if `None`.
+    pub wan_network: Option<String>,
+    pub proxy_port: u16,
+    /// `None`: the node runs without VPN.
+    pub vpn_subnet: Option<ipnet::Ipv4Net>,
+    pub tunnel: TunnelLink,
+    pub busy_poll: std::time::Duration,
+    pub queues: usize,
+    /// Whether runs reach only the peers of their scope (`peer_scope` other than `vpn`).
+    pub scoped: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -50,29 +73,35 @@ fn name(s: &str) -> Result<IfName, LinkError> {
 pub struct Hub {
     pub container: String,
     pub ns: Arc<Netns>,
+    /// Opened inside the namespace; its connection runs on the node's runtime.
+    netlink: Netlink,
     dataplane: std::sync::Mutex<Option<Dataplane>>,
     handle: DataplaneHandle,
     plan: HubPlan,
+    mtu: u16,
 }
 
 impl Hub {
-    /// Starts the hub container on `network` (Docker's default bridge if `None`), brings up
-    /// the data plane (no VPN yet: it drops what containers send) with the routing that needs
-    /// no tunnel, and returns the proxy's listening socket, bound inside the namespace.
-    /// Without a `vpn_subnet` in `config` the node runs without VPN.
+    /// Starts the hub container, brings up the data plane (no VPN yet: it drops what
+    /// containers send) with the routing that needs no tunnel, and returns the proxy's
+    /// listening socket, bound inside the namespace.
     pub async fn start(
         docker: &Docker,
-        container: String,
-        owner: &str,
-        config: &NodeConfig,
+        config: HubConfig,
     ) -> Result<(Hub, std::net::TcpListener), HubError> {
-        let sandbox_image = config.images.sandbox.as_str();
-        let network = config.wan_network.as_deref();
-        let proxy_port = config.proxy_port;
-        let vpn_subnet = config.vpn_subnet;
-        docker
-            .run(&container, specs::hub(sandbox_image, owner, network))
-            .await?;
+        let HubConfig {
+            container,
+            proxy_port,
+            vpn_subnet,
+            tunnel,
+            ..
+        } = config.clone();
+        let spec = specs::hub(
+            &config.sandbox_image,
+            &config.owner,
+            config.wan_network.as_deref(),
+        );
+        docker.run(&container, spec).await?;
         let ns = Arc::new(Netns::of_pid(docker.pid(&container).await?)?);
         let (wan, listener) = in_ns(&ns, move || async move {
             let nl = Netlink::connect()?;
@@ -96,13 +125,13 @@ impl Hub {
         let config = DataplaneConfig {
             tun: name(ROUTER_TUN)?,
             offload: true,
-            mtu: TUNNEL_MTU,
+            mtu: tunnel.mtu,
             txqueuelen: 1000,
-            busy_poll: std::time::Duration::from_micros(config.busy_poll_us),
-            queues: config.dataplane_queues,
+            busy_poll: config.busy_poll,
+            queues: config.queues,
             router: netstack::Config {
                 seed: u64::from_ne_bytes(seed),
-                scoped: config.peer_scope != crate::node::config::PeerScope::Vpn,
+                scoped: config.scoped,
                 ..Default::default()
             },
         };
@@ -117,39 +146,44 @@ impl Hub {
                 },
             )
         })?;
+        let runtime = tokio::runtime::Handle::current();
+        let netlink = ns.with(move || {
+            // The socket is opened in the namespace; its connection runs on the node's runtime.
+            let _entered = runtime.enter();
+            Netlink::connect()
+        })??;
         let hub = Hub {
             container,
             ns,
+            netlink,
             handle: dataplane.handle(),
             dataplane: std::sync::Mutex::new(Some(dataplane)),
             plan: HubPlan {
-                vpn_link: name(VPN_LINK)?,
+                vpn_link: name(tunnel.name)?,
                 tun: name(ROUTER_TUN)?,
                 wan,
                 vpn_subnet: vpn_subnet.map_or(Ipv4Addr::UNSPECIFIED, |s| s.network()),
                 vpn_prefix_len: vpn_subnet.map_or(0, |s| s.prefix_len()),
             },
+            mtu: tunnel.mtu,
         };
-        let plan = hub.plan.clone();
-        in_ns(&hub.ns, move || async move {
-            plan::apply_base(&Netlink::connect()?, &plan).await
-        })
-        .await??;
+        plan::apply_base(&hub.netlink, &hub.plan).await?;
         Ok((hub, listener))
+    }
+
+    /// The MTU of the tunnel, and so of the router and of every run's link.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
     }
 
     /// Routes the tunnel through the router and gives the router the node's VPN address. Safe
     /// to repeat: after OpenVPN restarted (a new tun0) or its address changed.
     pub async fn connect_vpn(&self, address: Ipv4Addr) -> Result<(), HubError> {
-        let plan = self.plan.clone();
-        in_ns(&self.ns, move || async move {
-            plan::apply_vpn(&Netlink::connect()?, &plan).await
-        })
-        .await??;
+        plan::apply_vpn(&self.netlink, &self.plan).await?;
         let vpn = Vpn {
             address,
             prefix_len: self.plan.vpn_prefix_len,
-            mtu: TUNNEL_MTU,
+            mtu: self.mtu,
         };
         self.handle.with(move |r| r.set_vpn(Some(vpn))).await??;
         Ok(())
@@ -180,11 +214,7 @@ impl Hub {
         link: RunLinkPlan,
         sandbox: Arc<Netns>,
     ) -> Result<(), HubError> {
-        let l = link.clone();
-        in_ns(&self.ns, move || async move {
-            plan::add_run_link(&Netlink::connect()?, &l, sandbox.fd()).await
-        })
-        .await??;
+        plan::add_run_link(&self.netlink, &link, sandbox.fd()).await?;
         let addr = link.container;
         self.handle
             .with(move |r| r.add_container(addr, run.into(), family))
@@ -227,17 +257,8 @@ impl Hub {
         if let Err(e) = self.handle.with(move |r| r.remove_run(run.into())).await {
             errors.push(e.to_string());
         }
-        match in_ns(&self.ns, move || async move {
-            match Netlink::connect() {
-                Ok(nl) => plan::remove_run_link(&nl, &link).await,
-                Err(e) => vec![e],
-            }
-        })
-        .await
-        {
-            Ok(errs) => errors.extend(errs.into_iter().map(|e| e.to_string())),
-            Err(e) => errors.push(e.to_string()),
-        }
+        let failed = plan::remove_run_link(&self.netlink, &link).await;
+        errors.extend(failed.into_iter().map(|e| e.to_string()));
         errors
     }
 

@@ -17,7 +17,7 @@ use crate::net::links::{IfName, LinkError};
 use crate::net::netns::{Netns, NetnsError};
 use crate::net::plan::RunLinkPlan;
 use crate::node::allocator::Exhausted;
-use crate::node::hub::{Hub, HubError, GATEWAY, TUNNEL_MTU};
+use crate::node::hub::{Hub, HubError, GATEWAY};
 use crate::node::ports::{algorithm_ports, AlgorithmPort};
 use crate::node::retry::with_backoff;
 use crate::node::state::Node;
@@ -323,7 +323,7 @@ impl Run {
             container_end: IfName::new("eth0")?,
             container: address,
             gateway: GATEWAY,
-            mtu: u32::from(TUNNEL_MTU),
+            mtu: u32::from(node.hub.mtu()),
         };
         self.link = Some(link.clone());
         node.hub

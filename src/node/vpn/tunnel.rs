@@ -53,6 +53,12 @@ pub enum TunnelError {
     Server(#[from] ClientError),
 }
 
+/// OpenVPN's tunnel device in the hub namespace, at OpenVPN's default `tun-mtu`.
+pub const LINK: crate::node::hub::TunnelLink = crate::node::hub::TunnelLink {
+    name: "tun0",
+    mtu: 1500,
+};
+
 /// The profile file in the VPN folder; tried first at the next start.
 pub const PROFILE: &str = "node.ovpn";
 const SOCKET: &str = "mgmt.sock";
@@ -66,7 +72,7 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
         "--config",
         profile,
         "--dev",
-        "tun0",
+        LINK.name,
         "--ifconfig-noexec",
         "--route-noexec",
         "--persist-tun",
