@@ -462,7 +462,7 @@ async fn plain_clients(fed: &Federation, admin: &Session) -> Result<Vec<(String,
             .map(String::from)
             .to_vec();
         args.extend(
-            algonet::node::vpn::tunnel::client_settings()
+            algonet::node::vpn::openvpn::client_settings()
                 .iter()
                 .map(|s| s.to_string()),
         );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use algonet::net::dataplane::{Dataplane, DataplaneConfig};
 use algonet::net::links::{IfName, Netlink, Route};
 use algonet::net::plan::{self, HubPlan, RunLinkPlan};
-use algonet::node::vpn::openvpn::Management;
+use algonet::node::vpn::openvpn::management::Management;
 use common::server::server;
 use common::{privileged, TestNs};
 use netstack::{Mapping, Protocol, RunId, Vpn};
@@ -384,7 +384,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
     let client = OpenVpn::start(
         &vc,
         &s.dir.join("client.log"),
-        &algonet::node::vpn::tunnel::client_args(&profile, &sock_s)
+        &algonet::node::vpn::openvpn::client_args(&profile, &sock_s)
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -419,7 +419,7 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         let mut changes = Vec::new();
         while !changes
             .last()
-            .is_some_and(|c: &algonet::node::vpn::openvpn::TunnelState| c.connected())
+            .is_some_and(|c: &algonet::node::vpn::openvpn::management::TunnelState| c.connected())
         {
             let c = tokio::time::timeout(Duration::from_secs(30), m.next_change())
                 .await
@@ -615,7 +615,7 @@ fn a_lost_tunnel_leaks_nothing_onto_the_wan() {
     let profile = s.dir.join("node.ovpn");
     std::fs::write(&profile, &first).expect("profile");
     let sock = s.dir.join("mgmt.sock");
-    let args = algonet::node::vpn::tunnel::client_args(
+    let args = algonet::node::vpn::openvpn::client_args(
         &profile.display().to_string(),
         &sock.display().to_string(),
     );

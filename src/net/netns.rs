@@ -9,6 +9,7 @@ use std::fs::File;
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 /// Errors of entering a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum NetnsError {
     /// the work panicked
     #[error("work in network namespace {path} panicked")]
     Panicked { path: PathBuf },
+    /// the resident thread is gone (it panicked)
+    #[error("the thread in network namespace {path} has ended")]
+    Gone { path: PathBuf },
 }
 
 /// An open handle on a network namespace (keeps it alive while held).
@@ -98,19 +102,6 @@ impl Netns {
         })
     }
 
-    /// Runs `work` inside this namespace on a new thread without a runtime (to open a socket
-    /// there, say), and returns its output.
-    pub fn with<F, T>(&self, work: F) -> Result<T, NetnsError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let path = self.path.clone();
-        self.thread(move || Ok(work()))?
-            .join()
-            .map_err(|_| NetnsError::Panicked { path })?
-    }
-
     /// A new thread that enters this namespace, then runs `work`.
     fn thread<F, T>(
         &self,
@@ -136,6 +127,69 @@ impl Netns {
                 path: self.path.clone(),
                 source,
             })
+    }
+}
+
+/// A job for a [`Resident`] thread: given the thread's state, a future to run there.
+type Job<S> = Box<dyn for<'a> FnOnce(&'a S) -> Pin<Box<dyn Future<Output = ()> + 'a>> + Send>;
+
+/// A thread that lives in a namespace as long as its handle, with a runtime and some state it
+/// made there at start (a netlink connection), and runs the jobs it is given one after another:
+/// what would otherwise take a thread, a runtime and a socket per call.
+#[derive(Debug)]
+pub struct Resident<S> {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job<S>>,
+    path: PathBuf,
+}
+
+impl<S: 'static> Resident<S> {
+    /// Starts the thread in `ns` and makes its state with `make` there.
+    pub async fn start<E: Send + 'static>(
+        ns: &Netns,
+        make: impl FnOnce() -> Result<S, E> + Send + 'static,
+    ) -> Result<Result<Resident<S>, E>, NetnsError> {
+        let (jobs, mut inbox) = tokio::sync::mpsc::unbounded_channel::<Job<S>>();
+        let (made_tx, made) = tokio::sync::oneshot::channel();
+        // The thread ends when the handle is dropped (the inbox closes); nobody joins it.
+        drop(ns.spawn(move || async move {
+            let state = match make() {
+                Ok(s) => {
+                    let _ = made_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = made_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(job) = inbox.recv().await {
+                job(&state).await;
+            }
+        })?);
+        let path = ns.path.clone();
+        match made.await {
+            Ok(Ok(())) => Ok(Ok(Resident { jobs, path })),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(_) => Err(NetnsError::Gone { path }),
+        }
+    }
+
+    /// Runs `job` on the thread, with its state, and returns its output.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl for<'a> FnOnce(&'a S) -> Pin<Box<dyn Future<Output = T> + 'a>> + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job<S> = Box::new(move |state| {
+            Box::pin(async move {
+                let _ = done.send(job(state).await);
+            })
+        });
+        let gone = || NetnsError::Gone {
+            path: self.path.clone(),
+        };
+        self.jobs.send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
     }
 }
 

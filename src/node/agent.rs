@@ -19,8 +19,8 @@ use crate::node::retry::{with_backoff, Backoff};
 use crate::node::run;
 use crate::node::scope;
 use crate::node::state::Node;
-use crate::node::status::{self, Recorder};
-use crate::node::vpn;
+use crate::node::status::{self, Recorder, VpnState};
+use crate::node::vpn::{self, openvpn::OpenVpn, Tunnel};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -186,7 +186,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         wan_network: config.wan_network.clone(),
         proxy_port: config.proxy_port,
         vpn_subnet: config.vpn_subnet,
-        tunnel: crate::node::vpn::tunnel::LINK,
+        tunnel: OpenVpn::LINK,
         busy_poll: Duration::from_micros(config.busy_poll_us),
         queues: config.dataplane_queues,
         scoped: config.peer_scope != crate::node::config::PeerScope::Vpn,
@@ -289,10 +289,20 @@ async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
 
 /// Brings up the VPN, tells systemd the node is ready, then takes runs until `stop`.
 async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeError> {
-    let watcher = tokio::select! {
-        w = vpn::lifecycle::start(node) => w,
-        () = stop.cancelled() => return Ok(()),
+    let follow = match node.config.vpn_subnet {
+        None => {
+            node.observed.vpn_state(VpnState::Off, None);
+            tracing::warn!(
+                "no vpn_subnet configured: running without VPN (algorithms get no public ports)"
+            );
+            None
+        }
+        Some(subnet) => tokio::select! {
+            f = vpn::lifecycle::start(node.clone(), OpenVpn::of(node, subnet)) => f,
+            () = stop.cancelled() => return Ok(()),
+        },
     };
+    let watcher = follow.map(|f| tokio::spawn(f.run()));
     crate::service::ready(&match node.vpn_address() {
         Some(a) => format!("serving runs; VPN address {a}"),
         None => "serving runs; no VPN".into(),

@@ -12,7 +12,7 @@ use crate::api::{PublicPort, RunId};
 use crate::docker::{specs, Docker, DockerError};
 use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle};
 use crate::net::links::{IfName, LinkError, Netlink};
-use crate::net::netns::{in_ns, Netns, NetnsError};
+use crate::net::netns::{in_ns, Netns, NetnsError, Resident};
 use crate::net::plan::{self, HubPlan, RunLinkPlan};
 
 /// The link-local gateway every container routes through; the proxy listens on it.
@@ -73,8 +73,9 @@ fn name(s: &str) -> Result<IfName, LinkError> {
 pub struct Hub {
     pub container: String,
     pub ns: Arc<Netns>,
-    /// Opened inside the namespace; its connection runs on the node's runtime.
-    netlink: Netlink,
+    /// A thread in the namespace with one netlink connection: links, routes and sysctls
+    /// (which act on the namespace of the thread that writes them) change there.
+    control: Resident<Netlink>,
     dataplane: std::sync::Mutex<Option<Dataplane>>,
     handle: DataplaneHandle,
     plan: HubPlan,
@@ -89,6 +90,27 @@ impl Hub {
         docker: &Docker,
         config: HubConfig,
     ) -> Result<(Hub, std::net::TcpListener), HubError> {
+        let container = config.container.clone();
+        let spec = specs::hub(
+            &config.sandbox_image,
+            &config.owner,
+            config.wan_network.as_deref(),
+        );
+        docker.run(&container, spec).await?;
+        match Hub::set_up(docker, config).await {
+            Ok(started) => Ok(started),
+            Err(e) => {
+                // Nothing of a failed start stays behind.
+                let _ = docker.remove(&container).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(
+        docker: &Docker,
+        config: HubConfig,
+    ) -> Result<(Hub, std::net::TcpListener), HubError> {
         let HubConfig {
             container,
             proxy_port,
@@ -96,13 +118,8 @@ impl Hub {
             tunnel,
             ..
         } = config.clone();
-        let spec = specs::hub(
-            &config.sandbox_image,
-            &config.owner,
-            config.wan_network.as_deref(),
-        );
-        docker.run(&container, spec).await?;
         let ns = Arc::new(Netns::of_pid(docker.pid(&container).await?)?);
+        let control = Resident::start(&ns, Netlink::connect).await??;
         let (wan, listener) = in_ns(&ns, move || async move {
             let nl = Netlink::connect()?;
             let lo = name("lo")?;
@@ -146,16 +163,10 @@ impl Hub {
                 },
             )
         })?;
-        let runtime = tokio::runtime::Handle::current();
-        let netlink = ns.with(move || {
-            // The socket is opened in the namespace; its connection runs on the node's runtime.
-            let _entered = runtime.enter();
-            Netlink::connect()
-        })??;
         let hub = Hub {
             container,
             ns,
-            netlink,
+            control,
             handle: dataplane.handle(),
             dataplane: std::sync::Mutex::new(Some(dataplane)),
             plan: HubPlan {
@@ -167,7 +178,15 @@ impl Hub {
             },
             mtu: tunnel.mtu,
         };
-        plan::apply_base(&hub.netlink, &hub.plan).await?;
+        let plan = hub.plan.clone();
+        let applied = hub
+            .control
+            .run(move |nl| Box::pin(async move { plan::apply_base(nl, &plan).await }))
+            .await;
+        if let Err(e) = applied.map_err(HubError::from).and_then(|r| Ok(r?)) {
+            let _ = hub.stop_dataplane();
+            return Err(e);
+        }
         Ok((hub, listener))
     }
 
@@ -179,7 +198,10 @@ impl Hub {
     /// Routes the tunnel through the router and gives the router the node's VPN address. Safe
     /// to repeat: after OpenVPN restarted (a new tun0) or its address changed.
     pub async fn connect_vpn(&self, address: Ipv4Addr) -> Result<(), HubError> {
-        plan::apply_vpn(&self.netlink, &self.plan).await?;
+        let plan = self.plan.clone();
+        self.control
+            .run(move |nl| Box::pin(async move { plan::apply_vpn(nl, &plan).await }))
+            .await??;
         let vpn = Vpn {
             address,
             prefix_len: self.plan.vpn_prefix_len,
@@ -214,7 +236,10 @@ impl Hub {
         link: RunLinkPlan,
         sandbox: Arc<Netns>,
     ) -> Result<(), HubError> {
-        plan::add_run_link(&self.netlink, &link, sandbox.fd()).await?;
+        let l = link.clone();
+        self.control
+            .run(move |nl| Box::pin(async move { plan::add_run_link(nl, &l, sandbox.fd()).await }))
+            .await??;
         let addr = link.container;
         self.handle
             .with(move |r| r.add_container(addr, run.into(), family))
@@ -257,8 +282,14 @@ impl Hub {
         if let Err(e) = self.handle.with(move |r| r.remove_run(run.into())).await {
             errors.push(e.to_string());
         }
-        let failed = plan::remove_run_link(&self.netlink, &link).await;
-        errors.extend(failed.into_iter().map(|e| e.to_string()));
+        let removed = self
+            .control
+            .run(move |nl| Box::pin(async move { plan::remove_run_link(nl, &link).await }))
+            .await;
+        match removed {
+            Ok(failed) => errors.extend(failed.into_iter().map(|e| e.to_string())),
+            Err(e) => errors.push(e.to_string()),
+        }
         errors
     }
 

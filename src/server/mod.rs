@@ -9,6 +9,7 @@ pub mod eduvpn;
 pub mod import;
 pub mod metrics;
 pub mod pki;
+pub mod provider;
 pub mod provision;
 pub mod state;
 pub mod store;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use crate::server::auth::Signer;
 use crate::server::config::ServerConfig;
+use crate::server::provider::VpnProvider;
 pub use crate::server::state::AppState;
 use crate::server::store::{OpenError, Store};
 
@@ -208,11 +210,15 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     let store = Store::open(&at).await?;
     let signer = Signer::new(token_key(&store, dir).await?);
     admin_credential(&store, &config.admin).await?;
-    let pki = match &config.vpn {
-        Some(vpn) => Some(Arc::new(tokio::sync::Mutex::new(
-            vpn_pki(&store, &dir.join("vpn"), vpn).await?,
-        ))),
-        None => None,
+    let vpn = match (&config.vpn, &config.vpn_server) {
+        (Some(vpn), _) => VpnProvider::Builtin {
+            pki: Arc::new(tokio::sync::Mutex::new(
+                vpn_pki(&store, &dir.join("vpn"), vpn).await?,
+            )),
+            vpn: vpn.clone(),
+        },
+        (None, Some(edu)) => VpnProvider::EduVpn(edu.clone()),
+        (None, None) => VpnProvider::None,
     };
     // A wait holds a connection: half of them may wait, the rest is for everyone else.
     let waits = Arc::new(waits::Waits::new((config.max_connections / 2).max(1)));
@@ -220,7 +226,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         store,
         signer,
         config: Arc::new(config),
-        pki,
+        vpn,
         logins: Arc::default(),
         metrics: Default::default(),
         changes: Arc::new(tokio::sync::watch::Sender::new(0)),

@@ -6,6 +6,7 @@
 use crate::api::{NodeId, VpnProfile};
 use crate::server::eduvpn::{self, EduVpnError};
 use crate::server::pki::{Pki, PkiError};
+use crate::server::provider::VpnProvider;
 use crate::server::state::AppState;
 use crate::server::store::{self, Db, StoreError};
 
@@ -39,17 +40,16 @@ pub const PER_HOUR: u32 = 10;
 
 /// A new profile for `node`.
 pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, ProvisionError> {
-    let Some(pki) = &s.pki else {
-        let edu = s
-            .config
-            .vpn_server
-            .as_ref()
-            .ok_or(ProvisionError::NotSupported)?;
-        let p = eduvpn::fetch_profile(edu).await?;
-        return Ok(VpnProfile {
-            ovpn_config: p.ovpn,
-            expires: p.expires,
-        });
+    let pki = match &s.vpn {
+        VpnProvider::Builtin { pki, .. } => pki,
+        VpnProvider::EduVpn(edu) => {
+            let p = eduvpn::fetch_profile(edu).await?;
+            return Ok(VpnProfile {
+                ovpn_config: p.ovpn,
+                expires: p.expires,
+            });
+        }
+        VpnProvider::None => return Err(ProvisionError::NotSupported),
     };
     // The lock orders this process's CRL writes; the write transaction orders issuing across
     // every server process on the database, so the hourly limit holds for all of them together.
@@ -74,7 +74,7 @@ pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, Provision
 /// Deletes `node`; with the built-in VPN its certificates are revoked, so its profile no longer
 /// connects. False if there was no such node.
 pub async fn delete_node(s: &AppState, node: NodeId) -> Result<bool, ProvisionError> {
-    let pki = match &s.pki {
+    let pki = match s.vpn.pki() {
         Some(p) => Some(p.lock().await),
         None => None,
     };
@@ -132,7 +132,7 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// server process on the same database may have issued or revoked a certificate: its OpenVPN
 /// server then admits or refuses it within [`FOLLOW_EVERY`]. Without the built-in VPN, never returns.
 pub async fn follow_crl(s: AppState) {
-    let Some(pki) = s.pki.clone() else {
+    let Some(pki) = s.vpn.pki().cloned() else {
         return std::future::pending().await;
     };
     let mut written = None;

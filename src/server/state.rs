@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use crate::server::auth::Signer;
 use crate::server::config::ServerConfig;
-use crate::server::pki::Pki;
 use crate::server::store::Store;
 use crate::server::throttle::Throttle;
 
@@ -14,8 +13,8 @@ pub struct AppState {
     pub store: Store,
     pub signer: Signer,
     pub config: Arc<ServerConfig>,
-    /// The built-in VPN provider; the lock orders issuing and CRL writes.
-    pub pki: Option<Arc<tokio::sync::Mutex<Pki>>>,
+    /// Which VPN nodes get profiles for.
+    pub vpn: crate::server::provider::VpnProvider,
     /// Failed administrator logins.
     pub logins: Arc<std::sync::Mutex<Throttle>>,
     pub metrics: crate::server::metrics::ServerMetrics,

@@ -1,19 +1,35 @@
-//! The VPN over the node's life: brought up at start (the start-up order of [`super`]; without
-//! a working VPN the node runs on), routed through the router and registered at the server,
-//! followed on OpenVPN's management socket, and brought back whenever OpenVPN goes away.
+//! The VPN over the node's life: brought up at start (the start-up [`order`]; without a working
+//! VPN the node runs on), routed through the router and registered at the server, followed,
+//! and brought back whenever the tunnel goes away. It speaks to a [`Tunnel`] and, for
+//! everything else, to a [`Seat`]: the node's, or a test's.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::openvpn::Management;
-use super::tunnel::{Steps, Tunnel};
-use super::{bring_up, Outcome, VpnSteps};
-use crate::api::client::ClientError;
+use super::order::{self, Outcome, Source};
+use super::{Change, Profiles, Tunnel};
 use crate::node::hub::HubError;
 use crate::node::retry::{with_backoff, Backoff};
 use crate::node::state::Node;
 use crate::node::status::VpnState;
+
+/// What the VPN's life needs of the rest of the node: profiles from the server, the router, the
+/// server's record of the address, and the node's own record.
+pub trait Seat: Profiles {
+    type PlumbError: std::fmt::Display;
+    /// Routes the tunnel through the router with `address`, and tells the server.
+    fn plumb(
+        &self,
+        address: Ipv4Addr,
+    ) -> impl std::future::Future<Output = Result<(), Self::PlumbError>>;
+    /// Holds back what goes to peers while the tunnel is not connected.
+    fn pause(&self) -> impl std::future::Future<Output = ()>;
+    /// Records where the VPN is, for `algonet node status` and the metrics.
+    fn record(&self, state: VpnState);
+    /// Records that the tunnel came back after it had connected.
+    fn reconnected(&self);
+}
 
 /// Why the router or the server did not take the VPN address.
 #[derive(Debug, thiserror::Error)]
@@ -21,61 +37,96 @@ pub enum PlumbError {
     #[error(transparent)]
     Hub(#[from] HubError),
     #[error("registering the VPN address: {0}")]
-    Register(#[from] ClientError),
+    Register(#[from] crate::api::client::ClientError),
 }
 
-fn tunnel(node: &Node, subnet: ipnet::Ipv4Net) -> Tunnel {
-    Tunnel {
-        docker: node.docker.clone(),
-        container: format!("algonet-{}-vpn", node.name),
-        hub_container: node.hub.container.clone(),
-        image: node.config.images.vpn_client.clone(),
-        owner: node.owner.clone(),
-        dir: node.config.task_dir.join("vpn"),
-        subnet,
-        timeout: Duration::from_secs(node.config.vpn_connect_timeout_secs),
+impl Profiles for Arc<Node> {
+    type Error = crate::api::client::ClientError;
+
+    async fn renew(&self, current: &str) -> Result<String, Self::Error> {
+        self.client.renew_profile(current).await
+    }
+
+    async fn fetch_new(&self) -> Result<String, Self::Error> {
+        self.client.new_profile().await
     }
 }
 
-/// Brings the VPN up and, connected, starts following it. Never fails the node: without a
-/// working VPN it warns once, with the reasons, runs on without, and keeps trying in the
-/// background ([`retry`]).
-pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
-    let Some(subnet) = node.config.vpn_subnet else {
-        node.observed.vpn_state(VpnState::Off, None);
-        tracing::warn!(
-            "no vpn_subnet configured: running without VPN (algorithms get no public ports)"
-        );
-        return None;
-    };
-    let tunnel = tunnel(node, subnet);
+impl Seat for Arc<Node> {
+    type PlumbError = PlumbError;
+
+    async fn plumb(&self, address: Ipv4Addr) -> Result<(), PlumbError> {
+        self.hub.connect_vpn(address).await?;
+        self.set_vpn_address(Some(address));
+        self.observed.vpn_state(VpnState::Connected, Some(address));
+        with_backoff("registering the VPN address", || {
+            self.client.set_ip(Some(address))
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn pause(&self) {
+        if let Err(e) = self.hub.set_tunnel_up(false).await {
+            tracing::warn!("pausing forwarding to peers: {e}");
+        }
+    }
+
+    fn record(&self, state: VpnState) {
+        let address = match state {
+            VpnState::Off | VpnState::Retrying => None,
+            _ => self.vpn_address(),
+        };
+        self.observed.vpn_state(state, address);
+    }
+
+    fn reconnected(&self) {
+        self.observed.vpn_reconnected();
+    }
+}
+
+/// After the start: keep trying until the tunnel connects, then follow it.
+#[derive(Debug)]
+pub struct Follow<S, T> {
+    seat: S,
+    tunnel: T,
+    connected: bool,
+}
+
+/// Brings the VPN up with `tunnel`. Never fails the node: without a working VPN it warns once,
+/// with the reasons, and the [`Follow`] it returns keeps trying; connected, the [`Follow`]
+/// follows the tunnel. `None`: the tunnel connected but the router could not take it (the node
+/// runs without VPN).
+pub async fn start<S: Seat, T: Tunnel>(seat: S, mut tunnel: T) -> Option<Follow<S, T>> {
     let existing = tunnel.saved_profile();
-    let mut steps = Steps {
-        tunnel: &tunnel,
-        client: &node.client,
-        connected: None,
-    };
-    match bring_up(existing.as_deref(), &mut steps).await {
+    match order::bring_up(existing.as_deref(), &mut tunnel, &seat).await {
         Outcome::Connected { address, source } => {
             tracing::info!("VPN connected with address {address} ({source:?} profile)");
-            let m = steps.connected.take()?;
-            match plumb(node, address).await {
-                Ok(()) => Some(tokio::spawn(watch(node.clone(), tunnel, m))),
+            match seat.plumb(address).await {
+                Ok(()) => Some(Follow {
+                    seat,
+                    tunnel,
+                    connected: true,
+                }),
                 Err(e) => {
-                    node.observed.vpn_state(VpnState::Off, None);
+                    seat.record(VpnState::Off);
                     tracing::warn!("VPN connected, but the router could not be set up: {e}; running without VPN");
-                    let _ = node.docker.remove(&tunnel.container).await;
+                    tunnel.remove().await;
                     None
                 }
             }
         }
         Outcome::NoVpn { reasons } => {
-            node.observed.vpn_state(VpnState::Retrying, None);
+            seat.record(VpnState::Retrying);
             tracing::warn!(
                 "running without VPN for now: {}; trying again in the background",
                 reasons.join("; ")
             );
-            Some(tokio::spawn(retry(node.clone(), tunnel)))
+            Some(Follow {
+                seat,
+                tunnel,
+                connected: false,
+            })
         }
     }
 }
@@ -83,142 +134,308 @@ pub async fn start(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
 /// How often a retry goes through the whole start-up order rather than only the saved profile.
 const FULL_ORDER_EVERY: u32 = 10;
 
-/// Tries to bring the VPN up until it connects (waits from 5 s, doubling to 30 s), then follows
-/// it. A try uses the saved profile alone, and every tenth one the whole start-up order: each
-/// renewal or new profile is a new certificate, and the server allows a node only a few an hour.
-async fn retry(node: Arc<Node>, tunnel: Tunnel) {
-    let mut backoff = Backoff::from(Duration::from_secs(5));
-    let mut wait = backoff.next_wait();
-    for attempt in 1u32.. {
-        tokio::time::sleep(wait).await;
-        let mut steps = Steps {
-            tunnel: &tunnel,
-            client: &node.client,
-            connected: None,
-        };
-        let saved = tunnel.saved_profile();
-        let outcome = match saved {
-            Some(p) if attempt % FULL_ORDER_EVERY != 0 => match steps.connect(&p).await {
-                Ok(address) => Outcome::Connected {
-                    address,
-                    source: super::Source::Existing,
-                },
-                Err(e) => Outcome::NoVpn {
-                    reasons: vec![format!("the saved profile did not connect: {e}")],
-                },
-            },
-            saved => bring_up(saved.as_deref(), &mut steps).await,
-        };
-        let reasons = match (outcome, steps.connected.take()) {
-            (Outcome::Connected { address, .. }, Some(m)) => match plumb(&node, address).await {
-                Ok(()) => {
-                    tracing::info!("VPN connected with address {address} (try {attempt})");
-                    return watch(node, tunnel, m).await;
-                }
-                Err(e) => {
-                    let _ = node.docker.remove(&tunnel.container).await;
-                    vec![format!("the router could not be set up: {e}")]
-                }
-            },
-            (Outcome::NoVpn { reasons }, _) => reasons,
-            (Outcome::Connected { .. }, None) => vec!["no management connection".into()],
-        };
-        wait = backoff.next_wait();
-        tracing::info!(
-            "VPN still not up: {}; next try in {}s",
-            reasons.join("; "),
-            wait.as_secs()
-        );
+impl<S: Seat, T: Tunnel> Follow<S, T> {
+    /// Runs for the rest of the node's life.
+    pub async fn run(mut self) {
+        if !self.connected {
+            self.retry().await;
+        }
+        self.watch().await;
     }
-}
 
-/// Routes the tunnel through the router with `address`, and tells the server.
-async fn plumb(node: &Node, address: Ipv4Addr) -> Result<(), PlumbError> {
-    node.hub.connect_vpn(address).await?;
-    node.set_vpn_address(Some(address));
-    node.observed.vpn_state(VpnState::Connected, Some(address));
-    with_backoff("registering the VPN address", || {
-        node.client.set_ip(Some(address))
-    })
-    .await?;
-    Ok(())
-}
+    /// Tries to bring the VPN up until it connects (waits from 5 s, doubling to 30 s). A try
+    /// uses the saved profile alone, and every tenth one the whole start-up order: each renewal
+    /// or new profile is a new certificate, and the server allows a node only a few an hour.
+    async fn retry(&mut self) {
+        let mut backoff = Backoff::from(Duration::from_secs(5));
+        let mut wait = backoff.next_wait();
+        for attempt in 1u32.. {
+            tokio::time::sleep(wait).await;
+            let saved = self.tunnel.saved_profile();
+            let outcome = match saved {
+                Some(p) if attempt % FULL_ORDER_EVERY != 0 => match self.tunnel.connect(&p).await {
+                    Ok(address) => Outcome::Connected {
+                        address,
+                        source: Source::Existing,
+                    },
+                    Err(e) => Outcome::NoVpn {
+                        reasons: vec![format!("the saved profile did not connect: {e}")],
+                    },
+                },
+                saved => order::bring_up(saved.as_deref(), &mut self.tunnel, &self.seat).await,
+            };
+            let reasons = match outcome {
+                Outcome::Connected { address, .. } => match self.seat.plumb(address).await {
+                    Ok(()) => {
+                        tracing::info!("VPN connected with address {address} (try {attempt})");
+                        return;
+                    }
+                    Err(e) => {
+                        self.tunnel.remove().await;
+                        vec![format!("the router could not be set up: {e}")]
+                    }
+                },
+                Outcome::NoVpn { reasons } => reasons,
+            };
+            wait = backoff.next_wait();
+            tracing::info!(
+                "VPN still not up: {}; next try in {}s",
+                reasons.join("; "),
+                wait.as_secs()
+            );
+        }
+    }
 
-/// Follows OpenVPN: a new address or a reconnect re-plumbs and re-registers; a lost management
-/// connection (the container stopped or was restarted) brings the container back and waits for
-/// it to connect again.
-async fn watch(node: Arc<Node>, tunnel: Tunnel, mut m: Management) {
-    loop {
-        match m.next_change().await {
-            Ok(s) if s.connected() => {
-                if let Some(a) = s.address {
+    /// Follows the tunnel: a new address or a reconnect re-plumbs and re-registers; a tunnel
+    /// down pauses forwarding to peers until it connects again; a lost tunnel is brought back.
+    async fn watch(&mut self) {
+        loop {
+            match self.tunnel.next_change().await {
+                Change::Connected(a) => {
                     tracing::info!("VPN connected again with address {a}");
-                    node.observed.vpn_reconnected();
-                    if let Err(e) = plumb(&node, a).await {
+                    self.seat.reconnected();
+                    if let Err(e) = self.seat.plumb(a).await {
                         tracing::warn!("re-plumbing the VPN: {e}");
                     }
                 }
+                Change::Down(state) => {
+                    tracing::info!("VPN state {state}; forwarding to peers paused until CONNECTED");
+                    self.seat.record(VpnState::Tunnel(state));
+                    self.seat.pause().await;
+                }
+                Change::Lost(why) => {
+                    tracing::warn!("{why}; bringing the tunnel back");
+                    self.seat.record(VpnState::Lost);
+                    self.seat.pause().await;
+                    self.recover().await;
+                }
             }
-            Ok(s) => {
-                tracing::info!(
-                    "VPN state {}; forwarding to peers paused until CONNECTED",
-                    s.name
-                );
-                node.observed
-                    .vpn_state(VpnState::Tunnel(s.name.clone()), node.vpn_address());
-                pause(&node).await;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "lost OpenVPN's management connection ({e}); bringing the tunnel back"
-                );
-                node.observed.vpn_state(VpnState::Lost, node.vpn_address());
-                pause(&node).await;
-                m = recover(&node, &tunnel).await;
+        }
+    }
+
+    /// Brings the tunnel back, with doubling waits, never giving up.
+    async fn recover(&mut self) {
+        let mut backoff = Backoff::from(Duration::from_secs(1));
+        loop {
+            match self.tunnel.recover().await {
+                Ok(a) => {
+                    self.seat.reconnected();
+                    match self.seat.plumb(a).await {
+                        Ok(()) => tracing::info!("VPN back with address {a}"),
+                        Err(e) => tracing::warn!("re-plumbing the VPN: {e}"),
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!("VPN not back yet: {e}; next try in {}s", wait.as_secs());
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
 }
 
-/// Holds back what goes to peers while the tunnel is not connected.
-async fn pause(node: &Node) {
-    if let Err(e) = node.hub.set_tunnel_up(false).await {
-        tracing::warn!("pausing forwarding to peers: {e}");
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::hub::TunnelLink;
+    use crate::node::vpn::StepError;
+    use crate::sync::lock;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
 
-/// Waits (starting the container again if it is not running) until OpenVPN connects again.
-async fn recover(node: &Node, tunnel: &Tunnel) -> Management {
-    let mut backoff = Backoff::from(Duration::from_secs(1));
-    loop {
-        match node.docker.running(&tunnel.container).await {
-            Ok(Some(true)) => {}
-            Ok(Some(false)) => {
-                if let Err(e) = node.docker.start(&tunnel.container).await {
-                    tracing::warn!("starting the OpenVPN container again: {e}");
-                }
-            }
-            Ok(None) => {
-                if let Err(e) = tunnel.start_container().await {
-                    tracing::warn!("re-creating the OpenVPN container: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("asking Docker about the OpenVPN container: {e}"),
+    fn note(log: &Mutex<Vec<String>>, what: impl Into<String>) {
+        lock(log).push(what.into());
+    }
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 76, 0, last)
+    }
+
+    /// A failure of the fake tunnel: "silent" when its server sent nothing.
+    #[derive(Debug)]
+    struct Failed(&'static str);
+
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
         }
-        match tunnel.wait_connected(tunnel.timeout).await {
-            Ok((m, a)) => {
-                node.observed.vpn_reconnected();
-                match plumb(node, a).await {
-                    Ok(()) => tracing::info!("VPN back with address {a}"),
-                    Err(e) => tracing::warn!("re-plumbing the VPN: {e}"),
-                }
-                return m;
-            }
-            Err(e) => {
-                let wait = backoff.next_wait();
-                tracing::warn!("VPN not back yet: {e}; next try in {}s", wait.as_secs());
-                tokio::time::sleep(wait).await;
+    }
+
+    impl StepError for Failed {
+        fn server_silent(&self) -> bool {
+            self.0 == "silent"
+        }
+    }
+
+    /// A tunnel that answers as scripted: each connect and recover takes the next result; the
+    /// test sends the changes of the connected tunnel.
+    struct Fake {
+        saved: Option<String>,
+        connects: VecDeque<Result<Ipv4Addr, &'static str>>,
+        recovers: VecDeque<Result<Ipv4Addr, &'static str>>,
+        changes: mpsc::UnboundedReceiver<Change>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Tunnel for Fake {
+        type Error = Failed;
+        const LINK: TunnelLink = TunnelLink {
+            name: "fake0",
+            mtu: 1400,
+        };
+        fn saved_profile(&self) -> Option<String> {
+            self.saved.clone()
+        }
+        fn save(&mut self, profile: &str) -> Result<(), Failed> {
+            self.saved = Some(profile.into());
+            Ok(())
+        }
+        async fn connect(&mut self, profile: &str) -> Result<Ipv4Addr, Failed> {
+            note(&self.log, format!("connect {profile}"));
+            self.connects
+                .pop_front()
+                .unwrap_or(Err("silent"))
+                .map_err(Failed)
+        }
+        async fn next_change(&mut self) -> Change {
+            match self.changes.recv().await {
+                Some(c) => c,
+                None => std::future::pending().await,
             }
         }
+        async fn recover(&mut self) -> Result<Ipv4Addr, Failed> {
+            note(&self.log, "recover");
+            self.recovers
+                .pop_front()
+                .unwrap_or(Err("down"))
+                .map_err(Failed)
+        }
+        async fn remove(&mut self) {
+            note(&self.log, "remove");
+        }
+    }
+
+    /// The rest of the node, as a log of what was asked of it.
+    #[derive(Clone)]
+    struct Seen {
+        log: Arc<Mutex<Vec<String>>>,
+        new_profile: Option<&'static str>,
+    }
+
+    impl Profiles for Seen {
+        type Error = String;
+        async fn renew(&self, _: &str) -> Result<String, String> {
+            note(&self.log, "renew");
+            Err("501".into())
+        }
+        async fn fetch_new(&self) -> Result<String, String> {
+            note(&self.log, "new profile");
+            self.new_profile.map(str::to_string).ok_or("503".into())
+        }
+    }
+
+    impl Seat for Seen {
+        type PlumbError = String;
+        async fn plumb(&self, address: Ipv4Addr) -> Result<(), String> {
+            note(&self.log, format!("plumb {address}"));
+            Ok(())
+        }
+        async fn pause(&self) {
+            note(&self.log, "pause");
+        }
+        fn record(&self, state: VpnState) {
+            note(&self.log, format!("state {}", state.name()));
+        }
+        fn reconnected(&self) {
+            note(&self.log, "reconnected");
+        }
+    }
+
+    fn fake(
+        saved: Option<&str>,
+        connects: Vec<Result<Ipv4Addr, &'static str>>,
+        recovers: Vec<Result<Ipv4Addr, &'static str>>,
+    ) -> (Fake, Seen, mpsc::UnboundedSender<Change>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, changes) = mpsc::unbounded_channel();
+        let tunnel = Fake {
+            saved: saved.map(str::to_string),
+            connects: connects.into(),
+            recovers: recovers.into(),
+            changes,
+            log: log.clone(),
+        };
+        let seat = Seen {
+            log,
+            new_profile: Some("new"),
+        };
+        (tunnel, seat, tx)
+    }
+
+    /// Waits (in the paused clock's time) until the log holds `n` entries, and takes them.
+    async fn take(seat: &Seen, n: usize) -> Vec<String> {
+        for _ in 0..10_000 {
+            if lock(&seat.log).len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::mem::take(&mut *lock(&seat.log))
+    }
+
+    /// Connected at start, the life follows the tunnel: a tunnel down pauses the peers, back
+    /// with a new address re-plumbs, a lost tunnel is brought back after a failed try.
+    #[tokio::test(start_paused = true)]
+    async fn a_connected_tunnel_is_followed_down_up_and_back_from_lost() {
+        let (tunnel, seat, changes) = fake(Some("saved"), vec![Ok(ip(2))], vec![]);
+        let mut tunnel = tunnel;
+        tunnel.recovers = [Err("container gone"), Ok(ip(2))].into();
+        let follow = start(seat.clone(), tunnel).await.expect("connected");
+        assert_eq!(take(&seat, 2).await, ["connect saved", "plumb 10.76.0.2"]);
+        let running = tokio::spawn(follow.run());
+
+        changes
+            .send(Change::Down("RECONNECTING".into()))
+            .expect("send");
+        assert_eq!(take(&seat, 2).await, ["state RECONNECTING", "pause"]);
+        changes.send(Change::Connected(ip(7))).expect("send");
+        assert_eq!(take(&seat, 2).await, ["reconnected", "plumb 10.76.0.7"]);
+        changes
+            .send(Change::Lost("socket closed".into()))
+            .expect("send");
+        assert_eq!(
+            take(&seat, 6).await,
+            [
+                "state lost",
+                "pause",
+                "recover",
+                "recover",
+                "reconnected",
+                "plumb 10.76.0.2"
+            ]
+        );
+        running.abort();
+    }
+
+    /// A silent VPN server at start: one try, no new certificate, the node runs on; the
+    /// background tries use the saved profile and connect once the server answers.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_tunnel_the_node_runs_on_and_keeps_trying() {
+        let (tunnel, seat, _changes) = fake(
+            Some("saved"),
+            vec![Err("silent"), Err("silent"), Ok(ip(3))],
+            vec![],
+        );
+        let follow = start(seat.clone(), tunnel).await.expect("keeps trying");
+        assert_eq!(take(&seat, 2).await, ["connect saved", "state retrying"]);
+        let running = tokio::spawn(follow.run());
+        assert_eq!(
+            take(&seat, 3).await,
+            ["connect saved", "connect saved", "plumb 10.76.0.3"]
+        );
+        running.abort();
     }
 }

@@ -1,294 +1,69 @@
-//! The node's VPN: the start-up order here, the OpenVPN client container in [`tunnel`], its
-//! management socket in [`openvpn`], and bringing it up, following it and bringing it back in
-//! [`lifecycle`].
+//! The node's VPN, as a seam between its life on the node and one kind of tunnel:
 //!
-//! The start-up order, as vantage6 has it: try the existing profile; failing that, renew its key
-//! pair (`POST /vpn/update`) and try again; failing that, or with no profile, get a new one
-//! (`GET /vpn`) and try again. All failed: the node runs on without VPN, with the reasons, and
-//! [`lifecycle`] keeps trying in the background. It never stops the node.
-//!
-//! Unlike vantage6, a VPN server that sent not a single packet ends the order at once: a
-//! renewed or new profile carries a new certificate, and no certificate makes a silent server
-//! answer. So a node started while the VPN server is down tries one profile, asks the server
-//! for no certificate, and runs on after one connect timeout.
-//!
-//! The effects (starting OpenVPN and waiting for it, calling the server, writing the profile)
-//! sit behind [`VpnSteps`], so the order is tested on its own.
+//! - [`Tunnel`] is what the life speaks to: connect with a profile (and learn the address),
+//!   follow the connected tunnel's changes, bring a lost one back. [`openvpn::OpenVpn`] (the
+//!   OpenVPN client container) is the one kind there is; the hub takes its link name and MTU
+//!   from [`Tunnel::LINK`].
+//! - [`order`] is the start-up order over a tunnel and the server's profiles (vantage6's: the
+//!   saved profile, a renewed one, a new one).
+//! - [`lifecycle`] brings the VPN up at start (never failing the node), keeps trying without
+//!   one, follows it, and re-plumbs and re-registers whenever its address changes or it comes
+//!   back; its effects on the rest of the node sit behind [`lifecycle::Seat`].
 
 pub mod lifecycle;
 pub mod openvpn;
-pub mod tunnel;
+pub mod order;
 
 use std::fmt::Display;
+use std::future::Future;
 use std::net::Ipv4Addr;
 
-/// Where the profile that worked came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Existing,
-    Renewed,
-    New,
-}
+use crate::node::hub::TunnelLink;
 
-/// How the start-up ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Connected {
-        address: Ipv4Addr,
-        source: Source,
-    },
-    /// No VPN; each reason says which step failed and why.
-    NoVpn {
-        reasons: Vec<String>,
-    },
-}
-
-/// Why a step failed; it becomes one of the reasons of [`Outcome::NoVpn`].
+/// Why a tunnel step failed; it becomes one of the reasons the node runs without VPN.
 pub trait StepError: Display {
     /// The VPN server sent nothing at all: no other profile would do better.
     fn server_silent(&self) -> bool;
 }
 
-/// The effects of the sequence.
-pub trait VpnSteps {
+/// A change of a connected tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Connected (again), with this address.
+    Connected(Ipv4Addr),
+    /// Not connected, in the tunnel's own word for it (OpenVPN's `RECONNECTING`, `WAIT`, ...);
+    /// it comes back by itself.
+    Down(String),
+    /// The tunnel itself went away (its process, or the node's line to it), in words that say
+    /// what was lost: [`Tunnel::recover`] brings it back.
+    Lost(String),
+}
+
+/// One kind of tunnel, as the VPN's life on the node uses it.
+pub trait Tunnel {
     type Error: StepError;
-    /// Starts OpenVPN with this profile and waits for it to connect with an address in the
-    /// VPN subnet.
-    fn connect(
-        &mut self,
-        ovpn: &str,
-    ) -> impl std::future::Future<Output = Result<Ipv4Addr, Self::Error>>;
-    /// `POST /vpn/update` with the current profile.
-    fn renew(
-        &mut self,
-        current: &str,
-    ) -> impl std::future::Future<Output = Result<String, Self::Error>>;
-    /// `GET /vpn`.
-    fn fetch_new(&mut self) -> impl std::future::Future<Output = Result<String, Self::Error>>;
-    /// Keeps the profile for the next start.
-    fn save(&mut self, ovpn: &str) -> Result<(), Self::Error>;
+    /// The link the tunnel's packets come and go by in the hub namespace.
+    const LINK: TunnelLink;
+    /// The profile kept from an earlier start.
+    fn saved_profile(&self) -> Option<String>;
+    /// Keeps `profile` for the next start.
+    fn save(&mut self, profile: &str) -> Result<(), Self::Error>;
+    /// Starts the tunnel with `profile` and waits until it connects with an address the node
+    /// accepts; a failure leaves nothing of it running.
+    fn connect(&mut self, profile: &str) -> impl Future<Output = Result<Ipv4Addr, Self::Error>>;
+    /// The next change of the connected tunnel.
+    fn next_change(&mut self) -> impl Future<Output = Change>;
+    /// Brings a lost tunnel back with the kept profile and waits until it connects.
+    fn recover(&mut self) -> impl Future<Output = Result<Ipv4Addr, Self::Error>>;
+    /// Takes the tunnel down.
+    fn remove(&mut self) -> impl Future<Output = ()>;
 }
 
-/// Whether to go on with the next step of the order.
-enum Next {
-    Done(Outcome),
-    Try,
-    Stop,
-}
-
-async fn try_with(
-    steps: &mut impl VpnSteps,
-    ovpn: &str,
-    source: Source,
-    reasons: &mut Vec<String>,
-) -> Next {
-    if source != Source::Existing {
-        if let Err(e) = steps.save(ovpn) {
-            reasons.push(format!("cannot keep the {source:?} profile: {e}"));
-        }
-    }
-    match steps.connect(ovpn).await {
-        Ok(address) => Next::Done(Outcome::Connected { address, source }),
-        Err(e) => {
-            reasons.push(format!("{source:?} profile did not connect: {e}"));
-            if e.server_silent() {
-                reasons.push("no new certificate asked for while the VPN server is silent".into());
-                Next::Stop
-            } else {
-                Next::Try
-            }
-        }
-    }
-}
-
-/// Runs the sequence.
-pub async fn bring_up(existing: Option<&str>, steps: &mut impl VpnSteps) -> Outcome {
-    let mut reasons = Vec::new();
-    if let Some(current) = existing {
-        match try_with(steps, current, Source::Existing, &mut reasons).await {
-            Next::Done(done) => return done,
-            Next::Stop => return Outcome::NoVpn { reasons },
-            Next::Try => {}
-        }
-        match steps.renew(current).await {
-            Ok(renewed) => match try_with(steps, &renewed, Source::Renewed, &mut reasons).await {
-                Next::Done(done) => return done,
-                Next::Stop => return Outcome::NoVpn { reasons },
-                Next::Try => {}
-            },
-            Err(e) => reasons.push(format!("renewal (POST /vpn/update) failed: {e}")),
-        }
-    }
-    match steps.fetch_new().await {
-        Ok(new) => {
-            if let Next::Done(done) = try_with(steps, &new, Source::New, &mut reasons).await {
-                return done;
-            }
-        }
-        Err(e) => reasons.push(format!("a new profile (GET /vpn) failed: {e}")),
-    }
-    Outcome::NoVpn { reasons }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Scripted steps: which profiles connect, what the server answers, whether the VPN server
-    /// answers at all; records the calls.
-    #[derive(Default)]
-    struct Script {
-        good: Vec<&'static str>,
-        renew: Option<&'static str>,
-        new: Option<&'static str>,
-        silent: bool,
-        calls: Vec<String>,
-    }
-
-    /// A scripted failure: "silent" when the VPN server sent nothing.
-    impl StepError for String {
-        fn server_silent(&self) -> bool {
-            self.starts_with("silent")
-        }
-    }
-
-    impl VpnSteps for Script {
-        type Error = String;
-        async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, String> {
-            self.calls.push(format!("connect {ovpn}"));
-            if self.silent {
-                Err("silent: no packet from the VPN server".into())
-            } else if self.good.contains(&ovpn) {
-                Ok(Ipv4Addr::new(10, 76, 0, 2))
-            } else {
-                Err("TLS handshake failed".into())
-            }
-        }
-        async fn renew(&mut self, _: &str) -> Result<String, String> {
-            self.calls.push("renew".into());
-            self.renew
-                .map(str::to_string)
-                .ok_or_else(|| "501 This server does not support VPN".into())
-        }
-        async fn fetch_new(&mut self) -> Result<String, String> {
-            self.calls.push("new".into());
-            self.new
-                .map(str::to_string)
-                .ok_or_else(|| "503 the VPN server is unreachable".into())
-        }
-        fn save(&mut self, ovpn: &str) -> Result<(), String> {
-            self.calls.push(format!("save {ovpn}"));
-            Ok(())
-        }
-    }
-
-    fn run(existing: Option<&str>, s: &mut Script) -> Outcome {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("rt")
-            .block_on(bring_up(existing, s))
-    }
-
-    #[test]
-    fn the_existing_profile_is_tried_first() {
-        let mut s = Script {
-            good: vec!["old"],
-            ..Script::default()
-        };
-        assert_eq!(
-            run(Some("old"), &mut s),
-            Outcome::Connected {
-                address: Ipv4Addr::new(10, 76, 0, 2),
-                source: Source::Existing
-            }
-        );
-        assert_eq!(s.calls, ["connect old"]);
-    }
-
-    #[test]
-    fn a_broken_profile_is_renewed_then_replaced() {
-        let mut s = Script {
-            good: vec!["renewed"],
-            renew: Some("renewed"),
-            new: Some("new"),
-            ..Script::default()
-        };
-        assert!(matches!(
-            run(Some("old"), &mut s),
-            Outcome::Connected {
-                source: Source::Renewed,
-                ..
-            }
-        ));
-        assert_eq!(
-            s.calls,
-            ["connect old", "renew", "save renewed", "connect renewed"]
-        );
-
-        let mut s = Script {
-            good: vec!["new"],
-            renew: None,
-            new: Some("new"),
-            ..Script::default()
-        };
-        assert!(matches!(
-            run(Some("old"), &mut s),
-            Outcome::Connected {
-                source: Source::New,
-                ..
-            }
-        ));
-        assert_eq!(
-            s.calls,
-            ["connect old", "renew", "new", "save new", "connect new"]
-        );
-    }
-
-    #[test]
-    fn no_profile_fetches_a_new_one_and_failure_says_why() {
-        let mut s = Script {
-            good: vec!["new"],
-            new: Some("new"),
-            ..Script::default()
-        };
-        assert!(matches!(
-            run(None, &mut s),
-            Outcome::Connected {
-                source: Source::New,
-                ..
-            }
-        ));
-        let mut s = Script::default();
-        let Outcome::NoVpn { reasons } = run(Some("old"), &mut s) else {
-            panic!("must fail")
-        };
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
-        assert!(reasons[0].contains("Existing profile did not connect: TLS handshake failed"));
-        assert!(reasons[1].contains("POST /vpn/update") && reasons[1].contains("501"));
-        assert!(reasons[2].contains("GET /vpn") && reasons[2].contains("503"));
-    }
-
-    #[test]
-    fn a_silent_vpn_server_gets_one_try_and_no_new_certificate() {
-        let mut s = Script {
-            renew: Some("renewed"),
-            new: Some("new"),
-            silent: true,
-            ..Script::default()
-        };
-        let Outcome::NoVpn { reasons } = run(Some("old"), &mut s) else {
-            panic!("must fail")
-        };
-        assert_eq!(s.calls, ["connect old"], "no renewal, no new profile");
-        assert!(reasons.iter().any(|r| r.contains("no new certificate")));
-
-        // Without a saved profile the one try needs a new one, and stops there.
-        let mut s = Script {
-            new: Some("new"),
-            silent: true,
-            ..Script::default()
-        };
-        assert!(matches!(run(None, &mut s), Outcome::NoVpn { .. }));
-        assert_eq!(s.calls, ["new", "save new", "connect new"]);
-    }
+/// Where profiles come from: the server.
+pub trait Profiles {
+    type Error: Display;
+    /// `POST /vpn/update` with the current profile: the same profile with a new key pair.
+    fn renew(&self, current: &str) -> impl Future<Output = Result<String, Self::Error>>;
+    /// `GET /vpn`: a new profile.
+    fn fetch_new(&self) -> impl Future<Output = Result<String, Self::Error>>;
 }

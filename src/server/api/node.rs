@@ -16,6 +16,7 @@ use crate::api::{
     CollaborationId, Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch, OrganizationId, Page,
 };
 use crate::server::auth::{hash_key, random_secret};
+use crate::server::provider::VpnProvider;
 use crate::server::state::AppState;
 use crate::server::store::NodeRow;
 use crate::server::{provision, store};
@@ -91,7 +92,7 @@ pub async fn patch(
     if let Some(ip) = ip {
         // With the built-in VPN the server gave the node its address (its client config);
         // eduVPN's subnet is its own.
-        if let Some(vpn) = &s.config.vpn {
+        if let VpnProvider::Builtin { vpn, .. } = &s.vpn {
             let own = vpn.address_of(id);
             if own != Some(ip) {
                 return Err(ApiError::bad(format!(
@@ -100,8 +101,11 @@ pub async fn patch(
                 )));
             }
         }
-        let edu = s.config.vpn_server.as_ref();
-        if let Some(net) = edu.and_then(|e| e.vpn_subnet().ok().flatten()) {
+        let edu = match &s.vpn {
+            VpnProvider::EduVpn(edu) => edu.vpn_subnet().ok().flatten(),
+            _ => None,
+        };
+        if let Some(net) = edu {
             let first = Ipv4Addr::from_bits(net.network().to_bits() + 1);
             if !net.contains(&ip) || [net.network(), net.broadcast(), first].contains(&ip) {
                 return Err(ApiError::bad(format!(

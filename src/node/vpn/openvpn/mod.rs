@@ -1,6 +1,8 @@
-//! The OpenVPN client container: started in the hub namespace with
-//! `--ifconfig-noexec --route-noexec` and a management socket in the node's VPN folder, waited
-//! for, and watched. The start-up order (existing -> renew -> new) is [`crate::node::vpn`].
+//! OpenVPN as the node's [`Tunnel`]: the OpenVPN client container, started in the hub namespace
+//! with `--ifconfig-noexec --route-noexec` and a management socket in the node's VPN folder
+//! ([`management`]), waited for, followed, and brought back.
+
+pub mod management;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -8,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use super::openvpn::{Management, ManagementError, TunnelState};
-use super::VpnSteps;
-use crate::api::client::ClientError;
+use super::{Change, StepError, Tunnel};
 use crate::docker::{specs, Docker, DockerError};
-use crate::node::client::ServerClient;
+use crate::node::hub::TunnelLink;
+use management::{Management, ManagementError, TunnelState};
 
 /// Why OpenVPN did not come up, or a profile could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -48,16 +49,7 @@ pub enum TunnelError {
     /// not a packet from the VPN server by the deadline: a new certificate would not help
     #[error("the VPN server did not answer within {secs}s; OpenVPN's last lines: {logs}")]
     Silent { secs: u64, logs: String },
-    /// the server gave no profile
-    #[error(transparent)]
-    Server(#[from] ClientError),
 }
-
-/// OpenVPN's tunnel device in the hub namespace, at OpenVPN's default `tun-mtu`.
-pub const LINK: crate::node::hub::TunnelLink = crate::node::hub::TunnelLink {
-    name: "tun0",
-    mtu: 1500,
-};
 
 /// The profile file in the VPN folder; tried first at the next start.
 pub const PROFILE: &str = "node.ovpn";
@@ -72,7 +64,7 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
         "--config",
         profile,
         "--dev",
-        LINK.name,
+        OpenVpn::LINK.name,
         "--ifconfig-noexec",
         "--route-noexec",
         "--persist-tun",
@@ -107,8 +99,8 @@ pub fn client_settings() -> &'static [&'static str] {
 }
 
 /// Where and how the OpenVPN client container runs.
-#[derive(Clone, Debug)]
-pub struct Tunnel {
+#[derive(Debug)]
+pub struct OpenVpn {
     pub docker: Docker,
     pub container: String,
     pub hub_container: String,
@@ -118,21 +110,34 @@ pub struct Tunnel {
     pub dir: PathBuf,
     pub subnet: Ipv4Net,
     pub timeout: Duration,
+    /// The management connection of the connected tunnel, following its state changes.
+    pub management: Option<Management>,
 }
 
-impl super::StepError for TunnelError {
+impl StepError for TunnelError {
     fn server_silent(&self) -> bool {
         matches!(self, TunnelError::Silent { .. })
     }
 }
 
-impl Tunnel {
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join(SOCKET)
+impl OpenVpn {
+    /// The OpenVPN client of `node`: its container beside the hub, its folder in `task_dir`.
+    pub fn of(node: &crate::node::state::Node, subnet: Ipv4Net) -> OpenVpn {
+        OpenVpn {
+            docker: node.docker.clone(),
+            container: format!("algonet-{}-vpn", node.name),
+            hub_container: node.hub.container.clone(),
+            image: node.config.images.vpn_client.clone(),
+            owner: node.owner.clone(),
+            dir: node.config.task_dir.join("vpn"),
+            subnet,
+            timeout: Duration::from_secs(node.config.vpn_connect_timeout_secs),
+            management: None,
+        }
     }
 
-    pub fn saved_profile(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(PROFILE)).ok()
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET)
     }
 
     fn write_profile(&self, ovpn: &str) -> Result<(), TunnelError> {
@@ -221,42 +226,73 @@ impl Tunnel {
     }
 }
 
-/// The effects of the start-up sequence, on Docker and the server.
-#[derive(Debug)]
-pub struct Steps<'a> {
-    pub tunnel: &'a Tunnel,
-    pub client: &'a ServerClient,
-    /// The connection that worked, for the watcher.
-    pub connected: Option<Management>,
-}
-
-impl VpnSteps for Steps<'_> {
+impl Tunnel for OpenVpn {
     type Error = TunnelError;
+    /// OpenVPN's tunnel device in the hub namespace, at OpenVPN's default `tun-mtu`.
+    const LINK: TunnelLink = TunnelLink {
+        name: "tun0",
+        mtu: 1500,
+    };
+
+    fn saved_profile(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(PROFILE)).ok()
+    }
+
+    fn save(&mut self, ovpn: &str) -> Result<(), TunnelError> {
+        self.write_profile(ovpn)
+    }
 
     async fn connect(&mut self, ovpn: &str) -> Result<Ipv4Addr, TunnelError> {
-        self.tunnel.write_profile(ovpn)?;
-        self.tunnel.start_container().await?;
-        match self.tunnel.wait_connected(self.tunnel.timeout).await {
+        self.write_profile(ovpn)?;
+        self.start_container().await?;
+        match self.wait_connected(self.timeout).await {
             Ok((m, a)) => {
-                self.connected = Some(m);
+                self.management = Some(m);
                 Ok(a)
             }
             Err(e) => {
-                let _ = self.tunnel.docker.remove(&self.tunnel.container).await;
+                self.remove().await;
                 Err(e)
             }
         }
     }
 
-    async fn renew(&mut self, current: &str) -> Result<String, TunnelError> {
-        Ok(self.client.renew_profile(current).await?)
+    async fn next_change(&mut self) -> Change {
+        loop {
+            let Some(m) = self.management.as_mut() else {
+                return Change::Lost("no management connection to OpenVPN".into());
+            };
+            match m.next_change().await {
+                Ok(s) if s.connected() => {
+                    // CONNECTED without an address says nothing new.
+                    if let Some(a) = s.address {
+                        return Change::Connected(a);
+                    }
+                }
+                Ok(s) => return Change::Down(s.name),
+                Err(e) => {
+                    self.management = None;
+                    return Change::Lost(format!("lost OpenVPN's management connection ({e})"));
+                }
+            }
+        }
     }
 
-    async fn fetch_new(&mut self) -> Result<String, TunnelError> {
-        Ok(self.client.new_profile().await?)
+    /// Starts the container again if it stopped, makes it anew from the kept profile if it is
+    /// gone, and waits for it to connect.
+    async fn recover(&mut self) -> Result<Ipv4Addr, TunnelError> {
+        match self.docker.running(&self.container).await? {
+            Some(true) => {}
+            Some(false) => self.docker.start(&self.container).await?,
+            None => self.start_container().await?,
+        }
+        let (m, a) = self.wait_connected(self.timeout).await?;
+        self.management = Some(m);
+        Ok(a)
     }
 
-    fn save(&mut self, ovpn: &str) -> Result<(), TunnelError> {
-        self.tunnel.write_profile(ovpn)
+    async fn remove(&mut self) {
+        self.management = None;
+        let _ = self.docker.remove(&self.container).await;
     }
 }

@@ -1,0 +1,30 @@
+//! Which VPN the server provisions its nodes for: none, its own (the built-in PKI whose OpenVPN
+//! server runs on the files it writes), or eduVPN's portal as vantage6 uses it.
+
+use std::sync::Arc;
+
+use crate::server::config::EduVpn;
+use crate::server::pki::{BuiltinVpn, Pki};
+
+#[derive(Clone, Debug)]
+pub enum VpnProvider {
+    /// `GET /vpn` answers 501; nodes run without VPN.
+    None,
+    /// The built-in PKI; the lock orders issuing and CRL writes within this process.
+    Builtin {
+        pki: Arc<tokio::sync::Mutex<Pki>>,
+        vpn: BuiltinVpn,
+    },
+    /// eduVPN (API v3).
+    EduVpn(EduVpn),
+}
+
+impl VpnProvider {
+    /// The built-in PKI, if that is the provider.
+    pub fn pki(&self) -> Option<&Arc<tokio::sync::Mutex<Pki>>> {
+        match self {
+            VpnProvider::Builtin { pki, .. } => Some(pki),
+            _ => None,
+        }
+    }
+}
