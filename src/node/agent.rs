@@ -13,7 +13,7 @@ use crate::logging::Recent;
 use crate::node::allocator::{PortTable, PUBLIC_PORTS};
 use crate::node::client::{ClientError, ServerClient};
 use crate::node::config::NodeConfig;
-use crate::node::hub::{Hub, HubConfig, HubError};
+use crate::node::hub::{Hub, HubError};
 use crate::node::proxy::{self, Clients};
 use crate::node::retry::{with_backoff, Backoff};
 use crate::node::run;
@@ -179,18 +179,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         .await
         .map_err(|e| NodeError::Reconcile(Box::new(e)))?;
 
-    let hub_config = HubConfig {
-        container: format!("algonet-{name}-hub"),
-        owner: owner.clone(),
-        sandbox_image: config.images.sandbox.clone(),
-        wan_network: config.wan_network.clone(),
-        proxy_port: config.proxy_port,
-        vpn_subnet: config.vpn_subnet,
-        tunnel: OpenVpn::LINK,
-        busy_poll: Duration::from_micros(config.busy_poll_us),
-        queues: config.dataplane_queues,
-        scoped: config.peer_scope != crate::node::config::PeerScope::Vpn,
-    };
+    let hub_config = config.hub(&name, &owner, OpenVpn::LINK);
     let (hub, listener) = Hub::start(&docker, hub_config).await?;
     let clients: Clients = Arc::default();
     let node = Arc::new(Node {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
 use crate::docker::images::ImageNames;
+use crate::node::hub::{HubConfig, TunnelLink};
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -155,6 +156,22 @@ fn default_dataplane_queues() -> usize {
 }
 
 impl NodeConfig {
+    /// The hub of the node `name` (whose containers carry `owner`), for a tunnel with `link`.
+    pub fn hub(&self, name: &str, owner: &str, link: TunnelLink) -> HubConfig {
+        HubConfig {
+            container: format!("algonet-{name}-hub"),
+            owner: owner.to_string(),
+            sandbox_image: self.images.sandbox.clone(),
+            wan_network: self.wan_network.clone(),
+            proxy_port: self.proxy_port,
+            vpn_subnet: self.vpn_subnet,
+            tunnel: link,
+            busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
+            queues: self.dataplane_queues,
+            scoped: self.peer_scope != PeerScope::Vpn,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         crate::config::load(path, NodeConfig::parse)
     }
