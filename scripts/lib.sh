@@ -75,3 +75,14 @@ v6_venv_need() {
         "$V6_VENV/bin/pip" install -q vantage6-algorithm-tools==4.14.0 vantage6-client==4.14.0
     fi
 }
+
+# bench_binary CARGO-BENCH-ARGS... — builds one bench (bench profile) and prints its executable,
+# for benches that take arguments or run as root.
+bench_binary() {
+    cargo bench --no-run --message-format=json "$@" |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        print(m["executable"])'
+}

@@ -287,7 +287,15 @@ async fn case(servers: &[ServerProcess], n: usize, seconds: u64) -> (f64, f64, f
 
 #[tokio::main]
 async fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` runs every bench with `--bench` alone; this one needs its script.
+    let mut args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.is_empty() {
+        eprintln!("server_load: skipped; run it with ./scripts/bench-server.sh");
+        return;
+    }
     let mut seconds = 10;
     if let Some(i) = args.iter().position(|a| a == "--seconds") {
         seconds = args

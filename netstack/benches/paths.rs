@@ -6,8 +6,7 @@
 //! - `paths new N`: N new TCP connections (a SYN each, from distinct peers, to a mapped port).
 //!
 //! Run each with two values of N and take the difference, so that setting up counts for
-//! nothing: `valgrind --tool=callgrind --callgrind-out-file=/dev/null
-//! target/release/examples/paths new 40000` (the total is on stderr).
+//! nothing: `./scripts/bench-paths.sh` does (under `cargo bench` alone it only says so).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,12 +15,16 @@ use common::*;
 use netstack::{Action, Config, Meta};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (path, n) = match (
         args.next(),
         args.next().and_then(|n| n.parse::<usize>().ok()),
     ) {
         (Some(p), Some(n)) => (p, n),
+        (None, _) => {
+            eprintln!("paths: skipped; run it with ./scripts/bench-paths.sh");
+            return;
+        }
         _ => {
             eprintln!("usage: paths established|new N");
             std::process::exit(2);
