@@ -874,7 +874,7 @@ async fn task_lists_are_bounded_and_errors_hide_the_database() {
 
     // Break the database under the server: the answer says it failed, not how.
     sqlx::query("DROP TABLE port")
-        .execute(&mut *s.state.store.read().await.expect("a connection"))
+        .execute(&mut *s.state.store.connection().await.expect("a connection"))
         .await
         .expect("drop");
     let (st, v) = s

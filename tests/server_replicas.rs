@@ -98,7 +98,7 @@ async fn both_backends_build_the_same_schema() {
          FROM information_schema.columns WHERE table_schema = 'public' \
          AND table_name <> '_sqlx_migrations' ORDER BY table_name, column_name",
     )
-    .fetch_all(&mut *pg.state.store.read().await.expect("pg"))
+    .fetch_all(&mut *pg.state.store.connection().await.expect("pg"))
     .await
     .expect("pg columns");
     let lite_columns: Vec<(String, String, String, String)> = sqlx::query_as(
@@ -107,7 +107,7 @@ async fn both_backends_build_the_same_schema() {
          WHERE m.type = 'table' AND m.name NOT IN ('_sqlx_migrations', 'sqlite_sequence') \
          ORDER BY m.name, p.name",
     )
-    .fetch_all(&mut *lite.state.store.read().await.expect("sqlite"))
+    .fetch_all(&mut *lite.state.store.connection().await.expect("sqlite"))
     .await
     .expect("sqlite columns");
     let normal =
@@ -125,7 +125,7 @@ async fn both_backends_build_the_same_schema() {
          JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(i.indkey) \
          WHERE t.relname <> '_sqlx_migrations' GROUP BY t.relname, i.indexrelid ORDER BY 1, 2",
     )
-    .fetch_all(&mut *pg.state.store.read().await.expect("pg"))
+    .fetch_all(&mut *pg.state.store.connection().await.expect("pg"))
     .await
     .expect("pg indexes");
     let lite_indexes: Vec<(String, String)> = sqlx::query_as(
@@ -139,7 +139,7 @@ async fn both_backends_build_the_same_schema() {
            AND p.type = 'INTEGER' \
          ORDER BY 1, 2",
     )
-    .fetch_all(&mut *lite.state.store.read().await.expect("sqlite"))
+    .fetch_all(&mut *lite.state.store.connection().await.expect("sqlite"))
     .await
     .expect("sqlite indexes");
     assert_eq!(lite_indexes, pg_indexes);

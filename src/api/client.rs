@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::wire::Msg;
+use super::messages::Msg;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

@@ -7,13 +7,13 @@ pub mod client;
 pub mod codec;
 pub mod env;
 mod ids;
+mod messages;
 mod resources;
 mod task_database;
-mod wire;
 
 pub use ids::{
     CollaborationId, ContainerPort, NodeId, OrganizationId, PublicPort, RunId, TaskId, PUBLIC_PORTS,
 };
+pub use messages::*;
 pub use resources::*;
 pub use task_database::*;
-pub use wire::*;

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ids::{CollaborationId, NodeId, OrganizationId, PublicPort, RunId, TaskId};
+use super::messages::RunStatus;
 use super::task_database::TaskDatabase;
-use super::wire::RunStatus;
 
 /// A related resource: its id, where it is, and what this server answers there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -391,7 +391,7 @@ pub async fn import(
     }
     if !summary.nodes.is_empty() {
         let path = keys.unwrap_or_else(|| {
-            let at = store::now().replace([' ', ':'], "-");
+            let at = store::stamp_now().replace([' ', ':'], "-");
             config.data_dir.join(format!("api-keys-{at}.yaml"))
         });
         // Written before the commit: a key that cannot be kept makes no node.

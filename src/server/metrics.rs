@@ -128,7 +128,7 @@ impl Describe for Database {
 
 /// The server's exposition.
 pub async fn scrape(store: Store, m: ServerMetrics) -> String {
-    let census = match store.read().await {
+    let census = match store.connection().await {
         Ok(mut db) => store::census(&mut db).await.ok(),
         Err(_) => None,
     };

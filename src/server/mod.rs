@@ -2,10 +2,10 @@
 //! data in a SQLite file or in PostgreSQL (shared by several server processes), through sqlx,
 //! with embedded migrations.
 
-pub mod api;
 pub mod auth;
 pub mod config;
 pub mod eduvpn;
+pub mod handlers;
 pub mod import;
 pub mod metrics;
 pub mod pki;
@@ -64,7 +64,7 @@ fn files(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
 /// The token-signing key: the database's, made on the first start (or taken from the
 /// `token-secret` file a server kept in its data directory before).
 async fn token_key(store: &Store, dir: &Path) -> Result<Vec<u8>, ServerError> {
-    let mut db = store.read().await?;
+    let mut db = store.connection().await?;
     if let Some(key) = store::secret(&mut db, "token").await? {
         return Ok(key.into_bytes());
     }
@@ -88,7 +88,7 @@ async fn vpn_pki(
     dir: &Path,
     vpn: &pki::BuiltinVpn,
 ) -> Result<pki::Pki, ServerError> {
-    let mut db = store.read().await?;
+    let mut db = store.connection().await?;
     let kept = match store::secret(&mut db, "vpn").await? {
         Some(json) => json,
         None => {
@@ -117,7 +117,7 @@ async fn vpn_pki(
 async fn admin_credential(store: &Store, admin: &config::Admin) -> Result<(), ServerError> {
     const NAME: &str = "admin-credential";
     let credential = format!("{}\n{}", admin.username, admin.password);
-    let mut db = store.read().await?;
+    let mut db = store.connection().await?;
     let kept = store::secret(&mut db, NAME).await?;
     if let Some(kept) = &kept {
         let (c, k) = (credential.clone(), kept.clone());
@@ -172,7 +172,7 @@ pub enum Revoke {
 /// from now on, by every server process on the database. Returns how many were live.
 pub async fn revoke(config: &ServerConfig, who: &Revoke) -> Result<u64, RevokeError> {
     let store = Store::open(&config.database()).await?;
-    let mut db = store.read().await?;
+    let mut db = store.connection().await?;
     let subject = match who {
         Revoke::User(name) if *name == config.admin.username => {
             store::subject("user", auth::ADMIN_USER)
@@ -262,7 +262,7 @@ pub async fn bind(
     };
     let crl = provision::follow_crl(state.clone());
     let changes = waits::follow_changes(state.store.clone(), state.changes.clone());
-    let app = api::router(state);
+    let app = handlers::routes(state);
     let served = async move {
         tokio::select! {
             r = crate::http::serve(listener, app, limits) => r,

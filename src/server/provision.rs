@@ -139,7 +139,7 @@ pub async fn follow_crl(s: AppState) {
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         let pki = pki.lock().await;
-        let admitted = match s.store.read().await {
+        let admitted = match s.store.connection().await {
             Ok(mut db) => Admitted::read(&mut db).await,
             Err(e) => Err(e),
         };

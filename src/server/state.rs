@@ -32,7 +32,7 @@ impl AppState {
     /// and the other processes' waits answer when they time out.
     pub async fn changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
-        let counted = match self.store.read().await {
+        let counted = match self.store.connection().await {
             Ok(mut db) => crate::server::store::count_change(&mut db).await,
             Err(e) => Err(e),
         };

@@ -109,7 +109,7 @@ impl Drop for Wait {
 pub async fn follow_changes(store: Store, changes: Arc<tokio::sync::watch::Sender<u64>>) {
     let mut seen = None;
     loop {
-        let now = match store.read().await {
+        let now = match store.connection().await {
             Ok(mut db) => store::changes(&mut db).await.ok(),
             Err(_) => None,
         };

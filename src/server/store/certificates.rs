@@ -8,7 +8,7 @@ pub async fn revoke_node_certificates(db: &mut Db, node: NodeId) -> Result<()> {
     sqlx::query(
         "UPDATE vpn_certificate SET revoked_at = $1 WHERE node_id = $2 AND revoked_at IS NULL",
     )
-    .bind(super::now())
+    .bind(super::stamp_now())
     .bind(node)
     .execute(db)
     .await?;
@@ -19,7 +19,7 @@ pub async fn insert_certificate(db: &mut Db, serial: &str, node: NodeId) -> Resu
     sqlx::query("INSERT INTO vpn_certificate (serial, node_id, issued_at) VALUES ($1, $2, $3)")
         .bind(serial)
         .bind(node)
-        .bind(super::now())
+        .bind(super::stamp_now())
         .execute(db)
         .await?;
     Ok(())

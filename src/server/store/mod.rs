@@ -1,6 +1,6 @@
 //! The server's storage: every SQL query, with typed rows, by what it is about (participants,
 //! accounts, sessions, tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
-//! [`Store::read`] or a write transaction from [`Store::write`] and call the functions here; no
+//! [`Store::connection`] or a write transaction from [`Store::write`] and call the functions here; no
 //! SQL is written anywhere else. This is the one module that knows which database it is: a
 //! SQLite file or PostgreSQL, through sqlx's `Any` driver. Every query is written once, in the
 //! SQL both speak (`$1` parameters, `RETURNING`, `ON CONFLICT`, recursive `WITH`); times are
@@ -285,7 +285,7 @@ impl Store {
     }
 
     /// A connection for reads and single-statement writes.
-    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+    pub async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
         Ok(self.pool.acquire().await?)
     }
 
@@ -325,8 +325,8 @@ pub fn stamp(t: time::OffsetDateTime) -> String {
     )
 }
 
-/// Now, as [`stamp`] writes it.
-pub fn now() -> String {
+/// Now, as [`stamp`] writes it (the server's clock in seconds is `state::now`).
+pub fn stamp_now() -> String {
     stamp(time::OffsetDateTime::now_utc())
 }
 

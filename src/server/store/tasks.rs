@@ -176,7 +176,7 @@ pub async fn insert_task(db: &mut Db, t: &NewTask<'_>) -> Result<TaskId> {
     .bind(t.parent)
     .bind(t.init_organization)
     .bind(t.init_user)
-    .bind(super::now())
+    .bind(super::stamp_now())
     .fetch_one(db)
     .await?)
 }
@@ -226,7 +226,7 @@ pub async fn kill_task_runs(db: &mut Db, task: TaskId) -> Result<u64> {
     )
     .bind(task)
     .bind(RunStatus::Killed)
-    .bind(super::now())
+    .bind(super::stamp_now())
     .execute(db)
     .await?
     .rows_affected())
@@ -243,7 +243,7 @@ pub async fn kill_node_runs(db: &mut Db, node: NodeId) -> Result<u64> {
            WHERE node.id = $3)",
     )
     .bind(RunStatus::Killed)
-    .bind(super::now())
+    .bind(super::stamp_now())
     .bind(node)
     .execute(db)
     .await?
@@ -262,7 +262,7 @@ pub async fn insert_run(
     .bind(task)
     .bind(organization)
     .bind(input)
-    .bind(super::now())
+    .bind(super::stamp_now())
     .fetch_one(db)
     .await?)
 }
@@ -395,7 +395,7 @@ pub async fn update_run(
     .bind(status)
     .bind(result)
     .bind(log)
-    .bind(super::now())
+    .bind(super::stamp_now())
     .bind(finished)
     .bind(id)
     .execute(db)

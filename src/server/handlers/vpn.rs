@@ -77,7 +77,7 @@ pub async fn peers(
 }
 
 async fn peers_now(s: &AppState, n: &store::NodeRow) -> ApiResult<Peers> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let collaboration = store::collaboration_addresses(&mut db, n.collaboration_id).await?;
     let mut runs = Vec::new();
     for (run_id, root_task_id) in store::open_runs_with_roots(&mut db, n.id).await? {
@@ -173,7 +173,7 @@ pub async fn addresses(
         only_siblings: set("only_siblings"),
         only_self: set("only_self"),
     };
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let parent = store::task(&mut db, c.task_id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", c.task_id))?

@@ -6,7 +6,7 @@ use axum::extract::State;
 
 use super::caller::{Caller, NodeCaller};
 use super::error::ApiError;
-use super::links::{Links, Listing, Resource};
+use super::hypermedia::{Links, Listing, Resource};
 use super::{ApiResult, Json, Path, Query};
 use crate::api::{Page, Run, RunFilter, RunId, RunNode, RunResult, RunStatus, RunTask, RunUpdate};
 use crate::server::state::AppState;
@@ -49,7 +49,7 @@ pub async fn list(
     listing: Listing,
     Query(f): Query<RunFilter>,
 ) -> ApiResult<Json<Page<Run>>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let mut page = listing.page(listed(&mut db, &caller, &f).await?);
     let mut data = Vec::with_capacity(page.data.len());
     for r in std::mem::take(&mut page.data) {
@@ -67,7 +67,7 @@ pub async fn results(
     listing: Listing,
     Query(f): Query<RunFilter>,
 ) -> ApiResult<Json<Page<RunResult>>> {
-    let rows = listed(&mut *s.store.read().await?, &caller, &f).await?;
+    let rows = listed(&mut *s.store.connection().await?, &caller, &f).await?;
     let l = Links::of(&s);
     Ok(Json(
         listing.page(rows.into_iter().map(|r| result_of(l, r)).collect()),
@@ -88,7 +88,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<RunId>,
 ) -> ApiResult<Json<Run>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let run = visible(&mut db, &caller, id).await?;
     Ok(Json(present(&s, &mut db, run).await?))
 }
@@ -98,7 +98,7 @@ pub async fn result(
     caller: Caller,
     Path(id): Path<RunId>,
 ) -> ApiResult<Json<RunResult>> {
-    let run = visible(&mut *s.store.read().await?, &caller, id).await?;
+    let run = visible(&mut *s.store.connection().await?, &caller, id).await?;
     Ok(Json(result_of(Links::of(&s), run)))
 }
 
@@ -156,7 +156,7 @@ pub async fn claim(
     NodeCaller(n): NodeCaller,
     Path(id): Path<RunId>,
 ) -> ApiResult<Json<Run>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     own_run(&mut db, &n, id).await?;
     if !store::claim_run(&mut db, id).await? {
         return Err(ApiError::conflict(format!(
@@ -173,7 +173,7 @@ pub async fn update(
     Path(id): Path<RunId>,
     Json(b): Json<RunUpdate>,
 ) -> ApiResult<Json<Run>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     own_run(&mut db, &n, id).await?;
     if !store::update_run(&mut db, id, b.status, b.result.as_deref(), b.log.as_deref()).await? {
         return Err(ApiError::conflict(format!(
@@ -184,7 +184,7 @@ pub async fn update(
         // A finished run leaves its node's list of runs with peers.
         drop(db);
         s.changed().await;
-        db = s.store.read().await?;
+        db = s.store.connection().await?;
     }
     answer(&s, &mut db, id).await
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
-use super::links::{Links, Listing};
+use super::hypermedia::{Links, Listing};
 use super::{ApiResult, Json, Path, Query};
 use crate::api::{Collaboration, CollaborationId, NewCollaboration, OrganizationId, Page};
 use crate::server::state::AppState;
@@ -57,7 +57,7 @@ pub async fn get(
     Path(id): Path<CollaborationId>,
 ) -> ApiResult<Json<Collaboration>> {
     caller.within(Some(id))?;
-    let name = store::collaboration_name(&mut *s.store.read().await?, id)
+    let name = store::collaboration_name(&mut *s.store.connection().await?, id)
         .await?
         .ok_or_else(|| ApiError::not_found("collaboration", id))?;
     Ok(Json(present(Links::of(&s), id, name)))
@@ -75,7 +75,7 @@ pub async fn list(
     Query(f): Query<CollaborationFilter>,
 ) -> ApiResult<Json<Page<Collaboration>>> {
     let own = caller.within(None)?;
-    let rows = store::collaborations(&mut *s.store.read().await?, f.organization_id).await?;
+    let rows = store::collaborations(&mut *s.store.connection().await?, f.organization_id).await?;
     let l = Links::of(&s);
     Ok(Json(
         listing.page(

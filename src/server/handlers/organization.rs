@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
-use super::links::{Links, Listing};
+use super::hypermedia::{Links, Listing};
 use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{CollaborationId, NewOrganization, Organization, OrganizationId, Page};
 use crate::server::state::AppState;
@@ -38,7 +38,7 @@ pub async fn create(
     AdminCaller(a): AdminCaller,
     Json(b): Json<NewOrganization>,
 ) -> ApiResult<Created<Organization>> {
-    let row = store::insert_organization(&mut *s.store.read().await?, &b).await?;
+    let row = store::insert_organization(&mut *s.store.connection().await?, &b).await?;
     tracing::info!(organization_id = %row.id, name = %crate::logging::shown(&row.name), user_id = a.user, "organization created");
     Ok(Created(present(Links::of(&s), row)))
 }
@@ -48,7 +48,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<OrganizationId>,
 ) -> ApiResult<Json<Organization>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     // Another collaboration's organization answers as one that does not exist: which ids
     // exist is not for a node or an algorithm to learn.
     if let Some(c) = caller.collaboration() {
@@ -74,7 +74,7 @@ pub async fn list(
     Query(f): Query<OrganizationFilter>,
 ) -> ApiResult<Json<Page<Organization>>> {
     let collaboration = caller.within(f.collaboration_id)?;
-    let rows = store::organizations(&mut *s.store.read().await?, collaboration).await?;
+    let rows = store::organizations(&mut *s.store.connection().await?, collaboration).await?;
     let l = Links::of(&s);
     Ok(Json(
         listing.page(rows.into_iter().map(|o| present(l, o)).collect()),

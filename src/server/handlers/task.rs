@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::caller::Caller;
 use super::error::{ApiError, Kind};
-use super::links::{Links, Listing, Resource};
+use super::hypermedia::{Links, Listing, Resource};
 use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{
     CollaborationId, ContainerIdentity, NewTask, Page, RunStatus, Task, TaskId, TaskStatus,
@@ -37,7 +37,7 @@ pub async fn create(
             b.parent_id,
             match a.organization {
                 Some(o) => o,
-                None => store::root_organization(&mut *s.store.read().await?).await?,
+                None => store::root_organization(&mut *s.store.connection().await?).await?,
             },
             Some(a.user),
         ),
@@ -75,7 +75,7 @@ pub async fn create(
         )));
     }
     // Checked before the write lock is taken, in one query: a long list must not hold it.
-    let members = store::member_ids(&mut *s.store.read().await?, collaboration).await?;
+    let members = store::member_ids(&mut *s.store.connection().await?, collaboration).await?;
     if let Some(o) = organizations.iter().find(|o| !members.contains(&o.id)) {
         return Err(ApiError::bad(format!(
             "organization {} is not a member of collaboration {collaboration}",
@@ -196,7 +196,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<TaskId>,
 ) -> ApiResult<Json<Task>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let t = store::task(&mut db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", id))?;
@@ -222,7 +222,7 @@ pub async fn list(
         parent: q.parent_id,
         job: q.job_id,
     };
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let rows = store::tasks(&mut db, filter).await?;
     // Only the page's tasks are shaped (each asks for its runs' states).
     let mut page = listing.page(rows);
@@ -242,7 +242,7 @@ pub async fn status(
     caller: Caller,
     Path(id): Path<TaskId>,
 ) -> ApiResult<Json<TaskStatus>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let task = store::task(&mut db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", id))?;

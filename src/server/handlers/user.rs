@@ -6,7 +6,7 @@ use axum::extract::State;
 
 use super::caller::AdminCaller;
 use super::error::ApiError;
-use super::links::{Links, Listing, Resource};
+use super::hypermedia::{Links, Listing, Resource};
 use super::{ApiResult, Json, Path};
 use crate::api::{OrganizationId, Page, User};
 use crate::server::auth::ADMIN_USER;
@@ -36,7 +36,7 @@ fn present(l: &Links, a: AccountRow) -> User {
 /// The configuration's administrator, as an account.
 async fn admin(s: &AppState) -> ApiResult<AccountRow> {
     let organization: OrganizationId =
-        store::root_organization(&mut *s.store.read().await?).await?;
+        store::root_organization(&mut *s.store.connection().await?).await?;
     Ok(AccountRow {
         id: ADMIN_USER,
         username: s.config.admin.username.clone(),
@@ -55,7 +55,7 @@ pub async fn get(
     let account = if id == ADMIN_USER {
         Some(admin(&s).await?)
     } else {
-        store::account(&mut *s.store.read().await?, id).await?
+        store::account(&mut *s.store.connection().await?, id).await?
     };
     let account = account.ok_or_else(|| ApiError::not_found("user", id))?;
     Ok(Json(present(&Links::of(&s), account)))
@@ -68,7 +68,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<User>>> {
     let l = Links::of(&s);
     let mut users = vec![admin(&s).await?];
-    users.extend(store::accounts(&mut *s.store.read().await?).await?);
+    users.extend(store::accounts(&mut *s.store.connection().await?).await?);
     Ok(Json(
         listing.page(users.into_iter().map(|a| present(&l, a)).collect()),
     ))

@@ -35,7 +35,7 @@ pub async fn create(
             "label: longer than {MAX_LABEL} characters"
         )));
     }
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     own_run(&mut db, &n, b.run_id).await?;
     let id = store::insert_port(&mut db, b.run_id, b.port, b.label.as_deref()).await?;
     drop(db);
@@ -53,7 +53,7 @@ pub async fn delete(
     NodeCaller(n): NodeCaller,
     Query(q): Query<RunQuery>,
 ) -> ApiResult<Json<Msg>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     own_run(&mut db, &n, q.run_id).await?;
     store::delete_ports(&mut db, q.run_id).await?;
     drop(db);

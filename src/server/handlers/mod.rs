@@ -6,8 +6,8 @@ pub mod caller;
 pub mod error;
 
 mod collaboration;
+mod hypermedia;
 mod kill;
-mod links;
 mod node;
 mod organization;
 mod port;
@@ -31,7 +31,7 @@ use error::ApiError;
 /// Largest request body the server reads.
 const MAX_BODY: usize = 1 << 20;
 
-pub fn router(state: AppState) -> Router {
+pub fn routes(state: AppState) -> Router {
     let api = Router::new()
         .route("/token/user", post(token::user))
         .route("/token/node", post(token::node))
@@ -98,7 +98,7 @@ async fn version() -> Json<serde_json::Value> {
 async fn health(
     axum::extract::State(s): axum::extract::State<AppState>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    s.store.read().await?;
+    s.store.connection().await?;
     Ok(Json(serde_json::json!({ "database": true })))
 }
 

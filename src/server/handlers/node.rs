@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::caller::{AdminCaller, Caller};
 use super::error::ApiError;
-use super::links::{Links, Listing, Resource};
+use super::hypermedia::{Links, Listing, Resource};
 use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{
     CollaborationId, Msg, NewNode, NewNodeKey, Node, NodeId, NodePatch, OrganizationId, Page,
@@ -26,7 +26,7 @@ pub async fn create(
     AdminCaller(a): AdminCaller,
     Json(b): Json<NewNode>,
 ) -> ApiResult<Created<NewNodeKey>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     if !store::is_member(&mut db, b.collaboration_id, b.organization_id).await? {
         return Err(ApiError::bad(
             "The organization is not a member of the collaboration",
@@ -88,7 +88,7 @@ pub async fn patch(
         (None, true) => None,
         (None, false) => return Err(ApiError::bad("Nothing to change: give ip or clear_ip")),
     };
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     if let Some(ip) = ip {
         // With the built-in VPN the server gave the node its address (its client config);
         // eduVPN's subnet is its own.
@@ -136,7 +136,7 @@ pub async fn get(
     Path(id): Path<NodeId>,
 ) -> ApiResult<Json<Node>> {
     // Another collaboration's node answers as one that does not exist.
-    let node = store::node(&mut *s.store.read().await?, id)
+    let node = store::node(&mut *s.store.connection().await?, id)
         .await?
         .filter(|n| caller.within(Some(n.collaboration_id)).is_ok())
         .ok_or_else(|| ApiError::not_found("node", id))?;
@@ -157,7 +157,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<Node>>> {
     let collaboration = caller.within(f.collaboration_id)?;
     let rows = store::nodes(
-        &mut *s.store.read().await?,
+        &mut *s.store.connection().await?,
         collaboration,
         f.organization_id,
     )

@@ -70,7 +70,7 @@ async fn account(
     password: String,
     from: std::net::IpAddr,
 ) -> ApiResult<(Option<i64>, bool)> {
-    let found = store::account_login(&mut *s.store.read().await?, username).await?;
+    let found = store::account_login(&mut *s.store.connection().await?, username).await?;
     let (id, stored) = match found {
         Some((id, stored)) => (Some(id), stored),
         None => {
@@ -100,7 +100,7 @@ pub async fn node(
     State(s): State<AppState>,
     Json(b): Json<NodeLogin>,
 ) -> ApiResult<Json<NodeToken>> {
-    let id = store::node_by_key_hash(&mut *s.store.read().await?, &hash_key(&b.api_key))
+    let id = store::node_by_key_hash(&mut *s.store.connection().await?, &hash_key(&b.api_key))
         .await?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key"))?;
     tracing::info!(node_id = %id, "node login");
@@ -130,12 +130,12 @@ pub async fn refresh(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
     match checked.claimed {
         Claimed::User(ADMIN_USER) => {}
         Claimed::User(id) => {
-            store::account(&mut *s.store.read().await?, id)
+            store::account(&mut *s.store.connection().await?, id)
                 .await?
                 .ok_or_else(refused)?;
         }
         Claimed::Node(id) => {
-            store::node(&mut *s.store.read().await?, id)
+            store::node(&mut *s.store.connection().await?, id)
                 .await?
                 .ok_or_else(refused)?;
         }
@@ -182,7 +182,7 @@ async fn start_session(s: &AppState, claimed: &Claimed) -> ApiResult<(String, St
     let now = now();
     let expires = now.saturating_add(s.config.refresh_token_lifetime_secs);
     store::insert_session(
-        &mut *s.store.read().await?,
+        &mut *s.store.connection().await?,
         &id,
         &subject,
         &refresh,
@@ -256,7 +256,7 @@ pub async fn container(
     NodeCaller(n): NodeCaller,
     Json(b): Json<ContainerLogin>,
 ) -> ApiResult<Json<ContainerToken>> {
-    let mut db = s.store.read().await?;
+    let mut db = s.store.connection().await?;
     let task = store::task(&mut db, b.task_id)
         .await?
         .ok_or_else(|| ApiError::not_found("task", b.task_id))?;

@@ -83,8 +83,13 @@ impl FromRequestParts<AppState> for Caller {
         if let (Some(subject), Some(session)) =
             (checked.claimed.session_subject(), &checked.session)
         {
-            if !store::session_live(&mut *state.store.read().await?, &session.id, &subject, now)
-                .await?
+            if !store::session_live(
+                &mut *state.store.connection().await?,
+                &session.id,
+                &subject,
+                now,
+            )
+            .await?
             {
                 return Err(unauthorized());
             }
@@ -95,7 +100,7 @@ impl FromRequestParts<AppState> for Caller {
                 organization: None,
             })),
             // A deleted account's token dies with it.
-            Claimed::User(id) => store::account(&mut *state.store.read().await?, id)
+            Claimed::User(id) => store::account(&mut *state.store.connection().await?, id)
                 .await?
                 .map(|a| {
                     Caller::Admin(Admin {
@@ -105,14 +110,14 @@ impl FromRequestParts<AppState> for Caller {
                 })
                 .ok_or_else(unauthorized),
             // A deleted node's token dies with it.
-            Claimed::Node(id) => store::node(&mut *state.store.read().await?, id)
+            Claimed::Node(id) => store::node(&mut *state.store.connection().await?, id)
                 .await?
                 .map(Caller::Node)
                 .ok_or_else(unauthorized),
             // A container token is good while its node exists and its run is unfinished.
             Claimed::Container(c) => {
                 let live = store::container_run_open(
-                    &mut *state.store.read().await?,
+                    &mut *state.store.connection().await?,
                     c.node_id,
                     c.task_id,
                 )
