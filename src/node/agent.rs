@@ -377,7 +377,7 @@ fn need_root() -> Result<(), NodeError> {
 
 /// What a start of `config` needs, tried without starting anything (`algonet node --check`):
 /// root, the login at the server, Docker, the images. Returns the node's id.
-pub async fn check(config: &NodeConfig) -> anyhow::Result<crate::api::NodeId> {
+pub async fn check(config: &NodeConfig) -> Result<crate::api::NodeId, NodeError> {
     need_root()?;
     let client = ServerClient::login(
         &config.server_url,
@@ -386,7 +386,7 @@ pub async fn check(config: &NodeConfig) -> anyhow::Result<crate::api::NodeId> {
         config.ca_file.as_deref(),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("logging in at {}: {e}", config.server_url))?;
+    .map_err(NodeError::Login)?;
     let docker = Docker::connect().await?;
     for image in images(config) {
         docker.image(image).await.map_err(NodeError::MissingImage)?;

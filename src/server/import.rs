@@ -277,25 +277,70 @@ fn read_bounded(file: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Why an import wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// the file could not be read, or is not an import file
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// a participant names an organization that is nowhere
+    #[error(
+        "{}: collaboration {collaboration:?}: no organization {organization:?} in the file or the database",
+        path.display()
+    )]
+    NoOrganization {
+        path: PathBuf,
+        collaboration: String,
+        organization: String,
+    },
+    /// a participant's key is another node's
+    #[error(
+        "{}: collaboration {collaboration:?}, {organization:?}: its api_key is another node's",
+        path.display()
+    )]
+    KeyTaken {
+        path: PathBuf,
+        collaboration: String,
+        organization: String,
+    },
+    /// the data directory or the keys file could not be written
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no randomness: {0}")]
+    Random(getrandom::Error),
+    #[error(transparent)]
+    Open(#[from] store::OpenError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
 /// Imports `file` into the database of `config`; node keys go to `keys` (default: a new
 /// `api-keys-<time>.yaml` in the data directory).
 pub async fn import(
     config: &ServerConfig,
     file: &Path,
     keys: Option<PathBuf>,
-) -> anyhow::Result<Summary> {
-    let text = read_bounded(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let entities = Entities::parse(&text, &config.admin.username)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+) -> Result<Summary, ImportError> {
+    let refused = |reason: String| ImportError::File {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let text = read_bounded(file).map_err(|e| refused(e.to_string()))?;
+    let entities = Entities::parse(&text, &config.admin.username).map_err(refused)?;
     // Hashed before the write lock is taken: each takes a good fraction of a second.
     let mut hashes = Vec::new();
     for o in &entities.organizations {
         for u in &o.users {
-            hashes.push(auth::hash_password(&u.password).map_err(no_randomness)?);
+            hashes.push(auth::hash_password(&u.password).map_err(ImportError::Random)?);
         }
     }
-    crate::private::dir(&config.data_dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.data_dir.display()))?;
+    crate::private::dir(&config.data_dir).map_err(|source| ImportError::Write {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let store = Store::open(&config.database()).await?;
     let mut summary = Summary::default();
     let mut tx = store.write().await?;
@@ -350,13 +395,10 @@ pub async fn import(
         for p in &c.participants {
             let org = store::organization_by_name(&mut tx, &p.name)
                 .await?
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}: collaboration {:?}: no organization {:?} in the file or the database",
-                        file.display(),
-                        c.name,
-                        p.name
-                    )
+                .ok_or_else(|| ImportError::NoOrganization {
+                    path: file.to_path_buf(),
+                    collaboration: c.name.clone(),
+                    organization: p.name.clone(),
                 })?;
             if !store::is_member(&mut tx, id, org).await? {
                 summary.members += 1;
@@ -367,18 +409,17 @@ pub async fn import(
             }
             let key = match &p.api_key {
                 Some(k) => k.clone(),
-                None => auth::random_secret().map_err(no_randomness)?,
+                None => auth::random_secret().map_err(ImportError::Random)?,
             };
             let name = crate::api::NewNode::default_name(&p.name, &c.name);
             let node = store::insert_node(&mut tx, &name, org, id, &auth::hash_key(&key))
                 .await
                 .map_err(|e| match e {
-                    store::StoreError::Conflict => anyhow::anyhow!(
-                        "{}: collaboration {:?}, {:?}: its api_key is another node's",
-                        file.display(),
-                        c.name,
-                        p.name
-                    ),
+                    store::StoreError::Conflict => ImportError::KeyTaken {
+                        path: file.to_path_buf(),
+                        collaboration: c.name.clone(),
+                        organization: p.name.clone(),
+                    },
                     e => e.into(),
                 })?;
             summary.nodes.push(NodeKey {
@@ -415,26 +456,26 @@ pub async fn import(
     Ok(summary)
 }
 
-fn no_randomness(e: getrandom::Error) -> anyhow::Error {
-    anyhow::anyhow!("no randomness: {e}")
-}
-
 /// Writes the keys to a new file of mode 0600 (an existing file is never overwritten).
-fn write_keys(path: &Path, keys: &[NodeKey]) -> anyhow::Result<()> {
+fn write_keys(path: &Path, keys: &[NodeKey]) -> Result<(), ImportError> {
+    let failed = |source| ImportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listed = yaml_serde::to_string(keys).map_err(|e| failed(std::io::Error::other(e)))?;
     let text = format!(
         "# API keys of the nodes `algonet server import` made; give each to its node's\n\
-         # configuration (api_key), then keep this file safe or delete it.\n{}",
-        yaml_serde::to_string(keys)?
+         # configuration (api_key), then keep this file safe or delete it.\n{listed}"
     );
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(failed)?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .map_err(failed)
 }
 
 #[cfg(test)]

@@ -46,6 +46,13 @@ pub enum ServerError {
     /// the built-in VPN's revocation list or client configs could not be written
     #[error(transparent)]
     Provision(#[from] provision::ProvisionError),
+    /// an address of the configuration is taken (`--check`)
+    #[error("{key} {addr}: {source}")]
+    Taken {
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     /// the listening socket could not be bound
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -146,13 +153,17 @@ async fn admin_credential(store: &Store, admin: &config::Admin) -> Result<(), Se
 /// What a start of `config` needs, tried without starting anything (`algonet server --check`):
 /// the listen addresses free, the database answering (neither made nor migrated). Returns the
 /// database as it may be shown.
-pub async fn check(config: &ServerConfig) -> anyhow::Result<String> {
-    for (what, addr) in [
+pub async fn check(config: &ServerConfig) -> Result<String, ServerError> {
+    for (key, addr) in [
         ("listen", Some(config.listen)),
         ("metrics_listen", config.metrics_listen),
     ] {
         if let Some(addr) = addr {
-            std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))?;
+            std::net::TcpListener::bind(addr).map_err(|source| ServerError::Taken {
+                key,
+                addr,
+                source,
+            })?;
         }
     }
     let at = config.database();
