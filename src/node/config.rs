@@ -139,12 +139,10 @@ fn default_metrics_listen() -> Option<SocketAddr> {
 }
 
 /// The default of `busy_poll_us`: no polling. Traffic between algorithms crosses OpenVPN, which
-/// needs the CPU more: on this project's 2-vCPU VM, with the node in a cgroup of its own as
-/// systemd runs it, polling for 100 us took the two nodes from 0.45 to 0.7 of a core and the
-/// tunnel's rate from 0.84-0.91x to 0.81-0.84x of the same tunnel without algonet (one stream,
-/// `scripts/bench-tunnel.sh`). Polling pays where a node has cores to spare and latency between
-/// containers of one node matters (a request/response 64 B: 20-29 us against 30-45 us,
-/// `benches/dataplane.rs`).
+/// needs the CPU more: on a small host polling takes CPU from OpenVPN and slows the tunnel
+/// (`scripts/bench-tunnel.sh`; the figures are in docs/performance.md). Polling pays where a node
+/// has cores to spare and latency between containers of one node matters
+/// (`scripts/bench-dataplane.sh`).
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 
 fn default_busy_poll_us() -> u64 {
