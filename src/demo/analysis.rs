@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::federation::{demo_ages, Federation};
+use super::configs::demo_ages;
+use super::federation::Federation;
 use crate::api::{codec, NewTask, Page, Run, RunStatus, Task, TaskOrganization};
 use crate::docker::images::VPN_AVERAGE_IMAGE;
 

@@ -3,11 +3,11 @@
 //! per organization; each step on its own, so the Docker-tier tests can drive it step by step
 //! (stop the server, kill a node, start it again).
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::configs::{self, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP};
 use crate::api::client::{ClientError, Session};
 use crate::api::{
     Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization, Node,
@@ -16,13 +16,6 @@ use crate::api::{
 use crate::docker::images::{ImageError, ImageNames, ECHO_IMAGE};
 use crate::docker::{specs, Docker, DockerError};
 use crate::feature::{FeatureError, Row, Target};
-
-/// The internal Docker network the routers and the OpenVPN server share.
-pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
-pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
-pub const VPN_SUBNET: &str = "10.76.0.0/16";
-/// The demo's administrator (a demo on one host; not a secret).
-pub const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
 
 /// Why the demo federation could not be set up or driven.
 #[derive(Debug, thiserror::Error)]
@@ -68,22 +61,6 @@ pub(super) fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) ->
     move |source| DemoError::Io { what, source }
 }
 
-/// How to set the federation up.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// Everything the demo writes: configurations, databases, logs.
-    pub dir: PathBuf,
-    /// Names the network (`algonet-<tag>-net`), containers and nodes (`<tag>-<organization>`),
-    /// so tests can run beside a demo.
-    pub tag: String,
-    pub organizations: Vec<String>,
-    pub server_port: u16,
-    /// More lines of YAML for every node's configuration (`busy_poll_us: 0`, say).
-    pub node_settings: String,
-    /// The `algonet` binary the server and nodes run as (this one).
-    pub algonet: PathBuf,
-}
-
 /// A running federation. Dropping it without [`Federation::down`] still stops the processes.
 #[derive(Debug)]
 pub struct Federation {
@@ -104,14 +81,6 @@ pub struct NodeProc {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
-}
-
-/// The ages in the demo data of the `index`th organization (`id,age` rows of the CSV its node
-/// gives algorithms as database `default`): made up, the same on every run.
-pub fn demo_ages(index: usize) -> Vec<i64> {
-    (0..10 + 5 * index)
-        .map(|j| 20 + ((index * 7 + j * 13) % 50) as i64)
-        .collect()
 }
 
 /// Prints a step and how long the demo has been going.
@@ -198,20 +167,8 @@ impl Federation {
             "starting the server (built-in OpenVPN PKI, SQLite)",
         );
         let server_yaml = o.dir.join("server.yaml");
-        std::fs::write(
-            &server_yaml,
-            format!(
-                "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\
-                 vpn: {{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}\n\
-                 metrics_listen: 127.0.0.1:{}\n",
-                o.server_port,
-                o.dir.join("server").display(),
-                ADMIN.0,
-                ADMIN.1,
-                o.server_port + 10
-            ),
-        )
-        .map_err(io(server_yaml.display()))?;
+        std::fs::write(&server_yaml, configs::server_yaml(&o))
+            .map_err(io(server_yaml.display()))?;
         self.start_server()?;
         let admin = self.admin_when_up(Duration::from_secs(30)).await?;
 
@@ -275,39 +232,11 @@ impl Federation {
                     },
                 )
                 .await?;
-            let key = n.api_key;
-            // Each organization's own data (unless the caller gives its nodes data of its own).
-            let data = if o.node_settings.contains("databases:") {
-                String::new()
-            } else {
-                let csv = o.dir.join(format!("data-{name}.csv"));
-                let rows: String = demo_ages(self.nodes.len())
-                    .iter()
-                    .enumerate()
-                    .map(|(i, age)| format!("{i},{age}\n"))
-                    .collect();
-                std::fs::write(&csv, format!("id,age\n{rows}")).map_err(io(csv.display()))?;
-                format!(
-                    "databases:\n  - {{label: default, uri: {}, type: csv}}\n",
-                    csv.display()
-                )
-            };
+            let index = self.nodes.len();
+            let data = configs::node_data(&o, name, index).map_err(io("the demo data"))?;
             let config = o.dir.join(format!("node-{name}.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {key}\n\
-                     vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {net}\n\
-                     metrics_listen: 127.0.0.1:{metrics}\n{data}{settings}",
-                    settings = o.node_settings,
-                    tag = o.tag,
-                    port = o.server_port,
-                    metrics = o.server_port + 11 + self.nodes.len() as u16,
-                    dir = o.dir.join(format!("node-{name}")).display(),
-                    net = self.network,
-                ),
-            )
-            .map_err(io(config.display()))?;
+            let text = configs::node_yaml(&o, name, &n.api_key, index, &self.network, &data);
+            std::fs::write(&config, text).map_err(io(config.display()))?;
             self.nodes.push(NodeProc {
                 organization: name.clone(),
                 organization_id: *id,

@@ -2,13 +2,12 @@
 //! feature test across it, and everything torn down.
 
 mod analysis;
+mod configs;
 mod federation;
 mod kept;
 
-pub use federation::{
-    demo_ages, step, stop, DemoError, Federation, NodeProc, Options, ADMIN, NETWORK_SUBNET,
-    VPN_SERVER_IP, VPN_SUBNET,
-};
+pub use configs::{demo_ages, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP, VPN_SUBNET};
+pub use federation::{step, stop, DemoError, Federation, NodeProc};
 
 use std::process::Child;
 

@@ -1,0 +1,90 @@
+//! What the demo federation is made of: its addresses and administrator, the options, and the
+//! configuration files (the server's, and each node's with its own data).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// The internal Docker network the routers and the OpenVPN server share.
+pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
+pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
+pub const VPN_SUBNET: &str = "10.76.0.0/16";
+/// The demo's administrator (a demo on one host; not a secret).
+pub const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
+
+/// How to set the federation up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Everything the demo writes: configurations, databases, logs.
+    pub dir: PathBuf,
+    /// Names the network (`algonet-<tag>-net`), containers and nodes (`<tag>-<organization>`),
+    /// so tests can run beside a demo.
+    pub tag: String,
+    pub organizations: Vec<String>,
+    pub server_port: u16,
+    /// More lines of YAML for every node's configuration (`busy_poll_us: 0`, say).
+    pub node_settings: String,
+    /// The `algonet` binary the server and nodes run as (this one).
+    pub algonet: PathBuf,
+}
+
+/// The ages in the demo data of the `index`th organization (`id,age` rows of the CSV its node
+/// gives algorithms as database `default`): made up, the same on every run.
+pub fn demo_ages(index: usize) -> Vec<i64> {
+    (0..10 + 5 * index)
+        .map(|j| 20 + ((index * 7 + j * 13) % 50) as i64)
+        .collect()
+}
+
+/// server.yaml: the built-in VPN, SQLite in the demo's folder, metrics beside the API.
+pub(super) fn server_yaml(o: &Options) -> String {
+    format!(
+        "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\
+         vpn: {{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}\n\
+         metrics_listen: 127.0.0.1:{}\n",
+        o.server_port,
+        o.dir.join("server").display(),
+        ADMIN.0,
+        ADMIN.1,
+        o.server_port + 10
+    )
+}
+
+/// The `databases` of node `index` (of organization `name`): a CSV of its own, written here,
+/// unless the caller gives the nodes data of their own.
+pub(super) fn node_data(o: &Options, name: &str, index: usize) -> std::io::Result<String> {
+    if o.node_settings.contains("databases:") {
+        return Ok(String::new());
+    }
+    let csv = o.dir.join(format!("data-{name}.csv"));
+    let rows: String = demo_ages(index)
+        .iter()
+        .enumerate()
+        .map(|(i, age)| format!("{i},{age}\n"))
+        .collect();
+    std::fs::write(&csv, format!("id,age\n{rows}"))?;
+    Ok(format!(
+        "databases:\n  - {{label: default, uri: {}, type: csv}}\n",
+        csv.display()
+    ))
+}
+
+/// node.yaml of node `index` (of organization `name`) on the demo's Docker `network`.
+pub(super) fn node_yaml(
+    o: &Options,
+    name: &str,
+    api_key: &str,
+    index: usize,
+    network: &str,
+    data: &str,
+) -> String {
+    format!(
+        "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {api_key}\n\
+         vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {network}\n\
+         metrics_listen: 127.0.0.1:{metrics}\n{data}{settings}",
+        settings = o.node_settings,
+        tag = o.tag,
+        port = o.server_port,
+        metrics = o.server_port + 11 + index as u16,
+        dir = o.dir.join(format!("node-{name}")).display(),
+    )
+}
