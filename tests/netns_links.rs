@@ -158,3 +158,62 @@ fn a_veth_born_in_the_container_namespace_carries_tcp_to_the_gateway() {
     assert!(!ctr.ip(&["link"]).contains("eth0"));
     assert!(!router.ip(&["rule", "show"]).contains("lookup 101"));
 }
+
+/// The hub's control thread: jobs run in its namespace with the state it made there (their
+/// sysctls and links are that namespace's), one after another; a job that panics fails only its
+/// own call, and the thread serves the next one.
+#[test]
+fn a_resident_thread_serves_jobs_in_its_namespace_past_a_panic() {
+    if !privileged("a_resident_thread_serves_jobs_in_its_namespace_past_a_panic") {
+        return;
+    }
+    let t = TestNs::new("resident-thread");
+    let host = || std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/rp_filter").expect("host");
+    let before = host();
+    // A value the host's lo does not have, so the namespace's is told apart.
+    let value: &'static str = if before.trim() == "1" { "2" } else { "1" };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let resident = algonet::net::netns::Resident::start(&t.ns, Netlink::connect)
+            .await
+            .expect("thread")
+            .expect("netlink");
+        let panicked = resident
+            .run(
+                |_nl| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+                    Box::pin(async { panic!("a job that breaks") })
+                },
+            )
+            .await;
+        assert!(panicked.is_err(), "a panicking job answers an error");
+        let lo = resident
+            .run(move |nl| {
+                Box::pin(async move {
+                    nl.configure(&name("lo"), None, None).await?;
+                    set_sysctl("net/ipv4/conf/lo/rp_filter", value)?;
+                    nl.index(&name("lo")).await
+                })
+            })
+            .await
+            .expect("the thread serves on")
+            .expect("netlink in the namespace");
+        assert!(lo.is_some());
+    });
+    // The sysctl was written in the test's namespace, not the host's.
+    let inside = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.name,
+            "sysctl",
+            "-n",
+            "net.ipv4.conf.lo.rp_filter",
+        ])
+        .output()
+        .expect("ip netns exec");
+    assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), value);
+    assert_eq!(host(), before, "the host's sysctl changed");
+}

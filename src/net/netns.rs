@@ -163,7 +163,12 @@ impl<S: 'static> Resident<S> {
                 }
             };
             while let Some(job) = inbox.recv().await {
-                job(&state).await;
+                // A job that panics fails its own call (its answer is dropped); the thread,
+                // its state and the jobs after it carry on.
+                let _ = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(job(
+                    &state,
+                )))
+                .await;
             }
         })?);
         let path = ns.path.clone();
