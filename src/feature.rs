@@ -68,6 +68,16 @@ pub enum FeatureError {
     },
 }
 
+/// The nodes of a collaboration, with their VPN addresses.
+pub async fn nodes(
+    admin: &Session,
+    collaboration: CollaborationId,
+) -> Result<Vec<Node>, ClientError> {
+    admin
+        .all(&format!("/node?collaboration_id={collaboration}"))
+        .await
+}
+
 /// The organizations of a collaboration.
 pub async fn members(
     admin: &Session,
@@ -88,9 +98,7 @@ async fn warn_without_address(
     collaboration: CollaborationId,
     orgs: &[(OrganizationId, String)],
 ) -> Result<(), ClientError> {
-    let nodes: Vec<Node> = admin
-        .all(&format!("/node?collaboration_id={collaboration}"))
-        .await?;
+    let nodes = nodes(admin, collaboration).await?;
     for (id, name) in orgs {
         let node = nodes.iter().find(|n| n.organization.id == *id);
         match node {

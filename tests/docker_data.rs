@@ -12,7 +12,7 @@ use algonet_testkit as common;
 use std::net::TcpListener;
 use std::time::Instant;
 
-use algonet::demo::{Federation, Options, ADMIN};
+use algonet::demo::{Federation, Options};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "algonet/data-summary:test";
@@ -100,23 +100,14 @@ async fn algorithms_compute_on_the_nodes_data() {
     )
     .await
     .expect("federation up");
-    let out = std::process::Command::new(&python)
-        .arg(format!(
-            "{}/tests/python/data_tasks.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([
-            "http://127.0.0.1",
-            &port.to_string(),
-            "/api",
-            ADMIN.0,
-            ADMIN.1,
-            &fed.collaboration.to_string(),
-            &fed.nodes[0].organization_id.to_string(),
-            IMAGE,
-        ])
-        .output()
-        .expect("run the user client");
+    let out = common::user_client_script(
+        &python,
+        "data_tasks.py",
+        port,
+        fed.collaboration,
+        fed.nodes[0].organization_id,
+        IMAGE,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let answers: std::collections::BTreeMap<String, Value> = stdout
         .lines()

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::time::Instant;
 
-use algonet::demo::{Federation, Options, ADMIN};
+use algonet::demo::{Federation, Options};
 use algonet::docker::images::VPN_AVERAGE_IMAGE;
 use algonet::docker::python::build_vpn_average;
 use serde_json::{json, Value};
@@ -52,23 +52,14 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
     .await
     .expect("federation up");
     let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id.0).collect();
-    let out = std::process::Command::new(&python)
-        .arg(format!(
-            "{}/tests/python/vpn_average.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([
-            "http://127.0.0.1",
-            &port.to_string(),
-            "/api",
-            ADMIN.0,
-            ADMIN.1,
-            &fed.collaboration.to_string(),
-            &orgs[0].to_string(),
-            VPN_AVERAGE_IMAGE,
-        ])
-        .output()
-        .expect("run the user client");
+    let out = common::user_client_script(
+        &python,
+        "vpn_average.py",
+        port,
+        fed.collaboration,
+        fed.nodes[0].organization_id,
+        VPN_AVERAGE_IMAGE,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let logs: Vec<String> = fed
         .nodes

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::configs::{self, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP};
 use crate::api::client::{ClientError, Session};
 use crate::api::{
-    Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization, Node,
+    Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization,
     Organization, OrganizationId,
 };
 use crate::docker::images::{ImageError, ImageNames, ECHO_IMAGE};
@@ -330,9 +330,7 @@ impl Federation {
         &self,
         admin: &Session,
     ) -> Result<Vec<(OrganizationId, Option<String>)>, DemoError> {
-        let nodes: Vec<Node> = admin
-            .all(&format!("/node?collaboration_id={}", self.collaboration))
-            .await?;
+        let nodes = crate::feature::nodes(admin, self.collaboration).await?;
         Ok(nodes
             .into_iter()
             .map(|n| (n.organization.id, n.ip))

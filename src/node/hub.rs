@@ -120,23 +120,26 @@ impl Hub {
         } = config.clone();
         let ns = Arc::new(Netns::of_pid(docker.pid(&container).await?)?);
         let control = Resident::start(&ns, Netlink::connect).await??;
-        let (wan, listener) = in_ns(&ns, move || async move {
-            let nl = Netlink::connect()?;
-            let lo = name("lo")?;
-            nl.configure(&lo, None, None).await?;
-            // The gateway lives on lo too, so the proxy can listen before the first run.
-            nl.add_address(&lo, GATEWAY, 32).await?;
-            let eth0 = name("eth0")?;
-            let wan = nl.index(&eth0).await?.map(|_| eth0);
-            let listener = std::net::TcpListener::bind(SocketAddrV4::new(GATEWAY, proxy_port))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| HubError::Listen {
-                    port: proxy_port,
-                    source,
-                })?;
-            Ok::<_, HubError>((wan, listener))
-        })
-        .await??;
+        let (wan, listener) = control
+            .run(move |nl| {
+                Box::pin(async move {
+                    let lo = name("lo")?;
+                    nl.configure(&lo, None, None).await?;
+                    // The gateway lives on lo too, so the proxy can listen before the first run.
+                    nl.add_address(&lo, GATEWAY, 32).await?;
+                    let eth0 = name("eth0")?;
+                    let wan = nl.index(&eth0).await?.map(|_| eth0);
+                    let listener =
+                        std::net::TcpListener::bind(SocketAddrV4::new(GATEWAY, proxy_port))
+                            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                            .map_err(|source| HubError::Listen {
+                                port: proxy_port,
+                                source,
+                            })?;
+                    Ok::<_, HubError>((wan, listener))
+                })
+            })
+            .await??;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(HubError::Random)?;
         let config = DataplaneConfig {
@@ -183,7 +186,10 @@ impl Hub {
             .control
             .run(move |nl| Box::pin(async move { plan::apply_base(nl, &plan).await }))
             .await;
-        if let Err(e) = applied.map_err(HubError::from).and_then(|r| Ok(r?)) {
+        if let Err(e) = applied
+            .map_err(HubError::from)
+            .and_then(|r| r.map_err(HubError::from))
+        {
             let _ = hub.stop_dataplane();
             return Err(e);
         }

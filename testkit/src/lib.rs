@@ -249,3 +249,35 @@ pub fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<
             .then_some(*v)
     })
 }
+
+/// Runs `tests/python/<script>` with vantage6's `UserClient` (the venv's `python`) against a
+/// demo federation's server on `port`, as its administrator: the script's arguments are the
+/// server, the API path, the credentials, the collaboration, the organization to send to and
+/// the algorithm image.
+pub fn user_client_script(
+    python: &str,
+    script: &str,
+    port: u16,
+    collaboration: algonet::api::CollaborationId,
+    organization: algonet::api::OrganizationId,
+    image: &str,
+) -> std::process::Output {
+    let (username, password) = algonet::demo::ADMIN;
+    std::process::Command::new(python)
+        .arg(format!(
+            "{}/../tests/python/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            "http://127.0.0.1",
+            &port.to_string(),
+            "/api",
+            username,
+            password,
+            &collaboration.to_string(),
+            &organization.to_string(),
+            image,
+        ])
+        .output()
+        .expect("run the user client")
+}
