@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut s = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = crate::sync::lock(&self.served);
         s.total = s.total.saturating_sub(1);
         if let Some(n) = s.by_address.get_mut(&self.address) {
             *n -= 1;
@@ -101,7 +101,7 @@ impl Drop for Place {
 
 /// A place for a connection from `address`, if neither bound is reached.
 fn take_place(served: &Arc<Mutex<Served>>, address: IpAddr, limits: &Limits) -> Option<Place> {
-    let mut s = served.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut s = crate::sync::lock(served);
     let from = s.by_address.get(&address).copied().unwrap_or(0);
     if s.total >= limits.max_connections || from >= limits.per_address {
         return None;

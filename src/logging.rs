@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
@@ -68,12 +68,12 @@ pub struct Recent(Arc<Mutex<VecDeque<Problem>>>);
 
 impl Recent {
     pub fn list(&self) -> Vec<Problem> {
-        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = crate::sync::lock(&self.0);
         kept.iter().cloned().collect()
     }
 
     fn push(&self, p: Problem) {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = crate::sync::lock(&self.0);
         if kept.len() == RECENT {
             kept.pop_front();
         }

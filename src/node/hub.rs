@@ -306,11 +306,7 @@ impl Hub {
 
     /// Stops the data plane (its TUN goes with it). The namespace goes with the container.
     pub fn stop_dataplane(&self) -> Result<(), DataplaneError> {
-        let dp = self
-            .dataplane
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let dp = crate::sync::lock(&self.dataplane).take();
         dp.map_or(Ok(()), Dataplane::stop)
     }
 }

@@ -45,11 +45,7 @@ async fn forward(
     req: Request,
 ) -> Response {
     let allowed = match peer.ip() {
-        IpAddr::V4(a) => p
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&a),
+        IpAddr::V4(a) => crate::sync::lock(&p.clients).contains(&a),
         IpAddr::V6(_) => false,
     };
     if !allowed {

@@ -4,7 +4,7 @@
 //! the next look at the database's change counter, one cheap read a second for the process.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -52,7 +52,7 @@ impl Waits {
     /// A place for a wait of `node`: the oldest of its own if it holds [`PER_NODE`] already,
     /// else a new one while fewer than the maximum are under way; `None` past that.
     pub fn enter(self: &Arc<Self>, node: NodeId) -> Option<Wait> {
-        let mut b = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut b = crate::sync::lock(&self.book);
         let held = b.by_node.get(&node).map_or(0, VecDeque::len);
         if held >= PER_NODE {
             if let Some((_, oldest)) = b.by_node.get_mut(&node).and_then(VecDeque::pop_front) {
@@ -86,11 +86,7 @@ impl Waits {
 
 impl Drop for Wait {
     fn drop(&mut self) {
-        let mut b = self
-            .waits
-            .book
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut b = crate::sync::lock(&self.waits.book);
         let Some(queue) = b.by_node.get_mut(&self.node) else {
             return;
         };

@@ -87,8 +87,8 @@ impl Worker {
             return self.index;
         };
         // Should a worker have panicked holding the lock, what the map remembers is still usable
-        // (at worst one datagram's owner is missing).
-        let fragments = || later.lock().unwrap_or_else(|e| e.into_inner());
+        // (at worst one datagram's owner is missing): `lock` takes it anyway.
+        let fragments = || lock(later);
         match self.router.owner(packet) {
             Owner::Shard {
                 shard,

@@ -2,7 +2,6 @@
 //! and a node asking for the token of a run's algorithm.
 
 use std::net::SocketAddr;
-use std::sync::PoisonError;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -31,7 +30,7 @@ pub async fn user(
     let a = &s.config.admin;
     let from = peer.ip();
     let name = crate::logging::shown(&b.username);
-    let lock = || s.logins.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = || crate::sync::lock(&s.logins);
     if let Some(secs) = lock().wait(&b.username, from, now()) {
         tracing::warn!(user = %name, address = %from, retry_after = secs, "login refused: too many failures");
         return Err(ApiError::too_many_logins(secs));
@@ -74,11 +73,7 @@ async fn account(
     let (id, stored) = match found {
         Some((id, stored)) => (Some(id), stored),
         None => {
-            let wait = s
-                .logins
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .wait_unknown(from, now());
+            let wait = crate::sync::lock(&s.logins).wait_unknown(from, now());
             if let Some(secs) = wait {
                 tracing::warn!(address = %from, retry_after = secs, "login refused: too many unknown names");
                 return Err(ApiError::too_many_logins(secs));
