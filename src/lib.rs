@@ -11,6 +11,7 @@
 //! - [`node`]: the node agent;
 //! - [`docker`]: the Docker runtime, what each container looks like, offline images;
 //! - [`echo`], [`feature`], [`demo`]: the echo algorithm, `algonet test` and `algonet demo`;
+//! - [`crypto`]: vantage6's encryption of inputs and results in encrypted collaborations;
 //! - [`config`], [`logging`], [`metrics`], [`private`]: reading the YAML files, the log lines,
 //!   the Prometheus exposition, and files only their owner may read;
 //! - [`http`]: serving HTTP within bounds (the API's and the metrics listeners');
@@ -20,6 +21,7 @@ pub use netstack;
 
 pub mod api;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod docker;
 pub mod echo;
