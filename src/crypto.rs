@@ -318,7 +318,7 @@ fn pkcs1_type2(em: &[u8]) -> (u8, usize) {
 fn ct_eq(a: u8, b: u8) -> u8 {
     let x = u16::from(a ^ b);
     // x - 1 underflows (top bits set) only for x == 0.
-    ((x.wrapping_sub(1) >> 8) as u8) & 0xff
+    (x.wrapping_sub(1) >> 8) as u8
 }
 
 /// 0xff for true, 0 for false.
