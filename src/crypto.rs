@@ -131,6 +131,41 @@ impl PublicKey {
     }
 }
 
+/// A sealed message taken apart.
+struct Sealed {
+    wrapped: Vec<u8>,
+    iv: [u8; IV_LEN],
+    body: Vec<u8>,
+}
+
+impl Sealed {
+    fn parse(text: &str) -> Result<Sealed, OpenError> {
+        let parts: Vec<&str> = text.trim().splitn(3, SEPARATOR).collect();
+        let [wrapped, iv, body] = parts[..] else {
+            return Err(OpenError::Form("not three parts joined by $"));
+        };
+        let decode = |text, what| STANDARD.decode(text).map_err(|_| OpenError::Form(what));
+        let wrapped = decode(wrapped, "the wrapped key is not base64")?;
+        let iv = decode(iv, "the counter block is not base64")?;
+        let body = decode(body, "the message is not base64")?;
+        let iv: [u8; IV_LEN] = iv
+            .try_into()
+            .map_err(|_| OpenError::Form("the counter block is not 16 bytes"))?;
+        if wrapped.len() < (MIN_BITS / 8) as usize {
+            return Err(OpenError::Form(
+                "the wrapped key is shorter than any key taken",
+            ));
+        }
+        Ok(Sealed { wrapped, iv, body })
+    }
+}
+
+/// Whether `text` has the form of a sealed message (what the server, which holds no private
+/// key, can check of an input in an encrypted collaboration).
+pub fn check_form(text: &str) -> Result<(), OpenError> {
+    Sealed::parse(text).map(|_| ())
+}
+
 /// An organization's private key, read from the file the node's configuration names.
 pub struct PrivateKey {
     rsa: Rsa<Private>,
@@ -228,17 +263,7 @@ impl PrivateKey {
     /// allowance for vantage6's UI, which base64-encodes key and message once more), and hands
     /// it over only if it is JSON.
     pub fn open(&self, sealed: &str) -> Result<Vec<u8>, OpenError> {
-        let parts: Vec<&str> = sealed.trim().splitn(3, SEPARATOR).collect();
-        let [wrapped, iv, body] = parts[..] else {
-            return Err(OpenError::Form("not three parts joined by $"));
-        };
-        let decode = |text, what| STANDARD.decode(text).map_err(|_| OpenError::Form(what));
-        let wrapped = decode(wrapped, "the wrapped key is not base64")?;
-        let iv = decode(iv, "the counter block is not base64")?;
-        let body = decode(body, "the message is not base64")?;
-        let iv: [u8; IV_LEN] = iv
-            .try_into()
-            .map_err(|_| OpenError::Form("the counter block is not 16 bytes"))?;
+        let Sealed { wrapped, iv, body } = Sealed::parse(sealed)?;
         if wrapped.len() != self.rsa.size() as usize {
             return Err(OpenError::Form(
                 "the wrapped key is not as long as this organization's key",
@@ -442,7 +467,7 @@ mod tests {
             ("!!$AAAA$AAAA", "wrapped key is not base64"),
             ("AAAA$!!$AAAA", "counter block is not base64"),
             ("AAAA$AAAA$AAAA", "counter block is not 16 bytes"),
-            ("AAAA$AAAAAAAAAAAAAAAAAAAAAA==$AAAA", "not as long"),
+            ("AAAA$AAAAAAAAAAAAAAAAAAAAAA==$AAAA", "shorter than any key"),
         ] {
             let e = key().open(text).expect_err(text);
             assert!(e.to_string().contains(part), "{text}: {e}");

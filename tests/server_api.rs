@@ -1113,30 +1113,6 @@ async fn refresh_tokens_renew_and_do_nothing_else() {
     );
 }
 
-/// An encrypted collaboration is refused at creation, saying why, and nothing is stored.
-#[tokio::test]
-async fn an_encrypted_collaboration_is_refused() {
-    let s = server("encrypted", "").await;
-    let admin = s.admin().await;
-    let (st, v) = s
-        .call(
-            "POST",
-            "/collaboration",
-            Some(&admin),
-            Some(json!({"name": "secret", "organization_ids": [1], "encrypted": true})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(
-        v["msg"].as_str().is_some_and(|m| m.contains("encrypted")),
-        "{v}"
-    );
-    let listed = s
-        .ok("GET", "/collaboration", Some(&admin), json!(null))
-        .await;
-    assert_eq!(listed["data"], json!([]));
-}
-
 /// Lists are pages as vantage6's: `page` and `per_page`, links to the others carrying the
 /// request's own filters; nonsense paging is a 400, not a panic or an empty 200.
 #[tokio::test]

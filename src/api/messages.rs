@@ -224,12 +224,33 @@ pub struct NewOrganization {
     pub country: Option<String>,
 }
 
+/// `PATCH /organization/<id>`: the fields given (and not null) are changed. The public key is
+/// base64 of a PEM RSA public key, as vantage6's clients upload it; only a member of the
+/// organization may set it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OrganizationChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address2: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipcode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
 /// `POST /collaboration`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewCollaboration {
     pub name: String,
     pub organization_ids: Vec<OrganizationId>,
-    /// Refused when true: algonet stores inputs and results as sent, unencrypted.
+    /// Inputs and results are encrypted, each for the organization that reads it.
     #[serde(default)]
     pub encrypted: bool,
 }

@@ -42,7 +42,8 @@ pub struct PageLinks {
     pub last: Option<String>,
 }
 
-/// An organization. `public_key` is always empty: algonet has no encrypted collaborations.
+/// An organization. `public_key` is base64 of its PEM RSA public key (what inputs and results
+/// for it are encrypted with, in an encrypted collaboration), empty until it uploads one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Organization {
     pub id: OrganizationId,

@@ -12,7 +12,8 @@ use crate::api::{Collaboration, CollaborationId, NewCollaboration, OrganizationI
 use crate::server::state::AppState;
 use crate::server::store;
 
-pub fn present(l: Links, id: CollaborationId, name: String) -> Collaboration {
+pub fn present(l: Links, c: store::CollaborationRow) -> Collaboration {
+    let id = c.id;
     Collaboration {
         organizations: l.list("organization", "collaboration_id", id),
         nodes: l.list("node", "collaboration_id", id),
@@ -20,26 +21,19 @@ pub fn present(l: Links, id: CollaborationId, name: String) -> Collaboration {
         algorithm_stores: l.list("algorithmstore", "collaboration_id", id),
         studies: l.list("study", "collaboration_id", id),
         id,
-        name,
-        encrypted: false,
+        name: c.name,
+        encrypted: c.encrypted != 0,
     }
 }
 
-/// Answers 200, not 201, as vantage6 does here. An encrypted collaboration is refused: algonet keeps inputs and results as sent and has no
-/// organization keys, so a client could never read what it stored.
+/// Answers 200, not 201, as vantage6 does here.
 pub async fn create(
     State(s): State<AppState>,
     AdminCaller(a): AdminCaller,
     Json(b): Json<NewCollaboration>,
 ) -> ApiResult<Json<Collaboration>> {
-    if b.encrypted {
-        return Err(ApiError::bad(
-            "encrypted: algonet does not support encrypted collaborations; create it with \
-             encrypted false (inputs and results are kept as sent)",
-        ));
-    }
     let mut tx = s.store.write().await?;
-    let id = store::insert_collaboration(&mut tx, &b.name).await?;
+    let id = store::insert_collaboration(&mut tx, &b.name, b.encrypted).await?;
     for &org in &b.organization_ids {
         if store::organization(&mut tx, org, None).await?.is_none() {
             return Err(ApiError::not_found("organization", org));
@@ -47,8 +41,13 @@ pub async fn create(
         store::insert_member(&mut tx, id, org).await?;
     }
     store::commit(tx).await?;
-    tracing::info!(collaboration_id = %id, name = %crate::logging::shown(&b.name), user_id = a.user, "collaboration created");
-    Ok(Json(present(Links::of(&s), id, b.name)))
+    tracing::info!(collaboration_id = %id, name = %crate::logging::shown(&b.name), encrypted = b.encrypted, user_id = a.user, "collaboration created");
+    let row = store::CollaborationRow {
+        id,
+        name: b.name,
+        encrypted: i32::from(b.encrypted),
+    };
+    Ok(Json(present(Links::of(&s), row)))
 }
 
 pub async fn get(
@@ -57,15 +56,17 @@ pub async fn get(
     Path(id): Path<CollaborationId>,
 ) -> ApiResult<Json<Collaboration>> {
     caller.within(Some(id))?;
-    let name = store::collaboration_name(&mut *s.store.connection().await?, id)
+    let row = store::collaboration(&mut *s.store.connection().await?, id)
         .await?
         .ok_or_else(|| ApiError::not_found("collaboration", id))?;
-    Ok(Json(present(Links::of(&s), id, name)))
+    Ok(Json(present(Links::of(&s), row)))
 }
 
 #[derive(Debug, Deserialize)]
 pub struct CollaborationFilter {
     organization_id: Option<OrganizationId>,
+    /// `1` or `true`: the encrypted ones; `0` or `false`: the others.
+    encrypted: Option<String>,
 }
 
 pub async fn list(
@@ -75,13 +76,29 @@ pub async fn list(
     Query(f): Query<CollaborationFilter>,
 ) -> ApiResult<Json<Page<Collaboration>>> {
     let own = caller.within(None)?;
+    let encrypted = match f
+        .encrypted
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None => None,
+        Some("1" | "true") => Some(true),
+        Some("0" | "false") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "encrypted: {other:?} is neither true (1) nor false (0)"
+            )))
+        }
+    };
     let rows = store::collaborations(&mut *s.store.connection().await?, f.organization_id).await?;
     let l = Links::of(&s);
     Ok(Json(
         listing.page(
             rows.into_iter()
-                .filter(|(id, _)| own.is_none_or(|o| o == *id))
-                .map(|(id, name)| present(l, id, name))
+                .filter(|c| own.is_none_or(|o| o == c.id))
+                .filter(|c| encrypted.is_none_or(|e| e == (c.encrypted != 0)))
+                .map(|c| present(l, c))
                 .collect(),
         ),
     ))

@@ -43,7 +43,10 @@ pub fn routes(state: AppState) -> Router {
             "/organization",
             get(organization::list).post(organization::create),
         )
-        .route("/organization/{id}", get(organization::get))
+        .route(
+            "/organization/{id}",
+            get(organization::get).patch(organization::patch),
+        )
         .route(
             "/collaboration",
             get(collaboration::list).post(collaboration::create),

@@ -38,10 +38,10 @@ pub async fn create(
         // vantage6's default name.
         None => {
             let organization = store::organization(&mut db, b.organization_id, None).await?;
-            let collaboration = store::collaboration_name(&mut db, b.collaboration_id).await?;
+            let collaboration = store::collaboration(&mut db, b.collaboration_id).await?;
             NewNode::default_name(
                 &organization.map(|o| o.name).unwrap_or_default(),
-                &collaboration.unwrap_or_default(),
+                &collaboration.map(|c| c.name).unwrap_or_default(),
             )
         }
     };

@@ -74,8 +74,18 @@ pub async fn create(
             "organizations: at most {MAX_ORGANIZATIONS}"
         )));
     }
-    // Checked before the write lock is taken, in one query: a long list must not hold it.
-    let members = store::member_ids(&mut *s.store.connection().await?, collaboration).await?;
+    // Checked before the write lock is taken, in two queries: a long list must not hold it.
+    let mut db = s.store.connection().await?;
+    let encrypted = store::collaboration(&mut db, collaboration)
+        .await?
+        .ok_or_else(|| ApiError::not_found("collaboration", collaboration))?
+        .encrypted
+        != 0;
+    for o in &organizations {
+        check_input(encrypted, &o.input)?;
+    }
+    let members = store::member_ids(&mut db, collaboration).await?;
+    drop(db);
     if let Some(o) = organizations.iter().find(|o| !members.contains(&o.id)) {
         return Err(ApiError::bad(format!(
             "organization {} is not a member of collaboration {collaboration}",
@@ -111,6 +121,29 @@ pub async fn create(
     store::commit(tx).await?;
     s.changed().await;
     Ok(Created(task))
+}
+
+/// Refuses an input that is not what the collaboration keeps, as vantage6 does: in an encrypted
+/// collaboration an input sealed for its organization (readable text there would be stored and
+/// sent in clear), in another base64 of text.
+fn check_input(encrypted: bool, input: &str) -> ApiResult<()> {
+    if encrypted {
+        crate::crypto::check_form(input).map_err(|e| {
+            ApiError::bad(format!(
+                "Your collaboration requires encryption, but input is not encrypted ({e})! \
+                 Please encrypt your input before sending it."
+            ))
+        })
+    } else {
+        match crate::api::codec::decode(input).map(String::from_utf8) {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::bad(
+                "Your task's input cannot be parsed: it should be base64 of text (JSON, as \
+                 vantage6's clients send it), not encrypted, as the collaboration does not use \
+                 encryption.",
+            )),
+        }
+    }
 }
 
 /// Refuses a subtask past the limits of `subtasks` (429), counted in the write transaction so

@@ -90,7 +90,7 @@ pub struct Organization {
     pub zipcode: Option<String>,
     #[serde(default, deserialize_with = "text")]
     pub country: Option<String>,
-    /// vantage6's key for encrypted collaborations: not used.
+    /// Base64 of its PEM RSA public key, for encrypted collaborations.
     #[serde(default, deserialize_with = "text")]
     pub public_key: Option<String>,
     #[serde(default)]
@@ -163,6 +163,10 @@ impl Entities {
             if !names.insert(o.name.as_str()) {
                 return Err(format!("organizations[{i}]: {:?} twice", o.name));
             }
+            if let Some(key) = o.public_key.as_deref().filter(|k| !k.is_empty()) {
+                crate::crypto::PublicKey::from_base64(key)
+                    .map_err(|e| format!("organizations[{i}].public_key: {e}"))?;
+            }
             for (j, u) in o.users.iter().enumerate() {
                 let at = format!("organizations[{i}].users[{j}]");
                 if u.username.trim().is_empty() {
@@ -190,11 +194,6 @@ impl Entities {
             }
             if !collaborations.insert(c.name.as_str()) {
                 return Err(format!("collaborations[{i}]: {:?} twice", c.name));
-            }
-            if c.encrypted {
-                return Err(format!(
-                    "collaborations[{i}].encrypted: algonet has no encrypted collaborations"
-                ));
             }
             let mut members = HashSet::new();
             for (j, p) in c.participants.iter().enumerate() {
@@ -248,7 +247,7 @@ mod tests {
             ("organizations: [{name: A, users: [{username: root, password: long-enough}]}]", "administrator"),
             ("organizations: [{name: A, users: [{username: u, password: long-enough}, {username: u, password: long-enough}]}]", "users[1]"),
             ("organizations: [{name: A, colour: red}]", "colour"),
-            ("collaborations: [{name: C, encrypted: true}]", "encrypted"),
+            ("organizations: [{name: A, public_key: bm90IGEga2V5}]", "organizations[0].public_key"),
             ("collaborations: [{name: C, participants: [{name: A, api_key: nope}]}]", "api_key"),
             ("collaborations: [{name: C, participants: [{name: A, api_key: 123e4567-e89b-12d3-a456-426614174000}, {name: B, api_key: 123e4567-e89b-12d3-a456-426614174000}]}]", "participants[1].api_key"),
             ("collaborations: [{name: C, participants: [{name: A}, {name: A}]}]", "participants[1]"),

@@ -6,9 +6,9 @@
 //! the administrator can read (mode 0600): the database keeps only their hashes.
 //!
 //! Each user becomes an account that may do what the administrator does, as each user
-//! vantage6's import makes is a super user. Collaborations are unencrypted (algonet has no
-//! encrypted ones); a file's `tasks` are not made (create tasks through the API) and its
-//! `public_key`s are not used.
+//! vantage6's import makes is a super user. An organization's `public_key` (base64 of its PEM,
+//! as vantage6 keeps it) is checked and kept, a collaboration's `encrypted` too; a file's
+//! `tasks` are not made (create tasks through the API).
 
 mod entities;
 
@@ -136,7 +136,15 @@ pub async fn import(
                     zipcode: o.zipcode.clone(),
                     country: o.country.clone(),
                 };
-                store::insert_organization(&mut tx, &new).await?.id
+                let id = store::insert_organization(&mut tx, &new).await?.id;
+                if let Some(key) = o.public_key.clone().filter(|k| !k.is_empty()) {
+                    let change = crate::api::OrganizationChange {
+                        public_key: Some(key),
+                        ..Default::default()
+                    };
+                    store::update_organization(&mut tx, id, &change).await?;
+                }
+                id
             }
         };
         for u in &o.users {
@@ -167,7 +175,7 @@ pub async fn import(
             Some(id) => id,
             None => {
                 summary.collaborations += 1;
-                store::insert_collaboration(&mut tx, &c.name).await?
+                store::insert_collaboration(&mut tx, &c.name, c.encrypted).await?
             }
         };
         for p in &c.participants {

@@ -1,7 +1,7 @@
 //! Organizations, collaborations and their members, and nodes.
 
 use super::{Db, Result};
-use crate::api::{CollaborationId, NewOrganization, NodeId, OrganizationId};
+use crate::api::{CollaborationId, NewOrganization, NodeId, OrganizationChange, OrganizationId};
 
 /// A node, as its token and its own changes see it.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -99,13 +99,23 @@ pub struct OrganizationRow {
     pub address2: Option<String>,
     pub zipcode: Option<String>,
     pub country: Option<String>,
+    /// Base64 of its PEM public key; empty when it has none.
+    pub public_key: String,
+}
+
+/// The columns of an [`OrganizationRow`].
+macro_rules! organization_columns {
+    () => {
+        "id, name, domain, address1, address2, zipcode, country, public_key"
+    };
 }
 
 pub async fn insert_organization(db: &mut Db, o: &NewOrganization) -> Result<OrganizationRow> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(concat!(
         "INSERT INTO organization (name, domain, address1, address2, zipcode, country) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, name, domain, address1, address2, zipcode, country",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+        organization_columns!()
+    ))
     .bind(&o.name)
     .bind(&o.domain)
     .bind(&o.address1)
@@ -122,10 +132,12 @@ pub async fn organization(
     id: OrganizationId,
     collaboration: Option<CollaborationId>,
 ) -> Result<Option<OrganizationRow>> {
-    Ok(sqlx::query_as(
-        "SELECT id, name, domain, address1, address2, zipcode, country FROM organization WHERE id = $1 \
-         AND ($2 IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = $2))",
-    )
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        organization_columns!(),
+        " FROM organization WHERE id = $1 \
+         AND ($2 IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = $2))"
+    ))
     .bind(id)
     .bind(collaboration)
     .fetch_optional(db)
@@ -137,12 +149,39 @@ pub async fn organizations(
     db: &mut Db,
     collaboration: Option<CollaborationId>,
 ) -> Result<Vec<OrganizationRow>> {
-    Ok(sqlx::query_as(
-        "SELECT id, name, domain, address1, address2, zipcode, country FROM organization \
-         WHERE $1 IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = $1) ORDER BY id",
-    )
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        organization_columns!(),
+        " FROM organization \
+         WHERE $1 IS NULL OR id IN (SELECT organization_id FROM member WHERE collaboration_id = $1) ORDER BY id"
+    ))
     .bind(collaboration)
     .fetch_all(db)
+    .await?)
+}
+
+/// Changes the fields of `change` that are given; `None` if there is no such organization.
+pub async fn update_organization(
+    db: &mut Db,
+    id: OrganizationId,
+    change: &OrganizationChange,
+) -> Result<Option<OrganizationRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE organization SET name = COALESCE($2, name), domain = COALESCE($3, domain), \
+         address1 = COALESCE($4, address1), address2 = COALESCE($5, address2), \
+         zipcode = COALESCE($6, zipcode), country = COALESCE($7, country), \
+         public_key = COALESCE($8, public_key) WHERE id = $1 RETURNING ",
+        organization_columns!()
+    ))
+    .bind(id)
+    .bind(&change.name)
+    .bind(&change.domain)
+    .bind(&change.address1)
+    .bind(&change.address2)
+    .bind(&change.zipcode)
+    .bind(&change.country)
+    .bind(&change.public_key)
+    .fetch_optional(db)
     .await?)
 }
 
@@ -155,13 +194,18 @@ pub async fn root_organization(db: &mut Db) -> Result<OrganizationId> {
     )
 }
 
-pub async fn insert_collaboration(db: &mut Db, name: &str) -> Result<CollaborationId> {
-    Ok(
-        sqlx::query_scalar("INSERT INTO collaboration (name) VALUES ($1) RETURNING id")
-            .bind(name)
-            .fetch_one(db)
-            .await?,
+pub async fn insert_collaboration(
+    db: &mut Db,
+    name: &str,
+    encrypted: bool,
+) -> Result<CollaborationId> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO collaboration (name, encrypted) VALUES ($1, $2) RETURNING id",
     )
+    .bind(name)
+    .bind(i32::from(encrypted))
+    .fetch_one(db)
+    .await?)
 }
 
 pub async fn insert_member(
@@ -177,22 +221,31 @@ pub async fn insert_member(
     Ok(())
 }
 
-pub async fn collaboration_name(db: &mut Db, id: CollaborationId) -> Result<Option<String>> {
+/// A collaboration's own fields.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct CollaborationRow {
+    pub id: CollaborationId,
+    pub name: String,
+    /// Inputs and results are encrypted for their organizations (1) or not (0).
+    pub encrypted: i32,
+}
+
+pub async fn collaboration(db: &mut Db, id: CollaborationId) -> Result<Option<CollaborationRow>> {
     Ok(
-        sqlx::query_scalar("SELECT name FROM collaboration WHERE id = $1")
+        sqlx::query_as("SELECT id, name, encrypted FROM collaboration WHERE id = $1")
             .bind(id)
             .fetch_optional(db)
             .await?,
     )
 }
 
-/// The collaborations (id, name), or those an organization is in.
+/// The collaborations, or those an organization is in.
 pub async fn collaborations(
     db: &mut Db,
     organization: Option<OrganizationId>,
-) -> Result<Vec<(CollaborationId, String)>> {
+) -> Result<Vec<CollaborationRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, name FROM collaboration WHERE $1 IS NULL \
+        "SELECT id, name, encrypted FROM collaboration WHERE $1 IS NULL \
          OR id IN (SELECT collaboration_id FROM member WHERE organization_id = $1) ORDER BY id",
     )
     .bind(organization)
