@@ -64,6 +64,7 @@ fn proxy(base: String) -> SocketAddr {
         reqwest::Client::new(),
         base,
         clients,
+        None,
     ));
     addr
 }

@@ -69,6 +69,9 @@ pub enum NodeError {
     /// the metrics address could not be bound
     #[error(transparent)]
     Metrics(crate::metrics::MetricsError),
+    /// the node's encryption does not fit its collaboration
+    #[error(transparent)]
+    Encryption(#[from] crate::node::encryption::EncryptionError),
 }
 
 /// How often the node asks for new runs.
@@ -151,6 +154,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         .unwrap_or_else(|| format!("node-{}", client.node_id));
     let owner = format!("node:{name}");
     tracing::info!("logged in as node {} ({name})", client.node_id);
+    let key = crate::node::encryption::set_up(&config.encryption, &client).await?;
     log_data_and_policies(&config);
     let docker = Docker::connect().await?;
     for image in images(&config) {
@@ -194,6 +198,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         vpn: Mutex::new(None),
         stopping: Default::default(),
         observed: Recorder::new(recent),
+        key: key.clone(),
         killed: Mutex::default(),
         config,
     });
@@ -205,6 +210,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
                 node.client.api().http().clone(),
                 node.client.api().base().to_string(),
                 clients,
+                key,
             );
             async move {
                 if let Err(e) = proxy.await {
@@ -376,7 +382,8 @@ fn need_root() -> Result<(), NodeError> {
 }
 
 /// What a start of `config` needs, tried without starting anything (`algonet node --check`):
-/// root, the login at the server, Docker, the images. Returns the node's id.
+/// root, the login at the server, encryption as the collaboration has it, Docker, the images.
+/// Returns the node's id.
 pub async fn check(config: &NodeConfig) -> Result<crate::api::NodeId, NodeError> {
     need_root()?;
     let client = ServerClient::login(
@@ -387,6 +394,7 @@ pub async fn check(config: &NodeConfig) -> Result<crate::api::NodeId, NodeError>
     )
     .await
     .map_err(NodeError::Login)?;
+    crate::node::encryption::check(&config.encryption, &client).await?;
     let docker = Docker::connect().await?;
     for image in images(config) {
         docker.image(image).await.map_err(NodeError::MissingImage)?;

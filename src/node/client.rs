@@ -10,8 +10,9 @@ use serde::Serialize;
 pub use crate::api::client::ClientError;
 use crate::api::client::{Api, NO_BODY};
 use crate::api::{
-    ContainerLogin, ContainerToken, NewPort, NodeId, NodeLogin, NodePatch, NodeToken, Page, Peers,
-    PublicPort, Run, RunId, RunStatus, RunUpdate, Task, TaskId, VpnProfile, VpnUpdate,
+    Collaboration, ContainerLogin, ContainerToken, NewPort, Node, NodeId, NodeLogin, NodePatch,
+    NodeToken, Organization, OrganizationChange, OrganizationId, Page, Peers, PublicPort, Run,
+    RunId, RunStatus, RunUpdate, Task, TaskId, VpnProfile, VpnUpdate,
 };
 
 #[derive(Debug)]
@@ -186,6 +187,33 @@ impl ServerClient {
             .call(Method::POST, "/vpn/update", Some(&update))
             .await?;
         Ok(p.ovpn_config)
+    }
+
+    /// The node itself: its organization and collaboration.
+    pub async fn this_node(&self) -> Result<Node, ClientError> {
+        self.call(Method::GET, &format!("/node/{}", self.node_id), NO_BODY)
+            .await
+    }
+
+    pub async fn collaboration(&self, node: &Node) -> Result<Collaboration, ClientError> {
+        let path = format!("/collaboration/{}", node.collaboration.id);
+        self.call(Method::GET, &path, NO_BODY).await
+    }
+
+    /// An organization of the collaboration: its public key.
+    pub async fn organization(&self, id: OrganizationId) -> Result<Organization, ClientError> {
+        self.call(Method::GET, &format!("/organization/{id}"), NO_BODY)
+            .await
+    }
+
+    /// `PATCH /organization/<id>`: the node's organization's public key.
+    pub async fn set_public_key(&self, id: OrganizationId, key: &str) -> Result<(), ClientError> {
+        let change = OrganizationChange {
+            public_key: Some(key.into()),
+            ..OrganizationChange::default()
+        };
+        self.call_ignoring(Method::PATCH, &format!("/organization/{id}"), Some(&change))
+            .await
     }
 
     /// `PATCH /node/<id>`: the node's VPN address, or none.

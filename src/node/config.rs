@@ -87,6 +87,10 @@ pub struct NodeConfig {
     /// hospital's own CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Whether the collaboration is encrypted, and the organization's private key (vantage6's
+    /// `encryption`).
+    #[serde(default)]
+    pub encryption: crate::node::encryption::Encryption,
 }
 
 fn default_share_algorithm_logs() -> bool {
@@ -219,6 +223,7 @@ impl NodeConfig {
             crate::api::client::trusted(ca).map_err(|e| format!("ca_file: {e}"))?;
         }
         crate::node::policy::check(&c.policies)?;
+        c.encryption.key().map_err(|e| e.to_string())?;
         if let Some(key) = c.algorithm_env.keys().find(|k| {
             k.as_str() == "PKG_NAME"
                 || k.is_empty()

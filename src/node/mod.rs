@@ -5,13 +5,15 @@
 //! ports into public ones; [`retry`] waits out what is away; [`status`] is what the node shows of
 //! itself (`algonet node status`, metrics); [`scope`] keeps whom each run may talk to; [`data`]
 //! and [`policy`] are what the node's data gives a run and whose runs it admits; [`kills`] ends
-//! the runs the server was told to kill.
+//! the runs the server was told to kill; [`encryption`] is the node's part in an encrypted
+//! collaboration.
 
 pub mod agent;
 pub mod allocator;
 pub mod client;
 pub mod config;
 pub mod data;
+pub mod encryption;
 pub mod hub;
 pub mod kills;
 pub mod lock;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::api::client::ClientError;
 use std::collections::HashMap;
 
-use crate::api::{codec, env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask, Task};
+use crate::api::{env as vars, ContainerPort, PublicPort, RunId, RunStatus, RunTask, Task};
 use crate::docker::{specs, DockerError};
 use crate::net::links::{IfName, LinkError};
 use crate::net::netns::{Netns, NetnsError};
@@ -22,7 +22,7 @@ use crate::node::ports::{algorithm_ports, AlgorithmPort};
 use crate::node::retry::with_backoff;
 use crate::node::state::Node;
 use crate::node::status::{Phase, RunPort};
-use crate::node::{data, policy};
+use crate::node::{data, encryption, policy};
 use crate::sync::lock;
 
 /// Where a run's files appear inside the algorithm container.
@@ -61,9 +61,9 @@ pub enum RunError {
     /// the sandbox's namespace could not be opened
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    /// the run's input is not base64, as vantage6 sends it
-    #[error("input: not base64 as vantage6 sends it ({0})")]
-    Input(String),
+    /// the run's input could not be read, or its result not encrypted
+    #[error(transparent)]
+    Carry(#[from] crate::node::encryption::CarryError),
     /// every container address is in use
     #[error("no free container address")]
     NoAddress,
@@ -242,7 +242,22 @@ impl Run {
         } else if !ports.is_empty() {
             self.note("no VPN: the algorithm's ports are not reachable from other nodes");
         }
-        self.run_algorithm(&dir, data).await
+        let (code, output) = self.run_algorithm(&dir, data).await?;
+        // Sent back as vantage6 nodes send results: encrypted for the organization that created
+        // the task, or base64.
+        let result = match output {
+            Some(o) => Some(
+                encryption::result(
+                    self.node.key.as_deref(),
+                    &self.node.client,
+                    task.init_org.map(|o| o.id),
+                    &o,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok((code, result))
     }
 
     /// Refuses the run if the node's policies do (before any container is made).
@@ -295,9 +310,11 @@ impl Run {
         let file = |path: PathBuf| move |source| RunError::File { path, source };
         crate::private::dir(&dir).map_err(file(dir.clone()))?;
         std::fs::create_dir_all(dir.join("tmp")).map_err(file(dir.join("tmp")))?;
-        // vantage6 sends the input as base64 of its bytes; the algorithm reads the bytes.
-        let input = codec::decode(self.input.as_deref().unwrap_or(""))
-            .map_err(|e| RunError::Input(e.to_string()))?;
+        // The algorithm reads the bytes, decrypted in an encrypted collaboration.
+        let input = encryption::input(
+            self.node.key.as_deref(),
+            self.input.as_deref().unwrap_or(""),
+        )?;
         for (name, bytes) in [
             ("token", token.as_bytes()),
             ("input", &input),
@@ -387,7 +404,7 @@ impl Run {
         &mut self,
         dir: &std::path::Path,
         data: data::RunData,
-    ) -> Result<Exit, RunError> {
+    ) -> Result<(i64, Option<Vec<u8>>), RunError> {
         let node = self.node.clone();
         let (sandbox, algorithm) = node.run_containers(self.id);
         let base = [
@@ -448,11 +465,9 @@ impl Run {
             self.notes
                 .push_str("Node does not allow sharing algorithm logs\n");
         }
-        // Sent back as vantage6 nodes send results: base64 of the output file's bytes.
         let output = std::fs::read(dir.join("output"))
             .ok()
-            .filter(|o| !o.is_empty())
-            .map(|o| codec::encode(&o));
+            .filter(|o| !o.is_empty());
         Ok((code, output))
     }
 

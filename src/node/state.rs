@@ -33,6 +33,8 @@ pub struct Node {
     pub stopping: AtomicBool,
     /// What `algonet node status` and the metrics show.
     pub observed: Recorder,
+    /// The organization's private key in an encrypted collaboration.
+    pub key: Option<std::sync::Arc<crate::crypto::PrivateKey>>,
     /// Runs the server ended while the node ran them (see [`crate::node::kills`]).
     pub killed: Mutex<std::collections::HashSet<crate::api::RunId>>,
 }
