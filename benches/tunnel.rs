@@ -846,6 +846,7 @@ async fn main() -> Result<(), Failed> {
         server_port: 7631,
         node_settings,
         algonet: std::fs::canonicalize(&algonet)?,
+        encrypted: false,
     };
     let mut fed = Federation::up(options, Instant::now()).await?;
     let services = place_nodes(&fed, node_weight).await;

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-apt_need iproute2 iperf3 iptables ethtool
+apt_need build-essential pkg-config libssl-dev iproute2 iperf3 iptables ethtool
 cargo bench --bench dataplane

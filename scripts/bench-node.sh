@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ROUNDS=${ROUNDS:-5}
-apt_need build-essential pkg-config iproute2 openvpn docker.io
+apt_need build-essential pkg-config libssl-dev iproute2 openvpn docker.io
 docker_need
 cargo build --release --quiet
 samples=$(mktemp)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 NODES=${NODES:-"100 1000"}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-apt_need build-essential pkg-config iproute2
+apt_need build-essential pkg-config libssl-dev iproute2
 # A thousand nodes hold a thousand connections each way.
 ulimit -n 65536 2>/dev/null || ulimit -n 8192
 cargo build --release --quiet --bin algonet

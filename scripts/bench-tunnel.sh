@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
-apt_need build-essential pkg-config iproute2 openvpn docker.io iperf3 util-linux
+apt_need build-essential pkg-config libssl-dev iproute2 openvpn docker.io iperf3 util-linux
 docker_need
 cargo build --release --quiet --bin algonet
 bench=$(bench_binary --bench tunnel)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 # openvpn, coreutils and the algonet binary itself become the images (built offline).
-apt_need build-essential pkg-config iproute2 openvpn docker.io
+apt_need build-essential pkg-config libssl-dev iproute2 openvpn docker.io
 docker_need
 echo "==> building algonet (release; the first build compiles every dependency and takes a while)"
 cargo build --release

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
-apt_need build-essential pkg-config iproute2 iputils-ping iptables nftables openvpn tcpdump ethtool docker.io
+apt_need build-essential pkg-config libssl-dev iproute2 iputils-ping iptables nftables openvpn tcpdump ethtool docker.io
 # The Docker tier needs a daemon; one is started (without firewall rules) if none answers.
 docker_need
 # The server's PostgreSQL tests use a private cluster, made here and removed at the end.

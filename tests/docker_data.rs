@@ -95,6 +95,7 @@ async fn algorithms_compute_on_the_nodes_data() {
             server_port: port,
             node_settings,
             algonet: bin.into(),
+            encrypted: false,
         },
         Instant::now(),
     )
@@ -107,6 +108,7 @@ async fn algorithms_compute_on_the_nodes_data() {
         fed.collaboration,
         fed.nodes[0].organization_id,
         IMAGE,
+        &[],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let answers: std::collections::BTreeMap<String, Value> = stdout

@@ -175,6 +175,7 @@ async fn federation(
             server_port: free_port(),
             node_settings: node_settings.into(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
+            encrypted: false,
         },
         Instant::now(),
     )

@@ -46,6 +46,7 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
             server_port: port,
             node_settings: String::new(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
+            encrypted: false,
         },
         Instant::now(),
     )
@@ -59,6 +60,7 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
         fed.collaboration,
         fed.nodes[0].organization_id,
         VPN_AVERAGE_IMAGE,
+        &[],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let logs: Vec<String> = fed

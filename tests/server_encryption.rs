@@ -234,6 +234,31 @@ async fn encrypted_collaborations_take_only_sealed_inputs() {
     let key = new_key();
     let public = PublicKey::from_base64(key.public_key()).expect("public");
     let sealed = public.seal(br#"{"method": "central"}"#).expect("seal");
+    let task = |col: &Value, input: &str| json!({"name": "t", "image": "v6", "collaboration_id": col, "organizations": [{"id": org, "input": input}]});
+    // The results will be encrypted for the creator's organization: it needs a key first.
+    let (st, v) = s
+        .call(
+            "POST",
+            "/task",
+            Some(&admin),
+            Some(task(&sealed_id, &sealed)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("no public key")),
+        "{v}"
+    );
+    let root_key = new_key();
+    s.ok(
+        "PATCH",
+        "/organization/1",
+        Some(&admin),
+        json!({"public_key": root_key.public_key()}),
+    )
+    .await;
     let plain = algonet::api::codec::encode_json(&json!({"method": "central"}));
     let task = |col: &Value, input: &str| json!({"name": "t", "image": "v6", "collaboration_id": col, "organizations": [{"id": org, "input": input}]});
     for (col, input, status, says) in [

@@ -113,6 +113,15 @@ async fn vantage6s_algorithm_client_works_through_the_encrypting_proxy() {
         unreachable!("four nodes")
     };
     let public = |i: usize| PublicKey::from_base64(keys[i].public_key()).expect("public");
+    // The researcher's organization (the administrator's, root) needs a key of its own.
+    let root = PrivateKey::generate_pem(2048).expect("generate");
+    s.ok(
+        "PATCH",
+        "/organization/1",
+        Some(&admin),
+        json!({"public_key": key(&root).public_key()}),
+    )
+    .await;
     let parent_input = public(0).seal(br#"{"method": "central"}"#).expect("seal");
     let parent = s
         .ok(

@@ -25,6 +25,15 @@ pub struct Options {
     pub node_settings: String,
     /// The `algonet` binary the server and nodes run as (this one).
     pub algonet: PathBuf,
+    /// An encrypted collaboration: each organization gets an RSA key (`key-<organization>.pem`
+    /// in `dir`, its node's `encryption.private_key`), and the administrator's organization
+    /// one too (`key-root.pem`), for the researcher's client.
+    pub encrypted: bool,
+}
+
+/// Where the key of `organization` is, in an encrypted demo.
+pub fn key_file(o: &Options, organization: &str) -> PathBuf {
+    o.dir.join(format!("key-{organization}.pem"))
 }
 
 /// The ages in the demo data of the `index`th organization (`id,age` rows of the CSV its node
@@ -77,10 +86,18 @@ pub(super) fn node_yaml(
     network: &str,
     data: &str,
 ) -> String {
+    let encryption = if o.encrypted {
+        format!(
+            "encryption: {{enabled: true, private_key: {}}}\n",
+            key_file(o, name).display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "name: {tag}-{name}\nserver_url: http://127.0.0.1:{port}\napi_key: {api_key}\n\
          vpn_subnet: {VPN_SUBNET}\ntask_dir: {dir}\nwan_network: {network}\n\
-         metrics_listen: 127.0.0.1:{metrics}\n{data}{settings}",
+         metrics_listen: 127.0.0.1:{metrics}\n{data}{encryption}{settings}",
         settings = o.node_settings,
         tag = o.tag,
         port = o.server_port,

@@ -216,11 +216,23 @@ impl Federation {
                 &NewCollaboration {
                     name: "demo".into(),
                     organization_ids: org_ids.clone(),
-                    encrypted: false,
+                    encrypted: o.encrypted,
                 },
             )
             .await?;
         self.collaboration = c.id;
+        if o.encrypted {
+            step(
+                started,
+                "an RSA key for each organization (encrypted collaboration)",
+            );
+            for name in o.organizations.iter().map(String::as_str).chain(["root"]) {
+                let path = configs::key_file(&o, name);
+                let pem = crate::crypto::PrivateKey::generate_pem(4096)
+                    .map_err(|e| io(path.display())(std::io::Error::other(e)))?;
+                crate::private::file(&path, &pem).map_err(io(path.display()))?;
+            }
+        }
         for (name, id) in o.organizations.iter().zip(&org_ids) {
             let n: NewNodeKey = admin
                 .post(

@@ -6,7 +6,7 @@ mod configs;
 mod federation;
 mod kept;
 
-pub use configs::{demo_ages, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP, VPN_SUBNET};
+pub use configs::{demo_ages, key_file, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP, VPN_SUBNET};
 pub use federation::{step, stop, DemoError, Federation, NodeProc};
 
 use std::process::Child;
@@ -54,6 +54,7 @@ pub async fn main(
         server_port: 7601,
         node_settings: String::new(),
         algonet: std::env::current_exe().map_err(io("finding this binary"))?,
+        encrypted: false,
     };
     let dir = options.dir.clone();
     let mut fed = match Federation::up(options, started).await {

@@ -253,7 +253,7 @@ pub fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<
 /// Runs `tests/python/<script>` with vantage6's `UserClient` (the venv's `python`) against a
 /// demo federation's server on `port`, as its administrator: the script's arguments are the
 /// server, the API path, the credentials, the collaboration, the organization to send to and
-/// the algorithm image.
+/// the algorithm image, then `extra`.
 pub fn user_client_script(
     python: &str,
     script: &str,
@@ -261,6 +261,7 @@ pub fn user_client_script(
     collaboration: algonet::api::CollaborationId,
     organization: algonet::api::OrganizationId,
     image: &str,
+    extra: &[&str],
 ) -> std::process::Output {
     let (username, password) = algonet::demo::ADMIN;
     std::process::Command::new(python)
@@ -278,6 +279,7 @@ pub fn user_client_script(
             &organization.to_string(),
             image,
         ])
+        .args(extra)
         .output()
         .expect("run the user client")
 }

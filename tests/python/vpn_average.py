@@ -2,7 +2,13 @@
 central function on one organization, which sends partials to every organization and talks to
 them over the VPN. Prints the central run's result, decoded, as JSON.
 
+In an encrypted collaboration KEY is the private key of the researcher's organization
+(`setup_encryption` uploads its public key; inputs are encrypted for each organization and the
+results decrypted with it), and OTHER_KEY another organization's: what that organization's
+client makes of the result is printed too.
+
 usage: vpn_average.py HOST PORT API_PATH USERNAME PASSWORD COLLABORATION ORGANIZATION IMAGE
+                      [KEY OTHER_KEY]
 """
 
 import json
@@ -11,9 +17,10 @@ import sys
 from vantage6.client import UserClient
 
 host, port, path, username, password, collaboration, organization, image = sys.argv[1:9]
+key, other_key = (sys.argv[9:11] + [None, None])[:2]
 client = UserClient(host, int(port), path, log_level="warn")
 client.authenticate(username, password)
-client.setup_encryption(None)
+client.setup_encryption(key)
 task = client.task.create(
     collaboration=int(collaboration),
     organizations=[int(organization)],
@@ -25,13 +32,23 @@ task = client.task.create(
 )
 results = client.wait_for_results(task["id"], interval=0.5)
 runs = client.run.from_task(task["id"])["data"]
-print(
-    json.dumps(
-        {
-            "task": task["id"],
-            "status": client.task.get(task["id"])["status"],
-            "results": [json.loads(r["result"]) if r["result"] else None for r in results["data"]],
-            "logs": [r["log"] for r in runs],
-        }
-    )
-)
+answer = {
+    "task": task["id"],
+    "status": client.task.get(task["id"])["status"],
+    "results": [json.loads(r["result"]) if r["result"] else None for r in results["data"]],
+    "logs": [r["log"] for r in runs],
+}
+if other_key:
+    from pathlib import Path
+
+    from vantage6.common.encryption import RSACryptor
+
+    # The stored result, as the server hands it to anyone who may read it.
+    sealed = client.request("result", params={"task_id": task["id"]})["data"][0]["result"]
+    try:
+        answer["other_organization_reads"] = (
+            RSACryptor(Path(other_key)).decrypt_str_to_bytes(sealed).decode("utf-8", "replace")
+        )
+    except Exception as e:  # what vantage6's client raises for a key that is not the one
+        answer["other_organization_reads"] = f"error: {e}"
+print(json.dumps(answer))

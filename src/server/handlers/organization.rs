@@ -1,7 +1,8 @@
 //! `POST /organization` (administrator), `GET /organization/<id>` and `GET /organization`
-//! (the administrator any; a node or an algorithm those of its collaboration: vantage6's
-//! algorithm client reads an organization's public key before it creates a subtask for it, and
-//! lists its collaboration's organizations), `PATCH /organization/<id>` (an administrator any, a
+//! (the administrator any; a node or an algorithm those of its collaboration and those that
+//! created a task there: vantage6's algorithm client reads an organization's public key before it
+//! creates a subtask for it, a node the key of a task's creator to encrypt its result for, and
+//! both list the collaboration's organizations), `PATCH /organization/<id>` (an administrator any, a
 //! node its own; the public key only a member of the organization, as vantage6 has it).
 
 use axum::extract::State;
@@ -54,9 +55,10 @@ pub async fn get(
 ) -> ApiResult<Json<Organization>> {
     let mut db = s.store.connection().await?;
     // Another collaboration's organization answers as one that does not exist: which ids
-    // exist is not for a node or an algorithm to learn.
+    // exist is not for a node or an algorithm to learn. One that created a task in the
+    // collaboration is seen: its public key encrypts the task's results.
     if let Some(c) = caller.collaboration() {
-        if !store::is_member(&mut db, c, id).await? {
+        if !store::is_seen_from(&mut db, c, id).await? {
             return Err(ApiError::not_found("organization", id));
         }
     }

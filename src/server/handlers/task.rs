@@ -84,6 +84,16 @@ pub async fn create(
     for o in &organizations {
         check_input(encrypted, &o.input)?;
     }
+    if encrypted {
+        let creator = store::organization(&mut db, init_organization, None).await?;
+        if creator.is_none_or(|o| o.public_key.is_empty()) {
+            return Err(ApiError::bad(format!(
+                "Organization {init_organization}, which creates this task, has no public key: \
+                 in an encrypted collaboration the results are encrypted for it (vantage6's \
+                 clients upload it with setup_encryption)"
+            )));
+        }
+    }
     let members = store::member_ids(&mut db, collaboration).await?;
     drop(db);
     if let Some(o) = organizations.iter().find(|o| !members.contains(&o.id)) {

@@ -282,6 +282,25 @@ pub async fn member_ids(
     Ok(ids.into_iter().collect())
 }
 
+/// Whether a node or an algorithm of `collaboration` may see organization `organization`: a
+/// member, or one that created a task there (its public key encrypts the task's results).
+pub async fn is_seen_from(
+    db: &mut Db,
+    collaboration: CollaborationId,
+    organization: OrganizationId,
+) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM member WHERE collaboration_id = $1 AND organization_id = $2) \
+         + (SELECT count(*) FROM (SELECT 1 FROM task WHERE collaboration_id = $1 \
+            AND init_organization_id = $2 LIMIT 1) AS t)",
+    )
+    .bind(collaboration)
+    .bind(organization)
+    .fetch_one(db)
+    .await?;
+    Ok(n > 0)
+}
+
 pub async fn is_member(
     db: &mut Db,
     collaboration: CollaborationId,
