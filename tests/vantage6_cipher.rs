@@ -10,6 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
+/// `tests/python/cipher_vectors.py MODE WHERE` (see there), fed `stdin`; its JSON answer.
 fn vectors(python: &str, mode: &str, dir: &std::path::Path, stdin: Option<Value>) -> Value {
     let mut child = Command::new(python)
         .arg(format!(
@@ -84,7 +85,7 @@ fn algonet_and_vantage6_read_each_others_ciphertexts() {
         .iter()
         .map(|p| json!({"sealed": public.seal(p.as_bytes()).expect("seal")}))
         .collect();
-    let opened = vectors(&python, "open", &dir, Some(Value::Array(sealed)));
+    let opened = vectors(&python, "open", &path, Some(Value::Array(sealed)));
     assert_eq!(opened, json!(plains));
     std::fs::remove_dir_all(&dir).expect("rm");
 }

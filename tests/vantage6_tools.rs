@@ -542,6 +542,7 @@ async fn algonet_answers_as_vantage6s_own_server() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     let compared = report["compared"].as_u64().expect("compared");
+    eprintln!("{compared} calls compared with vantage6's server");
     assert!(compared >= 150, "only {compared} calls compared: {report}");
     let differences = report["differences"].as_array().expect("differences");
     assert!(

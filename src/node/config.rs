@@ -291,6 +291,13 @@ mod tests {
             ("images: {vpn: x}\n", "vpn"),
             ("name: a b\n", "name"),
             ("colour: blue\n", "colour"),
+            ("encryption: {enabled: true}\n", "encryption.private_key"),
+            (
+                "encryption: {enabled: true, private_key: /nonexistent.pem}\n",
+                "encryption.private_key",
+            ),
+            ("encryption: {enabled: yes please}\n", "enabled"),
+            ("encryption: {key: k.pem}\n", "key"),
         ] {
             let e = NodeConfig::parse(&format!("{BASE}{extra}")).expect_err("must be refused");
             assert!(e.contains(key), "{extra}: {e}");

@@ -4,8 +4,8 @@ implementation to be checked against, both ways.
 usage:
   cipher_vectors.py make DIR     a new key in DIR/key.pem (as vantage6 makes them) and messages
                                  sealed for it; prints {"public_key", "messages": [{plain, sealed}]}
-  cipher_vectors.py open DIR     reads JSON [{sealed}] on stdin, decrypts each with DIR/key.pem;
-                                 prints [plain] (the bytes as text)
+  cipher_vectors.py open KEY     reads JSON [{sealed}] on stdin, decrypts each with the private
+                                 key in file KEY; prints [plain] (the bytes as text)
 """
 
 import base64
@@ -37,9 +37,9 @@ def as_the_ui_seals(cryptor, plain):
 
 
 def main():
-    mode, folder = sys.argv[1], Path(sys.argv[2])
-    key = folder / "key.pem"
+    mode, where = sys.argv[1], Path(sys.argv[2])
     if mode == "make":
+        key = where / "key.pem"
         RSACryptor.create_new_rsa_key(key)
         cryptor = RSACryptor(key)
         messages = [
@@ -49,7 +49,7 @@ def main():
         messages.append({"plain": PLAINS[0].decode(), "sealed": as_the_ui_seals(cryptor, PLAINS[0])})
         print(json.dumps({"public_key": cryptor.public_key_str, "messages": messages}))
     elif mode == "open":
-        cryptor = RSACryptor(key)
+        cryptor = RSACryptor(where)
         print(json.dumps([cryptor.decrypt_str_to_bytes(m["sealed"]).decode()
                           for m in json.load(sys.stdin)]))
 

@@ -4,11 +4,9 @@ them over the VPN. Prints the central run's result, decoded, as JSON.
 
 In an encrypted collaboration KEY is the private key of the researcher's organization
 (`setup_encryption` uploads its public key; inputs are encrypted for each organization and the
-results decrypted with it), and OTHER_KEY another organization's: what that organization's
-client makes of the result is printed too.
+results decrypted with it).
 
-usage: vpn_average.py HOST PORT API_PATH USERNAME PASSWORD COLLABORATION ORGANIZATION IMAGE
-                      [KEY OTHER_KEY]
+usage: vpn_average.py HOST PORT API_PATH USERNAME PASSWORD COLLABORATION ORGANIZATION IMAGE [KEY]
 """
 
 import json
@@ -17,7 +15,7 @@ import sys
 from vantage6.client import UserClient
 
 host, port, path, username, password, collaboration, organization, image = sys.argv[1:9]
-key, other_key = (sys.argv[9:11] + [None, None])[:2]
+key = sys.argv[9] if len(sys.argv) > 9 else None
 client = UserClient(host, int(port), path, log_level="warn")
 client.authenticate(username, password)
 client.setup_encryption(key)
@@ -38,17 +36,4 @@ answer = {
     "results": [json.loads(r["result"]) if r["result"] else None for r in results["data"]],
     "logs": [r["log"] for r in runs],
 }
-if other_key:
-    from pathlib import Path
-
-    from vantage6.common.encryption import RSACryptor
-
-    # The stored result, as the server hands it to anyone who may read it.
-    sealed = client.request("result", params={"task_id": task["id"]})["data"][0]["result"]
-    try:
-        answer["other_organization_reads"] = (
-            RSACryptor(Path(other_key)).decrypt_str_to_bytes(sealed).decode("utf-8", "replace")
-        )
-    except Exception as e:  # what vantage6's client raises for a key that is not the one
-        answer["other_organization_reads"] = f"error: {e}"
 print(json.dumps(answer))
