@@ -117,7 +117,8 @@ async fn an_encrypted_collaboration_computes_and_the_server_sees_ciphertext_only
         .find(|(_, r)| root.open(r).is_ok())
         .map(|(_, r)| r.clone())
         .expect("the central's result");
-    let read = |key: &std::path::Path| vantage6_opens(&python, key, &sealed);
+    let input = json!([{ "sealed": sealed }]).to_string();
+    let read = |key: &std::path::Path| common::cipher_vectors(&python, "open", key, &input);
     assert!(read(&root_key).is_ok_and(|t| t.contains("average")));
     assert!(
         read(&berlin_key).is_err_and(|e| e.contains("Error")),
@@ -144,36 +145,6 @@ async fn an_encrypted_collaboration_computes_and_the_server_sees_ciphertext_only
         assert!(log.contains("encryption on"), "{log}");
     }
     let _ = std::fs::remove_dir_all(&o.dir);
-}
-
-/// What vantage6's `RSACryptor` with the key in `key` makes of `sealed`: the text, or its error.
-fn vantage6_opens(python: &str, key: &std::path::Path, sealed: &str) -> Result<String, String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new(python)
-        .arg(format!(
-            "{}/tests/python/cipher_vectors.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .arg("open")
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    let input = json!([{ "sealed": sealed }]).to_string();
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 /// (input, result) of every run in the server's SQLite file.

@@ -2,7 +2,7 @@
 //! both ways (the proxy never holds a whole request or answer), and the number of requests it
 //! serves at once is bounded, so what it buffers is bounded in total.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,19 +54,7 @@ async fn upstream(release: Arc<Notify>, chunks: mpsc::UnboundedSender<Bytes>) ->
 
 /// The proxy on 127.0.0.1, serving 127.0.0.1 as its one container.
 fn proxy(base: String) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    let clients: algonet::node::proxy::Clients = Arc::default();
-    clients.lock().expect("lock").insert(Ipv4Addr::LOCALHOST);
-    tokio::spawn(algonet::node::proxy::serve(
-        listener,
-        reqwest::Client::new(),
-        base,
-        clients,
-        None,
-    ));
-    addr
+    algonet_testkit::proxy(base, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,20 +14,6 @@ fn new_key() -> PrivateKey {
     PrivateKey::from_pem(&PrivateKey::generate_pem(2048).expect("generate")).expect("key")
 }
 
-/// A container token of a task's run at `node`.
-async fn container(s: &common::server::Server, node: &str, task: i64) -> String {
-    s.ok(
-        "POST",
-        "/token/container",
-        Some(node),
-        json!({"task_id": task, "image": "v6"}),
-    )
-    .await["container_token"]
-        .as_str()
-        .expect("token")
-        .to_string()
-}
-
 #[tokio::test]
 async fn organization_keys_are_set_by_their_members_only() {
     let s = server("enc-keys", "").await;
@@ -126,7 +112,7 @@ async fn organization_keys_are_set_by_their_members_only() {
                    "organizations": [{"id": alpha}]}),
         )
         .await;
-    let c = container(&s, &nodes[0].1, t["id"].as_i64().expect("id")).await;
+    let c = s.container_token(&nodes[0].1, &t["id"]).await;
     let (path, body) = patch(alpha, json!({"public_key": other.public_key()}));
     let (st, _) = s.call("PATCH", &path, Some(&c), Some(body)).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);

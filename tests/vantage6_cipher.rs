@@ -6,38 +6,12 @@
 use algonet::crypto::{OpenError, PrivateKey, PublicKey};
 use algonet_testkit as common;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 
-/// `tests/python/cipher_vectors.py MODE WHERE` (see there), fed `stdin`; its JSON answer.
-fn vectors(python: &str, mode: &str, dir: &std::path::Path, stdin: Option<Value>) -> Value {
-    let mut child = Command::new(python)
-        .arg(format!(
-            "{}/tests/python/cipher_vectors.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .arg(mode)
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python");
+fn vectors(python: &str, mode: &str, place: &std::path::Path, stdin: Option<Value>) -> Value {
     let input = stdin.map(|v| v.to_string()).unwrap_or_default();
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    let out = common::cipher_vectors(python, mode, place, &input).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&out).expect("JSON")
 }
 
 #[test]

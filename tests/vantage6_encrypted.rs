@@ -4,30 +4,12 @@
 //! algorithm's organization, reach the client decrypted. Then what must fail does: a result
 //! encrypted for another key, an organization without a public key.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use algonet::crypto::{PrivateKey, PublicKey};
 use algonet_testkit as common;
 use common::server::{server, Server};
 use serde_json::{json, Value};
-
-/// The proxy on 127.0.0.1 with `key`, serving 127.0.0.1 as its one container.
-fn proxy(s: &Server, key: PrivateKey) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    let clients: algonet::node::proxy::Clients = Arc::default();
-    clients.lock().expect("lock").insert(Ipv4Addr::LOCALHOST);
-    tokio::spawn(algonet::node::proxy::serve(
-        listener,
-        reqwest::Client::new(),
-        s.base.clone(),
-        clients,
-        Some(Arc::new(key)),
-    ));
-    addr
-}
 
 /// Organizations with a node each in one encrypted collaboration: (organization, node token).
 async fn encrypted_federation(s: &Server, n: usize) -> Vec<(i64, String)> {
@@ -144,7 +126,7 @@ async fn vantage6s_algorithm_client_works_through_the_encrypting_proxy() {
         .expect("token")
         .to_string();
     // The proxy of alpha's node, with alpha's key.
-    let port = proxy(&s, key(&pems[0])).port();
+    let port = common::proxy(s.base.clone(), Some(Arc::new(key(&pems[0])))).port();
 
     // The subtask, from vantage6's own client through the proxy.
     let sub = answer(

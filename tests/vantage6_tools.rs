@@ -27,19 +27,6 @@ fn host_port(s: &Server) -> (String, String) {
 /// One registered port: (task, organization, port, label).
 type Port = (i64, i64, i64, Option<&'static str>);
 
-async fn token_for(s: &Server, node: &str, task: i64) -> String {
-    s.ok(
-        "POST",
-        "/token/container",
-        Some(node),
-        json!({"task_id": task, "image": "v6"}),
-    )
-    .await["container_token"]
-        .as_str()
-        .expect("token")
-        .to_string()
-}
-
 fn run_of(runs: &[Value], org: i64) -> i64 {
     runs.iter()
         .find(|r| r["organization"]["id"] == json!(org))
@@ -74,10 +61,10 @@ async fn the_address_lookup_answers_vantage6s_algorithm_client() {
     // child) on 2 and 4.
     let t1 = s.ok("POST", "/task", Some(&admin), task(&[2])).await;
     let t1_id = t1["id"].as_i64().expect("id");
-    let parent = token_for(&s, &nodes[0].1, t1_id).await;
+    let parent = s.container_token(&nodes[0].1, &json!(t1_id)).await;
     let t2 = s.ok("POST", "/task", Some(&parent), task(&orgs)).await;
     let t2_id = t2["id"].as_i64().expect("id");
-    let child2 = token_for(&s, &nodes[1].1, t2_id).await;
+    let child2 = s.container_token(&nodes[1].1, &json!(t2_id)).await;
     let t3 = s.ok("POST", "/task", Some(&child2), task(&[2, 4])).await;
     let t3_id = t3["id"].as_i64().expect("id");
     let mut ports: Vec<Port> = Vec::new();

@@ -283,3 +283,59 @@ pub fn user_client_script(
         .output()
         .expect("run the user client")
 }
+
+/// The algorithm proxy on 127.0.0.1 in front of the server at `base` (its API root), serving
+/// 127.0.0.1 as its one container; `key`: an encrypted collaboration's. Returns its address.
+pub fn proxy(
+    base: String,
+    key: Option<std::sync::Arc<algonet::crypto::PrivateKey>>,
+) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let clients: algonet::node::proxy::Clients = std::sync::Arc::default();
+    clients.lock().expect("lock").insert(Ipv4Addr::LOCALHOST);
+    tokio::spawn(algonet::node::proxy::serve(
+        listener,
+        reqwest::Client::new(),
+        base,
+        clients,
+        key,
+    ));
+    addr
+}
+
+/// `tests/python/cipher_vectors.py MODE WHERE` with vantage6's cryptor (the venv's `python`),
+/// fed `stdin`: its answer (stdout), or its error (stderr).
+pub fn cipher_vectors(
+    python: &str,
+    mode: &str,
+    place: &std::path::Path,
+    stdin: &str,
+) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .arg(format!(
+            "{}/../tests/python/cipher_vectors.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(mode)
+        .arg(place)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

@@ -102,6 +102,16 @@ impl Server {
             .to_string()
     }
 
+    /// A container token for `task`'s run at the node of `node_token` (image `v6`).
+    pub async fn container_token(&self, node_token: &str, task: &Value) -> String {
+        let body = serde_json::json!({"task_id": task, "image": "v6"});
+        self.ok("POST", "/token/container", Some(node_token), body)
+            .await["container_token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
     /// The runs of `task` (`GET /run?task_id`, as `token` sees them), oldest first.
     pub async fn runs(&self, token: &str, task: i64) -> Vec<Value> {
         let page = self

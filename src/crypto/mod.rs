@@ -28,6 +28,13 @@ use openssl::rsa::{Padding, Rsa};
 use openssl::symm::{Cipher, Crypter, Mode};
 use sha2::{Digest, Sha256};
 
+pub use form::check_form;
+use form::Sealed;
+use padding::{ct_mask, pkcs1_type2};
+
+mod form;
+mod padding;
+
 /// vantage6's separator of the three parts.
 const SEPARATOR: char = '$';
 /// AES-256: the shared key's length.
@@ -129,41 +136,6 @@ impl PublicKey {
         ]
         .join("$"))
     }
-}
-
-/// A sealed message taken apart.
-struct Sealed {
-    wrapped: Vec<u8>,
-    iv: [u8; IV_LEN],
-    body: Vec<u8>,
-}
-
-impl Sealed {
-    fn parse(text: &str) -> Result<Sealed, OpenError> {
-        let parts: Vec<&str> = text.trim().splitn(3, SEPARATOR).collect();
-        let [wrapped, iv, body] = parts[..] else {
-            return Err(OpenError::Form("not three parts joined by $"));
-        };
-        let decode = |text, what| STANDARD.decode(text).map_err(|_| OpenError::Form(what));
-        let wrapped = decode(wrapped, "the wrapped key is not base64")?;
-        let iv = decode(iv, "the counter block is not base64")?;
-        let body = decode(body, "the message is not base64")?;
-        let iv: [u8; IV_LEN] = iv
-            .try_into()
-            .map_err(|_| OpenError::Form("the counter block is not 16 bytes"))?;
-        if wrapped.len() < (MIN_BITS / 8) as usize {
-            return Err(OpenError::Form(
-                "the wrapped key is shorter than any key taken",
-            ));
-        }
-        Ok(Sealed { wrapped, iv, body })
-    }
-}
-
-/// Whether `text` has the form of a sealed message (what the server, which holds no private
-/// key, can check of an input in an encrypted collaboration).
-pub fn check_form(text: &str) -> Result<(), OpenError> {
-    Sealed::parse(text).map(|_| ())
 }
 
 /// An organization's private key, read from the file the node's configuration names.
@@ -322,35 +294,6 @@ impl PrivateKey {
     }
 }
 
-/// Checks an encoded message `0x00 0x02 PS 0x00 M` (PS at least 8 non-zero bytes) in time that
-/// depends on its length only; returns the mask of its validity and where M starts.
-fn pkcs1_type2(em: &[u8]) -> (u8, usize) {
-    let mut valid =
-        ct_eq(em.first().copied().unwrap_or(1), 0) & ct_eq(em.get(1).copied().unwrap_or(0), 2);
-    let mut looking = 0xffu8;
-    let mut zero_at = 0usize;
-    for (i, &b) in em.iter().enumerate().skip(2) {
-        let here = looking & ct_eq(b, 0);
-        zero_at |= i & usize::from(here & 1).wrapping_neg();
-        looking &= !here;
-    }
-    // Found, and at least 8 bytes of padding before it.
-    valid &= !looking & ct_mask(zero_at >= 10);
-    (valid, zero_at + 1)
-}
-
-/// 0xff if `a == b`, else 0, without a branch on the values.
-fn ct_eq(a: u8, b: u8) -> u8 {
-    let x = u16::from(a ^ b);
-    // x - 1 underflows (top bits set) only for x == 0.
-    (x.wrapping_sub(1) >> 8) as u8
-}
-
-/// 0xff for true, 0 for false.
-fn ct_mask(b: bool) -> u8 {
-    u8::from(b).wrapping_neg()
-}
-
 fn check_bits(bytes: u32) -> Result<(), KeyError> {
     let bits = bytes * 8;
     if (MIN_BITS..=MAX_BITS).contains(&bits) {
@@ -472,31 +415,6 @@ mod tests {
             let e = key().open(text).expect_err(text);
             assert!(e.to_string().contains(part), "{text}: {e}");
         }
-    }
-
-    #[test]
-    fn padding_is_checked_exactly() {
-        let mut em = vec![0u8; 256];
-        em[1] = 2;
-        em[2..223].fill(7);
-        em[224..].fill(9);
-        // M of 32 bytes after the zero at 223.
-        assert_eq!(pkcs1_type2(&em), (0xff, 224));
-        let mut short_ps = em.clone();
-        short_ps[9] = 0;
-        assert_eq!(pkcs1_type2(&short_ps).0, 0, "7 bytes of padding");
-        let mut ps8 = em.clone();
-        ps8[10] = 0;
-        assert_eq!(pkcs1_type2(&ps8), (0xff, 11), "8 bytes of padding");
-        let mut no_zero = em.clone();
-        no_zero[223] = 1;
-        assert_eq!(pkcs1_type2(&no_zero).0, 0);
-        let mut bad_type = em.clone();
-        bad_type[1] = 1;
-        assert_eq!(pkcs1_type2(&bad_type).0, 0);
-        let mut bad_lead = em;
-        bad_lead[0] = 1;
-        assert_eq!(pkcs1_type2(&bad_lead).0, 0);
     }
 
     #[test]
