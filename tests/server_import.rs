@@ -143,10 +143,31 @@ async fn the_federation_imports_once_and_its_people_and_nodes_log_in(
     let (code, out, err) = import(&s, &bad);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("Nowhere") && err.contains("bad.yaml"), "{err}");
-    std::fs::write(&bad, "collaborations: [{name: x, encrypted: true}]\n").expect("bad");
+    std::fs::write(
+        &bad,
+        "organizations: [{name: Groningen, public_key: bm90IGEga2V5}]\n",
+    )
+    .expect("bad");
     let (code, _, err) = import(&s, &bad);
     assert_eq!(code, 1);
-    assert!(err.contains("collaborations[0].encrypted"), "{err}");
+    assert!(err.contains("organizations[0].public_key"), "{err}");
+    // An encrypted collaboration, its organization's public key with it, as vantage6 exports them.
+    let key = algonet::crypto::PrivateKey::from_pem(
+        &algonet::crypto::PrivateKey::generate_pem(2048).expect("generate"),
+    )
+    .expect("key");
+    let sealed = s.dir.join("sealed.yaml");
+    std::fs::write(
+        &sealed,
+        format!(
+            "organizations: [{{name: Maastricht, public_key: {}}}]\n\
+             collaborations: [{{name: sealed, encrypted: true, participants: [{{name: Maastricht}}]}}]\n",
+            key.public_key()
+        ),
+    )
+    .expect("sealed");
+    let (code, out, err) = import(&s, &sealed);
+    assert_eq!(code, 0, "{out}{err}");
 
     // The server on that database: users and nodes log in.
     let config = algonet::server::config::ServerConfig::load(&s.config).expect("config");
@@ -176,6 +197,28 @@ async fn the_federation_imports_once_and_its_people_and_nodes_log_in(
         !names.contains(&"Groningen") && names.contains(&"Amsterdam UMC"),
         "{names:?}"
     );
+    let maastricht = orgs["data"]
+        .as_array()
+        .expect("orgs")
+        .iter()
+        .find(|o| o["name"] == "Maastricht")
+        .expect("Maastricht");
+    assert_eq!(maastricht["public_key"], json!(key.public_key()));
+    let (_, cols) = call(
+        &base,
+        "GET",
+        "/collaboration?encrypted=1",
+        Some(token),
+        Value::Null,
+    )
+    .await;
+    let names: Vec<&str> = cols["data"]
+        .as_array()
+        .expect("collaborations")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["sealed"]);
     let me = login["user_url"]
         .as_str()
         .expect("user url")
