@@ -38,9 +38,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "==> tests"
 results=$(mktemp)
-cargo test --workspace 2>&1 | tee "$results"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$results"
 echo "==> the server API and hardening tests again, on PostgreSQL"
-ALGONET_TEST_BACKEND=postgres cargo test -p algonet --test server_api --test server_hardening --test server_encryption 2>&1 | tee -a "$results"
+ALGONET_TEST_BACKEND=postgres cargo test --no-fail-fast -p algonet --test server_api --test server_hardening --test server_encryption 2>&1 | tee -a "$results"
 passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$results")
 failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$results")
 rm -f "$results"

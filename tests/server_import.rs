@@ -168,6 +168,8 @@ async fn the_federation_imports_once_and_its_people_and_nodes_log_in(
     .expect("sealed");
     let (code, out, err) = import(&s, &sealed);
     assert_eq!(code, 0, "{out}{err}");
+    // Its node's key in a file of its own, also when the first import was in the same second.
+    assert_eq!(key_files(&s).len(), 2);
 
     // The server on that database: users and nodes log in.
     let config = algonet::server::config::ServerConfig::load(&s.config).expect("config");

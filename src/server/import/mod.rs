@@ -217,12 +217,11 @@ pub async fn import(
         }
     }
     if !summary.nodes.is_empty() {
-        let path = keys.unwrap_or_else(|| {
-            let at = store::stamp_now().replace([' ', ':'], "-");
-            config.data_dir.join(format!("api-keys-{at}.yaml"))
-        });
         // Written before the commit: a key that cannot be kept makes no node.
-        write_keys(&path, &summary.nodes)?;
+        let path = match keys {
+            Some(path) => write_keys(&path, &summary.nodes).map(|()| path)?,
+            None => new_keys_file(&config.data_dir, &summary.nodes)?,
+        };
         if let Err(e) = store::commit(tx).await {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
@@ -243,6 +242,28 @@ pub async fn import(
 }
 
 /// Writes the keys to a new file of mode 0600 (an existing file is never overwritten).
+/// Writes `keys` to a new `api-keys-<time>.yaml` in `dir` (`-2`, `-3`, ... after the time when
+/// an import of the same second made one).
+fn new_keys_file(dir: &Path, keys: &[NodeKey]) -> Result<PathBuf, ImportError> {
+    let at = store::stamp_now().replace([' ', ':'], "-");
+    let mut n = 1;
+    loop {
+        let name = match n {
+            1 => format!("api-keys-{at}.yaml"),
+            n => format!("api-keys-{at}-{n}.yaml"),
+        };
+        let path = dir.join(name);
+        match write_keys(&path, keys) {
+            Err(ImportError::Write { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists && n < 100 =>
+            {
+                n += 1
+            }
+            other => return other.map(|()| path),
+        }
+    }
+}
+
 fn write_keys(path: &Path, keys: &[NodeKey]) -> Result<(), ImportError> {
     let failed = |source| ImportError::Write {
         path: path.to_path_buf(),
