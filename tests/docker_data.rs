@@ -9,7 +9,6 @@
 
 use algonet_testkit as common;
 
-use std::net::TcpListener;
 use std::time::Instant;
 
 use algonet::demo::{Federation, Options};
@@ -83,10 +82,7 @@ async fn algorithms_compute_on_the_nodes_data() {
          \x20 allowed_algorithms: ['^algonet/data-summary:.*', algonet/echo]\n",
         d = dir.display()
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::federation_port();
     let mut fed = Federation::up(
         Options {
             dir: dir.join("federation"),

@@ -9,7 +9,6 @@
 
 use algonet_testkit as common;
 
-use std::net::TcpListener;
 use std::time::Instant;
 
 use algonet::crypto::PrivateKey;
@@ -30,10 +29,7 @@ async fn an_encrypted_collaboration_computes_and_the_server_sees_ciphertext_only
     build_vpn_average(&docker, std::path::Path::new(&python))
         .await
         .expect("build vpn-average from this host's Python");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::federation_port();
     let mut fed = Federation::up(
         Options {
             dir: std::env::temp_dir().join(format!("algonet-sealed-{}", std::process::id())),

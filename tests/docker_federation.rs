@@ -172,7 +172,7 @@ async fn federation(
             dir: dir.clone(),
             tag: tag.into(),
             organizations: organizations.iter().map(|o| o.to_string()).collect(),
-            server_port: free_port(),
+            server_port: common::federation_port(),
             node_settings: node_settings.into(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
             encrypted: false,

@@ -9,7 +9,6 @@
 use algonet_testkit as common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::time::Instant;
 
 use algonet::demo::{Federation, Options};
@@ -34,10 +33,7 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
         "vpn-average built in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::federation_port();
     let mut fed = Federation::up(
         Options {
             dir: std::env::temp_dir().join(format!("algonet-v6fed-{}", std::process::id())),

@@ -339,3 +339,17 @@ pub fn cipher_vectors(
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// A port for a demo federation's server: it and the 16 after it (the server's metrics, each
+/// node's) free now, below Linux's ephemeral range (32768 and up), so that no outgoing
+/// connection takes one of them before the federation binds it. Each call of a process starts
+/// its search at a range of its own, so that tests running at once do not pick the same.
+pub fn federation_port() -> u16 {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id() % 500) as u16 * 20 + call * 20;
+    (0..600u16)
+        .map(|i| 20_000 + (start + i * 20) % 12_000)
+        .find(|&p| (p..p + 17).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
+        .expect("a free range of ports below 32000")
+}
