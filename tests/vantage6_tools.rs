@@ -438,16 +438,6 @@ async fn vantage6s_user_client_runs_a_task() {
     assert_eq!(ids(&seen["run.from_task"]["data"]).len(), 2);
 }
 
-/// The reference server, a child process ended (by its PID) when the test ends.
-struct Reference(std::process::Child);
-
-impl Drop for Reference {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// vantage6's own server (`vantage6-server` 4.15.2 from PyPI, whose VPN code is 4.14.0's) and
 /// algonet's, given the same federation by the same requests: organizations, a collaboration,
 /// nodes with VPN addresses, a task with a subtask and a grandchild, ports with and without
@@ -461,57 +451,8 @@ async fn algonet_answers_as_vantage6s_own_server() {
     else {
         return;
     };
-    let dir = common::server::TempDir(
-        std::env::temp_dir().join(format!("algonet-v6-reference-{}", std::process::id())),
-    );
-    std::fs::create_dir_all(&dir.0).expect("reference dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let config = dir.0.join("server.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "description: reference\nip: 127.0.0.1\nport: {port}\napi_path: /api\n\
-             uri: sqlite:///{db}\nallow_drop_all: false\njwt_secret_key: reference\n\
-             logging:\n  level: WARNING\n  file: {log}\n  use_console: false\n  backup_count: 1\n\
-             \x20 max_size: 1024\n  format: \"%(asctime)s %(name)s %(levelname)s %(message)s\"\n\
-             \x20 datefmt: \"%H:%M:%S\"\n  loggers: []\n",
-            db = dir.0.join("reference.sqlite").display(),
-            log = dir.0.join("reference.log").display(),
-        ),
-    )
-    .expect("reference config");
-    let _reference = Reference(
-        std::process::Command::new(&server_python)
-            .arg(format!(
-                "{}/tests/python/vantage6_server.py",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .arg(&config)
-            .arg(port.to_string())
-            .stdout(std::fs::File::create(dir.0.join("stdout")).expect("stdout"))
-            .stderr(std::fs::File::create(dir.0.join("stderr")).expect("stderr"))
-            .spawn()
-            .expect("start vantage6's server"),
-    );
-    let reference = format!("http://127.0.0.1:{port}/api");
-    let http = reqwest::Client::new();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while http
-        .get(format!("{reference}/version"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "vantage6's server did not answer: {}",
-            std::fs::read_to_string(dir.0.join("stderr")).unwrap_or_default()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    let v6 = common::vantage6::start(&server_python, "reference").await;
+    let reference = v6.base.clone();
     let s = server("v6-differential", "").await;
     let out = std::process::Command::new(&python)
         .arg(format!(

@@ -191,8 +191,10 @@ pub struct NodeToken {
     pub refresh_url: String,
     #[serde(default)]
     pub node_url: String,
-    /// algonet's: the node's id without decoding the token.
-    pub node_id: NodeId,
+    /// algonet's: the node's id without decoding the token (vantage6's server does not send
+    /// it: its node reads it from the token's subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
 }
 
 /// `POST /token/container`: a node asks for the token of a run's algorithm.
@@ -343,11 +345,12 @@ pub struct RunUpdate {
     pub result: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
-    /// What vantage6's nodes send with a status; accepted, but the server stamps the start
-    /// (`active`) and the end (a finishing status) by its own clock.
-    #[serde(default, skip_serializing)]
+    /// What vantage6's nodes send with a status; accepted, but algonet's server stamps the
+    /// start (`active`) and the end (a finishing status) by its own clock. An algonet node
+    /// sends them to vantage6's server, which keeps what it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
 }
 

@@ -1,12 +1,13 @@
 //! The harness of algonet's tests and network benches: a gate that skips a privileged test when
 //! not root (and fails it under CI), network namespaces named after the test and removed on
 //! drop, the namespace topology of the data-plane tests and benches ([`topology`]), a server
-//! under test ([`server`]) and PostgreSQL clusters ([`postgres`]). A crate of its own, so tests and benches share it without reaching
+//! under test ([`server`]), vantage6's own server ([`vantage6`]) and PostgreSQL clusters ([`postgres`]). A crate of its own, so tests and benches share it without reaching
 //! into each other's files; never a dependency of the product.
 
 pub mod postgres;
 pub mod server;
 pub mod topology;
+pub mod vantage6;
 
 use std::process::Command;
 

@@ -211,7 +211,7 @@ fn node_tokens(
         refresh_token,
         refresh_url: format!("{}/token/refresh", s.config.api_path),
         node_url: format!("{}/node/{id}", s.config.api_path),
-        node_id: id,
+        node_id: Some(id),
     }
 }
 

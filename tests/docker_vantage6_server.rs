@@ -1,0 +1,175 @@
+//! Docker tier: an algonet node on vantage6's own server (`vantage6-server` 4.15.2 from PyPI,
+//! run on the host). The node logs in as vantage6's node does, finds its run by polling
+//! vantage6's `GET /run`, takes it, runs data-summary (vantage6's tools, `@data(1)`) on its
+//! own CSV and reports the result, which vantage6's own `UserClient` reads. vantage6's server
+//! hands out no VPN profile without eduVPN: the node runs without VPN, and says so.
+
+use algonet_testkit as common;
+
+use std::time::{Duration, Instant};
+
+use algonet::docker::images::ImageNames;
+use serde_json::{json, Value};
+
+const IMAGE: &str = "algonet/data-summary:test";
+
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    path: &str,
+    body: Value,
+) -> Value {
+    let mut req = http.post(format!("{base}{path}")).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("vantage6's server");
+    let status = resp.status();
+    let v: Value = resp.json().await.expect("JSON");
+    assert!(status.is_success(), "POST {path}: {status} {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algonet_node_computes_for_vantage6s_own_server() {
+    let Some(docker) = common::docker("an_algonet_node_computes_for_vantage6s_own_server").await
+    else {
+        return;
+    };
+    let (Some(python), Some(server_python)) = (
+        common::venv_python("ALGONET_V6_PYTHON"),
+        common::venv_python("ALGONET_V6_SERVER_PYTHON"),
+    ) else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_algonet");
+    algonet::docker::images::build(&docker, &ImageNames::default(), std::path::Path::new(bin))
+        .await
+        .expect("the node's images");
+    let built = std::process::Command::new(bin)
+        .args(["images", "build", "--algorithm"])
+        .arg(format!(
+            "{}/algorithms/data-summary",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(["--tag", IMAGE])
+        .output()
+        .expect("algonet images build --algorithm");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let v6 = common::vantage6::start(&server_python, "node").await;
+    let http = reqwest::Client::new();
+    let login = call(
+        &http,
+        &v6.base,
+        None,
+        "/token/user",
+        json!({"username": "root", "password": "root"}),
+    )
+    .await;
+    let admin = login["access_token"].as_str().expect("token").to_string();
+    let org = call(
+        &http,
+        &v6.base,
+        Some(&admin),
+        "/organization",
+        json!({"name": "amsterdam"}),
+    )
+    .await["id"]
+        .clone();
+    // vantage6 lets a user create tasks only in a collaboration of its own organization (1).
+    let col = call(
+        &http,
+        &v6.base,
+        Some(&admin),
+        "/collaboration",
+        json!({"name": "mixed", "organization_ids": [1, org], "encrypted": false}),
+    )
+    .await["id"]
+        .clone();
+    let node = call(
+        &http,
+        &v6.base,
+        Some(&admin),
+        "/node",
+        json!({"organization_id": org, "collaboration_id": col}),
+    )
+    .await;
+
+    let dir = v6.dir.join("node");
+    std::fs::create_dir_all(&dir).expect("node dir");
+    let ages = [23, 35, 41, 29, 52];
+    let csv: String = std::iter::once("id,age\n".to_string())
+        .chain(ages.iter().enumerate().map(|(i, a)| format!("{i},{a}\n")))
+        .collect();
+    std::fs::write(dir.join("people.csv"), csv).expect("csv");
+    let config = dir.join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "name: tv6s-amsterdam\nserver_url: http://127.0.0.1:{port}\napi_key: {key}\n\
+             task_dir: {dir}/tasks\nmetrics_listen: null\n\
+             databases:\n  - {{label: default, uri: {dir}/people.csv, type: csv}}\n",
+            port = v6.port,
+            key = node["api_key"].as_str().expect("api key"),
+            dir = dir.display(),
+        ),
+    )
+    .expect("node.yaml");
+    let log_path = dir.join("node.log");
+    let log_file = std::fs::File::create(&log_path).expect("log");
+    let mut child = std::process::Command::new(bin)
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("algonet node");
+
+    let started = Instant::now();
+    let out = std::process::Command::new(&python)
+        .arg(format!(
+            "{}/tests/python/summary_task.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            "http://127.0.0.1",
+            &v6.port.to_string(),
+            "/api",
+            "root",
+            "root",
+            &col.to_string(),
+            &org.to_string(),
+            IMAGE,
+        ])
+        .output()
+        .expect("the user client");
+    eprintln!("task done in {:.1}s", started.elapsed().as_secs_f64());
+    algonet::demo::stop(&mut child, Duration::from_secs(30));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer: {stdout}\n{}\nnode log:\n{log}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(answer["status"], json!("completed"), "{answer}\n{log}");
+    assert_eq!(answer["result"]["rows"], json!(ages.len()), "{answer}");
+    assert_eq!(
+        answer["result"]["sum"],
+        json!(ages.iter().sum::<i64>() as f64),
+        "{answer}"
+    );
+    assert!(log.contains("the server is vantage6's own"), "{log}");
+    common::assert_nothing_left(&docker, &["node:tv6s-amsterdam"]).await;
+}
