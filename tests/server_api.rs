@@ -1448,3 +1448,56 @@ async fn kills_end_runs_as_killed_by_user() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+/// A node is online while it calls the server (algonet's nodes poll every half second), as
+/// vantage6 shows it: `status` and `last_seen` on the node, `?status=online|offline` on the list.
+#[tokio::test]
+async fn nodes_are_online_while_they_call() {
+    let s = server("online", "").await;
+    let admin = s.admin().await;
+    let nodes = s.nodes(2).await;
+    let (id, token) = &nodes[0];
+    let before = s
+        .ok("GET", &format!("/node/{id}"), Some(&admin), json!(null))
+        .await;
+    assert_eq!(
+        (&before["status"], &before["last_seen"]),
+        (&json!("offline"), &json!(null)),
+        "{before}"
+    );
+    s.ok("GET", "/run", Some(token), json!(null)).await;
+    let after = s
+        .ok("GET", &format!("/node/{id}"), Some(&admin), json!(null))
+        .await;
+    assert_eq!(after["status"], json!("online"), "{after}");
+    assert!(
+        after["last_seen"]
+            .as_str()
+            .is_some_and(|t| t.len() == 19 && t.as_bytes()[10] == b'T'),
+        "{after}"
+    );
+    let ids = |v: Value| -> Vec<i64> {
+        v["data"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|n| n["id"].as_i64().expect("id"))
+            .collect()
+    };
+    assert_eq!(
+        ids(s
+            .ok("GET", "/node?status=online", Some(&admin), json!(null))
+            .await),
+        [*id]
+    );
+    assert_eq!(
+        ids(s
+            .ok("GET", "/node?status=offline", Some(&admin), json!(null))
+            .await),
+        [nodes[1].0]
+    );
+    let (st, _) = s
+        .call("GET", "/node?status=sleeping", Some(&admin), None)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}

@@ -421,6 +421,9 @@ async fn vantage6s_user_client_runs_a_task() {
     assert_eq!(ids(&seen["collaboration.list"]), [1]);
     assert_eq!(seen["collaboration.get"]["encrypted"], json!(false));
     assert_eq!(ids(&seen["node.list"]), [1, 2]);
+    // `node.list(is_online=...)`: the nodes called the server for their runs.
+    assert_eq!(ids(&seen["node.list online"]), [1, 2]);
+    assert!(ids(&seen["node.list offline"]).is_empty());
     assert_eq!(seen["task.get"]["id"], json!(task_id));
     let results: BTreeSet<String> = seen["results"]["data"]
         .as_array()

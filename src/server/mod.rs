@@ -242,6 +242,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         metrics: Default::default(),
         changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         waits,
+        seen: Arc::default(),
     })
 }
 

@@ -23,9 +23,39 @@ pub struct AppState {
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// The `GET /vpn/peers` requests waiting for a change.
     pub waits: Arc<crate::server::waits::Waits>,
+    /// When this process last wrote each node's `last_seen` (seconds, [`now`]).
+    pub seen: Arc<std::sync::Mutex<std::collections::HashMap<crate::api::NodeId, u64>>>,
 }
 
+/// How often a node's `last_seen` is written (per server process).
+const SEEN_EVERY_SECS: u64 = 30;
+/// A node is online while it called within this long: algonet's nodes call every half second,
+/// and the window spans a write that another process skipped.
+pub const ONLINE_WITHIN_SECS: i64 = 90;
+
 impl AppState {
+    /// Notes that `node` called now, in the database at most every [`SEEN_EVERY_SECS`].
+    pub async fn node_seen(
+        &self,
+        node: crate::api::NodeId,
+    ) -> Result<(), crate::server::store::StoreError> {
+        let now = now();
+        let due = {
+            let mut seen = crate::sync::lock(&self.seen);
+            let due = seen.get(&node).is_none_or(|&t| now >= t + SEEN_EVERY_SECS);
+            if due {
+                seen.insert(node, now);
+            }
+            due
+        };
+        if due {
+            let at = crate::server::store::stamp_now();
+            crate::server::store::node_seen(&mut *self.store.connection().await?, node, &at)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Tells waiting `GET /vpn/peers` requests to look again: this process's at once, every
     /// other process's on the database through its change counter (see
     /// [`crate::server::waits`]). The change is made already: a failure to count it is logged,

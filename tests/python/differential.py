@@ -23,8 +23,8 @@ import requests
 
 # Fields that differ on purpose: (resource kind, field) -> why.
 KNOWN = {
-    ("node", "status"): "vantage6 tracks nodes by a socket; algonet's nodes poll (null)",
-    ("node", "last_seen"): "likewise: algonet keeps no last-seen time (null)",
+    ("node", "status"): "vantage6 tracks nodes by their socket; algonet by their calls",
+    ("node", "last_seen"): "likewise: vantage6 by the socket's pings, algonet by the calls",
 }
 
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$")

@@ -38,4 +38,7 @@ seen["task.get"] = client.task.get(task["id"])
 seen["results"] = client.wait_for_results(task["id"], interval=0.2)
 seen["result.from_task"] = client.result.from_task(task["id"])
 seen["run.from_task"] = client.run.from_task(task["id"])
+# The nodes have called the server since (their runs): online now.
+seen["node.list online"] = client.node.list(collaboration=int(collaboration), is_online=True)["data"]
+seen["node.list offline"] = client.node.list(collaboration=int(collaboration), is_online=False)["data"]
 print(json.dumps(seen))

@@ -109,11 +109,17 @@ impl FromRequestParts<AppState> for Caller {
                     })
                 })
                 .ok_or_else(unauthorized),
-            // A deleted node's token dies with it.
-            Claimed::Node(id) => store::node(&mut *state.store.connection().await?, id)
-                .await?
-                .map(Caller::Node)
-                .ok_or_else(unauthorized),
+            // A deleted node's token dies with it. A call is a sign of life (`last_seen`).
+            Claimed::Node(id) => {
+                let node = store::node(&mut *state.store.connection().await?, id)
+                    .await?
+                    .ok_or_else(unauthorized)?;
+                // Not worth refusing the call for: the next one writes it.
+                if let Err(e) = state.node_seen(id).await {
+                    tracing::warn!(node_id = %id, "noting the node's last call: {e}");
+                }
+                Ok(Caller::Node(node))
+            }
             // A container token is good while its node exists and its run is unfinished.
             Claimed::Container(c) => {
                 let live = store::container_run_open(

@@ -61,6 +61,7 @@ pub async fn create(
         organization_id: b.organization_id,
         collaboration_id: b.collaboration_id,
         ip: None,
+        last_seen: None,
     };
     Ok(Created(NewNodeKey {
         node: present(Links::of(&s), node),
@@ -147,6 +148,8 @@ pub async fn get(
 pub struct NodeFilter {
     collaboration_id: Option<CollaborationId>,
     organization_id: Option<OrganizationId>,
+    /// `online` or `offline`, as vantage6's `node.list(is_online=...)` asks.
+    status: Option<String>,
 }
 
 pub async fn list(
@@ -156,6 +159,15 @@ pub async fn list(
     Query(f): Query<NodeFilter>,
 ) -> ApiResult<Json<Page<Node>>> {
     let collaboration = caller.within(f.collaboration_id)?;
+    let wanted = match f.status.as_deref() {
+        None => None,
+        Some(s @ ("online" | "offline")) => Some(s == "online"),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "status: {other:?} is neither online nor offline"
+            )))
+        }
+    };
     let rows = store::nodes(
         &mut *s.store.connection().await?,
         collaboration,
@@ -164,8 +176,22 @@ pub async fn list(
     .await?;
     let l = Links::of(&s);
     Ok(Json(
-        listing.page(rows.into_iter().map(|n| present(l, n)).collect()),
+        listing.page(
+            rows.into_iter()
+                .filter(|n| wanted.is_none_or(|w| online(n) == w))
+                .map(|n| present(l, n))
+                .collect(),
+        ),
     ))
+}
+
+/// Whether the node called the server lately.
+fn online(n: &NodeRow) -> bool {
+    let now = i64::try_from(crate::server::state::now()).unwrap_or(i64::MAX);
+    n.last_seen
+        .as_deref()
+        .and_then(store::unstamp)
+        .is_some_and(|t| now - t <= crate::server::state::ONLINE_WITHIN_SECS)
 }
 
 pub fn present(l: Links, n: NodeRow) -> Node {
@@ -175,9 +201,9 @@ pub fn present(l: Links, n: NodeRow) -> Node {
         config: vec![],
         id: n.id,
         kind: "node".into(),
+        status: Some(if online(&n) { "online" } else { "offline" }.into()),
+        last_seen: n.last_seen,
         ip: n.ip,
-        last_seen: None,
-        status: None,
         name: n.name,
     }
 }

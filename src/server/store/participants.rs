@@ -11,6 +11,8 @@ pub struct NodeRow {
     pub organization_id: OrganizationId,
     pub collaboration_id: CollaborationId,
     pub ip: Option<String>,
+    /// When it last called the server (as vantage6 shows times: `YYYY-MM-DDTHH:MM:SS`).
+    pub last_seen: Option<String>,
 }
 
 /// A node statement that returns the columns of a [`NodeRow`].
@@ -18,7 +20,8 @@ macro_rules! node_sql {
     ($before:literal, $after:literal) => {
         concat!(
             $before,
-            " id, name, organization_id, collaboration_id, ip ",
+            " id, name, organization_id, collaboration_id, ip, \
+             replace(last_seen, ' ', 'T') AS last_seen ",
             $after
         )
     };
@@ -70,6 +73,16 @@ pub async fn set_node_ip(db: &mut Db, id: NodeId, ip: Option<&str>) -> Result<Op
     .bind(id)
     .fetch_optional(db)
     .await?)
+}
+
+/// Notes that node `id` called the server at `at`.
+pub async fn node_seen(db: &mut Db, id: NodeId, at: &str) -> Result<()> {
+    sqlx::query("UPDATE node SET last_seen = $1 WHERE id = $2")
+        .bind(at)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// The node that holds VPN address `ip`, if any.
