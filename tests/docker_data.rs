@@ -25,26 +25,7 @@ async fn algorithms_compute_on_the_nodes_data() {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_algonet");
-    let started = Instant::now();
-    let built = std::process::Command::new(bin)
-        .args(["images", "build", "--algorithm"])
-        .arg(format!(
-            "{}/algorithms/data-summary",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args(["--tag", IMAGE])
-        .output()
-        .expect("algonet images build --algorithm");
-    assert!(
-        built.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&built.stdout),
-        String::from_utf8_lossy(&built.stderr)
-    );
-    eprintln!(
-        "data-summary built in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    common::build_data_summary(bin, IMAGE);
     // The node's data: the same people as CSV, Parquet and SQLite, written with the pandas
     // the algorithm reads them with (the algorithm's own venv, which has pyarrow).
     let dir = std::env::temp_dir().join(format!("algonet-data-{}", std::process::id()));

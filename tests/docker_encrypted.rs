@@ -9,12 +9,9 @@
 
 use algonet_testkit as common;
 
-use std::time::Instant;
-
 use algonet::crypto::PrivateKey;
-use algonet::demo::{key_file, Federation, Options};
+use algonet::demo::key_file;
 use algonet::docker::images::VPN_AVERAGE_IMAGE;
-use algonet::docker::python::build_vpn_average;
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Row};
 
@@ -26,24 +23,15 @@ async fn an_encrypted_collaboration_computes_and_the_server_sees_ciphertext_only
     let Some(python) = common::venv_python("ALGONET_V6_PYTHON") else {
         return;
     };
-    build_vpn_average(&docker, std::path::Path::new(&python))
-        .await
-        .expect("build vpn-average from this host's Python");
-    let port = common::federation_port();
-    let mut fed = Federation::up(
-        Options {
-            dir: std::env::temp_dir().join(format!("algonet-sealed-{}", std::process::id())),
-            tag: "tenc".into(),
-            organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
-            server_port: port,
-            node_settings: String::new(),
-            algonet: env!("CARGO_BIN_EXE_algonet").into(),
-            encrypted: true,
-        },
-        Instant::now(),
+    let mut fed = common::vpn_average_federation(
+        &docker,
+        &python,
+        env!("CARGO_BIN_EXE_algonet"),
+        "tenc",
+        true,
     )
-    .await
-    .expect("federation up");
+    .await;
+    let port = fed.options.server_port;
     let o = fed.options.clone();
     let (root_key, berlin_key) = (key_file(&o, "root"), key_file(&o, "berlin"));
     let path = |p: &std::path::Path| p.to_str().expect("path").to_string();

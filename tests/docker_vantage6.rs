@@ -9,11 +9,8 @@
 use algonet_testkit as common;
 
 use std::collections::BTreeSet;
-use std::time::Instant;
 
-use algonet::demo::{Federation, Options};
 use algonet::docker::images::VPN_AVERAGE_IMAGE;
-use algonet::docker::python::build_vpn_average;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,29 +22,15 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
         return;
     };
     let firewall_before = common::firewall();
-    let started = Instant::now();
-    build_vpn_average(&docker, std::path::Path::new(&python))
-        .await
-        .expect("build vpn-average from this host's Python");
-    eprintln!(
-        "vpn-average built in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let port = common::federation_port();
-    let mut fed = Federation::up(
-        Options {
-            dir: std::env::temp_dir().join(format!("algonet-v6fed-{}", std::process::id())),
-            tag: "tv6".into(),
-            organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
-            server_port: port,
-            node_settings: String::new(),
-            algonet: env!("CARGO_BIN_EXE_algonet").into(),
-            encrypted: false,
-        },
-        Instant::now(),
+    let mut fed = common::vpn_average_federation(
+        &docker,
+        &python,
+        env!("CARGO_BIN_EXE_algonet"),
+        "tv6",
+        false,
     )
-    .await
-    .expect("federation up");
+    .await;
+    let port = fed.options.server_port;
     let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id.0).collect();
     let out = common::user_client_script(
         &python,

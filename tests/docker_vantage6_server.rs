@@ -47,20 +47,7 @@ async fn an_algonet_node_computes_for_vantage6s_own_server() {
     algonet::docker::images::build(&docker, &ImageNames::default(), std::path::Path::new(bin))
         .await
         .expect("the node's images");
-    let built = std::process::Command::new(bin)
-        .args(["images", "build", "--algorithm"])
-        .arg(format!(
-            "{}/algorithms/data-summary",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args(["--tag", IMAGE])
-        .output()
-        .expect("algonet images build --algorithm");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    common::build_data_summary(bin, IMAGE);
 
     let v6 = common::vantage6::start(&server_python, "node").await;
     let http = reqwest::Client::new();

@@ -354,3 +354,61 @@ pub fn federation_port() -> u16 {
         .find(|&p| (p..p + 17).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
         .expect("a free range of ports below 32000")
 }
+
+/// vpn-average built offline from the venv's Python, and the demo's three organizations
+/// (amsterdam, berlin, copenhagen) up as a federation tagged `tag` (`encrypted`: each with its
+/// key, see `algonet::demo::Options`), its server on [`federation_port`].
+pub async fn vpn_average_federation(
+    docker: &algonet::docker::Docker,
+    python: &str,
+    algonet: &str,
+    tag: &str,
+    encrypted: bool,
+) -> algonet::demo::Federation {
+    let started = std::time::Instant::now();
+    algonet::docker::python::build_vpn_average(docker, std::path::Path::new(python))
+        .await
+        .expect("build vpn-average from this host's Python");
+    eprintln!(
+        "vpn-average built in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    algonet::demo::Federation::up(
+        algonet::demo::Options {
+            dir: std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id())),
+            tag: tag.into(),
+            organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
+            server_port: federation_port(),
+            node_settings: String::new(),
+            algonet: algonet.into(),
+            encrypted,
+        },
+        std::time::Instant::now(),
+    )
+    .await
+    .expect("federation up")
+}
+
+/// `algorithms/data-summary` packaged offline as `tag` by `algonet images build --algorithm`.
+pub fn build_data_summary(algonet: &str, tag: &str) {
+    let started = std::time::Instant::now();
+    let built = Command::new(algonet)
+        .args(["images", "build", "--algorithm"])
+        .arg(format!(
+            "{}/../algorithms/data-summary",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(["--tag", tag])
+        .output()
+        .expect("algonet images build --algorithm");
+    assert!(
+        built.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    eprintln!(
+        "data-summary built in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
