@@ -102,7 +102,7 @@ async fn the_node_checks_its_setting_and_keeps_its_key_at_the_server() {
     // A run's input that is not for this key, and results that cannot be encrypted.
     let e = encryption::input(Some(&replaced), "not$sealed$at all").expect_err("garbage");
     assert!(matches!(e, CarryError::Unreadable(_)), "{e}");
-    let e = encryption::result(Some(&replaced), &sealed, None, b"{}")
+    let e = encryption::result(Some(&replaced), &sealed, None, Some(b"{}"))
         .await
         .expect_err("no creator");
     assert!(matches!(e, CarryError::NoInitiator), "{e}");
@@ -130,7 +130,7 @@ async fn the_node_checks_its_setting_and_keeps_its_key_at_the_server() {
         Some(&replaced),
         &sealed,
         Some(algonet::api::OrganizationId(1)),
-        b"{}",
+        Some(b"{}"),
     )
     .await
     .expect_err("not in the collaboration");

@@ -157,7 +157,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
     let key = crate::node::encryption::set_up(&config.encryption, &client).await?;
     log_data_and_policies(&config);
     let docker = Docker::connect().await?;
-    for image in images(&config) {
+    for image in config.images() {
         docker.image(image).await.map_err(NodeError::MissingImage)?;
     }
     crate::private::dir(&config.task_dir).map_err(|source| NodeError::TaskDir {
@@ -396,16 +396,10 @@ pub async fn check(config: &NodeConfig) -> Result<crate::api::NodeId, NodeError>
     .map_err(NodeError::Login)?;
     crate::node::encryption::check(&config.encryption, &client).await?;
     let docker = Docker::connect().await?;
-    for image in images(config) {
+    for image in config.images() {
         docker.image(image).await.map_err(NodeError::MissingImage)?;
     }
     Ok(client.node_id)
-}
-
-/// The images a node of `config` runs: the sandbox, and with a VPN the OpenVPN client.
-fn images(config: &NodeConfig) -> impl Iterator<Item = &String> {
-    let vpn_image = config.vpn_subnet.map(|_| &config.images.vpn_client);
-    std::iter::once(&config.images.sandbox).chain(vpn_image)
 }
 
 /// Says at start what the node gives algorithms and whose runs it admits.

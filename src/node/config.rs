@@ -237,6 +237,12 @@ impl NodeConfig {
         Ok(c)
     }
 
+    /// The images the node runs: the sandbox, and with a VPN the OpenVPN client.
+    pub fn images(&self) -> impl Iterator<Item = &String> {
+        let vpn_image = self.vpn_subnet.map(|_| &self.images.vpn_client);
+        std::iter::once(&self.images.sandbox).chain(vpn_image)
+    }
+
     /// Where the node answers `algonet node status`.
     pub fn status_socket(&self) -> PathBuf {
         self.status_socket

@@ -150,16 +150,19 @@ pub fn input(key: Option<&PrivateKey>, input: &str) -> Result<Vec<u8>, CarryErro
     }
 }
 
-/// A run's output as the server gets it: encrypted for `initiator` in an encrypted
-/// collaboration, base64 in another.
+/// A run's output (if it wrote any) as the server gets it: encrypted for `initiator` in an
+/// encrypted collaboration, base64 in another.
 pub async fn result(
     key: Option<&PrivateKey>,
     client: &ServerClient,
     initiator: Option<OrganizationId>,
-    output: &[u8],
-) -> Result<String, CarryError> {
+    output: Option<&[u8]>,
+) -> Result<Option<String>, CarryError> {
+    let Some(output) = output else {
+        return Ok(None);
+    };
     if key.is_none() {
-        return Ok(codec::encode(output));
+        return Ok(Some(codec::encode(output)));
     }
     let org = initiator.ok_or(CarryError::NoInitiator)?;
     let text = client
@@ -171,5 +174,5 @@ pub async fn result(
         return Err(CarryError::NoPublicKey(org));
     }
     let public = PublicKey::from_base64(&text).map_err(|e| CarryError::BadPublicKey(org, e))?;
-    public.seal(output).map_err(CarryError::Seal)
+    public.seal(output).map(Some).map_err(CarryError::Seal)
 }

@@ -243,20 +243,11 @@ impl Run {
             self.note("no VPN: the algorithm's ports are not reachable from other nodes");
         }
         let (code, output) = self.run_algorithm(&dir, data).await?;
-        // Sent back as vantage6 nodes send results: encrypted for the organization that created
-        // the task, or base64.
-        let result = match output {
-            Some(o) => Some(
-                encryption::result(
-                    self.node.key.as_deref(),
-                    &self.node.client,
-                    task.init_org.map(|o| o.id),
-                    &o,
-                )
-                .await?,
-            ),
-            None => None,
-        };
+        // Sent back as vantage6 nodes send results: encrypted for the task's creator, or base64.
+        let creator = task.init_org.map(|o| o.id);
+        let node = &self.node;
+        let output = output.as_deref();
+        let result = encryption::result(node.key.as_deref(), &node.client, creator, output).await?;
         Ok((code, result))
     }
 
