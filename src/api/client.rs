@@ -166,6 +166,25 @@ impl Api {
     }
 }
 
+/// Every item of the paged list at `path` (with its query), asking `get` for each page in
+/// turn until the last.
+pub async fn all_pages<T, F, Fut>(path: &str, get: F) -> Result<Vec<T>, ClientError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<super::Page<T>, ClientError>>,
+{
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut items = Vec::new();
+    for page in 1.. {
+        let p = get(format!("{path}{sep}per_page=100&page={page}")).await?;
+        items.extend(p.data);
+        if p.links.next.is_none() {
+            break;
+        }
+    }
+    Ok(items)
+}
+
 /// The API with one token: the administrator's, or an algorithm's container token.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -226,17 +245,6 @@ impl Session {
 
     /// Every item of a paged list (`path` with its query), page after page.
     pub async fn all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut items = Vec::new();
-        for page in 1.. {
-            let p: super::Page<T> = self
-                .get(&format!("{path}{sep}per_page=100&page={page}"))
-                .await?;
-            items.extend(p.data);
-            if p.links.next.is_none() {
-                break;
-            }
-        }
-        Ok(items)
+        all_pages(path, |page| async move { self.get(&page).await }).await
     }
 }

@@ -210,10 +210,9 @@ pub struct ContainerToken {
     pub container_token: String,
 }
 
-/// `POST /organization`.
+/// An organization's own descriptive fields, as vantage6 takes them (each may be absent).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NewOrganization {
-    pub name: String,
+pub struct OrganizationDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +225,14 @@ pub struct NewOrganization {
     pub country: Option<String>,
 }
 
+/// `POST /organization`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NewOrganization {
+    pub name: String,
+    #[serde(flatten)]
+    pub details: OrganizationDetails,
+}
+
 /// `PATCH /organization/<id>`: the fields given (and not null) are changed. The public key is
 /// base64 of a PEM RSA public key, as vantage6's clients upload it; only a member of the
 /// organization may set it.
@@ -233,16 +240,8 @@ pub struct NewOrganization {
 pub struct OrganizationChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address1: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address2: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zipcode: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
+    #[serde(flatten)]
+    pub details: OrganizationDetails,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
 }

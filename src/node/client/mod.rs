@@ -160,17 +160,10 @@ impl ServerClient {
 
     /// Every item of a paged list.
     async fn all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut items = Vec::new();
-        for page in 1.. {
-            let path = format!("{path}{sep}per_page=100&page={page}");
-            let p: Page<T> = self.call(Method::GET, &path, NO_BODY).await?;
-            items.extend(p.data);
-            if p.links.next.is_none() {
-                break;
-            }
-        }
-        Ok(items)
+        crate::api::client::all_pages(path, |page| async move {
+            self.call::<Page<T>>(Method::GET, &page, NO_BODY).await
+        })
+        .await
     }
 
     /// The node's runs waiting for it, oldest first.

@@ -21,6 +21,19 @@ pub struct Admin {
     pub organization: Option<OrganizationId>,
 }
 
+impl Admin {
+    /// The administrator's organization: the account's, or `root` for the configuration's.
+    pub async fn own_organization(
+        &self,
+        db: &mut store::Db,
+    ) -> Result<OrganizationId, store::StoreError> {
+        match self.organization {
+            Some(o) => Ok(o),
+            None => store::root_organization(db).await,
+        }
+    }
+}
+
 /// Any authenticated caller.
 #[derive(Clone, Debug)]
 pub enum Caller {

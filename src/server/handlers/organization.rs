@@ -99,13 +99,11 @@ pub async fn patch(
     let mut tx = s.store.write().await?;
     // The caller's own organization, and whether it may change others (an administrator).
     let (own, any, by) = match &caller {
-        Caller::Admin(a) => {
-            let own = match a.organization {
-                Some(o) => o,
-                None => store::root_organization(&mut tx).await?,
-            };
-            (own, true, format!("user {}", a.user))
-        }
+        Caller::Admin(a) => (
+            a.own_organization(&mut tx).await?,
+            true,
+            format!("user {}", a.user),
+        ),
         Caller::Node(n) => (n.organization_id, false, format!("node {}", n.id)),
         // 401, as vantage6 refuses an algorithm here.
         Caller::Container(_) => return Err(ApiError::unauthorized(NOT_YOURS)),

@@ -35,10 +35,8 @@ pub async fn create(
             b.collaboration_id
                 .ok_or_else(|| ApiError::bad("collaboration_id is required"))?,
             b.parent_id,
-            match a.organization {
-                Some(o) => o,
-                None => store::root_organization(&mut *s.store.connection().await?).await?,
-            },
+            a.own_organization(&mut *s.store.connection().await?)
+                .await?,
             Some(a.user),
         ),
         Caller::Container(c) => {

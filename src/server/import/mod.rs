@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::api::NewOrganization;
+use crate::api::{NewOrganization, OrganizationDetails};
 use crate::server::auth;
 use crate::server::config::ServerConfig;
 use crate::server::store::{self, NewAccount, Store};
@@ -130,11 +130,13 @@ pub async fn import(
                 summary.organizations += 1;
                 let new = NewOrganization {
                     name: o.name.clone(),
-                    domain: o.domain.clone(),
-                    address1: o.address1.clone(),
-                    address2: o.address2.clone(),
-                    zipcode: o.zipcode.clone(),
-                    country: o.country.clone(),
+                    details: OrganizationDetails {
+                        domain: o.domain.clone(),
+                        address1: o.address1.clone(),
+                        address2: o.address2.clone(),
+                        zipcode: o.zipcode.clone(),
+                        country: o.country.clone(),
+                    },
                 };
                 let id = store::insert_organization(&mut tx, &new).await?.id;
                 if let Some(key) = o.public_key.clone().filter(|k| !k.is_empty()) {
