@@ -166,6 +166,8 @@ pub async fn serve(
                     TokioIo::new(stream),
                     hyper_util::service::TowerToHyperService::new(app),
                 )
+                // socket.io's websocket transport.
+                .with_upgrades()
                 .await;
             if let Err(e) = served {
                 tracing::debug!("connection from {peer}: {e}");

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod eduvpn;
+pub mod events;
 pub mod handlers;
 pub mod import;
 pub mod metrics;
@@ -53,6 +54,9 @@ pub enum ServerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// no randomness for the server process's name among its replicas
+    #[error("the system's random source failed: {0}")]
+    Random(getrandom::Error),
     /// the listening socket could not be bound
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -243,6 +247,7 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         waits,
         seen: Arc::default(),
+        events: events::Events::new().map_err(ServerError::Random)?,
     })
 }
 
@@ -274,12 +279,14 @@ pub async fn bind(
     };
     let crl = provision::follow_crl(state.clone());
     let changes = waits::follow_changes(state.store.clone(), state.changes.clone());
+    let relayed = events::follow(state.events.clone(), state.store.clone());
     let app = handlers::routes(state);
     let served = async move {
         tokio::select! {
             r = crate::http::serve(listener, app, limits) => r,
             () = crl => Ok(()),
             () = changes => Ok(()),
+            () = relayed => Ok(()),
         }
     };
     Ok((local, served))

@@ -25,6 +25,8 @@ pub struct AppState {
     pub waits: Arc<crate::server::waits::Waits>,
     /// When this process last wrote each node's `last_seen` (seconds, [`now`]).
     pub seen: Arc<std::sync::Mutex<std::collections::HashMap<crate::api::NodeId, u64>>>,
+    /// vantage6's socket.io channel.
+    pub events: crate::server::events::Events,
 }
 
 /// How often a node's `last_seen` is written (per server process).
@@ -54,6 +56,16 @@ impl AppState {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Notes that `node` left (its last socket.io connection closed): offline at once, as
+    /// vantage6 has it, until it calls again.
+    pub async fn node_gone(
+        &self,
+        node: crate::api::NodeId,
+    ) -> Result<(), crate::server::store::StoreError> {
+        crate::sync::lock(&self.seen).remove(&node);
+        crate::server::store::node_left(&mut *self.store.connection().await?, node).await
     }
 
     /// Tells waiting `GET /vpn/peers` requests to look again: this process's at once, every

@@ -83,11 +83,15 @@ pub fn routes(state: AppState) -> Router {
             crate::server::metrics::observe,
         ))
         .with_state(state.clone());
-    if state.config.api_path.is_empty() {
+    let app = if state.config.api_path.is_empty() {
         api
     } else {
         Router::new().nest(&state.config.api_path, api)
-    }
+    };
+    // vantage6's socket.io channel is at the host's root, whatever the API's path.
+    let events = state.events.layer();
+    state.events.clone().open(state);
+    app.layer(events)
 }
 
 type ApiResult<T> = Result<T, ApiError>;

@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::hypermedia::{Links, Listing, Resource};
 use super::{ApiResult, Json, Path, Query};
 use crate::api::{Page, Run, RunFilter, RunId, RunNode, RunResult, RunStatus, RunTask, RunUpdate};
+use crate::server::events::collaboration_room;
 use crate::server::state::AppState;
 use crate::server::store::{self, Db, NodeRow, RunRow};
 
@@ -180,6 +181,14 @@ pub async fn update(
             "run {id} has finished: its status, result and log stay as they are"
         )));
     }
+    s.events
+        .send(
+            &s.store,
+            &collaboration_room(n.collaboration_id),
+            "status_update",
+            &[serde_json::json!({"run_id": id})],
+        )
+        .await;
     if b.status.is_some_and(RunStatus::is_finished) {
         // A finished run leaves its node's list of runs with peers.
         drop(db);

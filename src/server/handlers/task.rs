@@ -18,6 +18,7 @@ use super::{ApiResult, Created, Json, Path, Query};
 use crate::api::{
     CollaborationId, ContainerIdentity, NewTask, Page, RunStatus, Task, TaskId, TaskStatus,
 };
+use crate::server::events::collaboration_room;
 use crate::server::state::AppState;
 use crate::server::store::{self, Db};
 
@@ -128,6 +129,15 @@ pub async fn create(
     let task = present(&s, &mut tx, id).await?;
     store::commit(tx).await?;
     s.changed().await;
+    // vantage6's nodes hear of it; algonet's see it in their next list of runs.
+    s.events
+        .send(
+            &s.store,
+            &collaboration_room(collaboration),
+            "new_task",
+            &[serde_json::json!({"id": id, "parent_id": parent})],
+        )
+        .await;
     Ok(Created(task))
 }
 

@@ -1,5 +1,6 @@
 //! The server's storage: every SQL query, with typed rows, by what it is about (participants,
-//! accounts, sessions, tasks and runs, ports, VPN certificates, secrets). Handlers take a connection from
+//! accounts, sessions, tasks and runs, ports, VPN certificates, secrets, relayed socket.io
+//! events). Handlers take a connection from
 //! [`Store::connection`] or a write transaction from [`Store::write`] and call the functions here; no
 //! SQL is written anywhere else. This is the one module that knows which database it is: a
 //! SQLite file or PostgreSQL, through sqlx's `Any` driver. Every query is written once, in the
@@ -17,6 +18,7 @@ mod certificates;
 mod columns;
 mod participants;
 mod ports;
+mod relay;
 mod secrets;
 mod sessions;
 mod tasks;
@@ -25,6 +27,7 @@ pub use accounts::*;
 pub use certificates::*;
 pub use participants::*;
 pub use ports::*;
+pub use relay::*;
 pub use secrets::*;
 pub use sessions::*;
 pub use tasks::*;

@@ -85,6 +85,15 @@ pub async fn node_seen(db: &mut Db, id: NodeId, at: &str) -> Result<()> {
     Ok(())
 }
 
+/// Notes that node `id` left: offline until it calls again.
+pub async fn node_left(db: &mut Db, id: NodeId) -> Result<()> {
+    sqlx::query("UPDATE node SET last_seen = NULL WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// The node that holds VPN address `ip`, if any.
 pub async fn node_with_ip(db: &mut Db, ip: &str) -> Result<Option<NodeId>> {
     Ok(sqlx::query_scalar("SELECT id FROM node WHERE ip = $1")

@@ -215,21 +215,30 @@ pub async fn task_databases(db: &mut Db, task: TaskId) -> Result<Vec<crate::api:
         .collect())
 }
 
-/// Ends every unfinished run of task `task` and of every task below it as killed; how many.
-pub async fn kill_task_runs(db: &mut Db, task: TaskId) -> Result<u64> {
-    Ok(sqlx::query(
+/// A run that was ended as killed, as vantage6's kill event names it to the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct KilledRun {
+    #[sqlx(rename = "id")]
+    pub run_id: RunId,
+    pub task_id: TaskId,
+    pub organization_id: OrganizationId,
+}
+
+/// Ends every unfinished run of task `task` and of every task below it as killed: which.
+pub async fn kill_task_runs(db: &mut Db, task: TaskId) -> Result<Vec<KilledRun>> {
+    Ok(sqlx::query_as(
         "WITH RECURSIVE family(id) AS ( \
            SELECT id FROM task WHERE id = $1 \
            UNION ALL SELECT task.id FROM task JOIN family ON task.parent_id = family.id) \
          UPDATE run SET status = $2, finished_at = $3 \
-         WHERE task_id IN (SELECT id FROM family) AND finished_at IS NULL",
+         WHERE task_id IN (SELECT id FROM family) AND finished_at IS NULL \
+         RETURNING id, task_id, organization_id",
     )
     .bind(task)
     .bind(RunStatus::Killed)
     .bind(super::stamp_now())
-    .execute(db)
-    .await?
-    .rows_affected())
+    .fetch_all(db)
+    .await?)
 }
 
 /// Ends every unfinished run of node `node` (its organization's, in its collaboration) as
