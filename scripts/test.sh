@@ -35,10 +35,10 @@ export ALGONET_V6_SERVER_PYTHON="$PWD/$v6_server_venv/bin/python"
 # client it pins, for mixed federations on an algonet server; websocket-client lets that client
 # take the websocket transport besides long polling.
 v6_node_venv=target/py/vantage6-node
-if ! "$v6_node_venv/bin/python" -c 'import vantage6.node, socketio, websocket' >/dev/null 2>&1; then
+if ! "$v6_node_venv/bin/python" -c 'import vantage6.node, flask, socketio, websocket' >/dev/null 2>&1; then
     echo "==> installing vantage6-node 4.14.0 into $v6_node_venv"
     python3 -m venv "$v6_node_venv"
-    "$v6_node_venv/bin/pip" install -q vantage6-node==4.14.0 websocket-client
+    "$v6_node_venv/bin/pip" install -q vantage6-node==4.14.0 flask==3.1.1 websocket-client
 fi
 export ALGONET_V6_NODE_PYTHON="$PWD/$v6_node_venv/bin/python"
 

@@ -187,8 +187,9 @@ pub struct Run {
     pub ports: Vec<RunPort>,
 }
 
-/// The task of a [`Run`]: vantage6's link, with what a node needs to run it (algonet adds
-/// `image`, `name`, `parent_id` and `collaboration_id`).
+/// The task of a [`Run`]: vantage6's link, with what a node needs to run it, as vantage6 shows
+/// a run's task with `include=task` (algonet adds `parent_id` and `collaboration_id`, and shows
+/// it so always).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunTask {
     pub id: TaskId,
@@ -199,8 +200,20 @@ pub struct RunTask {
     pub image: String,
     pub name: String,
     #[serde(default)]
+    pub description: String,
+    #[serde(default)]
     pub parent_id: Option<TaskId>,
     pub collaboration_id: CollaborationId,
+    #[serde(default)]
+    pub parent: Option<Link<TaskId>>,
+    #[serde(default)]
+    pub collaboration: Option<Link<CollaborationId>>,
+    #[serde(default)]
+    pub init_org: Option<Link<OrganizationId>>,
+    #[serde(default)]
+    pub init_user: Option<Link<i64>>,
+    #[serde(default)]
+    pub databases: Vec<TaskDatabase>,
     /// The job: the task a user made, shared by every task below it (a family of runs shares
     /// one connection budget on each node).
     #[serde(default)]

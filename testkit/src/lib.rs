@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod server;
 pub mod topology;
 pub mod vantage6;
+pub mod vantage6_node;
 
 use std::process::Command;
 

@@ -30,6 +30,12 @@ impl Drop for TempDir {
 /// PostgreSQL, a fresh database there); `extra` is more YAML (with a `database:` of its own, the
 /// server uses that).
 pub async fn server(tag: &str, extra: &str) -> Server {
+    server_on(tag, "127.0.0.1:0", extra).await
+}
+
+/// [`server`] listening on `listen` (an address of the test's own, e.g. a gateway of a Docker
+/// network it made, for clients in containers).
+pub async fn server_on(tag: &str, listen: &str, extra: &str) -> Server {
     let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut extra = extra.to_string();
@@ -39,7 +45,7 @@ pub async fn server(tag: &str, extra: &str) -> Server {
         extra.push_str(&format!("database: {url}\n"));
     }
     let config = ServerConfig::parse(&format!(
-        "listen: 127.0.0.1:0\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n{extra}",
+        "listen: {listen}\ndata_dir: {}\nadmin: {{username: root, password: correct-horse-battery}}\n{extra}",
         dir.display()
     ))
     .expect("config");

@@ -126,8 +126,16 @@ async fn present(s: &AppState, db: &mut Db, r: RunRow) -> ApiResult<Run> {
             methods: task.methods,
             image: r.image,
             name: r.name,
+            description: r.description,
             parent_id: r.parent_id,
             collaboration_id: r.collaboration_id,
+            parent: r.parent_id.map(|p| l.one(Resource::Task, p)),
+            collaboration: Some(l.one(Resource::Collaboration, r.collaboration_id)),
+            init_org: r
+                .init_organization_id
+                .map(|o| l.one(Resource::Organization, o)),
+            init_user: r.init_user_id.map(|u| l.one(Resource::User, u)),
+            databases: store::task_databases(db, r.task_id).await?,
             job_id: Some(r.job_id),
         },
         results: l.one(Resource::Result, r.id),
