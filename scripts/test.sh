@@ -31,9 +31,10 @@ if ! "$v6_server_venv/bin/python" -c 'import vantage6.server.resource' >/dev/nul
     "$v6_server_venv/bin/pip" install -q vantage6-server==4.15.2 vantage6-backend-common==4.15.2
 fi
 export ALGONET_V6_SERVER_PYTHON="$PWD/$v6_server_venv/bin/python"
-# vantage6's own node (run on the host with the `vnode-local` it ships) and the socket.io
-# client it pins, for mixed federations on an algonet server; websocket-client lets that client
-# take the websocket transport besides long polling.
+# vantage6's own node and the socket.io client it pins, for mixed federations on an algonet
+# server (the node runs through `v6 node start`, in an image built offline from this venv).
+# vantage6-node 4.14.0 imports flask without declaring it; websocket-client lets the socket.io
+# client take the websocket transport besides long polling.
 v6_node_venv=target/py/vantage6-node
 if ! "$v6_node_venv/bin/python" -c 'import vantage6.node, flask, socketio, websocket' >/dev/null 2>&1; then
     echo "==> installing vantage6-node 4.14.0 into $v6_node_venv"

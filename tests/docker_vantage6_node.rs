@@ -54,41 +54,16 @@ impl Drop for Network {
     }
 }
 
-/// An algonet node process, stopped (SIGTERM, then its clean-up) when dropped.
-struct AlgonetNode(std::process::Child);
-
-impl Drop for AlgonetNode {
-    fn drop(&mut self) {
-        algonet::demo::stop(&mut self.0, Duration::from_secs(30));
-    }
-}
-
-/// A step of `tests/python/mixed_tasks.py` (vantage6's `UserClient`): its JSON answer.
+/// A step of `tests/python/user_steps.py` (vantage6's `UserClient`) as algonet's administrator.
 fn step(python: &str, base: &str, collab: i64, args: &[&str]) -> Value {
-    let url = base.trim_end_matches("/api");
-    let (host, port) = url.rsplit_once(':').expect("host:port");
-    // A step that hangs (a run that never ends) fails the test, not the whole test run.
-    let out = Command::new("timeout")
-        .args(["240", python])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/mixed_tasks.py"
-        ))
-        .args([host, port, &collab.to_string(), IMAGE])
-        .args(args)
-        .output()
-        .expect("the user client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "{args:?}: no answer: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    common::user_step(
+        python,
+        base,
+        ("root", "correct-horse-battery"),
+        collab,
+        IMAGE,
+        args,
+    )
 }
 
 fn csv(dir: &std::path::Path, name: &str, ages: &[i64]) -> std::path::PathBuf {
@@ -187,7 +162,7 @@ async fn vantage6s_own_node_computes_beside_an_algonet_node() {
     .expect("node.yaml");
     let log_path = dir.join("amsterdam.log");
     let log_file = std::fs::File::create(&log_path).expect("log");
-    let amsterdam = AlgonetNode(
+    let amsterdam = common::NodeProcess(
         Command::new(bin)
             .args(["node", "--config"])
             .arg(&config)

@@ -1,8 +1,9 @@
 //! Docker tier: an algonet node on vantage6's own server (`vantage6-server` 4.15.2 from PyPI,
 //! run on the host). The node logs in as vantage6's node does, finds its run by polling
 //! vantage6's `GET /run`, takes it, runs data-summary (vantage6's tools, `@data(1)`) on its
-//! own CSV and reports the result, which vantage6's own `UserClient` reads. vantage6's server
-//! hands out no VPN profile without eduVPN: the node runs without VPN, and says so.
+//! own CSV and reports the result, which vantage6's own `UserClient` reads; a run the user
+//! kills is stopped on the node. vantage6's server hands out no VPN profile without eduVPN: the
+//! node runs without VPN, and says so.
 
 use algonet_testkit as common;
 
@@ -110,53 +111,70 @@ async fn an_algonet_node_computes_for_vantage6s_own_server() {
     .expect("node.yaml");
     let log_path = dir.join("node.log");
     let log_file = std::fs::File::create(&log_path).expect("log");
-    let mut child = std::process::Command::new(bin)
-        .args(["node", "--config"])
-        .arg(&config)
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("algonet node");
+    let node = common::NodeProcess(
+        std::process::Command::new(bin)
+            .args(["node", "--config"])
+            .arg(&config)
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("algonet node"),
+    );
 
+    let col = col.as_i64().expect("collaboration");
+    let org = org.to_string();
     let started = Instant::now();
-    let out = std::process::Command::new(&python)
-        .arg(format!(
-            "{}/tests/python/summary_task.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([
-            "http://127.0.0.1",
-            &v6.port.to_string(),
-            "/api",
-            "root",
-            "root",
-            &col.to_string(),
-            &org.to_string(),
-            IMAGE,
-        ])
-        .output()
-        .expect("the user client");
+    let step =
+        |args: &[&str]| common::user_step(&python, &v6.base, ("root", "root"), col, IMAGE, args);
+    let answer = step(&["summary", &org]);
     eprintln!("task done in {:.1}s", started.elapsed().as_secs_f64());
-    algonet::demo::stop(&mut child, Duration::from_secs(30));
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let answer: Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no answer: {stdout}\n{}\nnode log:\n{log}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    assert_eq!(answer["status"], json!("completed"), "{answer}\n{log}");
-    assert_eq!(answer["result"]["rows"], json!(ages.len()), "{answer}");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(
-        answer["result"]["sum"],
+        answer["statuses"][&org],
+        json!("completed"),
+        "{answer}\n{}",
+        log()
+    );
+    assert_eq!(
+        answer["results"][&org]["rows"],
+        json!(ages.len()),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["results"][&org]["sum"],
         json!(ages.iter().sum::<i64>() as f64),
         "{answer}"
     );
+
+    // vantage6 marks a killed run finished: it leaves the open runs the node follows, and the
+    // node stops its container.
+    let waiting = step(&["wait", &org]);
+    let task = waiting["task"].as_i64().expect("task").to_string();
+    let owner = "node:tv6s-amsterdam";
+    let runs = || async {
+        let owned = docker.owned_by(owner).await.expect("containers");
+        owned
+            .into_iter()
+            .filter_map(|c| c.names?.into_iter().next())
+            .filter(|n| n.contains("-run-"))
+            .collect::<Vec<_>>()
+    };
+    assert!(!runs().await.is_empty(), "the run's containers");
+    let killed = step(&["kill", &task]);
+    assert_eq!(killed["statuses"], json!(["killed by user"]), "{killed}");
+    let end = Instant::now() + Duration::from_secs(30);
+    while !runs().await.is_empty() {
+        assert!(
+            Instant::now() < end,
+            "the killed run still runs:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(log().contains("the server ended this run"), "{}", log());
+
+    drop(node);
+    let log = log();
     assert!(log.contains("the server is vantage6's own"), "{log}");
     common::assert_nothing_left(&docker, &["node:tv6s-amsterdam"]).await;
 }

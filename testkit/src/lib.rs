@@ -413,3 +413,48 @@ pub fn build_data_summary(algonet: &str, tag: &str) {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// One step of `tests/python/user_steps.py` (vantage6's own `UserClient` from the venv of
+/// `python`) against the API at `base` as `user` (name, password), with data-summary's `image`
+/// in `collaboration`: its JSON answer. A step that hangs fails after four minutes.
+pub fn user_step(
+    python: &str,
+    base: &str,
+    user: (&str, &str),
+    collaboration: i64,
+    image: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args(["240", python])
+        .arg(format!(
+            "{}/../tests/python/user_steps.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([base, user.0, user.1, &collaboration.to_string(), image])
+        .args(args)
+        .output()
+        .expect("the user client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{args:?}: no answer: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// An `algonet node` process, stopped as its operator would stop it (SIGTERM, then its own
+/// clean-up) when dropped, also when a test fails on the way.
+#[derive(Debug)]
+pub struct NodeProcess(pub std::process::Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        algonet::demo::stop(&mut self.0, std::time::Duration::from_secs(30));
+    }
+}

@@ -1,6 +1,6 @@
-"""A mixed federation driven by vantage6's own UserClient: prints one JSON line per step.
+"""A user's steps with vantage6's own UserClient, on data-summary: prints one JSON line per step.
 
-usage: mixed_tasks.py HOST PORT COLLABORATION IMAGE STEP [ARGS]
+usage: user_steps.py API_URL USER PASSWORD COLLABORATION IMAGE STEP [ARGS]
 
     summary ORG...   data-summary's `summary` of column `age` on each organization's node;
                      prints {"results": {org: result}, "statuses": {org: status}}
@@ -14,13 +14,15 @@ usage: mixed_tasks.py HOST PORT COLLABORATION IMAGE STEP [ARGS]
 import json
 import sys
 import time
+from urllib.parse import urlsplit
 
 from vantage6.client import UserClient
 
-host, port, collab, image, step = sys.argv[1:6]
-args = sys.argv[6:]
-client = UserClient(host, int(port), "/api", log_level="error")
-client.authenticate("root", "correct-horse-battery")
+api, user, password, collab, image, step = sys.argv[1:7]
+args = sys.argv[7:]
+url = urlsplit(api)
+client = UserClient(f"{url.scheme}://{url.hostname}", url.port, url.path, log_level="error")
+client.authenticate(user, password)
 client.setup_encryption(None)
 
 
