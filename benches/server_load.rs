@@ -81,27 +81,6 @@ async fn start(binary: &Path, dir: &Path, database: Option<&str>) -> ServerProce
     panic!("the server at {} did not answer", server.base);
 }
 
-async fn ok(
-    http: &reqwest::Client,
-    method: &str,
-    url: String,
-    token: Option<&str>,
-    body: Value,
-) -> Value {
-    let mut req = http.request(method.parse().expect("method"), &url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if !body.is_null() {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{method} {url}: {status} {v}");
-    v
-}
-
 /// What one simulated node saw: each request's latency in microseconds, and the unexpected
 /// answers.
 #[derive(Default)]
@@ -184,10 +163,10 @@ async fn case(servers: &[ServerProcess], n: usize, seconds: u64) -> (f64, f64, f
     let http = reqwest::Client::new();
     let base = |i: usize| servers[i % servers.len()].base.clone();
     let login = json!({"username": "root", "password": "correct-horse-battery"});
-    let admin = ok(
+    let admin = algonet_testkit::call(
         &http,
         "POST",
-        format!("{}/token/user", base(0)),
+        &format!("{}/token/user", base(0)),
         None,
         login,
     )
@@ -195,20 +174,20 @@ async fn case(servers: &[ServerProcess], n: usize, seconds: u64) -> (f64, f64, f
     let admin = admin["access_token"].as_str().expect("token").to_string();
     let mut orgs = Vec::new();
     for i in 0..n {
-        let v = ok(
+        let v = algonet_testkit::call(
             &http,
             "POST",
-            format!("{}/organization", base(i)),
+            &format!("{}/organization", base(i)),
             Some(&admin),
             json!({"name": format!("org{i}")}),
         )
         .await;
         orgs.push(v["id"].as_i64().expect("id"));
     }
-    let collab = ok(
+    let collab = algonet_testkit::call(
         &http,
         "POST",
-        format!("{}/collaboration", base(0)),
+        &format!("{}/collaboration", base(0)),
         Some(&admin),
         json!({"name": "load", "organization_ids": orgs}),
     )
@@ -216,18 +195,18 @@ async fn case(servers: &[ServerProcess], n: usize, seconds: u64) -> (f64, f64, f
     let collab = collab["id"].as_i64().expect("id");
     let mut tokens = Vec::new();
     for (i, org) in orgs.iter().enumerate() {
-        let node = ok(
+        let node = algonet_testkit::call(
             &http,
             "POST",
-            format!("{}/node", base(i)),
+            &format!("{}/node", base(i)),
             Some(&admin),
             json!({"organization_id": org, "collaboration_id": collab}),
         )
         .await;
-        let login = ok(
+        let login = algonet_testkit::call(
             &http,
             "POST",
-            format!("{}/token/node", base(i)),
+            &format!("{}/token/node", base(i)),
             None,
             json!({"api_key": node["api_key"]}),
         )

@@ -10,7 +10,6 @@ use algonet_testkit as common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use algonet::docker::images::ImageNames;
 use common::server::server_on;
 use common::vantage6_node;
 use serde_json::{json, Value};
@@ -94,22 +93,17 @@ fn running(prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vantage6s_own_node_computes_beside_an_algonet_node() {
-    let Some(docker) = common::docker("vantage6s_own_node_computes_beside_an_algonet_node").await
+    let Some((docker, [python, node_python])) = common::docker_and_venvs(
+        "vantage6s_own_node_computes_beside_an_algonet_node",
+        ["ALGONET_V6_PYTHON", "ALGONET_V6_NODE_PYTHON"],
+    )
+    .await
     else {
-        return;
-    };
-    let (Some(python), Some(node_python)) = (
-        common::venv_python("ALGONET_V6_PYTHON"),
-        common::venv_python("ALGONET_V6_NODE_PYTHON"),
-    ) else {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_algonet");
     let started = Instant::now();
-    algonet::docker::images::build(&docker, &ImageNames::default(), std::path::Path::new(bin))
-        .await
-        .expect("the node's images");
-    common::build_data_summary(bin, IMAGE);
+    common::node_images_and_data_summary(&docker, bin, IMAGE).await;
     vantage6_node::build_image(&docker, &node_python).await;
     eprintln!("images built in {:.1}s", started.elapsed().as_secs_f64());
 

@@ -9,82 +9,58 @@ use algonet_testkit as common;
 
 use std::time::{Duration, Instant};
 
-use algonet::docker::images::ImageNames;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const IMAGE: &str = "algonet/data-summary:test";
 
-async fn call(
-    http: &reqwest::Client,
-    base: &str,
-    token: Option<&str>,
-    path: &str,
-    body: Value,
-) -> Value {
-    let mut req = http.post(format!("{base}{path}")).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.expect("vantage6's server");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("JSON");
-    assert!(status.is_success(), "POST {path}: {status} {v}");
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_algonet_node_computes_for_vantage6s_own_server() {
-    let Some(docker) = common::docker("an_algonet_node_computes_for_vantage6s_own_server").await
+    let Some((docker, [python, server_python])) = common::docker_and_venvs(
+        "an_algonet_node_computes_for_vantage6s_own_server",
+        ["ALGONET_V6_PYTHON", "ALGONET_V6_SERVER_PYTHON"],
+    )
+    .await
     else {
         return;
     };
-    let (Some(python), Some(server_python)) = (
-        common::venv_python("ALGONET_V6_PYTHON"),
-        common::venv_python("ALGONET_V6_SERVER_PYTHON"),
-    ) else {
-        return;
-    };
     let bin = env!("CARGO_BIN_EXE_algonet");
-    algonet::docker::images::build(&docker, &ImageNames::default(), std::path::Path::new(bin))
-        .await
-        .expect("the node's images");
-    common::build_data_summary(bin, IMAGE);
+    common::node_images_and_data_summary(&docker, bin, IMAGE).await;
 
     let v6 = common::vantage6::start(&server_python, "node").await;
     let http = reqwest::Client::new();
-    let login = call(
+    let login = common::call(
         &http,
-        &v6.base,
+        "POST",
+        &format!("{}/token/user", v6.base),
         None,
-        "/token/user",
         json!({"username": "root", "password": "root"}),
     )
     .await;
     let admin = login["access_token"].as_str().expect("token").to_string();
-    let org = call(
+    let org = common::call(
         &http,
-        &v6.base,
+        "POST",
+        &format!("{}/organization", v6.base),
         Some(&admin),
-        "/organization",
         json!({"name": "amsterdam"}),
     )
     .await["id"]
         .clone();
     // vantage6 lets a user create tasks only in a collaboration of its own organization (1).
-    let col = call(
+    let col = common::call(
         &http,
-        &v6.base,
+        "POST",
+        &format!("{}/collaboration", v6.base),
         Some(&admin),
-        "/collaboration",
         json!({"name": "mixed", "organization_ids": [1, org], "encrypted": false}),
     )
     .await["id"]
         .clone();
-    let node = call(
+    let node = common::call(
         &http,
-        &v6.base,
+        "POST",
+        &format!("{}/node", v6.base),
         Some(&admin),
-        "/node",
         json!({"organization_id": org, "collaboration_id": col}),
     )
     .await;

@@ -393,21 +393,10 @@ async fn events_reach_a_node_on_the_other_replica() {
     assert_eq!(node_status(&a, &admin, node).await, "offline");
 }
 
-/// REST calls to a server that runs as its own process.
+/// A REST call to a server that runs as its own process (`base`: its root).
 async fn call(base: &str, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
-    let mut req = reqwest::Client::new()
-        .request(method.parse().expect("method"), format!("{base}/api{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if !body.is_null() {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("json");
-    assert!(status.is_success(), "{method} {path}: {status} {v}");
-    v
+    let url = format!("{base}/api{path}");
+    common::call(&reqwest::Client::new(), method, &url, token, body).await
 }
 
 /// A server process, ended when dropped.

@@ -458,3 +458,54 @@ impl Drop for NodeProcess {
         algonet::demo::stop(&mut self.0, std::time::Duration::from_secs(30));
     }
 }
+
+/// `method url` with an optional bearer token and JSON body (`null`: none): the JSON answer,
+/// which must be a success.
+pub async fn call(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let mut req = http.request(method.parse().expect("method"), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if !body.is_null() {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.expect("JSON");
+    assert!(status.is_success(), "{method} {url}: {status} {v}");
+    v
+}
+
+/// What a lone algonet node running data-summary needs: the node's images and data-summary as
+/// `tag`, both built offline with the `algonet` binary `bin`.
+pub async fn node_images_and_data_summary(docker: &algonet::docker::Docker, bin: &str, tag: &str) {
+    algonet::docker::images::build(
+        docker,
+        &algonet::docker::images::ImageNames::default(),
+        std::path::Path::new(bin),
+    )
+    .await
+    .expect("the node's images");
+    build_data_summary(bin, tag);
+}
+
+/// The Docker daemon and the interpreters of the venvs named by `vars` that a Docker test of
+/// vantage6's packages needs, or `None` (skip, with a message) outside CI; see [`docker`] and
+/// [`venv_python`].
+pub async fn docker_and_venvs<const N: usize>(
+    test: &str,
+    vars: [&str; N],
+) -> Option<(algonet::docker::Docker, [String; N])> {
+    let docker = docker(test).await?;
+    let mut pythons = Vec::with_capacity(N);
+    for var in vars {
+        pythons.push(venv_python(var)?);
+    }
+    Some((docker, pythons.try_into().ok()?))
+}
