@@ -5,60 +5,12 @@
 //! terminator runs a real server: the node's login and the `algonet test` binary go all the way
 //! through it. Everything listens on 127.0.0.1.
 
-use std::sync::Arc;
+use algonet_testkit as common;
 
 use algonet::api::client::{Api, ClientError};
 use algonet::node::client::ServerClient;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use reqwest::Method;
 use serde_json::json;
-use tokio_rustls::rustls;
-
-/// A private CA's certificate (PEM) and a TLS terminator on 127.0.0.1 with a certificate it
-/// signed, in front of the plain HTTP server at `backend`; the terminator's `https://` address.
-async fn terminator(backend: std::net::SocketAddr) -> (String, String) {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.clone().self_signed(&ca_key).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
-    leaf.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
-    let cert = leaf
-        .signed_by(&key, &Issuer::new(ca, &ca_key))
-        .expect("server certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    (ca_cert.pem(), format!("https://127.0.0.1:{port}"))
-}
 
 async fn version(api: &Api) -> Result<serde_json::Value, ClientError> {
     api.send(Method::GET, "/version", None, algonet::api::client::NO_BODY)
@@ -83,7 +35,7 @@ async fn a_private_ca_is_trusted_when_named_and_refused_saying_why_when_not() {
         .trim_end_matches("/api")
         .parse()
         .expect("the server's address");
-    let (ca_pem, url) = terminator(backend).await;
+    let (ca_pem, url) = common::tls::terminator(backend).await;
     let base = format!("{url}/api");
     let dir = std::env::temp_dir().join(format!("algonet-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -31,7 +31,8 @@ pub(super) async fn run(
         name: "echo-child".into(),
         description: "echo children".into(),
         image: me.image,
-        collaboration_id: None,
+        // As vantage6's AlgorithmClient sends it: vantage6's server requires it.
+        collaboration_id: Some(me.collaboration_id),
         organizations: organizations
             .iter()
             .map(|&id| TaskOrganization {

@@ -4,8 +4,10 @@
 //! under test ([`server`]), vantage6's own server ([`vantage6`]) and PostgreSQL clusters ([`postgres`]). A crate of its own, so tests and benches share it without reaching
 //! into each other's files; never a dependency of the product.
 
+pub mod eduvpn;
 pub mod postgres;
 pub mod server;
+pub mod tls;
 pub mod topology;
 pub mod vantage6;
 pub mod vantage6_node;
@@ -265,7 +267,27 @@ pub fn user_client_script(
     image: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let (username, password) = algonet::demo::ADMIN;
+    user_client_script_as(
+        python,
+        script,
+        (port, algonet::demo::ADMIN),
+        collaboration,
+        organization,
+        image,
+        extra,
+    )
+}
+
+/// [`user_client_script`] against the server on a port as a user (name, password).
+pub fn user_client_script_as(
+    python: &str,
+    script: &str,
+    (port, (username, password)): (u16, (&str, &str)),
+    collaboration: algonet::api::CollaborationId,
+    organization: algonet::api::OrganizationId,
+    image: &str,
+    extra: &[&str],
+) -> std::process::Output {
     std::process::Command::new(python)
         .arg(format!(
             "{}/../tests/python/{script}",

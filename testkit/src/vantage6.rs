@@ -29,6 +29,17 @@ impl Drop for Vantage6Server {
 
 /// Starts one and waits (up to 2 minutes) until it answers.
 pub async fn start(server_python: &str, tag: &str) -> Vantage6Server {
+    start_with(server_python, tag, "", &[]).await
+}
+
+/// [`start`] with `extra` settings (YAML) in its configuration, e.g. a `vpn_server`, and
+/// `env` in its environment.
+pub async fn start_with(
+    server_python: &str,
+    tag: &str,
+    extra: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Vantage6Server {
     let dir = std::env::temp_dir().join(format!("algonet-v6-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("vantage6's folder");
@@ -44,7 +55,7 @@ pub async fn start(server_python: &str, tag: &str) -> Vantage6Server {
              uri: sqlite:///{db}\nallow_drop_all: false\njwt_secret_key: reference\n\
              logging:\n  level: WARNING\n  file: {log}\n  use_console: false\n  backup_count: 1\n\
              \x20 max_size: 1024\n  format: \"%(asctime)s %(name)s %(levelname)s %(message)s\"\n\
-             \x20 datefmt: \"%H:%M:%S\"\n  loggers: []\n",
+             \x20 datefmt: \"%H:%M:%S\"\n  loggers: []\n{extra}",
             db = dir.join("reference.sqlite").display(),
             log = dir.join("reference.log").display(),
         ),
@@ -57,6 +68,7 @@ pub async fn start(server_python: &str, tag: &str) -> Vantage6Server {
         ))
         .arg(&config)
         .arg(port.to_string())
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout"))
         .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr"))
         .spawn()

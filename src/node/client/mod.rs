@@ -77,9 +77,8 @@ impl ServerClient {
         if dialect == Dialect::Vantage6 {
             tracing::warn!(
                 "the server is vantage6's own: runs are found by polling GET /run and taken by \
-                 marking them initializing, and a run's peers are read from the collaboration's \
-                 open runs every few seconds; kills, which vantage6 sends over socket.io only, \
-                 do not reach this node"
+                 marking them initializing, and a run's peers and kills are read from the \
+                 collaboration's open runs every few seconds"
             );
         }
         Ok(ServerClient {

@@ -1,0 +1,307 @@
+//! An eduVPN-like portal that follows the documented eduVPN v3 flow (discovery, form login with
+//! a session cookie, authorize redirect, PKCE verification, token, info, connect), for the
+//! servers' eduVPN connectors (algonet's and vantage6's). Its profiles are real: each `connect`
+//! issues a client certificate of its own PKI (algonet's built-in one) with an address of its
+//! own, so an OpenVPN server run from [`EduVpnPortal::pki_dir`] admits the holder. The login
+//! is `portal-user` / `portal-pass`, the client `vantage6` (secret `client-secret`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use algonet::api::NodeId;
+use algonet::server::pki::{BuiltinVpn, Pki};
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::server::TempDir;
+
+struct Portal {
+    base: String,
+    /// Only as a confidential client (HTTP basic) may the token be had.
+    confidential: bool,
+    no_profile: bool,
+    sessions: Vec<String>,
+    /// code -> (challenge, redirect_uri)
+    codes: HashMap<String, (String, String)>,
+    tokens: Vec<String>,
+    pki: Pki,
+    /// The certificates handed out, one a profile, each with an address of its own.
+    issued: Vec<NodeId>,
+}
+
+type Shared = Arc<Mutex<Portal>>;
+
+fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Portal> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn discovery(State(p): State<Shared>) -> Response {
+    let b = lock(&p).base.clone();
+    axum::Json(json!({"api": {"http://eduvpn.org/api#3": {
+        "api_endpoint": format!("{b}/vpn-user-portal/api/v3"),
+        "authorization_endpoint": format!("{b}/vpn-user-portal/oauth/authorize"),
+        "token_endpoint": format!("{b}/vpn-user-portal/oauth/token"),
+    }}}))
+    .into_response()
+}
+
+async fn verify(
+    State(p): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let mut p = lock(&p);
+    let referer_ok = headers.get(header::REFERER).and_then(|v| v.to_str().ok())
+        == Some(&format!("{}/vpn-user-portal/home", p.base));
+    let creds_ok = f.get("userName").map(String::as_str) == Some("portal-user")
+        && f.get("userPass").map(String::as_str) == Some("portal-pass");
+    let (Some(to), true, true) = (f.get("authRedirectTo"), referer_ok, creds_ok) else {
+        return (StatusCode::OK, "<html>login failed</html>").into_response();
+    };
+    if f.get("_user_pass_auth_redirect_to") != Some(to) {
+        return (StatusCode::BAD_REQUEST, "inconsistent redirect").into_response();
+    }
+    let session = format!("s{}", p.sessions.len());
+    p.sessions.push(session.clone());
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, to.clone()),
+            (header::SET_COOKIE, format!("SID={session}; Path=/")),
+        ],
+    )
+        .into_response()
+}
+
+async fn authorize(
+    State(p): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut p = lock(&p);
+    let cookie = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !p
+        .sessions
+        .iter()
+        .any(|s| cookie.contains(&format!("SID={s}")))
+    {
+        return (
+            StatusCode::FOUND,
+            [(header::LOCATION, "/vpn-user-portal/_user_pass_auth/login")],
+        )
+            .into_response();
+    }
+    let ok = q.get("client_id").map(String::as_str) == Some("vantage6")
+        && q.get("scope").map(String::as_str) == Some("config")
+        && q.get("code_challenge_method").map(String::as_str) == Some("S256")
+        && q.get("response_type").map(String::as_str) == Some("code");
+    let (Some(challenge), Some(redirect), Some(state), true) = (
+        q.get("code_challenge"),
+        q.get("redirect_uri"),
+        q.get("state"),
+        ok,
+    ) else {
+        return (StatusCode::BAD_REQUEST, "bad authorize request").into_response();
+    };
+    let code = format!("c{}", p.codes.len());
+    p.codes
+        .insert(code.clone(), (challenge.clone(), redirect.clone()));
+    (
+        StatusCode::FOUND,
+        [(
+            header::LOCATION,
+            format!("{redirect}?code={code}&state={state}"),
+        )],
+    )
+        .into_response()
+}
+
+async fn token(
+    State(p): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let mut p = lock(&p);
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(|b| STANDARD.decode(b).unwrap_or_default());
+    let client_ok = if p.confidential {
+        basic.as_deref() == Some(b"vantage6:client-secret".as_slice())
+    } else {
+        f.get("client_id").map(String::as_str) == Some("vantage6")
+    };
+    if !client_ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let (Some(code), Some(verifier)) = (f.get("code"), f.get("code_verifier")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request"})),
+        )
+            .into_response();
+    };
+    let Some((challenge, redirect)) = p.codes.remove(code) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    };
+    if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != challenge
+        || f.get("redirect_uri") != Some(&redirect)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": "PKCE"})),
+        )
+            .into_response();
+    }
+    let t = format!("t{}", p.tokens.len());
+    p.tokens.push(t.clone());
+    axum::Json(json!({"access_token": t, "token_type": "bearer", "expires_in": 3600}))
+        .into_response()
+}
+
+fn bearer_ok(p: &Portal, headers: &HeaderMap) -> bool {
+    let t = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    t.is_some_and(|t| p.tokens.iter().any(|x| x == t))
+}
+
+async fn info(State(p): State<Shared>, headers: HeaderMap) -> Response {
+    let p = lock(&p);
+    if !bearer_ok(&p, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let list = if p.no_profile {
+        json!([])
+    } else {
+        json!([{"profile_id": "default", "display_name": "Default"}])
+    };
+    axum::Json(json!({"info": {"profile_list": list}})).into_response()
+}
+
+async fn connect(
+    State(p): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let mut p = lock(&p);
+    if !bearer_ok(&p, &headers) || f.get("profile_id").map(String::as_str) != Some("default") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let id = NodeId(2 + p.issued.len() as i64);
+    p.issued.push(id);
+    let cert = p.pki.issue(id).expect("issue");
+    p.pki.write_ccd(&p.issued).expect("ccd");
+    let pki = &p.pki;
+    (
+        StatusCode::OK,
+        [(header::EXPIRES, "Fri, 26 Nov 2027 10:00:00 GMT")],
+        pki.profile(&cert),
+    )
+        .into_response()
+}
+
+/// How the portal behaves.
+#[derive(Debug, Clone)]
+pub struct PortalOptions {
+    /// Names its folder.
+    pub tag: String,
+    /// The token only for a confidential client (HTTP basic), not a public one.
+    pub confidential: bool,
+    /// `/info` lists no profile.
+    pub no_profile: bool,
+    /// The VPN its profiles are for.
+    pub vpn: BuiltinVpn,
+    /// Served over HTTPS (a private CA's certificate), as eduVPN is; vantage6's connector
+    /// (oauthlib) refuses plain HTTP.
+    pub tls: bool,
+}
+
+/// A running portal: its URL, and its PKI's folder (the OpenVPN server's files, `server.conf`
+/// first), removed when dropped.
+#[derive(Debug)]
+pub struct EduVpnPortal {
+    pub url: String,
+    pub pki_dir: std::path::PathBuf,
+    /// With TLS: the CA's certificate (PEM file) that its clients must trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    _dir: TempDir,
+}
+
+/// Starts a portal on 127.0.0.1 with a new PKI.
+pub async fn start(o: PortalOptions) -> EduVpnPortal {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let plain = listener.local_addr().expect("addr");
+    let dir = std::env::temp_dir().join(format!("algonet-portal-{}-{}", o.tag, std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the portal's folder");
+    let (url, ca_file) = if o.tls {
+        let (ca, url) = crate::tls::terminator(plain).await;
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, ca).expect("the CA's certificate");
+        (url, Some(file))
+    } else {
+        (format!("http://{plain}"), None)
+    };
+    let pki_dir = dir.join("pki");
+    let material = algonet::server::pki::Material::generate().expect("keys");
+    let pki = Pki::open(&pki_dir, &o.vpn, material).expect("pki");
+    pki.write_crl(&[]).expect("crl");
+    pki.write_ccd(&[]).expect("ccd");
+    let state = Arc::new(Mutex::new(Portal {
+        base: url.clone(),
+        confidential: o.confidential,
+        no_profile: o.no_profile,
+        sessions: Vec::new(),
+        codes: HashMap::new(),
+        tokens: Vec::new(),
+        pki,
+        issued: Vec::new(),
+    }));
+    let app = Router::new()
+        .route("/.well-known/vpn-user-portal", get(discovery))
+        .route("/vpn-user-portal/_user_pass_auth/verify", post(verify))
+        .route("/vpn-user-portal/oauth/authorize", get(authorize))
+        .route("/vpn-user-portal/oauth/token", post(token))
+        .route("/vpn-user-portal/api/v3/info", get(info))
+        .route("/vpn-user-portal/api/v3/connect", post(connect))
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    EduVpnPortal {
+        url,
+        pki_dir,
+        ca_file,
+        _dir: TempDir(dir),
+    }
+}
+
+/// The `vpn_server` settings of a server (algonet's or vantage6's) for a portal at `url`,
+/// logging in with `password`.
+pub fn vpn_server(url: &str, password: &str) -> String {
+    format!(
+        "vpn_server: {{url: \"{url}\", portal_username: portal-user, portal_userpass: {password}, \
+         client_id: vantage6, client_secret: client-secret, redirect_url: \"https://localhost\"}}\n"
+    )
+}
