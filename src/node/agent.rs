@@ -79,13 +79,14 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Removes what an earlier node process of this name left (it may have been killed): its
 /// containers (their namespaces, links and TUN go with them), its port records and the
-/// records of runs it did not finish.
+/// records of runs it did not finish, after sending the run ends it kept.
 async fn reconcile(
     client: &ServerClient,
     docker: &Docker,
     owner: &str,
     config: &NodeConfig,
 ) -> Result<(), NodeError> {
+    crate::node::reports::send_kept(client, &config.task_dir).await;
     let mut runs: HashSet<RunId> = HashSet::new();
     for c in docker.owned_by(owner).await? {
         let labels = c.labels.unwrap_or_default();

@@ -20,6 +20,7 @@ pub mod lock;
 pub mod policy;
 pub mod ports;
 pub mod proxy;
+pub mod reports;
 pub mod retry;
 pub mod run;
 pub mod scope;

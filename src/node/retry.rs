@@ -52,15 +52,31 @@ impl Backoff {
 /// Retries `f` with doubling waits while its error is transient (the server may come back).
 pub async fn with_backoff<T, F: std::future::Future<Output = Result<T, ClientError>>>(
     what: &str,
+    f: impl FnMut() -> F,
+) -> Result<T, ClientError> {
+    with_backoff_while(what, f, || true).await
+}
+
+/// How often a wait between tries looks whether to go on.
+const LOOK: Duration = Duration::from_millis(250);
+
+/// [`with_backoff`] while `go_on()` holds (looked at during the waits too): once it does not,
+/// the last transient error is given back.
+pub async fn with_backoff_while<T, F: std::future::Future<Output = Result<T, ClientError>>>(
+    what: &str,
     mut f: impl FnMut() -> F,
+    go_on: impl Fn() -> bool,
 ) -> Result<T, ClientError> {
     let mut backoff = Backoff::default();
     loop {
         match f().await {
-            Err(e) if e.transient() => {
+            Err(e) if e.transient() && go_on() => {
                 let wait = backoff.next_wait();
                 tracing::warn!("{what}: {e}; retrying in {}s", wait.as_secs_f32());
-                tokio::time::sleep(wait).await;
+                let until = tokio::time::Instant::now() + wait;
+                while tokio::time::Instant::now() < until && go_on() {
+                    tokio::time::sleep(LOOK.min(until - tokio::time::Instant::now())).await;
+                }
             }
             other => return other,
         }

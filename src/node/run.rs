@@ -19,7 +19,7 @@ use crate::net::plan::RunLinkPlan;
 use crate::node::allocator::Exhausted;
 use crate::node::hub::{Hub, HubError, GATEWAY};
 use crate::node::ports::{algorithm_ports, AlgorithmPort};
-use crate::node::retry::with_backoff;
+use crate::node::reports::{self, RunEnd};
 use crate::node::state::Node;
 use crate::node::status::{Phase, RunPort};
 use crate::node::{data, encryption, policy};
@@ -191,14 +191,17 @@ pub async fn execute(node: Arc<Node>, claimed: crate::api::Run) {
         }
     };
     tracing::info!("{status} after {:.1}s", started.elapsed().as_secs_f64());
-    // The result is the run's point: wait for an absent server rather than lose it.
-    let report = || {
-        node.client
-            .report(id, status, result.as_deref(), Some(&log))
+    // The result is the run's point: waited for while the node runs, kept if it stops.
+    let end = RunEnd {
+        run: id,
+        status,
+        result,
+        log,
     };
-    if let Err(e) = with_backoff("reporting a run's end", report).await {
-        tracing::warn!("cannot report {status}: {e}");
-    }
+    reports::report(&node.client, &node.config.task_dir, end, || {
+        !node.is_stopping()
+    })
+    .await;
     node.observed.run_ended(id);
 }
 
