@@ -390,7 +390,14 @@ async fn events_reach_a_node_on_the_other_replica() {
     );
 
     client.close();
-    assert_eq!(node_status(&a, &admin, node).await, "offline");
+    // Replica b marks the node offline once it has handled the close; a reads the database.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut status = node_status(&a, &admin, node).await;
+    while status != "offline" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = node_status(&a, &admin, node).await;
+    }
+    assert_eq!(status, "offline", "still {status} 10 s after the node left");
 }
 
 /// A REST call to a server that runs as its own process (`base`: its root).
