@@ -11,6 +11,8 @@
 //! - [`node`]: the node agent;
 //! - [`docker`]: the Docker runtime, what each container looks like, offline images;
 //! - [`echo`], [`feature`], [`demo`]: the echo algorithm, `algonet test` and `algonet demo`;
+//! - [`wireguard`]: WireGuard keys, profiles and packet ends, for the node's tunnel and the
+//!   server's hub;
 //! - [`crypto`]: vantage6's encryption of inputs and results in encrypted collaborations;
 //! - [`config`], [`logging`], [`metrics`], [`private`]: reading the YAML files, the log lines,
 //!   the Prometheus exposition, and files only their owner may read;
@@ -35,3 +37,4 @@ pub mod private;
 pub mod server;
 pub mod service;
 pub mod sync;
+pub mod wireguard;

@@ -74,11 +74,12 @@ async fn the_vpn_feature_test_runs_across_algonet_nodes_on_vantage6s_server() {
         tag: TAG.to_string(),
         confidential: false,
         no_profile: false,
-        vpn: algonet::server::pki::BuiltinVpn {
-            subnet: VPN_SUBNET.into(),
-            remote: VPN_SERVER_IP.into(),
-            port: 1194,
-        },
+        vpn: algonet::server::pki::BuiltinVpn::new(
+            VPN_SUBNET,
+            VPN_SERVER_IP,
+            None,
+            algonet::server::pki::TunnelKind::OpenVpn,
+        ),
         tls: true,
     })
     .await;

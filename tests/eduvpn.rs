@@ -13,11 +13,12 @@ async fn portal(confidential: bool, no_profile: bool, tag: &str) -> EduVpnPortal
         tag: tag.to_string(),
         confidential,
         no_profile,
-        vpn: algonet::server::pki::BuiltinVpn {
-            subnet: "10.76.0.0/16".into(),
-            remote: "vpn.example.test".into(),
-            port: 1194,
-        },
+        vpn: algonet::server::pki::BuiltinVpn::new(
+            "10.76.0.0/16",
+            "vpn.example.test",
+            None,
+            algonet::server::pki::TunnelKind::OpenVpn,
+        ),
         tls: false,
     })
     .await

@@ -44,7 +44,7 @@ pub fn encode(value: &str) -> String {
 /// it is not an encoding (as vantage6's `get_env_var` reads them).
 pub fn decode(value: &str) -> String {
     let text = value.replace('!', "=");
-    if text.is_empty() || text.len() % 8 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(8) {
         return value.to_string();
     }
     let mut bytes = Vec::new();

@@ -20,7 +20,7 @@ use crate::node::run;
 use crate::node::scope;
 use crate::node::state::Node;
 use crate::node::status::{self, Recorder, VpnState};
-use crate::node::vpn::{self, openvpn::OpenVpn, Tunnel};
+use crate::node::vpn::{self, kind::NodeTunnel};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -184,7 +184,8 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         .await
         .map_err(|e| NodeError::Reconcile(Box::new(e)))?;
 
-    let hub_config = config.hub(&name, &owner, OpenVpn::LINK);
+    let link = vpn::kind::at_start(&client, &config).await.link();
+    let hub_config = config.hub(&name, &owner, link);
     let (hub, listener) = Hub::start(&docker, hub_config).await?;
     let clients: Clients = Arc::default();
     let node = Arc::new(Node {
@@ -294,7 +295,7 @@ async fn serve(node: &Arc<Node>, stop: &CancellationToken) -> Result<(), NodeErr
             None
         }
         Some(subnet) => tokio::select! {
-            f = vpn::lifecycle::start(node.clone(), OpenVpn::of(node, subnet)) => f,
+            f = vpn::lifecycle::start(node.clone(), NodeTunnel::of(node, subnet)) => f,
             () = stop.cancelled() => return Ok(()),
         },
     };

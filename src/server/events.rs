@@ -333,7 +333,7 @@ pub async fn follow(events: Events, store: Store) {
                 }
                 sent = Some(recent.iter().map(|e| e.id).collect());
             }
-            if rounds % 60 == 0 {
+            if rounds.is_multiple_of(60) {
                 let _ = store::forget_events(&mut db, now - KEEP_SECS).await;
             }
         }

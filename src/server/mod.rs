@@ -16,6 +16,7 @@ pub mod state;
 pub mod store;
 pub mod throttle;
 pub mod waits;
+pub mod wghub;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub enum ServerError {
     /// the built-in VPN's PKI could not be opened
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    WireGuard(#[from] wghub::HubError),
     /// the built-in VPN's revocation list or client configs could not be written
     #[error(transparent)]
     Provision(#[from] provision::ProvisionError),
@@ -226,6 +229,10 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     let signer = Signer::new(token_key(&store, dir).await?);
     admin_credential(&store, &config.admin).await?;
     let vpn = match (&config.vpn, &config.vpn_server) {
+        (Some(vpn), _) if vpn.tunnel == pki::TunnelKind::WireGuard => VpnProvider::WireGuard {
+            hub: wghub::WgHub::start(&store, vpn).await?,
+            vpn: vpn.clone(),
+        },
         (Some(vpn), _) => VpnProvider::Builtin {
             pki: Arc::new(tokio::sync::Mutex::new(
                 vpn_pki(&store, &dir.join("vpn"), vpn).await?,
@@ -280,6 +287,16 @@ pub async fn bind(
     let crl = provision::follow_crl(state.clone());
     let changes = waits::follow_changes(state.store.clone(), state.changes.clone());
     let relayed = events::follow(state.events.clone(), state.store.clone());
+    let hub = match &state.vpn {
+        VpnProvider::WireGuard { hub, .. } => Some(Arc::clone(hub).follow()),
+        _ => None,
+    };
+    let hub = async move {
+        match hub {
+            Some(follow) => follow.await,
+            None => std::future::pending().await,
+        }
+    };
     let app = handlers::routes(state);
     let served = async move {
         tokio::select! {
@@ -287,6 +304,7 @@ pub async fn bind(
             () = crl => Ok(()),
             () = changes => Ok(()),
             () = relayed => Ok(()),
+            () = hub => Ok(()),
         }
     };
     Ok((local, served))

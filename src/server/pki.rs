@@ -22,15 +22,42 @@ pub struct BuiltinVpn {
     pub subnet: String,
     /// Host name or address clients connect to.
     pub remote: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
+    /// The VPN server's UDP port: OpenVPN's 1194 or WireGuard's 51820 unless set.
+    #[serde(default)]
+    port: Option<u16>,
+    /// Which tunnel the nodes get: `openvpn` (an OpenVPN server runs on the files this server
+    /// writes) or `wireguard` (this server is the hub itself).
+    #[serde(default)]
+    pub tunnel: TunnelKind,
 }
 
-fn default_port() -> u16 {
-    1194
+/// The tunnel of the built-in VPN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    #[default]
+    OpenVpn,
+    WireGuard,
 }
 
 impl BuiltinVpn {
+    pub fn new(subnet: &str, remote: &str, port: Option<u16>, tunnel: TunnelKind) -> BuiltinVpn {
+        BuiltinVpn {
+            subnet: subnet.into(),
+            remote: remote.into(),
+            port,
+            tunnel,
+        }
+    }
+
+    /// The VPN server's UDP port.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tunnel {
+            TunnelKind::OpenVpn => 1194,
+            TunnelKind::WireGuard => 51820,
+        })
+    }
+
     /// The subnet, or why not.
     pub fn vpn_subnet(&self) -> Result<ipnet::Ipv4Net, String> {
         crate::net::parse_subnet(&self.subnet).map_err(|e| format!("vpn.subnet: {e}"))
@@ -379,7 +406,7 @@ impl Pki {
              dh none\nca ca.crt\ncert server.crt\nkey server.key\ntls-crypt tls-crypt.key\ncrl-verify crl.pem\n\
              keepalive 10 60\nexplicit-exit-notify 1\nverb 3\nfast-io\nsndbuf 1048576\nrcvbuf 1048576\n\
              client-config-dir ccd\nccd-exclusive\n",
-            self.vpn.port
+            self.vpn.port()
         )
     }
 
@@ -393,7 +420,12 @@ impl Pki {
         format!(
             "client\ndev tun\nproto udp4\nremote {} {}\nnobind\nremote-cert-tls server\n\
              <ca>\n{}</ca>\n<cert>\n{}</cert>\n<key>\n{}</key>\n<tls-crypt>\n{}</tls-crypt>\n",
-            self.vpn.remote, self.vpn.port, self.ca_pem, c.cert_pem, c.key_pem, self.tls_crypt
+            self.vpn.remote,
+            self.vpn.port(),
+            self.ca_pem,
+            c.cert_pem,
+            c.key_pem,
+            self.tls_crypt
         )
     }
 }

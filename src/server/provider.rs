@@ -1,10 +1,12 @@
 //! Which VPN the server provisions its nodes for: none, its own (the built-in PKI whose OpenVPN
-//! server runs on the files it writes), or eduVPN's portal as vantage6 uses it.
+//! server runs on the files it writes, or the WireGuard hub it runs itself), or eduVPN's portal
+//! as vantage6 uses it.
 
 use std::sync::Arc;
 
 use crate::server::config::EduVpn;
 use crate::server::pki::{BuiltinVpn, Pki};
+use crate::server::wghub::WgHub;
 
 #[derive(Clone, Debug)]
 pub enum VpnProvider {
@@ -15,6 +17,8 @@ pub enum VpnProvider {
         pki: Arc<tokio::sync::Mutex<Pki>>,
         vpn: BuiltinVpn,
     },
+    /// The built-in WireGuard hub, in this process.
+    WireGuard { hub: Arc<WgHub>, vpn: BuiltinVpn },
     /// eduVPN (API v3).
     EduVpn(EduVpn),
 }
@@ -24,6 +28,15 @@ impl VpnProvider {
     pub fn pki(&self) -> Option<&Arc<tokio::sync::Mutex<Pki>>> {
         match self {
             VpnProvider::Builtin { pki, .. } => Some(pki),
+            _ => None,
+        }
+    }
+
+    /// The built-in VPN's settings (either tunnel), if that is the provider: it fixes each
+    /// node's address.
+    pub fn builtin(&self) -> Option<&BuiltinVpn> {
+        match self {
+            VpnProvider::Builtin { vpn, .. } | VpnProvider::WireGuard { vpn, .. } => Some(vpn),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@ use crate::server::pki::{Pki, PkiError};
 use crate::server::provider::VpnProvider;
 use crate::server::state::AppState;
 use crate::server::store::{self, Db, StoreError};
+use crate::wireguard::keys::decode_key;
 
 /// Why no profile could be had, or a node not be deleted.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,17 @@ pub enum ProvisionError {
     /// the database failed
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// a WireGuard profile was asked for without the node's public key
+    #[error(
+        "This server's VPN is WireGuard: ask with ?public_key=<the node's WireGuard public key>"
+    )]
+    NoKey,
+    /// the public key is unusable or taken
+    #[error("public_key: {0}")]
+    Key(String),
+    /// the WireGuard hub failed
+    #[error(transparent)]
+    Hub(#[from] crate::server::wghub::HubError),
 }
 
 /// Most certificates one node is issued in an hour. Each new one revokes the last, and the CRL
@@ -38,10 +50,27 @@ pub enum ProvisionError {
 /// node (or a stolen node token) asks.
 pub const PER_HOUR: u32 = 10;
 
-/// A new profile for `node`.
-pub async fn profile(s: &AppState, node: NodeId) -> Result<VpnProfile, ProvisionError> {
+/// A new profile for `node`; with WireGuard, for the public key the node sent (`public_key`).
+pub async fn profile(
+    s: &AppState,
+    node: NodeId,
+    public_key: Option<&str>,
+) -> Result<VpnProfile, ProvisionError> {
     let pki = match &s.vpn {
         VpnProvider::Builtin { pki, .. } => pki,
+        VpnProvider::WireGuard { hub, .. } => {
+            let key = public_key.ok_or(ProvisionError::NoKey)?;
+            let key = decode_key(key).map_err(|e| ProvisionError::Key(e.to_string()))?;
+            let p = hub
+                .admit(node, &key)
+                .await?
+                .ok_or_else(|| ProvisionError::Key("another node holds this public key".into()))?;
+            tracing::info!(node_id = %node, "WireGuard key admitted at the hub");
+            return Ok(VpnProfile {
+                ovpn_config: p.render(),
+                expires: None,
+            });
+        }
         VpnProvider::EduVpn(edu) => {
             let p = eduvpn::fetch_profile(edu).await?;
             return Ok(VpnProfile {
@@ -83,6 +112,7 @@ pub async fn delete_node(s: &AppState, node: NodeId) -> Result<bool, ProvisionEr
         return Ok(false);
     }
     store::revoke_node_certificates(&mut tx, node).await?;
+    store::delete_wireguard_key(&mut tx, node).await?;
     if let Some(pki) = &pki {
         write_crl(&mut tx, pki).await?;
     }

@@ -312,7 +312,7 @@ impl Table {
             if id >= NONE >> 1 {
                 return Err(DropReason::TableFull);
             }
-            if id as usize % CHUNK == 0 {
+            if (id as usize).is_multiple_of(CHUNK) {
                 self.chunks.push(Vec::with_capacity(CHUNK));
             }
             if let Some(chunk) = self.chunks.last_mut() {

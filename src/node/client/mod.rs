@@ -285,9 +285,19 @@ impl ServerClient {
             .await
     }
 
-    /// `GET /vpn`: a new profile.
-    pub async fn new_profile(&self) -> Result<String, ClientError> {
-        let p: VpnProfile = self.call(Method::GET, "/vpn", NO_BODY).await?;
+    /// `GET /vpn`: a new profile. `public_key` is the node's WireGuard key, for a server whose
+    /// VPN is WireGuard (others ignore it: it is public).
+    pub async fn new_profile(&self, public_key: Option<&str>) -> Result<String, ClientError> {
+        let path = match public_key {
+            Some(k) => format!(
+                "/vpn?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("public_key", k)
+                    .finish()
+            ),
+            None => "/vpn".into(),
+        };
+        let p: VpnProfile = self.call(Method::GET, &path, NO_BODY).await?;
         Ok(p.ovpn_config)
     }
 

@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::kind::Kind;
 use super::order::{self, Outcome, Source};
+use super::wireguard::WireGuard;
 use super::{Change, Profiles, Tunnel};
 use crate::node::hub::HubError;
 use crate::node::retry::{with_backoff, Backoff};
@@ -43,12 +45,24 @@ pub enum PlumbError {
 impl Profiles for Arc<Node> {
     type Error = crate::api::client::ClientError;
 
+    /// A WireGuard profile has nothing to renew at the server (the key is the node's): a new one.
     async fn renew(&self, current: &str) -> Result<String, Self::Error> {
-        self.client.renew_profile(current).await
+        match Kind::of(current) {
+            Kind::OpenVpn => self.client.renew_profile(current).await,
+            Kind::WireGuard => self.fetch_new().await,
+        }
     }
 
     async fn fetch_new(&self) -> Result<String, Self::Error> {
-        self.client.new_profile().await
+        let dir = self.config.task_dir.join("vpn");
+        let key = match WireGuard::keys(&dir) {
+            Ok(k) => Some(k.public_b64()),
+            Err(e) => {
+                tracing::warn!("{e}; asking for a profile without a WireGuard key");
+                None
+            }
+        };
+        self.client.new_profile(key.as_deref()).await
     }
 }
 
@@ -239,7 +253,6 @@ impl<S: Seat, T: Tunnel> Follow<S, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::hub::TunnelLink;
     use crate::node::vpn::StepError;
     use crate::sync::lock;
     use std::collections::VecDeque;
@@ -282,10 +295,6 @@ mod tests {
 
     impl Tunnel for Fake {
         type Error = Failed;
-        const LINK: TunnelLink = TunnelLink {
-            name: "fake0",
-            mtu: 1400,
-        };
         fn saved_profile(&self) -> Option<String> {
             self.saved.clone()
         }

@@ -2,23 +2,24 @@
 //!
 //! - [`Tunnel`] is what the life speaks to: connect with a profile (and learn the address),
 //!   follow the connected tunnel's changes, bring a lost one back. [`openvpn::OpenVpn`] (the
-//!   OpenVPN client container) is the one kind there is; the hub takes its link name and MTU
-//!   from [`Tunnel::LINK`].
+//!   OpenVPN client container) and [`wireguard::WireGuard`] (in the node's process) are the
+//!   kinds; [`kind::NodeTunnel`] is either, as the server's profile is, and [`kind::Kind`] gives
+//!   the hub its tunnel link.
 //! - [`order`] is the start-up order over a tunnel and the server's profiles (vantage6's: the
 //!   saved profile, a renewed one, a new one).
 //! - [`lifecycle`] brings the VPN up at start (never failing the node), keeps trying without
 //!   one, follows it, and re-plumbs and re-registers whenever its address changes or it comes
 //!   back; its effects on the rest of the node sit behind [`lifecycle::Seat`].
 
+pub mod kind;
 pub mod lifecycle;
 pub mod openvpn;
 pub mod order;
+pub mod wireguard;
 
 use std::fmt::Display;
 use std::future::Future;
 use std::net::Ipv4Addr;
-
-use crate::node::hub::TunnelLink;
 
 /// Why a tunnel step failed; it becomes one of the reasons the node runs without VPN.
 pub trait StepError: Display {
@@ -42,8 +43,6 @@ pub enum Change {
 /// One kind of tunnel, as the VPN's life on the node uses it.
 pub trait Tunnel {
     type Error: StepError;
-    /// The link the tunnel's packets come and go by in the hub namespace.
-    const LINK: TunnelLink;
     /// The profile kept from an earlier start.
     fn saved_profile(&self) -> Option<String>;
     /// Keeps `profile` for the next start.

@@ -101,7 +101,6 @@ pub async fn bring_up(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::hub::TunnelLink;
     use crate::node::vpn::Change;
     use std::cell::RefCell;
 
@@ -129,10 +128,6 @@ mod tests {
 
     impl Tunnel for Shared<'_> {
         type Error = String;
-        const LINK: TunnelLink = TunnelLink {
-            name: "tun0",
-            mtu: 1500,
-        };
         fn saved_profile(&self) -> Option<String> {
             None
         }

@@ -118,6 +118,7 @@ impl From<ProvisionError> for ApiError {
             ProvisionError::TooMany(secs) => Kind::TooMany(secs),
             ProvisionError::NotSupported => Kind::NotImplemented,
             ProvisionError::EduVpn(EduVpnError::Unreachable(_)) => Kind::Unavailable,
+            ProvisionError::NoKey | ProvisionError::Key(_) => Kind::BadRequest,
             _ => Kind::Internal,
         };
         ApiError::new(kind, e.to_string())

@@ -93,7 +93,7 @@ pub async fn patch(
     if let Some(ip) = ip {
         // With the built-in VPN the server gave the node its address (its client config);
         // eduVPN's subnet is its own.
-        if let VpnProvider::Builtin { vpn, .. } = &s.vpn {
+        if let Some(vpn) = s.vpn.builtin() {
             let own = vpn.address_of(id);
             if own != Some(ip) {
                 return Err(ApiError::bad(format!(

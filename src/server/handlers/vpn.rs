@@ -12,12 +12,14 @@ use crate::api::{Addresses, Peers, RunPeers, TaskId, VpnProfile, VpnUpdate};
 use crate::server::state::AppState;
 use crate::server::{provision, store};
 
-/// A new profile.
+/// A new profile; with the built-in WireGuard hub, for the key in `?public_key=`.
 pub async fn get(
     State(s): State<AppState>,
     NodeCaller(n): NodeCaller,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<VpnProfile>> {
-    Ok(Json(provision::profile(&s, n.id).await?))
+    let key = q.get("public_key").map(String::as_str);
+    Ok(Json(provision::profile(&s, n.id, key).await?))
 }
 
 /// A fresh key pair for the node's profile (vantage6 4.6+ broke this; here it works). The
@@ -32,7 +34,7 @@ pub async fn update(
             "vpn_config: not an OpenVPN profile with a <cert> block",
         ));
     }
-    Ok(Json(provision::profile(&s, n.id).await?))
+    Ok(Json(provision::profile(&s, n.id, None).await?))
 }
 
 /// How long `GET /vpn/peers?known=` waits for a change before it answers the same again.

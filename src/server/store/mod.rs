@@ -22,6 +22,7 @@ mod relay;
 mod secrets;
 mod sessions;
 mod tasks;
+mod wireguard;
 
 pub use accounts::*;
 pub use certificates::*;
@@ -31,6 +32,7 @@ pub use relay::*;
 pub use secrets::*;
 pub use sessions::*;
 pub use tasks::*;
+pub use wireguard::*;
 
 /// A connection, from the pool or inside a transaction: what every query takes.
 pub type Db = AnyConnection;

@@ -12,7 +12,6 @@ use ipnet::Ipv4Net;
 
 use super::{Change, StepError, Tunnel};
 use crate::docker::{specs, Docker, DockerError};
-use crate::node::hub::TunnelLink;
 use management::{Management, ManagementError, TunnelState};
 
 /// Why OpenVPN did not come up, or a profile could not be had.
@@ -64,7 +63,7 @@ pub fn client_args(profile: &str, management_socket: &str) -> Vec<String> {
         "--config",
         profile,
         "--dev",
-        OpenVpn::LINK.name,
+        super::kind::Kind::OpenVpn.link().name,
         "--ifconfig-noexec",
         "--route-noexec",
         "--persist-tun",
@@ -228,11 +227,6 @@ impl OpenVpn {
 
 impl Tunnel for OpenVpn {
     type Error = TunnelError;
-    /// OpenVPN's tunnel device in the hub namespace, at OpenVPN's default `tun-mtu`.
-    const LINK: TunnelLink = TunnelLink {
-        name: "tun0",
-        mtu: 1500,
-    };
 
     fn saved_profile(&self) -> Option<String> {
         std::fs::read_to_string(self.dir.join(PROFILE)).ok()

@@ -1,0 +1,218 @@
+//! Which tunnel a profile is for, and the node's tunnel that takes either: the server's profile
+//! decides (an OpenVPN profile starts the OpenVPN client container, a WireGuard one the tunnel
+//! in the node's process), so a node follows its server's choice without a setting of its own.
+//!
+//! Both make the tunnel link `tun0`, so the routing plan is the same; they differ in its MTU,
+//! which the hub namespace is made with at start: the kind of the profile kept from the last
+//! start, or of the server's first profile. A profile of the other kind later still works, on
+//! the MTU the hub has.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use super::openvpn::{self, OpenVpn, TunnelError};
+use super::wireguard::{self, WgError, WireGuard};
+use super::{Change, StepError, Tunnel};
+use crate::node::client::ServerClient;
+use crate::node::config::NodeConfig;
+use crate::node::hub::TunnelLink;
+use crate::wireguard::profile::is_wireguard;
+
+/// The kind of a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    OpenVpn,
+    WireGuard,
+}
+
+impl Kind {
+    /// The kind `profile` is for.
+    pub fn of(profile: &str) -> Kind {
+        if is_wireguard(profile) {
+            Kind::WireGuard
+        } else {
+            Kind::OpenVpn
+        }
+    }
+
+    /// The tunnel's link in the hub namespace: OpenVPN's default `tun-mtu`, or WireGuard's
+    /// 1420 (its framing fits a 1500-byte path).
+    pub fn link(self) -> TunnelLink {
+        TunnelLink {
+            name: "tun0",
+            mtu: match self {
+                Kind::OpenVpn => 1500,
+                Kind::WireGuard => crate::server::wghub::MTU,
+            },
+        }
+    }
+
+    /// The kind of the profile kept in the VPN folder `dir`, if there is one.
+    pub fn saved(dir: &Path) -> Option<Kind> {
+        if dir.join(wireguard::PROFILE).exists() {
+            Some(Kind::WireGuard)
+        } else if dir.join(openvpn::PROFILE).exists() {
+            Some(Kind::OpenVpn)
+        } else {
+            None
+        }
+    }
+}
+
+/// The kind the hub namespace is made for at start: the kept profile's or, with none kept,
+/// the server's first profile's (kept, so the start-up order tries it first). Without a
+/// profile to go by, OpenVPN's.
+pub async fn at_start(client: &ServerClient, config: &NodeConfig) -> Kind {
+    let dir = &config.task_dir.join("vpn");
+    if let Some(kind) = Kind::saved(dir) {
+        return kind;
+    }
+    if config.vpn_subnet.is_none() {
+        return Kind::OpenVpn;
+    }
+    let key = WireGuard::keys(dir).ok().map(|k| k.public_b64());
+    let Ok(profile) = client.new_profile(key.as_deref()).await else {
+        return Kind::OpenVpn;
+    };
+    let kind = Kind::of(&profile);
+    let file = match kind {
+        Kind::OpenVpn => openvpn::PROFILE,
+        Kind::WireGuard => wireguard::PROFILE,
+    };
+    if let Err(e) = crate::private::file(&dir.join(file), profile.as_bytes()) {
+        tracing::warn!("keeping the VPN profile in {}: {e}", dir.display());
+    }
+    kind
+}
+
+/// Why the tunnel of either kind failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnyError {
+    #[error(transparent)]
+    OpenVpn(#[from] TunnelError),
+    #[error(transparent)]
+    WireGuard(#[from] WgError),
+    #[error("no tunnel has been started")]
+    NotStarted,
+}
+
+impl StepError for AnyError {
+    fn server_silent(&self) -> bool {
+        match self {
+            AnyError::OpenVpn(e) => e.server_silent(),
+            AnyError::WireGuard(e) => e.server_silent(),
+            AnyError::NotStarted => false,
+        }
+    }
+}
+
+/// The node's tunnel: OpenVPN or WireGuard, as the profile in hand is.
+#[derive(Debug)]
+pub struct NodeTunnel {
+    pub openvpn: OpenVpn,
+    pub wireguard: WireGuard,
+    active: Option<Kind>,
+}
+
+impl NodeTunnel {
+    pub fn new(openvpn: OpenVpn, wireguard: WireGuard) -> NodeTunnel {
+        NodeTunnel {
+            openvpn,
+            wireguard,
+            active: None,
+        }
+    }
+
+    /// The tunnel of `node`, either kind.
+    pub fn of(node: &crate::node::state::Node, subnet: ipnet::Ipv4Net) -> NodeTunnel {
+        NodeTunnel::new(OpenVpn::of(node, subnet), WireGuard::of(node, subnet))
+    }
+
+    /// The tunnel running now, if any.
+    pub fn active(&self) -> Option<Kind> {
+        self.active
+    }
+}
+
+impl Tunnel for NodeTunnel {
+    type Error = AnyError;
+
+    fn saved_profile(&self) -> Option<String> {
+        self.wireguard
+            .saved_profile()
+            .or_else(|| self.openvpn.saved_profile())
+    }
+
+    /// Keeps `profile` with its kind, and forgets the other kind's: the next start tries it.
+    fn save(&mut self, profile: &str) -> Result<(), AnyError> {
+        let (other, kept) = match Kind::of(profile) {
+            Kind::WireGuard => (
+                openvpn::PROFILE,
+                self.wireguard.save(profile).map_err(AnyError::from),
+            ),
+            Kind::OpenVpn => (
+                wireguard::PROFILE,
+                self.openvpn.save(profile).map_err(AnyError::from),
+            ),
+        };
+        kept?;
+        let _ = std::fs::remove_file(self.wireguard.dir.join(other));
+        Ok(())
+    }
+
+    async fn connect(&mut self, profile: &str) -> Result<Ipv4Addr, AnyError> {
+        let kind = Kind::of(profile);
+        if self.active.is_some_and(|k| k != kind) {
+            self.remove().await;
+        }
+        self.active = Some(kind);
+        let _ = self.save(profile);
+        match kind {
+            Kind::OpenVpn => Ok(self.openvpn.connect(profile).await?),
+            Kind::WireGuard => Ok(self.wireguard.connect(profile).await?),
+        }
+    }
+
+    async fn next_change(&mut self) -> Change {
+        match self.active {
+            Some(Kind::OpenVpn) => self.openvpn.next_change().await,
+            Some(Kind::WireGuard) => self.wireguard.next_change().await,
+            None => Change::Lost("no tunnel has been started".into()),
+        }
+    }
+
+    async fn recover(&mut self) -> Result<Ipv4Addr, AnyError> {
+        match self.active {
+            Some(Kind::OpenVpn) => Ok(self.openvpn.recover().await?),
+            Some(Kind::WireGuard) => Ok(self.wireguard.recover().await?),
+            None => Err(AnyError::NotStarted),
+        }
+    }
+
+    async fn remove(&mut self) {
+        match self.active.take() {
+            Some(Kind::OpenVpn) => self.openvpn.remove().await,
+            Some(Kind::WireGuard) => self.wireguard.remove().await,
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_names_its_kind() {
+        assert_eq!(
+            Kind::of("client\ndev tun\n<cert>\n</cert>\n"),
+            Kind::OpenVpn
+        );
+        assert_eq!(
+            Kind::of("[Interface]\nAddress = 10.76.0.2/16\n"),
+            Kind::WireGuard
+        );
+        assert_eq!(Kind::WireGuard.link().mtu, 1420);
+        assert_eq!(Kind::OpenVpn.link().name, Kind::WireGuard.link().name);
+    }
+}

@@ -1,0 +1,384 @@
+//! WireGuard as the node's [`Tunnel`], in the node's own process (Mullvad's gotatun): no
+//! container and no OpenVPN. A thread in the hub namespace owns the tunnel's device `tun0` (the
+//! link the routing plan routes the VPN subnet by, as with OpenVPN) and the UDP socket to the
+//! hub; the node's key is made in its VPN folder and never leaves it but its public half (sent
+//! with `GET /vpn`).
+//!
+//! Connected means a handshake with the hub within WireGuard's session lifetime (180 s, after
+//! which a session is refused): past that the tunnel is down and the router holds back what
+//! goes to peers; it is back at the next handshake. The device keeps trying by itself.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gotatun::device::Peer;
+use gotatun::x25519::PublicKey;
+use ipnet::Ipv4Net;
+use tokio::sync::{oneshot, watch};
+
+use super::{Change, StepError, Tunnel};
+use crate::net::links::{set_sysctl, IfName, Netlink};
+use crate::net::netns::Netns;
+use crate::wireguard::ip::{probe_packet, TunIp};
+use crate::wireguard::keys::KeyPair;
+use crate::wireguard::profile::{ProfileError, WgProfile};
+
+/// The profile file in the VPN folder; tried first at the next start.
+pub const PROFILE: &str = "node.wg.conf";
+/// The node's private key in the VPN folder.
+pub const KEY: &str = "wireguard.key";
+/// A session older than this is refused by both ends (WireGuard's `Reject-After-Time`).
+const SESSION: Duration = Duration::from_secs(180);
+/// How often the device's state is looked at.
+const LOOK: Duration = Duration::from_secs(1);
+
+/// Why the WireGuard tunnel did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum WgError {
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the WireGuard profile: {0}")]
+    Profile(#[from] ProfileError),
+    #[error("the node's WireGuard key: {0}")]
+    Key(#[from] crate::wireguard::keys::KeyError),
+    #[error("the hub's endpoint {endpoint}: {what}")]
+    Endpoint { endpoint: String, what: String },
+    #[error("WireGuard address {address} is outside vpn_subnet {subnet}")]
+    OutsideSubnet { address: Ipv4Addr, subnet: Ipv4Net },
+    #[error("the WireGuard device: {0}")]
+    Device(String),
+    /// no handshake answer from the hub by the deadline: a new profile would not help
+    #[error("the WireGuard hub at {endpoint} did not answer a handshake within {secs}s")]
+    Silent { endpoint: SocketAddr, secs: u64 },
+}
+
+impl StepError for WgError {
+    fn server_silent(&self) -> bool {
+        matches!(self, WgError::Silent { .. })
+    }
+}
+
+/// The tunnel's state as the device reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Time since the last handshake with the hub, if there was one.
+    pub handshake_age: Option<Duration>,
+    /// Where the hub's packets last came from.
+    pub endpoint: Option<SocketAddr>,
+    pub rx_bytes: usize,
+    pub tx_bytes: usize,
+    /// Why the device stopped, if it did.
+    pub ended: Option<String>,
+}
+
+impl Health {
+    fn connected(&self) -> bool {
+        self.ended.is_none() && self.handshake_age.is_some_and(|a| a < SESSION)
+    }
+}
+
+/// The running device: its thread, what stops it, what it reports.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), crate::net::netns::NetnsError>>>,
+    health: watch::Receiver<Health>,
+    address: Ipv4Addr,
+    endpoint: SocketAddr,
+}
+
+impl Running {
+    fn end(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The node's WireGuard tunnel.
+pub struct WireGuard {
+    pub ns: Arc<Netns>,
+    /// The VPN folder: the profile and the key.
+    pub dir: PathBuf,
+    pub subnet: Ipv4Net,
+    /// The MTU of `tun0`: the hub namespace's tunnel MTU.
+    pub mtu: u16,
+    pub timeout: Duration,
+    running: Option<Running>,
+    /// Whether the last change reported was a connection.
+    connected: bool,
+}
+
+impl std::fmt::Debug for WireGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireGuard")
+            .field("dir", &self.dir)
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireGuard {
+    pub fn new(
+        ns: Arc<Netns>,
+        dir: PathBuf,
+        subnet: Ipv4Net,
+        mtu: u16,
+        timeout: Duration,
+    ) -> WireGuard {
+        WireGuard {
+            ns,
+            dir,
+            subnet,
+            mtu,
+            timeout,
+            running: None,
+            connected: false,
+        }
+    }
+
+    /// The WireGuard tunnel of `node`: in its hub namespace, its folder in `task_dir`.
+    pub fn of(node: &crate::node::state::Node, subnet: Ipv4Net) -> WireGuard {
+        WireGuard::new(
+            Arc::clone(&node.hub.ns),
+            node.config.task_dir.join("vpn"),
+            subnet,
+            node.hub.mtu(),
+            Duration::from_secs(node.config.vpn_connect_timeout_secs),
+        )
+    }
+
+    /// The node's key pair, made in the VPN folder on first use.
+    pub fn keys(dir: &std::path::Path) -> Result<KeyPair, WgError> {
+        crate::private::dir(dir).map_err(|source| WgError::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(KeyPair::load_or_create(&dir.join(KEY))?)
+    }
+
+    /// What the device reports, if it runs.
+    pub fn health(&self) -> Option<Health> {
+        self.running.as_ref().map(|r| r.health.borrow().clone())
+    }
+
+    async fn start(&mut self, profile: &WgProfile) -> Result<Ipv4Addr, WgError> {
+        let address = profile.ip();
+        if !self.subnet.contains(&address) {
+            return Err(WgError::OutsideSubnet {
+                address,
+                subnet: self.subnet,
+            });
+        }
+        let keys = Self::keys(&self.dir)?;
+        let endpoint = resolve(&profile.endpoint).await?;
+        // Only the VPN subnet is the tunnel's, whatever the profile allows (eduVPN's allow
+        // everything): the rest is never routed to it, nor taken from it.
+        let allowed: Vec<ipnetwork::IpNetwork> = profile
+            .allowed
+            .iter()
+            .filter_map(|n| {
+                let n = if n.contains(&self.subnet) {
+                    self.subnet
+                } else {
+                    *n
+                };
+                self.subnet.contains(&n).then_some(n)
+            })
+            .filter_map(|n| ipnetwork::Ipv4Network::new(n.network(), n.prefix_len()).ok())
+            .map(ipnetwork::IpNetwork::V4)
+            .collect();
+        let mut peer = Peer::new(PublicKey::from(profile.peer_key))
+            .with_endpoint(endpoint)
+            .with_allowed_ips(allowed);
+        peer.keepalive = profile.keepalive;
+        let (health_tx, health) = watch::channel(Health::default());
+        let (stop, stopped) = oneshot::channel();
+        let (ready_tx, ready) = oneshot::channel();
+        let mtu = self.mtu;
+        // The subnet's network address is no node's: the hub drops the probe.
+        let probe = probe_packet(address, self.subnet.network());
+        let thread = self
+            .ns
+            .spawn(move || run(keys, peer, mtu, probe, health_tx, ready_tx, stopped))
+            .map_err(|e| WgError::Device(e.to_string()))?;
+        let mut running = Running {
+            stop: Some(stop),
+            thread: Some(thread),
+            health,
+            address,
+            endpoint,
+        };
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                running.end();
+                return Err(WgError::Device(e));
+            }
+            Err(_) => {
+                running.end();
+                return Err(WgError::Device("the device's thread ended".into()));
+            }
+        }
+        let wait = running.health.wait_for(Health::connected);
+        let shook = matches!(tokio::time::timeout(self.timeout, wait).await, Ok(Ok(_)));
+        if !shook {
+            running.end();
+            return Err(WgError::Silent {
+                endpoint,
+                secs: self.timeout.as_secs(),
+            });
+        }
+        self.running = Some(running);
+        self.connected = true;
+        Ok(address)
+    }
+}
+
+/// The hub's endpoint as an IPv4 socket address (names resolved on the host).
+async fn resolve(endpoint: &str) -> Result<SocketAddr, WgError> {
+    let bad = |what: String| WgError::Endpoint {
+        endpoint: endpoint.to_string(),
+        what,
+    };
+    tokio::net::lookup_host(endpoint)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| bad("no IPv4 address".into()))
+}
+
+/// The device's life on its thread in the hub namespace: `tun0`, the device, then a look at its
+/// state every second until told to stop. `tun0` goes with the thread.
+async fn run(
+    keys: KeyPair,
+    peer: Peer,
+    mtu: u16,
+    probe: Vec<u8>,
+    health: watch::Sender<Health>,
+    ready: oneshot::Sender<Result<(), String>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let name = IfName::new("tun0").unwrap_or_else(|_| unreachable!("a valid name"));
+    let made = async {
+        let dev = crate::net::tun::open(&name, false, false).map_err(|e| format!("tun0: {e}"))?;
+        let nl = Netlink::connect().map_err(|e| e.to_string())?;
+        nl.configure(&name, Some(u32::from(mtu)), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = set_sysctl("net/ipv6/conf/tun0/disable_ipv6", "1");
+        let ip = TunIp::new(dev, mtu);
+        // A first packet starts the handshake now, not at the first keepalive.
+        ip.probe(probe);
+        gotatun::device::build()
+            .with_default_udp()
+            .with_ip(ip)
+            .with_private_key(keys.secret)
+            .with_peer(peer)
+            .build()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let device = match made.await {
+        Ok(d) => {
+            let _ = ready.send(Ok(()));
+            d
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        let now = device.peers().await.into_iter().next().map(|p| Health {
+            handshake_age: p.stats.last_handshake,
+            endpoint: p.peer.endpoint,
+            rx_bytes: p.stats.rx_bytes,
+            tx_bytes: p.stats.tx_bytes,
+            ended: None,
+        });
+        health.send_if_modified(|h| {
+            let now = now.clone().unwrap_or_default();
+            let changed = *h != now;
+            *h = now;
+            changed
+        });
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(LOOK) => {}
+        }
+    }
+    device.stop().await;
+}
+
+impl Tunnel for WireGuard {
+    type Error = WgError;
+
+    fn saved_profile(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(PROFILE)).ok()
+    }
+
+    fn save(&mut self, profile: &str) -> Result<(), WgError> {
+        let path = self.dir.join(PROFILE);
+        crate::private::dir(&self.dir)
+            .and_then(|()| crate::private::file(&path, profile.as_bytes()))
+            .map_err(|source| WgError::File { path, source })
+    }
+
+    async fn connect(&mut self, profile: &str) -> Result<Ipv4Addr, WgError> {
+        let parsed = WgProfile::parse(profile)?;
+        self.save(profile)?;
+        self.remove().await;
+        self.start(&parsed).await
+    }
+
+    async fn next_change(&mut self) -> Change {
+        let Some(r) = self.running.as_mut() else {
+            return Change::Lost("the WireGuard device is not running".into());
+        };
+        loop {
+            let h = r.health.borrow_and_update().clone();
+            if let Some(why) = h.ended {
+                return Change::Lost(why);
+            }
+            if h.connected() != self.connected {
+                self.connected = h.connected();
+                return if self.connected {
+                    Change::Connected(r.address)
+                } else {
+                    Change::Down(format!(
+                        "no handshake with the hub at {} for {}s",
+                        r.endpoint,
+                        h.handshake_age.map_or(0, |a| a.as_secs())
+                    ))
+                };
+            }
+            if r.health.changed().await.is_err() {
+                return Change::Lost("the WireGuard device's thread ended".into());
+            }
+        }
+    }
+
+    async fn recover(&mut self) -> Result<Ipv4Addr, WgError> {
+        let profile = self.saved_profile().ok_or_else(|| WgError::File {
+            path: self.dir.join(PROFILE),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        self.connect(&profile).await
+    }
+
+    async fn remove(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            // Joining waits for the device to stop: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || r.end()).await;
+        }
+        self.connected = false;
+    }
+}

@@ -1,0 +1,46 @@
+//! The public keys of the nodes the built-in WireGuard hub admits.
+
+use super::{Db, Result};
+use crate::api::NodeId;
+
+/// Keeps `key` as `node`'s public key, replacing the one it had. A key another node holds is
+/// refused (false): a peer is known to the hub by its key.
+pub async fn set_wireguard_key(db: &mut Db, node: NodeId, key: &str) -> Result<bool> {
+    let holder: Option<NodeId> =
+        sqlx::query_scalar("SELECT node_id FROM wireguard_peer WHERE public_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *db)
+            .await?;
+    if holder.is_some_and(|h| h != node) {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO wireguard_peer (node_id, public_key, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (node_id) DO UPDATE SET public_key = excluded.public_key, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(node)
+    .bind(key)
+    .bind(super::stamp_now())
+    .execute(db)
+    .await?;
+    Ok(true)
+}
+
+/// Every admitted node with its public key, by id.
+pub async fn wireguard_keys(db: &mut Db) -> Result<Vec<(NodeId, String)>> {
+    Ok(
+        sqlx::query_as("SELECT node_id, public_key FROM wireguard_peer ORDER BY node_id")
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// Forgets `node`'s key: the hub no longer admits it.
+pub async fn delete_wireguard_key(db: &mut Db, node: NodeId) -> Result<()> {
+    sqlx::query("DELETE FROM wireguard_peer WHERE node_id = $1")
+        .bind(node)
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The built-in VPN on WireGuard: the server itself is the hub, in its own process. It listens
+//! on one UDP port, admits the nodes whose public keys it was given at `GET /vpn` (each with
+//! its fixed address, as the built-in OpenVPN gives it), and turns a packet from one node around
+//! to the node it is addressed to. Nothing else: no TUN device, no route, no root, and no
+//! packet for any address but an admitted node's.
+//!
+//! The hub's key is kept in the database (as the built-in PKI's keys are), so replicas and
+//! restarts keep it; admitted keys are read from the database every few seconds, so a node
+//! admitted or deleted through another replica is followed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gotatun::device::{Device, Peer};
+use gotatun::udp::socket::UdpSocketFactory;
+use gotatun::x25519::{PublicKey, StaticSecret};
+use ipnet::Ipv4Net;
+
+use crate::api::NodeId;
+use crate::server::pki::BuiltinVpn;
+use crate::server::store::{self, Store, StoreError};
+use crate::wireguard::ip::{HubIp, HubOut};
+use crate::wireguard::keys::{decode_key, encode_key, KeyPair};
+use crate::wireguard::profile::WgProfile;
+
+/// The tunnel MTU the hub gives its nodes: 1500 less WireGuard's 80 bytes of IPv6 framing
+/// (60 over IPv4; the common choice leaves room for both).
+pub const MTU: u16 = 1420;
+/// Seconds between keepalives a node sends: keeps NAT bindings on the way open.
+const KEEPALIVE: u16 = 25;
+/// How often admitted keys are read again from the database.
+const FOLLOW: Duration = Duration::from_secs(3);
+
+type HubDevice = Device<(UdpSocketFactory, HubIp, HubOut)>;
+
+/// Why the hub could not start or admit a node.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the WireGuard hub cannot listen on UDP port {port}: {source}")]
+    Listen {
+        port: u16,
+        source: gotatun::device::Error,
+    },
+    #[error("the database's WireGuard key: {0}")]
+    Key(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The running hub.
+pub struct WgHub {
+    device: HubDevice,
+    ip: HubIp,
+    public: [u8; 32],
+    vpn: BuiltinVpn,
+    store: Store,
+}
+
+impl std::fmt::Debug for WgHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgHub")
+            .field("public", &encode_key(&self.public))
+            .field("port", &self.vpn.port())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WgHub {
+    /// Starts the hub on `vpn.port` with the database's key (made on the first start) and the
+    /// nodes admitted so far.
+    pub async fn start(store: &Store, vpn: &BuiltinVpn) -> Result<Arc<WgHub>, HubError> {
+        let mut db = store.connection().await?;
+        let secret = match store::secret(&mut db, "wireguard").await? {
+            Some(kept) => kept,
+            None => {
+                let made = KeyPair::generate().map_err(|e| HubError::Key(e.to_string()))?;
+                let text = encode_key(&made.secret.to_bytes());
+                store::keep_secret(&mut db, "wireguard", &text).await?
+            }
+        };
+        let secret =
+            StaticSecret::from(decode_key(&secret).map_err(|e| HubError::Key(e.to_string()))?);
+        let public = PublicKey::from(&secret).to_bytes();
+        let (ip, out) = HubIp::new(MTU);
+        let port = vpn.port();
+        let device = gotatun::device::build()
+            .with_default_udp()
+            .with_ip_pair(ip.clone(), out)
+            .with_private_key(secret)
+            .with_listen_port(port)
+            // A device without peers has no socket: it is brought up once it has one (`sync`).
+            .suspended(true)
+            .build()
+            .await
+            .map_err(|source| HubError::Listen { port, source })?;
+        let hub = Arc::new(WgHub {
+            device,
+            ip,
+            public,
+            vpn: vpn.clone(),
+            store: store.clone(),
+        });
+        hub.sync().await?;
+        tracing::info!(
+            "WireGuard hub on UDP port {port} (bound once it admits a node), public key {}",
+            encode_key(&public)
+        );
+        Ok(hub)
+    }
+
+    /// Admits `node` with `key` and gives its profile; `None` if another node holds that key.
+    pub async fn admit(&self, node: NodeId, key: &[u8; 32]) -> Result<Option<WgProfile>, HubError> {
+        let Some(address) = self.vpn.address_of(node) else {
+            return Err(HubError::Key(format!(
+                "the VPN subnet has no address for node {node}"
+            )));
+        };
+        let mut tx = self.store.write().await?;
+        if !store::set_wireguard_key(&mut tx, node, &encode_key(key)).await? {
+            return Ok(None);
+        }
+        store::commit(tx).await?;
+        self.sync().await?;
+        let subnet = self.vpn.vpn_subnet().map_err(HubError::Key)?;
+        Ok(Some(WgProfile {
+            address: Ipv4Net::new(address, subnet.prefix_len())
+                .map_err(|e| HubError::Key(e.to_string()))?,
+            mtu: Some(MTU),
+            peer_key: self.public,
+            endpoint: format!("{}:{}", self.vpn.remote, self.vpn.port()),
+            allowed: vec![subnet],
+            keepalive: Some(KEEPALIVE),
+        }))
+    }
+
+    /// Makes the device's peers what the database admits: a new or changed key is added, a
+    /// removed one (a deleted node) dropped with its sessions.
+    pub async fn sync(&self) -> Result<(), HubError> {
+        let mut db = self.store.connection().await?;
+        let mut wanted: HashMap<[u8; 32], Ipv4Addr> = HashMap::new();
+        for (node, key) in store::wireguard_keys(&mut db).await? {
+            match (decode_key(&key), self.vpn.address_of(node)) {
+                (Ok(k), Some(a)) => {
+                    wanted.insert(k, a);
+                }
+                _ => tracing::warn!(
+                    "node {node}: its WireGuard key or address is unusable; not admitted"
+                ),
+            }
+        }
+        drop(db);
+        let have: HashMap<[u8; 32], Vec<String>> = self
+            .device
+            .peers()
+            .await
+            .into_iter()
+            .map(|p| {
+                let ips = p.peer.allowed_ips.iter().map(ToString::to_string).collect();
+                (p.peer.public_key.to_bytes(), ips)
+            })
+            .collect();
+        for key in have.keys().filter(|k| !wanted.contains_key(*k)) {
+            let _ = self.device.remove_peer(&PublicKey::from(*key)).await;
+        }
+        for (key, address) in &wanted {
+            let net = ipnetwork::IpNetwork::V4(
+                ipnetwork::Ipv4Network::new(*address, 32)
+                    .map_err(|e| HubError::Key(e.to_string()))?,
+            );
+            if have.get(key).is_some_and(|ips| ips == &[net.to_string()]) {
+                continue;
+            }
+            let peer = Peer::new(PublicKey::from(*key)).with_allowed_ip(net);
+            let _ = self.device.add_or_update_peer(peer).await;
+        }
+        let any = !wanted.is_empty();
+        self.ip
+            .set_peers(wanted.into_values().collect::<HashSet<_>>());
+        if any {
+            // Binds the port the first time; a no-op once the device is up.
+            let port = self.vpn.port();
+            self.device
+                .resume()
+                .await
+                .map_err(|source| HubError::Listen { port, source })?;
+        }
+        Ok(())
+    }
+
+    /// The hub's peers as WireGuard sees them: (address, endpoint, seconds since the last
+    /// handshake, bytes received, bytes sent).
+    pub async fn peers(&self) -> Vec<(Ipv4Addr, Option<SocketAddr>, Option<u64>, usize, usize)> {
+        self.device
+            .peers()
+            .await
+            .into_iter()
+            .filter_map(|p| {
+                let addr = p.peer.allowed_ips.iter().find_map(|n| match n.ip() {
+                    std::net::IpAddr::V4(a) => Some(a),
+                    std::net::IpAddr::V6(_) => None,
+                })?;
+                Some((
+                    addr,
+                    p.peer.endpoint,
+                    p.stats.last_handshake.map(|d| d.as_secs()),
+                    p.stats.rx_bytes,
+                    p.stats.tx_bytes,
+                ))
+            })
+            .collect()
+    }
+
+    /// Packets turned around between nodes, and those dropped (for no admitted node).
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.ip.counters;
+        (c.forwarded.load(Relaxed), c.dropped.load(Relaxed))
+    }
+
+    /// Follows the database's admitted keys (other replicas, deleted nodes) until the server
+    /// stops.
+    pub async fn follow(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(FOLLOW).await;
+            if let Err(e) = self.sync().await {
+                tracing::warn!("WireGuard hub: reading admitted nodes: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Where a WireGuard device's decrypted packets go and where the packets it encrypts come from
+//! (gotatun's [`IpSend`] and [`IpRecv`]): the node's tunnel device, or the hub's turn-around
+//! between the peers it provisioned.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use gotatun::packet::{Ip, Packet, PacketBufPool};
+use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
+use tokio::sync::mpsc;
+
+/// A TUN device as the device's two ends: what the device reads is encrypted toward the peer,
+/// what the peer sent is written to it. A read that is not an IP packet is skipped, never an
+/// error (an error would end the device's reading). Packets given to [`TunIp::probe`] go out
+/// as if read from the device.
+#[derive(Clone)]
+pub struct TunIp {
+    dev: Arc<tun_rs::AsyncDevice>,
+    mtu: u16,
+    probes: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
+    probe: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TunIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunIp")
+            .field("mtu", &self.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TunIp {
+    pub fn new(dev: tun_rs::AsyncDevice, mtu: u16) -> TunIp {
+        let (probe, probes) = mpsc::unbounded_channel();
+        TunIp {
+            dev: Arc::new(dev),
+            mtu,
+            probes: Arc::new(tokio::sync::Mutex::new(probes)),
+            probe,
+        }
+    }
+
+    /// Sends `packet` (an IPv4 packet) through the tunnel as if the device had read it.
+    pub fn probe(&self, packet: Vec<u8>) {
+        let _ = self.probe.send(packet);
+    }
+}
+
+impl IpSend for TunIp {
+    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        self.dev.send(&packet.into_bytes()).await?;
+        Ok(())
+    }
+}
+
+impl IpRecv for TunIp {
+    async fn recv<'a>(
+        &'a mut self,
+        pool: &mut PacketBufPool,
+    ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        let mut probes = self.probes.lock().await;
+        loop {
+            let mut packet = pool.get();
+            tokio::select! {
+                n = self.dev.recv(&mut packet) => packet.truncate(n?),
+                Some(p) = probes.recv() => {
+                    let n = p.len().min(packet.len());
+                    packet.truncate(n);
+                    packet.copy_from_slice(&p[..n]);
+                }
+            }
+            if let Ok(ip) = packet.try_into_ip() {
+                return Ok(std::iter::once(ip));
+            }
+        }
+    }
+
+    fn mtu(&self) -> MtuWatcher {
+        MtuWatcher::new(self.mtu)
+    }
+}
+
+/// A UDP datagram without payload from `from` to `to` (port 9, discard): what a node sends
+/// into its tunnel to start the first handshake at once rather than at the first keepalive.
+pub fn probe_packet(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&from.octets());
+    p[16..20].copy_from_slice(&to.octets());
+    let sum = p[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p[20..22].copy_from_slice(&9u16.to_be_bytes());
+    p[22..24].copy_from_slice(&9u16.to_be_bytes());
+    p[24..26].copy_from_slice(&8u16.to_be_bytes());
+    p
+}
+
+/// Packets the hub turned around, and those it dropped.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub forwarded: AtomicU64,
+    /// Not IPv4, or for no peer the hub provisioned (the hub itself included).
+    pub dropped: AtomicU64,
+}
+
+/// The hub's side of its WireGuard device: a packet a peer sent goes back out to the peer it is
+/// addressed to, if the hub provisioned one with that address; anything else is dropped and
+/// counted. Sources are the device's to check (a peer's packets carry only its own address).
+#[derive(Clone, Debug)]
+pub struct HubIp {
+    tx: mpsc::Sender<Packet>,
+    peers: Arc<Mutex<HashSet<Ipv4Addr>>>,
+    pub counters: Arc<HubCounters>,
+}
+
+/// The receiving end of a [`HubIp`]: what goes back out.
+#[derive(Debug)]
+pub struct HubOut {
+    rx: mpsc::Receiver<Packet>,
+    mtu: u16,
+}
+
+/// Packets turned around but not yet encrypted, before the hub drops more.
+const HUB_QUEUE: usize = 1024;
+
+impl HubIp {
+    pub fn new(mtu: u16) -> (HubIp, HubOut) {
+        let (tx, rx) = mpsc::channel(HUB_QUEUE);
+        let hub = HubIp {
+            tx,
+            peers: Arc::default(),
+            counters: Arc::default(),
+        };
+        (hub, HubOut { rx, mtu })
+    }
+
+    /// The addresses of the peers the hub forwards to.
+    pub fn set_peers(&self, peers: HashSet<Ipv4Addr>) {
+        *crate::sync::lock(&self.peers) = peers;
+    }
+
+    fn destination(packet: &[u8]) -> Option<Ipv4Addr> {
+        (packet.len() >= 20 && packet[0] >> 4 == 4)
+            .then(|| Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]))
+    }
+}
+
+impl IpSend for HubIp {
+    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        let packet = packet.into_bytes();
+        let to_peer =
+            Self::destination(&packet).is_some_and(|d| crate::sync::lock(&self.peers).contains(&d));
+        let sent = to_peer && self.tx.try_send(packet).is_ok();
+        let counter = if sent {
+            &self.counters.forwarded
+        } else {
+            &self.counters.dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl IpRecv for HubOut {
+    async fn recv<'a>(
+        &'a mut self,
+        _pool: &mut PacketBufPool,
+    ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        loop {
+            let Some(p) = self.rx.recv().await else {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "hub closed"));
+            };
+            // It was an IPv4 packet when it came in.
+            if let Ok(ip) = p.try_into_ip() {
+                return Ok(std::iter::once(ip));
+            }
+        }
+    }
+
+    fn mtu(&self) -> MtuWatcher {
+        MtuWatcher::new(self.mtu)
+    }
+}

@@ -1,0 +1,177 @@
+//! Tier 2 (root): the built-in VPN on WireGuard for real. The server runs the hub in its own
+//! process (a UDP port on the host); two nodes' WireGuard tunnels, each in a namespace of its
+//! own reaching the host over a veth, get their profiles from `GET /vpn?public_key=` and pass
+//! traffic through the hub; a peer with a key the hub never admitted gets no handshake; a
+//! deleted node's traffic stops.
+
+use algonet_testkit as common;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use algonet::net::links::{IfName, Netlink};
+use algonet::net::netns::Netns;
+use algonet::node::vpn::wireguard::{WgError, WireGuard};
+use algonet::node::vpn::Tunnel;
+use algonet::wireguard::keys::KeyPair;
+use algonet::wireguard::profile::WgProfile;
+use common::server::{server, Server};
+use common::{privileged, TestNs};
+use serde_json::json;
+
+const SUBNET: &str = "10.76.0.0/16";
+
+/// A node's namespace, reaching the host at `10.98.<i>.1` over a veth.
+fn site(i: u8) -> TestNs {
+    let ns = TestNs::new(&format!("wg{i}"));
+    let host_end = format!("awg{}{i}", std::process::id() % 100_000);
+    let fd = ns.ns.fd().try_clone_to_owned().expect("fd");
+    let host = IfName::new(&host_end).expect("name");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let nl = Netlink::connect().expect("netlink");
+        nl.add_veth(
+            &host,
+            &IfName::new("wan0").expect("name"),
+            std::os::fd::AsFd::as_fd(&fd),
+            1500,
+        )
+        .await
+        .expect("veth");
+        nl.configure(&host, None, None).await.expect("up");
+        nl.add_address(&host, Ipv4Addr::new(10, 98, i, 1), 24)
+            .await
+            .expect("host address");
+    });
+    ns.host("wan0", Ipv4Addr::new(10, 98, i, 2), 24, None);
+    ns.ip(&["route", "add", "default", "via", &format!("10.98.{i}.1")]);
+    ns
+}
+
+fn tunnel(ns: &TestNs, dir: &std::path::Path, timeout: Duration) -> WireGuard {
+    let handle = Arc::new(Netns::open(format!("/run/netns/{}", ns.name)).expect("netns"));
+    WireGuard::new(
+        handle,
+        dir.to_path_buf(),
+        SUBNET.parse().expect("subnet"),
+        1420,
+        timeout,
+    )
+}
+
+async fn profile(s: &Server, token: &str, key: &KeyPair) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("public_key", &key.public_b64())
+        .finish();
+    let p = s
+        .ok("GET", &format!("/vpn?{q}"), Some(token), json!(null))
+        .await;
+    p["ovpn_config"].as_str().expect("profile").to_string()
+}
+
+/// A UDP socket bound in `ns`.
+fn udp_in(ns: &TestNs, addr: SocketAddrV4) -> UdpSocket {
+    ns.ns
+        .run(move || async move { UdpSocket::bind(addr) })
+        .expect("enter ns")
+        .expect("bind")
+}
+
+/// Sends `payload` from `from` to `to` until it arrives (true) or `within` passed (false).
+fn crosses(
+    from: &UdpSocket,
+    to: &UdpSocket,
+    dest: SocketAddrV4,
+    payload: &[u8],
+    within: Duration,
+) -> bool {
+    to.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = vec![0u8; 2048];
+    while start.elapsed() < within {
+        from.send_to(payload, dest).expect("send");
+        if let Ok(n) = to.recv(&mut buf) {
+            assert_eq!(&buf[..n], payload, "bytes changed on the way");
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
+    if !privileged("nodes_reach_each_other_through_the_servers_wireguard_hub") {
+        return;
+    }
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let s = server(
+        "wg-hub",
+        &format!("vpn: {{subnet: {SUBNET}, remote: 10.98.1.1, port: {port}, tunnel: wireguard}}\n"),
+    )
+    .await;
+    let nodes = s.nodes(2).await;
+    let (a_ns, b_ns, c_ns) = tokio::task::spawn_blocking(|| (site(1), site(2), site(3)))
+        .await
+        .expect("sites");
+
+    // A node asks with its public key; the profile it gets carries no private key.
+    let mut tunnels = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, ((id, token), ns)) in nodes.iter().zip([&a_ns, &b_ns]).enumerate() {
+        let dir = s.dir.join(format!("node{i}"));
+        let key = WireGuard::keys(&dir).expect("key");
+        let text = profile(&s, token, &key).await;
+        assert!(!text.to_lowercase().contains("privatekey"), "{text}");
+        let p = WgProfile::parse(&text).expect("a WireGuard profile");
+        let expected = Ipv4Addr::from_bits(Ipv4Addr::new(10, 76, 0, 0).to_bits() + *id as u32 + 1);
+        assert_eq!(p.ip(), expected);
+        let mut wg = tunnel(ns, &dir, Duration::from_secs(10));
+        let address = wg.connect(&text).await.expect("handshake with the hub");
+        assert_eq!(address, expected);
+        assert!(wg.health().expect("running").handshake_age.is_some());
+        // The router owns the address in a node; here the test stands in for it.
+        ns.ip(&["addr", "add", &format!("{address}/16"), "dev", "tun0"]);
+        tunnels.push(wg);
+        addresses.push(address);
+    }
+
+    let to_b = SocketAddrV4::new(addresses[1], 5000);
+    let a_sock = udp_in(&a_ns, SocketAddrV4::new(addresses[0], 0));
+    let b_sock = udp_in(&b_ns, to_b);
+    let payload: Vec<u8> = (0..1300u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert!(
+        crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
+        "node a's datagram did not reach node b through the hub"
+    );
+
+    // A key the hub never admitted, with a copy of node a's profile: no handshake.
+    let c_dir = s.dir.join("stranger");
+    let stolen = tunnels[0].saved_profile().expect("a's profile");
+    let mut stranger = tunnel(&c_ns, &c_dir, Duration::from_secs(5));
+    match stranger.connect(&stolen).await {
+        Err(WgError::Silent { .. }) => {}
+        other => panic!("a stranger's tunnel: {other:?}"),
+    }
+
+    // Node b deleted: the hub drops its key, and a's traffic to it stops.
+    let admin = s.admin().await;
+    s.ok(
+        "DELETE",
+        &format!("/node/{}", nodes[1].0),
+        Some(&admin),
+        json!(null),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut stopped = false;
+    while Instant::now() < deadline && !stopped {
+        stopped = !crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(1));
+    }
+    assert!(stopped, "a deleted node still gets traffic through the hub");
+
+    for mut t in tunnels {
+        t.remove().await;
+    }
+}
