@@ -9,7 +9,7 @@
 //! admitted or deleted through another replica is followed.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,36 +187,6 @@ impl WgHub {
                 .map_err(|source| HubError::Listen { port, source })?;
         }
         Ok(())
-    }
-
-    /// The hub's peers as WireGuard sees them: (address, endpoint, seconds since the last
-    /// handshake, bytes received, bytes sent).
-    pub async fn peers(&self) -> Vec<(Ipv4Addr, Option<SocketAddr>, Option<u64>, usize, usize)> {
-        self.device
-            .peers()
-            .await
-            .into_iter()
-            .filter_map(|p| {
-                let addr = p.peer.allowed_ips.iter().find_map(|n| match n.ip() {
-                    std::net::IpAddr::V4(a) => Some(a),
-                    std::net::IpAddr::V6(_) => None,
-                })?;
-                Some((
-                    addr,
-                    p.peer.endpoint,
-                    p.stats.last_handshake.map(|d| d.as_secs()),
-                    p.stats.rx_bytes,
-                    p.stats.tx_bytes,
-                ))
-            })
-            .collect()
-    }
-
-    /// Packets turned around between nodes, and those dropped (for no admitted node).
-    pub fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let c = &self.ip.counters;
-        (c.forwarded.load(Relaxed), c.dropped.load(Relaxed))
     }
 
     /// Follows the database's admitted keys (other replicas, deleted nodes) until the server

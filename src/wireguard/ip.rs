@@ -12,64 +12,69 @@ use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use tokio::sync::mpsc;
 
-/// A TUN device as the device's two ends: what the device reads is encrypted toward the peer,
-/// what the peer sent is written to it. A read that is not an IP packet is skipped, never an
-/// error (an error would end the device's reading). Packets given to [`TunIp::probe`] go out
-/// as if read from the device.
-#[derive(Clone)]
-pub struct TunIp {
-    dev: Arc<tun_rs::AsyncDevice>,
-    mtu: u16,
-    probes: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
-    probe: mpsc::UnboundedSender<Vec<u8>>,
+/// A TUN device as the device's two ends: what the device reads is encrypted toward the peer
+/// ([`TunIn`]), what the peer sent is written to it ([`TunOut`]).
+pub fn tun_ends(dev: tun_rs::AsyncDevice, mtu: u16, first: Vec<u8>) -> (TunOut, TunIn) {
+    let dev = Arc::new(dev);
+    let out = TunOut {
+        dev: Arc::clone(&dev),
+    };
+    let first = Some(first);
+    (out, TunIn { dev, mtu, first })
 }
 
-impl std::fmt::Debug for TunIp {
+/// Writes what the peer sent to the TUN device.
+#[derive(Clone)]
+pub struct TunOut {
+    dev: Arc<tun_rs::AsyncDevice>,
+}
+
+/// Reads the TUN device for the peer. `first` goes out before anything is read, as if read
+/// from the device. A read that is not an IP packet is skipped, never an error (an error
+/// would end the device's reading).
+pub struct TunIn {
+    dev: Arc<tun_rs::AsyncDevice>,
+    mtu: u16,
+    first: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TunOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunIp")
+        f.debug_struct("TunOut").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TunIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunIn")
             .field("mtu", &self.mtu)
             .finish_non_exhaustive()
     }
 }
 
-impl TunIp {
-    pub fn new(dev: tun_rs::AsyncDevice, mtu: u16) -> TunIp {
-        let (probe, probes) = mpsc::unbounded_channel();
-        TunIp {
-            dev: Arc::new(dev),
-            mtu,
-            probes: Arc::new(tokio::sync::Mutex::new(probes)),
-            probe,
-        }
-    }
-
-    /// Sends `packet` (an IPv4 packet) through the tunnel as if the device had read it.
-    pub fn probe(&self, packet: Vec<u8>) {
-        let _ = self.probe.send(packet);
-    }
-}
-
-impl IpSend for TunIp {
+impl IpSend for TunOut {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
         self.dev.send(&packet.into_bytes()).await?;
         Ok(())
     }
 }
 
-impl IpRecv for TunIp {
+impl IpRecv for TunIn {
     async fn recv<'a>(
         &'a mut self,
         pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
-        let mut probes = self.probes.lock().await;
         loop {
             let mut packet = pool.get();
-            tokio::select! {
-                n = self.dev.recv(&mut packet) => packet.truncate(n?),
-                Some(p) = probes.recv() => {
-                    let n = p.len().min(packet.len());
+            match self.first.take() {
+                Some(first) => {
+                    let n = first.len().min(packet.len());
                     packet.truncate(n);
-                    packet.copy_from_slice(&p[..n]);
+                    packet.copy_from_slice(&first[..n]);
+                }
+                None => {
+                    let n = self.dev.recv(&mut packet).await?;
+                    packet.truncate(n);
                 }
             }
             if let Ok(ip) = packet.try_into_ip() {
@@ -93,12 +98,7 @@ pub fn probe_packet(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&from.octets());
     p[16..20].copy_from_slice(&to.octets());
-    let sum = p[..20]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    let sum = netstack::checksum::complete(0, &p[..20]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p[20..22].copy_from_slice(&9u16.to_be_bytes());
     p[22..24].copy_from_slice(&9u16.to_be_bytes());

@@ -47,15 +47,26 @@ impl Kind {
         }
     }
 
+    /// The file in the VPN folder that keeps a profile of this kind.
+    fn file(self) -> &'static str {
+        match self {
+            Kind::OpenVpn => openvpn::PROFILE,
+            Kind::WireGuard => wireguard::PROFILE,
+        }
+    }
+
+    fn other(self) -> Kind {
+        match self {
+            Kind::OpenVpn => Kind::WireGuard,
+            Kind::WireGuard => Kind::OpenVpn,
+        }
+    }
+
     /// The kind of the profile kept in the VPN folder `dir`, if there is one.
     pub fn saved(dir: &Path) -> Option<Kind> {
-        if dir.join(wireguard::PROFILE).exists() {
-            Some(Kind::WireGuard)
-        } else if dir.join(openvpn::PROFILE).exists() {
-            Some(Kind::OpenVpn)
-        } else {
-            None
-        }
+        [Kind::WireGuard, Kind::OpenVpn]
+            .into_iter()
+            .find(|k| dir.join(k.file()).exists())
     }
 }
 
@@ -75,11 +86,7 @@ pub async fn at_start(client: &ServerClient, config: &NodeConfig) -> Kind {
         return Kind::OpenVpn;
     };
     let kind = Kind::of(&profile);
-    let file = match kind {
-        Kind::OpenVpn => openvpn::PROFILE,
-        Kind::WireGuard => wireguard::PROFILE,
-    };
-    if let Err(e) = crate::private::file(&dir.join(file), profile.as_bytes()) {
+    if let Err(e) = crate::private::file(&dir.join(kind.file()), profile.as_bytes()) {
         tracing::warn!("keeping the VPN profile in {}: {e}", dir.display());
     }
     kind
@@ -128,9 +135,9 @@ impl NodeTunnel {
         NodeTunnel::new(OpenVpn::of(node, subnet), WireGuard::of(node, subnet))
     }
 
-    /// The tunnel running now, if any.
-    pub fn active(&self) -> Option<Kind> {
-        self.active
+    /// Removes the profile kept for the kind other than `kind`.
+    fn forget_other(&self, kind: Kind) {
+        let _ = std::fs::remove_file(self.wireguard.dir.join(kind.other().file()));
     }
 }
 
@@ -145,28 +152,23 @@ impl Tunnel for NodeTunnel {
 
     /// Keeps `profile` with its kind, and forgets the other kind's: the next start tries it.
     fn save(&mut self, profile: &str) -> Result<(), AnyError> {
-        let (other, kept) = match Kind::of(profile) {
-            Kind::WireGuard => (
-                openvpn::PROFILE,
-                self.wireguard.save(profile).map_err(AnyError::from),
-            ),
-            Kind::OpenVpn => (
-                wireguard::PROFILE,
-                self.openvpn.save(profile).map_err(AnyError::from),
-            ),
-        };
-        kept?;
-        let _ = std::fs::remove_file(self.wireguard.dir.join(other));
+        let kind = Kind::of(profile);
+        match kind {
+            Kind::WireGuard => self.wireguard.save(profile)?,
+            Kind::OpenVpn => self.openvpn.save(profile)?,
+        }
+        self.forget_other(kind);
         Ok(())
     }
 
+    /// Each kind keeps the profile it connects with; the other kind's is forgotten here.
     async fn connect(&mut self, profile: &str) -> Result<Ipv4Addr, AnyError> {
         let kind = Kind::of(profile);
         if self.active.is_some_and(|k| k != kind) {
             self.remove().await;
         }
         self.active = Some(kind);
-        let _ = self.save(profile);
+        self.forget_other(kind);
         match kind {
             Kind::OpenVpn => Ok(self.openvpn.connect(profile).await?),
             Kind::WireGuard => Ok(self.wireguard.connect(profile).await?),

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use super::{Change, StepError, Tunnel};
 use crate::net::links::{set_sysctl, IfName, Netlink};
 use crate::net::netns::Netns;
-use crate::wireguard::ip::{probe_packet, TunIp};
+use crate::wireguard::ip::{probe_packet, tun_ends};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{ProfileError, WgProfile};
 
@@ -274,12 +274,11 @@ async fn run(
             .await
             .map_err(|e| e.to_string())?;
         let _ = set_sysctl("net/ipv6/conf/tun0/disable_ipv6", "1");
-        let ip = TunIp::new(dev, mtu);
         // A first packet starts the handshake now, not at the first keepalive.
-        ip.probe(probe);
+        let (out, tun_in) = tun_ends(dev, mtu, probe);
         gotatun::device::build()
             .with_default_udp()
-            .with_ip(ip)
+            .with_ip_pair(out, tun_in)
             .with_private_key(keys.secret)
             .with_peer(peer)
             .build()
