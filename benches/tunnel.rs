@@ -36,6 +36,7 @@ use algonet::api::client::Session;
 use algonet::api::{codec, NewTask, Page, Run, RunStatus, Task, TaskOrganization};
 use algonet::demo::{Federation, Options};
 use algonet::docker::{images, specs, Docker, LABEL_ROLE};
+use algonet::server::pki::TunnelKind;
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
 use serde_json::{json, Value};
 
@@ -641,7 +642,14 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
     wait_listening(&p0, &p1)?;
     wait_listening(&p1, &p0)?;
     let v6 = vantage6_ends(fed, &[p0.clone(), p1.clone()]).await?;
-    let server_pid = fed.docker.pid(&fed.vpn_server).await?;
+    let server_pid = fed
+        .docker
+        .pid(
+            fed.vpn_server
+                .as_deref()
+                .ok_or("the bench needs the OpenVPN server")?,
+        )
+        .await?;
     let mut node_vpn = Vec::new();
     for n in &fed.nodes {
         node_vpn.push(
@@ -844,6 +852,7 @@ async fn main() -> Result<(), Failed> {
         tag: TAG.into(),
         organizations: vec!["alpha".into(), "beta".into()],
         server_port: 7631,
+        tunnel: TunnelKind::OpenVpn,
         node_settings,
         algonet: std::fs::canonicalize(&algonet)?,
         encrypted: false,

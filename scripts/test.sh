@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+# A clean clone builds once: incremental caches would only take disk (several GB).
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 apt_need build-essential pkg-config libssl-dev iproute2 iputils-ping iptables nftables openvpn tcpdump ethtool docker.io
 # The Docker tier needs a daemon; one is started (without firewall rules) if none answers.

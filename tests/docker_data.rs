@@ -12,6 +12,7 @@ use algonet_testkit as common;
 use std::time::Instant;
 
 use algonet::demo::{Federation, Options};
+use algonet::server::pki::TunnelKind;
 use serde_json::{json, Value};
 
 const IMAGE: &str = "algonet/data-summary:test";
@@ -70,6 +71,7 @@ async fn algorithms_compute_on_the_nodes_data() {
             tag: "tdata".into(),
             organizations: vec!["amsterdam".into()],
             server_port: port,
+            tunnel: TunnelKind::OpenVpn,
             node_settings,
             algonet: bin.into(),
             encrypted: false,

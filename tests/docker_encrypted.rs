@@ -11,8 +11,7 @@ use algonet_testkit as common;
 
 use algonet::crypto::PrivateKey;
 use algonet::demo::key_file;
-use algonet::docker::images::VPN_AVERAGE_IMAGE;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{ConnectOptions, Row};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,43 +28,24 @@ async fn an_encrypted_collaboration_computes_and_the_server_sees_ciphertext_only
         env!("CARGO_BIN_EXE_algonet"),
         "tenc",
         true,
+        algonet::server::pki::TunnelKind::OpenVpn,
     )
     .await;
-    let port = fed.options.server_port;
     let o = fed.options.clone();
     let (root_key, berlin_key) = (key_file(&o, "root"), key_file(&o, "berlin"));
     let path = |p: &std::path::Path| p.to_str().expect("path").to_string();
-    let out = common::user_client_script(
-        &python,
-        "vpn_average.py",
-        port,
-        fed.collaboration,
-        fed.nodes[0].organization_id,
-        VPN_AVERAGE_IMAGE,
-        &[&path(&root_key)],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer = common::vpn_average_answer(&python, &fed, &[&path(&root_key)]);
     let logs: Vec<String> = fed
         .nodes
         .iter()
         .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
         .collect();
-    let answer: Option<Value> = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok());
     // The database as the server left it: every input and result of every run.
     let db_path = o.dir.join("server").join("algonet.sqlite");
     let stored = stored_runs(&db_path).await;
     let leftovers = fed.down().await;
     assert!(leftovers.is_empty(), "teardown left {leftovers:?}");
-    let answer = answer.unwrap_or_else(|| {
-        panic!(
-            "no answer from the user client: {stdout}\n{}\nnode logs:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            logs.join("\n---\n")
-        )
-    });
+    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("vpn-average answered: {answer}");
     assert_eq!(answer["status"], json!("completed"), "{answer}");
     let result = &answer["results"][0];

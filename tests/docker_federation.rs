@@ -16,6 +16,7 @@ use algonet::api::client::Session;
 use algonet::api::{CollaborationId, OrganizationId};
 use algonet::demo::{Federation, Options};
 use algonet::net::netns::Netns;
+use algonet::server::pki::TunnelKind;
 use serde_json::{json, Value};
 
 /// The federations of this file share the demo's Docker network range: one at a time.
@@ -124,19 +125,9 @@ async fn node_ip(fed: &Federation, admin: &Session, org: OrganizationId) -> Ipv4
         .expect("the node's address")
 }
 
-/// `algonet node status --json` of the federation's node `i`, as an operator asks it.
+/// `algonet node status --json` of the federation's node `i`.
 fn node_status(fed: &Federation, i: usize) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_algonet"))
-        .args(["node", "status", "--json", "--config"])
-        .arg(&fed.nodes[i].config)
-        .output()
-        .expect("algonet node status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+    common::node_status(env!("CARGO_BIN_EXE_algonet"), &fed.nodes[i].config)
 }
 
 /// The metrics at `127.0.0.1:<port>`, as prometheus_client's parser reads them (`None` where
@@ -173,6 +164,7 @@ async fn federation(
             tag: tag.into(),
             organizations: organizations.iter().map(|o| o.to_string()).collect(),
             server_port: common::federation_port(),
+            tunnel: TunnelKind::OpenVpn,
             node_settings: node_settings.into(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
             encrypted: false,
@@ -586,7 +578,11 @@ async fn federation_on_docker() {
             .count()
     };
     let issued_before = issued();
-    docker_cmd(&["pause", &fed.vpn_server]);
+    let vpn_server = fed
+        .vpn_server
+        .clone()
+        .expect("the OpenVPN server container");
+    docker_cmd(&["pause", &vpn_server]);
     fed.start_node(1).expect("node b again");
     wait_log(
         &log_b,
@@ -605,7 +601,7 @@ async fn federation_on_docker() {
         issued_before,
         "no new certificate for a silent VPN server"
     );
-    docker_cmd(&["unpause", &fed.vpn_server]);
+    docker_cmd(&["unpause", &vpn_server]);
     wait_log(
         &log_b,
         "VPN connected with address",
@@ -628,7 +624,7 @@ async fn federation_on_docker() {
             .count()
     };
     let (again_a, again_b) = (again(&log_a), again(&log_b));
-    docker_cmd(&["restart", &fed.vpn_server]);
+    docker_cmd(&["restart", &vpn_server]);
     wait_log(
         &log_a,
         "VPN connected again with address",

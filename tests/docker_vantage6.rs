@@ -10,8 +10,7 @@ use algonet_testkit as common;
 
 use std::collections::BTreeSet;
 
-use algonet::docker::images::VPN_AVERAGE_IMAGE;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vantage6_algorithm_talks_over_the_vpn() {
@@ -28,38 +27,14 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
         env!("CARGO_BIN_EXE_algonet"),
         "tv6",
         false,
+        algonet::server::pki::TunnelKind::OpenVpn,
     )
     .await;
-    let port = fed.options.server_port;
     let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id.0).collect();
-    let out = common::user_client_script(
-        &python,
-        "vpn_average.py",
-        port,
-        fed.collaboration,
-        fed.nodes[0].organization_id,
-        VPN_AVERAGE_IMAGE,
-        &[],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let logs: Vec<String> = fed
-        .nodes
-        .iter()
-        .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
-        .collect();
-    let answer: Option<Value> = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok());
+    let answer = common::vpn_average_answer(&python, &fed, &[]);
     let leftovers = fed.down().await;
     assert!(leftovers.is_empty(), "teardown left {leftovers:?}");
-    let answer = answer.unwrap_or_else(|| {
-        panic!(
-            "no answer from the user client: {stdout}\n{}\nnode logs:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            logs.join("\n---\n")
-        )
-    });
+    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("vpn-average answered: {answer}");
     assert_eq!(answer["status"], json!("completed"), "{answer}");
     let result = &answer["results"][0];

@@ -215,7 +215,7 @@ async fn metrics_stay_bounded_and_their_listener_holds_nothing() {
         .expect("bind");
     let state = s.state.clone();
     let (at, serve) = algonet::metrics::serve_on(listener, move || {
-        algonet::server::metrics::scrape(state.store.clone(), state.metrics.clone())
+        algonet::server::metrics::scrape(state.store.clone(), state.metrics.clone(), None)
     });
     tokio::spawn(serve);
     let at = at.to_string();
@@ -245,9 +245,10 @@ async fn metrics_stay_bounded_and_their_listener_holds_nothing() {
     );
 
     // 10 000 requests with made-up methods, ten at a time.
-    let before = algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone())
-        .await
-        .len();
+    let before =
+        algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone(), None)
+            .await
+            .len();
     let client = reqwest::Client::new();
     let mut sent = 0;
     for batch in 0..1000 {
@@ -262,7 +263,8 @@ async fn metrics_stay_bounded_and_their_listener_holds_nothing() {
         }
     }
     let after =
-        algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone()).await;
+        algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone(), None)
+            .await;
     assert_eq!(sent, 10_000);
     assert!(
         after.len() < before + 2_000,

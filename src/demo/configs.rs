@@ -4,9 +4,14 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use crate::server::pki::TunnelKind;
+
 /// The internal Docker network the routers and the OpenVPN server share.
 pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
 pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
+/// The host's own address on that network (Docker's gateway): where the nodes reach a
+/// WireGuard hub in the server process.
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 1);
 pub const VPN_SUBNET: &str = "10.76.0.0/16";
 /// The demo's administrator (a demo on one host; not a secret).
 pub const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
@@ -20,7 +25,11 @@ pub struct Options {
     /// so tests can run beside a demo.
     pub tag: String,
     pub organizations: Vec<String>,
+    /// The API's TCP port; on WireGuard also the hub's UDP port.
     pub server_port: u16,
+    /// The built-in VPN's tunnel: an OpenVPN server container, or the server itself as the
+    /// WireGuard hub (no VPN container at all).
+    pub tunnel: TunnelKind,
     /// More lines of YAML for every node's configuration (`busy_poll_us: 0`, say).
     pub node_settings: String,
     /// The `algonet` binary the server and nodes run as (this one).
@@ -46,10 +55,16 @@ pub fn demo_ages(index: usize) -> Vec<i64> {
 
 /// server.yaml: the built-in VPN, SQLite in the demo's folder, metrics beside the API.
 pub(super) fn server_yaml(o: &Options) -> String {
+    let vpn = match o.tunnel {
+        TunnelKind::OpenVpn => format!("{{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}"),
+        TunnelKind::WireGuard => format!(
+            "{{subnet: {VPN_SUBNET}, remote: {HOST_IP}, port: {}, tunnel: wireguard}}",
+            o.server_port
+        ),
+    };
     format!(
         "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\
-         vpn: {{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}\n\
-         metrics_listen: 127.0.0.1:{}\n",
+         vpn: {vpn}\nmetrics_listen: 127.0.0.1:{}\n",
         o.server_port,
         o.dir.join("server").display(),
         ADMIN.0,

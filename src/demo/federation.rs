@@ -1,6 +1,6 @@
 //! A federation on one Linux host with Docker: the images built offline, a server with the
-//! built-in VPN, an OpenVPN server container on an internal Docker network, one node process
-//! per organization; each step on its own, so the Docker-tier tests can drive it step by step
+//! built-in VPN (an OpenVPN server container on an internal Docker network, or on WireGuard the
+//! server process itself as the hub), one node process per organization; each step on its own, so the Docker-tier tests can drive it step by step
 //! (stop the server, kill a node, start it again).
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use crate::api::{
 use crate::docker::images::{ImageError, ImageNames, ECHO_IMAGE};
 use crate::docker::{specs, Docker, DockerError};
 use crate::feature::{FeatureError, Row, Target};
+use crate::server::pki::TunnelKind;
 
 /// Why the demo federation could not be set up or driven.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,8 @@ pub struct Federation {
     pub collaboration: CollaborationId,
     pub api: String,
     pub network: String,
-    pub vpn_server: String,
+    /// The OpenVPN server container (none on WireGuard: the server process is the hub).
+    pub vpn_server: Option<String>,
 }
 
 #[derive(Debug)]
@@ -120,7 +122,7 @@ pub fn stop(child: &mut Child, grace: Duration) {
 }
 
 impl Federation {
-    /// Server, OpenVPN server and nodes, up and connected (every node registered its VPN
+    /// Server, VPN server and nodes, up and connected (every node registered its VPN
     /// address).
     pub async fn up(options: Options, started: Instant) -> Result<Federation, DemoError> {
         let docker = Docker::connect().await?;
@@ -131,7 +133,8 @@ impl Federation {
         let network = format!("algonet-{}-net", options.tag);
         let mut f = Federation {
             api: format!("http://127.0.0.1:{}/api", options.server_port),
-            vpn_server: format!("algonet-{}-openvpn-server", options.tag),
+            vpn_server: (options.tunnel == TunnelKind::OpenVpn)
+                .then(|| format!("algonet-{}-openvpn-server", options.tag)),
             options,
             docker,
             server: None,
@@ -164,7 +167,12 @@ impl Federation {
 
         step(
             started,
-            "starting the server (built-in OpenVPN PKI, SQLite)",
+            match o.tunnel {
+                TunnelKind::OpenVpn => "starting the server (built-in OpenVPN PKI, SQLite)",
+                TunnelKind::WireGuard => {
+                    "starting the server (the WireGuard hub in its own process, SQLite)"
+                }
+            },
         );
         let server_yaml = o.dir.join("server.yaml");
         std::fs::write(&server_yaml, configs::server_yaml(&o))
@@ -172,23 +180,25 @@ impl Federation {
         self.start_server()?;
         let admin = self.admin_when_up(Duration::from_secs(30)).await?;
 
-        step(
-            started,
-            &format!("starting the OpenVPN server container {}", self.vpn_server),
-        );
-        let pki = o.dir.join("server").join("vpn");
-        self.docker
-            .run(
-                &self.vpn_server,
-                specs::openvpn_server(
-                    &ImageNames::default().vpn_client,
-                    &o.tag,
-                    &self.network,
-                    VPN_SERVER_IP,
-                    &pki,
-                ),
-            )
-            .await?;
+        if let Some(vpn_server) = &self.vpn_server {
+            step(
+                started,
+                &format!("starting the OpenVPN server container {vpn_server}"),
+            );
+            let pki = o.dir.join("server").join("vpn");
+            self.docker
+                .run(
+                    vpn_server,
+                    specs::openvpn_server(
+                        &ImageNames::default().vpn_client,
+                        &o.tag,
+                        &self.network,
+                        VPN_SERVER_IP,
+                        &pki,
+                    ),
+                )
+                .await?;
+        }
 
         step(
             started,
@@ -423,8 +433,10 @@ impl Federation {
             }
         }
         self.stop_server();
-        if let Err(e) = self.docker.remove(&self.vpn_server).await {
-            errors.push(e.to_string());
+        if let Some(vpn_server) = &self.vpn_server {
+            if let Err(e) = self.docker.remove(vpn_server).await {
+                errors.push(e.to_string());
+            }
         }
         if let Err(e) = self.docker.remove_network(&self.network).await {
             errors.push(e.to_string());
@@ -465,7 +477,9 @@ impl Drop for Federation {
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let _ = docker.remove(&container).await;
+                if let Some(container) = container {
+                    let _ = docker.remove(&container).await;
+                }
                 let _ = docker.remove_network(&network).await;
             });
             Ok::<_, std::io::Error>(())

@@ -52,7 +52,9 @@ pub struct Kept {
     /// Nodes first: they are stopped first, so each clears its address at the server.
     pub nodes: Vec<Proc>,
     pub server: Option<Proc>,
-    pub vpn_server: String,
+    /// The OpenVPN server container, if the demo has one.
+    #[serde(default)]
+    pub vpn_server: Option<String>,
     pub network: String,
 }
 
@@ -85,8 +87,8 @@ impl Kept {
     }
 
     /// Stops the nodes (each removes its containers and clears its address), then the
-    /// server, the OpenVPN server container and the network; removes the record. Returns what
-    /// it did, a line each.
+    /// server, the OpenVPN server container if there is one and the network; removes the
+    /// record. Returns what it did, a line each.
     pub async fn stop(self, dir: &Path, docker: &Docker) -> Vec<String> {
         let mut said = Vec::new();
         for p in &self.nodes {
@@ -95,22 +97,18 @@ impl Kept {
         if let Some(p) = &self.server {
             said.push(end(p, Duration::from_secs(10)));
         }
-        for (what, removed) in [
-            (
-                &self.vpn_server,
-                docker
-                    .remove(&self.vpn_server)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
-            (
-                &self.network,
-                docker
-                    .remove_network(&self.network)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
-        ] {
+        let mut removed = Vec::new();
+        if let Some(c) = &self.vpn_server {
+            removed.push((c, docker.remove(c).await.map_err(|e| e.to_string())));
+        }
+        removed.push((
+            &self.network,
+            docker
+                .remove_network(&self.network)
+                .await
+                .map_err(|e| e.to_string()),
+        ));
+        for (what, removed) in removed {
             said.push(match removed {
                 Ok(()) => format!("removed {what}"),
                 Err(e) => format!("{what}: {e}"),
@@ -172,7 +170,7 @@ mod tests {
         let k = Kept {
             nodes: vec![Proc::of("amsterdam", std::process::id()).expect("runs")],
             server: None,
-            vpn_server: "v".into(),
+            vpn_server: Some("v".into()),
             network: "n".into(),
         };
         k.save(&dir).expect("saved");

@@ -6,11 +6,14 @@ mod configs;
 mod federation;
 mod kept;
 
-pub use configs::{demo_ages, key_file, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP, VPN_SUBNET};
+pub use configs::{
+    demo_ages, key_file, Options, ADMIN, HOST_IP, NETWORK_SUBNET, VPN_SERVER_IP, VPN_SUBNET,
+};
 pub use federation::{step, stop, DemoError, Federation, NodeProc};
 
 use std::process::Child;
 
+use crate::server::pki::TunnelKind;
 use federation::io;
 use kept::Kept;
 use std::time::Instant;
@@ -20,11 +23,12 @@ fn demo_dir() -> std::path::PathBuf {
     std::env::temp_dir().join("algonet-demo")
 }
 
-/// `algonet demo [--keep] [--vantage6-python PYTHON]`. Refuses, touching nothing, while a kept
-/// demo runs. With a Python that has vantage6's algorithm tools, it also runs a real analysis
-/// on the nodes' data.
+/// `algonet demo [--keep] [--tunnel openvpn|wireguard] [--vantage6-python PYTHON]`. Refuses,
+/// touching nothing, while a kept demo runs. With a Python that has vantage6's algorithm tools,
+/// it also runs a real analysis on the nodes' data.
 pub async fn main(
     keep: bool,
+    tunnel: TunnelKind,
     vantage6_python: Option<&std::path::Path>,
 ) -> Result<bool, DemoError> {
     let started = Instant::now();
@@ -52,6 +56,7 @@ pub async fn main(
         tag: "demo".into(),
         organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
         server_port: 7601,
+        tunnel,
         node_settings: String::new(),
         algonet: std::env::current_exe().map_err(io("finding this binary"))?,
         encrypted: false,
@@ -135,7 +140,7 @@ pub async fn main(
     }
     step(
         started,
-        "tearing down (nodes remove their containers, then server, OpenVPN server, network)",
+        "tearing down (nodes remove their containers, then server, VPN server, network)",
     );
     for e in fed.down().await {
         eprintln!("teardown: {e}");

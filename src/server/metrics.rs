@@ -3,6 +3,8 @@
 //! debug; a 5xx at error). Runs by status and nodes with a VPN address are read from the
 //! database when scraped.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -16,6 +18,7 @@ use tracing::Instrument;
 
 use crate::metrics::{Describe, Sheet};
 use crate::server::store::{self, Census, Store};
+use crate::wireguard::ip::HubCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -102,17 +105,33 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     .map_or("other", |(_, name)| name)
 }
 
+/// What a scrape reads: the database's census, the WireGuard hub's counters.
 #[derive(Debug)]
-struct Database(Option<Census>);
+struct Read {
+    census: Option<Census>,
+    hub: Option<Arc<HubCounters>>,
+}
 
-impl Describe for Database {
+impl Describe for Read {
     fn describe(&self, sheet: &mut Sheet<'_, '_>) -> std::fmt::Result {
+        if let Some(hub) = &self.hub {
+            sheet.counter(
+                "server_wireguard_forwarded_packets",
+                "Packets the WireGuard hub turned around from one admitted node to another",
+                hub.forwarded.load(Ordering::Relaxed),
+            )?;
+            sheet.counter(
+                "server_wireguard_dropped_packets",
+                "Packets the WireGuard hub dropped: for no admitted node, not IPv4, or its queue full",
+                hub.dropped.load(Ordering::Relaxed),
+            )?;
+        }
         sheet.gauge(
             "server_database_up",
             "Whether the database answered this scrape",
-            i64::from(self.0.is_some()),
+            i64::from(self.census.is_some()),
         )?;
-        let Some(c) = &self.0 else { return Ok(()) };
+        let Some(c) = &self.census else { return Ok(()) };
         sheet.gauges(
             "server_runs",
             "Runs by status",
@@ -126,13 +145,13 @@ impl Describe for Database {
     }
 }
 
-/// The server's exposition.
-pub async fn scrape(store: Store, m: ServerMetrics) -> String {
+/// The server's exposition (with the WireGuard hub's counters if it is the hub).
+pub async fn scrape(store: Store, m: ServerMetrics, hub: Option<Arc<HubCounters>>) -> String {
     let census = match store.connection().await {
         Ok(mut db) => store::census(&mut db).await.ok(),
         Err(_) => None,
     };
-    crate::metrics::render(Database(census), move |r| {
+    crate::metrics::render(Read { census, hub }, move |r| {
         r.register(
             "server_requests",
             "Requests by method, matched route and status",

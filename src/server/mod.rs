@@ -287,10 +287,7 @@ pub async fn bind(
     let crl = provision::follow_crl(state.clone());
     let changes = waits::follow_changes(state.store.clone(), state.changes.clone());
     let relayed = events::follow(state.events.clone(), state.store.clone());
-    let hub = match &state.vpn {
-        VpnProvider::WireGuard { hub, .. } => Some(Arc::clone(hub).follow()),
-        _ => None,
-    };
+    let hub = state.vpn.hub().map(|hub| Arc::clone(hub).follow());
     let hub = async move {
         match hub {
             Some(follow) => follow.await,

@@ -32,11 +32,13 @@ pub struct BuiltinVpn {
 }
 
 /// The tunnel of the built-in VPN.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TunnelKind {
     #[default]
+    #[value(name = "openvpn")]
     OpenVpn,
+    #[value(name = "wireguard")]
     WireGuard,
 }
 

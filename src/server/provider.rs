@@ -32,6 +32,14 @@ impl VpnProvider {
         }
     }
 
+    /// The WireGuard hub, if this server is one.
+    pub fn hub(&self) -> Option<&Arc<WgHub>> {
+        match self {
+            VpnProvider::WireGuard { hub, .. } => Some(hub),
+            _ => None,
+        }
+    }
+
     /// The built-in VPN's settings (either tunnel), if that is the provider: it fixes each
     /// node's address.
     pub fn builtin(&self) -> Option<&BuiltinVpn> {

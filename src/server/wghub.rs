@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 use crate::api::NodeId;
 use crate::server::pki::BuiltinVpn;
 use crate::server::store::{self, Store, StoreError};
-use crate::wireguard::ip::{HubIp, HubOut};
+use crate::wireguard::ip::{HubCounters, HubIp, HubOut};
 use crate::wireguard::keys::{decode_key, encode_key, KeyPair};
 use crate::wireguard::profile::WgProfile;
 
@@ -108,6 +108,11 @@ impl WgHub {
             encode_key(&public)
         );
         Ok(hub)
+    }
+
+    /// What the hub forwarded and dropped.
+    pub fn counters(&self) -> Arc<HubCounters> {
+        Arc::clone(&self.ip.counters)
     }
 
     /// Admits `node` with `key` and gives its profile; `None` if another node holds that key.

@@ -278,6 +278,57 @@ pub fn user_client_script(
     )
 }
 
+/// vpn-average sent to the federation's first organization by vantage6's `UserClient`
+/// (`tests/python/vpn_average.py`, with `extra` arguments such as a key), and the task as the
+/// client read it at the end; or why there is none, with the nodes' logs.
+pub fn vpn_average_answer(
+    python: &str,
+    fed: &algonet::demo::Federation,
+    extra: &[&str],
+) -> Result<serde_json::Value, String> {
+    let out = user_client_script(
+        python,
+        "vpn_average.py",
+        fed.options.server_port,
+        fed.collaboration,
+        fed.nodes[0].organization_id,
+        algonet::docker::images::VPN_AVERAGE_IMAGE,
+        extra,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    answer.ok_or_else(|| {
+        let logs: Vec<String> = fed
+            .nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
+            .collect();
+        format!(
+            "no answer from the user client: {stdout}\n{}\nnode logs:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs.join("\n---\n")
+        )
+    })
+}
+
+/// `algonet node status --json` of the node configured in `config`, as an operator asks it.
+pub fn node_status(algonet: &str, config: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(algonet)
+        .args(["node", "status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("algonet node status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
 /// [`user_client_script`] against the server on a port as a user (name, password).
 pub fn user_client_script_as(
     python: &str,
@@ -380,13 +431,14 @@ pub fn federation_port() -> u16 {
 
 /// vpn-average built offline from the venv's Python, and the demo's three organizations
 /// (amsterdam, berlin, copenhagen) up as a federation tagged `tag` (`encrypted`: each with its
-/// key, see `algonet::demo::Options`), its server on [`federation_port`].
+/// key, see `algonet::demo::Options`) on `tunnel`, its server on [`federation_port`].
 pub async fn vpn_average_federation(
     docker: &algonet::docker::Docker,
     python: &str,
     algonet: &str,
     tag: &str,
     encrypted: bool,
+    tunnel: algonet::server::pki::TunnelKind,
 ) -> algonet::demo::Federation {
     let started = std::time::Instant::now();
     algonet::docker::python::build_vpn_average(docker, std::path::Path::new(python))
@@ -402,6 +454,7 @@ pub async fn vpn_average_federation(
             tag: tag.into(),
             organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
             server_port: federation_port(),
+            tunnel,
             node_settings: String::new(),
             algonet: algonet.into(),
             encrypted,

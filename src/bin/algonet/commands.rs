@@ -60,8 +60,9 @@ pub fn server(path: PathBuf) -> anyhow::Result<()> {
         let metrics = match state.config.metrics_listen {
             Some(addr) => {
                 let (store, m) = (state.store.clone(), state.metrics.clone());
+                let hub = state.vpn.hub().map(|h| h.counters());
                 let (at, serve) = algonet::metrics::serve(addr, move || {
-                    algonet::server::metrics::scrape(store.clone(), m.clone())
+                    algonet::server::metrics::scrape(store.clone(), m.clone(), hub.clone())
                 })
                 .await?;
                 tracing::info!("metrics on http://{at}/metrics");
@@ -183,9 +184,16 @@ pub fn finish(all_ok: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn demo(keep: bool, vantage6_python: Option<PathBuf>) -> anyhow::Result<()> {
-    let ok = tokio::runtime::Runtime::new()?
-        .block_on(algonet::demo::main(keep, vantage6_python.as_deref()))?;
+pub fn demo(
+    keep: bool,
+    tunnel: algonet::server::pki::TunnelKind,
+    vantage6_python: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let ok = tokio::runtime::Runtime::new()?.block_on(algonet::demo::main(
+        keep,
+        tunnel,
+        vantage6_python.as_deref(),
+    ))?;
     finish(ok)
 }
 

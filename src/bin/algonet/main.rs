@@ -55,12 +55,16 @@ enum Command {
     },
     /// Run the VPN feature test (the echo algorithm) and print a table.
     Test(TestArgs),
-    /// A whole federation on this host: server, OpenVPN server, three nodes, the feature test;
+    /// A whole federation on this host: server, VPN server, three nodes, the feature test;
     /// then everything torn down.
     Demo {
         /// Leave the federation running (end it with `algonet demo stop`).
         #[arg(long)]
         keep: bool,
+        /// The VPN's tunnel: an OpenVPN server container, or WireGuard with the server itself
+        /// as the hub (no VPN container).
+        #[arg(long, value_enum, default_value = "openvpn")]
+        tunnel: algonet::server::pki::TunnelKind,
         /// The python of a venv holding vantage6-algorithm-tools: also compute an average
         /// over the nodes' data with vpn-average.
         #[arg(long, value_name = "PYTHON")]
@@ -299,8 +303,9 @@ fn main() -> ExitCode {
         Command::Demo {
             action: None,
             keep,
+            tunnel,
             vantage6_python,
-        } => demo(keep, vantage6_python),
+        } => demo(keep, tunnel, vantage6_python),
         Command::Demo {
             action: Some(DemoAction::Stop),
             ..

@@ -21,14 +21,41 @@ impl Describe for NodeMetrics {
         let v = &s.vpn;
         sheet.gauge(
             "node_vpn_connected",
-            "Whether OpenVPN is connected",
+            "Whether the tunnel is connected",
             i64::from(v.state == "CONNECTED"),
         )?;
         sheet.gauges(
             "node_vpn_state",
-            "OpenVPN's state (the one series present is 1)",
+            "The tunnel's state (the one series present is 1)",
             [([("state", v.state.as_str())], 1)],
         )?;
+        if let Some(w) = &v.wireguard {
+            if let Some(age) = w.handshake_age_secs {
+                sheet.gauge(
+                    "node_wireguard_handshake_age_seconds",
+                    "Seconds since the last WireGuard handshake with the hub",
+                    int(age),
+                )?;
+            }
+            sheet.counter(
+                "node_wireguard_handshakes",
+                "WireGuard handshakes with the hub (the first, then one per rekey)",
+                w.handshakes,
+            )?;
+            sheet.counter(
+                "node_wireguard_roams",
+                "Times the hub's WireGuard packets came from a new address",
+                w.roams,
+            )?;
+            sheet.counters(
+                "node_wireguard_bytes",
+                "Bytes the WireGuard device received from and sent to the hub",
+                [
+                    ([("direction", "rx")], w.rx_bytes),
+                    ([("direction", "tx")], w.tx_bytes),
+                ],
+            )?;
+        }
         sheet.counter(
             "node_vpn_reconnects",
             "Times the tunnel came back after it had connected",

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::view::{Phase, RunPort, RunView, Traffic, VpnView};
+use super::view::{Phase, RunPort, RunView, Traffic, VpnView, WireGuardView};
 use crate::api::{RunId, TaskId};
 use crate::logging::Recent;
 use crate::sync::lock;
@@ -56,6 +56,8 @@ struct Vpn {
 #[derive(Debug)]
 pub struct Recorder {
     vpn: Mutex<Vpn>,
+    /// The WireGuard device's health while it runs.
+    pub wireguard: crate::node::vpn::wireguard::Shown,
     runs: Mutex<BTreeMap<RunId, RunView>>,
     /// Seconds from a run's claim to its algorithm's start.
     pub start_latency: Histogram,
@@ -72,6 +74,7 @@ impl Recorder {
                 address: None,
                 reconnects: 0,
             }),
+            wireguard: Default::default(),
             runs: Mutex::default(),
             // 50 ms to about 100 s.
             start_latency: Histogram::new(
@@ -98,6 +101,7 @@ impl Recorder {
             state: v.state.name().to_string(),
             address: v.address,
             reconnects: v.reconnects,
+            wireguard: lock(&self.wireguard).as_ref().map(WireGuardView::from),
         }
     }
 

@@ -13,6 +13,20 @@ pub fn table(s: &Status) -> String {
         "node {}: VPN {} at {address}, {} reconnect(s)",
         s.node, v.state, v.reconnects
     );
+    if let Some(w) = &v.wireguard {
+        let age = w
+            .handshake_age_secs
+            .map_or("none yet".into(), |a| format!("{a}s ago"));
+        let _ = writeln!(
+            out,
+            "WireGuard: last handshake {age} ({} in all), hub at {}, {} roam(s); {} bytes in, {} out",
+            w.handshakes,
+            w.endpoint.as_deref().unwrap_or("-"),
+            w.roams,
+            w.rx_bytes,
+            w.tx_bytes
+        );
+    }
     let _ = writeln!(out, "\nruns: {}", s.runs.len());
     let ports: Vec<String> = s
         .runs
@@ -101,6 +115,7 @@ mod tests {
                 state: "CONNECTED".into(),
                 address: Some(Ipv4Addr::new(10, 76, 0, 2)),
                 reconnects: 1,
+                wireguard: None,
             },
             runs: vec![RunView {
                 id: RunId(7),

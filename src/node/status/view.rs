@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{RunId, TaskId};
 use crate::logging::Problem;
 use crate::net::dataplane::Snapshot;
+use crate::node::vpn::wireguard::Health;
 
 /// Where a run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +74,37 @@ pub struct VpnView {
     pub address: Option<Ipv4Addr>,
     /// Times the tunnel came back after it had connected.
     pub reconnects: u64,
+    /// The WireGuard device, while the tunnel is WireGuard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardView>,
+}
+
+/// The node's WireGuard device as it reports itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuardView {
+    /// Seconds since the last handshake with the hub (none yet: absent).
+    pub handshake_age_secs: Option<u64>,
+    /// Where the hub's packets last came from.
+    pub endpoint: Option<String>,
+    /// Handshakes since the device started: the first, then one per rekey.
+    pub handshakes: u64,
+    /// Times the hub's packets came from a new address.
+    pub roams: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl From<&Health> for WireGuardView {
+    fn from(h: &Health) -> WireGuardView {
+        WireGuardView {
+            handshake_age_secs: h.handshake_age.map(|a| a.as_secs()),
+            endpoint: h.endpoint.map(|e| e.to_string()),
+            handshakes: h.handshakes,
+            roams: h.roams,
+            rx_bytes: h.rx_bytes as u64,
+            tx_bytes: h.tx_bytes as u64,
+        }
+    }
 }
 
 /// The router's counters since the node started.

@@ -72,6 +72,11 @@ pub struct Health {
     pub endpoint: Option<SocketAddr>,
     pub rx_bytes: usize,
     pub tx_bytes: usize,
+    /// Handshakes completed since the device started: the first, then one per rekey (every
+    /// two minutes while traffic flows). Seen once a second, so two within a second count once.
+    pub handshakes: u64,
+    /// Times the hub's packets came from another address than before (roaming).
+    pub roams: u64,
     /// Why the device stopped, if it did.
     pub ended: Option<String>,
 }
@@ -80,7 +85,28 @@ impl Health {
     fn connected(&self) -> bool {
         self.ended.is_none() && self.handshake_age.is_some_and(|a| a < SESSION)
     }
+
+    /// The next look at the device: `now` as it reports itself, with what changed since `self`
+    /// counted.
+    fn next(&self, now: Health) -> Health {
+        let shook = match (self.handshake_age, now.handshake_age) {
+            (None, Some(_)) => true,
+            (Some(before), Some(age)) => age < before,
+            _ => false,
+        };
+        let roamed =
+            self.endpoint.is_some() && now.endpoint.is_some() && self.endpoint != now.endpoint;
+        Health {
+            handshakes: self.handshakes + u64::from(shook),
+            roams: self.roams + u64::from(roamed),
+            ..now
+        }
+    }
 }
+
+/// Where the running device's [`Health`] is shown (the node's status and metrics read it);
+/// `None` while no device runs.
+pub type Shown = Arc<std::sync::Mutex<Option<Health>>>;
 
 /// The running device: its thread, what stops it, what it reports.
 struct Running {
@@ -111,6 +137,8 @@ pub struct WireGuard {
     /// The MTU of `tun0`: the hub namespace's tunnel MTU.
     pub mtu: u16,
     pub timeout: Duration,
+    /// Where the device's health is shown while it runs.
+    pub shown: Shown,
     running: Option<Running>,
     /// Whether the last change reported was a connection.
     connected: bool,
@@ -139,20 +167,24 @@ impl WireGuard {
             subnet,
             mtu,
             timeout,
+            shown: Shown::default(),
             running: None,
             connected: false,
         }
     }
 
-    /// The WireGuard tunnel of `node`: in its hub namespace, its folder in `task_dir`.
+    /// The WireGuard tunnel of `node`: in its hub namespace, its folder in `task_dir`, its
+    /// health shown in the node's status.
     pub fn of(node: &crate::node::state::Node, subnet: Ipv4Net) -> WireGuard {
-        WireGuard::new(
+        let mut wg = WireGuard::new(
             Arc::clone(&node.hub.ns),
             node.config.task_dir.join("vpn"),
             subnet,
             node.hub.mtu(),
             Duration::from_secs(node.config.vpn_connect_timeout_secs),
-        )
+        );
+        wg.shown = Arc::clone(&node.observed.wireguard);
+        wg
     }
 
     /// The node's key pair, made in the VPN folder on first use.
@@ -166,7 +198,7 @@ impl WireGuard {
 
     /// What the device reports, if it runs.
     pub fn health(&self) -> Option<Health> {
-        self.running.as_ref().map(|r| r.health.borrow().clone())
+        crate::sync::lock(&self.shown).clone()
     }
 
     async fn start(&mut self, profile: &WgProfile) -> Result<Ipv4Addr, WgError> {
@@ -205,9 +237,20 @@ impl WireGuard {
         let mtu = self.mtu;
         // The subnet's network address is no node's: the hub drops the probe.
         let probe = probe_packet(address, self.subnet.network());
+        let shown = Arc::clone(&self.shown);
         let thread = self
             .ns
-            .spawn(move || run(keys, peer, mtu, probe, health_tx, ready_tx, stopped))
+            .spawn(move || {
+                run(
+                    keys,
+                    peer,
+                    mtu,
+                    probe,
+                    (health_tx, shown),
+                    ready_tx,
+                    stopped,
+                )
+            })
             .map_err(|e| WgError::Device(e.to_string()))?;
         let mut running = Running {
             stop: Some(stop),
@@ -256,13 +299,14 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, WgError> {
 }
 
 /// The device's life on its thread in the hub namespace: `tun0`, the device, then a look at its
-/// state every second until told to stop. `tun0` goes with the thread.
+/// state every second (sent to the tunnel and shown) until told to stop. `tun0` goes with the
+/// thread.
 async fn run(
     keys: KeyPair,
     peer: Peer,
     mtu: u16,
     probe: Vec<u8>,
-    health: watch::Sender<Health>,
+    (health, shown): (watch::Sender<Health>, Shown),
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -301,19 +345,21 @@ async fn run(
             endpoint: p.peer.endpoint,
             rx_bytes: p.stats.rx_bytes,
             tx_bytes: p.stats.tx_bytes,
-            ended: None,
+            ..Health::default()
         });
         health.send_if_modified(|h| {
-            let now = now.clone().unwrap_or_default();
+            let now = h.next(now.unwrap_or_default());
             let changed = *h != now;
             *h = now;
             changed
         });
+        *crate::sync::lock(&shown) = Some(health.borrow().clone());
         tokio::select! {
             _ = &mut stop => break,
             () = tokio::time::sleep(LOOK) => {}
         }
     }
+    *crate::sync::lock(&shown) = None;
     device.stop().await;
 }
 
@@ -379,5 +425,41 @@ impl Tunnel for WireGuard {
             let _ = tokio::task::spawn_blocking(move || r.end()).await;
         }
         self.connected = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(age: Option<u64>, endpoint: Option<&str>) -> Health {
+        Health {
+            handshake_age: age.map(Duration::from_secs),
+            endpoint: endpoint.map(|e| e.parse().expect("address")),
+            ..Health::default()
+        }
+    }
+
+    #[test]
+    fn handshakes_and_roams_are_counted_from_what_the_device_shows() {
+        let a = Some("192.0.2.1:51820");
+        let looks = [
+            seen(None, None),
+            seen(Some(0), a),                       // the first handshake
+            seen(Some(1), a),                       // older
+            seen(Some(120), a),                     // still the same session
+            seen(Some(0), a),                       // a rekey
+            seen(Some(1), Some("192.0.2.9:40000")), // the hub's packets from elsewhere
+            seen(Some(2), Some("192.0.2.9:40000")),
+        ];
+        let last = looks
+            .into_iter()
+            .fold(Health::default(), |before, now| before.next(now));
+        assert_eq!((last.handshakes, last.roams), (2, 1));
+        assert!(last.connected());
+        assert!(
+            !seen(Some(180), a).connected(),
+            "a session past 180 s is refused"
+        );
     }
 }

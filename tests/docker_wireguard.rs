@@ -1,0 +1,156 @@
+//! Docker tier: the demo federation on WireGuard (`algonet demo --tunnel wireguard`). The server
+//! process is the hub, each node's tunnel runs in the node's own process: no VPN container
+//! anywhere. The VPN feature test reaches every organization; vpn-average (vantage6's own
+//! tools, sent and read by vantage6's own `UserClient`) computes over the tunnel; each node shows
+//! its handshake with the hub; no private key leaves its node; nothing is left behind.
+
+use algonet_testkit as common;
+
+use std::collections::BTreeSet;
+
+use algonet::demo::HOST_IP;
+use algonet::server::pki::TunnelKind;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_federation_on_wireguard_computes_over_the_vpn() {
+    let Some(docker) = common::docker("the_federation_on_wireguard_computes_over_the_vpn").await
+    else {
+        return;
+    };
+    let Some(python) = common::venv_python("ALGONET_V6_PYTHON") else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_algonet");
+    let firewall_before = common::firewall();
+    let mut fed =
+        common::vpn_average_federation(&docker, &python, bin, "twg", false, TunnelKind::WireGuard)
+            .await;
+    assert_eq!(fed.vpn_server, None, "no OpenVPN server on WireGuard");
+    let mut vpn_containers = Vec::new();
+    for n in &fed.nodes {
+        let name = format!("algonet-twg-{}-vpn", n.organization);
+        vpn_containers.push(docker.running(&name).await.expect("inspect"));
+    }
+    let rows = fed.feature_test(None).await;
+    let answer = common::vpn_average_answer(&python, &fed, &[]);
+    let statuses: Vec<_> = fed
+        .nodes
+        .iter()
+        .map(|n| common::node_status(bin, &n.config))
+        .collect();
+    let metrics = reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        fed.options.server_port + 10
+    ))
+    .await
+    .expect("scrape the server")
+    .text()
+    .await
+    .expect("metrics");
+    let dir = fed.options.dir.clone();
+    let hub = format!("{HOST_IP}:{}", fed.options.server_port);
+    let owners: Vec<String> = fed
+        .nodes
+        .iter()
+        .map(|n| format!("node:twg-{}", n.organization))
+        .collect();
+    let leftovers = fed.down().await;
+    assert!(leftovers.is_empty(), "teardown left {leftovers:?}");
+
+    assert_eq!(
+        vpn_containers,
+        vec![None; 3],
+        "a node started a VPN container"
+    );
+    let rows = rows.expect("the feature test");
+    let table = algonet::feature::table(&rows);
+    eprintln!("{table}");
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows.iter().all(|r| r.probe.ok()), "{table}");
+
+    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer["status"], json!("completed"), "{answer}");
+    let result = &answer["results"][0];
+    let ages: Vec<i64> = (0..3).flat_map(algonet::demo::demo_ages).collect();
+    let average = ages.iter().sum::<i64>() as f64 / ages.len() as f64;
+    assert_eq!(result["average"], json!(average), "{answer}");
+    let over_vpn: BTreeSet<&String> = result["over_vpn"]
+        .as_object()
+        .expect("what each partial answered over the VPN")
+        .keys()
+        .collect();
+    assert_eq!(over_vpn.len(), 3, "{answer}");
+
+    // Each node: connected through its own WireGuard device, handshake with the hub recent,
+    // traffic both ways, the router forwarding what came from the tunnel.
+    for s in &statuses {
+        let v = &s["vpn"];
+        assert_eq!(v["state"], "CONNECTED", "{s}");
+        let w = &v["wireguard"];
+        assert!(w["handshakes"].as_u64() >= Some(1), "{s}");
+        assert!(w["handshake_age_secs"].as_u64() < Some(180), "{s}");
+        assert_eq!(w["endpoint"], json!(hub), "{s}");
+        assert!(w["rx_bytes"].as_u64() > Some(0), "{s}");
+        assert!(w["tx_bytes"].as_u64() > Some(0), "{s}");
+        assert!(
+            s["router"]["forwarded_packets_from_vpn"].as_u64() > Some(0),
+            "{s}"
+        );
+    }
+
+    // The hub turned the nodes' packets around, and says so.
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    assert!(
+        count("algonet_server_wireguard_forwarded_packets_total") > 1000,
+        "{metrics}"
+    );
+    // The nodes' first-handshake probes, addressed to no node, were dropped.
+    assert!(
+        count("algonet_server_wireguard_dropped_packets_total") >= 3,
+        "{metrics}"
+    );
+
+    // Each node's private key stays in its folder (0600); neither the server's database nor
+    // any log holds one.
+    let mut everything = std::fs::read(dir.join("server/algonet.sqlite")).expect("database");
+    everything.extend(std::fs::read(dir.join("server/algonet.sqlite-wal")).unwrap_or_default());
+    for entry in std::fs::read_dir(&dir)
+        .expect("the federation's folder")
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            everything.extend(std::fs::read(entry.path()).expect("log"));
+        }
+    }
+    for n in &statuses {
+        let name = n["node"].as_str().expect("node name");
+        let organization = name.trim_start_matches("twg-");
+        let key = dir.join(format!("node-{organization}/vpn/wireguard.key"));
+        let meta = std::fs::metadata(&key).expect("the node's key");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        let secret = std::fs::read_to_string(&key).expect("key");
+        let secret = secret.trim().as_bytes();
+        assert!(
+            !everything.windows(secret.len()).any(|w| w == secret),
+            "{name}'s private key is outside its folder"
+        );
+    }
+
+    let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+    common::assert_nothing_left(&docker, &owners).await;
+    assert_eq!(
+        common::firewall(),
+        firewall_before,
+        "the host firewall changed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
