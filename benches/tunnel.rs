@@ -12,6 +12,11 @@
 //! what the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at
 //! the OpenVPN server and at the two ends.
 //!
+//! A fourth path is algonet on WireGuard: a second federation of two nodes beside the first
+//! (`--tunnel wireguard`: the server process is the hub, each node's tunnel runs in the node's
+//! process), the same iperf3 algorithm on both. Its table sets it beside the plain OpenVPN
+//! tunnel and algonet on OpenVPN, with the CPU each path takes per Gbit/s.
+//!
 //! A third path is vantage6's own: the same plain clients, each with an algorithm container
 //! behind it on a veth, reached through the iptables rules vantage6 4.14 writes in its VPN
 //! client's namespace (DNAT from tun0, MASQUERADE toward it). A second table sets the three side
@@ -45,6 +50,8 @@ const IPERF_PORT: u16 = 5201;
 /// The public port of vantage6's path: DNAT from it on tun0 to the container's iperf3.
 const V6_PORT: u16 = 5202;
 const TAG: &str = "tbench";
+/// The federation on WireGuard beside it.
+const WG_TAG: &str = "tbwg";
 /// The nodes' CPU weight by default: `CPUWeight=` of `deploy/systemd/algonet-node@.service`.
 const NODE_CPU_WEIGHT: u64 = 25;
 
@@ -359,7 +366,7 @@ async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), F
     };
     let mut ends = Vec::new();
     for (run, node) in runs.iter().zip(&fed.nodes) {
-        let owner = format!("node:{TAG}-{}", node.organization);
+        let owner = format!("node:{}-{}", fed.options.tag, node.organization);
         let containers = fed.docker.owned_by(&owner).await?;
         let name = containers
             .iter()
@@ -621,10 +628,16 @@ async fn vantage6_ends(fed: &Federation, plain: &[End]) -> Result<Vec<End>, Fail
     Ok(ends)
 }
 
-async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Failed> {
+async fn bench(
+    fed: &Federation,
+    wg: &Federation,
+    rounds: usize,
+    seconds: u64,
+) -> Result<(), Failed> {
     build_image(&fed.docker).await?;
     let admin = fed.admin().await?;
     let (a, b) = algonet_ends(fed, &admin).await?;
+    let (wg_a, wg_b) = algonet_ends(wg, &wg.admin().await?).await?;
     let plain = plain_clients(fed, &admin).await?;
     let (p0, p1) = (plain[0].1.clone(), plain[1].1.clone());
     // Each plain client's iperf3 server, weighed as a process of its container (the algorithms'
@@ -683,6 +696,26 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
             server: v6[1].clone(),
             openvpn: vec![server_pid, p0.pid, p1.pid],
             nodes: Vec::new(),
+        },
+        // The hub is the server process (its socket in the host's namespace); each node's
+        // tunnel is in the node's process, its socket and tun0 in the hub namespace.
+        Path2 {
+            name: "algonet on WireGuard",
+            client: wg_a,
+            server: wg_b,
+            openvpn: vec![
+                wg.server
+                    .as_ref()
+                    .map(Child::id)
+                    .ok_or("the hub has ended")?,
+                hub_pid(wg, 0).await?,
+                hub_pid(wg, 1).await?,
+            ],
+            nodes: wg
+                .nodes
+                .iter()
+                .filter_map(|n| n.child.as_ref().map(Child::id))
+                .collect(),
         },
     ];
     let cases = [1, 8].into_iter().flat_map(|streams| {
@@ -801,24 +834,74 @@ async fn bench(fed: &Federation, rounds: usize, seconds: u64) -> Result<(), Fail
         "\nvantage6's forwarding: the plain clients with an algorithm container each behind the \
          iptables rules vantage6 4.14 writes (DNAT from tun0, MASQUERADE toward it)."
     );
+    println!(
+        "\n| traffic | plain OpenVPN tunnel Mbit/s | algonet on OpenVPN Mbit/s | algonet on WireGuard Mbit/s | \
+         WireGuard / plain OpenVPN | WireGuard / algonet on OpenVPN | tunnel + node CPU plain / OpenVPN / WireGuard | \
+         machine CPU per Gbit/s plain / OpenVPN / WireGuard |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (c, &(streams, direction)) in cases.iter().enumerate() {
+        let [plain, ours, wg] = [&seen[c][0], &seen[c][1], &seen[c][3]];
+        // Cores the whole machine was busy (two vCPUs less their idle time) per Gbit/s carried.
+        let per_gbit = |s: &Seen| {
+            let busy = 2.0 - s.idle / s.wall;
+            format!("{:.2}", busy / (median(&s.rates) / 1000.0))
+        };
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} | {} / {} / {} |",
+            case_label(streams, direction),
+            median(&plain.rates),
+            median(&ours.rates),
+            median(&wg.rates),
+            median(&wg.rates) / median(&plain.rates),
+            median(&wg.rates) / median(&ours.rates),
+            plain.share(plain.openvpn_cpu),
+            ours.share(ours.openvpn_cpu + ours.node_cpu),
+            wg.share(wg.openvpn_cpu + wg.node_cpu),
+            per_gbit(plain),
+            per_gbit(ours),
+            per_gbit(wg),
+        );
+    }
+    println!(
+        "\nalgonet on WireGuard: a second federation beside the first, the server process its hub \
+         (its CPU is the tunnel's), each node's tunnel in the node's own process. Machine CPU: \
+         both vCPUs less their idle time, iperf3 and the kernel included, per Gbit/s received."
+    );
     Ok(())
 }
 
-/// Gives each node a cgroup of its own beside its OpenVPN container's, with `weight`.
+/// Gives each node a cgroup of its own beside its hub container's, with `weight`; and on
+/// WireGuard the server (the hub) one with the weight of a container, as the OpenVPN server's.
 async fn place_nodes(fed: &Federation, weight: u64) -> Result<Vec<OwnCgroup>, Failed> {
+    let tag = &fed.options.tag;
     let mut services = Vec::new();
-    for n in &fed.nodes {
+    for (i, n) in fed.nodes.iter().enumerate() {
         let Some(pid) = n.child.as_ref().map(Child::id) else {
             continue;
         };
-        let vpn = fed
-            .docker
-            .pid(&format!("algonet-{TAG}-{}-vpn", n.organization))
-            .await?;
-        let name = format!("algonet-{TAG}-{}", n.organization);
-        services.push(OwnCgroup::new(&name, pid, vpn, weight)?);
+        let name = format!("algonet-{tag}-{}", n.organization);
+        services.push(OwnCgroup::new(&name, pid, hub_pid(fed, i).await?, weight)?);
+    }
+    if let (None, Some(server)) = (&fed.vpn_server, &fed.server) {
+        let name = format!("algonet-{tag}-server");
+        services.push(OwnCgroup::new(
+            &name,
+            server.id(),
+            hub_pid(fed, 0).await?,
+            100,
+        )?);
     }
     Ok(services)
+}
+
+/// The namespace of node `i`'s hub container (where its tunnel's socket and tun0 are).
+async fn hub_pid(fed: &Federation, i: usize) -> Result<u32, Failed> {
+    let name = format!(
+        "algonet-{}-{}-hub",
+        fed.options.tag, fed.nodes[i].organization
+    );
+    Ok(fed.docker.pid(&name).await?)
 }
 
 #[tokio::main]
@@ -853,16 +936,44 @@ async fn main() -> Result<(), Failed> {
         organizations: vec!["alpha".into(), "beta".into()],
         server_port: 7631,
         tunnel: TunnelKind::OpenVpn,
+        network: algonet::demo::DEMO_NETWORK,
         node_settings,
         algonet: std::fs::canonicalize(&algonet)?,
         encrypted: false,
     };
+    let wg_options = Options {
+        dir: std::env::temp_dir().join("algonet-tunnel-bench-wg"),
+        tag: WG_TAG.into(),
+        server_port: 7651,
+        network: algonet::demo::DEMO_NETWORK + 1,
+        tunnel: TunnelKind::WireGuard,
+        ..options.clone()
+    };
     let mut fed = Federation::up(options, Instant::now()).await?;
-    let services = place_nodes(&fed, node_weight).await;
+    let mut wg = match Federation::up(wg_options, Instant::now()).await {
+        Ok(wg) => wg,
+        Err(e) => {
+            for e in fed.down().await {
+                eprintln!("teardown: {e}");
+            }
+            return Err(e.into());
+        }
+    };
+    let services = match place_nodes(&fed, node_weight).await {
+        Ok(mut s) => place_nodes(&wg, node_weight).await.map(|more| {
+            s.extend(more);
+            s
+        }),
+        Err(e) => Err(e),
+    };
     let outcome = match &services {
-        Ok(_) => bench(&fed, rounds.max(1), seconds).await,
+        Ok(_) => bench(&fed, &wg, rounds.max(1), seconds).await,
         Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
     };
+    for e in wg.down().await {
+        eprintln!("teardown: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&wg.options.dir);
     for i in 0..2 {
         let _ = fed.docker.remove(&format!("algonet-{TAG}-v6-{i}")).await;
         let _ = fed.docker.remove(&format!("algonet-{TAG}-plain-{i}")).await;

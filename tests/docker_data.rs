@@ -72,6 +72,7 @@ async fn algorithms_compute_on_the_nodes_data() {
             organizations: vec!["amsterdam".into()],
             server_port: port,
             tunnel: TunnelKind::OpenVpn,
+            network: algonet::demo::DEMO_NETWORK,
             node_settings,
             algonet: bin.into(),
             encrypted: false,

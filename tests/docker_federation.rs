@@ -165,6 +165,7 @@ async fn federation(
             organizations: organizations.iter().map(|o| o.to_string()).collect(),
             server_port: common::federation_port(),
             tunnel: TunnelKind::OpenVpn,
+            network: algonet::demo::DEMO_NETWORK,
             node_settings: node_settings.into(),
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
             encrypted: false,

@@ -8,7 +8,6 @@ use algonet_testkit as common;
 
 use std::collections::BTreeSet;
 
-use algonet::demo::HOST_IP;
 use algonet::server::pki::TunnelKind;
 use serde_json::json;
 
@@ -49,7 +48,7 @@ async fn the_federation_on_wireguard_computes_over_the_vpn() {
     .await
     .expect("metrics");
     let dir = fed.options.dir.clone();
-    let hub = format!("{HOST_IP}:{}", fed.options.server_port);
+    let hub = format!("{}:{}", fed.options.host_ip(), fed.options.server_port);
     let owners: Vec<String> = fed
         .nodes
         .iter()

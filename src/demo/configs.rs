@@ -6,12 +6,6 @@ use std::path::PathBuf;
 
 use crate::server::pki::TunnelKind;
 
-/// The internal Docker network the routers and the OpenVPN server share.
-pub const NETWORK_SUBNET: &str = "172.29.76.0/24";
-pub const VPN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 10);
-/// The host's own address on that network (Docker's gateway): where the nodes reach a
-/// WireGuard hub in the server process.
-pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(172, 29, 76, 1);
 pub const VPN_SUBNET: &str = "10.76.0.0/16";
 /// The demo's administrator (a demo on one host; not a secret).
 pub const ADMIN: (&str, &str) = ("admin", "demo-password-not-secret");
@@ -27,6 +21,10 @@ pub struct Options {
     pub organizations: Vec<String>,
     /// The API's TCP port; on WireGuard also the hub's UDP port.
     pub server_port: u16,
+    /// The internal Docker network the nodes' hubs and the VPN server share is
+    /// `172.29.<network>.0/24` ([`DEMO_NETWORK`] for the demo): federations side by side need
+    /// different ones.
+    pub network: u8,
     /// The built-in VPN's tunnel: an OpenVPN server container, or the server itself as the
     /// WireGuard hub (no VPN container at all).
     pub tunnel: TunnelKind,
@@ -38,6 +36,27 @@ pub struct Options {
     /// in `dir`, its node's `encryption.private_key`), and the administrator's organization
     /// one too (`key-root.pem`), for the researcher's client.
     pub encrypted: bool,
+}
+
+/// The demo's Docker network, `172.29.76.0/24`.
+pub const DEMO_NETWORK: u8 = 76;
+
+impl Options {
+    /// The internal Docker network the routers and the VPN server share.
+    pub fn network_subnet(&self) -> String {
+        format!("172.29.{}.0/24", self.network)
+    }
+
+    /// The OpenVPN server container's address on that network.
+    pub fn vpn_server_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(172, 29, self.network, 10)
+    }
+
+    /// The host's own address on that network (Docker's gateway): where the nodes reach a
+    /// WireGuard hub in the server process.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(172, 29, self.network, 1)
+    }
 }
 
 /// Where the key of `organization` is, in an encrypted demo.
@@ -56,9 +75,12 @@ pub fn demo_ages(index: usize) -> Vec<i64> {
 /// server.yaml: the built-in VPN, SQLite in the demo's folder, metrics beside the API.
 pub(super) fn server_yaml(o: &Options) -> String {
     let vpn = match o.tunnel {
-        TunnelKind::OpenVpn => format!("{{subnet: {VPN_SUBNET}, remote: {VPN_SERVER_IP}}}"),
+        TunnelKind::OpenVpn => {
+            format!("{{subnet: {VPN_SUBNET}, remote: {}}}", o.vpn_server_ip())
+        }
         TunnelKind::WireGuard => format!(
-            "{{subnet: {VPN_SUBNET}, remote: {HOST_IP}, port: {}, tunnel: wireguard}}",
+            "{{subnet: {VPN_SUBNET}, remote: {}, port: {}, tunnel: wireguard}}",
+            o.host_ip(),
             o.server_port
         ),
     };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::configs::{self, Options, ADMIN, NETWORK_SUBNET, VPN_SERVER_IP};
+use super::configs::{self, Options, ADMIN};
 use crate::api::client::{ClientError, Session};
 use crate::api::{
     Collaboration, CollaborationId, NewCollaboration, NewNode, NewNodeKey, NewOrganization,
@@ -157,12 +157,13 @@ impl Federation {
         step(
             started,
             &format!(
-                "internal Docker network {} ({NETWORK_SUBNET})",
-                self.network
+                "internal Docker network {} ({})",
+                self.network,
+                o.network_subnet()
             ),
         );
         self.docker
-            .internal_network(&self.network, NETWORK_SUBNET)
+            .internal_network(&self.network, &o.network_subnet())
             .await?;
 
         step(
@@ -193,7 +194,7 @@ impl Federation {
                         &ImageNames::default().vpn_client,
                         &o.tag,
                         &self.network,
-                        VPN_SERVER_IP,
+                        o.vpn_server_ip(),
                         &pki,
                     ),
                 )

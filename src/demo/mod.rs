@@ -6,9 +6,7 @@ mod configs;
 mod federation;
 mod kept;
 
-pub use configs::{
-    demo_ages, key_file, Options, ADMIN, HOST_IP, NETWORK_SUBNET, VPN_SERVER_IP, VPN_SUBNET,
-};
+pub use configs::{demo_ages, key_file, Options, ADMIN, DEMO_NETWORK, VPN_SUBNET};
 pub use federation::{step, stop, DemoError, Federation, NodeProc};
 
 use std::process::Child;
@@ -56,6 +54,7 @@ pub async fn main(
         tag: "demo".into(),
         organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
         server_port: 7601,
+        network: DEMO_NETWORK,
         tunnel,
         node_settings: String::new(),
         algonet: std::env::current_exe().map_err(io("finding this binary"))?,

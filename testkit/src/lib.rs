@@ -455,6 +455,7 @@ pub async fn vpn_average_federation(
             organizations: vec!["amsterdam".into(), "berlin".into(), "copenhagen".into()],
             server_port: federation_port(),
             tunnel,
+            network: algonet::demo::DEMO_NETWORK,
             node_settings: String::new(),
             algonet: algonet.into(),
             encrypted,
