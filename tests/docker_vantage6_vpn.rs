@@ -81,6 +81,7 @@ async fn the_vpn_feature_test_runs_across_algonet_nodes_on_vantage6s_server() {
             algonet::server::pki::TunnelKind::OpenVpn,
         ),
         tls: true,
+        wireguard: None,
     })
     .await;
     let owner = format!("federation:{TAG}");

@@ -20,6 +20,7 @@ async fn portal(confidential: bool, no_profile: bool, tag: &str) -> EduVpnPortal
             algonet::server::pki::TunnelKind::OpenVpn,
         ),
         tls: false,
+        wireguard: None,
     })
     .await
 }

@@ -2,7 +2,9 @@
 //! process (a UDP port on the host); two nodes' WireGuard tunnels, each in a namespace of its
 //! own reaching the host over a veth, get their profiles from `GET /vpn?public_key=` and pass
 //! traffic through the hub; a peer with a key the hub never admitted gets no handshake; a
-//! deleted node's traffic stops.
+//! deleted node's traffic stops. And the same through eduVPN: a server with `vpn_server: {...,
+//! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
+//! the node sent, and the nodes reach each other through the portal's WireGuard server.
 
 use algonet_testkit as common;
 
@@ -14,8 +16,10 @@ use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
 use algonet::node::vpn::wireguard::{WgError, WireGuard};
 use algonet::node::vpn::Tunnel;
+use algonet::server::pki::{BuiltinVpn, TunnelKind};
 use algonet::wireguard::keys::KeyPair;
 use algonet::wireguard::profile::WgProfile;
+use common::eduvpn::{vpn_server, PortalOptions};
 use common::server::{server, Server};
 use common::{privileged, TestNs};
 use serde_json::json;
@@ -60,14 +64,42 @@ fn tunnel(ns: &TestNs, dir: &std::path::Path, timeout: Duration) -> WireGuard {
     )
 }
 
-async fn profile(s: &Server, token: &str, key: &KeyPair) -> String {
+/// The answer to `GET /vpn?public_key=` for `key`.
+async fn vpn_answer(s: &Server, token: &str, key: &KeyPair) -> serde_json::Value {
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("public_key", &key.public_b64())
         .finish();
-    let p = s
-        .ok("GET", &format!("/vpn?{q}"), Some(token), json!(null))
-        .await;
+    s.ok("GET", &format!("/vpn?{q}"), Some(token), json!(null))
+        .await
+}
+
+async fn profile(s: &Server, token: &str, key: &KeyPair) -> String {
+    let p = vpn_answer(s, token, key).await;
     p["ovpn_config"].as_str().expect("profile").to_string()
+}
+
+/// Node tunnels in `sites`, connected with profiles `s` gave for each node's key; their
+/// addresses, set on tun0 (the router owns the address in a node; here the test stands in for
+/// it).
+async fn connected(
+    s: &Server,
+    nodes: &[(i64, String)],
+    sites: [&TestNs; 2],
+    tag: &str,
+) -> (Vec<WireGuard>, Vec<Ipv4Addr>) {
+    let mut tunnels = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, ((_, token), ns)) in nodes.iter().zip(sites).enumerate() {
+        let dir = s.dir.join(format!("{tag}{i}"));
+        let key = WireGuard::keys(&dir).expect("key");
+        let text = profile(s, token, &key).await;
+        let mut wg = tunnel(ns, &dir, Duration::from_secs(10));
+        let address = wg.connect(&text).await.expect("handshake with the hub");
+        ns.ip(&["addr", "add", &format!("{address}/16"), "dev", "tun0"]);
+        tunnels.push(wg);
+        addresses.push(address);
+    }
+    (tunnels, addresses)
 }
 
 /// A UDP socket bound in `ns`.
@@ -116,25 +148,19 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
         .await
         .expect("sites");
 
-    // A node asks with its public key; the profile it gets carries no private key.
-    let mut tunnels = Vec::new();
-    let mut addresses = Vec::new();
-    for (i, ((id, token), ns)) in nodes.iter().zip([&a_ns, &b_ns]).enumerate() {
-        let dir = s.dir.join(format!("node{i}"));
-        let key = WireGuard::keys(&dir).expect("key");
-        let text = profile(&s, token, &key).await;
+    // A node asks with its public key; the profile it gets carries no private key, and its
+    // address is fixed by the node's id.
+    let (mut tunnels, addresses) = connected(&s, &nodes, [&a_ns, &b_ns], "node").await;
+    for ((id, _), (wg, address)) in nodes.iter().zip(tunnels.iter().zip(&addresses)) {
+        let text = wg.saved_profile().expect("the profile it kept");
         assert!(!text.to_lowercase().contains("privatekey"), "{text}");
-        let p = WgProfile::parse(&text).expect("a WireGuard profile");
         let expected = Ipv4Addr::from_bits(Ipv4Addr::new(10, 76, 0, 0).to_bits() + *id as u32 + 1);
-        assert_eq!(p.ip(), expected);
-        let mut wg = tunnel(ns, &dir, Duration::from_secs(10));
-        let address = wg.connect(&text).await.expect("handshake with the hub");
-        assert_eq!(address, expected);
+        assert_eq!(
+            WgProfile::parse(&text).expect("a WireGuard profile").ip(),
+            expected
+        );
+        assert_eq!(*address, expected);
         assert!(wg.health().expect("running").handshake_age.is_some());
-        // The router owns the address in a node; here the test stands in for it.
-        ns.ip(&["addr", "add", &format!("{address}/16"), "dev", "tun0"]);
-        tunnels.push(wg);
-        addresses.push(address);
     }
 
     let to_b = SocketAddrV4::new(addresses[1], 5000);
@@ -171,7 +197,59 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
     }
     assert!(stopped, "a deleted node still gets traffic through the hub");
 
-    for mut t in tunnels {
+    for t in &mut tunnels {
+        t.remove().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_use_wireguard_profiles_from_eduvpn() {
+    if !privileged("nodes_use_wireguard_profiles_from_eduvpn") {
+        return;
+    }
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let portal = common::eduvpn::start(PortalOptions {
+        tag: "wg".into(),
+        confidential: false,
+        no_profile: false,
+        vpn: BuiltinVpn::new(SUBNET, "10.98.4.1", None, TunnelKind::OpenVpn),
+        tls: false,
+        wireguard: Some(port),
+    })
+    .await;
+    let settings = vpn_server(&portal.url, "portal-pass").replace("}\n", ", tunnel: wireguard}\n");
+    let s = server("wg-edu", &settings).await;
+    let nodes = s.nodes(2).await;
+    let (a_ns, b_ns) = tokio::task::spawn_blocking(|| (site(4), site(5)))
+        .await
+        .expect("sites");
+
+    // Without a key the server cannot ask eduVPN for WireGuard: it says what to send.
+    let refused = s.call("GET", "/vpn", Some(&nodes[0].1), None).await;
+    assert_eq!(refused.0.as_u16(), 400, "{refused:?}");
+    assert!(refused.1.to_string().contains("public_key"), "{refused:?}");
+
+    // With one: eduVPN's profile (IPv6 and DNS beside the IPv4 address, no keepalive, no
+    // private key) and its expiry, and the nodes reach each other through eduVPN's server.
+    let key = WireGuard::keys(&s.dir.join("edu0")).expect("key");
+    let answer = vpn_answer(&s, &nodes[0].1, &key).await;
+    let text = answer["ovpn_config"].as_str().expect("profile");
+    assert!(
+        text.contains("fd43::") && !text.contains("PrivateKey"),
+        "{text}"
+    );
+    assert_eq!(answer["expires"], "Fri, 26 Nov 2027 10:00:00 GMT");
+    let (mut tunnels, addresses) = connected(&s, &nodes, [&a_ns, &b_ns], "edu").await;
+    assert_ne!(addresses[0], addresses[1]);
+    let to_b = SocketAddrV4::new(addresses[1], 5000);
+    let a_sock = udp_in(&a_ns, SocketAddrV4::new(addresses[0], 0));
+    let b_sock = udp_in(&b_ns, to_b);
+    let payload: Vec<u8> = (0..1300u32).map(|i| (i * 11 % 251) as u8).collect();
+    assert!(
+        crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
+        "node a's datagram did not reach node b through eduVPN's WireGuard server"
+    );
+    for t in &mut tunnels {
         t.remove().await;
     }
 }

@@ -30,6 +30,10 @@ pub struct EduVpn {
     /// that is not its network, broadcast or gateway (first) address.
     #[serde(default)]
     pub subnet: Option<String>,
+    /// Which profiles to ask eduVPN for: `openvpn` (as vantage6 does) or `wireguard` (for the
+    /// public key each node sends; eduVPN's profile must offer WireGuard).
+    #[serde(default)]
+    pub tunnel: crate::server::pki::TunnelKind,
 }
 
 impl EduVpn {

@@ -9,16 +9,24 @@
 //! 4. the authorize URL, not followed: its `Location` carries the code and our state;
 //! 5. the token, first as a public client (client id in the body), then as a confidential one
 //!    (HTTP basic), as eduVPN may take either;
-//! 6. `/info` for the first profile; 7. `/connect` for the profile text, `Expires` for its end.
+//! 6. `/info` for the first profile (with `tunnel: wireguard`, the first that offers WireGuard
+//!    in its `vpn_proto_list`); 7. `/connect` for the profile text, `Expires` for its end. For
+//!    WireGuard `/connect` carries the node's `public_key` and `Accept:
+//!    application/x-wireguard-profile`, and the answer must be such a profile; for OpenVPN it
+//!    carries neither, as vantage6's connector sends neither.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use reqwest::header::{EXPIRES, LOCATION, REFERER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, EXPIRES, LOCATION, REFERER};
 use reqwest::{redirect, Client, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::server::config::EduVpn;
+use crate::server::pki::TunnelKind;
+
+/// eduVPN's media type of a WireGuard profile.
+const WIREGUARD_PROFILE: &str = "application/x-wireguard-profile";
 
 /// Why no profile came from eduVPN.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +45,11 @@ pub enum EduVpnError {
     Protocol(String),
 }
 
-/// A profile and, if eduVPN said, when its certificate expires (the `Expires` header).
+/// A profile (OpenVPN's or WireGuard's text) and, if eduVPN said, when it expires (the
+/// `Expires` header).
 #[derive(Debug)]
 pub struct Profile {
-    pub ovpn: String,
+    pub text: String,
     pub expires: Option<String>,
 }
 
@@ -66,7 +75,7 @@ fn endpoint(api: &Value, key: &str) -> Result<String, EduVpnError> {
 }
 
 /// Runs the whole flow for one profile.
-pub async fn fetch_profile(c: &EduVpn) -> Result<Profile, EduVpnError> {
+pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profile, EduVpnError> {
     let http = Client::builder()
         .cookie_store(true)
         .redirect(redirect::Policy::none())
@@ -214,37 +223,68 @@ pub async fn fetch_profile(c: &EduVpn) -> Result<Profile, EduVpnError> {
         .json()
         .await
         .map_err(|e| EduVpnError::Protocol(format!("info: {e}")))?;
-    let profile_id = info
-        .pointer("/info/profile_list/0/profile_id")
-        .and_then(Value::as_str)
+    let wireguard = c.tunnel == TunnelKind::WireGuard;
+    // A profile without `vpn_proto_list` (older servers) offers OpenVPN only.
+    let offers = |p: &&Value| {
+        let proto = if wireguard { "wireguard" } else { "openvpn" };
+        match p.get("vpn_proto_list").and_then(Value::as_array) {
+            Some(list) => list.iter().any(|x| x.as_str() == Some(proto)),
+            None => !wireguard,
+        }
+    };
+    let profiles = info
+        .pointer("/info/profile_list")
+        .and_then(Value::as_array)
+        .ok_or(EduVpnError::NoProfile)?;
+    let profile_id = profiles
+        .iter()
+        .find(offers)
+        .and_then(|p| p.get("profile_id")?.as_str())
         .ok_or(EduVpnError::NoProfile)?
         .to_string();
-    let connect = http
-        .post(format!("{api_base}/connect"))
-        .bearer_auth(access)
-        .form(&[("profile_id", profile_id.as_str())])
-        .send()
-        .await
-        .map_err(net)?;
+    let mut form = vec![("profile_id", profile_id.as_str())];
+    let mut request = http.post(format!("{api_base}/connect")).bearer_auth(access);
+    if wireguard {
+        let key = public_key.ok_or_else(|| {
+            EduVpnError::Protocol("a WireGuard profile needs the node's public key".into())
+        })?;
+        form.extend([("public_key", key), ("prefer_tcp", "no")]);
+        request = request.header(ACCEPT, WIREGUARD_PROFILE);
+    }
+    let connect = request.form(&form).send().await.map_err(net)?;
     if connect.status() != StatusCode::OK {
         return Err(EduVpnError::Refused(format!(
             "connect answered {}",
             connect.status()
         )));
     }
-    let expires = connect
-        .headers()
-        .get(EXPIRES)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let ovpn = connect
+    let header = |name| {
+        connect
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (expires, kind) = (header(EXPIRES), header(CONTENT_TYPE).unwrap_or_default());
+    let text = connect
         .text()
         .await
         .map_err(|e| EduVpnError::Protocol(format!("connect: {e}")))?;
-    if !ovpn.contains("<cert>") && !ovpn.contains("<tls-crypt>") && !ovpn.contains("remote ") {
-        return Err(EduVpnError::Protocol(
-            "connect did not return an OpenVPN profile".into(),
-        ));
+    let fits = if wireguard {
+        kind.starts_with(WIREGUARD_PROFILE)
+            && crate::wireguard::profile::WgProfile::parse(&text).is_ok()
+    } else {
+        text.contains("<cert>") || text.contains("<tls-crypt>") || text.contains("remote ")
+    };
+    if !fits {
+        let want = if wireguard {
+            "a WireGuard"
+        } else {
+            "an OpenVPN"
+        };
+        return Err(EduVpnError::Protocol(format!(
+            "connect did not return {want} profile"
+        )));
     }
-    Ok(Profile { ovpn, expires })
+    Ok(Profile { text, expires })
 }

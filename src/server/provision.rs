@@ -5,7 +5,7 @@
 
 use crate::api::{NodeId, VpnProfile};
 use crate::server::eduvpn::{self, EduVpnError};
-use crate::server::pki::{Pki, PkiError};
+use crate::server::pki::{Pki, PkiError, TunnelKind};
 use crate::server::provider::VpnProvider;
 use crate::server::state::AppState;
 use crate::server::store::{self, Db, StoreError};
@@ -59,8 +59,7 @@ pub async fn profile(
     let pki = match &s.vpn {
         VpnProvider::Builtin { pki, .. } => pki,
         VpnProvider::WireGuard { hub, .. } => {
-            let key = public_key.ok_or(ProvisionError::NoKey)?;
-            let key = decode_key(key).map_err(|e| ProvisionError::Key(e.to_string()))?;
+            let (_, key) = checked_key(public_key)?;
             let p = hub
                 .admit(node, &key)
                 .await?
@@ -72,9 +71,13 @@ pub async fn profile(
             });
         }
         VpnProvider::EduVpn(edu) => {
-            let p = eduvpn::fetch_profile(edu).await?;
+            let key = match edu.tunnel {
+                TunnelKind::WireGuard => Some(checked_key(public_key)?.0),
+                TunnelKind::OpenVpn => None,
+            };
+            let p = eduvpn::fetch_profile(edu, key).await?;
             return Ok(VpnProfile {
-                ovpn_config: p.ovpn,
+                ovpn_config: p.text,
                 expires: p.expires,
             });
         }
@@ -98,6 +101,13 @@ pub async fn profile(
         ovpn_config: pki.profile(&cert),
         expires: None,
     })
+}
+
+/// The WireGuard public key a node sent, if it is one: as sent, and decoded.
+fn checked_key(public_key: Option<&str>) -> Result<(&str, [u8; 32]), ProvisionError> {
+    let key = public_key.ok_or(ProvisionError::NoKey)?;
+    let bytes = decode_key(key).map_err(|e| ProvisionError::Key(e.to_string()))?;
+    Ok((key, bytes))
 }
 
 /// Deletes `node`; with the built-in VPN its certificates are revoked, so its profile no longer

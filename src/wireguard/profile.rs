@@ -257,4 +257,41 @@ mod tests {
         .expect_err("endpoint");
         assert!(e.to_string().contains("host:port"), "{e}");
     }
+
+    /// Lines a profile may hold, well-formed or not, in any order and number.
+    fn line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("[Interface]".to_string()),
+            Just("[Peer]".to_string()),
+            Just("[Other]".to_string()),
+            Just(format!("PublicKey = {KEY}")),
+            Just("PrivateKey = abc".to_string()),
+            Just("Address = 10.0.0.2/24, fd00::2/64".to_string()),
+            Just("AllowedIPs = 10.0.0.0/16, ::/0".to_string()),
+            Just("Endpoint = hub.example.org:51820".to_string()),
+            Just("MTU = 1420".to_string()),
+            "(Address|AllowedIPs) = [0-9./:, a-f]{0,40}",
+            "MTU = [0-9]{0,6}",
+            "Endpoint = [a-z0-9.:\\[\\]]{0,30}",
+            "PersistentKeepalive = (off|[0-9]{0,6})",
+            "[A-Za-z]{1,12} ?=? ?[ -~]{0,30}",
+            "[ -~]{0,60}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a server answers, the parser answers a profile or an error, never a panic;
+        /// and a profile it takes reads back the same from what it renders.
+        #[test]
+        fn any_text_parses_or_is_refused_and_what_parses_reads_back(
+            lines in proptest::collection::vec(line(), 0..16),
+            noise in "\\PC{0,200}",
+        ) {
+            let _ = WgProfile::parse(&noise);
+            if let Ok(p) = WgProfile::parse(&lines.join("\n")) {
+                proptest::prop_assert_eq!(WgProfile::parse(&p.render()), Ok(p));
+            }
+        }
+    }
 }

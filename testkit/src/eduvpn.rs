@@ -2,14 +2,22 @@
 //! a session cookie, authorize redirect, PKCE verification, token, info, connect), for the
 //! servers' eduVPN connectors (algonet's and vantage6's). Its profiles are real: each `connect`
 //! issues a client certificate of its own PKI (algonet's built-in one) with an address of its
-//! own, so an OpenVPN server run from [`EduVpnPortal::pki_dir`] admits the holder. The login
-//! is `portal-user` / `portal-pass`, the client `vantage6` (secret `client-secret`).
+//! own, so an OpenVPN server run from [`EduVpnPortal::pki_dir`] admits the holder. With
+//! [`PortalOptions::wireguard`] it also runs a WireGuard server (a hub in this process, as
+//! eduVPN's server is one for its clients) and `/connect` answers a client that sends its
+//! `public_key` and accepts `application/x-wireguard-profile` with a WireGuard profile in
+//! eduVPN's form (no private key, IPv6 beside IPv4, every address allowed, no keepalive), its
+//! key admitted at the hub. The login is `portal-user` / `portal-pass`, the client `vantage6`
+//! (secret `client-secret`).
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use algonet::api::NodeId;
 use algonet::server::pki::{BuiltinVpn, Pki};
+use algonet::wireguard::ip::{HubIp, HubOut};
+use algonet::wireguard::keys::{decode_key, KeyPair};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +25,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use gotatun::device::{Device, Peer};
+use gotatun::udp::socket::UdpSocketFactory;
+use gotatun::x25519::PublicKey;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -34,9 +46,63 @@ struct Portal {
     pki: Pki,
     /// The certificates handed out, one a profile, each with an address of its own.
     issued: Vec<NodeId>,
+    vpn: BuiltinVpn,
+    wireguard: Option<Arc<WgServer>>,
+    /// The WireGuard keys admitted, each with its address (a key asked for again keeps it).
+    keys: Vec<[u8; 32]>,
+}
+
+/// The portal's WireGuard server: a hub on a UDP port that turns packets around between the
+/// keys `/connect` admitted.
+struct WgServer {
+    device: Device<(UdpSocketFactory, HubIp, HubOut)>,
+    ip: HubIp,
+    public: String,
+    port: u16,
+}
+
+impl WgServer {
+    async fn start(port: u16) -> WgServer {
+        let keys = KeyPair::generate().expect("the portal's WireGuard key");
+        let public = keys.public_b64();
+        let (ip, out) = HubIp::new(1420);
+        let device = gotatun::device::build()
+            .with_default_udp()
+            .with_ip_pair(ip.clone(), out)
+            .with_private_key(keys.secret)
+            .with_listen_port(port)
+            .suspended(true)
+            .build()
+            .await
+            .expect("the portal's WireGuard server");
+        WgServer {
+            device,
+            ip,
+            public,
+            port,
+        }
+    }
+
+    /// Admits every key at its address.
+    async fn admit(&self, admitted: Admitted) {
+        for (key, address) in &admitted {
+            let net = IpNetwork::V4(Ipv4Network::new(*address, 32).expect("a /32"));
+            let peer = Peer::new(PublicKey::from(*key)).with_allowed_ip(net);
+            let _ = self.device.add_or_update_peer(peer).await;
+        }
+        self.ip
+            .set_peers(admitted.into_iter().map(|(_, a)| a).collect());
+        self.device
+            .resume()
+            .await
+            .expect("the WireGuard server's port");
+    }
 }
 
 type Shared = Arc<Mutex<Portal>>;
+
+/// eduVPN's media type of a WireGuard profile.
+const WIREGUARD: &str = "application/x-wireguard-profile";
 
 fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Portal> {
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -191,34 +257,112 @@ async fn info(State(p): State<Shared>, headers: HeaderMap) -> Response {
     if !bearer_ok(&p, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    let protocols = if p.wireguard.is_some() {
+        json!(["openvpn", "wireguard"])
+    } else {
+        json!(["openvpn"])
+    };
     let list = if p.no_profile {
         json!([])
     } else {
-        json!([{"profile_id": "default", "display_name": "Default"}])
+        json!([{"profile_id": "default", "display_name": "Default", "vpn_proto_list": protocols}])
     };
     axum::Json(json!({"info": {"profile_list": list}})).into_response()
 }
 
+/// eduVPN's error answer: 400 with `{"error": ...}`.
+fn refused(why: &str) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": why }))).into_response()
+}
+
+/// When every profile the portal hands out expires.
+const EXPIRES: &str = "Fri, 26 Nov 2027 10:00:00 GMT";
+
 async fn connect(
-    State(p): State<Shared>,
+    State(shared): State<Shared>,
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let mut p = lock(&p);
-    if !bearer_ok(&p, &headers) || f.get("profile_id").map(String::as_str) != Some("default") {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // The lock is not held across the WireGuard server's admission.
+    let (wg, admitted, profile) = {
+        let mut p = lock(&shared);
+        if !bearer_ok(&p, &headers) || f.get("profile_id").map(String::as_str) != Some("default") {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        match (accept.contains(WIREGUARD), p.wireguard.clone()) {
+            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f) {
+                Ok((admitted, profile)) => (wg, admitted, profile),
+                Err(why) => return refused(why),
+            },
+            _ => return openvpn_profile(&mut p),
+        }
+    };
+    wg.admit(admitted).await;
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, WIREGUARD),
+            (header::EXPIRES, EXPIRES),
+        ],
+        profile,
+    )
+        .into_response()
+}
+
+/// A profile of the portal's PKI, with a certificate and an address of its own.
+fn openvpn_profile(p: &mut Portal) -> Response {
     let id = NodeId(2 + p.issued.len() as i64);
     p.issued.push(id);
     let cert = p.pki.issue(id).expect("issue");
     p.pki.write_ccd(&p.issued).expect("ccd");
-    let pki = &p.pki;
     (
         StatusCode::OK,
-        [(header::EXPIRES, "Fri, 26 Nov 2027 10:00:00 GMT")],
-        pki.profile(&cert),
+        [(header::EXPIRES, EXPIRES)],
+        p.pki.profile(&cert),
     )
         .into_response()
+}
+
+/// The WireGuard keys a server admits, each with its address.
+type Admitted = Vec<([u8; 32], Ipv4Addr)>;
+
+/// A WireGuard profile in eduVPN's form for the `public_key` of the request (a key asked for
+/// again keeps its address), and every key the server is to admit; or why eduVPN refuses.
+fn wireguard_profile(
+    p: &mut Portal,
+    wg: &WgServer,
+    f: &HashMap<String, String>,
+) -> Result<(Admitted, String), &'static str> {
+    let key = f.get("public_key").ok_or("missing \"public_key\"")?;
+    let key = decode_key(key).map_err(|_| "invalid \"public_key\"")?;
+    let index = match p.keys.iter().position(|k| *k == key) {
+        Some(i) => i,
+        None => {
+            p.keys.push(key);
+            p.keys.len() - 1
+        }
+    };
+    let address_of = |i: usize| p.vpn.address_of(NodeId(100 + i as i64)).expect("address");
+    let admitted = p
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (*k, address_of(i)))
+        .collect();
+    let prefix = p.vpn.vpn_subnet().expect("subnet").prefix_len();
+    let profile = format!(
+        "[Interface]\nAddress = {}/{prefix}, fd43::{index:x}/64\nDNS = 9.9.9.9, 2620:fe::fe\n\n\
+         [Peer]\nPublicKey = {}\nAllowedIPs = 0.0.0.0/0, ::/0\nEndpoint = {}:{}\n",
+        address_of(index),
+        wg.public,
+        p.vpn.remote,
+        wg.port
+    );
+    Ok((admitted, profile))
 }
 
 /// How the portal behaves.
@@ -235,6 +379,9 @@ pub struct PortalOptions {
     /// Served over HTTPS (a private CA's certificate), as eduVPN is; vantage6's connector
     /// (oauthlib) refuses plain HTTP.
     pub tls: bool,
+    /// Also WireGuard: its server's UDP port (on every address of the host; profiles name
+    /// `vpn.remote`).
+    pub wireguard: Option<u16>,
 }
 
 /// A running portal: its URL, and its PKI's folder (the OpenVPN server's files, `server.conf`
@@ -279,6 +426,12 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
         tokens: Vec::new(),
         pki,
         issued: Vec::new(),
+        wireguard: match o.wireguard {
+            Some(port) => Some(Arc::new(WgServer::start(port).await)),
+            None => None,
+        },
+        vpn: o.vpn,
+        keys: Vec::new(),
     }));
     let app = Router::new()
         .route("/.well-known/vpn-user-portal", get(discovery))

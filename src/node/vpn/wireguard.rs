@@ -31,6 +31,8 @@ pub const PROFILE: &str = "node.wg.conf";
 pub const KEY: &str = "wireguard.key";
 /// A session older than this is refused by both ends (WireGuard's `Reject-After-Time`).
 const SESSION: Duration = Duration::from_secs(180);
+/// Seconds between keepalives when the profile names none (wg-quick's usual 25).
+const KEEPALIVE: u16 = 25;
 /// How often the device's state is looked at.
 const LOOK: Duration = Duration::from_secs(1);
 
@@ -230,7 +232,10 @@ impl WireGuard {
         let mut peer = Peer::new(PublicKey::from(profile.peer_key))
             .with_endpoint(endpoint)
             .with_allowed_ips(allowed);
-        peer.keepalive = profile.keepalive;
+        // eduVPN's profiles name no keepalive. Without one an idle node's NAT binding lapses
+        // (the hub can no longer reach it) and no handshake renews the session (the router holds
+        // back traffic once the tunnel counts as down): so there always is one.
+        peer.keepalive = profile.keepalive.or(Some(KEEPALIVE));
         let (health_tx, health) = watch::channel(Health::default());
         let (stop, stopped) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
