@@ -2,14 +2,39 @@
 //! process is the hub, each node's tunnel runs in the node's own process: no VPN container
 //! anywhere. The VPN feature test reaches every organization; vpn-average (vantage6's own
 //! tools, sent and read by vantage6's own `UserClient`) computes over the tunnel; each node shows
-//! its handshake with the hub; no private key leaves its node; nothing is left behind.
+//! its handshake with the hub; no private key leaves its node. The hub restarted (the server
+//! stopped and started on its database) and a node killed and started again: the tunnels come
+//! back by themselves and the feature test passes again. Nothing is left behind.
 
 use algonet_testkit as common;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
+use algonet::feature::{FeatureError, Row};
 use algonet::server::pki::TunnelKind;
-use serde_json::json;
+use serde_json::{json, Value};
+
+/// Whether `ready` holds within `timeout` (asked every half second).
+async fn within(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if ready() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// The feature test reached every organization over TCP and UDP.
+fn assert_all_ok(rows: Result<Vec<Row>, FeatureError>, when: &str) {
+    let rows = rows.unwrap_or_else(|e| panic!("the feature test {when}: {e}"));
+    let table = algonet::feature::table(&rows);
+    eprintln!("{when}:\n{table}");
+    assert_eq!(rows.len(), 3, "{when}: {table}");
+    assert!(rows.iter().all(|r| r.probe.ok()), "{when}: {table}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_federation_on_wireguard_computes_over_the_vpn() {
@@ -47,6 +72,45 @@ async fn the_federation_on_wireguard_computes_over_the_vpn() {
     .text()
     .await
     .expect("metrics");
+    let handshakes = |s: &Value| s["vpn"]["wireguard"]["handshakes"].as_u64().unwrap_or(0);
+    let before: Vec<u64> = statuses.iter().map(handshakes).collect();
+    fed.stop_server();
+    fed.start_server().expect("the server again");
+    fed.admin_when_up(Duration::from_secs(30))
+        .await
+        .expect("the server answers again");
+    // The restarted hub knows the nodes' keys (its database) but not their sessions: each node
+    // shakes hands again at its next rekey (120 s after the last handshake, at a keepalive) or
+    // 15 s after it sent data that got no answer, whichever comes first.
+    let restarted = Instant::now();
+    for (i, n) in fed.nodes.iter().enumerate() {
+        let shook = within(Duration::from_secs(200), || {
+            common::try_node_status(bin, &n.config).is_ok_and(|s| handshakes(&s) > before[i])
+        })
+        .await;
+        assert!(
+            shook,
+            "{}: no new handshake with the restarted hub",
+            n.organization
+        );
+    }
+    eprintln!(
+        "every node shook hands with the restarted hub within {:.0} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    let after_hub_restart = fed.feature_test(None).await;
+
+    let killed = fed.nodes[1].child.as_mut().expect("node b");
+    killed.kill().expect("kill -9");
+    killed.wait().expect("reaped");
+    fed.start_node(1).expect("node b again");
+    let back = within(Duration::from_secs(90), || {
+        common::try_node_status(bin, &fed.nodes[1].config)
+            .is_ok_and(|s| s["vpn"]["state"] == "CONNECTED" && handshakes(&s) >= 1)
+    })
+    .await;
+    let after_node_restart = fed.feature_test(None).await;
+
     let dir = fed.options.dir.clone();
     let hub = format!("{}:{}", fed.options.host_ip(), fed.options.server_port);
     let owners: Vec<String> = fed
@@ -62,11 +126,13 @@ async fn the_federation_on_wireguard_computes_over_the_vpn() {
         vec![None; 3],
         "a node started a VPN container"
     );
-    let rows = rows.expect("the feature test");
-    let table = algonet::feature::table(&rows);
-    eprintln!("{table}");
-    assert_eq!(rows.len(), 3, "{table}");
-    assert!(rows.iter().all(|r| r.probe.ok()), "{table}");
+    assert_all_ok(rows, "at first");
+    assert_all_ok(after_hub_restart, "after the hub restarted");
+    assert!(back, "the restarted node's tunnel did not come back");
+    assert_all_ok(
+        after_node_restart,
+        "after node b was killed and started again",
+    );
 
     let answer = answer.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(answer["status"], json!("completed"), "{answer}");

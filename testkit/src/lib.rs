@@ -316,17 +316,23 @@ pub fn vpn_average_answer(
 
 /// `algonet node status --json` of the node configured in `config`, as an operator asks it.
 pub fn node_status(algonet: &str, config: &std::path::Path) -> serde_json::Value {
+    try_node_status(algonet, config).unwrap_or_else(|e| panic!("algonet node status: {e}"))
+}
+
+/// [`node_status`], or why the node did not answer (not running yet, say).
+pub fn try_node_status(
+    algonet: &str,
+    config: &std::path::Path,
+) -> Result<serde_json::Value, String> {
     let out = Command::new(algonet)
         .args(["node", "status", "--json", "--config"])
         .arg(config)
         .output()
-        .expect("algonet node status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
 /// [`user_client_script`] against the server on a port as a user (name, password).
