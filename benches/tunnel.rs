@@ -12,6 +12,10 @@
 //! what the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at
 //! the OpenVPN server and at the two ends.
 //!
+//! A fifth, the reference for the fourth: a plain userspace WireGuard tunnel of the same shape
+//! (Debian's wireguard-go as a hub and two clients, each in a container of its own on the
+//! WireGuard federation's network, the hub's kernel forwarding between its peers).
+//!
 //! A fourth path is algonet on WireGuard: a second federation of two nodes beside the first
 //! (`--tunnel wireguard`: the server process is the hub, each node's tunnel runs in the node's
 //! process), the same iperf3 algorithm on both. Its table sets it beside the plain OpenVPN
@@ -399,6 +403,210 @@ async fn algonet_ends(fed: &Federation, admin: &Session) -> Result<(End, End), F
     Ok((ends.remove(0), ends.remove(0)))
 }
 
+/// A wireguard-go process of ours (in the foreground), ended with SIGTERM and waited for on
+/// drop, before its namespace goes: Debian's wireguard-go killed otherwise, or outliving its
+/// namespace or control socket, has been seen spinning in the kernel until a reboot.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The reference: a plain userspace WireGuard tunnel of algonet's shape, from Debian's
+/// wireguard-go and wg: a hub and two clients, each in a pause container of its own on the
+/// WireGuard federation's network; the hub's kernel forwards between its two peers, so each
+/// packet is decrypted and encrypted again there, as in algonet's hub.
+struct Reference {
+    /// The two clients' ends (iperf3 servers listening in both).
+    a: End,
+    b: End,
+    /// The wireguard-go processes: hub, a, b.
+    tunnels: Vec<u32>,
+    // Dropped in this order: iperf3 first, then the daemons.
+    _iperf: Vec<Owned>,
+    _daemons: Vec<Daemon>,
+}
+
+/// Names of the reference's containers (and, with `wgref-`, its interfaces).
+const REFERENCE: [&str; 3] = ["hub", "a", "b"];
+const REFERENCE_PORT: u16 = 51900;
+
+fn reference_container(role: &str) -> String {
+    format!("algonet-{WG_TAG}-wgref-{role}")
+}
+
+/// Runs `command` (a host binary) in the network namespace of `pid`; its standard output.
+fn run_in(pid: u32, command: &[&str], input: Option<&str>) -> Result<String, Failed> {
+    let mut c = nsenter(pid);
+    c.args(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::io::Write::write_all(&mut stdin, text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}: {}",
+            command.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
+    let mut pids = Vec::new();
+    for role in REFERENCE {
+        let name = reference_container(role);
+        let sandbox = images::ImageNames::default().sandbox;
+        let owner = format!("{WG_TAG}-wgref");
+        fed.docker
+            .run(&name, specs::hub(&sandbox, &owner, Some(&fed.network)))
+            .await?;
+        pids.push(fed.docker.pid(&name).await?);
+    }
+    let (hub, a, b) = (pids[0], pids[1], pids[2]);
+    let hub_ip = run_in(
+        hub,
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+        None,
+    )?
+    .split_whitespace()
+    .skip_while(|w| *w != "inet")
+    .nth(1)
+    .and_then(|a| a.split('/').next())
+    .ok_or("the reference hub has no address")?
+    .to_string();
+    let dir = std::env::temp_dir().join(format!("algonet-wgref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut daemons = Vec::new();
+    let mut publics = Vec::new();
+    for (role, &pid) in REFERENCE.iter().zip(&pids) {
+        let secret = run_in(pid, &["wg", "genkey"], None)?;
+        publics.push(run_in(pid, &["wg", "pubkey"], Some(&secret))?);
+        let file = dir.join(format!("{role}.key"));
+        algonet::private::file(&file, secret.as_bytes())?;
+        let link = format!("wgref-{role}");
+        let daemon = nsenter(pid)
+            .args(["wireguard-go", "-f", &link])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        join_cpu_cgroup(daemon.id(), pid)?;
+        daemons.push(Daemon(daemon));
+        let socket = PathBuf::from(format!("/var/run/wireguard/{link}.sock"));
+        let until = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > until {
+                return Err(format!("wireguard-go made no {}", socket.display()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        run_in(
+            pid,
+            &["wg", "set", &link, "private-key", &file.to_string_lossy()],
+            None,
+        )?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = REFERENCE_PORT.to_string();
+    run_in(
+        hub,
+        &[
+            "wg",
+            "set",
+            "wgref-hub",
+            "listen-port",
+            &port,
+            "peer",
+            &publics[1],
+            "allowed-ips",
+            "10.77.0.2/32",
+            "peer",
+            &publics[2],
+            "allowed-ips",
+            "10.77.0.3/32",
+        ],
+        None,
+    )?;
+    run_in(hub, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], None)?;
+    let endpoint = format!("{hub_ip}:{port}");
+    for (i, &pid) in pids.iter().enumerate() {
+        let link = format!("wgref-{}", REFERENCE[i]);
+        if i > 0 {
+            run_in(
+                pid,
+                &[
+                    "wg",
+                    "set",
+                    &link,
+                    "peer",
+                    &publics[0],
+                    "allowed-ips",
+                    "10.77.0.0/24",
+                    "endpoint",
+                    &endpoint,
+                    "persistent-keepalive",
+                    "25",
+                ],
+                None,
+            )?;
+        }
+        let address = format!("10.77.0.{}/24", i + 1);
+        run_in(pid, &["ip", "addr", "add", &address, "dev", &link], None)?;
+        run_in(
+            pid,
+            &["ip", "link", "set", &link, "mtu", "1420", "up"],
+            None,
+        )?;
+    }
+    let end = |pid, host: u8| End {
+        pid,
+        ip: format!("10.77.0.{host}"),
+        port: IPERF_PORT,
+    };
+    let (a_end, b_end) = (end(a, 2), end(b, 3));
+    let mut iperf = Vec::new();
+    for end in [&a_end, &b_end] {
+        let server = nsenter(end.pid)
+            .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?;
+        let id = server.id();
+        iperf.push(Owned(server));
+        join_cpu_cgroup(id, end.pid)?;
+    }
+    wait_listening(&a_end, &b_end)?;
+    wait_listening(&b_end, &a_end)?;
+    Ok(Reference {
+        a: a_end,
+        b: b_end,
+        tunnels: daemons.iter().map(|d| d.0.id()).collect(),
+        _iperf: iperf,
+        _daemons: daemons,
+    })
+}
+
 fn wait_listening(from: &End, to: &End) -> Result<(), Failed> {
     for _ in 0..100 {
         let probe = nsenter(from.pid)
@@ -638,6 +846,7 @@ async fn bench(
     let admin = fed.admin().await?;
     let (a, b) = algonet_ends(fed, &admin).await?;
     let (wg_a, wg_b) = algonet_ends(wg, &wg.admin().await?).await?;
+    let reference = wireguard_reference(wg).await?;
     let plain = plain_clients(fed, &admin).await?;
     let (p0, p1) = (plain[0].1.clone(), plain[1].1.clone());
     // Each plain client's iperf3 server, weighed as a process of its container (the algorithms'
@@ -716,6 +925,13 @@ async fn bench(
                 .iter()
                 .filter_map(|n| n.child.as_ref().map(Child::id))
                 .collect(),
+        },
+        Path2 {
+            name: "plain userspace WireGuard",
+            client: reference.a.clone(),
+            server: reference.b.clone(),
+            openvpn: reference.tunnels.clone(),
+            nodes: Vec::new(),
         },
     ];
     let cases = [1, 8].into_iter().flat_map(|streams| {
@@ -835,37 +1051,43 @@ async fn bench(
          iptables rules vantage6 4.14 writes (DNAT from tun0, MASQUERADE toward it)."
     );
     println!(
-        "\n| traffic | plain OpenVPN tunnel Mbit/s | algonet on OpenVPN Mbit/s | algonet on WireGuard Mbit/s | \
-         WireGuard / plain OpenVPN | WireGuard / algonet on OpenVPN | tunnel + node CPU plain / OpenVPN / WireGuard | \
-         machine CPU per Gbit/s plain / OpenVPN / WireGuard |"
+        "\n| traffic | plain OpenVPN tunnel Mbit/s | algonet on OpenVPN Mbit/s | plain userspace WireGuard Mbit/s | \
+         algonet on WireGuard Mbit/s | WireGuard / plain OpenVPN | WireGuard / plain WireGuard | \
+         tunnel + node CPU plain OpenVPN / algonet on OpenVPN / plain WireGuard / algonet on WireGuard | \
+         machine CPU per Gbit/s, the same four |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (c, &(streams, direction)) in cases.iter().enumerate() {
-        let [plain, ours, wg] = [&seen[c][0], &seen[c][1], &seen[c][3]];
+        let [plain, ours, wg, reference] = [&seen[c][0], &seen[c][1], &seen[c][3], &seen[c][4]];
         // Cores the whole machine was busy (two vCPUs less their idle time) per Gbit/s carried.
         let per_gbit = |s: &Seen| {
             let busy = 2.0 - s.idle / s.wall;
             format!("{:.2}", busy / (median(&s.rates) / 1000.0))
         };
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} | {} / {} / {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} / {} | {} / {} / {} / {} |",
             case_label(streams, direction),
             median(&plain.rates),
             median(&ours.rates),
+            median(&reference.rates),
             median(&wg.rates),
             median(&wg.rates) / median(&plain.rates),
-            median(&wg.rates) / median(&ours.rates),
+            median(&wg.rates) / median(&reference.rates),
             plain.share(plain.openvpn_cpu),
             ours.share(ours.openvpn_cpu + ours.node_cpu),
+            reference.share(reference.openvpn_cpu),
             wg.share(wg.openvpn_cpu + wg.node_cpu),
             per_gbit(plain),
             per_gbit(ours),
+            per_gbit(reference),
             per_gbit(wg),
         );
     }
     println!(
         "\nalgonet on WireGuard: a second federation beside the first, the server process its hub \
-         (its CPU is the tunnel's), each node's tunnel in the node's own process. Machine CPU: \
+         (its CPU is the tunnel's), each node's tunnel in the node's own process. Plain userspace \
+         WireGuard: Debian's wireguard-go as a hub and two clients, each in a container of its own \
+         on that federation's network, the hub's kernel forwarding between its peers. Machine CPU: \
          both vCPUs less their idle time, iperf3 and the kernel included, per Gbit/s received."
     );
     Ok(())
@@ -970,6 +1192,9 @@ async fn main() -> Result<(), Failed> {
         Ok(_) => bench(&fed, &wg, rounds.max(1), seconds).await,
         Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
     };
+    for role in REFERENCE {
+        let _ = wg.docker.remove(&reference_container(role)).await;
+    }
     for e in wg.down().await {
         eprintln!("teardown: {e}");
     }
