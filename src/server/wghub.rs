@@ -28,7 +28,9 @@ use crate::wireguard::profile::WgProfile;
 /// The tunnel MTU the hub gives its nodes: 1500 less WireGuard's 80 bytes of IPv6 framing
 /// (60 over IPv4; the common choice leaves room for both).
 pub const MTU: u16 = 1420;
-/// Seconds between keepalives a node sends: keeps NAT bindings on the way open.
+/// Seconds between keepalives a node sends: keeps NAT bindings on the way open. The hub sends
+/// its own too, so that, restarted, it shakes hands with each node where the node was last
+/// heard from within this time, rather than waiting for the node's next rekey (two minutes).
 const KEEPALIVE: u16 = 25;
 /// How often admitted keys are read again from the database.
 const FOLLOW: Duration = Duration::from_secs(3);
@@ -140,15 +142,17 @@ impl WgHub {
         }))
     }
 
-    /// Makes the device's peers what the database admits: a new or changed key is added, a
-    /// removed one (a deleted node) dropped with its sessions.
+    /// Makes the device's peers what the database admits: a new or changed key is added (where
+    /// its node was last heard from, if known), a removed one (a deleted node) dropped with its
+    /// sessions; and keeps where each node's packets now come from.
     pub async fn sync(&self) -> Result<(), HubError> {
         let mut db = self.store.connection().await?;
-        let mut wanted: HashMap<[u8; 32], Ipv4Addr> = HashMap::new();
-        for (node, key) in store::wireguard_keys(&mut db).await? {
+        // key -> (address, where last heard from)
+        let mut wanted: HashMap<[u8; 32], (Ipv4Addr, Option<String>)> = HashMap::new();
+        for (node, key, endpoint) in store::wireguard_peers(&mut db).await? {
             match (decode_key(&key), self.vpn.address_of(node)) {
                 (Ok(k), Some(a)) => {
-                    wanted.insert(k, a);
+                    wanted.insert(k, (a, endpoint));
                 }
                 _ => tracing::warn!(
                     "node {node}: its WireGuard key or address is unusable; not admitted"
@@ -156,33 +160,53 @@ impl WgHub {
             }
         }
         drop(db);
-        let have: HashMap<[u8; 32], Vec<String>> = self
+        // key -> (allowed networks, where its packets come from now)
+        let have: HashMap<[u8; 32], (Vec<String>, Option<String>)> = self
             .device
             .peers()
             .await
             .into_iter()
             .map(|p| {
                 let ips = p.peer.allowed_ips.iter().map(ToString::to_string).collect();
-                (p.peer.public_key.to_bytes(), ips)
+                let endpoint = p.peer.endpoint.map(|e| e.to_string());
+                (p.peer.public_key.to_bytes(), (ips, endpoint))
             })
             .collect();
         for key in have.keys().filter(|k| !wanted.contains_key(*k)) {
             let _ = self.device.remove_peer(&PublicKey::from(*key)).await;
         }
-        for (key, address) in &wanted {
+        let mut moved = Vec::new();
+        for (key, (address, kept)) in &wanted {
             let net = ipnetwork::IpNetwork::V4(
                 ipnetwork::Ipv4Network::new(*address, 32)
                     .map_err(|e| HubError::Key(e.to_string()))?,
             );
-            if have.get(key).is_some_and(|ips| ips == &[net.to_string()]) {
-                continue;
+            match have.get(key) {
+                Some((ips, now)) if ips == &[net.to_string()] => {
+                    if let Some(now) = now.as_ref().filter(|n| Some(*n) != kept.as_ref()) {
+                        moved.push((encode_key(key), now.clone()));
+                    }
+                }
+                _ => {
+                    let mut peer = Peer::new(PublicKey::from(*key)).with_allowed_ip(net);
+                    if let Some(e) = kept.as_deref().and_then(|e| e.parse().ok()) {
+                        peer = peer.with_endpoint(e);
+                    }
+                    peer.keepalive = Some(KEEPALIVE);
+                    let _ = self.device.add_or_update_peer(peer).await;
+                }
             }
-            let peer = Peer::new(PublicKey::from(*key)).with_allowed_ip(net);
-            let _ = self.device.add_or_update_peer(peer).await;
+        }
+        if !moved.is_empty() {
+            let mut tx = self.store.write().await?;
+            for (key, endpoint) in &moved {
+                store::set_wireguard_endpoint(&mut tx, key, endpoint).await?;
+            }
+            store::commit(tx).await?;
         }
         let any = !wanted.is_empty();
         self.ip
-            .set_peers(wanted.into_values().collect::<HashSet<_>>());
+            .set_peers(wanted.into_values().map(|(a, _)| a).collect::<HashSet<_>>());
         if any {
             // Binds the port the first time; a no-op once the device is up.
             let port = self.vpn.port();

@@ -27,13 +27,24 @@ pub async fn set_wireguard_key(db: &mut Db, node: NodeId, key: &str) -> Result<b
     Ok(true)
 }
 
-/// Every admitted node with its public key, by id.
-pub async fn wireguard_keys(db: &mut Db) -> Result<Vec<(NodeId, String)>> {
+/// Every admitted node with its public key and, if the hub has heard from it, the address its
+/// packets last came from; by id.
+pub async fn wireguard_peers(db: &mut Db) -> Result<Vec<(NodeId, String, Option<String>)>> {
     Ok(
-        sqlx::query_as("SELECT node_id, public_key FROM wireguard_peer ORDER BY node_id")
+        sqlx::query_as("SELECT node_id, public_key, endpoint FROM wireguard_peer ORDER BY node_id")
             .fetch_all(db)
             .await?,
     )
+}
+
+/// Keeps where the packets of the node holding `key` last came from.
+pub async fn set_wireguard_endpoint(db: &mut Db, key: &str, endpoint: &str) -> Result<()> {
+    sqlx::query("UPDATE wireguard_peer SET endpoint = $1 WHERE public_key = $2")
+        .bind(endpoint)
+        .bind(key)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Forgets `node`'s key: the hub no longer admits it.
