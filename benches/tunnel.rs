@@ -586,18 +586,7 @@ async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
         port: IPERF_PORT,
     };
     let (a_end, b_end) = (end(a, 2), end(b, 3));
-    let mut iperf = Vec::new();
-    for end in [&a_end, &b_end] {
-        let server = nsenter(end.pid)
-            .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?;
-        let id = server.id();
-        iperf.push(Owned(server));
-        join_cpu_cgroup(id, end.pid)?;
-    }
-    wait_listening(&a_end, &b_end)?;
-    wait_listening(&b_end, &a_end)?;
+    let iperf = iperf_servers(&a_end, &b_end)?;
     Ok(Reference {
         a: a_end,
         b: b_end,
@@ -605,6 +594,24 @@ async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
         _iperf: iperf,
         _daemons: daemons,
     })
+}
+
+/// An iperf3 server in each end's namespace, weighed as a process of its container (the
+/// algorithms' servers are their containers' own); once each is reached from the other end.
+fn iperf_servers(a: &End, b: &End) -> Result<Vec<Owned>, Failed> {
+    let mut servers = Vec::new();
+    for end in [a, b] {
+        let server = nsenter(end.pid)
+            .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?;
+        let id = server.id();
+        servers.push(Owned(server));
+        join_cpu_cgroup(id, end.pid)?;
+    }
+    wait_listening(a, b)?;
+    wait_listening(b, a)?;
+    Ok(servers)
 }
 
 fn wait_listening(from: &End, to: &End) -> Result<(), Failed> {
@@ -849,20 +856,7 @@ async fn bench(
     let reference = wireguard_reference(wg).await?;
     let plain = plain_clients(fed, &admin).await?;
     let (p0, p1) = (plain[0].1.clone(), plain[1].1.clone());
-    // Each plain client's iperf3 server, weighed as a process of its container (the algorithms'
-    // servers are their containers' own).
-    let mut plain_servers = Vec::new();
-    for end in [&p0, &p1] {
-        let server = nsenter(end.pid)
-            .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?;
-        let id = server.id();
-        plain_servers.push(Owned(server));
-        join_cpu_cgroup(id, end.pid)?;
-    }
-    wait_listening(&p0, &p1)?;
-    wait_listening(&p1, &p0)?;
+    let _plain_servers = iperf_servers(&p0, &p1)?;
     let v6 = vantage6_ends(fed, &[p0.clone(), p1.clone()]).await?;
     let server_pid = fed
         .docker

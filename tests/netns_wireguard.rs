@@ -110,6 +110,21 @@ fn udp_in(ns: &TestNs, addr: SocketAddrV4) -> UdpSocket {
         .expect("bind")
 }
 
+/// A socket on node a's VPN address, one on node b's, and where a sends to reach b.
+fn pair(a: &TestNs, b: &TestNs, addresses: &[Ipv4Addr]) -> (UdpSocket, UdpSocket, SocketAddrV4) {
+    let to_b = SocketAddrV4::new(addresses[1], 5000);
+    (
+        udp_in(a, SocketAddrV4::new(addresses[0], 0)),
+        udp_in(b, to_b),
+        to_b,
+    )
+}
+
+/// 1300 bytes in which a changed or moved byte shows.
+fn payload() -> Vec<u8> {
+    (0..1300u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
 /// Sends `payload` from `from` to `to` until it arrives (true) or `within` passed (false).
 fn crosses(
     from: &UdpSocket,
@@ -163,10 +178,8 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
         assert!(wg.health().expect("running").handshake_age.is_some());
     }
 
-    let to_b = SocketAddrV4::new(addresses[1], 5000);
-    let a_sock = udp_in(&a_ns, SocketAddrV4::new(addresses[0], 0));
-    let b_sock = udp_in(&b_ns, to_b);
-    let payload: Vec<u8> = (0..1300u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (a_sock, b_sock, to_b) = pair(&a_ns, &b_ns, &addresses);
+    let payload = payload();
     assert!(
         crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
         "node a's datagram did not reach node b through the hub"
@@ -241,10 +254,8 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
     assert_eq!(answer["expires"], "Fri, 26 Nov 2027 10:00:00 GMT");
     let (mut tunnels, addresses) = connected(&s, &nodes, [&a_ns, &b_ns], "edu").await;
     assert_ne!(addresses[0], addresses[1]);
-    let to_b = SocketAddrV4::new(addresses[1], 5000);
-    let a_sock = udp_in(&a_ns, SocketAddrV4::new(addresses[0], 0));
-    let b_sock = udp_in(&b_ns, to_b);
-    let payload: Vec<u8> = (0..1300u32).map(|i| (i * 11 % 251) as u8).collect();
+    let (a_sock, b_sock, to_b) = pair(&a_ns, &b_ns, &addresses);
+    let payload = payload();
     assert!(
         crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
         "node a's datagram did not reach node b through eduVPN's WireGuard server"
