@@ -4,11 +4,12 @@
 //! traffic through the hub; a peer with a key the hub never admitted gets no handshake; a
 //! deleted node's traffic stops. And the same through eduVPN: a server with `vpn_server: {...,
 //! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
-//! the node sent, and the nodes reach each other through the portal's WireGuard server.
+//! the node sent, and the nodes reach each other through the portal's WireGuard server. A
+//! replayed, changed or made-up handshake initiation gets no answer from the hub.
 
 use algonet_testkit as common;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -263,4 +264,131 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
     for t in &mut tunnels {
         t.remove().await;
     }
+}
+
+/// A UDP relay between one node and the hub that keeps every handshake initiation the node
+/// sent (WireGuard message type 1, 148 bytes), as someone on the path could.
+struct Relay {
+    port: u16,
+    initiations: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(hub: SocketAddr) -> Relay {
+        let front = UdpSocket::bind("0.0.0.0:0").expect("relay front");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("relay back");
+        let port = front.local_addr().expect("addr").port();
+        let node: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let initiations: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for toward_hub in [true, false] {
+            let (from, to) = if toward_hub {
+                (front.try_clone(), back.try_clone())
+            } else {
+                (back.try_clone(), front.try_clone())
+            };
+            let (from, to) = (from.expect("socket"), to.expect("socket"));
+            from.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let (node, seen, stop) = (node.clone(), initiations.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 2048];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((n, src)) = from.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let p = &buf[..n];
+                    if toward_hub {
+                        *node.lock().expect("lock") = Some(src);
+                        if n == 148 && p[0] == 1 {
+                            seen.lock().expect("lock").push(p.to_vec());
+                        }
+                        let _ = to.send_to(p, hub);
+                    } else if let Some(node) = *node.lock().expect("lock") {
+                        let _ = to.send_to(p, node);
+                    }
+                }
+            }));
+        }
+        Relay {
+            port,
+            initiations,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_or_forged_handshake_gets_no_answer() {
+    if !privileged("a_replayed_or_forged_handshake_gets_no_answer") {
+        return;
+    }
+    let port = 30_000 + (std::process::id() % 10_000) as u16;
+    let s = server(
+        "wg-replay",
+        &format!("vpn: {{subnet: {SUBNET}, remote: 10.98.6.1, port: {port}, tunnel: wireguard}}\n"),
+    )
+    .await;
+    let nodes = s.nodes(1).await;
+    let ns = tokio::task::spawn_blocking(|| site(6)).await.expect("site");
+    let hub = SocketAddr::from(([127, 0, 0, 1], port));
+    let relay = Relay::start(hub);
+
+    // The node reaches the hub through the relay, which keeps its handshake initiation.
+    let dir = s.dir.join("replayed");
+    let key = WireGuard::keys(&dir).expect("key");
+    let text = profile(&s, &nodes[0].1, &key)
+        .await
+        .replace(&format!(":{port}"), &format!(":{}", relay.port));
+    let mut wg = tunnel(&ns, &dir, Duration::from_secs(10));
+    wg.connect(&text)
+        .await
+        .expect("handshake through the relay");
+    let initiation = relay.initiations.lock().expect("lock")[0].clone();
+    let handshakes = wg.health().expect("running").handshakes;
+
+    // Sent again, from elsewhere: the hub has seen its timestamp and answers nothing. Changed
+    // anywhere (its MACs no longer fit), or made up: nothing either.
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    attacker
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut changed = initiation.clone();
+    changed[40] ^= 0xff;
+    let mut made_up: Vec<u8> = (0..148u32).map(|i| (i * 31 % 256) as u8).collect();
+    made_up[..4].copy_from_slice(&[1, 0, 0, 0]);
+    let mut buf = [0u8; 256];
+    for (what, packet) in [
+        ("a replayed", &initiation),
+        ("a changed", &changed),
+        ("a made-up", &made_up),
+    ] {
+        attacker.send_to(packet, hub).expect("send");
+        let answer = attacker.recv(&mut buf);
+        assert!(
+            answer.is_err(),
+            "the hub answered {what} handshake initiation"
+        );
+    }
+    // The node's session is untouched.
+    let health = wg.health().expect("running");
+    assert_eq!(health.handshakes, handshakes, "{health:?}");
+    assert!(health
+        .handshake_age
+        .is_some_and(|a| a < Duration::from_secs(60)));
+    wg.remove().await;
+    drop(relay);
 }

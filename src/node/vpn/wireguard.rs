@@ -352,13 +352,14 @@ async fn run(
             tx_bytes: p.stats.tx_bytes,
             ..Health::default()
         });
+        let next = health.borrow().next(now.unwrap_or_default());
+        // Shown first: whoever the watch wakes (a connect) reads the same.
+        *crate::sync::lock(&shown) = Some(next.clone());
         health.send_if_modified(|h| {
-            let now = h.next(now.unwrap_or_default());
-            let changed = *h != now;
-            *h = now;
+            let changed = *h != next;
+            *h = next;
             changed
         });
-        *crate::sync::lock(&shown) = Some(health.borrow().clone());
         tokio::select! {
             _ = &mut stop => break,
             () = tokio::time::sleep(LOOK) => {}
