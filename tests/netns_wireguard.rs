@@ -54,6 +54,24 @@ fn site(i: u8) -> TestNs {
     ns
 }
 
+/// A UDP port no socket holds now (the tests of this file run side by side).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A server whose built-in VPN is WireGuard, its hub on a free UDP port (returned), its
+/// profiles naming the host's address toward `site`.
+async fn hub_server(tag: &str, site: u8) -> (Server, u16) {
+    let port = free_udp_port();
+    let vpn = format!(
+        "vpn: {{subnet: {SUBNET}, remote: 10.98.{site}.1, port: {port}, tunnel: wireguard}}\n"
+    );
+    (server(tag, &vpn).await, port)
+}
+
 fn tunnel(ns: &TestNs, dir: &std::path::Path, timeout: Duration) -> WireGuard {
     let handle = Arc::new(Netns::open(format!("/run/netns/{}", ns.name)).expect("netns"));
     WireGuard::new(
@@ -153,12 +171,7 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
     if !privileged("nodes_reach_each_other_through_the_servers_wireguard_hub") {
         return;
     }
-    let port = 40_000 + (std::process::id() % 20_000) as u16;
-    let s = server(
-        "wg-hub",
-        &format!("vpn: {{subnet: {SUBNET}, remote: 10.98.1.1, port: {port}, tunnel: wireguard}}\n"),
-    )
-    .await;
+    let (s, _) = hub_server("wg-hub", 1).await;
     let nodes = s.nodes(2).await;
     let (a_ns, b_ns, c_ns) = tokio::task::spawn_blocking(|| (site(1), site(2), site(3)))
         .await
@@ -221,7 +234,7 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
     if !privileged("nodes_use_wireguard_profiles_from_eduvpn") {
         return;
     }
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let port = free_udp_port();
     let portal = common::eduvpn::start(PortalOptions {
         tag: "wg".into(),
         confidential: false,
@@ -336,12 +349,7 @@ async fn a_replayed_or_forged_handshake_gets_no_answer() {
     if !privileged("a_replayed_or_forged_handshake_gets_no_answer") {
         return;
     }
-    let port = 30_000 + (std::process::id() % 10_000) as u16;
-    let s = server(
-        "wg-replay",
-        &format!("vpn: {{subnet: {SUBNET}, remote: 10.98.6.1, port: {port}, tunnel: wireguard}}\n"),
-    )
-    .await;
+    let (s, port) = hub_server("wg-replay", 6).await;
     let nodes = s.nodes(1).await;
     let ns = tokio::task::spawn_blocking(|| site(6)).await.expect("site");
     let hub = SocketAddr::from(([127, 0, 0, 1], port));

@@ -24,10 +24,8 @@ use crate::server::store::{self, Store, StoreError};
 use crate::wireguard::ip::{HubCounters, HubIp, HubOut};
 use crate::wireguard::keys::{decode_key, encode_key, KeyPair};
 use crate::wireguard::profile::WgProfile;
+use crate::wireguard::MTU;
 
-/// The tunnel MTU the hub gives its nodes: 1500 less WireGuard's 80 bytes of IPv6 framing
-/// (60 over IPv4; the common choice leaves room for both).
-pub const MTU: u16 = 1420;
 /// Seconds between keepalives a node sends: keeps NAT bindings on the way open. The hub sends
 /// its own too, so that, restarted, it shakes hands with each node where the node was last
 /// heard from within this time, rather than waiting for the node's next rekey (two minutes).

@@ -65,7 +65,7 @@ impl WgServer {
     async fn start(port: u16) -> WgServer {
         let keys = KeyPair::generate().expect("the portal's WireGuard key");
         let public = keys.public_b64();
-        let (ip, out) = HubIp::new(1420);
+        let (ip, out) = HubIp::new(algonet::wireguard::MTU);
         let device = gotatun::device::build()
             .with_default_udp()
             .with_ip_pair(ip.clone(), out)

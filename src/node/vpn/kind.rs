@@ -42,7 +42,7 @@ impl Kind {
             name: "tun0",
             mtu: match self {
                 Kind::OpenVpn => 1500,
-                Kind::WireGuard => crate::server::wghub::MTU,
+                Kind::WireGuard => crate::wireguard::MTU,
             },
         }
     }
