@@ -22,6 +22,7 @@ use algonet::wireguard::keys::KeyPair;
 use algonet::wireguard::profile::WgProfile;
 use common::eduvpn::{vpn_server, PortalOptions};
 use common::server::{server, Server};
+use common::stand_in::{stand_in, StandIn};
 use common::{privileged, TestNs};
 use serde_json::json;
 
@@ -72,15 +73,19 @@ async fn hub_server(tag: &str, site: u8) -> (Server, u16) {
     (server(tag, &vpn).await, port)
 }
 
-fn tunnel(ns: &TestNs, dir: &std::path::Path, timeout: Duration) -> WireGuard {
+/// A node's tunnel in `ns`, `tun0` standing in for its routers (the tunnel goes first).
+fn tunnel(ns: &TestNs, dir: &std::path::Path, timeout: Duration) -> (WireGuard, StandIn) {
     let handle = Arc::new(Netns::open(format!("/run/netns/{}", ns.name)).expect("netns"));
-    WireGuard::new(
+    let (ends, tun) = stand_in(ns, 1420);
+    let wg = WireGuard::new(
         handle,
+        ends,
         dir.to_path_buf(),
         SUBNET.parse().expect("subnet"),
         1420,
         timeout,
-    )
+    );
+    (wg, tun)
 }
 
 /// The answer to `GET /vpn?public_key=` for `key`.
@@ -105,17 +110,17 @@ async fn connected(
     nodes: &[(i64, String)],
     sites: [&TestNs; 2],
     tag: &str,
-) -> (Vec<WireGuard>, Vec<Ipv4Addr>) {
+) -> (Vec<(WireGuard, StandIn)>, Vec<Ipv4Addr>) {
     let mut tunnels = Vec::new();
     let mut addresses = Vec::new();
     for (i, ((_, token), ns)) in nodes.iter().zip(sites).enumerate() {
         let dir = s.dir.join(format!("{tag}{i}"));
         let key = WireGuard::keys(&dir).expect("key");
         let text = profile(s, token, &key).await;
-        let mut wg = tunnel(ns, &dir, Duration::from_secs(10));
+        let (mut wg, tun) = tunnel(ns, &dir, Duration::from_secs(10));
         let address = wg.connect(&text).await.expect("handshake with the hub");
         ns.ip(&["addr", "add", &format!("{address}/16"), "dev", "tun0"]);
-        tunnels.push(wg);
+        tunnels.push((wg, tun));
         addresses.push(address);
     }
     (tunnels, addresses)
@@ -180,7 +185,7 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
     // A node asks with its public key; the profile it gets carries no private key, and its
     // address is fixed by the node's id.
     let (mut tunnels, addresses) = connected(&s, &nodes, [&a_ns, &b_ns], "node").await;
-    for ((id, _), (wg, address)) in nodes.iter().zip(tunnels.iter().zip(&addresses)) {
+    for ((id, _), ((wg, _), address)) in nodes.iter().zip(tunnels.iter().zip(&addresses)) {
         let text = wg.saved_profile().expect("the profile it kept");
         assert!(!text.to_lowercase().contains("privatekey"), "{text}");
         let expected = Ipv4Addr::from_bits(Ipv4Addr::new(10, 76, 0, 0).to_bits() + *id as u32 + 1);
@@ -201,8 +206,8 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
 
     // A key the hub never admitted, with a copy of node a's profile: no handshake.
     let c_dir = s.dir.join("stranger");
-    let stolen = tunnels[0].saved_profile().expect("a's profile");
-    let mut stranger = tunnel(&c_ns, &c_dir, Duration::from_secs(5));
+    let stolen = tunnels[0].0.saved_profile().expect("a's profile");
+    let (mut stranger, _tun) = tunnel(&c_ns, &c_dir, Duration::from_secs(5));
     match stranger.connect(&stolen).await {
         Err(WgError::Silent { .. }) => {}
         other => panic!("a stranger's tunnel: {other:?}"),
@@ -224,7 +229,7 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
     }
     assert!(stopped, "a deleted node still gets traffic through the hub");
 
-    for t in &mut tunnels {
+    for (t, _) in &mut tunnels {
         t.remove().await;
     }
 }
@@ -274,7 +279,7 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
         crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
         "node a's datagram did not reach node b through eduVPN's WireGuard server"
     );
-    for t in &mut tunnels {
+    for (t, _) in &mut tunnels {
         t.remove().await;
     }
 }
@@ -361,7 +366,7 @@ async fn a_replayed_or_forged_handshake_gets_no_answer() {
     let text = profile(&s, &nodes[0].1, &key)
         .await
         .replace(&format!(":{port}"), &format!(":{}", relay.port));
-    let mut wg = tunnel(&ns, &dir, Duration::from_secs(10));
+    let (mut wg, _tun) = tunnel(&ns, &dir, Duration::from_secs(10));
     wg.connect(&text)
         .await
         .expect("handshake through the relay");

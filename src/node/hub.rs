@@ -10,7 +10,9 @@ use netstack::{Mapping, Protocol, Vpn};
 
 use crate::api::{PublicPort, RunId};
 use crate::docker::{specs, Docker, DockerError};
-use crate::net::dataplane::{Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle};
+use crate::net::dataplane::{
+    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, TunnelEnds,
+};
 use crate::net::links::{IfName, LinkError, Netlink};
 use crate::net::netns::{in_ns, Netns, NetnsError, Resident};
 use crate::net::plan::{self, HubPlan, RunLinkPlan};
@@ -201,13 +203,21 @@ impl Hub {
         self.mtu
     }
 
-    /// Routes the tunnel through the router and gives the router the node's VPN address. Safe
-    /// to repeat: after OpenVPN restarted (a new tun0) or its address changed.
+    /// The data plane's port for a tunnel in the node's process.
+    pub fn tunnel(&self) -> TunnelEnds {
+        self.handle.tunnel()
+    }
+
+    /// Routes the tunnel's link through the router (none to route while a tunnel in the node's
+    /// process is attached to the data plane) and gives the router the node's VPN address.
+    /// Safe to repeat: after OpenVPN restarted (a new tun0) or its address changed.
     pub async fn connect_vpn(&self, address: Ipv4Addr) -> Result<(), HubError> {
-        let plan = self.plan.clone();
-        self.control
-            .run(move |nl| Box::pin(async move { plan::apply_vpn(nl, &plan).await }))
-            .await??;
+        if !self.handle.tunnel().attached() {
+            let plan = self.plan.clone();
+            self.control
+                .run(move |nl| Box::pin(async move { plan::apply_vpn(nl, &plan).await }))
+                .await??;
+        }
         let vpn = Vpn {
             address,
             prefix_len: self.plan.vpn_prefix_len,

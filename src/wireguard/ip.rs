@@ -1,6 +1,6 @@
 //! Where a WireGuard device's decrypted packets go and where the packets it encrypts come from
-//! (gotatun's [`IpSend`] and [`IpRecv`]): the node's tunnel device, or the hub's turn-around
-//! between the peers it provisioned.
+//! (gotatun's [`IpSend`] and [`IpRecv`]): the node's data plane (its tunnel port: no device
+//! between them), or the hub's turn-around between the peers it provisioned.
 
 use std::collections::HashSet;
 use std::io;
@@ -12,75 +12,92 @@ use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use tokio::sync::mpsc;
 
-/// A TUN device as the device's two ends: what the device reads is encrypted toward the peer
-/// ([`TunIn`]), what the peer sent is written to it ([`TunOut`]).
-pub fn tun_ends(dev: tun_rs::AsyncDevice, mtu: u16, first: Vec<u8>) -> (TunOut, TunIn) {
-    let dev = Arc::new(dev);
-    let out = TunOut {
-        dev: Arc::clone(&dev),
+use crate::net::dataplane::{Attached, Segments, TunnelEnds};
+
+/// The data plane's port as the device's two ends: what the peer sent is handed to the routers
+/// ([`RouterOut`]), what they send to VPN peers is encrypted toward the peer ([`RouterIn`]).
+/// `None` while another device holds the port.
+pub fn router_ends(ends: TunnelEnds, mtu: u16, first: Vec<u8>) -> Option<(RouterOut, RouterIn)> {
+    let attached = ends.attach()?;
+    let into = RouterIn {
+        attached,
+        mtu,
+        first: Some(first),
+        room: Segments::default(),
+        ready: Vec::new(),
     };
-    let first = Some(first);
-    (out, TunIn { dev, mtu, first })
+    Some((RouterOut { ends }, into))
 }
 
-/// Writes what the peer sent to the TUN device.
-#[derive(Clone)]
-pub struct TunOut {
-    dev: Arc<tun_rs::AsyncDevice>,
+/// Hands what the peer sent to the routers.
+#[derive(Clone, Debug)]
+pub struct RouterOut {
+    ends: TunnelEnds,
 }
 
-/// Reads the TUN device for the peer. `first` goes out before anything is read, as if read
-/// from the device. A read that is not an IP packet is skipped, never an error (an error
-/// would end the device's reading).
-pub struct TunIn {
-    dev: Arc<tun_rs::AsyncDevice>,
+/// Takes what the routers send to VPN peers, a super-packet cut to its segments. `first` goes
+/// out before anything is taken. A packet that cannot be cut or copied is dropped and counted
+/// with the data plane's tunnel drops, never an error (an error would end the device's reading).
+pub struct RouterIn {
+    attached: Attached,
     mtu: u16,
     first: Option<Vec<u8>>,
+    room: Segments,
+    ready: Vec<Packet<Ip>>,
 }
 
-impl std::fmt::Debug for TunOut {
+impl std::fmt::Debug for RouterIn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunOut").finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for TunIn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunIn")
+        f.debug_struct("RouterIn")
             .field("mtu", &self.mtu)
             .finish_non_exhaustive()
     }
 }
 
-impl IpSend for TunOut {
+impl IpSend for RouterOut {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
-        self.dev.send(&packet.into_bytes()).await?;
+        self.ends.deliver(&packet.into_bytes());
         Ok(())
     }
 }
 
-impl IpRecv for TunIn {
+/// A copy of `bytes` in a packet of `pool`, if it is an IP packet that fits.
+fn packet_of(pool: &PacketBufPool, bytes: &[u8]) -> Option<Packet<Ip>> {
+    let mut packet = pool.get();
+    if bytes.len() > packet.len() {
+        return None;
+    }
+    packet.truncate(bytes.len());
+    packet.copy_from_slice(bytes);
+    packet.try_into_ip().ok()
+}
+
+impl IpRecv for RouterIn {
     async fn recv<'a>(
         &'a mut self,
         pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
-        loop {
-            let mut packet = pool.get();
-            match self.first.take() {
-                Some(first) => {
-                    let n = first.len().min(packet.len());
-                    packet.truncate(n);
-                    packet.copy_from_slice(&first[..n]);
-                }
-                None => {
-                    let n = self.dev.recv(&mut packet).await?;
-                    packet.truncate(n);
-                }
-            }
-            if let Ok(ip) = packet.try_into_ip() {
-                return Ok(std::iter::once(ip));
+        self.ready.clear();
+        if let Some(first) = self.first.take() {
+            self.ready.extend(packet_of(pool, &first));
+        }
+        while self.ready.is_empty() {
+            let Some(mut out) = self.attached.recv().await else {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the data plane has stopped",
+                ));
+            };
+            let (ready, attached) = (&mut self.ready, &self.attached);
+            let cut = out.packets(&mut self.room, |p| match packet_of(pool, p) {
+                Some(ip) => ready.push(ip),
+                None => attached.lost(),
+            });
+            if cut.is_err() {
+                self.attached.lost();
             }
         }
+        Ok(self.ready.drain(..))
     }
 
     fn mtu(&self) -> MtuWatcher {

@@ -7,6 +7,7 @@
 pub mod eduvpn;
 pub mod postgres;
 pub mod server;
+pub mod stand_in;
 pub mod tls;
 pub mod topology;
 pub mod vantage6;

@@ -27,6 +27,11 @@ impl Router {
         Ok(())
     }
 
+    /// The node's place on the VPN, if it has one.
+    pub fn vpn(&self) -> Option<Vpn> {
+        self.vpn
+    }
+
     /// Pauses (`false`) or resumes forwarding toward VPN peers, as the tunnel goes and comes
     /// back; [`Router::set_vpn`] resumes it. While paused, what a container sends toward a peer
     /// is dropped as [`DropReason::TunnelDown`]; tracked connections stay.

@@ -16,6 +16,12 @@ pub struct IoCounters {
     pub handoffs: u64,
     /// Packets lost because that worker's inbox was full.
     pub handoff_drops: u64,
+    /// Packets a tunnel in the node's process handed to the routers, and those the routers
+    /// handed to it (a super-packet counts once).
+    pub tunnel_in: u64,
+    pub tunnel_out: u64,
+    /// Packets lost between the routers and that tunnel because the other side's queue was full.
+    pub tunnel_drops: u64,
 }
 
 impl IoCounters {
@@ -26,6 +32,9 @@ impl IoCounters {
         self.short_reads += other.short_reads;
         self.handoffs += other.handoffs;
         self.handoff_drops += other.handoff_drops;
+        self.tunnel_in += other.tunnel_in;
+        self.tunnel_out += other.tunnel_out;
+        self.tunnel_drops += other.tunnel_drops;
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use netstack::{Counters, Router};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DataplaneError, IoCounters, Snapshot};
+use super::{DataplaneError, IoCounters, Snapshot, TunnelEnds};
 
 /// Control for one worker, run between two packets.
 pub(super) type Job = Box<dyn FnOnce(&mut Router, &IoCounters) + Send>;
@@ -16,11 +16,17 @@ pub(super) type Job = Box<dyn FnOnce(&mut Router, &IoCounters) + Send>;
 pub struct DataplaneHandle {
     /// One per worker (per router and queue of the device).
     jobs: Vec<mpsc::UnboundedSender<Job>>,
+    tunnel: TunnelEnds,
 }
 
 impl DataplaneHandle {
-    pub(super) fn new(jobs: Vec<mpsc::UnboundedSender<Job>>) -> DataplaneHandle {
-        DataplaneHandle { jobs }
+    pub(super) fn new(jobs: Vec<mpsc::UnboundedSender<Job>>, tunnel: TunnelEnds) -> DataplaneHandle {
+        DataplaneHandle { jobs, tunnel }
+    }
+
+    /// The port a tunnel in the node's process attaches to (see [`TunnelEnds`]).
+    pub fn tunnel(&self) -> TunnelEnds {
+        self.tunnel.clone()
     }
 
     /// Runs `f` on every router between two packets and returns the first router's result:

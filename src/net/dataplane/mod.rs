@@ -14,17 +14,21 @@
 //! One concern a file: [`handle`] (control from the node), [`counters`] (what is counted),
 //! [`worker`] (a router with its queue: the event loop and hand-offs between queues),
 //! [`queue`] (a queue of the device: set-up, reading, deciding, writing), [`merge`] (GRO of
-//! what one wake-up forwards) and [`delivery`] (the no-offload delivery thread).
+//! what one wake-up forwards), [`delivery`] (the no-offload delivery thread) and [`tunnel`]
+//! (the port to a tunnel in the node's process, which takes the device's place toward VPN
+//! peers).
 
 mod counters;
 mod delivery;
 mod handle;
 mod merge;
 mod queue;
+mod tunnel;
 mod worker;
 
 pub use counters::{IoCounters, Snapshot};
 pub use handle::DataplaneHandle;
+pub use tunnel::{standalone, Attached, Outgoing, RouterSide, SegmentError, Segments, TunnelEnds};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -136,6 +140,9 @@ impl Dataplane {
             (0..queues).map(|_| mpsc::channel(HANDOFF_QUEUE)).unzip();
         let peers: Arc<[mpsc::Sender<Handoff>]> = inboxes.into();
         let pool = Arc::new(Pool::new(HANDOFF_QUEUE));
+        let hdr = if config.offload { VNET_HDR_LEN } else { 0 };
+        let (port, inlet, ends) = tunnel::port(Arc::clone(&pool), hdr);
+        let mut inlet = Some(inlet);
         let r = &config.router;
         let later = (queues > 1).then(|| {
             Arc::new(Mutex::new(Fragments::new(
@@ -163,6 +170,8 @@ impl Dataplane {
                 peers: Arc::clone(&peers),
                 pool: Arc::clone(&pool),
                 later: later.clone(),
+                tunnel: port.clone(),
+                inlet: inlet.take(),
             };
             let config = config.clone();
             // Queues after the first attach to the device the first one made.
@@ -188,7 +197,7 @@ impl Dataplane {
             return Err(failed);
         }
         Ok(Dataplane {
-            handle: DataplaneHandle::new(jobs),
+            handle: DataplaneHandle::new(jobs, ends),
             workers,
         })
     }

@@ -8,6 +8,7 @@ use netstack::{Action, L4Checksum, Meta, Router, Side};
 
 use super::delivery::{poll_device, Delivery};
 use super::merge::Merge;
+use super::tunnel::Port;
 use super::{DataplaneConfig, DataplaneError, IoCounters, VNET_HDR_LEN};
 use crate::net::links::{set_device_attr, set_sysctl, LinkError, Netlink};
 use crate::net::tun;
@@ -19,8 +20,10 @@ use netstack::Instant;
 /// without a push and was followed by silence. It is longer than a tick (4 ms at Debian's
 /// 250 Hz): a shorter one is re-armed on every write (docs/performance.md has the measurements).
 const GRO_FLUSH_TIMEOUT_NS: &str = "5000000";
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+pub(super) const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub(super) const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+/// The flag beside a GSO type that says the TCP stream has ECN set.
+pub(super) const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 /// A worker's queue of the device: how it reads there, and how it writes what the router makes
 /// of a packet.
@@ -30,6 +33,8 @@ pub(super) struct Queue {
     poller: std::fs::File,
     delivery: Option<Delivery>,
     merge: Merge,
+    /// The port to a tunnel in the node's process.
+    tunnel: Port,
     pub(super) io: IoCounters,
     /// Length of the virtio-net header: 0 without offload.
     pub(super) hdr: usize,
@@ -37,11 +42,12 @@ pub(super) struct Queue {
 
 impl Queue {
     /// Decides on the packet in `buf[..n]` (behind its virtio-net header with offload) and
-    /// writes or queues what the router makes of it.
+    /// writes or queues what the router makes of it. A packet for a VPN peer goes to the tunnel
+    /// in `buf` itself while one is attached to the port (`buf` is then a spare).
     pub(super) async fn forward(
         &mut self,
         router: &mut Router,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
         n: usize,
         now: Instant,
     ) {
@@ -54,6 +60,10 @@ impl Queue {
         let out = match router.process(&mut buf[hdr..], n - hdr, meta, now) {
             Action::Forward { len, to } => {
                 let len = usize::from(len);
+                if to == Side::Vpn && self.tunnel.attached() {
+                    self.tunnel.send(buf, hdr + len, &mut self.io);
+                    return;
+                }
                 if let (Some(d), Side::Container) = (&self.delivery, to) {
                     if d.send(&buf[hdr..hdr + len]) {
                         self.io.writes += 1;
@@ -75,7 +85,12 @@ impl Queue {
             Action::Reply { len, .. } => {
                 // A packet the router built: complete checksums, no segmentation.
                 buf[..hdr].fill(0);
-                hdr + usize::from(len)
+                let len = hdr + usize::from(len);
+                if self.tunnel.attached() && for_vpn(router, &buf[hdr..len]) {
+                    self.tunnel.send(buf, len, &mut self.io);
+                    return;
+                }
+                len
             }
             Action::Drop(_) => return,
         };
@@ -97,9 +112,13 @@ impl Queue {
         self.merge.flush(&self.dev, &mut self.io).await;
     }
 
-    /// The counters, with the delivery thread's write errors.
-    pub(super) fn counters(&self) -> IoCounters {
+    /// The counters, with the delivery thread's write errors and (the first queue's) the
+    /// tunnel's lost packets.
+    pub(super) fn counters(&self, first: bool) -> IoCounters {
         let mut io = self.io.clone();
+        if first {
+            io.tunnel_drops += self.tunnel.lost();
+        }
         if let Some(d) = &self.delivery {
             io.write_errors += d.errors.load(Ordering::Relaxed);
         }
@@ -144,6 +163,7 @@ impl Queue {
     pub(super) async fn open(
         config: &DataplaneConfig,
         first: bool,
+        tunnel: Port,
     ) -> Result<Queue, DataplaneError> {
         let dev = if first {
             setup(config).await?
@@ -168,6 +188,7 @@ impl Queue {
             poller,
             delivery,
             merge: Merge::new(),
+            tunnel,
             io: IoCounters::default(),
             hdr: if config.offload { VNET_HDR_LEN } else { 0 },
         })
@@ -202,6 +223,18 @@ async fn setup(config: &DataplaneConfig) -> Result<tun_rs::AsyncDevice, Dataplan
     Ok(dev)
 }
 
+/// Whether a packet the router built is for a VPN peer (by its destination).
+fn for_vpn(router: &Router, packet: &[u8]) -> bool {
+    let dest = packet
+        .get(16..20)
+        .and_then(|d| <[u8; 4]>::try_from(d).ok())
+        .map(std::net::Ipv4Addr::from);
+    router
+        .vpn()
+        .zip(dest)
+        .is_some_and(|(vpn, dest)| vpn.contains(dest))
+}
+
 /// Reads the offload information of a virtio-net header (native endian, as the TUN device
 /// writes it without TUNSETVNETLE).
 fn vnet_meta(h: &[u8]) -> Meta {
@@ -214,7 +247,7 @@ fn vnet_meta(h: &[u8]) -> Meta {
         } else {
             L4Checksum::Complete
         },
-        gso_size: if gso_type & 0x7f == VIRTIO_NET_HDR_GSO_NONE {
+        gso_size: if gso_type & !VIRTIO_NET_HDR_GSO_ECN == VIRTIO_NET_HDR_GSO_NONE {
             0
         } else {
             gso_size

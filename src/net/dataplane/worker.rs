@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::handle::Job;
 use super::queue::Queue;
+use super::tunnel::Port;
 use super::{DataplaneConfig, DataplaneError, IoCounters, BATCH, BUF_LEN};
 use crate::sync::lock;
 
@@ -36,13 +37,17 @@ pub(super) struct Worker {
     pub(super) pool: Arc<Pool>,
     /// With several routers: which one translated a fragmented datagram's first fragment.
     pub(super) later: Option<Arc<Mutex<Fragments<u16>>>>,
+    /// The port to a tunnel in the node's process.
+    pub(super) tunnel: Port,
+    /// The first worker's: what that tunnel hands in, read like the worker's own queue.
+    pub(super) inlet: Option<mpsc::Receiver<Handoff>>,
 }
 
 /// A packet read on one worker's queue for another's router: the buffer it was read into, and
 /// its length.
 pub(super) struct Handoff {
-    buf: Vec<u8>,
-    len: usize,
+    pub(super) buf: Vec<u8>,
+    pub(super) len: usize,
 }
 
 /// Spare read buffers: a worker hands a packet over in the buffer it read it into and reads on
@@ -62,13 +67,13 @@ impl Pool {
         }
     }
 
-    fn take(&self) -> Vec<u8> {
+    pub(super) fn take(&self) -> Vec<u8> {
         lock(&self.spare)
             .pop()
             .unwrap_or_else(|| vec![0u8; BUF_LEN])
     }
 
-    fn give(&self, buf: Vec<u8>) {
+    pub(super) fn give(&self, buf: Vec<u8>) {
         let mut spare = lock(&self.spare);
         if spare.len() < self.most {
             spare.push(buf);
@@ -136,15 +141,39 @@ impl Worker {
                 queue.io.short_reads += 1;
                 continue;
             }
-            let owner = self.owner(&buf[queue.hdr..n], now);
-            if owner == self.index {
-                queue.forward(&mut self.router, buf, n, now).await;
-            } else {
-                self.hand_off(owner, buf, n, &mut queue.io);
-            }
+            self.take(queue, buf, n, now).await;
         }
         queue.flush().await;
         Ok(())
+    }
+
+    /// Decides on the packet in `buf[..n]` if this worker's router owns it, or hands it to the
+    /// one that does.
+    async fn take(&mut self, queue: &mut Queue, buf: &mut Vec<u8>, n: usize, now: Instant) {
+        let owner = self.owner(&buf[queue.hdr..n], now);
+        if owner == self.index {
+            queue.forward(&mut self.router, buf, n, now).await;
+        } else {
+            self.hand_off(owner, buf, n, &mut queue.io);
+        }
+    }
+
+    /// Takes `first` and what else the tunnel has handed in (up to a batch), as read from the
+    /// worker's queue; the buffers go back to the pool.
+    async fn from_tunnel(&mut self, queue: &mut Queue, first: Handoff) {
+        let now = self.now();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(Handoff { mut buf, len }) = next.take() {
+            queue.io.tunnel_in += 1;
+            self.take(queue, &mut buf, len, now).await;
+            self.pool.give(buf);
+            taken += 1;
+            if taken < BATCH {
+                next = self.inlet.as_mut().and_then(|i| i.try_recv().ok());
+            }
+        }
+        queue.flush().await;
     }
 
     /// When the router's next expiry poll is due: when it has work for one (never, while it
@@ -165,7 +194,7 @@ pub(super) async fn run(
     mut w: Worker,
     ready: std::sync::mpsc::Sender<Result<(), DataplaneError>>,
 ) -> Result<(), DataplaneError> {
-    let mut queue = match Queue::open(&config, w.index == 0).await {
+    let mut queue = match Queue::open(&config, w.index == 0, w.tunnel.clone()).await {
         Ok(queue) => {
             let _ = ready.send(Ok(()));
             queue
@@ -189,7 +218,7 @@ pub(super) async fn run(
             biased;
             _ = &mut w.shutdown => return Ok(()),
             job = w.jobs.recv() => match job {
-                Some(job) => job(&mut w.router, &queue.counters()),
+                Some(job) => job(&mut w.router, &queue.counters(w.index == 0)),
                 None => return Ok(()),
             },
             Some(Handoff { buf: mut handed, len }) = w.inbox.recv() => {
@@ -198,6 +227,7 @@ pub(super) async fn run(
                 queue.flush().await;
                 w.pool.give(handed);
             }
+            Some(first) = next_in(&mut w.inlet) => w.from_tunnel(&mut queue, first).await,
             ready = queue.dev.readable() => {
                 ready.map_err(|source| DataplaneError::Read { name: config.tun.clone(), source })?;
                 w.drain(&mut queue, &mut buf, &config).await?;
@@ -207,6 +237,14 @@ pub(super) async fn run(
                 last_poll = tokio::time::Instant::now();
             }
         }
+    }
+}
+
+/// The next packet the tunnel hands in; never, for a worker without the inlet.
+async fn next_in(inlet: &mut Option<mpsc::Receiver<Handoff>>) -> Option<Handoff> {
+    match inlet {
+        Some(inlet) => inlet.recv().await,
+        None => std::future::pending().await,
     }
 }
 

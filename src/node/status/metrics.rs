@@ -189,6 +189,21 @@ impl Describe for NodeMetrics {
             "node_tun_handoff_drops",
             "Packets lost because the owning router's inbox was full",
             r.tun_handoff_drops,
+        )?;
+        sheet.counter(
+            "node_tunnel_in",
+            "Packets the WireGuard tunnel handed to the routers without a device",
+            r.tunnel_in,
+        )?;
+        sheet.counter(
+            "node_tunnel_out",
+            "Packets the routers handed to the WireGuard tunnel (a super-packet counts once)",
+            r.tunnel_out,
+        )?;
+        sheet.counter(
+            "node_tunnel_drops",
+            "Packets lost between the routers and the WireGuard tunnel on a full queue",
+            r.tunnel_drops,
         )
     }
 }

@@ -132,6 +132,11 @@ pub struct RouterView {
     /// connection, and those lost because its inbox was full.
     pub tun_handoffs: u64,
     pub tun_handoff_drops: u64,
+    /// With WireGuard: packets the tunnel handed to the routers and they to it (no device
+    /// between them), and those lost between them on a full queue.
+    pub tunnel_in: u64,
+    pub tunnel_out: u64,
+    pub tunnel_drops: u64,
     /// Every drop and reply counter, zeros too (for the metrics; the socket shows those that
     /// moved).
     #[serde(skip)]
@@ -189,6 +194,9 @@ pub(super) fn router_view(s: &Snapshot) -> RouterView {
         tun_write_errors: s.io.write_errors,
         tun_handoffs: s.io.handoffs,
         tun_handoff_drops: s.io.handoff_drops,
+        tunnel_in: s.io.tunnel_in,
+        tunnel_out: s.io.tunnel_out,
+        tunnel_drops: s.io.tunnel_drops,
         all_drops,
         all_replies,
     }

@@ -1,8 +1,9 @@
 //! WireGuard as the node's [`Tunnel`], in the node's own process (Mullvad's gotatun): no
-//! container and no OpenVPN. A thread in the hub namespace owns the tunnel's device `tun0` (the
-//! link the routing plan routes the VPN subnet by, as with OpenVPN) and the UDP socket to the
-//! hub; the node's key is made in its VPN folder and never leaves it but its public half (sent
-//! with `GET /vpn`).
+//! container, no OpenVPN and no tunnel device. A thread in the hub namespace owns the UDP socket
+//! to the hub; the device is attached to the data plane's tunnel port, so decrypted packets go
+//! straight to the router and what the router sends to peers straight to the device (the hub
+//! namespace has no link for the VPN subnet, whose route stays unreachable). The node's key is
+//! made in its VPN folder and never leaves it but its public half (sent with `GET /vpn`).
 //!
 //! Connected means a handshake with the hub within WireGuard's session lifetime (180 s, after
 //! which a session is refused): past that the tunnel is down and the router holds back what
@@ -19,9 +20,9 @@ use ipnet::Ipv4Net;
 use tokio::sync::{oneshot, watch};
 
 use super::{Change, StepError, Tunnel};
-use crate::net::links::{set_sysctl, IfName, Netlink};
+use crate::net::dataplane::TunnelEnds;
 use crate::net::netns::Netns;
-use crate::wireguard::ip::{probe_packet, tun_ends};
+use crate::wireguard::ip::{probe_packet, router_ends, RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{ProfileError, WgProfile};
 
@@ -54,6 +55,8 @@ pub enum WgError {
     OutsideSubnet { address: Ipv4Addr, subnet: Ipv4Net },
     #[error("the WireGuard device: {0}")]
     Device(String),
+    #[error("the data plane's tunnel port is held by another tunnel")]
+    PortHeld,
     /// no handshake answer from the hub by the deadline: a new profile would not help
     #[error("the WireGuard hub at {endpoint} did not answer a handshake within {secs}s")]
     Silent { endpoint: SocketAddr, secs: u64 },
@@ -136,7 +139,9 @@ pub struct WireGuard {
     /// The VPN folder: the profile and the key.
     pub dir: PathBuf,
     pub subnet: Ipv4Net,
-    /// The MTU of `tun0`: the hub namespace's tunnel MTU.
+    /// The data plane's port the device attaches to.
+    pub ends: TunnelEnds,
+    /// The tunnel's MTU: the hub namespace's.
     pub mtu: u16,
     pub timeout: Duration,
     /// Where the device's health is shown while it runs.
@@ -158,6 +163,7 @@ impl std::fmt::Debug for WireGuard {
 impl WireGuard {
     pub fn new(
         ns: Arc<Netns>,
+        ends: TunnelEnds,
         dir: PathBuf,
         subnet: Ipv4Net,
         mtu: u16,
@@ -165,6 +171,7 @@ impl WireGuard {
     ) -> WireGuard {
         WireGuard {
             ns,
+            ends,
             dir,
             subnet,
             mtu,
@@ -180,6 +187,7 @@ impl WireGuard {
     pub fn of(node: &crate::node::state::Node, subnet: Ipv4Net) -> WireGuard {
         let mut wg = WireGuard::new(
             Arc::clone(&node.hub.ns),
+            node.hub.tunnel(),
             node.config.task_dir.join("vpn"),
             subnet,
             node.hub.mtu(),
@@ -239,23 +247,13 @@ impl WireGuard {
         let (health_tx, health) = watch::channel(Health::default());
         let (stop, stopped) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
-        let mtu = self.mtu;
         // The subnet's network address is no node's: the hub drops the probe.
         let probe = probe_packet(address, self.subnet.network());
+        let ip = router_ends(self.ends.clone(), self.mtu, probe).ok_or(WgError::PortHeld)?;
         let shown = Arc::clone(&self.shown);
         let thread = self
             .ns
-            .spawn(move || {
-                run(
-                    keys,
-                    peer,
-                    mtu,
-                    probe,
-                    (health_tx, shown),
-                    ready_tx,
-                    stopped,
-                )
-            })
+            .spawn(move || run(keys, peer, ip, (health_tx, shown), ready_tx, stopped))
             .map_err(|e| WgError::Device(e.to_string()))?;
         let mut running = Running {
             stop: Some(stop),
@@ -303,44 +301,30 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, WgError> {
         .ok_or_else(|| bad("no IPv4 address".into()))
 }
 
-/// The device's life on its thread in the hub namespace: `tun0`, the device, then a look at its
-/// state every second (sent to the tunnel and shown) until told to stop. `tun0` goes with the
-/// thread.
+/// The device's life on its thread in the hub namespace: the device on the data plane's port,
+/// then a look at its state every second (sent to the tunnel and shown) until told to stop.
+/// The port is let go with the device.
 async fn run(
     keys: KeyPair,
     peer: Peer,
-    mtu: u16,
-    probe: Vec<u8>,
+    (out, into): (RouterOut, RouterIn),
     (health, shown): (watch::Sender<Health>, Shown),
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let name = IfName::new("tun0").unwrap_or_else(|_| unreachable!("a valid name"));
-    let made = async {
-        let dev = crate::net::tun::open(&name, false, false).map_err(|e| format!("tun0: {e}"))?;
-        let nl = Netlink::connect().map_err(|e| e.to_string())?;
-        nl.configure(&name, Some(u32::from(mtu)), None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = set_sysctl("net/ipv6/conf/tun0/disable_ipv6", "1");
-        // A first packet starts the handshake now, not at the first keepalive.
-        let (out, tun_in) = tun_ends(dev, mtu, probe);
-        gotatun::device::build()
-            .with_default_udp()
-            .with_ip_pair(out, tun_in)
-            .with_private_key(keys.secret)
-            .with_peer(peer)
-            .build()
-            .await
-            .map_err(|e| e.to_string())
-    };
+    let made = gotatun::device::build()
+        .with_default_udp()
+        .with_ip_pair(out, into)
+        .with_private_key(keys.secret)
+        .with_peer(peer)
+        .build();
     let device = match made.await {
         Ok(d) => {
             let _ = ready.send(Ok(()));
             d
         }
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.send(Err(e.to_string()));
             return;
         }
     };
