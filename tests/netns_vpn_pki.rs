@@ -14,6 +14,7 @@ use algonet::net::dataplane::{Dataplane, DataplaneConfig};
 use algonet::net::links::{IfName, Netlink, Route};
 use algonet::net::plan::{self, HubPlan, RunLinkPlan};
 use algonet::node::vpn::openvpn::management::Management;
+use common::capture::Capture;
 use common::server::server;
 use common::{privileged, TestNs};
 use netstack::{Mapping, Protocol, RunId, Vpn};
@@ -444,54 +445,6 @@ fn the_node_reads_its_vpn_address_from_openvpn_management() {
         "the same address again"
     );
     drop(server_vpn);
-}
-
-/// A process we started (ended by PID on drop), with its standard output in a file.
-struct Capture {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Capture {
-    /// tcpdump of what `link` in `ns` receives, one line per packet that matches `filter`.
-    fn start(ns: &TestNs, link: &str, filter: &str, out: &Path) -> Capture {
-        let file = std::fs::File::create(out).expect("capture file");
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", &ns.name, "tcpdump", "-n", "-l", "-Z", "root",
-            ])
-            .args(["-Q", "in", "-i", link, filter])
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tcpdump");
-        // tcpdump needs a moment before it sees packets.
-        std::thread::sleep(Duration::from_secs(1));
-        Capture {
-            child,
-            out: out.to_path_buf(),
-        }
-    }
-
-    /// Stops the capture and returns what it saw.
-    fn stop(mut self) -> String {
-        // SIGTERM: tcpdump writes out what it buffered.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A socket made inside `ns` (it stays there), with a read timeout.

@@ -5,7 +5,9 @@
 //! deleted node's traffic stops. And the same through eduVPN: a server with `vpn_server: {...,
 //! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
 //! the node sent, and the nodes reach each other through the portal's WireGuard server. A
-//! replayed, changed or made-up handshake initiation gets no answer from the hub.
+//! replayed, changed or made-up handshake initiation gets no answer from the hub. And the
+//! router's own path: a node's tunnel attached to a real data plane carries its containers'
+//! traffic, bytes checked, with and without offload, and fails closed when it goes.
 
 use algonet_testkit as common;
 
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
+use algonet::wireguard::ip::router_ends;
 use algonet::node::vpn::wireguard::{WgError, WireGuard};
 use algonet::node::vpn::Tunnel;
 use algonet::server::pki::{BuiltinVpn, TunnelKind};
@@ -22,8 +25,15 @@ use algonet::wireguard::keys::KeyPair;
 use algonet::wireguard::profile::WgProfile;
 use common::eduvpn::{vpn_server, PortalOptions};
 use common::server::{server, Server};
+use common::capture::Capture;
 use common::stand_in::{stand_in, StandIn};
+use common::topology::{
+    self, echo_server, send_bulk, sink, tcp_echo, udp_socket, Mode, Topology, ECHO_LINE,
+};
 use common::{privileged, TestNs};
+use gotatun::device::Peer;
+use gotatun::x25519::PublicKey;
+use netstack::DropReason;
 use serde_json::json;
 
 const SUBNET: &str = "10.76.0.0/16";
@@ -404,4 +414,191 @@ async fn a_replayed_or_forged_handshake_gets_no_answer() {
         .is_some_and(|a| a < Duration::from_secs(60)));
     wg.remove().await;
     drop(relay);
+}
+
+/// The WireGuard peer of the router's own path: a device in the topology's outside world
+/// (its WAN neighbour), listening on `PEER_PORT`, with `tun0` at `WG_PEER` standing in for a
+/// far node's router. Stopped (and `tun0` gone) when dropped.
+struct WgPeer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), algonet::net::netns::NetnsError>>>,
+    _tun: StandIn,
+}
+
+const WG_PEER: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 9);
+const PEER_PORT: u16 = 51820;
+
+impl WgPeer {
+    /// Starts the peer in `ns`, admitting `node` at the node's VPN address.
+    fn start(ns: &TestNs, keys: KeyPair, node: [u8; 32]) -> WgPeer {
+        let (ends, tun) = stand_in(ns, topology::MTU);
+        ns.ip(&["addr", "add", &format!("{WG_PEER}/16"), "dev", "tun0"]);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, made) = std::sync::mpsc::channel();
+        let thread = ns
+            .ns
+            .spawn(move || async move {
+                // The peer starts nothing: the node's handshake comes first.
+                let probe = algonet::wireguard::ip::probe_packet(WG_PEER, WG_PEER);
+                let ip = router_ends(ends, topology::MTU, probe).expect("the port");
+                let node_net = ipnetwork::Ipv4Network::new(topology::V, 32).expect("a /32");
+                let device = gotatun::device::build()
+                    .with_default_udp()
+                    .with_ip_pair(ip.0, ip.1)
+                    .with_private_key(keys.secret)
+                    .with_listen_port(PEER_PORT)
+                    .with_peer(
+                        Peer::new(PublicKey::from(node))
+                            .with_allowed_ip(ipnetwork::IpNetwork::V4(node_net)),
+                    )
+                    .build()
+                    .await
+                    .expect("the peer's device");
+                ready.send(()).expect("the test waits");
+                let _ = stopped.await;
+                device.stop().await;
+            })
+            .expect("the peer's thread");
+        made.recv().expect("the peer's device");
+        WgPeer {
+            stop: Some(stop),
+            thread: Some(thread),
+            _tun: tun,
+        }
+    }
+}
+
+impl Drop for WgPeer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The router's own path over WireGuard, with no device between them: the node's tunnel
+/// attached to a real data plane (containers on veths, mappings) and a WireGuard peer on the
+/// WAN. TCP both ways with every byte checked (a container's TSO super-packets are cut to the
+/// tunnel's MTU on the way out; a wrong checksum would stall the stream), UDP, and no tun0 in
+/// the hub namespace. Then the tunnel down: what containers send to the peer is counted as
+/// `tunnel_down`; and with the tunnel gone altogether, nothing for a peer leaves by the WAN
+/// link in clear (tcpdump on the WAN neighbour) and the kernel, not the WAN, is where it ends.
+fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool) {
+    let t = Topology::new(
+        tag,
+        Mode::Algonet {
+            offload,
+            busy_poll_us: 0,
+            queues: 1,
+        },
+    );
+    // The neighbour routes the VPN at the node in clear; here it reaches the peer by tun0.
+    t.wan.ip(&["route", "del", "10.76.0.0/16"]);
+    let dir = std::env::temp_dir().join(format!("algonet-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let node_key = WireGuard::keys(&dir).expect("the node's key");
+    let peer_key = KeyPair::generate().expect("the peer's key");
+    let peer_public = peer_key.public_b64();
+    let peer = WgPeer::start(&t.wan, peer_key, node_key.public.to_bytes());
+    let router_ns = Arc::new(Netns::open(format!("/run/netns/{}", t.router.name)).expect("netns"));
+    let mut wg = WireGuard::new(
+        router_ns,
+        t.handle().tunnel(),
+        dir.clone(),
+        SUBNET.parse().expect("subnet"),
+        topology::MTU,
+        Duration::from_secs(10),
+    );
+    let profile = format!(
+        "[Interface]\nAddress = {}/16\n\n[Peer]\nPublicKey = {peer_public}\n\
+         AllowedIPs = {SUBNET}\nEndpoint = {}:{PEER_PORT}\n",
+        topology::V,
+        topology::WAN_HOST
+    );
+    let address = t.rt.block_on(wg.connect(&profile)).expect("handshake");
+    assert_eq!(address, topology::V);
+    assert!(
+        !t.router.ip(&["-br", "link"]).contains("tun0"),
+        "a tunnel device in the hub namespace"
+    );
+
+    // Peer -> node's public port -> container 1, and back.
+    let seen = echo_server(&t.c1, 8888);
+    let reach = SocketAddrV4::new(topology::V, 49152);
+    assert_eq!(tcp_echo(&t.wan.ns, reach).expect("peer to c1"), ECHO_LINE);
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).expect("accepted").ip(), WG_PEER);
+
+    // Bulk both ways, every byte checked.
+    const BULK: usize = 16 << 20;
+    let at_peer = sink(&t.wan, 7000);
+    send_bulk(&t.c2, SocketAddrV4::new(WG_PEER, 7000), BULK).expect("c2 to the peer");
+    assert_eq!(at_peer.join().expect("sink") as usize, BULK, "c2 -> peer");
+    let at_c2 = sink(&t.c2, 8888);
+    send_bulk(&t.wan, SocketAddrV4::new(topology::V, 49160), BULK).expect("peer to c2");
+    assert_eq!(at_c2.join().expect("sink") as usize, BULK, "peer -> c2");
+
+    // UDP: the answer comes from the public port.
+    let c1_udp = udp_socket(&t.c1, 9000);
+    let peer_udp = udp_socket(&t.wan, 5000);
+    peer_udp
+        .send_to(b"ping", SocketAddrV4::new(topology::V, 49153))
+        .expect("send");
+    let mut buf = [0u8; 16];
+    let (n, from) = c1_udp.recv_from(&mut buf).expect("c1 receives");
+    assert_eq!(&buf[..n], b"ping");
+    c1_udp.send_to(b"pong", from).expect("answer");
+    let (n, from) = peer_udp.recv_from(&mut buf).expect("peer receives");
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"pong"[..], SocketAddr::from((topology::V, 49153)))
+    );
+    let (counters, io) = t.rt.block_on(t.handle().counters()).expect("counters");
+    assert!(io.tunnel_in > 1000 && io.tunnel_out > 100, "{io:?}");
+    assert_eq!(counters.drops(DropReason::Malformed), 0);
+
+    // The tunnel down (as the node marks it when handshakes stop): held back and counted.
+    let capture = Capture::start(&t.wan, "eth0", "net 10.76.0.0/16", &dir.join("wan.txt"));
+    let h = t.handle();
+    t.rt.block_on(h.with(|r| r.set_tunnel_up(false))).expect("running");
+    let c2_udp = udp_socket(&t.c2, 6000);
+    let to_peer = SocketAddrV4::new(WG_PEER, 5000);
+    for _ in 0..20 {
+        c2_udp.send_to(b"held back", to_peer).expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(t.drops(DropReason::TunnelDown) >= 20);
+    // The tunnel gone, the router still forwarding: the kernel has no route out for a peer.
+    t.rt.block_on(wg.remove());
+    t.rt.block_on(h.with(|r| r.set_tunnel_up(true))).expect("running");
+    let before = t.rt.block_on(h.counters()).expect("counters").1;
+    for _ in 0..20 {
+        c2_udp.send_to(b"no tunnel", to_peer).expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = t.rt.block_on(h.counters()).expect("counters").1;
+    assert_eq!(after.tunnel_out, before.tunnel_out, "sent to a detached tunnel");
+    assert!(after.writes >= before.writes + 20, "{before:?} -> {after:?}");
+    let seen = capture.stop();
+    assert!(seen.trim().is_empty(), "in clear on the WAN:\n{seen}");
+    let clear = peer_udp.recv_from(&mut buf);
+    assert!(clear.is_err(), "the peer got {clear:?}");
+    drop(peer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wireguard_carries_the_routers_traffic_with_offload() {
+    if privileged("wireguard_carries_the_routers_traffic_with_offload") {
+        wireguard_carries_the_routers_traffic("wgo", true);
+    }
+}
+
+#[test]
+fn wireguard_carries_the_routers_traffic_without_offload() {
+    if privileged("wireguard_carries_the_routers_traffic_without_offload") {
+        wireguard_carries_the_routers_traffic("wgn", false);
+    }
 }

@@ -4,6 +4,7 @@
 //! under test ([`server`]), vantage6's own server ([`vantage6`]) and PostgreSQL clusters ([`postgres`]). A crate of its own, so tests and benches share it without reaching
 //! into each other's files; never a dependency of the product.
 
+pub mod capture;
 pub mod eduvpn;
 pub mod postgres;
 pub mod server;
