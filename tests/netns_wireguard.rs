@@ -1,10 +1,12 @@
 //! Tier 2 (root): the built-in VPN on WireGuard for real. The server runs the hub in its own
 //! process (a UDP port on the host); two nodes' WireGuard tunnels, each in a namespace of its
 //! own reaching the host over a veth, get their profiles from `GET /vpn?public_key=` and pass
-//! traffic through the hub; a peer with a key the hub never admitted gets no handshake; a
-//! deleted node's traffic stops. And the same through eduVPN: a server with `vpn_server: {...,
+//! traffic through the hub; a node of another collaboration gets nothing through to them, nor
+//! they to it; a peer with a key the hub never admitted gets no handshake; a deleted node's
+//! traffic stops. And the same through eduVPN: a server with `vpn_server: {...,
 //! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
-//! the node sent, and the nodes reach each other through the portal's WireGuard server. A
+//! the node sent, and the nodes reach each other through the portal's WireGuard server; a node
+//! that leaves has its eduVPN session ended (`/disconnect`) and its traffic stops. A
 //! replayed, changed or made-up handshake initiation gets no answer from the hub. And the
 //! router's own path: a node's tunnel attached to a real data plane carries its containers'
 //! traffic, bytes checked, with and without offload, and fails closed when it goes.
@@ -17,15 +19,15 @@ use std::time::{Duration, Instant};
 
 use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
-use algonet::wireguard::ip::router_ends;
 use algonet::node::vpn::wireguard::{WgError, WireGuard};
 use algonet::node::vpn::Tunnel;
 use algonet::server::pki::{BuiltinVpn, TunnelKind};
+use algonet::wireguard::ip::router_ends;
 use algonet::wireguard::keys::KeyPair;
 use algonet::wireguard::profile::WgProfile;
+use common::capture::Capture;
 use common::eduvpn::{vpn_server, PortalOptions};
 use common::server::{server, Server};
-use common::capture::Capture;
 use common::stand_in::{stand_in, StandIn};
 use common::topology::{
     self, echo_server, send_bulk, sink, tcp_echo, udp_socket, Mode, Topology, ECHO_LINE,
@@ -214,6 +216,32 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
         "node a's datagram did not reach node b through the hub"
     );
 
+    // A node of another collaboration shakes hands with the hub, but the hub turns none of
+    // its packets around to this collaboration's nodes, nor theirs to it.
+    let other = s.collaboration("x", 1).await;
+    let d_ns = tokio::task::spawn_blocking(|| site(7)).await.expect("site");
+    let d_dir = s.dir.join("other");
+    let d_key = WireGuard::keys(&d_dir).expect("key");
+    let d_text = profile(&s, &other[0].1, &d_key).await;
+    let (mut d_wg, _d_tun) = tunnel(&d_ns, &d_dir, Duration::from_secs(10));
+    let d_address = d_wg.connect(&d_text).await.expect("handshake with the hub");
+    d_ns.ip(&["addr", "add", &format!("{d_address}/16"), "dev", "tun0"]);
+    let d_sock = udp_in(&d_ns, SocketAddrV4::new(d_address, 5000));
+    let to_d = SocketAddrV4::new(d_address, 5000);
+    assert!(
+        !crosses(&d_sock, &b_sock, to_b, &payload, Duration::from_secs(2)),
+        "another collaboration's node reached node b through the hub"
+    );
+    assert!(
+        !crosses(&a_sock, &d_sock, to_d, &payload, Duration::from_secs(2)),
+        "node a reached another collaboration's node through the hub"
+    );
+    assert!(
+        crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
+        "node a's datagram no longer reaches node b"
+    );
+    d_wg.remove().await;
+
     // A key the hub never admitted, with a copy of node a's profile: no handshake.
     let c_dir = s.dir.join("stranger");
     let stolen = tunnels[0].0.saved_profile().expect("a's profile");
@@ -288,6 +316,27 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
     assert!(
         crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
         "node a's datagram did not reach node b through eduVPN's WireGuard server"
+    );
+
+    // Node a stops: it clears its address, and the server ends its eduVPN session
+    // (`/disconnect`, as eduVPN's clients do on exit): eduVPN forgets a's key.
+    let ended = || {
+        portal
+            .disconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = ended();
+    s.ok(
+        "PATCH",
+        &format!("/node/{}", nodes[0].0),
+        Some(&nodes[0].1),
+        json!({"clear_ip": true}),
+    )
+    .await;
+    assert_eq!(ended(), before + 1, "no /disconnect for the node that left");
+    assert!(
+        !crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(2)),
+        "traffic of a node whose eduVPN session ended"
     );
     for (t, _) in &mut tunnels {
         t.remove().await;
@@ -529,7 +578,12 @@ fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool) {
     let seen = echo_server(&t.c1, 8888);
     let reach = SocketAddrV4::new(topology::V, 49152);
     assert_eq!(tcp_echo(&t.wan.ns, reach).expect("peer to c1"), ECHO_LINE);
-    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).expect("accepted").ip(), WG_PEER);
+    assert_eq!(
+        seen.recv_timeout(Duration::from_secs(2))
+            .expect("accepted")
+            .ip(),
+        WG_PEER
+    );
 
     // Bulk both ways, every byte checked.
     const BULK: usize = 16 << 20;
@@ -562,7 +616,8 @@ fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool) {
     // The tunnel down (as the node marks it when handshakes stop): held back and counted.
     let capture = Capture::start(&t.wan, "eth0", "net 10.76.0.0/16", &dir.join("wan.txt"));
     let h = t.handle();
-    t.rt.block_on(h.with(|r| r.set_tunnel_up(false))).expect("running");
+    t.rt.block_on(h.with(|r| r.set_tunnel_up(false)))
+        .expect("running");
     let c2_udp = udp_socket(&t.c2, 6000);
     let to_peer = SocketAddrV4::new(WG_PEER, 5000);
     for _ in 0..20 {
@@ -572,15 +627,22 @@ fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool) {
     assert!(t.drops(DropReason::TunnelDown) >= 20);
     // The tunnel gone, the router still forwarding: the kernel has no route out for a peer.
     t.rt.block_on(wg.remove());
-    t.rt.block_on(h.with(|r| r.set_tunnel_up(true))).expect("running");
+    t.rt.block_on(h.with(|r| r.set_tunnel_up(true)))
+        .expect("running");
     let before = t.rt.block_on(h.counters()).expect("counters").1;
     for _ in 0..20 {
         c2_udp.send_to(b"no tunnel", to_peer).expect("send");
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = t.rt.block_on(h.counters()).expect("counters").1;
-    assert_eq!(after.tunnel_out, before.tunnel_out, "sent to a detached tunnel");
-    assert!(after.writes >= before.writes + 20, "{before:?} -> {after:?}");
+    assert_eq!(
+        after.tunnel_out, before.tunnel_out,
+        "sent to a detached tunnel"
+    );
+    assert!(
+        after.writes >= before.writes + 20,
+        "{before:?} -> {after:?}"
+    );
     let seen = capture.stop();
     assert!(seen.trim().is_empty(), "in clear on the WAN:\n{seen}");
     let clear = peer_udp.recv_from(&mut buf);

@@ -461,14 +461,10 @@ fn to_claim<T>(
     waiting
 }
 
-/// Clears the address at the server and removes the node's containers (the hub's namespace,
-/// links and TUN go with them).
+/// Leaves the VPN and removes the node's containers (the hub's namespace, links and TUN go
+/// with them).
 async fn shut_down(node: &Node) {
-    if node.vpn_address().is_some() {
-        if let Err(e) = node.client.set_ip(None).await {
-            tracing::warn!("clearing the VPN address at the server: {e}");
-        }
-    }
+    vpn::seat::leave(node).await;
     if let Err(e) = node.hub.stop_dataplane() {
         tracing::warn!("stopping the data plane: {e}");
     }

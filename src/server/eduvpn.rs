@@ -14,14 +14,20 @@
 //!    WireGuard `/connect` carries the node's `public_key` and `Accept:
 //!    application/x-wireguard-profile`, and the answer must be such a profile; for OpenVPN it
 //!    carries neither, as vantage6's connector sends neither.
+//!
+//! Each profile is handed out under an OAuth authorization of its own. The server keeps the
+//! last one of each node ([`Sessions`]) and ends it with eduVPN's `/disconnect` when the node
+//! leaves the VPN (clears its address at stop, or is deleted) or gets another profile, so eduVPN
+//! releases the address and forgets the node's WireGuard key.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, EXPIRES, LOCATION, REFERER};
-use reqwest::{redirect, Client, StatusCode};
+use reqwest::{redirect, Client};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::api::NodeId;
 use crate::server::config::EduVpn;
 use crate::server::pki::TunnelKind;
 
@@ -45,12 +51,80 @@ pub enum EduVpnError {
     Protocol(String),
 }
 
-/// A profile (OpenVPN's or WireGuard's text) and, if eduVPN said, when it expires (the
-/// `Expires` header).
+/// A profile (OpenVPN's or WireGuard's text), if eduVPN said when it expires (the `Expires`
+/// header), and the authorization it was handed out under.
 #[derive(Debug)]
 pub struct Profile {
     pub text: String,
     pub expires: Option<String>,
+    pub session: Session,
+}
+
+/// The eduVPN authorization a profile was handed out under: what `/disconnect` needs.
+#[derive(Clone)]
+pub struct Session {
+    api: String,
+    access: String,
+    profile_id: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("api", &self.api)
+            .field("profile_id", &self.profile_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The eduVPN sessions this server process opened, the last one of each node. Kept in memory:
+/// a session another replica opened, or one from before a restart, is left to end at its
+/// `Expires` (eduVPN's `/disconnect` is best effort by its own definition).
+#[derive(Debug, Default)]
+pub struct Sessions(std::sync::Mutex<std::collections::HashMap<NodeId, Session>>);
+
+impl Sessions {
+    /// Ends the node's session, if this process holds one.
+    pub async fn end(&self, node: NodeId) {
+        let session = crate::sync::lock(&self.0).remove(&node);
+        if let Some(session) = session {
+            disconnect(node, session).await;
+        }
+    }
+
+    /// Keeps `session` as the node's (after [`Sessions::end`] ended any earlier one).
+    pub fn keep(&self, node: NodeId, session: Session) {
+        crate::sync::lock(&self.0).insert(node, session);
+    }
+}
+
+/// How long `/disconnect` may take: it is best effort and holds up the node's request.
+const DISCONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `POST /disconnect` for `session`: eduVPN releases its address and WireGuard key. Best
+/// effort: a failure is logged, never passed on.
+async fn disconnect(node: NodeId, session: Session) {
+    let ended = async {
+        let http = Client::builder()
+            .timeout(DISCONNECT_WITHIN)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let answer = http
+            .post(format!("{}/disconnect", session.api))
+            .bearer_auth(&session.access)
+            .form(&[("profile_id", session.profile_id.as_str())])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(format!("eduVPN answered {s}")),
+        }
+    };
+    match ended.await {
+        Ok(()) => tracing::info!(node_id = %node, "eduVPN session ended (/disconnect)"),
+        Err(e) => tracing::warn!(node_id = %node, "ending the eduVPN session (/disconnect): {e}"),
+    }
 }
 
 fn net(e: reqwest::Error) -> EduVpnError {
@@ -248,11 +322,17 @@ pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profi
         let key = public_key.ok_or_else(|| {
             EduVpnError::Protocol("a WireGuard profile needs the node's public key".into())
         })?;
-        form.extend([("public_key", key), ("prefer_tcp", "no")]);
+        // `vpn_proto` for eduVPN servers before 3.3, the `Accept` header for later ones.
+        form.extend([
+            ("vpn_proto", "wireguard"),
+            ("public_key", key),
+            ("prefer_tcp", "no"),
+        ]);
         request = request.header(ACCEPT, WIREGUARD_PROFILE);
     }
     let connect = request.form(&form).send().await.map_err(net)?;
-    if connect.status() != StatusCode::OK {
+    // 200, or 201 as eduVPN's own examples show.
+    if !connect.status().is_success() {
         return Err(EduVpnError::Refused(format!(
             "connect answered {}",
             connect.status()
@@ -286,5 +366,14 @@ pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profi
             "connect did not return {want} profile"
         )));
     }
-    Ok(Profile { text, expires })
+    let session = Session {
+        api: api_base.to_string(),
+        access: access.to_string(),
+        profile_id,
+    };
+    Ok(Profile {
+        text,
+        expires,
+        session,
+    })
 }

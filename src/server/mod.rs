@@ -239,7 +239,10 @@ pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
             )),
             vpn: vpn.clone(),
         },
-        (None, Some(edu)) => VpnProvider::EduVpn(edu.clone()),
+        (None, Some(edu)) => VpnProvider::EduVpn {
+            config: edu.clone(),
+            sessions: Arc::default(),
+        },
         (None, None) => VpnProvider::None,
     };
     // A wait holds a connection: half of them may wait, the rest is for everyone else.

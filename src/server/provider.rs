@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::server::config::EduVpn;
+use crate::server::eduvpn::Sessions;
 use crate::server::pki::{BuiltinVpn, Pki};
 use crate::server::wghub::WgHub;
 
@@ -19,8 +20,11 @@ pub enum VpnProvider {
     },
     /// The built-in WireGuard hub, in this process.
     WireGuard { hub: Arc<WgHub>, vpn: BuiltinVpn },
-    /// eduVPN (API v3).
-    EduVpn(EduVpn),
+    /// eduVPN (API v3), with the sessions this process opened there.
+    EduVpn {
+        config: EduVpn,
+        sessions: Arc<Sessions>,
+    },
 }
 
 impl VpnProvider {
@@ -37,6 +41,14 @@ impl VpnProvider {
         match self {
             VpnProvider::WireGuard { hub, .. } => Some(hub),
             _ => None,
+        }
+    }
+
+    /// Ends what the node holds at eduVPN (its session), if that is the provider: the node
+    /// left the VPN.
+    pub async fn release(&self, node: crate::api::NodeId) {
+        if let VpnProvider::EduVpn { sessions, .. } = self {
+            sessions.end(node).await;
         }
     }
 

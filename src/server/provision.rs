@@ -70,12 +70,16 @@ pub async fn profile(
                 expires: None,
             });
         }
-        VpnProvider::EduVpn(edu) => {
-            let key = match edu.tunnel {
+        VpnProvider::EduVpn { config, sessions } => {
+            let key = match config.tunnel {
                 TunnelKind::WireGuard => Some(checked_key(public_key)?.0),
                 TunnelKind::OpenVpn => None,
             };
-            let p = eduvpn::fetch_profile(edu, key).await?;
+            // The earlier session goes first: eduVPN then forgets its key before the new
+            // profile may name the same one.
+            sessions.end(node).await;
+            let p = eduvpn::fetch_profile(config, key).await?;
+            sessions.keep(node, p.session);
             return Ok(VpnProfile {
                 ovpn_config: p.text,
                 expires: p.expires,

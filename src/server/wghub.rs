@@ -1,14 +1,17 @@
 //! The built-in VPN on WireGuard: the server itself is the hub, in its own process. It listens
 //! on one UDP port, admits the nodes whose public keys it was given at `GET /vpn` (each with
 //! its fixed address, as the built-in OpenVPN gives it), and turns a packet from one node around
-//! to the node it is addressed to. Nothing else: no TUN device, no route, no root, and no
-//! packet for any address but an admitted node's.
+//! to the node it is addressed to, if both are of one collaboration. Nothing else: no TUN
+//! device, no route, no root, and no packet for any address but an admitted node's of the
+//! sender's collaboration (the OpenVPN server's `client-to-client` lets any client reach any
+//! other; here a collaboration's nodes reach no other collaboration's, whatever their routers
+//! admit).
 //!
 //! The hub's key is kept in the database (as the built-in PKI's keys are), so replicas and
 //! restarts keep it; admitted keys are read from the database every few seconds, so a node
 //! admitted or deleted through another replica is followed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,13 +150,16 @@ impl WgHub {
         let mut db = self.store.connection().await?;
         // key -> (address, where last heard from)
         let mut wanted: HashMap<[u8; 32], (Ipv4Addr, Option<String>)> = HashMap::new();
-        for (node, key, endpoint) in store::wireguard_peers(&mut db).await? {
-            match (decode_key(&key), self.vpn.address_of(node)) {
+        let mut groups = HashMap::new();
+        for p in store::wireguard_peers(&mut db).await? {
+            match (decode_key(&p.public_key), self.vpn.address_of(p.node_id)) {
                 (Ok(k), Some(a)) => {
-                    wanted.insert(k, (a, endpoint));
+                    wanted.insert(k, (a, p.endpoint));
+                    groups.insert(a, p.collaboration_id);
                 }
                 _ => tracing::warn!(
-                    "node {node}: its WireGuard key or address is unusable; not admitted"
+                    "node {}: its WireGuard key or address is unusable; not admitted",
+                    p.node_id
                 ),
             }
         }
@@ -203,8 +209,7 @@ impl WgHub {
             store::commit(tx).await?;
         }
         let any = !wanted.is_empty();
-        self.ip
-            .set_peers(wanted.into_values().map(|(a, _)| a).collect::<HashSet<_>>());
+        self.ip.set_peers(groups);
         if any {
             // Binds the port the first time; a no-op once the device is up.
             let port = self.vpn.port();

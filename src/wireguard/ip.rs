@@ -2,7 +2,7 @@
 //! (gotatun's [`IpSend`] and [`IpRecv`]): the node's data plane (its tunnel port: no device
 //! between them), or the hub's turn-around between the peers it provisioned.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,17 +127,23 @@ pub fn probe_packet(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct HubCounters {
     pub forwarded: AtomicU64,
-    /// Not IPv4, or for no peer the hub provisioned (the hub itself included).
+    /// Not IPv4, for no peer the hub provisioned (the hub itself included), or for one of
+    /// another group than the sender's.
     pub dropped: AtomicU64,
 }
 
+/// Peers that may reach each other through the hub: the built-in hub's are a collaboration's
+/// nodes.
+pub type Group = i64;
+
 /// The hub's side of its WireGuard device: a packet a peer sent goes back out to the peer it is
-/// addressed to, if the hub provisioned one with that address; anything else is dropped and
-/// counted. Sources are the device's to check (a peer's packets carry only its own address).
+/// addressed to, if the hub provisioned one with that address in the sender's group; anything
+/// else is dropped and counted. Sources are the device's to check (a peer's packets carry only
+/// its own address).
 #[derive(Clone, Debug)]
 pub struct HubIp {
     tx: mpsc::Sender<Packet>,
-    peers: Arc<Mutex<HashSet<Ipv4Addr>>>,
+    peers: Arc<Mutex<HashMap<Ipv4Addr, Group>>>,
     pub counters: Arc<HubCounters>,
 }
 
@@ -162,23 +168,31 @@ impl HubIp {
         (hub, HubOut { rx, mtu })
     }
 
-    /// The addresses of the peers the hub forwards to.
-    pub fn set_peers(&self, peers: HashSet<Ipv4Addr>) {
+    /// The addresses of the peers the hub forwards between, each with its group.
+    pub fn set_peers(&self, peers: HashMap<Ipv4Addr, Group>) {
         *crate::sync::lock(&self.peers) = peers;
     }
 
-    fn destination(packet: &[u8]) -> Option<Ipv4Addr> {
-        (packet.len() >= 20 && packet[0] >> 4 == 4)
-            .then(|| Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]))
+    /// The source and destination of an IPv4 packet.
+    fn ends(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let at = |i: usize| Ipv4Addr::new(packet[i], packet[i + 1], packet[i + 2], packet[i + 3]);
+        (packet.len() >= 20 && packet[0] >> 4 == 4).then(|| (at(12), at(16)))
+    }
+
+    /// Whether the hub turns `packet` around: from a peer to another of its group.
+    fn passes(&self, packet: &[u8]) -> bool {
+        let Some((from, to)) = Self::ends(packet) else {
+            return false;
+        };
+        let peers = crate::sync::lock(&self.peers);
+        matches!((peers.get(&from), peers.get(&to)), (Some(a), Some(b)) if a == b)
     }
 }
 
 impl IpSend for HubIp {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
         let packet = packet.into_bytes();
-        let to_peer =
-            Self::destination(&packet).is_some_and(|d| crate::sync::lock(&self.peers).contains(&d));
-        let sent = to_peer && self.tx.try_send(packet).is_ok();
+        let sent = self.passes(&packet) && self.tx.try_send(packet).is_ok();
         let counter = if sent {
             &self.counters.forwarded
         } else {

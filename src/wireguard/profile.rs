@@ -41,6 +41,40 @@ pub enum ProfileError {
     Peers(usize),
 }
 
+/// The comment a kept profile starts with when its server said when it ends (eduVPN's
+/// `Expires`): a node never connects with an expired profile.
+const EXPIRES: &str = "# Expires: ";
+
+/// `text` as kept: `expires` (an HTTP date) as its first line.
+pub fn with_expiry(text: &str, expires: &str) -> String {
+    format!("{EXPIRES}{}\n{text}", expires.trim())
+}
+
+/// When a kept profile expires, if its first line says so in a form this reads.
+pub fn expiry(text: &str) -> Option<std::time::SystemTime> {
+    http_date(text.lines().next()?.strip_prefix(EXPIRES)?)
+}
+
+/// An HTTP date in its one form senders use (IMF-fixdate, RFC 9110):
+/// `Fri, 26 Nov 2027 10:00:00 GMT`.
+fn http_date(text: &str) -> Option<std::time::SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let [_, day, month, year, clock, "GMT"] = text.split_whitespace().collect::<Vec<_>>()[..]
+    else {
+        return None;
+    };
+    let month = MONTHS.iter().position(|m| *m == month)?;
+    let month = time::Month::try_from(u8::try_from(month + 1).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(year.parse().ok()?, month, day.parse().ok()?).ok()?;
+    let [h, m, s] = clock.split(':').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let at = time::Time::from_hms(h.parse().ok()?, m.parse().ok()?, s.parse().ok()?).ok()?;
+    Some(date.with_time(at).assume_utc().into())
+}
+
 /// Whether `text` is a WireGuard profile rather than an OpenVPN one.
 pub fn is_wireguard(text: &str) -> bool {
     text.lines().any(|l| l.trim() == "[Interface]")
@@ -258,6 +292,28 @@ mod tests {
         assert!(e.to_string().contains("host:port"), "{e}");
     }
 
+    #[test]
+    fn a_kept_profile_says_when_it_expires() {
+        let kept = with_expiry(&eduvpn_like(), "Fri, 26 Nov 2027 10:00:00 GMT");
+        let at = expiry(&kept).expect("an expiry");
+        let unix = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        assert_eq!(unix.as_secs(), 1_827_223_200);
+        assert_eq!(WgProfile::parse(&kept), WgProfile::parse(&eduvpn_like()));
+        assert!(is_wireguard(&kept));
+        for unread in [
+            "Fri, 26 Nov 2027 10:00:00 CET",
+            "Fri, 31 Nov 2027 10:00:00 GMT",
+            "Fri, 26 Nov 2027 25:00:00 GMT",
+            "Friday, 26-Nov-27 10:00:00 GMT",
+            "",
+        ] {
+            assert_eq!(expiry(&with_expiry("x", unread)), None, "{unread:?}");
+        }
+        assert_eq!(expiry(&eduvpn_like()), None);
+    }
+
     /// Lines a profile may hold, well-formed or not, in any order and number.
     fn line() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
@@ -289,6 +345,7 @@ mod tests {
             noise in "\\PC{0,200}",
         ) {
             let _ = WgProfile::parse(&noise);
+            let _ = expiry(&with_expiry("", &noise));
             if let Ok(p) = WgProfile::parse(&lines.join("\n")) {
                 proptest::prop_assert_eq!(WgProfile::parse(&p.render()), Ok(p));
             }

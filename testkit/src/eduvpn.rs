@@ -7,7 +7,7 @@
 //! eduVPN's server is one for its clients) and `/connect` answers a client that sends its
 //! `public_key` and accepts `application/x-wireguard-profile` with a WireGuard profile in
 //! eduVPN's form (no private key, IPv6 beside IPv4, every address allowed, no keepalive), its
-//! key admitted at the hub. The login is `portal-user` / `portal-pass`, the client `vantage6`
+//! key admitted at the hub; `/disconnect` forgets the key the authorization admitted. The login is `portal-user` / `portal-pass`, the client `vantage6`
 //! (secret `client-secret`).
 
 use std::collections::HashMap;
@@ -48,8 +48,13 @@ struct Portal {
     issued: Vec<NodeId>,
     vpn: BuiltinVpn,
     wireguard: Option<Arc<WgServer>>,
-    /// The WireGuard keys admitted, each with its address (a key asked for again keeps it).
+    /// Every WireGuard key asked for, each with its address (a key asked for again keeps it).
     keys: Vec<[u8; 32]>,
+    /// The keys admitted now, each with the token of the authorization that asked last:
+    /// `/disconnect` with that token forgets the key.
+    admitted: HashMap<[u8; 32], String>,
+    /// The `/disconnect`s answered.
+    disconnects: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The portal's WireGuard server: a hub on a UDP port that turns packets around between the
@@ -83,15 +88,18 @@ impl WgServer {
         }
     }
 
-    /// Admits every key at its address.
-    async fn admit(&self, admitted: Admitted) {
+    /// Admits exactly the keys of `admitted`, each at its address.
+    async fn admit(&self, admitted: Admitted, forgotten: Vec<[u8; 32]>) {
+        for key in forgotten {
+            let _ = self.device.remove_peer(&PublicKey::from(key)).await;
+        }
         for (key, address) in &admitted {
             let net = IpNetwork::V4(Ipv4Network::new(*address, 32).expect("a /32"));
             let peer = Peer::new(PublicKey::from(*key)).with_allowed_ip(net);
             let _ = self.device.add_or_update_peer(peer).await;
         }
         self.ip
-            .set_peers(admitted.into_iter().map(|(_, a)| a).collect());
+            .set_peers(admitted.into_iter().map(|(_, a)| (a, 0)).collect());
         self.device
             .resume()
             .await
@@ -244,12 +252,15 @@ async fn token(
         .into_response()
 }
 
-fn bearer_ok(p: &Portal, headers: &HeaderMap) -> bool {
-    let t = headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    t.is_some_and(|t| p.tokens.iter().any(|x| x == t))
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn bearer_ok(p: &Portal, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|t| p.tokens.iter().any(|x| x == t))
 }
 
 async fn info(State(p): State<Shared>, headers: HeaderMap) -> Response {
@@ -293,15 +304,16 @@ async fn connect(
         if !bearer_ok(&p, &headers) || f.get("profile_id").map(String::as_str) != Some("default") {
             return StatusCode::UNAUTHORIZED.into_response();
         }
+        let token = bearer(&headers).unwrap_or_default().to_string();
         match (accept.contains(WIREGUARD), p.wireguard.clone()) {
-            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f) {
+            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f, token) {
                 Ok((admitted, profile)) => (wg, admitted, profile),
                 Err(why) => return refused(why),
             },
             _ => return openvpn_profile(&mut p),
         }
     };
-    wg.admit(admitted).await;
+    wg.admit(admitted, Vec::new()).await;
     (
         StatusCode::OK,
         [
@@ -336,7 +348,11 @@ fn wireguard_profile(
     p: &mut Portal,
     wg: &WgServer,
     f: &HashMap<String, String>,
+    token: String,
 ) -> Result<(Admitted, String), &'static str> {
+    if f.get("vpn_proto").is_some_and(|v| v != "wireguard") {
+        return Err("invalid \"vpn_proto\"");
+    }
     let key = f.get("public_key").ok_or("missing \"public_key\"")?;
     let key = decode_key(key).map_err(|_| "invalid \"public_key\"")?;
     let index = match p.keys.iter().position(|k| *k == key) {
@@ -346,13 +362,9 @@ fn wireguard_profile(
             p.keys.len() - 1
         }
     };
+    p.admitted.insert(key, token);
     let address_of = |i: usize| p.vpn.address_of(NodeId(100 + i as i64)).expect("address");
-    let admitted = p
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (*k, address_of(i)))
-        .collect();
+    let admitted = admitted(p);
     let prefix = p.vpn.vpn_subnet().expect("subnet").prefix_len();
     let profile = format!(
         "[Interface]\nAddress = {}/{prefix}, fd43::{index:x}/64\nDNS = 9.9.9.9, 2620:fe::fe\n\n\
@@ -363,6 +375,56 @@ fn wireguard_profile(
         wg.port
     );
     Ok((admitted, profile))
+}
+
+/// The keys admitted now, each at its address.
+fn admitted(p: &Portal) -> Admitted {
+    p.keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| p.admitted.contains_key(*k))
+        .map(|(i, k)| {
+            (
+                *k,
+                p.vpn.address_of(NodeId(100 + i as i64)).expect("address"),
+            )
+        })
+        .collect()
+}
+
+/// eduVPN's `/disconnect`: the authorization's WireGuard key is forgotten (its address
+/// released); 204.
+async fn disconnect(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let (wg, admitted, forgotten) = {
+        let mut p = lock(&shared);
+        if !bearer_ok(&p, &headers) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        if f.get("profile_id").map(String::as_str) != Some("default") {
+            return refused("profile not available");
+        }
+        let token = bearer(&headers).unwrap_or_default().to_string();
+        let forgotten: Vec<_> = p
+            .admitted
+            .iter()
+            .filter(|(_, t)| **t == token)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &forgotten {
+            p.admitted.remove(k);
+        }
+        p.disconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (p.wireguard.clone(), admitted(&p), forgotten)
+    };
+    if let Some(wg) = wg {
+        wg.admit(admitted, forgotten).await;
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// How the portal behaves.
@@ -392,6 +454,8 @@ pub struct EduVpnPortal {
     pub pki_dir: std::path::PathBuf,
     /// With TLS: the CA's certificate (PEM file) that its clients must trust.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The `/disconnect`s it answered.
+    pub disconnects: Arc<std::sync::atomic::AtomicUsize>,
     _dir: TempDir,
 }
 
@@ -417,6 +481,7 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
     let pki = Pki::open(&pki_dir, &o.vpn, material).expect("pki");
     pki.write_crl(&[]).expect("crl");
     pki.write_ccd(&[]).expect("ccd");
+    let disconnects = Arc::default();
     let state = Arc::new(Mutex::new(Portal {
         base: url.clone(),
         confidential: o.confidential,
@@ -432,6 +497,8 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
         },
         vpn: o.vpn,
         keys: Vec::new(),
+        admitted: HashMap::new(),
+        disconnects: Arc::clone(&disconnects),
     }));
     let app = Router::new()
         .route("/.well-known/vpn-user-portal", get(discovery))
@@ -440,12 +507,14 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
         .route("/vpn-user-portal/oauth/token", post(token))
         .route("/vpn-user-portal/api/v3/info", get(info))
         .route("/vpn-user-portal/api/v3/connect", post(connect))
+        .route("/vpn-user-portal/api/v3/disconnect", post(disconnect))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
     EduVpnPortal {
         url,
         pki_dir,
         ca_file,
+        disconnects,
         _dir: TempDir(dir),
     }
 }

@@ -141,13 +141,19 @@ impl Server {
 
     /// `n` organizations in one collaboration, each with its node: (node id, node token) each.
     pub async fn nodes(&self, n: usize) -> Vec<(i64, String)> {
+        self.collaboration("o", n).await
+    }
+
+    /// `n` organizations named `<prefix><i>` in a collaboration of their own (`<prefix>`),
+    /// each with its node: (node id, node token) each.
+    pub async fn collaboration(&self, prefix: &str, n: usize) -> Vec<(i64, String)> {
         let admin = self.admin().await;
         let mut orgs = Vec::new();
         for i in 0..n {
-            let body = json!({"name": format!("o{i}")});
+            let body = json!({"name": format!("{prefix}{i}")});
             orgs.push(self.ok("POST", "/organization", Some(&admin), body).await["id"].clone());
         }
-        let col = json!({"name": "c", "organization_ids": orgs});
+        let col = json!({"name": prefix, "organization_ids": orgs});
         let col = self.ok("POST", "/collaboration", Some(&admin), col).await["id"].clone();
         let mut nodes = Vec::new();
         for org in &orgs {

@@ -20,7 +20,10 @@ pub struct DataplaneHandle {
 }
 
 impl DataplaneHandle {
-    pub(super) fn new(jobs: Vec<mpsc::UnboundedSender<Job>>, tunnel: TunnelEnds) -> DataplaneHandle {
+    pub(super) fn new(
+        jobs: Vec<mpsc::UnboundedSender<Job>>,
+        tunnel: TunnelEnds,
+    ) -> DataplaneHandle {
         DataplaneHandle { jobs, tunnel }
     }
 

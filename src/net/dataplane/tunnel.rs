@@ -210,8 +210,7 @@ impl Outgoing {
         let packet = &mut self.buf[hdr..self.len];
         if meta.gso_type & !VIRTIO_NET_HDR_GSO_ECN == VIRTIO_NET_HDR_GSO_NONE {
             // Not a super-packet: at most its checksum to finish.
-            if meta.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
-                && !netstack::complete_partial(packet)
+            if meta.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && !netstack::complete_partial(packet)
             {
                 return Err(SegmentError(std::io::ErrorKind::InvalidData.into()));
             }

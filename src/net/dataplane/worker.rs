@@ -160,7 +160,7 @@ impl Worker {
 
     /// Takes `first` and what else the tunnel has handed in (up to a batch), as read from the
     /// worker's queue; the buffers go back to the pool.
-    async fn from_tunnel(&mut self, queue: &mut Queue, first: Handoff) {
+    async fn take_tunnelled(&mut self, queue: &mut Queue, first: Handoff) {
         let now = self.now();
         let mut next = Some(first);
         let mut taken = 0;
@@ -227,7 +227,7 @@ pub(super) async fn run(
                 queue.flush().await;
                 w.pool.give(handed);
             }
-            Some(first) = next_in(&mut w.inlet) => w.from_tunnel(&mut queue, first).await,
+            Some(first) = next_in(&mut w.inlet) => w.take_tunnelled(&mut queue, first).await,
             ready = queue.dev.readable() => {
                 ready.map_err(|source| DataplaneError::Read { name: config.tun.clone(), source })?;
                 w.drain(&mut queue, &mut buf, &config).await?;

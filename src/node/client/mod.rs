@@ -24,6 +24,7 @@ use crate::api::{
     NodeLogin, NodePatch, NodeToken, Organization, OrganizationChange, OrganizationId, Page, Peers,
     PublicPort, Run, RunId, RunStatus, RunUpdate, Task, TaskId, VpnProfile, VpnUpdate,
 };
+use crate::wireguard::profile::{is_wireguard, with_expiry};
 use vantage6::{token_subject, vantage6_time};
 
 /// Which server the node speaks to.
@@ -298,7 +299,12 @@ impl ServerClient {
             None => "/vpn".into(),
         };
         let p: VpnProfile = self.call(Method::GET, &path, NO_BODY).await?;
-        Ok(p.ovpn_config)
+        // A WireGuard profile is kept with its expiry (eduVPN's); its text never goes back to
+        // the server, as an OpenVPN one does with `POST /vpn/update`.
+        Ok(match p.expires {
+            Some(e) if is_wireguard(&p.ovpn_config) => with_expiry(&p.ovpn_config, &e),
+            _ => p.ovpn_config,
+        })
     }
 
     /// `POST /vpn/update`: the profile with a renewed key pair.

@@ -4,16 +4,11 @@
 //! everything else, to a [`Seat`]: the node's, or a test's.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::kind::Kind;
 use super::order::{self, Outcome, Source};
-use super::wireguard::WireGuard;
 use super::{Change, Profiles, Tunnel};
-use crate::node::hub::HubError;
-use crate::node::retry::{with_backoff, Backoff};
-use crate::node::state::Node;
+use crate::node::retry::Backoff;
 use crate::node::status::VpnState;
 
 /// What the VPN's life needs of the rest of the node: profiles from the server, the router, the
@@ -31,72 +26,6 @@ pub trait Seat: Profiles {
     fn record(&self, state: VpnState);
     /// Records that the tunnel came back after it had connected.
     fn reconnected(&self);
-}
-
-/// Why the router or the server did not take the VPN address.
-#[derive(Debug, thiserror::Error)]
-pub enum PlumbError {
-    #[error(transparent)]
-    Hub(#[from] HubError),
-    #[error("registering the VPN address: {0}")]
-    Register(#[from] crate::api::client::ClientError),
-}
-
-impl Profiles for Arc<Node> {
-    type Error = crate::api::client::ClientError;
-
-    /// A WireGuard profile has nothing to renew at the server (the key is the node's): a new one.
-    async fn renew(&self, current: &str) -> Result<String, Self::Error> {
-        match Kind::of(current) {
-            Kind::OpenVpn => self.client.renew_profile(current).await,
-            Kind::WireGuard => self.fetch_new().await,
-        }
-    }
-
-    async fn fetch_new(&self) -> Result<String, Self::Error> {
-        let dir = self.config.task_dir.join("vpn");
-        let key = match WireGuard::keys(&dir) {
-            Ok(k) => Some(k.public_b64()),
-            Err(e) => {
-                tracing::warn!("{e}; asking for a profile without a WireGuard key");
-                None
-            }
-        };
-        self.client.new_profile(key.as_deref()).await
-    }
-}
-
-impl Seat for Arc<Node> {
-    type PlumbError = PlumbError;
-
-    async fn plumb(&self, address: Ipv4Addr) -> Result<(), PlumbError> {
-        self.hub.connect_vpn(address).await?;
-        self.set_vpn_address(Some(address));
-        self.observed.vpn_state(VpnState::Connected, Some(address));
-        with_backoff("registering the VPN address", || {
-            self.client.set_ip(Some(address))
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn pause(&self) {
-        if let Err(e) = self.hub.set_tunnel_up(false).await {
-            tracing::warn!("pausing forwarding to peers: {e}");
-        }
-    }
-
-    fn record(&self, state: VpnState) {
-        let address = match state {
-            VpnState::Off | VpnState::Retrying => None,
-            _ => self.vpn_address(),
-        };
-        self.observed.vpn_state(state, address);
-    }
-
-    fn reconnected(&self) {
-        self.observed.vpn_reconnected();
-    }
 }
 
 /// After the start: keep trying until the tunnel connects, then follow it.
@@ -152,43 +81,69 @@ impl<S: Seat, T: Tunnel> Follow<S, T> {
     /// Runs for the rest of the node's life.
     pub async fn run(mut self) {
         if !self.connected {
-            self.retry().await;
+            self.until_up(false).await;
         }
         self.watch().await;
     }
 
-    /// Tries to bring the VPN up until it connects (waits from 5 s, doubling to 30 s). A try
-    /// uses the saved profile alone, and every tenth one the whole start-up order: each renewal
-    /// or new profile is a new certificate, and the server allows a node only a few an hour.
-    async fn retry(&mut self) {
-        let mut backoff = Backoff::from(Duration::from_secs(5));
-        let mut wait = backoff.next_wait();
+    /// Tries until the tunnel connects and the router takes it, with doubling waits up to
+    /// 30 s, never giving up: after a failed start (`lost` false; from 5 s) a try connects with
+    /// the kept profile, after a lost tunnel (from at once, then 1 s) [`Tunnel::recover`]
+    /// brings back what went away. Every tenth try, and every try while no usable profile is
+    /// kept (an expired one is not), goes through the whole start-up order instead: the kept
+    /// profile may have been revoked or its key forgotten, and each renewal or new OpenVPN
+    /// profile is a new certificate, of which the server allows a node only a few an hour.
+    async fn until_up(&mut self, lost: bool) {
+        let mut backoff = Backoff::from(Duration::from_secs(if lost { 1 } else { 5 }));
+        let mut wait = if lost {
+            Duration::ZERO
+        } else {
+            backoff.next_wait()
+        };
         for attempt in 1u32.. {
             tokio::time::sleep(wait).await;
             let saved = self.tunnel.saved_profile();
             let outcome = match saved {
-                Some(p) if attempt % FULL_ORDER_EVERY != 0 => match self.tunnel.connect(&p).await {
-                    Ok(address) => Outcome::Connected {
-                        address,
-                        source: Source::Existing,
-                    },
-                    Err(e) => Outcome::NoVpn {
-                        reasons: vec![format!("the saved profile did not connect: {e}")],
-                    },
-                },
+                Some(p) if attempt % FULL_ORDER_EVERY != 0 => {
+                    let again = if lost {
+                        self.tunnel.recover().await
+                    } else {
+                        self.tunnel.connect(&p).await
+                    };
+                    match again {
+                        Ok(address) => Outcome::Connected {
+                            address,
+                            source: Source::Existing,
+                        },
+                        Err(e) => Outcome::NoVpn {
+                            reasons: vec![format!("the saved profile did not connect: {e}")],
+                        },
+                    }
+                }
                 saved => order::bring_up(saved.as_deref(), &mut self.tunnel, &self.seat).await,
             };
             let reasons = match outcome {
-                Outcome::Connected { address, .. } => match self.seat.plumb(address).await {
-                    Ok(()) => {
-                        tracing::info!("VPN connected with address {address} (try {attempt})");
-                        return;
+                Outcome::Connected { address, .. } => {
+                    if lost {
+                        self.seat.reconnected();
                     }
-                    Err(e) => {
-                        self.tunnel.remove().await;
-                        vec![format!("the router could not be set up: {e}")]
+                    match self.seat.plumb(address).await {
+                        Ok(()) => {
+                            tracing::info!("VPN connected with address {address} (try {attempt})");
+                            return;
+                        }
+                        // A tunnel that came back stays: the router is tried again at its
+                        // next change.
+                        Err(e) if lost => {
+                            tracing::warn!("re-plumbing the VPN: {e}");
+                            return;
+                        }
+                        Err(e) => {
+                            self.tunnel.remove().await;
+                            vec![format!("the router could not be set up: {e}")]
+                        }
                     }
-                },
+                }
                 Outcome::NoVpn { reasons } => reasons,
             };
             wait = backoff.next_wait();
@@ -221,29 +176,7 @@ impl<S: Seat, T: Tunnel> Follow<S, T> {
                     tracing::warn!("{why}; bringing the tunnel back");
                     self.seat.record(VpnState::Lost);
                     self.seat.pause().await;
-                    self.recover().await;
-                }
-            }
-        }
-    }
-
-    /// Brings the tunnel back, with doubling waits, never giving up.
-    async fn recover(&mut self) {
-        let mut backoff = Backoff::from(Duration::from_secs(1));
-        loop {
-            match self.tunnel.recover().await {
-                Ok(a) => {
-                    self.seat.reconnected();
-                    match self.seat.plumb(a).await {
-                        Ok(()) => tracing::info!("VPN back with address {a}"),
-                        Err(e) => tracing::warn!("re-plumbing the VPN: {e}"),
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!("VPN not back yet: {e}; next try in {}s", wait.as_secs());
-                    tokio::time::sleep(wait).await;
+                    self.until_up(true).await;
                 }
             }
         }
@@ -256,7 +189,7 @@ mod tests {
     use crate::node::vpn::StepError;
     use crate::sync::lock;
     use std::collections::VecDeque;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use tokio::sync::mpsc;
 
     fn note(log: &Mutex<Vec<String>>, what: impl Into<String>) {
@@ -386,7 +319,7 @@ mod tests {
 
     /// Waits (in the paused clock's time) until the log holds `n` entries, and takes them.
     async fn take(seat: &Seen, n: usize) -> Vec<String> {
-        for _ in 0..10_000 {
+        for _ in 0..100_000 {
             if lock(&seat.log).len() >= n {
                 break;
             }
@@ -422,6 +355,57 @@ mod tests {
                 "pause",
                 "recover",
                 "recover",
+                "reconnected",
+                "plumb 10.76.0.2"
+            ]
+        );
+        running.abort();
+    }
+
+    /// A lost tunnel whose kept profile no longer connects (revoked, its key forgotten) gets
+    /// a new profile on the tenth try; with no usable profile kept (one that expired) the
+    /// first try already goes through the whole order.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_tunnel_gets_a_new_profile_when_the_kept_one_fails() {
+        let (tunnel, seat, changes) = fake(Some("saved"), vec![Ok(ip(2))], vec![]);
+        let mut tunnel = tunnel;
+        // The saved profile at the whole order's first step fails, the new one connects.
+        tunnel.connects.extend([Err("refused"), Ok(ip(2))]);
+        let follow = start(seat.clone(), tunnel).await.expect("connected");
+        take(&seat, 2).await;
+        let running = tokio::spawn(follow.run());
+        changes.send(Change::Lost("expired".into())).expect("send");
+        let log = take(&seat, 2 + 9 + 6).await;
+        let recovers = log.iter().filter(|l| *l == "recover").count();
+        assert_eq!(recovers, 9, "{log:?}");
+        assert_eq!(
+            log[log.len() - 6..],
+            [
+                "connect saved",
+                "renew",
+                "new profile",
+                "connect new",
+                "reconnected",
+                "plumb 10.76.0.2"
+            ]
+        );
+        running.abort();
+
+        let (mut tunnel, seat, changes) = fake(Some("saved"), vec![Ok(ip(2))], vec![]);
+        tunnel.connects.push_back(Ok(ip(2)));
+        let follow = start(seat.clone(), tunnel).await.expect("connected");
+        take(&seat, 2).await;
+        let mut follow = follow;
+        follow.tunnel.saved = None;
+        let running = tokio::spawn(follow.run());
+        changes.send(Change::Lost("expired".into())).expect("send");
+        assert_eq!(
+            take(&seat, 6).await,
+            [
+                "state lost",
+                "pause",
+                "new profile",
+                "connect new",
                 "reconnected",
                 "plumb 10.76.0.2"
             ]

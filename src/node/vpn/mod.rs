@@ -9,12 +9,14 @@
 //!   saved profile, a renewed one, a new one).
 //! - [`lifecycle`] brings the VPN up at start (never failing the node), keeps trying without
 //!   one, follows it, and re-plumbs and re-registers whenever its address changes or it comes
-//!   back; its effects on the rest of the node sit behind [`lifecycle::Seat`].
+//!   back; its effects on the rest of the node sit behind [`lifecycle::Seat`], the node's own
+//!   in [`seat`].
 
 pub mod kind;
 pub mod lifecycle;
 pub mod openvpn;
 pub mod order;
+pub mod seat;
 pub mod wireguard;
 
 use std::fmt::Display;

@@ -7,7 +7,12 @@
 //!
 //! Connected means a handshake with the hub within WireGuard's session lifetime (180 s, after
 //! which a session is refused): past that the tunnel is down and the router holds back what
-//! goes to peers; it is back at the next handshake. The device keeps trying by itself.
+//! goes to peers; it is back at the next handshake. The device keeps trying by itself; after
+//! five minutes without a handshake the tunnel counts as lost (the hub may have forgotten the
+//! key: eduVPN does at a profile's expiry and at `/disconnect`, the built-in hub when the node
+//! is deleted), and so does a profile whose `Expires` passes, so the node's life brings it back
+//! with a new profile. A hub that stays silent is no reason to stop asking for one either: it
+//! answers no key it does not know, so silence says nothing of whether it runs.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -24,7 +29,7 @@ use crate::net::dataplane::TunnelEnds;
 use crate::net::netns::Netns;
 use crate::wireguard::ip::{probe_packet, router_ends, RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
-use crate::wireguard::profile::{ProfileError, WgProfile};
+use crate::wireguard::profile::{expiry, ProfileError, WgProfile};
 
 /// The profile file in the VPN folder; tried first at the next start.
 pub const PROFILE: &str = "node.wg.conf";
@@ -36,6 +41,8 @@ const SESSION: Duration = Duration::from_secs(180);
 const KEEPALIVE: u16 = 25;
 /// How often the device's state is looked at.
 const LOOK: Duration = Duration::from_secs(1);
+/// Without a handshake for this long the tunnel counts as lost, not down.
+const STALE: Duration = Duration::from_secs(300);
 
 /// Why the WireGuard tunnel did not come up.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +64,17 @@ pub enum WgError {
     Device(String),
     #[error("the data plane's tunnel port is held by another tunnel")]
     PortHeld,
-    /// no handshake answer from the hub by the deadline: a new profile would not help
+    /// no handshake answer from the hub by the deadline (it may not know the key)
     #[error("the WireGuard hub at {endpoint} did not answer a handshake within {secs}s")]
     Silent { endpoint: SocketAddr, secs: u64 },
+    #[error("the WireGuard profile expired ({0})")]
+    Expired(String),
 }
 
 impl StepError for WgError {
+    /// Never: a hub answers no key it does not know, so a new profile may help.
     fn server_silent(&self) -> bool {
-        matches!(self, WgError::Silent { .. })
+        false
     }
 }
 
@@ -120,6 +130,8 @@ struct Running {
     health: watch::Receiver<Health>,
     address: Ipv4Addr,
     endpoint: SocketAddr,
+    /// When the profile expires, if it says.
+    expires: Option<std::time::SystemTime>,
 }
 
 impl Running {
@@ -211,7 +223,11 @@ impl WireGuard {
         crate::sync::lock(&self.shown).clone()
     }
 
-    async fn start(&mut self, profile: &WgProfile) -> Result<Ipv4Addr, WgError> {
+    async fn start(
+        &mut self,
+        profile: &WgProfile,
+        expires: Option<std::time::SystemTime>,
+    ) -> Result<Ipv4Addr, WgError> {
         let address = profile.ip();
         if !self.subnet.contains(&address) {
             return Err(WgError::OutsideSubnet {
@@ -261,6 +277,7 @@ impl WireGuard {
             health,
             address,
             endpoint,
+            expires,
         };
         match ready.await {
             Ok(Ok(())) => {}
@@ -356,8 +373,11 @@ async fn run(
 impl Tunnel for WireGuard {
     type Error = WgError;
 
+    /// The kept profile, unless it expired.
     fn saved_profile(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(PROFILE)).ok()
+        let text = std::fs::read_to_string(self.dir.join(PROFILE)).ok()?;
+        let expired = expiry(&text).is_some_and(|t| t <= std::time::SystemTime::now());
+        (!expired).then_some(text)
     }
 
     fn save(&mut self, profile: &str) -> Result<(), WgError> {
@@ -369,19 +389,39 @@ impl Tunnel for WireGuard {
 
     async fn connect(&mut self, profile: &str) -> Result<Ipv4Addr, WgError> {
         let parsed = WgProfile::parse(profile)?;
+        let expires = expiry(profile);
+        if expires.is_some_and(|t| t <= std::time::SystemTime::now()) {
+            let line = profile.lines().next().unwrap_or_default();
+            return Err(WgError::Expired(line.trim_start_matches("# ").to_string()));
+        }
         self.save(profile)?;
         self.remove().await;
-        self.start(&parsed).await
+        self.start(&parsed, expires).await
     }
 
     async fn next_change(&mut self) -> Change {
         let Some(r) = self.running.as_mut() else {
             return Change::Lost("the WireGuard device is not running".into());
         };
+        let expires = r.expires;
+        let expiry = async move {
+            match expires.map(|t| t.duration_since(std::time::SystemTime::now())) {
+                Some(left) => tokio::time::sleep(left.unwrap_or_default()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             let h = r.health.borrow_and_update().clone();
             if let Some(why) = h.ended {
                 return Change::Lost(why);
+            }
+            if h.handshake_age.is_none_or(|a| a >= STALE) {
+                return Change::Lost(format!(
+                    "no handshake with the WireGuard hub at {} for {}s",
+                    r.endpoint,
+                    STALE.as_secs()
+                ));
             }
             if h.connected() != self.connected {
                 self.connected = h.connected();
@@ -395,8 +435,11 @@ impl Tunnel for WireGuard {
                     ))
                 };
             }
-            if r.health.changed().await.is_err() {
-                return Change::Lost("the WireGuard device's thread ended".into());
+            tokio::select! {
+                changed = r.health.changed() => if changed.is_err() {
+                    return Change::Lost("the WireGuard device's thread ended".into());
+                },
+                () = &mut expiry => return Change::Lost("the WireGuard profile expired".into()),
             }
         }
     }

@@ -103,7 +103,7 @@ pub async fn patch(
             }
         }
         let edu = match &s.vpn {
-            VpnProvider::EduVpn(edu) => edu.vpn_subnet().ok().flatten(),
+            VpnProvider::EduVpn { config, .. } => config.vpn_subnet().ok().flatten(),
             _ => None,
         };
         if let Some(net) = edu {
@@ -121,6 +121,10 @@ pub async fn patch(
                 )));
             }
         }
+    }
+    if ip.is_none() {
+        // The node leaves the VPN (it clears its address as it stops).
+        s.vpn.release(id).await;
     }
     let ip = ip.map(|ip| ip.to_string());
     let node = store::set_node_ip(&mut db, id, ip.as_deref())
@@ -217,6 +221,7 @@ pub async fn delete(
     if !provision::delete_node(&s, id).await? {
         return Err(ApiError::not_found("node", id));
     }
+    s.vpn.release(id).await;
     tracing::info!(node_id = %id, user_id = a.user, "node deleted; its certificates revoked");
     s.changed().await;
     Ok(Json(Msg {

@@ -27,14 +27,24 @@ pub async fn set_wireguard_key(db: &mut Db, node: NodeId, key: &str) -> Result<b
     Ok(true)
 }
 
-/// Every admitted node with its public key and, if the hub has heard from it, the address its
-/// packets last came from; by id.
-pub async fn wireguard_peers(db: &mut Db) -> Result<Vec<(NodeId, String, Option<String>)>> {
-    Ok(
-        sqlx::query_as("SELECT node_id, public_key, endpoint FROM wireguard_peer ORDER BY node_id")
-            .fetch_all(db)
-            .await?,
+/// An admitted node: its public key, its collaboration and, if the hub has heard from it, the
+/// address its packets last came from.
+#[derive(Debug, sqlx::FromRow)]
+pub struct WireGuardPeer {
+    pub node_id: NodeId,
+    pub public_key: String,
+    pub collaboration_id: i64,
+    pub endpoint: Option<String>,
+}
+
+/// Every admitted node, by id.
+pub async fn wireguard_peers(db: &mut Db) -> Result<Vec<WireGuardPeer>> {
+    Ok(sqlx::query_as(
+        "SELECT w.node_id, w.public_key, n.collaboration_id, w.endpoint \
+         FROM wireguard_peer w JOIN node n ON n.id = w.node_id ORDER BY w.node_id",
     )
+    .fetch_all(db)
+    .await?)
 }
 
 /// Keeps where the packets of the node holding `key` last came from.
