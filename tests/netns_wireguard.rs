@@ -28,7 +28,7 @@ use algonet::wireguard::profile::WgProfile;
 use common::capture::Capture;
 use common::eduvpn::{vpn_server, PortalOptions};
 use common::server::{server, Server};
-use common::stand_in::{stand_in, StandIn};
+use common::stand_in::{stand_in, Running, StandIn};
 use common::topology::{
     self, echo_server, send_bulk, sink, tcp_echo, udp_socket, Mode, Topology, ECHO_LINE,
 };
@@ -467,10 +467,9 @@ async fn a_replayed_or_forged_handshake_gets_no_answer() {
 
 /// The WireGuard peer of the router's own path: a device in the topology's outside world
 /// (its WAN neighbour), listening on `PEER_PORT`, with `tun0` at `WG_PEER` standing in for a
-/// far node's router. Stopped (and `tun0` gone) when dropped.
+/// far node's router. Stopped (then `tun0` removed) when dropped.
 struct WgPeer {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), algonet::net::netns::NetnsError>>>,
+    _device: Running,
     _tun: StandIn,
 }
 
@@ -482,48 +481,30 @@ impl WgPeer {
     fn start(ns: &TestNs, keys: KeyPair, node: [u8; 32]) -> WgPeer {
         let (ends, tun) = stand_in(ns, topology::MTU);
         ns.ip(&["addr", "add", &format!("{WG_PEER}/16"), "dev", "tun0"]);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, made) = std::sync::mpsc::channel();
-        let thread = ns
-            .ns
-            .spawn(move || async move {
-                // The peer starts nothing: the node's handshake comes first.
-                let probe = algonet::wireguard::ip::probe_packet(WG_PEER, WG_PEER);
-                let ip = router_ends(ends, topology::MTU, probe).expect("the port");
-                let node_net = ipnetwork::Ipv4Network::new(topology::V, 32).expect("a /32");
-                let device = gotatun::device::build()
-                    .with_default_udp()
-                    .with_ip_pair(ip.0, ip.1)
-                    .with_private_key(keys.secret)
-                    .with_listen_port(PEER_PORT)
-                    .with_peer(
-                        Peer::new(PublicKey::from(node))
-                            .with_allowed_ip(ipnetwork::IpNetwork::V4(node_net)),
-                    )
-                    .build()
-                    .await
-                    .expect("the peer's device");
-                ready.send(()).expect("the test waits");
-                let _ = stopped.await;
-                device.stop().await;
-            })
-            .expect("the peer's thread");
-        made.recv().expect("the peer's device");
+        let device = Running::start(ns, move |ready, stopped| async move {
+            // The peer starts nothing: the node's handshake comes first.
+            let probe = algonet::wireguard::ip::probe_packet(WG_PEER, WG_PEER);
+            let ip = router_ends(ends, topology::MTU, probe).expect("the port");
+            let node_net = ipnetwork::Ipv4Network::new(topology::V, 32).expect("a /32");
+            let device = gotatun::device::build()
+                .with_default_udp()
+                .with_ip_pair(ip.0, ip.1)
+                .with_private_key(keys.secret)
+                .with_listen_port(PEER_PORT)
+                .with_peer(
+                    Peer::new(PublicKey::from(node))
+                        .with_allowed_ip(ipnetwork::IpNetwork::V4(node_net)),
+                )
+                .build()
+                .await
+                .expect("the peer's device");
+            ready.send(()).expect("the test waits");
+            let _ = stopped.await;
+            device.stop().await;
+        });
         WgPeer {
-            stop: Some(stop),
-            thread: Some(thread),
+            _device: device,
             _tun: tun,
-        }
-    }
-}
-
-impl Drop for WgPeer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -129,7 +129,8 @@ impl<S: Seat, T: Tunnel> Follow<S, T> {
                     }
                     match self.seat.plumb(address).await {
                         Ok(()) => {
-                            tracing::info!("VPN connected with address {address} (try {attempt})");
+                            let how = if lost { "back" } else { "connected" };
+                            tracing::info!("VPN {how} with address {address} (try {attempt})");
                             return;
                         }
                         // A tunnel that came back stays: the router is tried again at its
