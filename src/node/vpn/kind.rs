@@ -2,10 +2,12 @@
 //! decides (an OpenVPN profile starts the OpenVPN client container, a WireGuard one the tunnel
 //! in the node's process), so a node follows its server's choice without a setting of its own.
 //!
-//! Both make the tunnel link `tun0`, so the routing plan is the same; they differ in its MTU,
-//! which the hub namespace is made with at start: the kind of the profile kept from the last
-//! start, or of the server's first profile. A profile of the other kind later still works, on
-//! the MTU the hub has.
+//! OpenVPN's tunnel is the link `tun0`, which the routing plan routes the VPN subnet by;
+//! WireGuard's has no link (it attaches to the data plane's tunnel port), so the plan's rules
+//! for `tun0` then match nothing and only the subnet's unreachable route is left. The kinds
+//! differ in their MTU too, which the hub namespace is made with at start: the kind of the
+//! profile kept from the last start, or of the server's first profile. A profile of the other
+//! kind later still works, on the MTU the hub has.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -35,8 +37,8 @@ impl Kind {
         }
     }
 
-    /// The tunnel's link in the hub namespace: OpenVPN's default `tun-mtu`, or WireGuard's
-    /// 1420 (its framing fits a 1500-byte path).
+    /// The tunnel's link in the hub namespace (OpenVPN's; WireGuard makes none) and MTU:
+    /// OpenVPN's default `tun-mtu`, or WireGuard's 1420 (its framing fits a 1500-byte path).
     pub fn link(self) -> TunnelLink {
         TunnelLink {
             name: "tun0",
