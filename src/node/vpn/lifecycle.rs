@@ -270,7 +270,7 @@ mod tests {
 
     impl Profiles for Seen {
         type Error = String;
-        async fn renew(&self, _: &str) -> Result<String, String> {
+        async fn renew(&self, _: &str) -> Result<Option<String>, String> {
             note(&self.log, "renew");
             Err("501".into())
         }

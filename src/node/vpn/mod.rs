@@ -63,8 +63,10 @@ pub trait Tunnel {
 /// Where profiles come from: the server.
 pub trait Profiles {
     type Error: Display;
-    /// `POST /vpn/update` with the current profile: the same profile with a new key pair.
-    fn renew(&self, current: &str) -> impl Future<Output = Result<String, Self::Error>>;
+    /// `POST /vpn/update` with the current profile: the same profile with a new key pair;
+    /// `None` when a profile of its kind has nothing to renew (a WireGuard profile: the key is
+    /// the node's), and the order goes on to a new one.
+    fn renew(&self, current: &str) -> impl Future<Output = Result<Option<String>, Self::Error>>;
     /// `GET /vpn`: a new profile.
     fn fetch_new(&self) -> impl Future<Output = Result<String, Self::Error>>;
 }

@@ -79,11 +79,14 @@ pub async fn bring_up(
             Next::Try => {}
         }
         match profiles.renew(current).await {
-            Ok(renewed) => match try_with(tunnel, &renewed, Source::Renewed, &mut reasons).await {
-                Next::Done(done) => return done,
-                Next::Stop => return Outcome::NoVpn { reasons },
-                Next::Try => {}
-            },
+            Ok(Some(renewed)) => {
+                match try_with(tunnel, &renewed, Source::Renewed, &mut reasons).await {
+                    Next::Done(done) => return done,
+                    Next::Stop => return Outcome::NoVpn { reasons },
+                    Next::Try => {}
+                }
+            }
+            Ok(None) => {}
             Err(e) => reasons.push(format!("renewal (POST /vpn/update) failed: {e}")),
         }
     }
@@ -110,6 +113,8 @@ mod tests {
     struct Script {
         good: Vec<&'static str>,
         renew: Option<&'static str>,
+        /// Profiles of a kind with nothing to renew (WireGuard's).
+        unrenewable: bool,
         new: Option<&'static str>,
         silent: bool,
         calls: Vec<String>,
@@ -157,11 +162,14 @@ mod tests {
 
     impl Profiles for Shared<'_> {
         type Error = String;
-        async fn renew(&self, _: &str) -> Result<String, String> {
+        async fn renew(&self, _: &str) -> Result<Option<String>, String> {
             let mut s = self.0.borrow_mut();
             s.calls.push("renew".into());
+            if s.unrenewable {
+                return Ok(None);
+            }
             s.renew
-                .map(str::to_string)
+                .map(|r| Some(r.to_string()))
                 .ok_or_else(|| "501 This server does not support VPN".into())
         }
         async fn fetch_new(&self) -> Result<String, String> {
@@ -223,6 +231,29 @@ mod tests {
         let mut s = Script {
             good: vec!["new"],
             renew: None,
+            new: Some("new"),
+            ..Script::default()
+        };
+        assert!(matches!(
+            run(Some("old"), &mut s),
+            Outcome::Connected {
+                source: Source::New,
+                ..
+            }
+        ));
+        assert_eq!(
+            s.calls,
+            ["connect old", "renew", "new", "save new", "connect new"]
+        );
+    }
+
+    /// A kept WireGuard profile that does not connect is followed by one new profile, no
+    /// renewal: one connect timeout less while the hub is silent.
+    #[test]
+    fn a_profile_with_nothing_to_renew_is_replaced() {
+        let mut s = Script {
+            good: vec!["new"],
+            unrenewable: true,
             new: Some("new"),
             ..Script::default()
         };

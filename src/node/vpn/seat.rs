@@ -26,11 +26,11 @@ pub enum PlumbError {
 impl Profiles for Arc<Node> {
     type Error = crate::api::client::ClientError;
 
-    /// A WireGuard profile has nothing to renew at the server (the key is the node's): a new one.
-    async fn renew(&self, current: &str) -> Result<String, Self::Error> {
+    /// A WireGuard profile has nothing to renew at the server (the key is the node's).
+    async fn renew(&self, current: &str) -> Result<Option<String>, Self::Error> {
         match Kind::of(current) {
-            Kind::OpenVpn => self.client.renew_profile(current).await,
-            Kind::WireGuard => self.fetch_new().await,
+            Kind::OpenVpn => self.client.renew_profile(current).await.map(Some),
+            Kind::WireGuard => Ok(None),
         }
     }
 
