@@ -318,8 +318,10 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
         "node a's datagram did not reach node b through eduVPN's WireGuard server"
     );
 
-    // Node a stops: it clears its address, and the server ends its eduVPN session
-    // (`/disconnect`, as eduVPN's clients do on exit): eduVPN forgets a's key.
+    // Node a stops, hours later (its access token long expired): it clears its address, and
+    // the server ends its eduVPN session (`/disconnect`, as eduVPN's clients do on exit, with
+    // a refreshed token): eduVPN forgets a's key.
+    portal.expire_access_tokens();
     let ended = || {
         portal
             .disconnects

@@ -60,12 +60,60 @@ pub struct Profile {
     pub session: Session,
 }
 
-/// The eduVPN authorization a profile was handed out under: what `/disconnect` needs.
+/// The eduVPN authorization a profile was handed out under: what `/disconnect` needs, and the
+/// refresh token that gets it a new access token (eduVPN's last an hour; a node runs for days).
 #[derive(Clone)]
 pub struct Session {
     api: String,
+    token_endpoint: String,
     access: String,
+    refresh: Option<String>,
     profile_id: String,
+}
+
+/// What the token endpoint gave.
+struct Tokens {
+    access: String,
+    refresh: Option<String>,
+}
+
+/// Asks the token endpoint with `form`, first as a public client (client id in the body), then
+/// as a confidential one (HTTP basic), as eduVPN may take either.
+async fn token(
+    http: &Client,
+    endpoint: &str,
+    c: &EduVpn,
+    form: &[(&str, &str)],
+) -> Result<Tokens, EduVpnError> {
+    let mut form = form.to_vec();
+    form.push(("client_id", c.client_id.as_str()));
+    let public = http.post(endpoint).form(&form).send().await.map_err(net)?;
+    let answer = if public.status().is_success() {
+        public
+    } else {
+        http.post(endpoint)
+            .basic_auth(&c.client_id, Some(&c.client_secret))
+            .form(&form)
+            .send()
+            .await
+            .map_err(net)?
+    };
+    if !answer.status().is_success() {
+        return Err(EduVpnError::Refused(format!(
+            "token endpoint answered {}",
+            answer.status()
+        )));
+    }
+    let tokens: Value = answer
+        .json()
+        .await
+        .map_err(|e| EduVpnError::Protocol(format!("token: {e}")))?;
+    let field = |k: &str| tokens.get(k).and_then(Value::as_str).map(str::to_string);
+    Ok(Tokens {
+        access: field("access_token")
+            .ok_or_else(|| EduVpnError::Protocol("token lacks access_token".into()))?,
+        refresh: field("refresh_token"),
+    })
 }
 
 impl std::fmt::Debug for Session {
@@ -85,10 +133,10 @@ pub struct Sessions(std::sync::Mutex<std::collections::HashMap<NodeId, Session>>
 
 impl Sessions {
     /// Ends the node's session, if this process holds one.
-    pub async fn end(&self, node: NodeId) {
+    pub async fn end(&self, node: NodeId, c: &EduVpn) {
         let session = crate::sync::lock(&self.0).remove(&node);
         if let Some(session) = session {
-            disconnect(node, session).await;
+            disconnect(node, session, c).await;
         }
     }
 
@@ -101,21 +149,33 @@ impl Sessions {
 /// How long `/disconnect` may take: it is best effort and holds up the node's request.
 const DISCONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `POST /disconnect` for `session`: eduVPN releases its address and WireGuard key. Best
-/// effort: a failure is logged, never passed on.
-async fn disconnect(node: NodeId, session: Session) {
+/// `POST /disconnect` for `session`: eduVPN releases its address and WireGuard key. An access
+/// token eduVPN no longer takes (401: it expired) is refreshed once. Best effort: a failure is
+/// logged, never passed on.
+async fn disconnect(node: NodeId, session: Session, c: &EduVpn) {
     let ended = async {
         let http = Client::builder()
             .timeout(DISCONNECT_WITHIN)
             .build()
             .map_err(|e| e.to_string())?;
-        let answer = http
-            .post(format!("{}/disconnect", session.api))
-            .bearer_auth(&session.access)
-            .form(&[("profile_id", session.profile_id.as_str())])
-            .send()
+        let send = |access: String| {
+            http.post(format!("{}/disconnect", session.api))
+                .bearer_auth(access)
+                .form(&[("profile_id", session.profile_id.as_str())])
+                .send()
+        };
+        let mut answer = send(session.access.clone())
             .await
             .map_err(|e| e.to_string())?;
+        if answer.status() == reqwest::StatusCode::UNAUTHORIZED {
+            if let Some(refresh) = &session.refresh {
+                let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+                let fresh = token(&http, &session.token_endpoint, c, &form)
+                    .await
+                    .map_err(|e| format!("refreshing its access token: {e}"))?;
+                answer = send(fresh.access).await.map_err(|e| e.to_string())?;
+            }
+        }
         match answer.status() {
             s if s.is_success() => Ok(()),
             s => Err(format!("eduVPN answered {s}")),
@@ -244,46 +304,14 @@ pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profi
         EduVpnError::Refused(format!("no code: {}", param("error").unwrap_or_default()))
     })?;
 
-    let mut form = vec![
+    let form = [
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
         ("redirect_uri", c.redirect_url.as_str()),
         ("code_verifier", verifier.as_str()),
     ];
-    let public = {
-        let mut f = form.clone();
-        f.push(("client_id", c.client_id.as_str()));
-        http.post(&token_endpoint)
-            .form(&f)
-            .send()
-            .await
-            .map_err(net)?
-    };
-    let token_response = if public.status().is_success() {
-        public
-    } else {
-        form.push(("client_id", c.client_id.as_str()));
-        http.post(&token_endpoint)
-            .basic_auth(&c.client_id, Some(&c.client_secret))
-            .form(&form)
-            .send()
-            .await
-            .map_err(net)?
-    };
-    if !token_response.status().is_success() {
-        return Err(EduVpnError::Refused(format!(
-            "token endpoint answered {}",
-            token_response.status()
-        )));
-    }
-    let token: Value = token_response
-        .json()
-        .await
-        .map_err(|e| EduVpnError::Protocol(format!("token: {e}")))?;
-    let access = token
-        .get("access_token")
-        .and_then(Value::as_str)
-        .ok_or_else(|| EduVpnError::Protocol("token lacks access_token".into()))?;
+    let tokens = token(&http, &token_endpoint, c, &form).await?;
+    let access = tokens.access.as_str();
 
     let api_base = api_endpoint.trim_end_matches('/');
     let info: Value = http
@@ -368,7 +396,9 @@ pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profi
     }
     let session = Session {
         api: api_base.to_string(),
-        access: access.to_string(),
+        token_endpoint,
+        access: tokens.access.clone(),
+        refresh: tokens.refresh,
         profile_id,
     };
     Ok(Profile {

@@ -47,8 +47,8 @@ impl VpnProvider {
     /// Ends what the node holds at eduVPN (its session), if that is the provider: the node
     /// left the VPN.
     pub async fn release(&self, node: crate::api::NodeId) {
-        if let VpnProvider::EduVpn { sessions, .. } = self {
-            sessions.end(node).await;
+        if let VpnProvider::EduVpn { config, sessions } = self {
+            sessions.end(node, config).await;
         }
     }
 

@@ -77,7 +77,7 @@ pub async fn profile(
             };
             // The earlier session goes first: eduVPN then forgets its key before the new
             // profile may name the same one.
-            sessions.end(node).await;
+            sessions.end(node, config).await;
             let p = eduvpn::fetch_profile(config, key).await?;
             sessions.keep(node, p.session);
             return Ok(VpnProfile {

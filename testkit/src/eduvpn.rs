@@ -42,7 +42,12 @@ struct Portal {
     sessions: Vec<String>,
     /// code -> (challenge, redirect_uri)
     codes: HashMap<String, (String, String)>,
-    tokens: Vec<String>,
+    /// Access tokens eduVPN takes now, each with its authorization.
+    tokens: HashMap<String, usize>,
+    /// Refresh tokens, each with its authorization (used once: a refresh rotates it).
+    refresh: HashMap<String, usize>,
+    /// Authorizations granted.
+    authorizations: usize,
     pki: Pki,
     /// The certificates handed out, one a profile, each with an address of its own.
     issued: Vec<NodeId>,
@@ -50,9 +55,9 @@ struct Portal {
     wireguard: Option<Arc<WgServer>>,
     /// Every WireGuard key asked for, each with its address (a key asked for again keeps it).
     keys: Vec<[u8; 32]>,
-    /// The keys admitted now, each with the token of the authorization that asked last:
-    /// `/disconnect` with that token forgets the key.
-    admitted: HashMap<[u8; 32], String>,
+    /// The keys admitted now, each with the authorization that asked last: `/disconnect`
+    /// under that authorization forgets the key.
+    admitted: HashMap<[u8; 32], usize>,
     /// The `/disconnect`s answered.
     disconnects: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -223,6 +228,16 @@ async fn token(
         )
             .into_response();
     }
+    if f.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        let Some(authorization) = f.get("refresh_token").and_then(|r| p.refresh.remove(r)) else {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        };
+        return grant(&mut p, authorization);
+    }
     let (Some(code), Some(verifier)) = (f.get("code"), f.get("code_verifier")) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -246,10 +261,24 @@ async fn token(
         )
             .into_response();
     }
-    let t = format!("t{}", p.tokens.len());
-    p.tokens.push(t.clone());
-    axum::Json(json!({"access_token": t, "token_type": "bearer", "expires_in": 3600}))
-        .into_response()
+    p.authorizations += 1;
+    let authorization = p.authorizations;
+    grant(&mut p, authorization)
+}
+
+/// A new access token and refresh token for `authorization`.
+fn grant(p: &mut Portal, authorization: usize) -> Response {
+    let n = p.tokens.len() + p.refresh.len() + p.authorizations;
+    let (access, refresh) = (
+        format!("t{authorization}-{n}"),
+        format!("r{authorization}-{n}"),
+    );
+    p.tokens.insert(access.clone(), authorization);
+    p.refresh.insert(refresh.clone(), authorization);
+    axum::Json(json!({
+        "access_token": access, "refresh_token": refresh, "token_type": "bearer", "expires_in": 3600
+    }))
+    .into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -260,7 +289,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn bearer_ok(p: &Portal, headers: &HeaderMap) -> bool {
-    bearer(headers).is_some_and(|t| p.tokens.iter().any(|x| x == t))
+    authorization(p, headers).is_some()
+}
+
+/// The authorization of the request's access token, if eduVPN takes it.
+fn authorization(p: &Portal, headers: &HeaderMap) -> Option<usize> {
+    bearer(headers).and_then(|t| p.tokens.get(t).copied())
 }
 
 async fn info(State(p): State<Shared>, headers: HeaderMap) -> Response {
@@ -304,9 +338,9 @@ async fn connect(
         if !bearer_ok(&p, &headers) || f.get("profile_id").map(String::as_str) != Some("default") {
             return StatusCode::UNAUTHORIZED.into_response();
         }
-        let token = bearer(&headers).unwrap_or_default().to_string();
+        let granted = authorization(&p, &headers).unwrap_or_default();
         match (accept.contains(WIREGUARD), p.wireguard.clone()) {
-            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f, token) {
+            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f, granted) {
                 Ok((admitted, profile)) => (wg, admitted, profile),
                 Err(why) => return refused(why),
             },
@@ -348,7 +382,7 @@ fn wireguard_profile(
     p: &mut Portal,
     wg: &WgServer,
     f: &HashMap<String, String>,
-    token: String,
+    granted: usize,
 ) -> Result<(Admitted, String), &'static str> {
     if f.get("vpn_proto").is_some_and(|v| v != "wireguard") {
         return Err("invalid \"vpn_proto\"");
@@ -362,7 +396,7 @@ fn wireguard_profile(
             p.keys.len() - 1
         }
     };
-    p.admitted.insert(key, token);
+    p.admitted.insert(key, granted);
     let address_of = |i: usize| p.vpn.address_of(NodeId(100 + i as i64)).expect("address");
     let admitted = admitted(p);
     let prefix = p.vpn.vpn_subnet().expect("subnet").prefix_len();
@@ -407,11 +441,11 @@ async fn disconnect(
         if f.get("profile_id").map(String::as_str) != Some("default") {
             return refused("profile not available");
         }
-        let token = bearer(&headers).unwrap_or_default().to_string();
+        let granted = authorization(&p, &headers).unwrap_or_default();
         let forgotten: Vec<_> = p
             .admitted
             .iter()
-            .filter(|(_, t)| **t == token)
+            .filter(|(_, a)| **a == granted)
             .map(|(k, _)| *k)
             .collect();
         for k in &forgotten {
@@ -448,7 +482,6 @@ pub struct PortalOptions {
 
 /// A running portal: its URL, and its PKI's folder (the OpenVPN server's files, `server.conf`
 /// first), removed when dropped.
-#[derive(Debug)]
 pub struct EduVpnPortal {
     pub url: String,
     pub pki_dir: std::path::PathBuf,
@@ -456,7 +489,25 @@ pub struct EduVpnPortal {
     pub ca_file: Option<std::path::PathBuf>,
     /// The `/disconnect`s it answered.
     pub disconnects: Arc<std::sync::atomic::AtomicUsize>,
+    state: Shared,
     _dir: TempDir,
+}
+
+impl std::fmt::Debug for EduVpnPortal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EduVpnPortal")
+            .field("url", &self.url)
+            .field("pki_dir", &self.pki_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EduVpnPortal {
+    /// Every access token handed out stops working, as eduVPN's do after an hour; refresh
+    /// tokens still get new ones.
+    pub fn expire_access_tokens(&self) {
+        lock(&self.state).tokens.clear();
+    }
 }
 
 /// Starts a portal on 127.0.0.1 with a new PKI.
@@ -488,7 +539,9 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
         no_profile: o.no_profile,
         sessions: Vec::new(),
         codes: HashMap::new(),
-        tokens: Vec::new(),
+        tokens: HashMap::new(),
+        refresh: HashMap::new(),
+        authorizations: 0,
         pki,
         issued: Vec::new(),
         wireguard: match o.wireguard {
@@ -508,13 +561,14 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
         .route("/vpn-user-portal/api/v3/info", get(info))
         .route("/vpn-user-portal/api/v3/connect", post(connect))
         .route("/vpn-user-portal/api/v3/disconnect", post(disconnect))
-        .with_state(state);
+        .with_state(Arc::clone(&state));
     tokio::spawn(async move { axum::serve(listener, app).await });
     EduVpnPortal {
         url,
         pki_dir,
         ca_file,
         disconnects,
+        state,
         _dir: TempDir(dir),
     }
 }
