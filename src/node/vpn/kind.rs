@@ -77,6 +77,10 @@ impl Kind {
 /// profile to go by, OpenVPN's.
 pub async fn at_start(client: &ServerClient, config: &NodeConfig) -> Kind {
     let dir = &config.task_dir.join("vpn");
+    let server = format!("{}{}", config.server_url, config.api_path);
+    if let Err(e) = keep_to(dir, &server) {
+        tracing::warn!("the VPN folder {}: {e}", dir.display());
+    }
     if let Some(kind) = Kind::saved(dir) {
         return kind;
     }
@@ -92,6 +96,35 @@ pub async fn at_start(client: &ServerClient, config: &NodeConfig) -> Kind {
         tracing::warn!("keeping the VPN profile in {}: {e}", dir.display());
     }
     kind
+}
+
+/// Which server the VPN folder's key and profiles are for.
+const SERVER: &str = "server";
+
+/// Keeps the VPN folder `dir` to one server: a key and profiles kept for another are forgotten
+/// (eduVPN asks for a WireGuard key per server; another server's profiles would not connect).
+/// A folder that names no server is taken as this one's.
+fn keep_to(dir: &Path, server: &str) -> std::io::Result<()> {
+    crate::private::dir(dir)?;
+    let file = dir.join(SERVER);
+    match std::fs::read_to_string(&file) {
+        Ok(kept) if kept.trim() == server => return Ok(()),
+        Ok(kept) => {
+            tracing::warn!(
+                "the VPN folder was {}'s: its WireGuard key and profiles are forgotten",
+                kept.trim()
+            );
+            for old in [wireguard::KEY, wireguard::PROFILE, openvpn::PROFILE] {
+                match std::fs::remove_file(dir.join(old)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    crate::private::file(&file, format!("{server}\n").as_bytes())
 }
 
 /// Why the tunnel of either kind failed.
@@ -205,6 +238,22 @@ impl Tunnel for NodeTunnel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vpn_folder_keeps_to_one_server() {
+        let dir = std::env::temp_dir().join(format!("algonet-kind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = WireGuard::keys(&dir).expect("a key").public_b64();
+        std::fs::write(dir.join(wireguard::PROFILE), "[Interface]\n").expect("a profile");
+        keep_to(&dir, "https://a.example/api").expect("taken as a's");
+        keep_to(&dir, "https://a.example/api").expect("still a's");
+        assert_eq!(WireGuard::keys(&dir).expect("kept").public_b64(), first);
+        assert_eq!(Kind::saved(&dir), Some(Kind::WireGuard));
+        keep_to(&dir, "https://b.example/api").expect("now b's");
+        assert_eq!(Kind::saved(&dir), None, "a's profile forgotten");
+        assert_ne!(WireGuard::keys(&dir).expect("new").public_b64(), first);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_profile_names_its_kind() {
