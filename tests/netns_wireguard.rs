@@ -518,13 +518,13 @@ impl WgPeer {
 /// the hub namespace. Then the tunnel down: what containers send to the peer is counted as
 /// `tunnel_down`; and with the tunnel gone altogether, nothing for a peer leaves by the WAN
 /// link in clear (tcpdump on the WAN neighbour) and the kernel, not the WAN, is where it ends.
-fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool) {
+fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool, queues: usize) {
     let t = Topology::new(
         tag,
         Mode::Algonet {
             offload,
             busy_poll_us: 0,
-            queues: 1,
+            queues,
         },
     );
     // The neighbour routes the VPN at the node in clear; here it reaches the peer by tun0.
@@ -637,13 +637,22 @@ fn wireguard_carries_the_routers_traffic(tag: &str, offload: bool) {
 #[test]
 fn wireguard_carries_the_routers_traffic_with_offload() {
     if privileged("wireguard_carries_the_routers_traffic_with_offload") {
-        wireguard_carries_the_routers_traffic("wgo", true);
+        wireguard_carries_the_routers_traffic("wgo", true, 1);
     }
 }
 
 #[test]
 fn wireguard_carries_the_routers_traffic_without_offload() {
     if privileged("wireguard_carries_the_routers_traffic_without_offload") {
-        wireguard_carries_the_routers_traffic("wgn", false);
+        wireguard_carries_the_routers_traffic("wgn", false, 1);
+    }
+}
+
+/// With two queues the tunnel's packets enter at the first worker and go on to the router
+/// owning their connection; every worker hands the tunnel what it sends to peers.
+#[test]
+fn wireguard_carries_the_routers_traffic_on_two_queues() {
+    if privileged("wireguard_carries_the_routers_traffic_on_two_queues") {
+        wireguard_carries_the_routers_traffic("wgq", true, 2);
     }
 }
