@@ -6,9 +6,9 @@
 //! dropped there, never sent out of the WAN link in clear.
 //!
 //! Packets cross in the workers' pooled buffers (a forwarded packet leaves in the buffer it was
-//! read and translated in), so nothing is copied twice or allocated per packet once the pool is
-//! warm. A GSO super-packet from a container crosses whole and is cut to the tunnel's MTU on the
-//! tunnel's side, on its thread.
+//! read and translated in; a decrypted one is copied in once), so nothing is allocated per
+//! packet once the pool is warm. A GSO super-packet from a container crosses whole and is cut
+//! to the tunnel's MTU on the tunnel's side, on its thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
