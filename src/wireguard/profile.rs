@@ -55,6 +55,11 @@ pub fn expiry(text: &str) -> Option<std::time::SystemTime> {
     http_date(text.lines().next()?.strip_prefix(EXPIRES)?)
 }
 
+/// Whether a profile expiring `at` (if it says) has expired.
+pub fn expired(at: Option<std::time::SystemTime>) -> bool {
+    at.is_some_and(|t| t <= std::time::SystemTime::now())
+}
+
 /// An HTTP date in its one form senders use (IMF-fixdate, RFC 9110):
 /// `Fri, 26 Nov 2027 10:00:00 GMT`.
 fn http_date(text: &str) -> Option<std::time::SystemTime> {

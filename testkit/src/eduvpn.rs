@@ -288,10 +288,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-fn bearer_ok(p: &Portal, headers: &HeaderMap) -> bool {
-    authorization(p, headers).is_some()
-}
-
 /// The authorization of the request's access token, if eduVPN takes it.
 fn authorization(p: &Portal, headers: &HeaderMap) -> Option<usize> {
     bearer(headers).and_then(|t| p.tokens.get(t).copied())
@@ -299,7 +295,7 @@ fn authorization(p: &Portal, headers: &HeaderMap) -> Option<usize> {
 
 async fn info(State(p): State<Shared>, headers: HeaderMap) -> Response {
     let p = lock(&p);
-    if !bearer_ok(&p, &headers) {
+    if authorization(&p, &headers).is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let protocols = if p.wireguard.is_some() {
@@ -335,10 +331,11 @@ async fn connect(
     // The lock is not held across the WireGuard server's admission.
     let (wg, admitted, profile) = {
         let mut p = lock(&shared);
-        if !bearer_ok(&p, &headers) || f.get("profile_id").map(String::as_str) != Some("default") {
+        let Some(granted) = authorization(&p, &headers)
+            .filter(|_| f.get("profile_id").map(String::as_str) == Some("default"))
+        else {
             return StatusCode::UNAUTHORIZED.into_response();
-        }
-        let granted = authorization(&p, &headers).unwrap_or_default();
+        };
         match (accept.contains(WIREGUARD), p.wireguard.clone()) {
             (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f, granted) {
                 Ok((admitted, profile)) => (wg, admitted, profile),
@@ -435,13 +432,12 @@ async fn disconnect(
 ) -> Response {
     let (wg, admitted, forgotten) = {
         let mut p = lock(&shared);
-        if !bearer_ok(&p, &headers) {
+        let Some(granted) = authorization(&p, &headers) else {
             return StatusCode::UNAUTHORIZED.into_response();
-        }
+        };
         if f.get("profile_id").map(String::as_str) != Some("default") {
             return refused("profile not available");
         }
-        let granted = authorization(&p, &headers).unwrap_or_default();
         let forgotten: Vec<_> = p
             .admitted
             .iter()

@@ -29,7 +29,7 @@ use crate::net::dataplane::TunnelEnds;
 use crate::net::netns::Netns;
 use crate::wireguard::ip::{probe_packet, router_ends, RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
-use crate::wireguard::profile::{expiry, ProfileError, WgProfile};
+use crate::wireguard::profile::{expired, expiry, ProfileError, WgProfile};
 
 /// The profile file in the VPN folder; tried first at the next start.
 pub const PROFILE: &str = "node.wg.conf";
@@ -376,8 +376,7 @@ impl Tunnel for WireGuard {
     /// The kept profile, unless it expired.
     fn saved_profile(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.dir.join(PROFILE)).ok()?;
-        let expired = expiry(&text).is_some_and(|t| t <= std::time::SystemTime::now());
-        (!expired).then_some(text)
+        (!expired(expiry(&text))).then_some(text)
     }
 
     fn save(&mut self, profile: &str) -> Result<(), WgError> {
@@ -390,7 +389,7 @@ impl Tunnel for WireGuard {
     async fn connect(&mut self, profile: &str) -> Result<Ipv4Addr, WgError> {
         let parsed = WgProfile::parse(profile)?;
         let expires = expiry(profile);
-        if expires.is_some_and(|t| t <= std::time::SystemTime::now()) {
+        if expired(expires) {
             let line = profile.lines().next().unwrap_or_default();
             return Err(WgError::Expired(line.trim_start_matches("# ").to_string()));
         }
