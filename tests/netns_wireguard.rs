@@ -17,9 +17,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use algonet::api::MeshPeer;
 use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
-use algonet::node::vpn::wireguard::{WgError, WireGuard};
+use algonet::node::vpn::wireguard::{Health, WgError, WireGuard};
 use algonet::node::vpn::Tunnel;
 use algonet::server::pki::{BuiltinVpn, TunnelKind};
 use algonet::wireguard::ip::router_ends;
@@ -226,6 +227,16 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
     let (mut d_wg, _d_tun) = tunnel(&d_ns, &d_dir, Duration::from_secs(10));
     let d_address = d_wg.connect(&d_text).await.expect("handshake with the hub");
     d_ns.ip(&["addr", "add", &format!("{d_address}/16"), "dev", "tun0"]);
+    // Nor does the server list it to them as a direct peer, or them to it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(listed(&s, &other[0].1).await.is_empty());
+    let d_key_text = d_key.public_b64();
+    for (_, token) in &nodes {
+        assert!(listed(&s, token)
+            .await
+            .iter()
+            .all(|p| p.public_key != d_key_text));
+    }
     let d_sock = udp_in(&d_ns, SocketAddrV4::new(d_address, 5000));
     let to_d = SocketAddrV4::new(d_address, 5000);
     assert!(
@@ -266,6 +277,184 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
         stopped = !crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(1));
     }
     assert!(stopped, "a deleted node still gets traffic through the hub");
+
+    for (t, _) in &mut tunnels {
+        t.remove().await;
+    }
+}
+
+/// The WireGuard peers `GET /vpn/peers` lists for a node to reach directly.
+async fn listed(s: &Server, token: &str) -> Vec<MeshPeer> {
+    let v = s.ok("GET", "/vpn/peers", Some(token), json!(null)).await;
+    serde_json::from_value(v.get("wireguard").cloned().unwrap_or(json!([]))).expect("peers")
+}
+
+/// Waits until `check` holds for each tunnel's health, or panics saying `what`.
+async fn until_health(
+    tunnels: &[&WireGuard],
+    within: Duration,
+    what: &str,
+    check: fn(&Health) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !tunnels
+        .iter()
+        .all(|t| t.health().is_some_and(|h| check(&h)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:?}",
+            tunnels.iter().map(|t| t.health()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The hub's share of what node `a` sent while `payload` crossed to b `n` times: bytes a's
+/// device sent the hub meanwhile.
+async fn through_hub(
+    wg: &WireGuard,
+    (from, to, dest): (&UdpSocket, &UdpSocket, SocketAddrV4),
+    n: usize,
+) -> usize {
+    let before = wg.health().expect("running").tx_bytes;
+    let payload = payload();
+    for _ in 0..n {
+        assert!(
+            crosses(from, to, dest, &payload, Duration::from_secs(2)),
+            "a datagram did not cross"
+        );
+    }
+    // The device is looked at once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wg.health().expect("running").tx_bytes - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the_hub() {
+    if !privileged("nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the_hub") {
+        return;
+    }
+    let (s, _) = hub_server("wg-mesh", 10).await;
+    let nodes = s.nodes(2).await;
+    let (a_ns, b_ns) = tokio::task::spawn_blocking(|| (site(10), site(11)))
+        .await
+        .expect("sites");
+    // A link of their own between the two sites, over which each reaches the other's WAN
+    // address (where the hub hears it from); the hub stays behind the host.
+    let status = std::process::Command::new("ip")
+        .args([
+            "link", "add", "mesh0", "netns", &a_ns.name, "type", "veth", "peer", "name", "mesh0",
+            "netns", &b_ns.name,
+        ])
+        .status()
+        .expect("ip");
+    assert!(status.success(), "the sites' own link");
+    let direct = [
+        (
+            &a_ns,
+            "10.97.0.1",
+            "10.98.11.0/24",
+            "10.97.0.2",
+            "10.98.10.2",
+        ),
+        (
+            &b_ns,
+            "10.97.0.2",
+            "10.98.10.0/24",
+            "10.97.0.1",
+            "10.98.11.2",
+        ),
+    ];
+    for (ns, own, other, via, src) in direct {
+        ns.ip(&["addr", "add", &format!("{own}/30"), "dev", "mesh0"]);
+        ns.ip(&["link", "set", "mesh0", "up"]);
+        ns.ip(&["route", "add", other, "via", via, "src", src]);
+    }
+
+    // Each tunnel follows what the server lists for its node, as the node's scope follower
+    // hands it on.
+    let mut tunnels = Vec::new();
+    let mut lists = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, ((_, token), ns)) in nodes.iter().zip([&a_ns, &b_ns]).enumerate() {
+        let dir = s.dir.join(format!("mesh{i}"));
+        let key = WireGuard::keys(&dir).expect("key");
+        let text = profile(&s, token, &key).await;
+        let (mut wg, tun) = tunnel(ns, &dir, Duration::from_secs(10));
+        let (list, mesh) = tokio::sync::watch::channel(Vec::new());
+        wg.mesh = mesh;
+        let address = wg.connect(&text).await.expect("handshake with the hub");
+        ns.ip(&["addr", "add", &format!("{address}/16"), "dev", "tun0"]);
+        tunnels.push((wg, tun));
+        lists.push(list);
+        addresses.push(address);
+    }
+    // The hub writes where it heard each node from every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = [listed(&s, &nodes[0].1).await, listed(&s, &nodes[1].1).await];
+        if got.iter().all(|l| l.len() == 1) {
+            assert_eq!(got[0][0].address, addresses[1].to_string());
+            assert_eq!(got[1][0].address, addresses[0].to_string());
+            for (list, got) in lists.iter().zip(got) {
+                list.send_replace(got);
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server lists no direct peers: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (a, b) = (&tunnels[0].0, &tunnels[1].0);
+    until_health(&[a, b], Duration::from_secs(15), "no direct path", |h| {
+        h.direct == 1
+    })
+    .await;
+
+    let (a_sock, b_sock, to_b) = pair(&a_ns, &b_ns, &addresses);
+    let both = (&a_sock, &b_sock, to_b);
+    let via_hub = through_hub(a, both, 50).await;
+    assert!(
+        via_hub < 1300,
+        "{via_hub} bytes went to the hub while the path was direct"
+    );
+
+    // The sites' link fails both ways: both fall back to the hub, and the datagrams cross again.
+    for (ns, _, other, ..) in direct {
+        ns.ip(&["route", "replace", "blackhole", other]);
+    }
+    until_health(
+        &[a, b],
+        Duration::from_secs(60),
+        "no fallback to the hub",
+        |h| h.direct == 0,
+    )
+    .await;
+    let via_hub = through_hub(a, both, 20).await;
+    assert!(
+        via_hub >= 20 * 1300,
+        "only {via_hub} bytes went to the hub after the fallback"
+    );
+
+    // The link back: the next handshake takes them direct again.
+    for (ns, _, other, via, src) in direct {
+        ns.ip(&["route", "replace", other, "via", via, "src", src]);
+    }
+    until_health(
+        &[a, b],
+        Duration::from_secs(60),
+        "the direct path did not come back",
+        |h| h.direct == 1,
+    )
+    .await;
+    let via_hub = through_hub(a, both, 50).await;
+    assert!(
+        via_hub < 1300,
+        "{via_hub} bytes went to the hub after the path came back"
+    );
 
     for (t, _) in &mut tunnels {
         t.remove().await;

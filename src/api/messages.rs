@@ -418,13 +418,25 @@ pub struct Address {
 /// The answer to `GET /vpn/peers` (an algonet extension): for each of the node's open runs,
 /// the VPN addresses of the nodes whose organizations have a run in its task family (its root
 /// task and every task below it) and the public ports of those runs; and the addresses of every
-/// node of the node's collaboration. `etag` names the answer: `?known=<etag>` waits (up to 20 s)
-/// until the answer is another.
+/// node of the node's collaboration; with the built-in WireGuard hub, the collaboration's other
+/// nodes as WireGuard peers the node may reach directly. `etag` names the answer:
+/// `?known=<etag>` waits (up to 20 s) until the answer is another.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peers {
     pub etag: String,
     pub collaboration: Vec<String>,
     pub runs: Vec<RunPeers>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wireguard: Vec<MeshPeer>,
+}
+
+/// Another node of the collaboration as a WireGuard peer: its key, its VPN address and where the
+/// hub last heard it from (`ip:port`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MeshPeer {
+    pub public_key: String,
+    pub address: String,
+    pub endpoint: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -202,6 +202,7 @@ pub async fn run(config: NodeConfig, recent: Recent) -> Result<(), NodeError> {
         observed: Recorder::new(recent),
         key: key.clone(),
         killed: Mutex::default(),
+        mesh: tokio::sync::watch::Sender::new(Vec::new()),
         config,
     });
     // Every helper ends with the token; the node's own clean-up follows.

@@ -1,7 +1,8 @@
 //! Whom each run may talk to over the VPN (`peer_scope`), kept in the router: installed for a
 //! run before its algorithm starts, and followed afterwards through one long-poll of `GET
 //! /vpn/peers` for all of the node's runs (a subtask on a new organization, a node's new
-//! address, ports registered or removed reach the router within moments of the change).
+//! address, ports registered or removed reach the router within moments of the change). The
+//! same answer carries the collaboration's nodes the WireGuard tunnel may reach directly.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use netstack::Scope;
 
 use crate::api::{Peers, RunId, RunPeers};
-use crate::node::client::ClientError;
+use crate::node::client::{ClientError, Dialect};
 use crate::node::config::PeerScope;
 use crate::node::hub::HubError;
 use crate::node::retry::Backoff;
@@ -108,16 +109,26 @@ impl<'a> Answers<'a> {
     }
 }
 
-/// Follows the server's answer for every run of the node and installs what changed, until the
-/// task is ended.
+/// Follows the server's answer for every run of the node and installs what changed, and hands
+/// the node's WireGuard tunnel the peers it may reach directly, until the task is ended.
 pub async fn follow(node: Arc<Node>) {
-    if node.config.peer_scope == PeerScope::Vpn {
+    let scoped = node.config.peer_scope != PeerScope::Vpn;
+    // vantage6's server lists no direct peers: unscoped, there is nothing to follow.
+    if !scoped && node.client.dialect == Dialect::Vantage6 {
         return;
     }
     let mut installed: HashMap<RunId, Scope> = HashMap::new();
     let mut answers = Answers::new(&node, "following the runs' peers");
     loop {
         let peers = answers.next().await;
+        node.mesh.send_if_modified(|m| {
+            let changed = *m != peers.wireguard;
+            m.clone_from(&peers.wireguard);
+            changed
+        });
+        if !scoped {
+            continue;
+        }
         // Only runs this node set up: the router knows no others (and a run it is setting up
         // installs its own scope before its algorithm starts).
         let ours = node.observed.run_ids();
@@ -158,6 +169,7 @@ mod tests {
                     port: PublicPort(49152),
                 }],
             }],
+            wireguard: Vec::new(),
         }
     }
 

@@ -37,6 +37,9 @@ pub struct Node {
     pub key: Option<std::sync::Arc<crate::crypto::PrivateKey>>,
     /// Runs the server ended while the node ran them (see [`crate::node::kills`]).
     pub killed: Mutex<std::collections::HashSet<crate::api::RunId>>,
+    /// The collaboration's other nodes as the server last listed them for direct WireGuard
+    /// paths (see [`crate::node::vpn::mesh`]).
+    pub mesh: tokio::sync::watch::Sender<Vec<crate::api::MeshPeer>>,
 }
 
 impl Node {

@@ -29,6 +29,14 @@ pub struct BuiltinVpn {
     /// writes) or `wireguard` (this server is the hub itself).
     #[serde(default)]
     pub tunnel: TunnelKind,
+    /// With WireGuard: whether nodes of one collaboration that reach each other by UDP trade
+    /// packets directly, the hub only relaying where they cannot (`true` unless set).
+    #[serde(default = "yes")]
+    pub direct: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The tunnel of the built-in VPN.
@@ -49,6 +57,7 @@ impl BuiltinVpn {
             remote: remote.into(),
             port,
             tunnel,
+            direct: true,
         }
     }
 

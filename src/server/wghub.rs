@@ -21,7 +21,7 @@ use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use ipnet::Ipv4Net;
 
-use crate::api::NodeId;
+use crate::api::{CollaborationId, MeshPeer, NodeId};
 use crate::server::pki::BuiltinVpn;
 use crate::server::store::{self, Store, StoreError};
 use crate::wireguard::ip::{HubCounters, HubIp, HubOut};
@@ -206,6 +206,8 @@ impl WgHub {
             for (key, endpoint) in &moved {
                 store::set_wireguard_endpoint(&mut tx, key, endpoint).await?;
             }
+            // The nodes' lists of direct peers carry the endpoints: their waits look again.
+            store::count_change(&mut tx).await?;
             store::commit(tx).await?;
         }
         let any = !wanted.is_empty();
@@ -219,6 +221,34 @@ impl WgHub {
                 .map_err(|source| HubError::Listen { port, source })?;
         }
         Ok(())
+    }
+
+    /// The other admitted nodes of `node`'s collaboration that the hub has heard from, as
+    /// WireGuard peers `node` may reach directly (none if the configuration says `direct:
+    /// false`). Where the hub heard a node from is where its tunnel's socket is seen from
+    /// outside, so another node behind no NAT, or behind one that keeps a socket's mapping
+    /// whoever it sends to, reaches it there.
+    pub async fn mesh(
+        &self,
+        db: &mut store::Db,
+        node: NodeId,
+        collaboration: CollaborationId,
+    ) -> Result<Vec<MeshPeer>, StoreError> {
+        if !self.vpn.direct {
+            return Ok(Vec::new());
+        }
+        Ok(store::wireguard_peers(db)
+            .await?
+            .into_iter()
+            .filter(|p| p.collaboration_id == collaboration.0 && p.node_id != node)
+            .filter_map(|p| {
+                Some(MeshPeer {
+                    address: self.vpn.address_of(p.node_id)?.to_string(),
+                    endpoint: p.endpoint?,
+                    public_key: p.public_key,
+                })
+            })
+            .collect())
     }
 
     /// Follows the database's admitted keys (other replicas, deleted nodes) until the server

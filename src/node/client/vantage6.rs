@@ -67,6 +67,7 @@ impl ServerClient {
             etag,
             collaboration,
             runs,
+            wireguard: Vec::new(),
         })
     }
 

@@ -55,6 +55,14 @@ impl Describe for NodeMetrics {
                     ([("direction", "tx")], w.tx_bytes),
                 ],
             )?;
+            sheet.gauges(
+                "node_wireguard_peers",
+                "The collaboration's other nodes as direct WireGuard peers, by path now",
+                [
+                    ([("path", "direct")], int(w.direct)),
+                    ([("path", "hub")], int(w.peers.saturating_sub(w.direct))),
+                ],
+            )?;
         }
         sheet.counter(
             "node_vpn_reconnects",

@@ -19,12 +19,15 @@ pub fn table(s: &Status) -> String {
             .map_or("none yet".into(), |a| format!("{a}s ago"));
         let _ = writeln!(
             out,
-            "WireGuard: last handshake {age} ({} in all), hub at {}, {} roam(s); {} bytes in, {} out",
+            "WireGuard: last handshake {age} ({} in all), hub at {}, {} roam(s); {} bytes in, {} out; \
+             {} of {} other node(s) reached directly",
             w.handshakes,
             w.endpoint.as_deref().unwrap_or("-"),
             w.roams,
             w.rx_bytes,
-            w.tx_bytes
+            w.tx_bytes,
+            w.direct,
+            w.peers
         );
     }
     let _ = writeln!(out, "\nruns: {}", s.runs.len());

@@ -92,6 +92,11 @@ pub struct WireGuardView {
     pub roams: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The collaboration's other nodes kept as direct peers, and those reached directly now.
+    #[serde(default)]
+    pub peers: u64,
+    #[serde(default)]
+    pub direct: u64,
 }
 
 impl From<&Health> for WireGuardView {
@@ -103,6 +108,8 @@ impl From<&Health> for WireGuardView {
             roams: h.roams,
             rx_bytes: h.rx_bytes as u64,
             tx_bytes: h.tx_bytes as u64,
+            peers: h.peers as u64,
+            direct: h.direct as u64,
         }
     }
 }

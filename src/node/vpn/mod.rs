@@ -14,6 +14,7 @@
 
 pub mod kind;
 pub mod lifecycle;
+pub mod mesh;
 pub mod openvpn;
 pub mod order;
 pub mod seat;

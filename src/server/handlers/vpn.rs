@@ -91,10 +91,15 @@ async fn peers_now(s: &AppState, n: &store::NodeRow) -> ApiResult<Peers> {
             ports,
         });
     }
+    let wireguard = match s.vpn.hub() {
+        Some(hub) => hub.mesh(&mut db, n.id, n.collaboration_id).await?,
+        None => Vec::new(),
+    };
     let mut answer = Peers {
         etag: String::new(),
         collaboration,
         runs,
+        wireguard,
     };
     let text = serde_json::to_vec(&answer).map_err(|e| ApiError::internal(e.to_string()))?;
     answer.etag = hex(&sha2::Digest::finalize(sha2::Digest::chain_update(

@@ -24,12 +24,17 @@ use gotatun::x25519::PublicKey;
 use ipnet::Ipv4Net;
 use tokio::sync::{oneshot, watch};
 
+use super::mesh::{self, Own};
 use super::{Change, StepError, Tunnel};
+use crate::api::MeshPeer;
 use crate::net::dataplane::TunnelEnds;
 use crate::net::netns::Netns;
 use crate::wireguard::ip::{probe_packet, router_ends, RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{expired, expiry, ProfileError, WgProfile};
+
+mod health;
+pub use health::{Health, Shown};
 
 /// The profile file in the VPN folder; tried first at the next start.
 pub const PROFILE: &str = "node.wg.conf";
@@ -78,51 +83,6 @@ impl StepError for WgError {
     }
 }
 
-/// The tunnel's state as the device reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Health {
-    /// Time since the last handshake with the hub, if there was one.
-    pub handshake_age: Option<Duration>,
-    /// Where the hub's packets last came from.
-    pub endpoint: Option<SocketAddr>,
-    pub rx_bytes: usize,
-    pub tx_bytes: usize,
-    /// Handshakes completed since the device started: the first, then one per rekey (every
-    /// two minutes while traffic flows). Seen once a second, so two within a second count once.
-    pub handshakes: u64,
-    /// Times the hub's packets came from another address than before (roaming).
-    pub roams: u64,
-    /// Why the device stopped, if it did.
-    pub ended: Option<String>,
-}
-
-impl Health {
-    fn connected(&self) -> bool {
-        self.ended.is_none() && self.handshake_age.is_some_and(|a| a < SESSION)
-    }
-
-    /// The next look at the device: `now` as it reports itself, with what changed since `self`
-    /// counted.
-    fn next(&self, now: Health) -> Health {
-        let shook = match (self.handshake_age, now.handshake_age) {
-            (None, Some(_)) => true,
-            (Some(before), Some(age)) => age < before,
-            _ => false,
-        };
-        let roamed =
-            self.endpoint.is_some() && now.endpoint.is_some() && self.endpoint != now.endpoint;
-        Health {
-            handshakes: self.handshakes + u64::from(shook),
-            roams: self.roams + u64::from(roamed),
-            ..now
-        }
-    }
-}
-
-/// Where the running device's [`Health`] is shown (the node's status and metrics read it);
-/// `None` while no device runs.
-pub type Shown = Arc<std::sync::Mutex<Option<Health>>>;
-
 /// The running device: its thread, what stops it, what it reports.
 struct Running {
     stop: Option<oneshot::Sender<()>>,
@@ -158,6 +118,8 @@ pub struct WireGuard {
     pub timeout: Duration,
     /// Where the device's health is shown while it runs.
     pub shown: Shown,
+    /// The collaboration's other nodes, as the server lists them, to reach directly.
+    pub mesh: watch::Receiver<Vec<MeshPeer>>,
     running: Option<Running>,
     /// Whether the last change reported was a connection.
     connected: bool,
@@ -189,6 +151,7 @@ impl WireGuard {
             mtu,
             timeout,
             shown: Shown::default(),
+            mesh: watch::channel(Vec::new()).1,
             running: None,
             connected: false,
         }
@@ -206,6 +169,7 @@ impl WireGuard {
             Duration::from_secs(node.config.vpn_connect_timeout_secs),
         );
         wg.shown = Arc::clone(&node.observed.wireguard);
+        wg.mesh = node.mesh.subscribe();
         wg
     }
 
@@ -267,9 +231,26 @@ impl WireGuard {
         let probe = probe_packet(address, self.subnet.network());
         let ip = router_ends(self.ends.clone(), self.mtu, probe).ok_or(WgError::PortHeld)?;
         let shown = Arc::clone(&self.shown);
+        let own = Own {
+            key: keys.public.to_bytes(),
+            hub: profile.peer_key,
+            address,
+            subnet: self.subnet,
+        };
+        let listed = (self.mesh.clone(), own);
         let thread = self
             .ns
-            .spawn(move || run(keys, peer, ip, (health_tx, shown), ready_tx, stopped))
+            .spawn(move || {
+                run(
+                    keys,
+                    peer,
+                    ip,
+                    listed,
+                    (health_tx, shown),
+                    ready_tx,
+                    stopped,
+                )
+            })
             .map_err(|e| WgError::Device(e.to_string()))?;
         let mut running = Running {
             stop: Some(stop),
@@ -319,12 +300,13 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, WgError> {
 }
 
 /// The device's life on its thread in the hub namespace: the device on the data plane's port,
-/// then a look at its state every second (sent to the tunnel and shown) until told to stop.
-/// The port is let go with the device.
+/// then a look at its state every second (sent to the tunnel and shown, its direct peers made
+/// what the server lists) until told to stop. The port is let go with the device.
 async fn run(
     keys: KeyPair,
     peer: Peer,
     (out, into): (RouterOut, RouterIn),
+    (listed, own): (watch::Receiver<Vec<MeshPeer>>, Own),
     (health, shown): (watch::Sender<Health>, Shown),
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
@@ -335,7 +317,7 @@ async fn run(
         .with_private_key(keys.secret)
         .with_peer(peer)
         .build();
-    let device = match made.await {
+    let mut device = match made.await {
         Ok(d) => {
             let _ = ready.send(Ok(()));
             d
@@ -346,14 +328,14 @@ async fn run(
         }
     };
     loop {
-        let now = device.peers().await.into_iter().next().map(|p| Health {
-            handshake_age: p.stats.last_handshake,
-            endpoint: p.peer.endpoint,
-            rx_bytes: p.stats.rx_bytes,
-            tx_bytes: p.stats.tx_bytes,
-            ..Health::default()
-        });
-        let next = health.borrow().next(now.unwrap_or_default());
+        let peers = device.peers().await;
+        let wanted = mesh::wanted(&listed.borrow(), &own);
+        mesh::apply(
+            &mut device,
+            mesh::plan(&wanted, &mesh::have(&peers, &own.hub)),
+        )
+        .await;
+        let next = health.borrow().next(Health::of(&peers, &own.hub));
         // Shown first: whoever the watch wakes (a connect) reads the same.
         *crate::sync::lock(&shown) = Some(next.clone());
         health.send_if_modified(|h| {
@@ -457,41 +439,5 @@ impl Tunnel for WireGuard {
             let _ = tokio::task::spawn_blocking(move || r.end()).await;
         }
         self.connected = false;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seen(age: Option<u64>, endpoint: Option<&str>) -> Health {
-        Health {
-            handshake_age: age.map(Duration::from_secs),
-            endpoint: endpoint.map(|e| e.parse().expect("address")),
-            ..Health::default()
-        }
-    }
-
-    #[test]
-    fn handshakes_and_roams_are_counted_from_what_the_device_shows() {
-        let a = Some("192.0.2.1:51820");
-        let looks = [
-            seen(None, None),
-            seen(Some(0), a),                       // the first handshake
-            seen(Some(1), a),                       // older
-            seen(Some(120), a),                     // still the same session
-            seen(Some(0), a),                       // a rekey
-            seen(Some(1), Some("192.0.2.9:40000")), // the hub's packets from elsewhere
-            seen(Some(2), Some("192.0.2.9:40000")),
-        ];
-        let last = looks
-            .into_iter()
-            .fold(Health::default(), |before, now| before.next(now));
-        assert_eq!((last.handshakes, last.roams), (2, 1));
-        assert!(last.connected());
-        assert!(
-            !seen(Some(180), a).connected(),
-            "a session past 180 s is refused"
-        );
     }
 }

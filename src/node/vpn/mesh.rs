@@ -1,0 +1,285 @@
+//! Direct paths between the nodes of a collaboration on the built-in WireGuard hub. The server
+//! lists the collaboration's other nodes (their keys, VPN addresses and where the hub last heard
+//! them from, in `GET /vpn/peers`); the node's WireGuard device keeps each as a peer of its own,
+//! beside the hub, and routes a node's address to it only while their handshakes are fresh.
+//! Otherwise that address stays with the hub, which relays: sites that cannot reach each other
+//! by UDP keep working, as before, only through the hub.
+//!
+//! WireGuard routes by its table of allowed addresses in both directions (a packet is taken
+//! only from the peer its source would be sent to), so both ends must agree whether a pair talks
+//! directly. They decide on what both see alike, their shared handshakes: a direct peer rekeys
+//! every 10 s (keepalives every 5 s keep it busy), and a handshake older than 30 s hands the
+//! address back to the hub. A path that fails in either direction stops the handshakes, so both
+//! ends fall back within about 30 s of each other's decision; one that comes back is taken again
+//! at the next handshake. Until an address is routed to its direct peer, nothing from that peer
+//! is taken at all.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use gotatun::device::configure::PeerStats;
+use gotatun::device::{Device, DeviceTransports, Peer};
+use gotatun::noise::TimerParams;
+use gotatun::x25519::PublicKey;
+use ipnet::Ipv4Net;
+
+use crate::api::MeshPeer;
+use crate::wireguard::keys::decode_key;
+
+/// Keepalives to a direct peer: frequent enough that its rekeys come on time.
+const KEEPALIVE: u16 = 5;
+/// A direct peer's session is renewed this often while anything is sent (keepalives are).
+const REKEY: Duration = Duration::from_secs(10);
+/// A direct peer with a handshake older than this has its address handed back to the hub.
+pub const FRESH: Duration = Duration::from_secs(30);
+
+/// A listed node as the device wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub address: Ipv4Addr,
+    pub endpoint: SocketAddr,
+}
+
+/// What the node's own tunnel is: no listed peer may take its key, its address or the hub's.
+#[derive(Clone, Copy, Debug)]
+pub struct Own {
+    pub key: [u8; 32],
+    pub hub: [u8; 32],
+    pub address: Ipv4Addr,
+    pub subnet: Ipv4Net,
+}
+
+/// The server's list as peers, keyed by public key. Left out: an entry whose key does not
+/// decode or is the node's or the hub's, whose address is outside the subnet, the subnet's own
+/// network or broadcast address or the node's, whose endpoint is no IPv4 `ip:port`, and any
+/// entry whose key or address an earlier entry took.
+pub fn wanted(list: &[MeshPeer], own: &Own) -> HashMap<[u8; 32], Wanted> {
+    let mut out = HashMap::new();
+    let mut taken = HashSet::new();
+    for p in list {
+        let (Ok(key), Ok(address), Ok(endpoint)) = (
+            decode_key(&p.public_key),
+            p.address.parse::<Ipv4Addr>(),
+            p.endpoint.parse::<SocketAddr>(),
+        ) else {
+            continue;
+        };
+        let usable = own.subnet.contains(&address)
+            && address != own.subnet.network()
+            && address != own.subnet.broadcast()
+            && address != own.address
+            && key != own.key
+            && key != own.hub
+            && endpoint.is_ipv4()
+            && !out.contains_key(&key)
+            && taken.insert(address);
+        if usable {
+            out.insert(key, Wanted { address, endpoint });
+        }
+    }
+    out
+}
+
+/// What the device has of a direct peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Have {
+    /// Whether its address is routed to it.
+    pub routed: bool,
+    pub handshake_age: Option<Duration>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// One change to the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Add([u8; 32], SocketAddr),
+    Remove([u8; 32]),
+    /// Route the address to the peer (the pair talks directly).
+    Route([u8; 32], Ipv4Addr),
+    /// Hand the peer's address back to the hub.
+    Unroute([u8; 32]),
+    /// Where to send handshakes, for a peer not heard from directly.
+    Endpoint([u8; 32], SocketAddr),
+}
+
+/// The changes that make the device's direct peers `have` what is `wanted`.
+pub fn plan(wanted: &HashMap<[u8; 32], Wanted>, have: &HashMap<[u8; 32], Have>) -> Vec<Step> {
+    let mut steps: Vec<Step> = have
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .map(|k| Step::Remove(*k))
+        .collect();
+    for (key, w) in wanted {
+        let Some(h) = have.get(key) else {
+            steps.push(Step::Add(*key, w.endpoint));
+            continue;
+        };
+        let fresh = h.handshake_age.is_some_and(|a| a < FRESH);
+        match (fresh, h.routed) {
+            (true, false) => steps.push(Step::Route(*key, w.address)),
+            (false, true) => steps.push(Step::Unroute(*key)),
+            _ => {}
+        }
+        // A peer heard from directly roams by itself; the list only helps to find it.
+        if !fresh && h.endpoint != Some(w.endpoint) {
+            steps.push(Step::Endpoint(*key, w.endpoint));
+        }
+    }
+    steps.sort_by_key(|s| format!("{s:?}"));
+    steps
+}
+
+/// The device's peers other than the hub, as [`Have`].
+pub fn have(peers: &[PeerStats], hub: &[u8; 32]) -> HashMap<[u8; 32], Have> {
+    peers
+        .iter()
+        .filter(|p| p.peer.public_key.as_bytes() != hub)
+        .map(|p| {
+            let h = Have {
+                routed: !p.peer.allowed_ips.is_empty(),
+                handshake_age: p.stats.last_handshake,
+                endpoint: p.peer.endpoint,
+            };
+            (p.peer.public_key.to_bytes(), h)
+        })
+        .collect()
+}
+
+/// Makes the changes on the device; a change it refuses is logged and tried again at the next
+/// look (the plan is made anew from what the device has).
+pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>) {
+    for step in steps {
+        let done = match &step {
+            Step::Add(key, endpoint) => {
+                let mut peer = Peer::new(PublicKey::from(*key))
+                    .with_endpoint(*endpoint)
+                    .dangerously_with_timer_params(TimerParams {
+                        rekey_after_time: REKEY..=REKEY,
+                        ..TimerParams::default()
+                    });
+                peer.keepalive = Some(KEEPALIVE);
+                device.add_or_update_peer(peer).await.map(|()| true)
+            }
+            Step::Remove(key) => device.remove_peer(&PublicKey::from(*key)).await,
+            Step::Route(key, address) => {
+                let net = ipnetwork::Ipv4Network::from(*address);
+                device
+                    .modify_peer(&PublicKey::from(*key), |p| p.add_allowed_ip(net))
+                    .await
+            }
+            Step::Unroute(key) => {
+                device
+                    .modify_peer(&PublicKey::from(*key), |p| p.clear_allowed_ips())
+                    .await
+            }
+            Step::Endpoint(key, endpoint) => {
+                device
+                    .modify_peer(&PublicKey::from(*key), |p| p.set_endpoint(Some(*endpoint)))
+                    .await
+            }
+        };
+        match done {
+            Ok(_) => tracing::debug!("WireGuard direct peers: {step:?}"),
+            Err(e) => tracing::warn!("WireGuard direct peers: {step:?}: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wireguard::keys::encode_key;
+
+    fn own() -> Own {
+        Own {
+            key: [1; 32],
+            hub: [2; 32],
+            address: "10.76.0.2".parse().expect("address"),
+            subnet: "10.76.0.0/16".parse().expect("subnet"),
+        }
+    }
+
+    fn listed(key: u8, address: &str, endpoint: &str) -> MeshPeer {
+        MeshPeer {
+            public_key: encode_key(&[key; 32]),
+            address: address.into(),
+            endpoint: endpoint.into(),
+        }
+    }
+
+    #[test]
+    fn the_list_is_taken_only_as_far_as_it_is_sound() {
+        let list = [
+            listed(3, "10.76.0.3", "192.0.2.3:4000"),
+            listed(1, "10.76.0.4", "192.0.2.4:4000"), // the node's own key
+            listed(2, "10.76.0.5", "192.0.2.5:4000"), // the hub's
+            listed(6, "10.76.0.2", "192.0.2.6:4000"), // the node's own address
+            listed(7, "10.77.0.7", "192.0.2.7:4000"), // outside the subnet
+            listed(8, "10.76.0.0", "192.0.2.8:4000"), // the network
+            listed(9, "10.76.255.255", "192.0.2.9:4000"), // broadcast
+            listed(10, "10.76.0.10", "[2001:db8::1]:4000"), // not IPv4
+            listed(11, "10.76.0.11", "no endpoint"),
+            listed(12, "10.76.0.3", "192.0.2.12:4000"), // an address taken before
+            listed(3, "10.76.0.13", "192.0.2.13:4000"), // a key taken before
+            MeshPeer {
+                public_key: "not a key".into(),
+                address: "10.76.0.14".into(),
+                endpoint: "192.0.2.14:4000".into(),
+            },
+        ];
+        let got = wanted(&list, &own());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[&[3; 32]],
+            Wanted {
+                address: "10.76.0.3".parse().expect("address"),
+                endpoint: "192.0.2.3:4000".parse().expect("endpoint"),
+            }
+        );
+    }
+
+    #[test]
+    fn an_address_goes_direct_only_while_handshakes_are_fresh() {
+        let e: SocketAddr = "192.0.2.3:4000".parse().expect("endpoint");
+        let moved: SocketAddr = "192.0.2.30:4000".parse().expect("endpoint");
+        let a: Ipv4Addr = "10.76.0.3".parse().expect("address");
+        let want = HashMap::from([(
+            [3; 32],
+            Wanted {
+                address: a,
+                endpoint: e,
+            },
+        )]);
+        let peer = |routed, age: Option<u64>, endpoint| {
+            HashMap::from([(
+                [3; 32],
+                Have {
+                    routed,
+                    handshake_age: age.map(Duration::from_secs),
+                    endpoint: Some(endpoint),
+                },
+            )])
+        };
+        assert_eq!(plan(&want, &HashMap::new()), [Step::Add([3; 32], e)]);
+        // Added, never heard from: the hub keeps the address.
+        assert_eq!(plan(&want, &peer(false, None, e)), []);
+        assert_eq!(
+            plan(&want, &peer(false, Some(2), e)),
+            [Step::Route([3; 32], a)]
+        );
+        assert_eq!(plan(&want, &peer(true, Some(29), e)), []);
+        // Heard from elsewhere while fresh: it roamed, the list is older.
+        assert_eq!(plan(&want, &peer(true, Some(3), moved)), []);
+        assert_eq!(
+            plan(&want, &peer(true, Some(30), moved)),
+            [Step::Endpoint([3; 32], e), Step::Unroute([3; 32])]
+        );
+        assert_eq!(plan(&want, &peer(true, None, e)), [Step::Unroute([3; 32])]);
+        // No longer listed (deleted, or left the collaboration).
+        assert_eq!(
+            plan(&HashMap::new(), &peer(true, Some(1), e)),
+            [Step::Remove([3; 32])]
+        );
+    }
+}
