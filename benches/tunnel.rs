@@ -12,9 +12,11 @@
 //! what the UDP receive buffers dropped (`UdpRcvbufErrors` in each namespace's SNMP counters) at
 //! the OpenVPN server and at the two ends.
 //!
-//! A fifth, the reference for the fourth: a plain userspace WireGuard tunnel of the same shape
-//! (Debian's wireguard-go as a hub and two clients, each in a container of its own on the
-//! WireGuard federation's network, the hub's kernel forwarding between its peers).
+//! A fifth and a sixth, the references for the fourth: plain userspace WireGuard tunnels from
+//! Debian's wireguard-go in containers of their own on the WireGuard federation's network, one
+//! of the hub's shape (a hub and two clients, the hub's kernel forwarding between its peers),
+//! one direct (the two clients peers of each other, as algonet's nodes are where they reach
+//! each other).
 //!
 //! A fourth path is algonet on WireGuard: a second federation of two nodes beside the first
 //! (`--tunnel wireguard`: the server process is the hub, each node's tunnel runs in the node's
@@ -428,27 +430,45 @@ impl Drop for Daemon {
     }
 }
 
-/// The reference: a plain userspace WireGuard tunnel of algonet's shape, from Debian's
-/// wireguard-go and wg: a hub and two clients, each in a pause container of its own on the
-/// WireGuard federation's network; the hub's kernel forwards between its two peers, so each
-/// packet is decrypted and encrypted again there, as in algonet's hub.
+/// A reference: a plain userspace WireGuard tunnel from Debian's wireguard-go and wg, each end
+/// in a pause container of its own on the WireGuard federation's network. Of algonet's hub shape
+/// (`Shape::Hub`): a hub and two clients, the hub's kernel forwarding between its two peers, so
+/// each packet is decrypted and encrypted again there, as in algonet's hub. Of its direct shape
+/// (`Shape::Direct`): the two clients peers of each other, as algonet's nodes are where they
+/// reach each other.
 struct Reference {
     /// The two clients' ends (iperf3 servers listening in both).
     a: End,
     b: End,
-    /// The wireguard-go processes: hub, a, b.
+    /// The wireguard-go processes.
     tunnels: Vec<u32>,
     // Dropped in this order: iperf3 first, then the daemons.
     _iperf: Vec<Owned>,
     _daemons: Vec<Daemon>,
 }
 
-/// Names of the reference's containers (and, with `wgref-`, its interfaces).
-const REFERENCE: [&str; 3] = ["hub", "a", "b"];
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Hub,
+    Direct,
+}
+
+impl Shape {
+    /// Its ends' roles; the clients are the last two. With the shape's prefix they name its
+    /// containers and interfaces (wireguard-go's control sockets share one directory across
+    /// namespaces, so no two may share a name).
+    fn roles(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Shape::Hub => ("wgref", &["hub", "a", "b"]),
+            Shape::Direct => ("wgdir", &["a", "b"]),
+        }
+    }
+}
+
 const REFERENCE_PORT: u16 = 51900;
 
-fn reference_container(role: &str) -> String {
-    format!("algonet-{WG_TAG}-wgref-{role}")
+fn reference_container(prefix: &str, role: &str) -> String {
+    format!("algonet-{WG_TAG}-{prefix}-{role}")
 }
 
 /// Runs `command` (a host binary) in the network namespace of `pid`; its standard output.
@@ -474,20 +494,10 @@ fn run_in(pid: u32, command: &[&str], input: Option<&str>) -> Result<String, Fai
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
-    let mut pids = Vec::new();
-    for role in REFERENCE {
-        let name = reference_container(role);
-        let sandbox = images::ImageNames::default().sandbox;
-        let owner = format!("{WG_TAG}-wgref");
-        fed.docker
-            .run(&name, specs::hub(&sandbox, &owner, Some(&fed.network)))
-            .await?;
-        pids.push(fed.docker.pid(&name).await?);
-    }
-    let (hub, a, b) = (pids[0], pids[1], pids[2]);
-    let hub_ip = run_in(
-        hub,
+/// The address of `pid`'s namespace on the federation's network.
+fn eth0_address(pid: u32) -> Result<String, Failed> {
+    Ok(run_in(
+        pid,
         &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
         None,
     )?
@@ -495,18 +505,35 @@ async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
     .skip_while(|w| *w != "inet")
     .nth(1)
     .and_then(|a| a.split('/').next())
-    .ok_or("the reference hub has no address")?
-    .to_string();
-    let dir = std::env::temp_dir().join(format!("algonet-wgref-{}", std::process::id()));
+    .ok_or("a reference end has no address")?
+    .to_string())
+}
+
+async fn wireguard_reference(fed: &Federation, shape: Shape) -> Result<Reference, Failed> {
+    let (prefix, roles) = shape.roles();
+    let mut pids = Vec::new();
+    for role in roles {
+        let name = reference_container(prefix, role);
+        let sandbox = images::ImageNames::default().sandbox;
+        let owner = format!("{WG_TAG}-{prefix}");
+        fed.docker
+            .run(&name, specs::hub(&sandbox, &owner, Some(&fed.network)))
+            .await?;
+        pids.push(fed.docker.pid(&name).await?);
+    }
+    let dir = std::env::temp_dir().join(format!("algonet-{prefix}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut daemons = Vec::new();
     let mut publics = Vec::new();
-    for (role, &pid) in REFERENCE.iter().zip(&pids) {
+    let mut endpoints = Vec::new();
+    let port = REFERENCE_PORT.to_string();
+    for (role, &pid) in roles.iter().zip(&pids) {
         let secret = run_in(pid, &["wg", "genkey"], None)?;
         publics.push(run_in(pid, &["wg", "pubkey"], Some(&secret))?);
+        endpoints.push(format!("{}:{port}", eth0_address(pid)?));
         let file = dir.join(format!("{role}.key"));
         algonet::private::file(&file, secret.as_bytes())?;
-        let link = format!("wgref-{role}");
+        let link = format!("{prefix}-{role}");
         let daemon = nsenter(pid)
             .args(["wireguard-go", "-f", &link])
             .stdout(Stdio::null())
@@ -522,57 +549,48 @@ async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let key = file.to_string_lossy();
         run_in(
             pid,
-            &["wg", "set", &link, "private-key", &file.to_string_lossy()],
+            &[
+                "wg",
+                "set",
+                &link,
+                "private-key",
+                &key,
+                "listen-port",
+                &port,
+            ],
             None,
         )?;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let port = REFERENCE_PORT.to_string();
-    run_in(
-        hub,
-        &[
-            "wg",
-            "set",
-            "wgref-hub",
-            "listen-port",
-            &port,
-            "peer",
-            &publics[1],
-            "allowed-ips",
-            "10.77.0.2/32",
-            "peer",
-            &publics[2],
-            "allowed-ips",
-            "10.77.0.3/32",
-        ],
-        None,
-    )?;
-    run_in(hub, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], None)?;
-    let endpoint = format!("{hub_ip}:{port}");
+    // Host addresses: the hub 10.77.0.1, the clients .2 and .3 (in either shape).
+    let host = |i: usize| i + 4 - roles.len();
+    let peer = |pid: u32, link: &str, j: usize, allowed: &str| {
+        let keepalive = ["persistent-keepalive", "25"];
+        let mut args = vec!["wg", "set", link, "peer", publics[j].as_str()];
+        args.extend(["allowed-ips", allowed, "endpoint", endpoints[j].as_str()]);
+        args.extend(keepalive);
+        run_in(pid, &args, None).map(drop)
+    };
     for (i, &pid) in pids.iter().enumerate() {
-        let link = format!("wgref-{}", REFERENCE[i]);
-        if i > 0 {
-            run_in(
-                pid,
-                &[
-                    "wg",
-                    "set",
-                    &link,
-                    "peer",
-                    &publics[0],
-                    "allowed-ips",
-                    "10.77.0.0/24",
-                    "endpoint",
-                    &endpoint,
-                    "persistent-keepalive",
-                    "25",
-                ],
-                None,
-            )?;
+        let link = format!("{prefix}-{}", roles[i]);
+        match (shape, i) {
+            // The hub: each client's /32, its kernel forwarding between them.
+            (Shape::Hub, 0) => {
+                for j in [1, 2] {
+                    peer(pid, &link, j, &format!("10.77.0.{}/32", host(j)))?;
+                }
+                run_in(pid, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], None)?;
+            }
+            (Shape::Hub, _) => peer(pid, &link, 0, "10.77.0.0/24")?,
+            (Shape::Direct, _) => {
+                let j = 1 - i;
+                peer(pid, &link, j, &format!("10.77.0.{}/32", host(j)))?;
+            }
         }
-        let address = format!("10.77.0.{}/24", i + 1);
+        let address = format!("10.77.0.{}/24", host(i));
         run_in(pid, &["ip", "addr", "add", &address, "dev", &link], None)?;
         run_in(
             pid,
@@ -585,7 +603,8 @@ async fn wireguard_reference(fed: &Federation) -> Result<Reference, Failed> {
         ip: format!("10.77.0.{host}"),
         port: IPERF_PORT,
     };
-    let (a_end, b_end) = (end(a, 2), end(b, 3));
+    let n = pids.len();
+    let (a_end, b_end) = (end(pids[n - 2], 2), end(pids[n - 1], 3));
     let iperf = iperf_servers(&a_end, &b_end)?;
     Ok(Reference {
         a: a_end,
@@ -853,7 +872,8 @@ async fn bench(
     let admin = fed.admin().await?;
     let (a, b) = algonet_ends(fed, &admin).await?;
     let (wg_a, wg_b) = algonet_ends(wg, &wg.admin().await?).await?;
-    let reference = wireguard_reference(wg).await?;
+    let reference = wireguard_reference(wg, Shape::Hub).await?;
+    let direct = wireguard_reference(wg, Shape::Direct).await?;
     let plain = plain_clients(fed, &admin).await?;
     let (p0, p1) = (plain[0].1.clone(), plain[1].1.clone());
     let _plain_servers = iperf_servers(&p0, &p1)?;
@@ -925,6 +945,13 @@ async fn bench(
             client: reference.a.clone(),
             server: reference.b.clone(),
             openvpn: reference.tunnels.clone(),
+            nodes: Vec::new(),
+        },
+        Path2 {
+            name: "plain userspace WireGuard, direct",
+            client: direct.a.clone(),
+            server: direct.b.clone(),
+            openvpn: direct.tunnels.clone(),
             nodes: Vec::new(),
         },
     ];
@@ -1045,44 +1072,51 @@ async fn bench(
          iptables rules vantage6 4.14 writes (DNAT from tun0, MASQUERADE toward it)."
     );
     println!(
-        "\n| traffic | plain OpenVPN tunnel Mbit/s | algonet on OpenVPN Mbit/s | plain userspace WireGuard Mbit/s | \
-         algonet on WireGuard Mbit/s | WireGuard / plain OpenVPN | WireGuard / plain WireGuard | \
-         tunnel + node CPU plain OpenVPN / algonet on OpenVPN / plain WireGuard / algonet on WireGuard | \
-         machine CPU per Gbit/s, the same four |"
+        "\n| traffic | plain OpenVPN tunnel Mbit/s | algonet on OpenVPN Mbit/s | plain userspace WireGuard Mbit/s, hub / direct | \
+         algonet on WireGuard Mbit/s | WireGuard / plain OpenVPN | WireGuard / plain WireGuard, hub / direct | \
+         tunnel + node CPU plain OpenVPN / algonet on OpenVPN / plain WireGuard hub / direct / algonet on WireGuard | \
+         machine CPU per Gbit/s, the same five |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (c, &(streams, direction)) in cases.iter().enumerate() {
-        let [plain, ours, wg, reference] = [&seen[c][0], &seen[c][1], &seen[c][3], &seen[c][4]];
+        let [plain, ours, wg, hub, direct] = [0, 1, 3, 4, 5].map(|p| &seen[c][p]);
         // Cores the whole machine was busy (two vCPUs less their idle time) per Gbit/s carried.
         let per_gbit = |s: &Seen| {
             let busy = 2.0 - s.idle / s.wall;
             format!("{:.2}", busy / (median(&s.rates) / 1000.0))
         };
+        let rate = |s: &Seen| median(&s.rates);
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {} / {} / {} / {} | {} / {} / {} / {} |",
+            "| {} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} | {:.2}x | {:.2}x / {:.2}x | {} / {} / {} / {} / {} | {} / {} / {} / {} / {} |",
             case_label(streams, direction),
-            median(&plain.rates),
-            median(&ours.rates),
-            median(&reference.rates),
-            median(&wg.rates),
-            median(&wg.rates) / median(&plain.rates),
-            median(&wg.rates) / median(&reference.rates),
+            rate(plain),
+            rate(ours),
+            rate(hub),
+            rate(direct),
+            rate(wg),
+            rate(wg) / rate(plain),
+            rate(wg) / rate(hub),
+            rate(wg) / rate(direct),
             plain.share(plain.openvpn_cpu),
             ours.share(ours.openvpn_cpu + ours.node_cpu),
-            reference.share(reference.openvpn_cpu),
+            hub.share(hub.openvpn_cpu),
+            direct.share(direct.openvpn_cpu),
             wg.share(wg.openvpn_cpu + wg.node_cpu),
             per_gbit(plain),
             per_gbit(ours),
-            per_gbit(reference),
+            per_gbit(hub),
+            per_gbit(direct),
             per_gbit(wg),
         );
     }
     println!(
         "\nalgonet on WireGuard: a second federation beside the first, the server process its hub \
-         (its CPU is the tunnel's), each node's tunnel in the node's own process. Plain userspace \
-         WireGuard: Debian's wireguard-go as a hub and two clients, each in a container of its own \
-         on that federation's network, the hub's kernel forwarding between its peers. Machine CPU: \
-         both vCPUs less their idle time, iperf3 and the kernel included, per Gbit/s received."
+         (its CPU is the tunnel's), each node's tunnel in the node's own process; its nodes reach \
+         each other on the federation's network, so they trade packets directly. Plain userspace \
+         WireGuard: Debian's wireguard-go in containers of their own on that network, as a hub and \
+         two clients (the hub's kernel forwarding between its peers) and as two clients peered \
+         directly. Machine CPU: both vCPUs less their idle time, iperf3 and the kernel included, \
+         per Gbit/s received."
     );
     Ok(())
 }
@@ -1186,8 +1220,11 @@ async fn main() -> Result<(), Failed> {
         Ok(_) => bench(&fed, &wg, rounds.max(1), seconds).await,
         Err(e) => Err(format!("a cgroup for the nodes: {e}").into()),
     };
-    for role in REFERENCE {
-        let _ = wg.docker.remove(&reference_container(role)).await;
+    for shape in [Shape::Hub, Shape::Direct] {
+        let (prefix, roles) = shape.roles();
+        for role in roles {
+            let _ = wg.docker.remove(&reference_container(prefix, role)).await;
+        }
     }
     for e in wg.down().await {
         eprintln!("teardown: {e}");

@@ -3,7 +3,9 @@
 //! own reaching the host over a veth, get their profiles from `GET /vpn?public_key=` and pass
 //! traffic through the hub; a node of another collaboration gets nothing through to them, nor
 //! they to it; a peer with a key the hub never admitted gets no handshake; a deleted node's
-//! traffic stops. And the same through eduVPN: a server with `vpn_server: {...,
+//! traffic stops. Two nodes that reach each other by UDP trade packets directly, the hub seeing
+//! none of them, stay direct while idle, fall back to the hub when their link fails and go direct again when it is
+//! back; a server told `direct: false` lists no direct peers. And the same through eduVPN: a server with `vpn_server: {...,
 //! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
 //! the node sent, and the nodes reach each other through the portal's WireGuard server; a node
 //! that leaves has its eduVPN session ended (`/disconnect`) and its traffic stops. A
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use algonet::api::MeshPeer;
 use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
+use algonet::node::vpn::mesh;
 use algonet::node::vpn::wireguard::{Health, WgError, WireGuard};
 use algonet::node::vpn::Tunnel;
 use algonet::server::pki::{BuiltinVpn, TunnelKind};
@@ -79,9 +82,14 @@ fn free_udp_port() -> u16 {
 /// A server whose built-in VPN is WireGuard, its hub on a free UDP port (returned), its
 /// profiles naming the host's address toward `site`.
 async fn hub_server(tag: &str, site: u8) -> (Server, u16) {
+    hub_server_with(tag, site, "").await
+}
+
+/// The same, with more keys in the `vpn` block (`, key: value`).
+async fn hub_server_with(tag: &str, site: u8, more: &str) -> (Server, u16) {
     let port = free_udp_port();
     let vpn = format!(
-        "vpn: {{subnet: {SUBNET}, remote: 10.98.{site}.1, port: {port}, tunnel: wireguard}}\n"
+        "vpn: {{subnet: {SUBNET}, remote: 10.98.{site}.1, port: {port}, tunnel: wireguard{more}}}\n"
     );
     (server(tag, &vpn).await, port)
 }
@@ -422,6 +430,21 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
         "{via_hub} bytes went to the hub while the path was direct"
     );
 
+    // Idle past the freshness bound: the probes keep renewing their session, so it stays direct.
+    tokio::time::sleep(mesh::FRESH + Duration::from_secs(10)).await;
+    until_health(
+        &[a, b],
+        Duration::from_secs(1),
+        "an idle direct path fell back",
+        |h| h.direct == 1,
+    )
+    .await;
+    let via_hub = through_hub(a, both, 10).await;
+    assert!(
+        via_hub < 1300,
+        "{via_hub} bytes went to the hub after an idle while"
+    );
+
     // The sites' link fails both ways: both fall back to the hub, and the datagrams cross again.
     for (ns, _, other, ..) in direct {
         ns.ip(&["route", "replace", "blackhole", other]);
@@ -456,6 +479,28 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
         "{via_hub} bytes went to the hub after the path came back"
     );
 
+    for (t, _) in &mut tunnels {
+        t.remove().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_told_direct_false_lists_no_direct_peers() {
+    if !privileged("a_server_told_direct_false_lists_no_direct_peers") {
+        return;
+    }
+    let (s, _) = hub_server_with("wg-nodirect", 12, ", direct: false").await;
+    let nodes = s.nodes(2).await;
+    let (a_ns, b_ns) = tokio::task::spawn_blocking(|| (site(12), site(13)))
+        .await
+        .expect("sites");
+    let (mut tunnels, _) = connected(&s, &nodes, [&a_ns, &b_ns], "nodirect").await;
+    // Time for the hub to write where it heard both from (every 3 s): with `direct` left true,
+    // each would list the other by now.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for (_, token) in &nodes {
+        assert_eq!(listed(&s, token).await, []);
+    }
     for (t, _) in &mut tunnels {
         t.remove().await;
     }
@@ -673,9 +718,9 @@ impl WgPeer {
         let (ends, tun) = stand_in(ns, topology::MTU);
         ns.ip(&["addr", "add", &format!("{WG_PEER}/16"), "dev", "tun0"]);
         let device = Running::start(ns, move |ready, stopped| async move {
-            // The peer starts nothing: the node's handshake comes first.
-            let probe = algonet::wireguard::ip::probe_packet(WG_PEER, WG_PEER);
-            let ip = router_ends(ends, topology::MTU, probe).expect("the port");
+            // The peer sends no probe: the node's handshake comes first.
+            let (_, probed) = tokio::sync::mpsc::channel(1);
+            let ip = router_ends(ends, topology::MTU, probed).expect("the port");
             let node_net = ipnetwork::Ipv4Network::new(topology::V, 32).expect("a /32");
             let device = gotatun::device::build()
                 .with_default_udp()

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,14 +15,19 @@ use tokio::sync::mpsc;
 use crate::net::dataplane::{Attached, Segments, TunnelEnds};
 
 /// The data plane's port as the device's two ends: what the peer sent is handed to the routers
-/// ([`RouterOut`]), what they send to VPN peers is encrypted toward the peer ([`RouterIn`]).
-/// `None` while another device holds the port.
-pub fn router_ends(ends: TunnelEnds, mtu: u16, first: Vec<u8>) -> Option<(RouterOut, RouterIn)> {
+/// ([`RouterOut`]), what they send to VPN peers is encrypted toward the peer ([`RouterIn`]), and
+/// so is whatever the tunnel itself sends through `probes` (see [`probe_packet`] and
+/// [`direct_probe`]). `None` while another device holds the port.
+pub fn router_ends(
+    ends: TunnelEnds,
+    mtu: u16,
+    probes: mpsc::Receiver<Vec<u8>>,
+) -> Option<(RouterOut, RouterIn)> {
     let attached = ends.attach()?;
     let into = RouterIn {
         attached,
         mtu,
-        first: Some(first),
+        probes,
         room: Segments::default(),
         ready: Vec::new(),
     };
@@ -35,13 +40,13 @@ pub struct RouterOut {
     ends: TunnelEnds,
 }
 
-/// Takes what the routers send to VPN peers, a super-packet cut to its segments. `first` goes
-/// out before anything is taken. A packet that cannot be cut or copied is dropped and counted
-/// with the data plane's tunnel drops, never an error (an error would end the device's reading).
+/// Takes what the routers send to VPN peers, a super-packet cut to its segments, and the
+/// tunnel's own probes. A packet that cannot be cut or copied is dropped and counted with the
+/// data plane's tunnel drops, never an error (an error would end the device's reading).
 pub struct RouterIn {
     attached: Attached,
     mtu: u16,
-    first: Option<Vec<u8>>,
+    probes: mpsc::Receiver<Vec<u8>>,
     room: Segments,
     ready: Vec<Packet<Ip>>,
 }
@@ -56,7 +61,11 @@ impl std::fmt::Debug for RouterIn {
 
 impl IpSend for RouterOut {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
-        self.ends.deliver(&packet.into_bytes());
+        let bytes = packet.into_bytes();
+        // A direct peer's probe has done its work once decrypted.
+        if !is_direct_probe(&bytes) {
+            self.ends.deliver(&bytes);
+        }
         Ok(())
     }
 }
@@ -78,11 +87,20 @@ impl IpRecv for RouterIn {
         pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         self.ready.clear();
-        if let Some(first) = self.first.take() {
-            self.ready.extend(packet_of(pool, &first));
+        // Probes first: the routers' packets may never leave a pause under load.
+        while let Ok(probe) = self.probes.try_recv() {
+            self.ready.extend(packet_of(pool, &probe));
         }
         while self.ready.is_empty() {
-            let Some(mut out) = self.attached.recv().await else {
+            let next = tokio::select! {
+                biased;
+                out = self.attached.recv() => out,
+                Some(probe) = self.probes.recv() => {
+                    self.ready.extend(packet_of(pool, &probe));
+                    continue;
+                }
+            };
+            let Some(mut out) = next else {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the data plane has stopped",
@@ -122,6 +140,37 @@ pub fn probe_packet(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
     p[24..26].copy_from_slice(&8u16.to_be_bytes());
     p
 }
+
+/// The IPv6 address that stands for a direct peer with VPN address `v4` in its device's table
+/// (`fd61:6c67:6f6e::/96` and the IPv4 address): no packet of the routers has one, so it is
+/// routed to that peer whichever path its VPN address takes.
+pub fn direct_probe_address(v4: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, c, d] = v4.octets();
+    let [hi, lo] = [u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])];
+    Ipv6Addr::new(0xfd61, 0x6c67, 0x6f6e, 0, 0, 0, hi, lo)
+}
+
+/// An IPv6 packet with no payload (next header 59) from `from`'s probe address to `to`'s: data
+/// a node sends its direct peers every few seconds, so that their session is renewed (WireGuard
+/// rekeys only when data is sent, and keepalives are not data) and a fresh handshake proves
+/// the direct path both ways.
+pub fn direct_probe(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[6] = 59;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&direct_probe_address(from).octets());
+    p[24..40].copy_from_slice(&direct_probe_address(to).octets());
+    p
+}
+
+/// Whether `packet` is a [`direct_probe`].
+fn is_direct_probe(packet: &[u8]) -> bool {
+    packet.len() == 40 && packet[0] >> 4 == 6 && packet[6] == 59 && packet[8..20] == DIRECT_PREFIX
+}
+
+/// The first 12 bytes of every direct probe address.
+const DIRECT_PREFIX: [u8; 12] = [0xfd, 0x61, 0x6c, 0x67, 0x6f, 0x6e, 0, 0, 0, 0, 0, 0];
 
 /// Packets the hub turned around, and those it dropped.
 #[derive(Debug, Default)]
@@ -221,5 +270,28 @@ impl IpRecv for HubOut {
 
     fn mtu(&self) -> MtuWatcher {
         MtuWatcher::new(self.mtu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direct_probe_is_told_apart_from_the_routers_packets() {
+        let (a, b) = (Ipv4Addr::new(10, 76, 0, 2), Ipv4Addr::new(10, 76, 1, 3));
+        let probe = direct_probe(a, b);
+        assert!(is_direct_probe(&probe));
+        assert_eq!(
+            direct_probe_address(b).to_string(),
+            "fd61:6c67:6f6e::a4c:103",
+            "the peer's address in the last 32 bits"
+        );
+        assert_eq!(&probe[24..40], &direct_probe_address(b).octets());
+        let mut other = probe.clone();
+        other[8] = 0xfe; // another IPv6 source: the routers' to drop, not the tunnel's
+        assert!(!is_direct_probe(&other));
+        assert!(!is_direct_probe(&probe_packet(a, b)));
+        assert!(!is_direct_probe(&probe[..39]));
     }
 }

@@ -7,12 +7,14 @@
 //!
 //! WireGuard routes by its table of allowed addresses in both directions (a packet is taken
 //! only from the peer its source would be sent to), so both ends must agree whether a pair talks
-//! directly. They decide on what both see alike, their shared handshakes: a direct peer rekeys
-//! every 10 s (keepalives every 5 s keep it busy), and a handshake older than 30 s hands the
-//! address back to the hub. A path that fails in either direction stops the handshakes, so both
-//! ends fall back within about 30 s of each other's decision; one that comes back is taken again
-//! at the next handshake. Until an address is routed to its direct peer, nothing from that peer
-//! is taken at all.
+//! directly. They decide on what both see alike, their shared handshakes: each end sends each
+//! direct peer a probe every 5 s (an IPv6 packet to an address that stands for the peer and is
+//! always routed to it: [`direct_probe`]), so that their session is renewed every 10 s (WireGuard
+//! rekeys only when data is sent, and keepalives are not data), and a handshake older than 30 s
+//! hands the address back to the hub. A path that fails in either direction stops the
+//! handshakes, so both ends fall back within about 30 s; one that comes back is taken again at
+//! the next handshake. Until an address is routed to its direct peer, nothing from that peer is
+//! taken but its probes, which end at the tunnel.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,11 +27,12 @@ use gotatun::x25519::PublicKey;
 use ipnet::Ipv4Net;
 
 use crate::api::MeshPeer;
+use crate::wireguard::ip::{direct_probe, direct_probe_address};
 use crate::wireguard::keys::decode_key;
 
-/// Keepalives to a direct peer: frequent enough that its rekeys come on time.
-const KEEPALIVE: u16 = 5;
-/// A direct peer's session is renewed this often while anything is sent (keepalives are).
+/// How often each direct peer is sent a probe.
+pub const PROBE: Duration = Duration::from_secs(5);
+/// A direct peer's session is renewed this often while data is sent (the probes are).
 const REKEY: Duration = Duration::from_secs(10);
 /// A direct peer with a handshake older than this has its address handed back to the hub.
 pub const FRESH: Duration = Duration::from_secs(30);
@@ -81,10 +84,20 @@ pub fn wanted(list: &[MeshPeer], own: &Own) -> HashMap<[u8; 32], Wanted> {
     out
 }
 
+/// The probes for the direct peers `wanted`, from `own`.
+pub fn probes<'a>(
+    wanted: &'a HashMap<[u8; 32], Wanted>,
+    own: &'a Own,
+) -> impl Iterator<Item = Vec<u8>> + 'a {
+    wanted
+        .values()
+        .map(|w| direct_probe(own.address, w.address))
+}
+
 /// What the device has of a direct peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Have {
-    /// Whether its address is routed to it.
+    /// Whether its VPN address is routed to it.
     pub routed: bool,
     pub handshake_age: Option<Duration>,
     pub endpoint: Option<SocketAddr>,
@@ -93,12 +106,13 @@ pub struct Have {
 /// One change to the device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    Add([u8; 32], SocketAddr),
+    /// A new direct peer, routed only its probe address.
+    Add([u8; 32], Wanted),
     Remove([u8; 32]),
     /// Route the address to the peer (the pair talks directly).
     Route([u8; 32], Ipv4Addr),
-    /// Hand the peer's address back to the hub.
-    Unroute([u8; 32]),
+    /// Hand the peer's address back to the hub (its probe address stays).
+    Unroute([u8; 32], Ipv4Addr),
     /// Where to send handshakes, for a peer not heard from directly.
     Endpoint([u8; 32], SocketAddr),
 }
@@ -112,13 +126,13 @@ pub fn plan(wanted: &HashMap<[u8; 32], Wanted>, have: &HashMap<[u8; 32], Have>) 
         .collect();
     for (key, w) in wanted {
         let Some(h) = have.get(key) else {
-            steps.push(Step::Add(*key, w.endpoint));
+            steps.push(Step::Add(*key, w.clone()));
             continue;
         };
         let fresh = h.handshake_age.is_some_and(|a| a < FRESH);
         match (fresh, h.routed) {
             (true, false) => steps.push(Step::Route(*key, w.address)),
-            (false, true) => steps.push(Step::Unroute(*key)),
+            (false, true) => steps.push(Step::Unroute(*key, w.address)),
             _ => {}
         }
         // A peer heard from directly roams by itself; the list only helps to find it.
@@ -137,7 +151,7 @@ pub fn have(peers: &[PeerStats], hub: &[u8; 32]) -> HashMap<[u8; 32], Have> {
         .filter(|p| p.peer.public_key.as_bytes() != hub)
         .map(|p| {
             let h = Have {
-                routed: !p.peer.allowed_ips.is_empty(),
+                routed: p.peer.allowed_ips.iter().any(ipnetwork::IpNetwork::is_ipv4),
                 handshake_age: p.stats.last_handshake,
                 endpoint: p.peer.endpoint,
             };
@@ -151,14 +165,14 @@ pub fn have(peers: &[PeerStats], hub: &[u8; 32]) -> HashMap<[u8; 32], Have> {
 pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>) {
     for step in steps {
         let done = match &step {
-            Step::Add(key, endpoint) => {
-                let mut peer = Peer::new(PublicKey::from(*key))
-                    .with_endpoint(*endpoint)
+            Step::Add(key, w) => {
+                let peer = Peer::new(PublicKey::from(*key))
+                    .with_endpoint(w.endpoint)
+                    .with_allowed_ip(probe_net(w.address))
                     .dangerously_with_timer_params(TimerParams {
                         rekey_after_time: REKEY..=REKEY,
                         ..TimerParams::default()
                     });
-                peer.keepalive = Some(KEEPALIVE);
                 device.add_or_update_peer(peer).await.map(|()| true)
             }
             Step::Remove(key) => device.remove_peer(&PublicKey::from(*key)).await,
@@ -168,9 +182,12 @@ pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>
                     .modify_peer(&PublicKey::from(*key), |p| p.add_allowed_ip(net))
                     .await
             }
-            Step::Unroute(key) => {
+            Step::Unroute(key, address) => {
                 device
-                    .modify_peer(&PublicKey::from(*key), |p| p.clear_allowed_ips())
+                    .modify_peer(&PublicKey::from(*key), |p| {
+                        p.clear_allowed_ips();
+                        p.add_allowed_ip(probe_net(*address));
+                    })
                     .await
             }
             Step::Endpoint(key, endpoint) => {
@@ -184,6 +201,11 @@ pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>
             Err(e) => tracing::warn!("WireGuard direct peers: {step:?}: {e}"),
         }
     }
+}
+
+/// The probe address of the peer with VPN address `v4`, as a network of one.
+fn probe_net(v4: Ipv4Addr) -> ipnetwork::IpNetwork {
+    ipnetwork::IpNetwork::V6(ipnetwork::Ipv6Network::from(direct_probe_address(v4)))
 }
 
 #[cfg(test)]
@@ -261,7 +283,8 @@ mod tests {
                 },
             )])
         };
-        assert_eq!(plan(&want, &HashMap::new()), [Step::Add([3; 32], e)]);
+        let w = want[&[3; 32]].clone();
+        assert_eq!(plan(&want, &HashMap::new()), [Step::Add([3; 32], w)]);
         // Added, never heard from: the hub keeps the address.
         assert_eq!(plan(&want, &peer(false, None, e)), []);
         assert_eq!(
@@ -273,9 +296,12 @@ mod tests {
         assert_eq!(plan(&want, &peer(true, Some(3), moved)), []);
         assert_eq!(
             plan(&want, &peer(true, Some(30), moved)),
-            [Step::Endpoint([3; 32], e), Step::Unroute([3; 32])]
+            [Step::Endpoint([3; 32], e), Step::Unroute([3; 32], a)]
         );
-        assert_eq!(plan(&want, &peer(true, None, e)), [Step::Unroute([3; 32])]);
+        assert_eq!(
+            plan(&want, &peer(true, None, e)),
+            [Step::Unroute([3; 32], a)]
+        );
         // No longer listed (deleted, or left the collaboration).
         assert_eq!(
             plan(&HashMap::new(), &peer(true, Some(1), e)),

@@ -47,7 +47,7 @@ impl Health {
         h.peers = others.len();
         h.direct = others
             .iter()
-            .filter(|p| !p.peer.allowed_ips.is_empty())
+            .filter(|p| p.peer.allowed_ips.iter().any(ipnetwork::IpNetwork::is_ipv4))
             .count();
         h
     }

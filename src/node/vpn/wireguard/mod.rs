@@ -22,7 +22,7 @@ use std::time::Duration;
 use gotatun::device::Peer;
 use gotatun::x25519::PublicKey;
 use ipnet::Ipv4Net;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::mesh::{self, Own};
 use super::{Change, StepError, Tunnel};
@@ -46,6 +46,10 @@ const SESSION: Duration = Duration::from_secs(180);
 const KEEPALIVE: u16 = 25;
 /// How often the device's state is looked at.
 const LOOK: Duration = Duration::from_secs(1);
+/// Probes waiting for the device (the hub's first, then the direct peers').
+const PROBES: usize = 64;
+/// Direct peers are probed every this many looks.
+const PROBE_EVERY: u32 = (mesh::PROBE.as_secs() / LOOK.as_secs()) as u32;
 /// Without a handshake for this long the tunnel counts as lost, not down.
 const STALE: Duration = Duration::from_secs(300);
 
@@ -228,8 +232,9 @@ impl WireGuard {
         let (stop, stopped) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
         // The subnet's network address is no node's: the hub drops the probe.
-        let probe = probe_packet(address, self.subnet.network());
-        let ip = router_ends(self.ends.clone(), self.mtu, probe).ok_or(WgError::PortHeld)?;
+        let (probes, probed) = mpsc::channel(PROBES);
+        let _ = probes.try_send(probe_packet(address, self.subnet.network()));
+        let ip = router_ends(self.ends.clone(), self.mtu, probed).ok_or(WgError::PortHeld)?;
         let shown = Arc::clone(&self.shown);
         let own = Own {
             key: keys.public.to_bytes(),
@@ -237,7 +242,7 @@ impl WireGuard {
             address,
             subnet: self.subnet,
         };
-        let listed = (self.mesh.clone(), own);
+        let listed = (self.mesh.clone(), own, probes);
         let thread = self
             .ns
             .spawn(move || {
@@ -306,7 +311,7 @@ async fn run(
     keys: KeyPair,
     peer: Peer,
     (out, into): (RouterOut, RouterIn),
-    (listed, own): (watch::Receiver<Vec<MeshPeer>>, Own),
+    (listed, own, probes): (watch::Receiver<Vec<MeshPeer>>, Own, mpsc::Sender<Vec<u8>>),
     (health, shown): (watch::Sender<Health>, Shown),
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
@@ -317,6 +322,7 @@ async fn run(
         .with_private_key(keys.secret)
         .with_peer(peer)
         .build();
+    let mut looks: u32 = 0;
     let mut device = match made.await {
         Ok(d) => {
             let _ = ready.send(Ok(()));
@@ -330,6 +336,13 @@ async fn run(
     loop {
         let peers = device.peers().await;
         let wanted = mesh::wanted(&listed.borrow(), &own);
+        if looks % PROBE_EVERY == 0 {
+            for probe in mesh::probes(&wanted, &own) {
+                // Full only if the device stopped taking packets: nothing to send them to.
+                let _ = probes.try_send(probe);
+            }
+        }
+        looks += 1;
         mesh::apply(
             &mut device,
             mesh::plan(&wanted, &mesh::have(&peers, &own.hub)),
