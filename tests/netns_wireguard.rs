@@ -4,7 +4,7 @@
 //! traffic through the hub; a node of another collaboration gets nothing through to them, nor
 //! they to it; a peer with a key the hub never admitted gets no handshake; a deleted node's
 //! traffic stops. Two nodes that reach each other by UDP trade packets directly, the hub seeing
-//! none of them, stay direct while idle, fall back to the hub when their link fails and go direct again when it is
+//! none of them, stay connected and direct while idle for longer than a session lives, fall back to the hub when their link fails and go direct again when it is
 //! back; a server told `direct: false` lists no direct peers. And the same through eduVPN: a server with `vpn_server: {...,
 //! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
 //! the node sent, and the nodes reach each other through the portal's WireGuard server; a node
@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use algonet::api::MeshPeer;
 use algonet::net::links::{IfName, Netlink};
 use algonet::net::netns::Netns;
-use algonet::node::vpn::mesh;
 use algonet::node::vpn::wireguard::{Health, WgError, WireGuard};
 use algonet::node::vpn::Tunnel;
 use algonet::server::pki::{BuiltinVpn, TunnelKind};
@@ -430,13 +429,20 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
         "{via_hub} bytes went to the hub while the path was direct"
     );
 
-    // Idle past the freshness bound: the probes keep renewing their session, so it stays direct.
-    tokio::time::sleep(mesh::FRESH + Duration::from_secs(10)).await;
+    // Idle for longer than a WireGuard session lives (180 s) unless data renews it: the probes
+    // keep renewing the sessions with the hub and between the two, so both stay connected and
+    // direct.
+    tokio::time::sleep(Duration::from_secs(190)).await;
     until_health(
         &[a, b],
         Duration::from_secs(1),
-        "an idle direct path fell back",
-        |h| h.direct == 1,
+        "an idle tunnel aged",
+        |h| {
+            h.direct == 1
+                && h.handshake_age
+                    .is_some_and(|a| a < Duration::from_secs(180))
+                && h.handshakes > 1
+        },
     )
     .await;
     let via_hub = through_hub(a, both, 10).await;

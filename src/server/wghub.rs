@@ -24,7 +24,7 @@ use ipnet::Ipv4Net;
 use crate::api::{CollaborationId, MeshPeer, NodeId};
 use crate::server::pki::BuiltinVpn;
 use crate::server::store::{self, Store, StoreError};
-use crate::wireguard::ip::{HubCounters, HubIp, HubOut};
+use crate::wireguard::ip::{probe_network, HubCounters, HubIp, HubOut};
 use crate::wireguard::keys::{decode_key, encode_key, KeyPair};
 use crate::wireguard::profile::WgProfile;
 use crate::wireguard::MTU;
@@ -171,7 +171,9 @@ impl WgHub {
             .await
             .into_iter()
             .map(|p| {
-                let ips = p.peer.allowed_ips.iter().map(ToString::to_string).collect();
+                let mut ips: Vec<String> =
+                    p.peer.allowed_ips.iter().map(ToString::to_string).collect();
+                ips.sort();
                 let endpoint = p.peer.endpoint.map(|e| e.to_string());
                 (p.peer.public_key.to_bytes(), (ips, endpoint))
             })
@@ -181,18 +183,21 @@ impl WgHub {
         }
         let mut moved = Vec::new();
         for (key, (address, kept)) in &wanted {
-            let net = ipnetwork::IpNetwork::V4(
-                ipnetwork::Ipv4Network::new(*address, 32)
-                    .map_err(|e| HubError::Key(e.to_string()))?,
-            );
+            // The node's address, and its probe address (its probes renew the session).
+            let nets = [
+                ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::from(*address)),
+                probe_network(*address),
+            ];
+            let mut expected: Vec<String> = nets.iter().map(ToString::to_string).collect();
+            expected.sort();
             match have.get(key) {
-                Some((ips, now)) if ips == &[net.to_string()] => {
+                Some((ips, now)) if *ips == expected => {
                     if let Some(now) = now.as_ref().filter(|n| Some(*n) != kept.as_ref()) {
                         moved.push((encode_key(key), now.clone()));
                     }
                 }
                 _ => {
-                    let mut peer = Peer::new(PublicKey::from(*key)).with_allowed_ip(net);
+                    let mut peer = Peer::new(PublicKey::from(*key)).with_allowed_ips(nets);
                     if let Some(e) = kept.as_deref().and_then(|e| e.parse().ok()) {
                         peer = peer.with_endpoint(e);
                     }

@@ -16,8 +16,8 @@ use crate::net::dataplane::{Attached, Segments, TunnelEnds};
 
 /// The data plane's port as the device's two ends: what the peer sent is handed to the routers
 /// ([`RouterOut`]), what they send to VPN peers is encrypted toward the peer ([`RouterIn`]), and
-/// so is whatever the tunnel itself sends through `probes` (see [`probe_packet`] and
-/// [`direct_probe`]). `None` while another device holds the port.
+/// so is whatever the tunnel itself sends through `probes` (see [`probe`]). `None` while
+/// another device holds the port.
 pub fn router_ends(
     ends: TunnelEnds,
     mtu: u16,
@@ -62,8 +62,8 @@ impl std::fmt::Debug for RouterIn {
 impl IpSend for RouterOut {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
         let bytes = packet.into_bytes();
-        // A direct peer's probe has done its work once decrypted.
-        if !is_direct_probe(&bytes) {
+        // A probe has done its work once decrypted.
+        if !is_probe(&bytes) {
             self.ends.deliver(&bytes);
         }
         Ok(())
@@ -123,54 +123,43 @@ impl IpRecv for RouterIn {
     }
 }
 
-/// A UDP datagram without payload from `from` to `to` (port 9, discard): what a node sends
-/// into its tunnel to start the first handshake at once rather than at the first keepalive.
-pub fn probe_packet(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
-    let mut p = vec![0u8; 28];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&28u16.to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&from.octets());
-    p[16..20].copy_from_slice(&to.octets());
-    let sum = netstack::checksum::complete(0, &p[..20]);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p[20..22].copy_from_slice(&9u16.to_be_bytes());
-    p[22..24].copy_from_slice(&9u16.to_be_bytes());
-    p[24..26].copy_from_slice(&8u16.to_be_bytes());
-    p
-}
-
-/// The IPv6 address that stands for a direct peer with VPN address `v4` in its device's table
-/// (`fd61:6c67:6f6e::/96` and the IPv4 address): no packet of the routers has one, so it is
-/// routed to that peer whichever path its VPN address takes.
-pub fn direct_probe_address(v4: Ipv4Addr) -> Ipv6Addr {
+/// The IPv6 address that stands for the WireGuard peer with VPN address `v4` in a device's
+/// table (`fd61:6c67:6f6e::/96` and the IPv4 address; the hub's is the subnet's network
+/// address): no packet of the routers has one, so it is routed to that peer whichever path the
+/// VPN addresses take.
+pub fn probe_address(v4: Ipv4Addr) -> Ipv6Addr {
     let [a, b, c, d] = v4.octets();
     let [hi, lo] = [u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])];
     Ipv6Addr::new(0xfd61, 0x6c67, 0x6f6e, 0, 0, 0, hi, lo)
 }
 
+/// [`probe_address`] as a network of one, for a peer's allowed addresses.
+pub fn probe_network(v4: Ipv4Addr) -> ipnetwork::IpNetwork {
+    ipnetwork::IpNetwork::V6(ipnetwork::Ipv6Network::from(probe_address(v4)))
+}
+
 /// An IPv6 packet with no payload (next header 59) from `from`'s probe address to `to`'s: data
-/// a node sends its direct peers every few seconds, so that their session is renewed (WireGuard
-/// rekeys only when data is sent, and keepalives are not data) and a fresh handshake proves
-/// the direct path both ways.
-pub fn direct_probe(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+/// a node sends the hub and its direct peers every few seconds. WireGuard renews a session
+/// only when data is sent (keepalives are not data), so without them an idle tunnel's session
+/// expires; with them a fresh handshake proves a path both ways. The receiving end drops it
+/// once decrypted; the first also starts the first handshake at once.
+pub fn probe(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
     let mut p = vec![0u8; 40];
     p[0] = 0x60;
     p[6] = 59;
     p[7] = 64;
-    p[8..24].copy_from_slice(&direct_probe_address(from).octets());
-    p[24..40].copy_from_slice(&direct_probe_address(to).octets());
+    p[8..24].copy_from_slice(&probe_address(from).octets());
+    p[24..40].copy_from_slice(&probe_address(to).octets());
     p
 }
 
-/// Whether `packet` is a [`direct_probe`].
-fn is_direct_probe(packet: &[u8]) -> bool {
-    packet.len() == 40 && packet[0] >> 4 == 6 && packet[6] == 59 && packet[8..20] == DIRECT_PREFIX
+/// Whether `packet` is a [`probe`].
+pub fn is_probe(packet: &[u8]) -> bool {
+    packet.len() == 40 && packet[0] >> 4 == 6 && packet[6] == 59 && packet[8..20] == PROBE_PREFIX
 }
 
-/// The first 12 bytes of every direct probe address.
-const DIRECT_PREFIX: [u8; 12] = [0xfd, 0x61, 0x6c, 0x67, 0x6f, 0x6e, 0, 0, 0, 0, 0, 0];
+/// The first 12 bytes of every probe address.
+const PROBE_PREFIX: [u8; 12] = [0xfd, 0x61, 0x6c, 0x67, 0x6f, 0x6e, 0, 0, 0, 0, 0, 0];
 
 /// Packets the hub turned around, and those it dropped.
 #[derive(Debug, Default)]
@@ -241,6 +230,10 @@ impl HubIp {
 impl IpSend for HubIp {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
         let packet = packet.into_bytes();
+        // A node's probe has done its work once decrypted (it renewed the session).
+        if is_probe(&packet) {
+            return Ok(());
+        }
         let sent = self.passes(&packet) && self.tx.try_send(packet).is_ok();
         let counter = if sent {
             &self.counters.forwarded
@@ -278,20 +271,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_direct_probe_is_told_apart_from_the_routers_packets() {
+    fn a_probe_is_told_apart_from_the_routers_packets() {
         let (a, b) = (Ipv4Addr::new(10, 76, 0, 2), Ipv4Addr::new(10, 76, 1, 3));
-        let probe = direct_probe(a, b);
-        assert!(is_direct_probe(&probe));
+        let p = probe(a, b);
+        assert!(is_probe(&p));
         assert_eq!(
-            direct_probe_address(b).to_string(),
+            probe_address(b).to_string(),
             "fd61:6c67:6f6e::a4c:103",
             "the peer's address in the last 32 bits"
         );
-        assert_eq!(&probe[24..40], &direct_probe_address(b).octets());
-        let mut other = probe.clone();
+        assert_eq!(&p[24..40], &probe_address(b).octets());
+        let mut other = p.clone();
         other[8] = 0xfe; // another IPv6 source: the routers' to drop, not the tunnel's
-        assert!(!is_direct_probe(&other));
-        assert!(!is_direct_probe(&probe_packet(a, b)));
-        assert!(!is_direct_probe(&probe[..39]));
+        assert!(!is_probe(&other));
+        assert!(!is_probe(&p[..39]));
+        let mut v4 = p.clone();
+        v4[0] = 0x45;
+        assert!(!is_probe(&v4));
     }
 }

@@ -9,7 +9,7 @@
 //! only from the peer its source would be sent to), so both ends must agree whether a pair talks
 //! directly. They decide on what both see alike, their shared handshakes: each end sends each
 //! direct peer a probe every 5 s (an IPv6 packet to an address that stands for the peer and is
-//! always routed to it: [`direct_probe`]), so that their session is renewed every 10 s (WireGuard
+//! always routed to it: [`probe`]), so that their session is renewed every 10 s (WireGuard
 //! rekeys only when data is sent, and keepalives are not data), and a handshake older than 30 s
 //! hands the address back to the hub. A path that fails in either direction stops the
 //! handshakes, so both ends fall back within about 30 s; one that comes back is taken again at
@@ -27,7 +27,7 @@ use gotatun::x25519::PublicKey;
 use ipnet::Ipv4Net;
 
 use crate::api::MeshPeer;
-use crate::wireguard::ip::{direct_probe, direct_probe_address};
+use crate::wireguard::ip::{probe, probe_network};
 use crate::wireguard::keys::decode_key;
 
 /// How often each direct peer is sent a probe.
@@ -84,14 +84,15 @@ pub fn wanted(list: &[MeshPeer], own: &Own) -> HashMap<[u8; 32], Wanted> {
     out
 }
 
-/// The probes for the direct peers `wanted`, from `own`.
+/// The probes from `own` for the hub (at the subnet's network address) and the direct peers
+/// `wanted`.
 pub fn probes<'a>(
     wanted: &'a HashMap<[u8; 32], Wanted>,
     own: &'a Own,
 ) -> impl Iterator<Item = Vec<u8>> + 'a {
-    wanted
-        .values()
-        .map(|w| direct_probe(own.address, w.address))
+    let hub = std::iter::once(own.subnet.network());
+    hub.chain(wanted.values().map(|w| w.address))
+        .map(|to| probe(own.address, to))
 }
 
 /// What the device has of a direct peer.
@@ -168,7 +169,7 @@ pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>
             Step::Add(key, w) => {
                 let peer = Peer::new(PublicKey::from(*key))
                     .with_endpoint(w.endpoint)
-                    .with_allowed_ip(probe_net(w.address))
+                    .with_allowed_ip(probe_network(w.address))
                     .dangerously_with_timer_params(TimerParams {
                         rekey_after_time: REKEY..=REKEY,
                         ..TimerParams::default()
@@ -186,7 +187,7 @@ pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>
                 device
                     .modify_peer(&PublicKey::from(*key), |p| {
                         p.clear_allowed_ips();
-                        p.add_allowed_ip(probe_net(*address));
+                        p.add_allowed_ip(probe_network(*address));
                     })
                     .await
             }
@@ -201,11 +202,6 @@ pub async fn apply<T: DeviceTransports>(device: &mut Device<T>, steps: Vec<Step>
             Err(e) => tracing::warn!("WireGuard direct peers: {step:?}: {e}"),
         }
     }
-}
-
-/// The probe address of the peer with VPN address `v4`, as a network of one.
-fn probe_net(v4: Ipv4Addr) -> ipnetwork::IpNetwork {
-    ipnetwork::IpNetwork::V6(ipnetwork::Ipv6Network::from(direct_probe_address(v4)))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::{Change, StepError, Tunnel};
 use crate::api::MeshPeer;
 use crate::net::dataplane::TunnelEnds;
 use crate::net::netns::Netns;
-use crate::wireguard::ip::{probe_packet, router_ends, RouterIn, RouterOut};
+use crate::wireguard::ip::{probe, probe_network, router_ends, RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{expired, expiry, ProfileError, WgProfile};
 
@@ -42,8 +42,6 @@ pub const PROFILE: &str = "node.wg.conf";
 pub const KEY: &str = "wireguard.key";
 /// A session older than this is refused by both ends (WireGuard's `Reject-After-Time`).
 const SESSION: Duration = Duration::from_secs(180);
-/// Seconds between keepalives when the profile names none (wg-quick's usual 25).
-const KEEPALIVE: u16 = 25;
 /// How often the device's state is looked at.
 const LOOK: Duration = Duration::from_secs(1);
 /// Probes waiting for the device (the hub's first, then the direct peers').
@@ -223,17 +221,18 @@ impl WireGuard {
             .collect();
         let mut peer = Peer::new(PublicKey::from(profile.peer_key))
             .with_endpoint(endpoint)
-            .with_allowed_ips(allowed);
-        // eduVPN's profiles name no keepalive. Without one an idle node's NAT binding lapses
-        // (the hub can no longer reach it) and no handshake renews the session (the router holds
-        // back traffic once the tunnel counts as down): so there always is one.
-        peer.keepalive = profile.keepalive.or(Some(KEEPALIVE));
+            .with_allowed_ips(allowed)
+            // The hub's probe address: what the tunnel sends it to keep its session renewed.
+            .with_allowed_ip(probe_network(self.subnet.network()));
+        // The probes every few seconds keep NAT bindings open and the session renewed; a
+        // keepalive the profile names is kept all the same.
+        peer.keepalive = profile.keepalive;
         let (health_tx, health) = watch::channel(Health::default());
         let (stop, stopped) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
-        // The subnet's network address is no node's: the hub drops the probe.
         let (probes, probed) = mpsc::channel(PROBES);
-        let _ = probes.try_send(probe_packet(address, self.subnet.network()));
+        // The first probe starts the first handshake at once, not at the first keepalive.
+        let _ = probes.try_send(probe(address, self.subnet.network()));
         let ip = router_ends(self.ends.clone(), self.mtu, probed).ok_or(WgError::PortHeld)?;
         let shown = Arc::clone(&self.shown);
         let own = Own {
@@ -336,13 +335,13 @@ async fn run(
     loop {
         let peers = device.peers().await;
         let wanted = mesh::wanted(&listed.borrow(), &own);
-        if looks % PROBE_EVERY == 0 {
+        if looks.is_multiple_of(PROBE_EVERY) {
             for probe in mesh::probes(&wanted, &own) {
                 // Full only if the device stopped taking packets: nothing to send them to.
                 let _ = probes.try_send(probe);
             }
         }
-        looks += 1;
+        looks = looks.wrapping_add(1);
         mesh::apply(
             &mut device,
             mesh::plan(&wanted, &mesh::have(&peers, &own.hub)),
