@@ -337,6 +337,18 @@ async fn through_hub(
     wg.health().expect("running").tx_bytes - before
 }
 
+/// Waits until both tunnels' health holds `check` (within, saying `what` if not), then sends
+/// `n` datagrams from a to b: the bytes a's device sent the hub meanwhile.
+async fn then_through_hub(
+    (a, b): (&WireGuard, &WireGuard),
+    sockets: (&UdpSocket, &UdpSocket, SocketAddrV4),
+    (within, what, check): (Duration, &str, fn(&Health) -> bool),
+    n: usize,
+) -> usize {
+    until_health(&[a, b], within, what, check).await;
+    through_hub(a, sockets, n).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the_hub() {
     if !privileged("nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the_hub") {
@@ -415,37 +427,33 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (a, b) = (&tunnels[0].0, &tunnels[1].0);
-    until_health(&[a, b], Duration::from_secs(15), "no direct path", |h| {
-        h.direct == 1
-    })
-    .await;
-
+    let ab = (&tunnels[0].0, &tunnels[1].0);
     let (a_sock, b_sock, to_b) = pair(&a_ns, &b_ns, &addresses);
     let both = (&a_sock, &b_sock, to_b);
-    let via_hub = through_hub(a, both, 50).await;
+    let is_direct: fn(&Health) -> bool = |h| h.direct == 1;
+    let first = (Duration::from_secs(15), "no direct path", is_direct);
+    let via_hub = then_through_hub(ab, both, first, 50).await;
     assert!(
         via_hub < 1300,
-        "{via_hub} bytes went to the hub while the path was direct"
+        "{via_hub} bytes went to the hub while direct"
     );
 
     // Idle for longer than a WireGuard session lives (180 s) unless data renews it: the probes
     // keep renewing the sessions with the hub and between the two, so both stay connected and
     // direct.
     tokio::time::sleep(Duration::from_secs(190)).await;
-    until_health(
-        &[a, b],
+    let renewed = |h: &Health| {
+        let young = h
+            .handshake_age
+            .is_some_and(|a| a < Duration::from_secs(180));
+        h.direct == 1 && h.handshakes > 1 && young
+    };
+    let idle = (
         Duration::from_secs(1),
         "an idle tunnel aged",
-        |h| {
-            h.direct == 1
-                && h.handshake_age
-                    .is_some_and(|a| a < Duration::from_secs(180))
-                && h.handshakes > 1
-        },
-    )
-    .await;
-    let via_hub = through_hub(a, both, 10).await;
+        renewed as fn(&Health) -> bool,
+    );
+    let via_hub = then_through_hub(ab, both, idle, 10).await;
     assert!(
         via_hub < 1300,
         "{via_hub} bytes went to the hub after an idle while"
@@ -455,14 +463,9 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
     for (ns, _, other, ..) in direct {
         ns.ip(&["route", "replace", "blackhole", other]);
     }
-    until_health(
-        &[a, b],
-        Duration::from_secs(60),
-        "no fallback to the hub",
-        |h| h.direct == 0,
-    )
-    .await;
-    let via_hub = through_hub(a, both, 20).await;
+    let fallback: fn(&Health) -> bool = |h| h.direct == 0;
+    let failed = (Duration::from_secs(60), "no fallback to the hub", fallback);
+    let via_hub = then_through_hub(ab, both, failed, 20).await;
     assert!(
         via_hub >= 20 * 1300,
         "only {via_hub} bytes went to the hub after the fallback"
@@ -472,14 +475,12 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
     for (ns, _, other, via, src) in direct {
         ns.ip(&["route", "replace", other, "via", via, "src", src]);
     }
-    until_health(
-        &[a, b],
+    let back = (
         Duration::from_secs(60),
         "the direct path did not come back",
-        |h| h.direct == 1,
-    )
-    .await;
-    let via_hub = through_hub(a, both, 50).await;
+        is_direct,
+    );
+    let via_hub = then_through_hub(ab, both, back, 50).await;
     assert!(
         via_hub < 1300,
         "{via_hub} bytes went to the hub after the path came back"
