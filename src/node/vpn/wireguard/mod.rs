@@ -7,7 +7,9 @@
 //!
 //! Connected means a handshake with the hub within WireGuard's session lifetime (180 s, after
 //! which a session is refused): past that the tunnel is down and the router holds back what
-//! goes to peers; it is back at the next handshake. The device keeps trying by itself; after
+//! goes to peers; it is back at the next handshake. WireGuard renews a session only when data
+//! is sent, so the tunnel sends the hub (and each direct peer, see [`super::mesh`]) a probe
+//! every 5 s: an idle tunnel stays connected. The device keeps trying by itself; after
 //! five minutes without a handshake the tunnel counts as lost (the hub may have forgotten the
 //! key: eduVPN does at a profile's expiry and at `/disconnect`, the built-in hub when the node
 //! is deleted), and so does a profile whose `Expires` passes, so the node's life brings it back
@@ -46,7 +48,7 @@ const SESSION: Duration = Duration::from_secs(180);
 const LOOK: Duration = Duration::from_secs(1);
 /// Probes waiting for the device (the hub's first, then the direct peers').
 const PROBES: usize = 64;
-/// Direct peers are probed every this many looks.
+/// The hub and the direct peers are probed every this many looks.
 const PROBE_EVERY: u32 = (mesh::PROBE.as_secs() / LOOK.as_secs()) as u32;
 /// Without a handshake for this long the tunnel counts as lost, not down.
 const STALE: Duration = Duration::from_secs(300);
