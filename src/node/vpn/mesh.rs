@@ -304,4 +304,33 @@ mod tests {
             [Step::Remove([3; 32])]
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a server (or something posing as one) lists: no panic, and what is taken
+        /// never holds the node's or the hub's key, an address outside the subnet or the node's
+        /// own, nor one address twice; a device with nothing adds exactly what is taken.
+        #[test]
+        fn any_list_is_taken_soundly(
+            entries in proptest::collection::vec(
+                (0u8..6, "10\\.7[67]\\.0\\.[0-9]{1,3}|\\PC{0,12}", "192\\.0\\.2\\.1:[0-9]{1,5}|\\PC{0,12}"),
+                0..12,
+            )
+        ) {
+            let o = own();
+            let list: Vec<MeshPeer> = entries
+                .iter()
+                .map(|(k, a, e)| listed(*k, a, e))
+                .collect();
+            let got = wanted(&list, &o);
+            let addresses: HashSet<Ipv4Addr> = got.values().map(|w| w.address).collect();
+            proptest::prop_assert_eq!(addresses.len(), got.len());
+            for (key, w) in &got {
+                proptest::prop_assert!(*key != o.key && *key != o.hub);
+                proptest::prop_assert!(o.subnet.contains(&w.address) && w.address != o.address);
+            }
+            let steps = plan(&got, &HashMap::new());
+            proptest::prop_assert_eq!(steps.len(), got.len());
+            proptest::prop_assert!(steps.iter().all(|s| matches!(s, Step::Add(k, w) if got.get(k) == Some(w))));
+        }
+    }
 }
