@@ -128,10 +128,11 @@ impl IpRecv for RouterIn {
 /// address): no packet of the routers has one, so it is routed to that peer whichever path the
 /// VPN addresses take.
 pub fn probe_address(v4: Ipv4Addr) -> Ipv6Addr {
-    let [a, b, c, d] = v4.octets();
-    let [hi, lo] = [u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])];
-    Ipv6Addr::new(0xfd61, 0x6c67, 0x6f6e, 0, 0, 0, hi, lo)
+    Ipv6Addr::from_bits(PROBE_NET.to_bits() | u128::from(v4.to_bits()))
 }
+
+/// The /96 every probe address is in.
+const PROBE_NET: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6c67, 0x6f6e, 0, 0, 0, 0, 0);
 
 /// [`probe_address`] as a network of one, for a peer's allowed addresses.
 pub fn probe_network(v4: Ipv4Addr) -> ipnetwork::IpNetwork {
@@ -155,11 +156,11 @@ pub fn probe(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
 
 /// Whether `packet` is a [`probe`].
 pub fn is_probe(packet: &[u8]) -> bool {
-    packet.len() == 40 && packet[0] >> 4 == 6 && packet[6] == 59 && packet[8..20] == PROBE_PREFIX
+    packet.len() == 40
+        && packet[0] >> 4 == 6
+        && packet[6] == 59
+        && packet[8..20] == PROBE_NET.octets()[..12]
 }
-
-/// The first 12 bytes of every probe address.
-const PROBE_PREFIX: [u8; 12] = [0xfd, 0x61, 0x6c, 0x67, 0x6f, 0x6e, 0, 0, 0, 0, 0, 0];
 
 /// Packets the hub turned around, and those it dropped.
 #[derive(Debug, Default)]

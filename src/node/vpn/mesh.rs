@@ -16,7 +16,7 @@
 //! the next handshake. Until an address is routed to its direct peer, nothing from that peer is
 //! taken but its probes, which end at the tunnel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -57,8 +57,8 @@ pub struct Own {
 /// decode or is the node's or the hub's, whose address is outside the subnet, the subnet's own
 /// network or broadcast address or the node's, whose endpoint is no IPv4 `ip:port`, and any
 /// entry whose key or address an earlier entry took.
-pub fn wanted(list: &[MeshPeer], own: &Own) -> HashMap<[u8; 32], Wanted> {
-    let mut out = HashMap::new();
+pub fn wanted(list: &[MeshPeer], own: &Own) -> BTreeMap<[u8; 32], Wanted> {
+    let mut out = BTreeMap::new();
     let mut taken = HashSet::new();
     for p in list {
         let (Ok(key), Ok(address), Ok(endpoint)) = (
@@ -87,7 +87,7 @@ pub fn wanted(list: &[MeshPeer], own: &Own) -> HashMap<[u8; 32], Wanted> {
 /// The probes from `own` for the hub (at the subnet's network address) and the direct peers
 /// `wanted`.
 pub fn probes<'a>(
-    wanted: &'a HashMap<[u8; 32], Wanted>,
+    wanted: &'a BTreeMap<[u8; 32], Wanted>,
     own: &'a Own,
 ) -> impl Iterator<Item = Vec<u8>> + 'a {
     let hub = std::iter::once(own.subnet.network());
@@ -118,8 +118,8 @@ pub enum Step {
     Endpoint([u8; 32], SocketAddr),
 }
 
-/// The changes that make the device's direct peers `have` what is `wanted`.
-pub fn plan(wanted: &HashMap<[u8; 32], Wanted>, have: &HashMap<[u8; 32], Have>) -> Vec<Step> {
+/// The changes that make the device's direct peers `have` what is `wanted`, in key order.
+pub fn plan(wanted: &BTreeMap<[u8; 32], Wanted>, have: &BTreeMap<[u8; 32], Have>) -> Vec<Step> {
     let mut steps: Vec<Step> = have
         .keys()
         .filter(|k| !wanted.contains_key(*k))
@@ -131,22 +131,21 @@ pub fn plan(wanted: &HashMap<[u8; 32], Wanted>, have: &HashMap<[u8; 32], Have>) 
             continue;
         };
         let fresh = h.handshake_age.is_some_and(|a| a < FRESH);
+        // A peer heard from directly roams by itself; the list only helps to find it.
+        if !fresh && h.endpoint != Some(w.endpoint) {
+            steps.push(Step::Endpoint(*key, w.endpoint));
+        }
         match (fresh, h.routed) {
             (true, false) => steps.push(Step::Route(*key, w.address)),
             (false, true) => steps.push(Step::Unroute(*key, w.address)),
             _ => {}
         }
-        // A peer heard from directly roams by itself; the list only helps to find it.
-        if !fresh && h.endpoint != Some(w.endpoint) {
-            steps.push(Step::Endpoint(*key, w.endpoint));
-        }
     }
-    steps.sort_by_key(|s| format!("{s:?}"));
     steps
 }
 
 /// The device's peers other than the hub, as [`Have`].
-pub fn have(peers: &[PeerStats], hub: &[u8; 32]) -> HashMap<[u8; 32], Have> {
+pub fn have(peers: &[PeerStats], hub: &[u8; 32]) -> BTreeMap<[u8; 32], Have> {
     peers
         .iter()
         .filter(|p| p.peer.public_key.as_bytes() != hub)
@@ -262,7 +261,7 @@ mod tests {
         let e: SocketAddr = "192.0.2.3:4000".parse().expect("endpoint");
         let moved: SocketAddr = "192.0.2.30:4000".parse().expect("endpoint");
         let a: Ipv4Addr = "10.76.0.3".parse().expect("address");
-        let want = HashMap::from([(
+        let want = BTreeMap::from([(
             [3; 32],
             Wanted {
                 address: a,
@@ -270,7 +269,7 @@ mod tests {
             },
         )]);
         let peer = |routed, age: Option<u64>, endpoint| {
-            HashMap::from([(
+            BTreeMap::from([(
                 [3; 32],
                 Have {
                     routed,
@@ -280,7 +279,7 @@ mod tests {
             )])
         };
         let w = want[&[3; 32]].clone();
-        assert_eq!(plan(&want, &HashMap::new()), [Step::Add([3; 32], w)]);
+        assert_eq!(plan(&want, &BTreeMap::new()), [Step::Add([3; 32], w)]);
         // Added, never heard from: the hub keeps the address.
         assert_eq!(plan(&want, &peer(false, None, e)), []);
         assert_eq!(
@@ -300,7 +299,7 @@ mod tests {
         );
         // No longer listed (deleted, or left the collaboration).
         assert_eq!(
-            plan(&HashMap::new(), &peer(true, Some(1), e)),
+            plan(&BTreeMap::new(), &peer(true, Some(1), e)),
             [Step::Remove([3; 32])]
         );
     }
@@ -328,7 +327,7 @@ mod tests {
                 proptest::prop_assert!(*key != o.key && *key != o.hub);
                 proptest::prop_assert!(o.subnet.contains(&w.address) && w.address != o.address);
             }
-            let steps = plan(&got, &HashMap::new());
+            let steps = plan(&got, &BTreeMap::new());
             proptest::prop_assert_eq!(steps.len(), got.len());
             proptest::prop_assert!(steps.iter().all(|s| matches!(s, Step::Add(k, w) if got.get(k) == Some(w))));
         }

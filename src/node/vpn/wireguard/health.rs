@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use gotatun::device::configure::PeerStats;
 
+use std::collections::BTreeMap;
+
 use super::SESSION;
+use crate::node::vpn::mesh;
 
 /// The tunnel's state as the device reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,24 +35,23 @@ pub struct Health {
 }
 
 impl Health {
-    /// What the device's `peers` say, the hub's being the one holding `hub`.
-    pub(super) fn of(peers: &[PeerStats], hub: &[u8; 32]) -> Health {
-        let (hubs, others): (Vec<&PeerStats>, Vec<&PeerStats>) = peers
-            .iter()
-            .partition(|p| p.peer.public_key.as_bytes() == hub);
-        let mut h = hubs.first().map_or_else(Health::default, |p| Health {
-            handshake_age: p.stats.last_handshake,
-            endpoint: p.peer.endpoint,
-            rx_bytes: p.stats.rx_bytes,
-            tx_bytes: p.stats.tx_bytes,
+    /// What the device's `peers` say of the hub (the one holding `hub`), and its `direct`
+    /// peers (see [`mesh::have`]).
+    pub(super) fn of(
+        peers: &[PeerStats],
+        hub: &[u8; 32],
+        direct: &BTreeMap<[u8; 32], mesh::Have>,
+    ) -> Health {
+        let hub = peers.iter().find(|p| p.peer.public_key.as_bytes() == hub);
+        Health {
+            handshake_age: hub.and_then(|p| p.stats.last_handshake),
+            endpoint: hub.and_then(|p| p.peer.endpoint),
+            rx_bytes: hub.map_or(0, |p| p.stats.rx_bytes),
+            tx_bytes: hub.map_or(0, |p| p.stats.tx_bytes),
+            peers: direct.len(),
+            direct: direct.values().filter(|h| h.routed).count(),
             ..Health::default()
-        });
-        h.peers = others.len();
-        h.direct = others
-            .iter()
-            .filter(|p| p.peer.allowed_ips.iter().any(ipnetwork::IpNetwork::is_ipv4))
-            .count();
-        h
+        }
     }
 
     pub(super) fn connected(&self) -> bool {

@@ -344,12 +344,9 @@ async fn run(
             }
         }
         looks = looks.wrapping_add(1);
-        mesh::apply(
-            &mut device,
-            mesh::plan(&wanted, &mesh::have(&peers, &own.hub)),
-        )
-        .await;
-        let next = health.borrow().next(Health::of(&peers, &own.hub));
+        let have = mesh::have(&peers, &own.hub);
+        mesh::apply(&mut device, mesh::plan(&wanted, &have)).await;
+        let next = health.borrow().next(Health::of(&peers, &own.hub, &have));
         // Shown first: whoever the watch wakes (a connect) reads the same.
         *crate::sync::lock(&shown) = Some(next.clone());
         health.send_if_modified(|h| {
