@@ -184,13 +184,7 @@ fn traffic_crosses_the_router(tag: &str, mode: Mode) {
             (49171, 8891, &["tso", "off", "gso", "off"][..]),
             (49172, 8892, &["tx", "off"][..]),
         ] {
-            let off = std::process::Command::new("ip")
-                .args(["netns", "exec", &t.peer.name, "ethtool", "-K", "eth0"])
-                .args(features)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .expect("run ethtool");
-            assert!(off.success(), "ethtool -K eth0 {features:?} in the peer");
+            t.peer.ethtool("eth0", features);
             let c1_before = received("packets");
             let before = t.rt.block_on(t.handle().counters()).expect("counters").0;
             bulk_to_c1(public_port, port);

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gotatun::device::{Device, Peer};
-use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use ipnet::Ipv4Net;
 
@@ -27,6 +26,7 @@ use crate::server::store::{self, Store, StoreError};
 use crate::wireguard::ip::{probe_network, HubCounters, HubIp, HubOut};
 use crate::wireguard::keys::{decode_key, encode_key, KeyPair};
 use crate::wireguard::profile::WgProfile;
+use crate::wireguard::udp;
 use crate::wireguard::MTU;
 
 /// Seconds between keepalives a node sends: keeps NAT bindings on the way open. The hub sends
@@ -36,7 +36,7 @@ const KEEPALIVE: u16 = 25;
 /// How often admitted keys are read again from the database.
 const FOLLOW: Duration = Duration::from_secs(3);
 
-type HubDevice = Device<(UdpSocketFactory, HubIp, HubOut)>;
+type HubDevice = Device<(udp::Factory, HubIp, HubOut)>;
 
 /// Why the hub could not start or admit a node.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ impl WgHub {
         let (ip, out) = HubIp::new(MTU);
         let port = vpn.port();
         let device = gotatun::device::build()
-            .with_default_udp()
+            .with_udp(udp::Factory::default())
             .with_ip_pair(ip.clone(), out)
             .with_private_key(secret)
             .with_listen_port(port)

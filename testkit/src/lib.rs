@@ -72,6 +72,21 @@ impl TestNs {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Turns offload `features` of `link` on or off (`ethtool -K <link> <features>`).
+    pub fn ethtool(&self, link: &str, features: &[&str]) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ethtool", "-K", link])
+            .args(features)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run ethtool");
+        assert!(
+            status.success(),
+            "ethtool -K {link} {features:?} in {}",
+            self.name
+        );
+    }
+
     /// Runs `ip -n <name> <args>` and returns its standard output (for assertions from outside).
     pub fn ip(&self, args: &[&str]) -> String {
         let out = Command::new("ip")

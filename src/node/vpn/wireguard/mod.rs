@@ -34,6 +34,7 @@ use crate::net::netns::Netns;
 use crate::wireguard::ip::{probe, probe_network, router_ends, RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{expired, expiry, ProfileError, WgProfile};
+use crate::wireguard::udp;
 
 mod health;
 pub use health::{Health, Shown};
@@ -318,7 +319,7 @@ async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let made = gotatun::device::build()
-        .with_default_udp()
+        .with_udp(udp::Factory::default())
         .with_ip_pair(out, into)
         .with_private_key(keys.secret)
         .with_peer(peer)
