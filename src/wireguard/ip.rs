@@ -28,6 +28,7 @@ pub fn router_ends(
         attached,
         mtu,
         probes,
+        pool: super::warm_pool(),
         room: Segments::default(),
         ready: Vec::new(),
     };
@@ -47,6 +48,9 @@ pub struct RouterIn {
     attached: Attached,
     mtu: u16,
     probes: mpsc::Receiver<Vec<u8>>,
+    /// Where the packets handed to the device are copied to (not the device's own pool: see
+    /// [`super::warm_pool`]).
+    pool: PacketBufPool,
     room: Segments,
     ready: Vec<Packet<Ip>>,
 }
@@ -84,8 +88,9 @@ fn packet_of(pool: &PacketBufPool, bytes: &[u8]) -> Option<Packet<Ip>> {
 impl IpRecv for RouterIn {
     async fn recv<'a>(
         &'a mut self,
-        pool: &mut PacketBufPool,
+        _pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        let pool = &self.pool;
         self.ready.clear();
         // Probes first: the routers' packets may never leave a pause under load.
         while let Ok(probe) = self.probes.try_recv() {

@@ -1,6 +1,6 @@
 //! The WireGuard devices' UDP sockets, sending in bursts: gotatun's own sockets (their receive
-//! already takes the kernel's GRO bursts), but what a device sends in one batch leaves as UDP GSO
-//! sends. A stream's encrypted packets to one peer are all as long as the MTU lets them be, so
+//! already takes the kernel's GRO bursts, into a pool of their own here), but what a device
+//! sends in one batch leaves as UDP GSO sends. A stream's encrypted packets to one peer are all as long as the MTU lets them be, so
 //! a run of them is one `sendmsg` with a segment size (`UDP_SEGMENT`) instead of one per
 //! packet: the kernel's UDP, routing, netfilter and veth work is then done once per run of up
 //! to [`MOST_SEGMENTS`] packets, and a receiver with GRO (a node's tunnel, the hub) takes the
@@ -17,9 +17,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use gotatun::packet::Packet;
+use gotatun::packet::{Packet, PacketBufPool};
 use gotatun::udp::socket::{UdpSocket, UdpSocketFactory};
-use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
+use gotatun::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
 use tokio::io::Interest;
 
@@ -43,15 +43,63 @@ impl std::fmt::Debug for Factory {
 impl UdpTransportFactory for Factory {
     type SendV4 = Gso;
     type SendV6 = Gso;
-    type RecvV4 = UdpSocket;
-    type RecvV6 = UdpSocket;
+    type RecvV4 = Recv;
+    type RecvV6 = Recv;
 
     async fn bind(
         &mut self,
         params: &UdpTransportFactoryParams,
-    ) -> io::Result<((Gso, UdpSocket), (Gso, UdpSocket))> {
+    ) -> io::Result<((Gso, Recv), (Gso, Recv))> {
         let ((send4, recv4), (send6, recv6)) = self.0.bind(params).await?;
-        Ok(((Gso::new(send4), recv4), (Gso::new(send6), recv6)))
+        Ok((
+            (Gso::new(send4), Recv::new(recv4)),
+            (Gso::new(send6), Recv::new(recv6)),
+        ))
+    }
+}
+
+/// gotatun's receiving socket, its datagrams copied into a pool of its own (see
+/// [`super::warm_pool`]).
+pub struct Recv {
+    socket: UdpSocket,
+    pool: PacketBufPool,
+}
+
+impl std::fmt::Debug for Recv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recv").finish_non_exhaustive()
+    }
+}
+
+impl Recv {
+    fn new(socket: UdpSocket) -> Recv {
+        Recv {
+            socket,
+            pool: super::warm_pool(),
+        }
+    }
+}
+
+impl UdpRecv for Recv {
+    type RecvManyBuf = <UdpSocket as UdpRecv>::RecvManyBuf;
+
+    async fn recv_from(&mut self, _pool: &mut PacketBufPool) -> io::Result<(Packet, SocketAddr)> {
+        self.socket.recv_from(&mut self.pool).await
+    }
+
+    async fn recv_many_from(
+        &mut self,
+        buf: &mut Self::RecvManyBuf,
+        _pool: &mut PacketBufPool,
+        packets: &mut Vec<(Packet, SocketAddr)>,
+    ) -> io::Result<()> {
+        self.socket
+            .recv_many_from(buf, &mut self.pool, packets)
+            .await
+    }
+
+    fn enable_udp_gro(&self) -> io::Result<()> {
+        self.socket.enable_udp_gro()
     }
 }
 
