@@ -1,10 +1,10 @@
 //! The WireGuard devices' UDP sockets, sending in bursts: gotatun's own sockets (their receive
 //! already takes the kernel's GRO bursts, into a pool of their own here), but what a device
-//! sends in one batch leaves as UDP GSO sends. A stream's encrypted packets to one peer are all as long as the MTU lets them be, so
-//! a run of them is one `sendmsg` with a segment size (`UDP_SEGMENT`) instead of one per
-//! packet: the kernel's UDP, routing, netfilter and veth work is then done once per run of up
-//! to [`MOST_SEGMENTS`] packets, and a receiver with GRO (a node's tunnel, the hub) takes the
-//! run whole as well.
+//! sends in one batch leaves as UDP GSO sends. A stream's encrypted packets to one peer are all
+//! as long as the MTU lets them be, so a run of them is one `sendmsg` with a segment size
+//! (`UDP_SEGMENT`) instead of one per packet: the kernel's UDP, routing, netfilter and veth work
+//! is then done once per run of up to [`MOST_SEGMENTS`] packets, and a receiver with GRO (a
+//! node's tunnel, the hub) takes the run whole as well.
 //!
 //! A socket whose route cannot take GSO (the kernel answers `EIO` where the device has no
 //! checksum offload) sends one packet at a time from then on. A packet that cannot be sent does
@@ -127,19 +127,24 @@ impl Gso {
         }
     }
 
-    /// Sends `run` (packets to one peer, all but the last of the first one's length) as one
-    /// datagram the kernel cuts into them.
+    /// Sends `run` (one of [`runs`]: packets to one peer, all but the last of the first one's
+    /// length, at most [`MOST_SEGMENTS`]) as one datagram the kernel cuts into them.
     async fn send_run(&self, run: &[(Packet, SocketAddr)]) -> io::Result<()> {
         let socket = self.socket.socket()?;
         let target = SockaddrStorage::from(run[0].1);
         let segment = u16::try_from(run[0].0.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let slices: Vec<IoSlice<'_>> = run.iter().map(|(p, _)| IoSlice::new(p)).collect();
+        let mut slices = [IoSlice::new(&[]); MOST_SEGMENTS];
+        for (slice, (p, _)) in slices.iter_mut().zip(run) {
+            *slice = IoSlice::new(p);
+        }
+        // Longer than one send takes: refused, so it goes packet by packet.
+        let slices = slices.get(..run.len()).ok_or(io::ErrorKind::InvalidInput)?;
         let segments = [ControlMessage::UdpGsoSegments(&segment)];
         socket
             .async_io(Interest::WRITABLE, || {
                 sendmsg(
                     socket.as_raw_fd(),
-                    &slices,
+                    slices,
                     &segments,
                     MsgFlags::MSG_DONTWAIT,
                     Some(&target),
@@ -178,11 +183,10 @@ impl Gso {
 
 /// The runs `packets` falls into, in order: consecutive packets to one peer, each as long as
 /// the run's first but the last, which may be shorter, within one GSO send's bounds.
-pub fn runs(packets: &[(Packet, SocketAddr)]) -> Vec<Range<usize>> {
-    let mut runs = Vec::new();
+fn runs(packets: &[(Packet, SocketAddr)]) -> impl Iterator<Item = Range<usize>> + '_ {
     let mut start = 0;
-    while start < packets.len() {
-        let (first, target) = (packets[start].0.len(), packets[start].1);
+    std::iter::from_fn(move || {
+        let (first, target) = packets.get(start).map(|(p, to)| (p.len(), *to))?;
         let (mut end, mut bytes) = (start + 1, first);
         while let Some((p, to)) = packets.get(end) {
             let fits = *to == target
@@ -196,10 +200,10 @@ pub fn runs(packets: &[(Packet, SocketAddr)]) -> Vec<Range<usize>> {
             bytes += p.len();
             end += 1;
         }
-        runs.push(start..end);
+        let run = start..end;
         start = end;
-    }
-    runs
+        Some(run)
+    })
 }
 
 impl UdpSend for Gso {
@@ -244,7 +248,7 @@ mod tests {
 
     /// A batch of `(length, to)` packets, packet `i` filled with byte `i` (mod 256).
     fn numbered(lens: &[(usize, SocketAddr)]) -> Vec<(Packet, SocketAddr)> {
-        let pool: gotatun::packet::PacketBufPool = gotatun::packet::PacketBufPool::new(lens.len());
+        let pool: PacketBufPool = PacketBufPool::new(lens.len());
         lens.iter()
             .enumerate()
             .map(|(i, &(len, to))| {
@@ -347,7 +351,7 @@ mod tests {
             lens in proptest::collection::vec((1usize..1500, 0u16..3), 0..300),
         ) {
             let packets = batch(&lens);
-            let got = runs(&packets);
+            let got: Vec<_> = runs(&packets).collect();
             let covered: Vec<usize> = got.iter().flat_map(Range::clone).collect();
             proptest::prop_assert_eq!(covered, (0..packets.len()).collect::<Vec<_>>());
             for run in got {
@@ -373,17 +377,20 @@ mod tests {
             (1452, 2),
             (1500, 2),
         ]);
-        assert_eq!(runs(&packets), vec![0..3, 3..4, 4..6, 6..7, 7..8]);
+        assert_eq!(
+            runs(&packets).collect::<Vec<_>>(),
+            vec![0..3, 3..4, 4..6, 6..7, 7..8]
+        );
     }
 
     #[test]
     fn a_run_stays_within_one_gso_send() {
         let packets = batch(&[(1452, 1); 100]);
-        let got = runs(&packets);
+        let got: Vec<_> = runs(&packets).collect();
         assert!(got.iter().all(|r| r.len() * 1452 <= MOST_BYTES));
         assert_eq!(got.iter().map(Range::len).sum::<usize>(), 100);
         assert_eq!(got[0], 0..MOST_BYTES / 1452);
         let small = batch(&[(100, 1); 100]);
-        assert_eq!(runs(&small)[0], 0..MOST_SEGMENTS);
+        assert_eq!(runs(&small).next(), Some(0..MOST_SEGMENTS));
     }
 }
