@@ -99,6 +99,14 @@ impl Drop for Place {
     }
 }
 
+/// A connection's place, as each of its requests carries it: a handler that takes the
+/// connection over (an upgrade) keeps it, so that the connection counts against the bounds
+/// for as long as it lives, not only while it speaks HTTP.
+#[derive(Clone, Debug)]
+pub struct Held {
+    _place: Arc<Place>,
+}
+
 /// A place for a connection from `address`, if neither bound is reached.
 fn take_place(served: &Arc<Mutex<Served>>, address: IpAddr, limits: &Limits) -> Option<Place> {
     let mut s = crate::sync::lock(served);
@@ -144,6 +152,9 @@ pub async fn serve(
             }
             continue;
         };
+        let held = Held {
+            _place: Arc::new(place),
+        };
         let body_timeout = limits.body_timeout;
         let app =
             app.clone()
@@ -156,6 +167,7 @@ pub async fn serve(
                     });
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
+                    req.extensions_mut().insert(held.clone());
                     req
                 });
         tokio::spawn(async move {
@@ -172,7 +184,6 @@ pub async fn serve(
             if let Err(e) = served {
                 tracing::debug!("connection from {peer}: {e}");
             }
-            drop(place);
         });
     }
 }

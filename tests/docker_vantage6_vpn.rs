@@ -82,6 +82,7 @@ async fn the_vpn_feature_test_runs_across_algonet_nodes_on_vantage6s_server() {
         ),
         tls: true,
         wireguard: None,
+        proxyguard: false,
     })
     .await;
     let owner = format!("federation:{TAG}");

@@ -21,6 +21,7 @@ async fn portal(confidential: bool, no_profile: bool, tag: &str) -> EduVpnPortal
         ),
         tls: false,
         wireguard: None,
+        proxyguard: false,
     })
     .await
 }

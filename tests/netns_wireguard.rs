@@ -9,7 +9,9 @@
 //! tunnel: wireguard}` gets each node a WireGuard profile from an eduVPN-like portal for the key
 //! the node sent, and the nodes reach each other through the portal's WireGuard server; a node
 //! that leaves has its eduVPN session ended (`/disconnect`) and its traffic stops. A
-//! replayed, changed or made-up handshake initiation gets no answer from the hub. And the
+//! replayed, changed or made-up handshake initiation gets no answer from the hub. Nodes at
+//! sites that let no UDP out reach each other over TCP, through the server's `GET /vpn/tcp`
+//! or through eduVPN's ProxyGuard, with only TCP on their links. And the
 //! router's own path: a node's tunnel attached to a real data plane carries its containers'
 //! traffic, bytes checked, with and without offload, and fails closed when it goes.
 
@@ -290,6 +292,219 @@ async fn nodes_reach_each_other_through_the_servers_wireguard_hub() {
     }
 }
 
+/// Sites `i` and `j` that let no UDP out: policy rules after the local table's drop UDP to
+/// anywhere but the namespace's own addresses (loopback included) and the VPN (into the
+/// tunnel), as a site's firewall would. Checked: a datagram from the first to the host does
+/// not arrive.
+async fn sites_without_udp(i: u8, j: u8) -> (TestNs, TestNs) {
+    let (a, b) = tokio::task::spawn_blocking(move || (site(i), site(j)))
+        .await
+        .expect("sites");
+    for ns in [&a, &b] {
+        ns.ip(&[
+            "rule", "add", "priority", "90", "to", SUBNET, "lookup", "main",
+        ]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "priority",
+            "100",
+            "ipproto",
+            "udp",
+            "blackhole",
+        ]);
+    }
+    let host = std::net::UdpSocket::bind((Ipv4Addr::new(10, 98, i, 1), 0)).expect("bind");
+    let a_out = udp_in(&a, SocketAddrV4::new(Ipv4Addr::new(10, 98, i, 2), 0));
+    let refused = a_out
+        .send_to(&payload(), host.local_addr().expect("addr"))
+        .is_err();
+    host.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    assert!(
+        refused && host.recv(&mut [0u8; 2048]).is_err(),
+        "UDP leaves site {i}"
+    );
+    (a, b)
+}
+
+/// Each node's tunnel at its site, connected with the profile `s` gives for its key and
+/// `prefer_tcp=yes`, which names `proxy` (how the profile writes it) as its `ProxyEndpoint`;
+/// the node reaches its hub over TCP, `server_url` being where a path is joined. Their
+/// addresses, set on tun0.
+async fn connected_over_tcp(
+    s: &Server,
+    nodes: &[(i64, String)],
+    sites: [&TestNs; 2],
+    server_url: &str,
+    proxy: &str,
+) -> (Vec<(WireGuard, StandIn)>, Vec<Ipv4Addr>) {
+    let mut tunnels = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, ((_, token), ns)) in nodes.iter().zip(sites).enumerate() {
+        let dir = s.dir.join(format!("tcp{i}"));
+        let key = WireGuard::keys(&dir).expect("key");
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("public_key", &key.public_b64())
+            .append_pair("prefer_tcp", "yes")
+            .finish();
+        let answer = s
+            .ok("GET", &format!("/vpn?{q}"), Some(token), json!(null))
+            .await;
+        let text = answer["ovpn_config"].as_str().expect("profile").to_string();
+        let parsed = WgProfile::parse(&text).expect("a WireGuard profile");
+        assert_eq!(parsed.proxy.as_deref(), Some(proxy), "{text}");
+        let (mut wg, tun) = tunnel(ns, &dir, Duration::from_secs(15));
+        wg.over_tcp = true;
+        wg.server_url = server_url.to_string();
+        let address = wg
+            .connect(&text)
+            .await
+            .expect("handshake with the hub over TCP");
+        ns.ip(&["addr", "add", &format!("{address}/16"), "dev", "tun0"]);
+        let health = wg.health().expect("running");
+        let url = reqwest::Url::parse(server_url)
+            .and_then(|u| u.join(proxy))
+            .expect("url");
+        assert_eq!(health.proxy.as_deref(), Some(url.as_str()));
+        assert!(
+            health.endpoint.is_some_and(|e| e.ip().is_loopback()),
+            "{health:?}"
+        );
+        tunnels.push((wg, tun));
+        addresses.push(address);
+    }
+    (tunnels, addresses)
+}
+
+/// Whether `payload` crosses from each of `sites` to the other's address.
+fn crosses_both_ways(sites: [&TestNs; 2], addresses: &[Ipv4Addr]) -> bool {
+    let (a_sock, b_sock, to_b) = pair(sites[0], sites[1], addresses);
+    let (b_out, a_in, to_a) = pair(sites[1], sites[0], &[addresses[1], addresses[0]]);
+    let payload = payload();
+    crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5))
+        && crosses(&b_out, &a_in, to_a, &payload, Duration::from_secs(5))
+}
+
+/// What `capture` saw come in: no UDP at all, and TCP from `from` (`address.port`).
+fn only_tcp_from(capture: Capture, from: &str) {
+    let seen = capture.stop();
+    let udp: Vec<&str> = seen.lines().filter(|l| l.contains(" UDP")).collect();
+    assert!(udp.is_empty(), "UDP on the site's link: {udp:?}");
+    assert!(
+        seen.lines().any(|l| l.contains(&format!("{from} > "))),
+        "no TCP from {from} on the site's link: {}",
+        seen.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Nodes at sites that let no UDP out ask for profiles over TCP (`prefer_tcp=yes`): each names
+/// the server's `GET /vpn/tcp`; the nodes shake hands with the built-in hub through it and
+/// reach each other both ways, bytes unchanged; only TCP from the server comes in on their
+/// links; the hub lists neither as a direct peer (it hears them from loopback); and a node's
+/// tunnel, stopped and started again from the kept profile, connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_site_blocks_udp_reach_each_other_over_tcp() {
+    if !privileged("nodes_whose_site_blocks_udp_reach_each_other_over_tcp") {
+        return;
+    }
+    let (a_ns, b_ns) = sites_without_udp(8, 9).await;
+    let port = free_udp_port();
+    let vpn =
+        format!("vpn: {{subnet: {SUBNET}, remote: 10.98.8.1, port: {port}, tunnel: wireguard}}\n");
+    let s = common::server::server_on("wg-tcp", "10.98.8.1:0", &vpn).await;
+    let server_url = s.base.trim_end_matches("/api").to_string();
+    let nodes = s.nodes(2).await;
+    let capture = Capture::start(&a_ns, "wan0", "udp or tcp", &s.dir.join("site-a.txt"));
+    let sites = [&a_ns, &b_ns];
+    let (mut tunnels, addresses) =
+        connected_over_tcp(&s, &nodes, sites, &server_url, "/api/vpn/tcp").await;
+    assert!(
+        crosses_both_ways(sites, &addresses),
+        "the nodes do not reach each other over TCP"
+    );
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (_, token) in &nodes {
+        assert!(listed(&s, token).await.is_empty());
+    }
+
+    let (a_sock, b_sock, to_b) = pair(&a_ns, &b_ns, &addresses);
+    let payload = payload();
+    let (wg, _) = &mut tunnels[0];
+    wg.remove().await;
+    assert!(
+        !crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(1)),
+        "a stopped tunnel still carries traffic"
+    );
+    wg.recover()
+        .await
+        .expect("connected again from the kept profile");
+    assert!(
+        crosses(&a_sock, &b_sock, to_b, &payload, Duration::from_secs(5)),
+        "node a's datagram did not reach node b after its tunnel restarted"
+    );
+
+    let http = server_url.trim_start_matches("http://").replace(':', ".");
+    only_tcp_from(capture, &http);
+    for (t, _) in &mut tunnels {
+        t.remove().await;
+    }
+}
+
+/// The same through eduVPN: a server with `vpn_server: {..., tunnel: wireguard}` passes a
+/// node's `prefer_tcp=yes` on to eduVPN's `/connect` with both WireGuard media types, gets a
+/// profile over TCP in eduVPN's form (`Endpoint = 127.0.0.1:51820` and ProxyGuard's URL as
+/// `ProxyEndpoint`), and the nodes reach each other through ProxyGuard (the portal's, written
+/// from ProxyGuard's technical document) and eduVPN's WireGuard server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_each_other_over_tcp_through_eduvpns_proxyguard() {
+    if !privileged("nodes_reach_each_other_over_tcp_through_eduvpns_proxyguard") {
+        return;
+    }
+    let (a_ns, b_ns) = sites_without_udp(14, 15).await;
+    let port = free_udp_port();
+    let portal = common::eduvpn::start(PortalOptions {
+        tag: "wg-tcp".into(),
+        confidential: false,
+        no_profile: false,
+        vpn: BuiltinVpn::new(SUBNET, "10.98.14.1", None, TunnelKind::OpenVpn),
+        tls: false,
+        wireguard: Some(port),
+        proxyguard: true,
+    })
+    .await;
+    let settings = vpn_server(&portal.url, "portal-pass").replace("}\n", ", tunnel: wireguard}\n");
+    let s = server("wg-edu-tcp", &settings).await;
+    let nodes = s.nodes(2).await;
+    let capture = Capture::start(&a_ns, "wan0", "udp or tcp", &s.dir.join("site-a.txt"));
+
+    // The profile a node that did not ask for TCP gets is eduVPN's plain one.
+    let key = WireGuard::keys(&s.dir.join("plain")).expect("key");
+    let plain = WgProfile::parse(&profile(&s, &nodes[0].1, &key).await).expect("profile");
+    assert_eq!(plain.proxy, None);
+
+    let sites = [&a_ns, &b_ns];
+    let proxy = portal.proxyguard.clone().expect("ProxyGuard runs");
+    assert!(proxy.ends_with("/proxyguard/10.98.14.1"), "{proxy}");
+    let (mut tunnels, addresses) =
+        connected_over_tcp(&s, &nodes, sites, "http://server.invalid", &proxy).await;
+    assert!(
+        crosses_both_ways(sites, &addresses),
+        "the nodes do not reach each other through ProxyGuard"
+    );
+    let at = proxy
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .replace(':', ".");
+    only_tcp_from(capture, &at);
+    for (t, _) in &mut tunnels {
+        t.remove().await;
+    }
+}
+
 /// The WireGuard peers `GET /vpn/peers` lists for a node to reach directly.
 async fn listed(s: &Server, token: &str) -> Vec<MeshPeer> {
     let v = s.ok("GET", "/vpn/peers", Some(token), json!(null)).await;
@@ -373,14 +588,14 @@ async fn nodes_that_reach_each_other_trade_packets_directly_and_fall_back_to_the
         (
             &a_ns,
             "10.97.0.1",
-            "10.98.11.0/24",
+            "10.98.11.2/32",
             "10.97.0.2",
             "10.98.10.2",
         ),
         (
             &b_ns,
             "10.97.0.2",
-            "10.98.10.0/24",
+            "10.98.10.2/32",
             "10.97.0.1",
             "10.98.11.2",
         ),
@@ -526,6 +741,7 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
         vpn: BuiltinVpn::new(SUBNET, "10.98.4.1", None, TunnelKind::OpenVpn),
         tls: false,
         wireguard: Some(port),
+        proxyguard: false,
     })
     .await;
     let settings = vpn_server(&portal.url, "portal-pass").replace("}\n", ", tunnel: wireguard}\n");

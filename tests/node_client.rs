@@ -53,7 +53,7 @@ async fn garbage_answers_are_errors() {
         check(c.pending_runs().await.map(drop));
         check(c.claim(RunId(1)).await.map(drop));
         check(c.container_token(TaskId(1), "img").await.map(drop));
-        check(c.new_profile(None).await.map(drop));
+        check(c.new_profile(None, false).await.map(drop));
         check(c.renew_profile("x").await.map(drop));
         if status.is_success() {
             // Calls whose answer the node does not read succeed on any 2xx with JSON...

@@ -60,7 +60,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// What kind of failure a request met, and every cause it gives, in one line: whether the
 /// connection was refused, the name not found, the server's certificate not trusted (with
 /// rustls's reason), or the time up.
-fn unreachable(e: &reqwest::Error) -> ClientError {
+pub(crate) fn unreachable(e: &reqwest::Error) -> ClientError {
     let mut causes = Vec::new();
     let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(c) = cause {

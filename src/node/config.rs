@@ -33,6 +33,11 @@ pub struct NodeConfig {
     /// How long OpenVPN may take to connect with one profile before the next is tried.
     #[serde(default = "default_vpn_timeout")]
     pub vpn_connect_timeout_secs: u64,
+    /// Whether to ask for WireGuard profiles that reach the hub over TCP (eduVPN's
+    /// ProxyGuard; the built-in hub's `GET /vpn/tcp`), for a site whose firewall lets no UDP
+    /// out. OpenVPN profiles are not affected.
+    #[serde(default)]
+    pub vpn_over_tcp: bool,
     /// The algorithm proxy's port on the gateway address.
     #[serde(default = "default_proxy_port")]
     pub proxy_port: u16,

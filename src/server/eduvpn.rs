@@ -12,8 +12,10 @@
 //! 6. `/info` for the first profile (with `tunnel: wireguard`, the first that offers WireGuard
 //!    in its `vpn_proto_list`); 7. `/connect` for the profile text, `Expires` for its end. For
 //!    WireGuard `/connect` carries the node's `public_key` and `Accept:
-//!    application/x-wireguard-profile`, and the answer must be such a profile; for OpenVPN it
-//!    carries neither, as vantage6's connector sends neither.
+//!    application/x-wireguard-profile` (and, for a node that asked for TCP, `prefer_tcp=yes`
+//!    and `application/x-wireguard+tcp-profile`, whose profile names ProxyGuard's URL), and the
+//!    answer must be such a profile; for OpenVPN it carries neither, as vantage6's connector
+//!    sends neither.
 //!
 //! Each profile is handed out under an OAuth authorization of its own. The server keeps the
 //! last one of each node ([`Sessions`]) and ends it with eduVPN's `/disconnect` when the node
@@ -33,6 +35,8 @@ use crate::server::pki::TunnelKind;
 
 /// eduVPN's media type of a WireGuard profile.
 const WIREGUARD_PROFILE: &str = "application/x-wireguard-profile";
+/// eduVPN's media type of a WireGuard profile whose hub is reached over TCP (ProxyGuard).
+const WIREGUARD_TCP_PROFILE: &str = "application/x-wireguard+tcp-profile";
 
 /// Why no profile came from eduVPN.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +213,11 @@ fn endpoint(api: &Value, key: &str) -> Result<String, EduVpnError> {
 }
 
 /// Runs the whole flow for one profile.
-pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profile, EduVpnError> {
+pub async fn fetch_profile(
+    c: &EduVpn,
+    public_key: Option<&str>,
+    tcp: bool,
+) -> Result<Profile, EduVpnError> {
     let http = Client::builder()
         .cookie_store(true)
         .redirect(redirect::Policy::none())
@@ -350,13 +358,21 @@ pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profi
         let key = public_key.ok_or_else(|| {
             EduVpnError::Protocol("a WireGuard profile needs the node's public key".into())
         })?;
-        // `vpn_proto` for eduVPN servers before 3.3, the `Accept` header for later ones.
+        // `vpn_proto` for eduVPN servers before 3.3, the `Accept` header for later ones. A
+        // node that asked for TCP takes either kind: eduVPN answers one over TCP where its
+        // profile offers it.
         form.extend([
             ("vpn_proto", "wireguard"),
             ("public_key", key),
-            ("prefer_tcp", "no"),
+            ("prefer_tcp", if tcp { "yes" } else { "no" }),
         ]);
-        request = request.header(ACCEPT, WIREGUARD_PROFILE);
+        // One header listing both: eduVPN reads the types from one comma-separated value.
+        let accept = if tcp {
+            format!("{WIREGUARD_PROFILE}, {WIREGUARD_TCP_PROFILE}")
+        } else {
+            WIREGUARD_PROFILE.to_string()
+        };
+        request = request.header(ACCEPT, accept);
     }
     let connect = request.form(&form).send().await.map_err(net)?;
     // 200, or 201 as eduVPN's own examples show.
@@ -379,7 +395,8 @@ pub async fn fetch_profile(c: &EduVpn, public_key: Option<&str>) -> Result<Profi
         .await
         .map_err(|e| EduVpnError::Protocol(format!("connect: {e}")))?;
     let fits = if wireguard {
-        kind.starts_with(WIREGUARD_PROFILE)
+        let tcp_kind = tcp && kind.starts_with(WIREGUARD_TCP_PROFILE);
+        (kind.starts_with(WIREGUARD_PROFILE) || tcp_kind)
             && crate::wireguard::profile::WgProfile::parse(&text).is_ok()
     } else {
         text.contains("<cert>") || text.contains("<tls-crypt>") || text.contains("remote ")

@@ -50,18 +50,22 @@ pub enum ProvisionError {
 /// node (or a stolen node token) asks.
 pub const PER_HOUR: u32 = 10;
 
-/// A new profile for `node`; with WireGuard, for the public key the node sent (`public_key`).
+/// A new profile for `node`; with WireGuard, for the public key the node sent (`public_key`),
+/// and if it asked (`tcp`), one that reaches the hub over TCP.
 pub async fn profile(
     s: &AppState,
     node: NodeId,
     public_key: Option<&str>,
+    tcp: bool,
 ) -> Result<VpnProfile, ProvisionError> {
     let pki = match &s.vpn {
         VpnProvider::Builtin { pki, .. } => pki,
         VpnProvider::WireGuard { hub, .. } => {
             let (_, key) = checked_key(public_key)?;
+            // A path on this server: the node joins it to the URL it reaches the server at.
+            let proxy = tcp.then(|| format!("{}/vpn/tcp", s.config.api_path));
             let p = hub
-                .admit(node, &key)
+                .admit(node, &key, proxy)
                 .await?
                 .ok_or_else(|| ProvisionError::Key("another node holds this public key".into()))?;
             tracing::info!(node_id = %node, "WireGuard key admitted at the hub");
@@ -78,7 +82,7 @@ pub async fn profile(
             // The earlier session goes first: eduVPN then forgets its key before the new
             // profile may name the same one.
             sessions.end(node, config).await;
-            let p = eduvpn::fetch_profile(config, key).await?;
+            let p = eduvpn::fetch_profile(config, key, tcp).await?;
             sessions.keep(node, p.session);
             return Ok(VpnProfile {
                 ovpn_config: p.text,

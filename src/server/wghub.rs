@@ -38,6 +38,10 @@ const FOLLOW: Duration = Duration::from_secs(3);
 
 type HubDevice = Device<(udp::Factory, HubIp, HubOut)>;
 
+/// Where a node's packets come from now: `None` if the hub has not heard from it, `Some(None)`
+/// if from no place another node could reach (loopback: it comes through `GET /vpn/tcp`).
+type Heard = Option<Option<String>>;
+
 /// Why the hub could not start or admit a node.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -113,13 +117,25 @@ impl WgHub {
         Ok(hub)
     }
 
+    /// The hub's UDP port.
+    pub fn port(&self) -> u16 {
+        self.vpn.port()
+    }
+
     /// What the hub forwarded and dropped.
     pub fn counters(&self) -> Arc<HubCounters> {
         Arc::clone(&self.ip.counters)
     }
 
     /// Admits `node` with `key` and gives its profile; `None` if another node holds that key.
-    pub async fn admit(&self, node: NodeId, key: &[u8; 32]) -> Result<Option<WgProfile>, HubError> {
+    /// `proxy` is where the node takes WireGuard over TCP instead (`GET /vpn/tcp` on this
+    /// server), if it asked for that.
+    pub async fn admit(
+        &self,
+        node: NodeId,
+        key: &[u8; 32],
+        proxy: Option<String>,
+    ) -> Result<Option<WgProfile>, HubError> {
         let Some(address) = self.vpn.address_of(node) else {
             return Err(HubError::Key(format!(
                 "the VPN subnet has no address for node {node}"
@@ -137,7 +153,8 @@ impl WgHub {
                 .map_err(|e| HubError::Key(e.to_string()))?,
             mtu: Some(MTU),
             peer_key: self.public,
-            endpoint: format!("{}:{}", self.vpn.remote, self.vpn.port()),
+            endpoint: Some(format!("{}:{}", self.vpn.remote, self.vpn.port())),
+            proxy,
             allowed: vec![subnet],
             keepalive: Some(KEEPALIVE),
         }))
@@ -165,7 +182,7 @@ impl WgHub {
         }
         drop(db);
         // key -> (allowed networks, where its packets come from now)
-        let have: HashMap<[u8; 32], (Vec<String>, Option<String>)> = self
+        let have: HashMap<[u8; 32], (Vec<String>, Heard)> = self
             .device
             .peers()
             .await
@@ -174,7 +191,10 @@ impl WgHub {
                 let mut ips: Vec<String> =
                     p.peer.allowed_ips.iter().map(ToString::to_string).collect();
                 ips.sort();
-                let endpoint = p.peer.endpoint.map(|e| e.to_string());
+                let endpoint = p
+                    .peer
+                    .endpoint
+                    .map(|e| (!e.ip().is_loopback()).then(|| e.to_string()));
                 (p.peer.public_key.to_bytes(), (ips, endpoint))
             })
             .collect();
@@ -192,7 +212,7 @@ impl WgHub {
             expected.sort();
             match have.get(key) {
                 Some((ips, now)) if *ips == expected => {
-                    if let Some(now) = now.as_ref().filter(|n| Some(*n) != kept.as_ref()) {
+                    if let Some(now) = now.as_ref().filter(|n| *n != kept) {
                         moved.push((encode_key(key), now.clone()));
                     }
                 }
@@ -209,7 +229,7 @@ impl WgHub {
         if !moved.is_empty() {
             let mut tx = self.store.write().await?;
             for (key, endpoint) in &moved {
-                store::set_wireguard_endpoint(&mut tx, key, endpoint).await?;
+                store::set_wireguard_endpoint(&mut tx, key, endpoint.as_deref()).await?;
             }
             // The nodes' lists of direct peers carry the endpoints: their waits look again.
             store::count_change(&mut tx).await?;

@@ -20,4 +20,5 @@ fn warm_pool() -> gotatun::packet::PacketBufPool {
 pub mod ip;
 pub mod keys;
 pub mod profile;
+pub mod tcp;
 pub mod udp;

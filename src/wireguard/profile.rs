@@ -23,7 +23,11 @@ pub struct WgProfile {
     /// The hub's public key.
     pub peer_key: [u8; 32],
     /// Where the hub listens: `host:port`, a name or an address.
-    pub endpoint: String,
+    pub endpoint: Option<String>,
+    /// Where the hub takes WireGuard over TCP (eduVPN's `ProxyEndpoint`, ProxyGuard's URL): an
+    /// `http(s)` URL, or a path on the node's server. A profile has it only when asked for
+    /// (`prefer_tcp`), and a node that has it uses it rather than `endpoint`.
+    pub proxy: Option<String>,
     /// What may come from and go to the hub (IPv4 only).
     pub allowed: Vec<Ipv4Net>,
     /// Seconds between keepalives, if any.
@@ -101,6 +105,7 @@ impl WgProfile {
         let mut peers = 0;
         let mut peer_key = None;
         let mut endpoint = None;
+        let mut proxy = None;
         let mut allowed = Vec::new();
         let mut keepalive = None;
         for (i, raw) in text.lines().enumerate() {
@@ -154,6 +159,18 @@ impl WgProfile {
                             }
                             endpoint = Some(value.to_string());
                         }
+                        (Section::Peer, "proxyendpoint") => {
+                            let url = ["http://", "https://", "/"]
+                                .iter()
+                                .any(|p| value.starts_with(p))
+                                && !value.contains(char::is_whitespace);
+                            if !url {
+                                return Err(bad(format!(
+                                    "proxy endpoint {value:?} is not an http(s) URL or a path"
+                                )));
+                            }
+                            proxy = Some(value.to_string());
+                        }
                         (Section::Peer, "allowedips") => {
                             allowed.extend(v4_nets(value).map_err(bad)?)
                         }
@@ -177,7 +194,11 @@ impl WgProfile {
             address: address.ok_or(ProfileError::Missing("IPv4 Address"))?,
             mtu,
             peer_key: peer_key.ok_or(ProfileError::Missing("peer PublicKey"))?,
-            endpoint: endpoint.ok_or(ProfileError::Missing("peer Endpoint"))?,
+            endpoint: match (endpoint, &proxy) {
+                (None, None) => return Err(ProfileError::Missing("peer Endpoint")),
+                (e, _) => e,
+            },
+            proxy,
             allowed,
             keepalive,
         })
@@ -194,7 +215,12 @@ impl WgProfile {
         let _ = writeln!(s, "PublicKey = {}", encode_key(&self.peer_key));
         let allowed: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
         let _ = writeln!(s, "AllowedIPs = {}", allowed.join(", "));
-        let _ = writeln!(s, "Endpoint = {}", self.endpoint);
+        if let Some(e) = &self.endpoint {
+            let _ = writeln!(s, "Endpoint = {e}");
+        }
+        if let Some(p) = &self.proxy {
+            let _ = writeln!(s, "ProxyEndpoint = {p}");
+        }
         if let Some(k) = self.keepalive {
             let _ = writeln!(s, "PersistentKeepalive = {k}");
         }
@@ -245,7 +271,8 @@ mod tests {
         let p = WgProfile::parse(&eduvpn_like()).expect("profile");
         assert_eq!(p.address, "10.43.43.2/24".parse::<Ipv4Net>().expect("net"));
         assert_eq!(p.ip(), Ipv4Addr::new(10, 43, 43, 2));
-        assert_eq!(p.endpoint, "vpn.example.org:51820");
+        assert_eq!(p.endpoint.as_deref(), Some("vpn.example.org:51820"));
+        assert_eq!(p.proxy, None);
         assert_eq!(
             p.allowed,
             vec!["0.0.0.0/0".parse::<Ipv4Net>().expect("net")]
@@ -261,11 +288,48 @@ mod tests {
             address: "10.76.0.3/16".parse().expect("net"),
             mtu: Some(1420),
             peer_key: [7; 32],
-            endpoint: "10.99.0.1:51820".into(),
+            endpoint: Some("10.99.0.1:51820".into()),
+            proxy: None,
             allowed: vec!["10.76.0.0/16".parse().expect("net")],
             keepalive: Some(25),
         };
-        assert_eq!(WgProfile::parse(&p.render()), Ok(p));
+        assert_eq!(WgProfile::parse(&p.render()), Ok(p.clone()));
+        let tcp = WgProfile {
+            endpoint: None,
+            proxy: Some("/api/vpn/tcp".into()),
+            ..p
+        };
+        assert_eq!(WgProfile::parse(&tcp.render()), Ok(tcp));
+    }
+
+    /// What eduVPN answers to `prefer_tcp=yes` (`application/x-wireguard+tcp-profile`): the
+    /// proxy's URL beside, or instead of, the UDP endpoint.
+    #[test]
+    fn reads_a_proxy_endpoint() {
+        let text = eduvpn_like().replace(
+            "Endpoint = vpn.example.org:51820",
+            "ProxyEndpoint = https://vpn.example.org/proxyguard",
+        );
+        let p = WgProfile::parse(&text).expect("profile");
+        assert_eq!(p.endpoint, None);
+        assert_eq!(
+            p.proxy.as_deref(),
+            Some("https://vpn.example.org/proxyguard")
+        );
+        let both = format!("{}ProxyEndpoint = http://10.0.0.1:8080/p\n", eduvpn_like());
+        let p = WgProfile::parse(&both).expect("profile");
+        assert_eq!(p.endpoint.as_deref(), Some("vpn.example.org:51820"));
+        assert_eq!(p.proxy.as_deref(), Some("http://10.0.0.1:8080/p"));
+        for bad in [
+            "vpn.example.org:443",
+            "ftp://h/p",
+            "https://h/a b",
+            "api/vpn/tcp",
+        ] {
+            let text = format!("{}ProxyEndpoint = {bad}\n", eduvpn_like());
+            let e = WgProfile::parse(&text).expect_err(bad).to_string();
+            assert!(e.contains("proxy endpoint"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -332,6 +396,8 @@ mod tests {
             Just("AllowedIPs = 10.0.0.0/16, ::/0".to_string()),
             Just("Endpoint = hub.example.org:51820".to_string()),
             Just("MTU = 1420".to_string()),
+            Just("ProxyEndpoint = https://hub.example.org/proxyguard".to_string()),
+            "ProxyEndpoint = [ -~]{0,30}",
             "(Address|AllowedIPs) = [0-9./:, a-f]{0,40}",
             "MTU = [0-9]{0,6}",
             "Endpoint = [a-z0-9.:\\[\\]]{0,30}",

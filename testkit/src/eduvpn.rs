@@ -7,8 +7,14 @@
 //! eduVPN's server is one for its clients) and `/connect` answers a client that sends its
 //! `public_key` and accepts `application/x-wireguard-profile` with a WireGuard profile in
 //! eduVPN's form (no private key, IPv6 beside IPv4, every address allowed, no keepalive), its
-//! key admitted at the hub; `/disconnect` forgets the key the authorization admitted. The login is `portal-user` / `portal-pass`, the client `vantage6`
-//! (secret `client-secret`).
+//! key admitted at the hub; `/disconnect` forgets the key the authorization admitted. With
+//! [`PortalOptions::proxyguard`] it also runs ProxyGuard (WireGuard over TCP), as its
+//! technical document describes it: a client that sends `prefer_tcp=yes` and accepts
+//! `application/x-wireguard+tcp-profile` gets such a profile, naming `Endpoint =
+//! 127.0.0.1:51820` and `ProxyEndpoint = http://<vpn.remote>:<port>/proxyguard/<vpn.remote>` as
+//! eduVPN's portal writes them, and ProxyGuard there relays each upgraded connection's
+//! datagrams to the WireGuard server. The login is `portal-user` / `portal-pass`, the client
+//! `vantage6` (secret `client-secret`).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -53,6 +59,8 @@ struct Portal {
     issued: Vec<NodeId>,
     vpn: BuiltinVpn,
     wireguard: Option<Arc<WgServer>>,
+    /// ProxyGuard's URL, if it runs.
+    proxyguard: Option<String>,
     /// Every WireGuard key asked for, each with its address (a key asked for again keeps it).
     keys: Vec<[u8; 32]>,
     /// The keys admitted now, each with the authorization that asked last: `/disconnect`
@@ -116,6 +124,8 @@ type Shared = Arc<Mutex<Portal>>;
 
 /// eduVPN's media type of a WireGuard profile.
 const WIREGUARD: &str = "application/x-wireguard-profile";
+/// eduVPN's media type of a WireGuard profile reached over TCP (ProxyGuard).
+const WIREGUARD_TCP: &str = "application/x-wireguard+tcp-profile";
 
 fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Portal> {
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -324,10 +334,15 @@ async fn connect(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let accept = headers
+    // eduVPN reads the media types from one comma-separated value.
+    let accept: Vec<&str> = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let tcp = accept.contains(&WIREGUARD_TCP) && f.get("prefer_tcp").is_some_and(|v| v == "yes");
     // The lock is not held across the WireGuard server's admission.
     let (wg, admitted, profile) = {
         let mut p = lock(&shared);
@@ -336,8 +351,10 @@ async fn connect(
         else {
             return StatusCode::UNAUTHORIZED.into_response();
         };
-        match (accept.contains(WIREGUARD), p.wireguard.clone()) {
-            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f, granted) {
+        let proxy = p.proxyguard.clone().filter(|_| tcp);
+        let wants = accept.contains(&WIREGUARD) || proxy.is_some();
+        match (wants, p.wireguard.clone()) {
+            (true, Some(wg)) => match wireguard_profile(&mut p, &wg, &f, granted, proxy) {
                 Ok((admitted, profile)) => (wg, admitted, profile),
                 Err(why) => return refused(why),
             },
@@ -345,12 +362,14 @@ async fn connect(
         }
     };
     wg.admit(admitted, Vec::new()).await;
+    let kind = if profile.contains("ProxyEndpoint") {
+        WIREGUARD_TCP
+    } else {
+        WIREGUARD
+    };
     (
         StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, WIREGUARD),
-            (header::EXPIRES, EXPIRES),
-        ],
+        [(header::CONTENT_TYPE, kind), (header::EXPIRES, EXPIRES)],
         profile,
     )
         .into_response()
@@ -374,12 +393,14 @@ fn openvpn_profile(p: &mut Portal) -> Response {
 type Admitted = Vec<([u8; 32], Ipv4Addr)>;
 
 /// A WireGuard profile in eduVPN's form for the `public_key` of the request (a key asked for
-/// again keeps its address), and every key the server is to admit; or why eduVPN refuses.
+/// again keeps its address), reached through `proxy` if given, and every key the server is to
+/// admit; or why eduVPN refuses.
 fn wireguard_profile(
     p: &mut Portal,
     wg: &WgServer,
     f: &HashMap<String, String>,
     granted: usize,
+    proxy: Option<String>,
 ) -> Result<(Admitted, String), &'static str> {
     if f.get("vpn_proto").is_some_and(|v| v != "wireguard") {
         return Err("invalid \"vpn_proto\"");
@@ -397,13 +418,15 @@ fn wireguard_profile(
     let address_of = |i: usize| p.vpn.address_of(NodeId(100 + i as i64)).expect("address");
     let admitted = admitted(p);
     let prefix = p.vpn.vpn_subnet().expect("subnet").prefix_len();
+    let endpoint = match proxy {
+        Some(url) => format!("Endpoint = 127.0.0.1:51820\nProxyEndpoint = {url}\n"),
+        None => format!("Endpoint = {}:{}\n", p.vpn.remote, wg.port),
+    };
     let profile = format!(
         "[Interface]\nAddress = {}/{prefix}, fd43::{index:x}/64\nDNS = 9.9.9.9, 2620:fe::fe\n\n\
-         [Peer]\nPublicKey = {}\nAllowedIPs = 0.0.0.0/0, ::/0\nEndpoint = {}:{}\n",
+         [Peer]\nPublicKey = {}\nAllowedIPs = 0.0.0.0/0, ::/0\n{endpoint}",
         address_of(index),
         wg.public,
-        p.vpn.remote,
-        wg.port
     );
     Ok((admitted, profile))
 }
@@ -474,6 +497,9 @@ pub struct PortalOptions {
     /// Also WireGuard: its server's UDP port (on every address of the host; profiles name
     /// `vpn.remote`).
     pub wireguard: Option<u16>,
+    /// Also ProxyGuard in front of the WireGuard server, on `vpn.remote` (which must then be
+    /// an address of the host).
+    pub proxyguard: bool,
 }
 
 /// A running portal: its URL, and its PKI's folder (the OpenVPN server's files, `server.conf`
@@ -485,6 +511,8 @@ pub struct EduVpnPortal {
     pub ca_file: Option<std::path::PathBuf>,
     /// The `/disconnect`s it answered.
     pub disconnects: Arc<std::sync::atomic::AtomicUsize>,
+    /// ProxyGuard's URL, as its profiles name it, if it runs.
+    pub proxyguard: Option<String>,
     state: Shared,
     _dir: TempDir,
 }
@@ -529,6 +557,10 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
     pki.write_crl(&[]).expect("crl");
     pki.write_ccd(&[]).expect("ccd");
     let disconnects = Arc::default();
+    let proxyguard = match (o.proxyguard, o.wireguard) {
+        (true, Some(port)) => Some(proxyguard::start(&o.vpn.remote, port).await),
+        _ => None,
+    };
     let state = Arc::new(Mutex::new(Portal {
         base: url.clone(),
         confidential: o.confidential,
@@ -544,6 +576,7 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
             Some(port) => Some(Arc::new(WgServer::start(port).await)),
             None => None,
         },
+        proxyguard: proxyguard.clone(),
         vpn: o.vpn,
         keys: Vec::new(),
         admitted: HashMap::new(),
@@ -564,6 +597,7 @@ pub async fn start(o: PortalOptions) -> EduVpnPortal {
         pki_dir,
         ca_file,
         disconnects,
+        proxyguard,
         state,
         _dir: TempDir(dir),
     }
@@ -576,4 +610,78 @@ pub fn vpn_server(url: &str, password: &str) -> String {
         "vpn_server: {{url: \"{url}\", portal_username: portal-user, portal_userpass: {password}, \
          client_id: vantage6, client_secret: client-secret, redirect_url: \"https://localhost\"}}\n"
     )
+}
+
+/// ProxyGuard's server side as eduVPN's technical document describes it: `GET <path>` with
+/// `Connection: Upgrade` and `Upgrade: UoTLV/1` is answered `101 Switching Protocols`, and the
+/// connection then carries UDP datagrams, each after its length in 2 bytes (big-endian), to and
+/// from the WireGuard server. Written from that description, apart from algonet's own framing.
+mod proxyguard {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+    /// Starts ProxyGuard on `host` (a free port) for the WireGuard server on `wg_port`; its URL.
+    pub async fn start(host: &str, wg_port: u16) -> String {
+        let listener = TcpListener::bind((host, 0))
+            .await
+            .expect("ProxyGuard's port");
+        let at = listener.local_addr().expect("addr");
+        let wg = SocketAddr::from((Ipv4Addr::LOCALHOST, wg_port));
+        tokio::spawn(async move {
+            while let Ok((c, _)) = listener.accept().await {
+                tokio::spawn(serve(c, wg));
+            }
+        });
+        format!("http://{at}/proxyguard/{host}")
+    }
+
+    async fn serve(mut c: TcpStream, wg: SocketAddr) -> std::io::Result<()> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+            head.push(c.read_u8().await?);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let upgrade = head.starts_with("get /proxyguard/")
+            && head.lines().any(|l| l.trim() == "upgrade: uotlv/1")
+            && head
+                .lines()
+                .any(|l| l.starts_with("connection:") && l.contains("upgrade"));
+        if !upgrade {
+            c.write_all(
+                b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: UoTLV/1\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+            return Ok(());
+        }
+        c.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: UoTLV/1\r\n\r\n",
+        )
+        .await?;
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        udp.connect(wg).await?;
+        let (mut from_client, mut to_client) = c.into_split();
+        let up = async {
+            let mut datagram = vec![0u8; 65_535];
+            loop {
+                let len = usize::from(from_client.read_u16().await?);
+                from_client.read_exact(&mut datagram[..len]).await?;
+                let _ = udp.send(&datagram[..len]).await;
+            }
+        };
+        let down = async {
+            let mut datagram = vec![0u8; 65_535];
+            loop {
+                let n = udp.recv(&mut datagram).await?;
+                let len = u16::try_from(n).expect("a datagram fits");
+                to_client.write_all(&len.to_be_bytes()).await?;
+                to_client.write_all(&datagram[..n]).await?;
+            }
+        };
+        tokio::select! {
+            r = up => r,
+            r = down => r,
+        }
+    }
 }

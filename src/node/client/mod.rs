@@ -287,16 +287,26 @@ impl ServerClient {
     }
 
     /// `GET /vpn`: a new profile. `public_key` is the node's WireGuard key, for a server whose
-    /// VPN is WireGuard (others ignore it: it is public).
-    pub async fn new_profile(&self, public_key: Option<&str>) -> Result<String, ClientError> {
-        let path = match public_key {
-            Some(k) => format!(
-                "/vpn?{}",
-                form_urlencoded::Serializer::new(String::new())
-                    .append_pair("public_key", k)
-                    .finish()
-            ),
-            None => "/vpn".into(),
+    /// VPN is WireGuard (others ignore it: it is public); with `tcp`, a WireGuard profile that
+    /// reaches the hub over TCP is asked for (`prefer_tcp=yes`, as eduVPN takes it).
+    pub async fn new_profile(
+        &self,
+        public_key: Option<&str>,
+        tcp: bool,
+    ) -> Result<String, ClientError> {
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(k) = public_key {
+                q.append_pair("public_key", k);
+            }
+            if tcp {
+                q.append_pair("prefer_tcp", "yes");
+            }
+            q.finish()
+        };
+        let path = match query {
+            q if q.is_empty() => "/vpn".into(),
+            q => format!("/vpn?{q}"),
         };
         let p: VpnProfile = self.call(Method::GET, &path, NO_BODY).await?;
         // A WireGuard profile is kept with its expiry (eduVPN's); its text never goes back to

@@ -103,7 +103,10 @@ impl From<&Health> for WireGuardView {
     fn from(h: &Health) -> WireGuardView {
         WireGuardView {
             handshake_age_secs: h.handshake_age.map(|a| a.as_secs()),
-            endpoint: h.endpoint.map(|e| e.to_string()),
+            endpoint: match &h.proxy {
+                Some(url) => Some(format!("{url} (over TCP)")),
+                None => h.endpoint.map(|e| e.to_string()),
+            },
             handshakes: h.handshakes,
             roams: h.roams,
             rx_bytes: h.rx_bytes as u64,

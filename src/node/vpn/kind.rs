@@ -88,7 +88,10 @@ pub async fn at_start(client: &ServerClient, config: &NodeConfig) -> Kind {
         return Kind::OpenVpn;
     }
     let key = WireGuard::keys(dir).ok().map(|k| k.public_b64());
-    let Ok(profile) = client.new_profile(key.as_deref()).await else {
+    let Ok(profile) = client
+        .new_profile(key.as_deref(), config.vpn_over_tcp)
+        .await
+    else {
         return Kind::OpenVpn;
     };
     let kind = Kind::of(&profile);

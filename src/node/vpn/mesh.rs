@@ -75,6 +75,10 @@ pub fn wanted(list: &[MeshPeer], own: &Own) -> BTreeMap<[u8; 32], Wanted> {
             && key != own.key
             && key != own.hub
             && endpoint.is_ipv4()
+            // Another node's socket is never on this host: a server that lists one so (or an
+            // unspecified one) is mistaken, or would have the tunnel send to local services.
+            && !endpoint.ip().is_loopback()
+            && !endpoint.ip().is_unspecified()
             && !out.contains_key(&key)
             && taken.insert(address);
         if usable {
@@ -239,6 +243,8 @@ mod tests {
             listed(11, "10.76.0.11", "no endpoint"),
             listed(12, "10.76.0.3", "192.0.2.12:4000"), // an address taken before
             listed(3, "10.76.0.13", "192.0.2.13:4000"), // a key taken before
+            listed(15, "10.76.0.15", "127.0.0.1:4000"), // loopback: a proxied node's
+            listed(16, "10.76.0.16", "0.0.0.0:4000"),   // unspecified
             MeshPeer {
                 public_key: "not a key".into(),
                 address: "10.76.0.14".into(),

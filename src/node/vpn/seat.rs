@@ -43,7 +43,9 @@ impl Profiles for Arc<Node> {
                 None
             }
         };
-        self.client.new_profile(key.as_deref()).await
+        self.client
+            .new_profile(key.as_deref(), self.config.vpn_over_tcp)
+            .await
     }
 }
 

@@ -72,6 +72,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/vpn/update", post(vpn::update))
         .route("/vpn/algorithm/addresses", get(vpn::addresses))
         .route("/vpn/peers", get(vpn::peers))
+        .route("/vpn/tcp", get(vpn::tcp))
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/blobstream/status", get(blob_store))

@@ -2,8 +2,11 @@
 //! (algorithms).
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
 use super::caller::{ContainerCaller, NodeCaller};
 use super::error::{ApiError, Kind};
@@ -12,14 +15,53 @@ use crate::api::{Addresses, Peers, RunPeers, TaskId, VpnProfile, VpnUpdate};
 use crate::server::state::AppState;
 use crate::server::{provision, store};
 
-/// A new profile; with the built-in WireGuard hub, for the key in `?public_key=`.
+/// A new profile; for WireGuard, for the key in `?public_key=`, and with `?prefer_tcp=yes`
+/// (eduVPN's parameter) one that reaches the hub over TCP where the provider offers it.
 pub async fn get(
     State(s): State<AppState>,
     NodeCaller(n): NodeCaller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<VpnProfile>> {
     let key = q.get("public_key").map(String::as_str);
-    Ok(Json(provision::profile(&s, n.id, key).await?))
+    let tcp = q.get("prefer_tcp").is_some_and(|v| v == "yes");
+    Ok(Json(provision::profile(&s, n.id, key, tcp).await?))
+}
+
+/// `GET /vpn/tcp` (algonet; eduVPN's ProxyGuard protocol): WireGuard over TCP to the built-in
+/// hub, for nodes whose site lets no UDP out. The request asks to switch to `UoTLV/1`; the
+/// connection then carries WireGuard's datagrams to and from the hub's UDP port (see
+/// [`crate::wireguard::tcp`]). No token: only WireGuard's own, encrypted and authenticated
+/// packets cross, as they would to the hub's UDP port. The connection counts against the
+/// server's connection bounds for as long as it lives.
+pub async fn tcp(State(s): State<AppState>, mut req: axum::extract::Request) -> Response {
+    use axum::http::header::{CONNECTION, UPGRADE};
+    let Some(hub) = s.vpn.hub() else {
+        return ApiError::new(Kind::NotFound, "This server's VPN is not a WireGuard hub")
+            .into_response();
+    };
+    let switch = [(UPGRADE, uotlv::UPGRADE), (CONNECTION, "Upgrade")];
+    if !crate::wireguard::tcp::asks_upgrade(req.headers()) {
+        let msg = format!("Ask to switch to {} (Connection: Upgrade)", uotlv::UPGRADE);
+        let body = Json(serde_json::json!({ "msg": msg }));
+        return (StatusCode::UPGRADE_REQUIRED, switch, body).into_response();
+    }
+    let held = req.extensions().get::<crate::http::Held>().cloned();
+    let upgrade = hyper::upgrade::on(&mut req);
+    let hub_at = SocketAddr::from((Ipv4Addr::LOCALHOST, hub.port()));
+    tokio::spawn(async move {
+        let _held = held;
+        let ended = async {
+            let stream =
+                hyper_util::rt::TokioIo::new(upgrade.await.map_err(std::io::Error::other)?);
+            let udp = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+            udp.connect(hub_at).await?;
+            crate::wireguard::tcp::relay(stream, &udp, &std::sync::Mutex::new(Some(hub_at))).await
+        };
+        if let Err(e) = ended.await {
+            tracing::debug!("WireGuard over TCP: a connection ended: {e}");
+        }
+    });
+    (StatusCode::SWITCHING_PROTOCOLS, switch).into_response()
 }
 
 /// A fresh key pair for the node's profile (vantage6 4.6+ broke this; here it works). The
@@ -34,7 +76,7 @@ pub async fn update(
             "vpn_config: not an OpenVPN profile with a <cert> block",
         ));
     }
-    Ok(Json(provision::profile(&s, n.id, None).await?))
+    Ok(Json(provision::profile(&s, n.id, None, false).await?))
 }
 
 /// How long `GET /vpn/peers?known=` waits for a change before it answers the same again.

@@ -47,8 +47,9 @@ pub async fn wireguard_peers(db: &mut Db) -> Result<Vec<WireGuardPeer>> {
     .await?)
 }
 
-/// Keeps where the packets of the node holding `key` last came from.
-pub async fn set_wireguard_endpoint(db: &mut Db, key: &str, endpoint: &str) -> Result<()> {
+/// Keeps where the packets of the node holding `key` last came from (`None`: nowhere another
+/// node could reach it).
+pub async fn set_wireguard_endpoint(db: &mut Db, key: &str, endpoint: Option<&str>) -> Result<()> {
     sqlx::query("UPDATE wireguard_peer SET endpoint = $1 WHERE public_key = $2")
         .bind(endpoint)
         .bind(key)

@@ -19,6 +19,9 @@ pub struct Health {
     pub handshake_age: Option<Duration>,
     /// Where the hub's packets last came from.
     pub endpoint: Option<SocketAddr>,
+    /// The URL the hub is reached at over TCP, if it is (`endpoint` is then the proxy's
+    /// loopback socket).
+    pub proxy: Option<String>,
     pub rx_bytes: usize,
     pub tx_bytes: usize,
     /// Handshakes completed since the device started: the first, then one per rekey (every

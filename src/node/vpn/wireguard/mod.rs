@@ -31,12 +31,13 @@ use super::{Change, StepError, Tunnel};
 use crate::api::MeshPeer;
 use crate::net::dataplane::TunnelEnds;
 use crate::net::netns::Netns;
-use crate::wireguard::ip::{probe, probe_network, router_ends, RouterIn, RouterOut};
+use crate::wireguard::ip::{probe, probe_network, router_ends};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{expired, expiry, ProfileError, WgProfile};
-use crate::wireguard::udp;
 
+mod device;
 mod health;
+use device::{run, Reach};
 pub use health::{Health, Shown};
 
 /// The profile file in the VPN folder; tried first at the next start.
@@ -76,7 +77,7 @@ pub enum WgError {
     PortHeld,
     /// no handshake answer from the hub by the deadline (it may not know the key)
     #[error("the WireGuard hub at {endpoint} did not answer a handshake within {secs}s")]
-    Silent { endpoint: SocketAddr, secs: u64 },
+    Silent { endpoint: String, secs: u64 },
     #[error("the WireGuard profile expired ({0})")]
     Expired(String),
 }
@@ -94,7 +95,8 @@ struct Running {
     thread: Option<std::thread::JoinHandle<Result<(), crate::net::netns::NetnsError>>>,
     health: watch::Receiver<Health>,
     address: Ipv4Addr,
-    endpoint: SocketAddr,
+    /// Where the hub is reached, as the log says it: `host:port`, or the proxy's URL.
+    endpoint: String,
     /// When the profile expires, if it says.
     expires: Option<std::time::SystemTime>,
 }
@@ -125,6 +127,13 @@ pub struct WireGuard {
     pub shown: Shown,
     /// The collaboration's other nodes, as the server lists them, to reach directly.
     pub mesh: watch::Receiver<Vec<MeshPeer>>,
+    /// Whether profiles that reach the hub over TCP are asked for (`vpn_over_tcp`): a kept
+    /// profile of the other kind is not used.
+    pub over_tcp: bool,
+    /// The server's URL, which a profile's proxy path is on.
+    pub server_url: String,
+    /// Authorities trusted for the proxy beside the system's (the node's `ca_file`).
+    pub trusted: Vec<reqwest::Certificate>,
     running: Option<Running>,
     /// Whether the last change reported was a connection.
     connected: bool,
@@ -157,6 +166,9 @@ impl WireGuard {
             timeout,
             shown: Shown::default(),
             mesh: watch::channel(Vec::new()).1,
+            over_tcp: false,
+            server_url: String::new(),
+            trusted: Vec::new(),
             running: None,
             connected: false,
         }
@@ -175,6 +187,12 @@ impl WireGuard {
         );
         wg.shown = Arc::clone(&node.observed.wireguard);
         wg.mesh = node.mesh.subscribe();
+        wg.over_tcp = node.config.vpn_over_tcp;
+        wg.server_url.clone_from(&node.config.server_url);
+        // Checked when the configuration was read.
+        if let Some(ca) = &node.config.ca_file {
+            wg.trusted = crate::api::client::trusted(ca).unwrap_or_default();
+        }
         wg
     }
 
@@ -205,7 +223,7 @@ impl WireGuard {
             });
         }
         let keys = Self::keys(&self.dir)?;
-        let endpoint = resolve(&profile.endpoint).await?;
+        let (reach, endpoint) = self.reach(profile).await?;
         // Only the VPN subnet is the tunnel's, whatever the profile allows (eduVPN's allow
         // everything): the rest is never routed to it, nor taken from it.
         let allowed: Vec<ipnetwork::IpNetwork> = profile
@@ -223,7 +241,6 @@ impl WireGuard {
             .map(ipnetwork::IpNetwork::V4)
             .collect();
         let mut peer = Peer::new(PublicKey::from(profile.peer_key))
-            .with_endpoint(endpoint)
             .with_allowed_ips(allowed)
             // The hub's probe address: what the tunnel sends it to keep its session renewed.
             .with_allowed_ip(probe_network(self.subnet.network()));
@@ -250,7 +267,7 @@ impl WireGuard {
             .spawn(move || {
                 run(
                     keys,
-                    peer,
+                    (peer, reach),
                     ip,
                     listed,
                     (health_tx, shown),
@@ -264,7 +281,7 @@ impl WireGuard {
             thread: Some(thread),
             health,
             address,
-            endpoint,
+            endpoint: endpoint.clone(),
             expires,
         };
         match ready.await {
@@ -291,6 +308,35 @@ impl WireGuard {
         self.connected = true;
         Ok(address)
     }
+
+    /// How the hub is reached, and how the log names it: its UDP endpoint, or, where the
+    /// profile names one, its proxy (a path is on the node's server).
+    async fn reach(&self, profile: &WgProfile) -> Result<(Reach, String), WgError> {
+        let Some(proxy) = &profile.proxy else {
+            let endpoint = profile.endpoint.as_deref().unwrap_or_default();
+            let at = resolve(endpoint).await?;
+            return Ok((Reach::Udp(at), at.to_string()));
+        };
+        let bad = |what: String| WgError::Endpoint {
+            endpoint: proxy.clone(),
+            what,
+        };
+        let url = reqwest::Url::parse(&self.server_url)
+            .and_then(|server| server.join(proxy))
+            .map_err(|e| bad(e.to_string()))?;
+        let host = url.host_str().ok_or_else(|| bad("no host".into()))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| bad("no port".into()))?;
+        let pinned = resolve(&format!("{host}:{port}")).await?;
+        let named = format!("{url} (WireGuard over TCP)");
+        let reach = Reach::Tcp {
+            url: url.to_string(),
+            pinned,
+            trusted: self.trusted.clone(),
+        };
+        Ok((reach, named))
+    }
 }
 
 /// The hub's endpoint as an IPv4 socket address (names resolved on the host).
@@ -306,71 +352,15 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, WgError> {
         .ok_or_else(|| bad("no IPv4 address".into()))
 }
 
-/// The device's life on its thread in the hub namespace: the device on the data plane's port,
-/// then a look at its state every second (sent to the tunnel and shown, its direct peers made
-/// what the server lists) until told to stop. The port is let go with the device.
-async fn run(
-    keys: KeyPair,
-    peer: Peer,
-    (out, into): (RouterOut, RouterIn),
-    (listed, own, probes): (watch::Receiver<Vec<MeshPeer>>, Own, mpsc::Sender<Vec<u8>>),
-    (health, shown): (watch::Sender<Health>, Shown),
-    ready: oneshot::Sender<Result<(), String>>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let made = gotatun::device::build()
-        .with_udp(udp::Factory::default())
-        .with_ip_pair(out, into)
-        .with_private_key(keys.secret)
-        .with_peer(peer)
-        .build();
-    let mut looks: u32 = 0;
-    let mut device = match made.await {
-        Ok(d) => {
-            let _ = ready.send(Ok(()));
-            d
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-    };
-    loop {
-        let peers = device.peers().await;
-        let wanted = mesh::wanted(&listed.borrow(), &own);
-        if looks.is_multiple_of(PROBE_EVERY) {
-            for probe in mesh::probes(&wanted, &own) {
-                // Full only if the device stopped taking packets: nothing to send them to.
-                let _ = probes.try_send(probe);
-            }
-        }
-        looks = looks.wrapping_add(1);
-        let have = mesh::have(&peers, &own.hub);
-        mesh::apply(&mut device, mesh::plan(&wanted, &have)).await;
-        let next = health.borrow().next(Health::of(&peers, &own.hub, &have));
-        // Shown first: whoever the watch wakes (a connect) reads the same.
-        *crate::sync::lock(&shown) = Some(next.clone());
-        health.send_if_modified(|h| {
-            let changed = *h != next;
-            *h = next;
-            changed
-        });
-        tokio::select! {
-            _ = &mut stop => break,
-            () = tokio::time::sleep(LOOK) => {}
-        }
-    }
-    *crate::sync::lock(&shown) = None;
-    device.stop().await;
-}
-
 impl Tunnel for WireGuard {
     type Error = WgError;
 
-    /// The kept profile, unless it expired.
+    /// The kept profile, unless it expired or reaches the hub otherwise than configured (by
+    /// UDP or over TCP).
     fn saved_profile(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.dir.join(PROFILE)).ok()?;
-        (!expired(expiry(&text))).then_some(text)
+        let over_tcp = WgProfile::parse(&text).ok()?.proxy.is_some();
+        (!expired(expiry(&text)) && over_tcp == self.over_tcp).then_some(text)
     }
 
     fn save(&mut self, profile: &str) -> Result<(), WgError> {
