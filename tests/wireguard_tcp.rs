@@ -3,7 +3,8 @@
 //! to `UoTLV/1` is refused with 426, a server without a WireGuard hub answers 404; a switched
 //! connection carries datagrams both ways between it and the hub's UDP port on loopback, whole
 //! and in order, however the stream is cut; and switched connections count against the
-//! server's bounds on connections from one address for as long as they live.
+//! server's bounds on connections from one address for as long as they live, and in the
+//! server's metrics.
 
 use algonet_testkit as common;
 
@@ -155,13 +156,26 @@ async fn switched_connections_count_against_the_bounds_while_they_live() {
         a.starts_with("http/1.1 101") && b.starts_with("http/1.1 101"),
         "{a} {b}"
     );
+    assert_eq!(open_now(&s).await, 2);
     let (refused, _) = ask(&s.base, SWITCH).await;
     assert!(refused.starts_with("http/1.1 503"), "a third: {refused}");
     drop((first, second));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open_now(&s).await, 0);
     let (again, _) = ask(&s.base, SWITCH).await;
     assert!(
         again.starts_with("http/1.1 101"),
         "once they closed: {again}"
     );
+}
+
+/// The server's `server_wireguard_tcp_connections` gauge.
+async fn open_now(s: &common::server::Server) -> u64 {
+    let hub = s.state.vpn.hub().map(|h| h.counters());
+    let text =
+        algonet::server::metrics::scrape(s.state.store.clone(), s.state.metrics.clone(), hub).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("algonet_server_wireguard_tcp_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge in {text}"))
 }

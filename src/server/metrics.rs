@@ -125,6 +125,11 @@ impl Describe for Read {
                 "Packets the WireGuard hub dropped: for no admitted node, not IPv4, or its queue full",
                 hub.dropped.load(Ordering::Relaxed),
             )?;
+            sheet.gauge(
+                "server_wireguard_tcp_connections",
+                "Connections carrying nodes' WireGuard to the hub over TCP now",
+                i64::try_from(hub.tcp_connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            )?;
         }
         sheet.gauge(
             "server_database_up",

@@ -167,13 +167,16 @@ pub fn is_probe(packet: &[u8]) -> bool {
         && packet[8..20] == PROBE_NET.octets()[..12]
 }
 
-/// Packets the hub turned around, and those it dropped.
+/// Packets the hub turned around, and those it dropped; the connections carrying nodes'
+/// WireGuard to it over TCP.
 #[derive(Debug, Default)]
 pub struct HubCounters {
     pub forwarded: AtomicU64,
     /// Not IPv4, for no peer the hub provisioned (the hub itself included), or for one of
     /// another group than the sender's.
     pub dropped: AtomicU64,
+    /// Open now (`GET /vpn/tcp`).
+    pub tcp_connections: AtomicU64,
 }
 
 /// Peers that may reach each other through the hub: the built-in hub's are a collaboration's

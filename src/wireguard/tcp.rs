@@ -5,7 +5,9 @@
 //!
 //! - the node's end ([`Client`]): the device sends to a socket on `127.0.0.1` of the hub
 //!   namespace (its hub's endpoint), which relays to the proxy URL the profile names
-//!   (`ProxyEndpoint`, as eduVPN writes it); the connection is made again whenever it ends;
+//!   (`ProxyEndpoint`, as eduVPN writes it); the connection is made from the node's own
+//!   namespace, as its calls to its server are (the same resolver, proxy settings and trusted
+//!   authorities), and made again whenever it ends;
 //! - the server's end (the built-in hub's `GET /vpn/tcp`): a socket of its own per connection,
 //!   sending to the hub's UDP port on `127.0.0.1`.
 //!
@@ -113,19 +115,20 @@ pub enum ClientError {
 }
 
 impl Client {
-    /// The node's end for `url`, its host's address `pinned` (resolved on the host: the hub
-    /// namespace may not reach the host's resolver), trusting also `trusted`. Its socket is
-    /// bound on `127.0.0.1` of the namespace of the thread that calls this.
+    /// The node's end for `url`, trusting also `trusted`, the device sending to `udp` (a
+    /// socket bound on loopback where the device is).
     pub fn new(
         url: &str,
-        pinned: SocketAddr,
         trusted: &[reqwest::Certificate],
+        udp: std::net::UdpSocket,
     ) -> Result<Client, ClientError> {
         let parsed = reqwest::Url::parse(url).map_err(|_| ClientError::Url(url.into()))?;
-        let host = match (parsed.scheme(), parsed.host_str()) {
-            ("http" | "https", Some(h)) => h.to_string(),
-            _ => return Err(ClientError::Url(url.into())),
-        };
+        if !matches!(
+            (parsed.scheme(), parsed.host_str()),
+            ("http" | "https", Some(_))
+        ) {
+            return Err(ClientError::Url(url.into()));
+        }
         let setup = |what: String| ClientError::Setup {
             url: url.into(),
             what,
@@ -134,19 +137,18 @@ impl Client {
             // An upgrade is HTTP/1.1's: never offered HTTP/2 by ALPN.
             .http1_only()
             .connect_timeout(CONNECT)
-            .resolve(&host, pinned)
             .redirect(reqwest::redirect::Policy::none());
         for cert in trusted {
             http = http.add_root_certificate(cert.clone());
         }
         let http = http.build().map_err(|e| setup(e.to_string()))?;
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            .and_then(UdpSocket::from_std)
-            .map_err(|e| setup(format!("a loopback socket: {e}")))?;
         let at = udp
             .local_addr()
-            .map_err(|e| setup(format!("a loopback socket: {e}")))?;
+            .map_err(|e| setup(format!("its socket: {e}")))?;
+        let udp = udp
+            .set_nonblocking(true)
+            .and_then(|()| UdpSocket::from_std(udp))
+            .map_err(|e| setup(format!("its socket: {e}")))?;
         Ok(Client {
             udp,
             at,
@@ -158,6 +160,11 @@ impl Client {
     /// Where the device sends: the hub's endpoint as the device sees it.
     pub fn endpoint(&self) -> SocketAddr {
         self.at
+    }
+
+    /// The proxy's URL.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
     }
 
     /// One upgraded connection to the proxy.
@@ -303,7 +310,8 @@ mod tests {
             .await
             .expect("bind");
         let at = listener.local_addr().expect("addr");
-        let client = Client::new(&format!("http://{at}/p/tcp"), at, &[]).expect("client");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let client = Client::new(&format!("http://{at}/p/tcp"), &[], udp).expect("client");
         let endpoint = client.endpoint();
         let running = tokio::spawn(client.run());
         let device = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
@@ -356,15 +364,15 @@ mod tests {
 
     #[test]
     fn a_proxy_url_must_be_http() {
-        let pinned: SocketAddr = "127.0.0.1:1".parse().expect("an address");
         for bad in [
             "vpn.example.org/proxyguard",
             "ftp://h/p",
             "https://",
             "/api/vpn/tcp",
         ] {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
             assert!(
-                matches!(Client::new(bad, pinned, &[]), Err(ClientError::Url(_))),
+                matches!(Client::new(bad, &[], udp), Err(ClientError::Url(_))),
                 "{bad}"
             );
         }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -48,8 +49,10 @@ pub async fn tcp(State(s): State<AppState>, mut req: axum::extract::Request) -> 
     let held = req.extensions().get::<crate::http::Held>().cloned();
     let upgrade = hyper::upgrade::on(&mut req);
     let hub_at = SocketAddr::from((Ipv4Addr::LOCALHOST, hub.port()));
+    let counters = hub.counters();
     tokio::spawn(async move {
         let _held = held;
+        counters.tcp_connections.fetch_add(1, Ordering::Relaxed);
         let ended = async {
             let stream =
                 hyper_util::rt::TokioIo::new(upgrade.await.map_err(std::io::Error::other)?);
@@ -60,6 +63,7 @@ pub async fn tcp(State(s): State<AppState>, mut req: axum::extract::Request) -> 
         if let Err(e) = ended.await {
             tracing::debug!("WireGuard over TCP: a connection ended: {e}");
         }
+        counters.tcp_connections.fetch_sub(1, Ordering::Relaxed);
     });
     (StatusCode::SWITCHING_PROTOCOLS, switch).into_response()
 }

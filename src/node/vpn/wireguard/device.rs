@@ -1,7 +1,5 @@
 //! The device's thread in the hub namespace: gotatun's device on the data plane's tunnel
-//! port, reaching the hub by UDP or over TCP, looked at every second until told to stop.
-
-use std::net::SocketAddr;
+//! port, looked at every second until told to stop.
 
 use gotatun::device::Peer;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -11,56 +9,21 @@ use super::{Health, Shown, LOOK, PROBE_EVERY};
 use crate::api::MeshPeer;
 use crate::wireguard::ip::{RouterIn, RouterOut};
 use crate::wireguard::keys::KeyPair;
-use crate::wireguard::{tcp, udp};
-
-/// How the device reaches the hub.
-pub(super) enum Reach {
-    /// By UDP, at this address.
-    Udp(SocketAddr),
-    /// Over TCP through ProxyGuard's protocol: its URL, its host's address, the authorities
-    /// trusted beside the system's.
-    Tcp {
-        url: String,
-        pinned: SocketAddr,
-        trusted: Vec<reqwest::Certificate>,
-    },
-}
+use crate::wireguard::udp;
 
 /// The device's life on its thread in the hub namespace: the device on the data plane's port,
 /// then a look at its state every second (sent to the tunnel and shown, its direct peers made
-/// what the server lists) until told to stop. The port is let go with the device.
+/// what the server lists) until told to stop. The port is let go with the device. `proxy`
+/// is the URL the hub is reached at over TCP, if it is (shown with the device's health).
 pub(super) async fn run(
     keys: KeyPair,
-    (peer, reach): (Peer, Reach),
+    (peer, proxy): (Peer, Option<String>),
     (out, into): (RouterOut, RouterIn),
     (listed, own, probes): (watch::Receiver<Vec<MeshPeer>>, Own, mpsc::Sender<Vec<u8>>),
     (health, shown): (watch::Sender<Health>, Shown),
     ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    // Over TCP, the device sends to the proxy's socket on this namespace's loopback, which
-    // relays for as long as the device runs.
-    let proxy_url = match &reach {
-        Reach::Udp(_) => None,
-        Reach::Tcp { url, .. } => Some(url.clone()),
-    };
-    let (peer, proxy) = match reach {
-        Reach::Udp(at) => (peer.with_endpoint(at), None),
-        Reach::Tcp {
-            url,
-            pinned,
-            trusted,
-        } => match tcp::Client::new(&url, pinned, &trusted) {
-            Ok(c) => (
-                peer.with_endpoint(c.endpoint()),
-                Some(tokio::spawn(c.run())),
-            ),
-            Err(e) => {
-                let _ = ready.send(Err(e.to_string()));
-                return;
-            }
-        },
-    };
     let made = gotatun::device::build()
         .with_udp(udp::Factory::default())
         .with_ip_pair(out, into)
@@ -75,9 +38,6 @@ pub(super) async fn run(
         }
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
-            if let Some(p) = proxy {
-                p.abort();
-            }
             return;
         }
     };
@@ -94,7 +54,7 @@ pub(super) async fn run(
         let have = mesh::have(&peers, &own.hub);
         mesh::apply(&mut device, mesh::plan(&wanted, &have)).await;
         let mut now = Health::of(&peers, &own.hub, &have);
-        now.proxy.clone_from(&proxy_url);
+        now.proxy.clone_from(&proxy);
         let next = health.borrow().next(now);
         // Shown first: whoever the watch wakes (a connect) reads the same.
         *crate::sync::lock(&shown) = Some(next.clone());
@@ -110,7 +70,4 @@ pub(super) async fn run(
     }
     *crate::sync::lock(&shown) = None;
     device.stop().await;
-    if let Some(p) = proxy {
-        p.abort();
-    }
 }

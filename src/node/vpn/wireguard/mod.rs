@@ -34,10 +34,11 @@ use crate::net::netns::Netns;
 use crate::wireguard::ip::{probe, probe_network, router_ends};
 use crate::wireguard::keys::KeyPair;
 use crate::wireguard::profile::{expired, expiry, ProfileError, WgProfile};
+use crate::wireguard::tcp;
 
 mod device;
 mod health;
-use device::{run, Reach};
+use device::run;
 pub use health::{Health, Shown};
 
 /// The profile file in the VPN folder; tried first at the next start.
@@ -73,6 +74,8 @@ pub enum WgError {
     OutsideSubnet { address: Ipv4Addr, subnet: Ipv4Net },
     #[error("the WireGuard device: {0}")]
     Device(String),
+    #[error(transparent)]
+    Proxy(#[from] tcp::ClientError),
     #[error("the data plane's tunnel port is held by another tunnel")]
     PortHeld,
     /// no handshake answer from the hub by the deadline (it may not know the key)
@@ -99,6 +102,8 @@ struct Running {
     endpoint: String,
     /// When the profile expires, if it says.
     expires: Option<std::time::SystemTime>,
+    /// The relay to the hub over TCP, if the hub is reached so.
+    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -108,6 +113,9 @@ impl Running {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(r) = self.relay.take() {
+            r.abort();
         }
     }
 }
@@ -223,7 +231,7 @@ impl WireGuard {
             });
         }
         let keys = Self::keys(&self.dir)?;
-        let (reach, endpoint) = self.reach(profile).await?;
+        let (at, endpoint, relay) = self.reach(profile).await?;
         // Only the VPN subnet is the tunnel's, whatever the profile allows (eduVPN's allow
         // everything): the rest is never routed to it, nor taken from it.
         let allowed: Vec<ipnetwork::IpNetwork> = profile
@@ -241,6 +249,7 @@ impl WireGuard {
             .map(ipnetwork::IpNetwork::V4)
             .collect();
         let mut peer = Peer::new(PublicKey::from(profile.peer_key))
+            .with_endpoint(at)
             .with_allowed_ips(allowed)
             // The hub's probe address: what the tunnel sends it to keep its session renewed.
             .with_allowed_ip(probe_network(self.subnet.network()));
@@ -262,12 +271,13 @@ impl WireGuard {
             subnet: self.subnet,
         };
         let listed = (self.mesh.clone(), own, probes);
+        let proxy = relay.as_ref().map(|r| r.url().to_string());
         let thread = self
             .ns
             .spawn(move || {
                 run(
                     keys,
-                    (peer, reach),
+                    (peer, proxy),
                     ip,
                     listed,
                     (health_tx, shown),
@@ -276,6 +286,8 @@ impl WireGuard {
                 )
             })
             .map_err(|e| WgError::Device(e.to_string()))?;
+        // What the device sends before the relay runs waits in the relay's socket.
+        let relay = relay.map(|r| tokio::spawn(r.run()));
         let mut running = Running {
             stop: Some(stop),
             thread: Some(thread),
@@ -283,6 +295,7 @@ impl WireGuard {
             address,
             endpoint: endpoint.clone(),
             expires,
+            relay,
         };
         match ready.await {
             Ok(Ok(())) => {}
@@ -309,33 +322,39 @@ impl WireGuard {
         Ok(address)
     }
 
-    /// How the hub is reached, and how the log names it: its UDP endpoint, or, where the
-    /// profile names one, its proxy (a path is on the node's server).
-    async fn reach(&self, profile: &WgProfile) -> Result<(Reach, String), WgError> {
+    /// Where the device sends to reach the hub, how the log names the hub, and where the
+    /// profile names a proxy (a path is on the node's server), the relay that carries the
+    /// device's datagrams to it over TCP: its socket on the hub namespace's loopback (the
+    /// device's endpoint), its connection made from the node's own namespace, as the node's
+    /// calls to its server are.
+    async fn reach(
+        &self,
+        profile: &WgProfile,
+    ) -> Result<(SocketAddr, String, Option<tcp::Client>), WgError> {
         let Some(proxy) = &profile.proxy else {
-            let endpoint = profile.endpoint.as_deref().unwrap_or_default();
-            let at = resolve(endpoint).await?;
-            return Ok((Reach::Udp(at), at.to_string()));
-        };
-        let bad = |what: String| WgError::Endpoint {
-            endpoint: proxy.clone(),
-            what,
+            let at = resolve(profile.endpoint.as_deref().unwrap_or_default()).await?;
+            return Ok((at, at.to_string(), None));
         };
         let url = reqwest::Url::parse(&self.server_url)
             .and_then(|server| server.join(proxy))
-            .map_err(|e| bad(e.to_string()))?;
-        let host = url.host_str().ok_or_else(|| bad("no host".into()))?;
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| bad("no port".into()))?;
-        let pinned = resolve(&format!("{host}:{port}")).await?;
-        let named = format!("{url} (WireGuard over TCP)");
-        let reach = Reach::Tcp {
-            url: url.to_string(),
-            pinned,
-            trusted: self.trusted.clone(),
-        };
-        Ok((reach, named))
+            .map_err(|e| WgError::Endpoint {
+                endpoint: proxy.clone(),
+                what: e.to_string(),
+            })?;
+        let ns = Arc::clone(&self.ns);
+        let bound = tokio::task::spawn_blocking(move || {
+            ns.run(|| async { std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) })
+        })
+        .await
+        .map_err(|e| WgError::Device(e.to_string()))?
+        .map_err(|e| WgError::Device(e.to_string()))?
+        .map_err(|e| WgError::Device(format!("the relay's socket: {e}")))?;
+        let relay = tcp::Client::new(url.as_str(), &self.trusted, bound)?;
+        Ok((
+            relay.endpoint(),
+            format!("{url} (WireGuard over TCP)"),
+            Some(relay),
+        ))
     }
 }
 
