@@ -109,9 +109,13 @@ impl Relay {
         relay
     }
 
-    fn stop(&self) {
-        for t in self.tasks.lock().expect("tasks").drain(..) {
+    /// Takes the relay away: its tasks are ended and waited for, so that its listener is
+    /// closed (and its port free to bind again) when this returns.
+    async fn stop(&self) {
+        let tasks: Vec<_> = self.tasks.lock().expect("tasks").drain(..).collect();
+        for t in tasks {
             t.abort();
+            let _ = t.await;
         }
     }
 }
@@ -161,7 +165,7 @@ async fn a_run_end_the_server_missed_is_kept_and_reported_later() {
 
     let task_dir = s.dir.join("node-tasks");
     algonet::private::dir(&task_dir).expect("task dir");
-    relay.stop();
+    relay.stop().await;
     let end = RunEnd {
         run,
         status: algonet::api::RunStatus::Completed,
