@@ -63,7 +63,10 @@ pub async fn profile(
         VpnProvider::WireGuard { hub, .. } => {
             let (_, key) = checked_key(public_key)?;
             // A path on this server: the node joins it to the URL it reaches the server at.
-            let proxy = tcp.then(|| format!("{}/vpn/tcp", s.config.api_path));
+            let proxy = tcp.then(|| {
+                let path = crate::server::handlers::vpn::TCP_PATH;
+                format!("{}{path}", s.config.api_path)
+            });
             let p = hub
                 .admit(node, &key, proxy)
                 .await?

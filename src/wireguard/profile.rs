@@ -190,14 +190,14 @@ impl WgProfile {
         if peers != 1 {
             return Err(ProfileError::Peers(peers));
         }
+        if endpoint.is_none() && proxy.is_none() {
+            return Err(ProfileError::Missing("peer Endpoint"));
+        }
         Ok(WgProfile {
             address: address.ok_or(ProfileError::Missing("IPv4 Address"))?,
             mtu,
             peer_key: peer_key.ok_or(ProfileError::Missing("peer PublicKey"))?,
-            endpoint: match (endpoint, &proxy) {
-                (None, None) => return Err(ProfileError::Missing("peer Endpoint")),
-                (e, _) => e,
-            },
+            endpoint,
             proxy,
             allowed,
             keepalive,

@@ -15,7 +15,7 @@ mod run;
 mod task;
 mod token;
 mod user;
-mod vpn;
+pub(crate) mod vpn;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -72,7 +72,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/vpn/update", post(vpn::update))
         .route("/vpn/algorithm/addresses", get(vpn::addresses))
         .route("/vpn/peers", get(vpn::peers))
-        .route("/vpn/tcp", get(vpn::tcp))
+        .route(vpn::TCP_PATH, get(vpn::tcp))
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/blobstream/status", get(blob_store))

@@ -28,6 +28,9 @@ pub async fn get(
     Ok(Json(provision::profile(&s, n.id, key, tcp).await?))
 }
 
+/// Where the built-in hub takes WireGuard over TCP, below the API's path.
+pub const TCP_PATH: &str = "/vpn/tcp";
+
 /// `GET /vpn/tcp` (algonet; eduVPN's ProxyGuard protocol): WireGuard over TCP to the built-in
 /// hub, for nodes whose site lets no UDP out. The request asks to switch to `UoTLV/1`; the
 /// connection then carries WireGuard's datagrams to and from the hub's UDP port (see
