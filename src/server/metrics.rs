@@ -122,7 +122,7 @@ impl Describe for Read {
             )?;
             sheet.counter(
                 "server_wireguard_dropped_packets",
-                "Packets the WireGuard hub dropped: for no admitted node, not IPv4, or its queue full",
+                "Packets the WireGuard hub dropped: for no admitted node of the sender's collaboration, or not IPv4",
                 hub.dropped.load(Ordering::Relaxed),
             )?;
             sheet.gauge(

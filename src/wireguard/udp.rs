@@ -51,10 +51,34 @@ impl UdpTransportFactory for Factory {
         params: &UdpTransportFactoryParams,
     ) -> io::Result<((Gso, Recv), (Gso, Recv))> {
         let ((send4, recv4), (send6, recv6)) = self.0.bind(params).await?;
+        for socket in [&recv4, &recv6] {
+            // No IPv6 socket where the host has no IPv6: nothing to size.
+            if let Ok(socket) = socket.socket() {
+                size_buffers(socket);
+            }
+        }
         Ok((
             (Gso::new(send4), Recv::new(recv4)),
             (Gso::new(send6), Recv::new(recv6)),
         ))
+    }
+}
+
+/// Each socket buffer's size, as wireguard-go sets it: the kernel's default (about 200 KB)
+/// holds about a hundred packets, a few hundred microseconds of a stream, so a moment in which
+/// the device's thread is not scheduled loses datagrams (and TCP halves its rate for each).
+const BUFFER: usize = 7 << 20;
+
+/// Sets both buffers of `socket` to [`BUFFER`]: beyond the host's `rmem_max`/`wmem_max` where the
+/// process may (`CAP_NET_ADMIN`, as a node has), else as far as those let it (a hub run without
+/// privileges).
+fn size_buffers(socket: &tokio::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let forced = setsockopt(socket, sockopt::RcvBufForce, &BUFFER)
+        .and_then(|()| setsockopt(socket, sockopt::SndBufForce, &BUFFER));
+    if forced.is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &BUFFER);
+        let _ = setsockopt(socket, sockopt::SndBuf, &BUFFER);
     }
 }
 
@@ -303,6 +327,36 @@ mod tests {
         let want_a = vec![(1000, 0), (1000, 1), (1000, 2), (400, 3), (1000, 6)];
         assert_eq!(got(&to[0], want_a.len()), want_a);
         assert_eq!(got(&to[1], 3), vec![(1000, 4), (1000, 5), (32, 7)]);
+    }
+
+    /// The factory's sockets hold a burst of some thousands of packets: 7 MiB where the process
+    /// may force it, else as much as the host's maximum lets (the kernel reports twice what was
+    /// set, its own overhead included).
+    #[tokio::test]
+    async fn the_devices_sockets_hold_a_burst() {
+        let params = UdpTransportFactoryParams {
+            addr_v4: std::net::Ipv4Addr::LOCALHOST,
+            addr_v6: std::net::Ipv6Addr::LOCALHOST,
+            port: 0,
+            fwmark: None,
+        };
+        let ((send, _), _) = Factory::default().bind(&params).await.expect("bound");
+        let socket = send.socket.socket().expect("IPv4");
+        let most = |name: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .expect("the host's maximum")
+                .trim()
+                .parse()
+                .expect("a number")
+        };
+        use nix::sys::socket::{getsockopt, sockopt};
+        let rcv = getsockopt(socket, sockopt::RcvBuf).expect("SO_RCVBUF");
+        let snd = getsockopt(socket, sockopt::SndBuf).expect("SO_SNDBUF");
+        assert!(
+            rcv >= 2 * BUFFER.min(most("rmem_max")),
+            "receive buffer {rcv}"
+        );
+        assert!(snd >= 2 * BUFFER.min(most("wmem_max")), "send buffer {snd}");
     }
 
     #[tokio::test]
