@@ -1188,6 +1188,7 @@ async fn main() -> Result<(), Failed> {
         tunnel: TunnelKind::OpenVpn,
         network: algonet::demo::DEMO_NETWORK,
         node_settings,
+        server_vpn: None,
         algonet: std::fs::canonicalize(&algonet)?,
         encrypted: false,
     };

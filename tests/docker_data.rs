@@ -74,6 +74,7 @@ async fn algorithms_compute_on_the_nodes_data() {
             tunnel: TunnelKind::OpenVpn,
             network: algonet::demo::DEMO_NETWORK,
             node_settings,
+            server_vpn: None,
             algonet: bin.into(),
             encrypted: false,
         },

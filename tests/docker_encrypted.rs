@@ -29,6 +29,7 @@ async fn an_encrypted_collaboration_computes_and_the_server_sees_ciphertext_only
         "tenc",
         true,
         algonet::server::pki::TunnelKind::OpenVpn,
+        None,
     )
     .await;
     let o = fed.options.clone();

@@ -167,6 +167,7 @@ async fn federation(
             tunnel: TunnelKind::OpenVpn,
             network: algonet::demo::DEMO_NETWORK,
             node_settings: node_settings.into(),
+            server_vpn: None,
             algonet: env!("CARGO_BIN_EXE_algonet").into(),
             encrypted: false,
         },

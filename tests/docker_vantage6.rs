@@ -28,6 +28,7 @@ async fn a_vantage6_algorithm_talks_over_the_vpn() {
         "tv6",
         false,
         algonet::server::pki::TunnelKind::OpenVpn,
+        None,
     )
     .await;
     let orgs: Vec<i64> = fed.nodes.iter().map(|n| n.organization_id.0).collect();

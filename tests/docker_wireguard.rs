@@ -10,10 +10,8 @@
 
 use algonet_testkit as common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use algonet::feature::{FeatureError, Row};
 use algonet::server::pki::TunnelKind;
 use serde_json::{json, Value};
 
@@ -29,15 +27,6 @@ async fn within(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// The feature test reached every organization over TCP and UDP.
-fn assert_all_ok(rows: Result<Vec<Row>, FeatureError>, when: &str) {
-    let rows = rows.unwrap_or_else(|e| panic!("the feature test {when}: {e}"));
-    let table = algonet::feature::table(&rows);
-    eprintln!("{when}:\n{table}");
-    assert_eq!(rows.len(), 3, "{when}: {table}");
-    assert!(rows.iter().all(|r| r.probe.ok()), "{when}: {table}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_federation_on_wireguard_computes_over_the_vpn() {
     let Some(docker) = common::docker("the_federation_on_wireguard_computes_over_the_vpn").await
@@ -49,15 +38,18 @@ async fn the_federation_on_wireguard_computes_over_the_vpn() {
     };
     let bin = env!("CARGO_BIN_EXE_algonet");
     let firewall_before = common::firewall();
-    let mut fed =
-        common::vpn_average_federation(&docker, &python, bin, "twg", false, TunnelKind::WireGuard)
-            .await;
+    let mut fed = common::vpn_average_federation(
+        &docker,
+        &python,
+        bin,
+        "twg",
+        false,
+        TunnelKind::WireGuard,
+        None,
+    )
+    .await;
     assert_eq!(fed.vpn_server, None, "no OpenVPN server on WireGuard");
-    let mut vpn_containers = Vec::new();
-    for n in &fed.nodes {
-        let name = format!("algonet-twg-{}-vpn", n.organization);
-        vpn_containers.push(docker.running(&name).await.expect("inspect"));
-    }
+    let vpn_containers = common::vpn_containers(&docker, &fed).await;
     let rows = fed.feature_test(None).await;
     let answer = common::vpn_average_answer(&python, &fed, &[]);
     // The nodes share a Docker network: each reaches the other two directly.
@@ -139,8 +131,8 @@ async fn the_federation_on_wireguard_computes_over_the_vpn() {
         vec![None; 3],
         "a node started a VPN container"
     );
-    assert_all_ok(rows, "at first");
-    assert_all_ok(after_hub_restart, "after the hub restarted");
+    common::assert_feature_ok(rows, "at first");
+    common::assert_feature_ok(after_hub_restart, "after the hub restarted");
     assert!(back, "the restarted node's tunnel did not come back");
     assert!(
         all_direct,
@@ -150,39 +142,17 @@ async fn the_federation_on_wireguard_computes_over_the_vpn() {
         direct_again,
         "the nodes did not all reach each other directly after node b's restart"
     );
-    assert_all_ok(
+    common::assert_feature_ok(
         after_node_restart,
         "after node b was killed and started again",
     );
 
-    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(answer["status"], json!("completed"), "{answer}");
-    let result = &answer["results"][0];
-    let ages: Vec<i64> = (0..3).flat_map(algonet::demo::demo_ages).collect();
-    let average = ages.iter().sum::<i64>() as f64 / ages.len() as f64;
-    assert_eq!(result["average"], json!(average), "{answer}");
-    let over_vpn: BTreeSet<&String> = result["over_vpn"]
-        .as_object()
-        .expect("what each partial answered over the VPN")
-        .keys()
-        .collect();
-    assert_eq!(over_vpn.len(), 3, "{answer}");
+    common::assert_demo_average(answer);
 
     // Each node: connected through its own WireGuard device, handshake with the hub recent,
     // traffic both ways, the router forwarding what came from the tunnel.
     for s in &statuses {
-        let v = &s["vpn"];
-        assert_eq!(v["state"], "CONNECTED", "{s}");
-        let w = &v["wireguard"];
-        assert!(w["handshakes"].as_u64() >= Some(1), "{s}");
-        assert!(w["handshake_age_secs"].as_u64() < Some(180), "{s}");
-        assert_eq!(w["endpoint"], json!(hub), "{s}");
-        assert!(w["rx_bytes"].as_u64() > Some(0), "{s}");
-        assert!(w["tx_bytes"].as_u64() > Some(0), "{s}");
-        assert!(
-            s["router"]["forwarded_packets_from_vpn"].as_u64() > Some(0),
-            "{s}"
-        );
+        common::assert_wireguard_status(s, &hub);
     }
 
     // The restarted hub, every path direct, relayed next to nothing of the feature test's

@@ -72,14 +72,6 @@ fn site(i: u8) -> TestNs {
     ns
 }
 
-/// A UDP port no socket holds now (the tests of this file run side by side).
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// A server whose built-in VPN is WireGuard, its hub on a free UDP port (returned), its
 /// profiles naming the host's address toward `site`.
 async fn hub_server(tag: &str, site: u8) -> (Server, u16) {
@@ -88,7 +80,7 @@ async fn hub_server(tag: &str, site: u8) -> (Server, u16) {
 
 /// The same, with more keys in the `vpn` block (`, key: value`).
 async fn hub_server_with(tag: &str, site: u8, more: &str) -> (Server, u16) {
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let vpn = format!(
         "vpn: {{subnet: {SUBNET}, remote: 10.98.{site}.1, port: {port}, tunnel: wireguard{more}}}\n"
     );
@@ -404,7 +396,7 @@ async fn nodes_whose_site_blocks_udp_reach_each_other_over_tcp() {
         return;
     }
     let (a_ns, b_ns) = sites_without_udp(8, 9).await;
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let vpn =
         format!("vpn: {{subnet: {SUBNET}, remote: 10.98.8.1, port: {port}, tunnel: wireguard}}\n");
     let s = common::server::server_on("wg-tcp", "10.98.8.1:0", &vpn).await;
@@ -457,7 +449,7 @@ async fn nodes_reach_each_other_over_tcp_through_eduvpns_proxyguard() {
         return;
     }
     let (a_ns, b_ns) = sites_without_udp(14, 15).await;
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let portal = common::eduvpn::start(PortalOptions {
         tag: "wg-tcp".into(),
         confidential: false,
@@ -721,7 +713,7 @@ async fn nodes_use_wireguard_profiles_from_eduvpn() {
     if !privileged("nodes_use_wireguard_profiles_from_eduvpn") {
         return;
     }
-    let port = free_udp_port();
+    let port = common::free_udp_port();
     let portal = common::eduvpn::start(PortalOptions {
         tag: "wg".into(),
         confidential: false,

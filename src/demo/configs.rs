@@ -30,6 +30,10 @@ pub struct Options {
     pub tunnel: TunnelKind,
     /// More lines of YAML for every node's configuration (`busy_poll_us: 0`, say).
     pub node_settings: String,
+    /// The server's VPN provider in place of the built-in one: its YAML line (`vpn_server:
+    /// {...}`, an eduVPN portal). No VPN server container is started then; `tunnel` says what
+    /// kind of profiles the portal hands out.
+    pub server_vpn: Option<String>,
     /// The `algonet` binary the server and nodes run as (this one).
     pub algonet: PathBuf,
     /// An encrypted collaboration: each organization gets an RSA key (`key-<organization>.pem`
@@ -72,7 +76,8 @@ pub fn demo_ages(index: usize) -> Vec<i64> {
         .collect()
 }
 
-/// server.yaml: the built-in VPN, SQLite in the demo's folder, metrics beside the API.
+/// server.yaml: the built-in VPN (or the provider of `server_vpn`), SQLite in the demo's
+/// folder, metrics beside the API.
 pub(super) fn server_yaml(o: &Options) -> String {
     let vpn = match o.tunnel {
         TunnelKind::OpenVpn => {
@@ -84,9 +89,13 @@ pub(super) fn server_yaml(o: &Options) -> String {
             o.server_port
         ),
     };
+    let vpn = match &o.server_vpn {
+        Some(provider) => provider.trim_end().to_string(),
+        None => format!("vpn: {vpn}"),
+    };
     format!(
         "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\
-         vpn: {vpn}\nmetrics_listen: 127.0.0.1:{}\n",
+         {vpn}\nmetrics_listen: 127.0.0.1:{}\n",
         o.server_port,
         o.dir.join("server").display(),
         ADMIN.0,

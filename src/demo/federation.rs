@@ -133,7 +133,7 @@ impl Federation {
         let network = format!("algonet-{}-net", options.tag);
         let mut f = Federation {
             api: format!("http://127.0.0.1:{}/api", options.server_port),
-            vpn_server: (options.tunnel == TunnelKind::OpenVpn)
+            vpn_server: (options.tunnel == TunnelKind::OpenVpn && options.server_vpn.is_none())
                 .then(|| format!("algonet-{}-openvpn-server", options.tag)),
             options,
             docker,
@@ -168,9 +168,10 @@ impl Federation {
 
         step(
             started,
-            match o.tunnel {
-                TunnelKind::OpenVpn => "starting the server (built-in OpenVPN PKI, SQLite)",
-                TunnelKind::WireGuard => {
+            match (o.tunnel, &o.server_vpn) {
+                (_, Some(_)) => "starting the server (its VPN provider as given, SQLite)",
+                (TunnelKind::OpenVpn, None) => "starting the server (built-in OpenVPN PKI, SQLite)",
+                (TunnelKind::WireGuard, None) => {
                     "starting the server (the WireGuard hub in its own process, SQLite)"
                 }
             },

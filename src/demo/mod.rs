@@ -57,6 +57,7 @@ pub async fn main(
         network: DEMO_NETWORK,
         tunnel,
         node_settings: String::new(),
+        server_vpn: None,
         algonet: std::env::current_exe().map_err(io("finding this binary"))?,
         encrypted: false,
     };

@@ -452,9 +452,77 @@ pub fn federation_port() -> u16 {
         .expect("a free range of ports below 32000")
 }
 
+/// A UDP port free on every address of the host.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The feature test reached every one of the demo's three organizations over TCP and UDP.
+pub fn assert_feature_ok(
+    rows: Result<Vec<algonet::feature::Row>, algonet::feature::FeatureError>,
+    when: &str,
+) {
+    let rows = rows.unwrap_or_else(|e| panic!("the feature test {when}: {e}"));
+    let table = algonet::feature::table(&rows);
+    eprintln!("{when}:\n{table}");
+    assert_eq!(rows.len(), 3, "{when}: {table}");
+    assert!(rows.iter().all(|r| r.probe.ok()), "{when}: {table}");
+}
+
+/// For each node of `fed`, whether its VPN client container runs (`None`: there is none, as
+/// on WireGuard).
+pub async fn vpn_containers(
+    docker: &algonet::docker::Docker,
+    fed: &algonet::demo::Federation,
+) -> Vec<Option<bool>> {
+    let mut found = Vec::new();
+    for n in &fed.nodes {
+        let name = format!("algonet-{}-{}-vpn", fed.options.tag, n.organization);
+        found.push(docker.running(&name).await.expect("inspect"));
+    }
+    found
+}
+
+/// vpn-average's answer over the demo's three organizations: completed, the average of all
+/// their ages, each partial having reached the others over the VPN.
+pub fn assert_demo_average(answer: Result<serde_json::Value, String>) {
+    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer["status"], serde_json::json!("completed"), "{answer}");
+    let result = &answer["results"][0];
+    let ages: Vec<i64> = (0..3).flat_map(algonet::demo::demo_ages).collect();
+    let average = ages.iter().sum::<i64>() as f64 / ages.len() as f64;
+    assert_eq!(result["average"], serde_json::json!(average), "{answer}");
+    let over_vpn = result["over_vpn"]
+        .as_object()
+        .expect("what each partial answered over the VPN");
+    assert_eq!(over_vpn.len(), 3, "{answer}");
+}
+
+/// A node's status on WireGuard (`algonet node status --json`): connected through its own
+/// device, a recent handshake with the hub at `endpoint`, bytes both ways, and the router
+/// forwarding what came from the tunnel.
+pub fn assert_wireguard_status(s: &serde_json::Value, endpoint: &str) {
+    let v = &s["vpn"];
+    assert_eq!(v["state"], "CONNECTED", "{s}");
+    let w = &v["wireguard"];
+    assert!(w["handshakes"].as_u64() >= Some(1), "{s}");
+    assert!(w["handshake_age_secs"].as_u64() < Some(180), "{s}");
+    assert_eq!(w["endpoint"], serde_json::json!(endpoint), "{s}");
+    assert!(w["rx_bytes"].as_u64() > Some(0), "{s}");
+    assert!(w["tx_bytes"].as_u64() > Some(0), "{s}");
+    assert!(
+        s["router"]["forwarded_packets_from_vpn"].as_u64() > Some(0),
+        "{s}"
+    );
+}
+
 /// vpn-average built offline from the venv's Python, and the demo's three organizations
 /// (amsterdam, berlin, copenhagen) up as a federation tagged `tag` (`encrypted`: each with its
-/// key, see `algonet::demo::Options`) on `tunnel`, its server on [`federation_port`].
+/// key, see `algonet::demo::Options`) on `tunnel`, its server on [`federation_port`] with the
+/// built-in VPN or `server_vpn`'s provider.
 pub async fn vpn_average_federation(
     docker: &algonet::docker::Docker,
     python: &str,
@@ -462,6 +530,7 @@ pub async fn vpn_average_federation(
     tag: &str,
     encrypted: bool,
     tunnel: algonet::server::pki::TunnelKind,
+    server_vpn: Option<String>,
 ) -> algonet::demo::Federation {
     let started = std::time::Instant::now();
     algonet::docker::python::build_vpn_average(docker, std::path::Path::new(python))
@@ -480,6 +549,7 @@ pub async fn vpn_average_federation(
             tunnel,
             network: algonet::demo::DEMO_NETWORK,
             node_settings: String::new(),
+            server_vpn,
             algonet: algonet.into(),
             encrypted,
         },
