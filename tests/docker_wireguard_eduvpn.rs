@@ -29,7 +29,7 @@ async fn nodes_on_eduvpns_wireguard_compute_over_the_vpn() {
     let firewall_before = common::firewall();
     // The portal's WireGuard server is reached where the nodes reach the host: Docker's gateway
     // on the federation's network.
-    let host = format!("172.29.{}.1", algonet::demo::DEMO_NETWORK);
+    let host = algonet::demo::host_ip(algonet::demo::DEMO_NETWORK).to_string();
     let port = common::free_udp_port();
     let portal = common::eduvpn::start(PortalOptions {
         tag: "twge".into(),

@@ -59,8 +59,14 @@ impl Options {
     /// The host's own address on that network (Docker's gateway): where the nodes reach a
     /// WireGuard hub in the server process.
     pub fn host_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(172, 29, self.network, 1)
+        host_ip(self.network)
     }
+}
+
+/// The host's address on the federation network `172.29.<network>.0/24` (see
+/// [`Options::host_ip`]), for a VPN server on the host set up before the federation.
+pub fn host_ip(network: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 29, network, 1)
 }
 
 /// Where the key of `organization` is, in an encrypted demo.
@@ -79,19 +85,19 @@ pub fn demo_ages(index: usize) -> Vec<i64> {
 /// server.yaml: the built-in VPN (or the provider of `server_vpn`), SQLite in the demo's
 /// folder, metrics beside the API.
 pub(super) fn server_yaml(o: &Options) -> String {
-    let vpn = match o.tunnel {
-        TunnelKind::OpenVpn => {
-            format!("{{subnet: {VPN_SUBNET}, remote: {}}}", o.vpn_server_ip())
+    let vpn = match (&o.server_vpn, o.tunnel) {
+        (Some(provider), _) => provider.trim_end().to_string(),
+        (None, TunnelKind::OpenVpn) => {
+            format!(
+                "vpn: {{subnet: {VPN_SUBNET}, remote: {}}}",
+                o.vpn_server_ip()
+            )
         }
-        TunnelKind::WireGuard => format!(
-            "{{subnet: {VPN_SUBNET}, remote: {}, port: {}, tunnel: wireguard}}",
+        (None, TunnelKind::WireGuard) => format!(
+            "vpn: {{subnet: {VPN_SUBNET}, remote: {}, port: {}, tunnel: wireguard}}",
             o.host_ip(),
             o.server_port
         ),
-    };
-    let vpn = match &o.server_vpn {
-        Some(provider) => provider.trim_end().to_string(),
-        None => format!("vpn: {vpn}"),
     };
     format!(
         "listen: 127.0.0.1:{}\ndata_dir: {}\nadmin: {{username: {}, password: {}}}\n\

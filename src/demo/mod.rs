@@ -6,7 +6,7 @@ mod configs;
 mod federation;
 mod kept;
 
-pub use configs::{demo_ages, key_file, Options, ADMIN, DEMO_NETWORK, VPN_SUBNET};
+pub use configs::{demo_ages, host_ip, key_file, Options, ADMIN, DEMO_NETWORK, VPN_SUBNET};
 pub use federation::{step, stop, DemoError, Federation, NodeProc};
 
 use std::process::Child;
